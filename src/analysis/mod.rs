@@ -1,0 +1,1 @@
+//! Analysis of results: comparison with a ground truth.

@@ -1,0 +1,327 @@
+//! The run configuration: a TOML file whose every key can be overridden on the command
+//! line with `--set section.key=value`. Key names are part of ptytile's interface
+//! (docs/format.md lists them); unknown keys are errors, not silently ignored.
+
+use crate::error::{Context, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Unit of the scan positions stored in the data file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionsUnit {
+    /// metres
+    M,
+    /// nanometres
+    Nm,
+    /// ångström
+    Angstrom,
+    /// reconstruction pixels
+    #[default]
+    Px,
+}
+
+/// Where the zero spatial frequency sits in the stored diffraction patterns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroFrequency {
+    /// at pixel [M/2, M/2] (the usual detector image; `fftshift`ed)
+    #[default]
+    Center,
+    /// at pixel [0, 0] (raw FFT order)
+    Corner,
+}
+
+/// Radiation: sets how the wavelength follows from `energy_ev` and how the real-space
+/// pixel size follows from the detector sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Beam {
+    /// Electrons: relativistic wavelength; sampling given as `angular_sampling_mrad`.
+    #[default]
+    Electron,
+    /// X-ray photons: λ = hc/E; sampling from `detector_distance_m` and `detector_pixel_size_m`.
+    Xray,
+}
+
+/// Noise model of the measured intensities (docs/algorithm.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseModel {
+    /// Gaussian noise on amplitudes: L = Σ (|Ψ| − √I)².
+    Amplitude,
+    /// Poisson counts: L = Σ (|Ψ|² − I ln |Ψ|²).
+    #[default]
+    Poisson,
+}
+
+/// `[data]`: where the measurements are.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// HDF5 file with intensities and positions. Relative paths are relative to the
+    /// config file's directory.
+    pub file: PathBuf,
+    /// HDF5 path of the intensities, shape [N, M, M] (positions, ky, kx), float or integer counts.
+    pub intensities: String,
+    /// HDF5 path of the scan positions, shape [N, 2], (y, x) probe centres.
+    pub positions: String,
+    /// Unit of the positions.
+    #[serde(default)]
+    pub positions_unit: PositionsUnit,
+    /// Where the zero frequency sits in each pattern.
+    #[serde(default)]
+    pub zero_frequency: ZeroFrequency,
+    /// Optional HDF5 path (in `file`) of an initial probe, complex [M, M] or [K, M, M],
+    /// centred at [M/2, M/2]. Without it the probe is formed from `[experiment]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+}
+
+/// `[experiment]`: the microscope or beamline. Missing keys fall back to attributes of
+/// the data file (see `data::metadata`), else they are an error naming the key.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// electron or xray
+    #[serde(default)]
+    pub beam: Beam,
+    /// Beam energy in eV (electron accelerating voltage × e, or photon energy).
+    pub energy_ev: Option<f64>,
+    /// Probe-forming aperture semi-angle in mrad (electrons).
+    pub convergence_semiangle_mrad: Option<f64>,
+    /// Defocus in m, positive = underfocus; C10 = −defocus_m (docs/algorithm.md §2).
+    pub defocus_m: Option<f64>,
+    /// Spherical aberration C30 (Cs) in m; 0 when absent.
+    pub spherical_aberration_m: Option<f64>,
+    /// Detector angular sampling in mrad per pixel (electrons).
+    pub angular_sampling_mrad: Option<f64>,
+    /// Sample–detector distance in m (X-ray).
+    pub detector_distance_m: Option<f64>,
+    /// Detector pixel size in m (X-ray).
+    pub detector_pixel_size_m: Option<f64>,
+}
+
+/// `[reconstruction]`: the solver.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReconstructionConfig {
+    /// Number of iterations (full passes over all positions).
+    #[serde(default = "default_iterations")]
+    pub iterations: usize,
+    /// amplitude or poisson.
+    #[serde(default)]
+    pub noise_model: NoiseModel,
+    /// Number of incoherent probe modes K (≥ 1).
+    #[serde(default = "one")]
+    pub probe_modes: usize,
+    /// Refine the probe.
+    #[serde(default = "yes")]
+    pub update_probe: bool,
+    /// First iteration (0-based) at which the probe is refined.
+    #[serde(default = "one")]
+    pub probe_update_start: usize,
+    /// Number of mini-batches per iteration, formed from position indices alone
+    /// (position j goes to batch j mod batches). 1 = full batch.
+    #[serde(default = "one")]
+    pub batches: usize,
+    /// Step length in units of the preconditioned Newton/Fisher-scoring step (1 = full).
+    #[serde(default = "unit_step")]
+    pub step: f64,
+}
+
+/// `[output]`: where results go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Result HDF5 file; PNG images are written beside it (`<stem>_object_phase.png`, …).
+    #[serde(default = "default_output")]
+    pub path: PathBuf,
+    /// Write the PNG images.
+    #[serde(default = "yes")]
+    pub png: bool,
+}
+
+fn default_iterations() -> usize { 20 }
+fn one() -> usize { 1 }
+fn yes() -> bool { true }
+fn unit_step() -> f64 { 1.0 }
+fn default_output() -> PathBuf { PathBuf::from("ptytile_out/recon.h5") }
+
+impl Default for ReconstructionConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+impl Default for OutputConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[data]`
+    pub data: DataConfig,
+    /// `[experiment]`
+    #[serde(default)]
+    pub experiment: ExperimentConfig,
+    /// `[reconstruction]`
+    #[serde(default)]
+    pub reconstruction: ReconstructionConfig,
+    /// `[output]`
+    #[serde(default)]
+    pub output: OutputConfig,
+}
+
+impl Config {
+    /// Read `path`, apply `--set section.key=value` overrides, validate. Relative
+    /// `data.file` is resolved against the config file's directory.
+    ///
+    /// Errors: unreadable file, TOML syntax, unknown or mistyped key, bad override,
+    /// invalid value (each naming the file or key).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path).ctx(|| path.display().to_string())?;
+        let mut cfg = Self::from_toml(&text, overrides).map_err(|e| {
+            if e.what == "config" { Error::new(path.display().to_string(), e.msg) } else { e }
+        })?;
+        if cfg.data.file.is_relative() {
+            if let Some(dir) = path.parent() {
+                let candidate = dir.join(&cfg.data.file);
+                if candidate.exists() || !cfg.data.file.exists() {
+                    cfg.data.file = candidate;
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parse TOML text, apply overrides, validate.
+    pub fn from_toml(text: &str, overrides: &[String]) -> Result<Config> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            Error::new("config", e.message().to_string())
+        })?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::new("config", e.message().to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check values that parse but make no sense.
+    pub fn validate(&self) -> Result<()> {
+        let r = &self.reconstruction;
+        if r.probe_modes == 0 {
+            return Err(Error::new("reconstruction.probe_modes", "must be at least 1"));
+        }
+        if r.batches == 0 {
+            return Err(Error::new("reconstruction.batches", "must be at least 1"));
+        }
+        if !(r.step.is_finite() && r.step > 0.0) {
+            return Err(Error::new("reconstruction.step", "must be a positive number"));
+        }
+        let e = &self.experiment;
+        for (key, v) in [
+            ("experiment.energy_ev", e.energy_ev),
+            ("experiment.angular_sampling_mrad", e.angular_sampling_mrad),
+            ("experiment.convergence_semiangle_mrad", e.convergence_semiangle_mrad),
+            ("experiment.detector_distance_m", e.detector_distance_m),
+            ("experiment.detector_pixel_size_m", e.detector_pixel_size_m),
+        ] {
+            check_positive(key, v)?;
+        }
+        for (key, v) in [("experiment.defocus_m", e.defocus_m), ("experiment.spherical_aberration_m", e.spherical_aberration_m)] {
+            if let Some(x) = v {
+                if !x.is_finite() {
+                    return Err(Error::new(key, "must be a finite number"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML text (stored in the output file).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Metadata values must be finite and > 0 (energy, samplings, distances).
+pub fn check_positive(key: &str, v: Option<f64>) -> Result<()> {
+    match v {
+        Some(x) if !(x.is_finite() && x > 0.0) => {
+            Err(Error::new(key, format!("must be a positive number, got {x}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Apply one `section.key=value` override. The value is parsed as a TOML value
+/// (number, bool, quoted string, array); anything that does not parse is taken as a string.
+fn apply_override(table: &mut toml::Table, o: &str) -> Result<()> {
+    let (key, value) = o
+        .split_once('=')
+        .ok_or_else(|| Error::new("--set", format!("'{o}' is not of the form section.key=value")))?;
+    let key = key.trim();
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::new("--set", format!("'{key}' is not of the form section.key")));
+    }
+    let value = value.trim();
+    let parsed: toml::Value = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let section = table
+        .entry(parts[0].to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match section {
+        toml::Value::Table(t) => {
+            t.insert(parts[1].to_string(), parsed);
+            Ok(())
+        }
+        _ => Err(Error::new("--set", format!("'{}' is not a section", parts[0]))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[data]\nfile='a.h5'\nintensities='/i'\npositions='/p'\n";
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::from_toml(MIN, &["reconstruction.iterations=7".into(), "output.path=x/y.h5".into()]).unwrap();
+        assert_eq!(c.reconstruction.iterations, 7);
+        assert_eq!(c.reconstruction.noise_model, NoiseModel::Poisson);
+        assert_eq!(c.output.path, PathBuf::from("x/y.h5"));
+        assert_eq!(c.data.positions_unit, PositionsUnit::Px);
+        let back = Config::from_toml(&c.to_toml(), &[]).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml(&format!("{MIN}[reconstruction]\niterationz=3\n"), &[]).unwrap_err();
+        assert!(e.msg.contains("iterationz"), "{e}");
+        let e = Config::from_toml(MIN, &["reconstruction.noise_model=gauss".into()]).unwrap_err();
+        assert!(e.msg.contains("gauss"), "{e}");
+    }
+
+    #[test]
+    fn absurd_values_are_named() {
+        let e = Config::from_toml(MIN, &["experiment.energy_ev=0".into()]).unwrap_err();
+        assert_eq!(e.what, "experiment.energy_ev");
+        let e = Config::from_toml(MIN, &["experiment.angular_sampling_mrad=-1".into()]).unwrap_err();
+        assert_eq!(e.what, "experiment.angular_sampling_mrad");
+        let e = Config::from_toml(MIN, &["iterations=3".into()]).unwrap_err();
+        assert_eq!(e.what, "--set");
+    }
+}

@@ -1,0 +1,21 @@
+//! ptytile: ptychographic reconstruction with the object's gradient decomposed over tiles
+//! (Wang et al., SC22, "Image Gradient Decomposition for Parallel and Memory-Efficient
+//! Ptychographic Reconstruction").
+//!
+//! Modules, each importing only those before it:
+//! `data` (read and validate measurements) → `physics` (wavelengths, probe, forward
+//! model) → `backend` (where arithmetic runs) → `engine` (solvers) → `output` (HDF5, PNG)
+//! → `analysis` (comparison with a ground truth) → `cli`.
+
+pub mod error;
+pub mod config;
+pub mod physics;
+pub mod data;
+pub mod backend;
+pub mod engine;
+pub mod output;
+pub mod analysis;
+pub mod simulate;
+pub mod cli;
+
+pub use error::{Error, Result};

@@ -1,0 +1,229 @@
+//! Unitary 2-D FFT of square M × M arrays with a *transposed* Fourier-space layout.
+//!
+//! Convention (docs/algorithm.md §1): forward transform e^{−2πi k·r}, orthonormal scaling
+//! (1/M for an M × M transform, so Σ|ψ|² = Σ|Ψ|²), zero frequency at index [0, 0].
+//!
+//! A 2-D FFT is row FFTs, a transpose, row FFTs. Leaving the result transposed saves the
+//! second transpose; ptytile keeps every Fourier-space array (measured intensities, the
+//! Fourier probe, phase ramps) in that layout, `[kx][ky]`, so each transform costs one
+//! transpose. Real-space arrays are always `[y][x]`, row-major.
+
+use num_complex::Complex;
+use rustfft::{Fft, FftNum, FftPlanner};
+use std::sync::Arc;
+
+/// Real scalar of the numerics: f32 in production, f64 for gradient checks.
+pub trait Real: FftNum + num_traits::Float + std::iter::Sum + Default + Send + Sync + 'static {
+    /// Lossless for f64, rounded for f32.
+    fn of(x: f64) -> Self;
+    /// To f64.
+    fn f64(self) -> f64;
+}
+impl Real for f32 {
+    fn of(x: f64) -> Self { x as f32 }
+    fn f64(self) -> f64 { self as f64 }
+}
+impl Real for f64 {
+    fn of(x: f64) -> Self { x }
+    fn f64(self) -> f64 { self }
+}
+
+/// Plans for forward and inverse unitary 2-D FFTs of one size. Cheap to clone; share one
+/// per size across threads (each thread brings its own scratch, see [`Fft2::scratch`]).
+#[derive(Clone)]
+pub struct Fft2<T: Real> {
+    m: usize,
+    fwd: Arc<dyn Fft<T>>,
+    inv: Arc<dyn Fft<T>>,
+    scale: T,
+}
+
+impl<T: Real> std::fmt::Debug for Fft2<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fft2({}x{})", self.m, self.m)
+    }
+}
+
+impl<T: Real> Fft2<T> {
+    /// Plan transforms of `m × m` arrays.
+    pub fn new(m: usize) -> Self {
+        let mut planner = FftPlanner::<T>::new();
+        Fft2 { m, fwd: planner.plan_fft_forward(m), inv: planner.plan_fft_inverse(m), scale: T::of(1.0 / m as f64) }
+    }
+
+    /// Side length M.
+    pub fn size(&self) -> usize {
+        self.m
+    }
+
+    /// A scratch buffer large enough for either direction.
+    pub fn scratch(&self) -> Vec<Complex<T>> {
+        let n = self.fwd.get_inplace_scratch_len().max(self.inv.get_inplace_scratch_len());
+        vec![Complex::default(); n.max(1)]
+    }
+
+    /// `out[kx][ky] = (F a)[ky][kx]`, unitary. `a` ([y][x], M²) is used as work space and
+    /// left holding garbage.
+    pub fn forward_t(&self, a: &mut [Complex<T>], out: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+        self.fwd.process_with_scratch(a, scratch);
+        transpose_scaled(a, out, self.m, self.scale);
+        self.fwd.process_with_scratch(out, scratch);
+    }
+
+    /// `out[y][x] = (F⁻¹ A)[y][x]` for `a[kx][ky] = A[ky][kx]` (transposed layout), unitary.
+    /// `a` is used as work space.
+    pub fn inverse_t(&self, a: &mut [Complex<T>], out: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+        self.inv.process_with_scratch(a, scratch);
+        transpose_scaled(a, out, self.m, self.scale);
+        self.inv.process_with_scratch(out, scratch);
+    }
+
+    /// Plain unitary forward transform, Fourier result in the ordinary `[ky][kx]` layout
+    /// (two transposes; for set-up code, not the hot loop).
+    pub fn forward(&self, a: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+        let mut t = vec![Complex::default(); a.len()];
+        self.forward_t(a, &mut t, scratch);
+        transpose_scaled(&t, a, self.m, T::one());
+    }
+
+    /// Plain unitary inverse transform of an ordinary `[ky][kx]` array.
+    pub fn inverse(&self, a: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+        let mut t = vec![Complex::default(); a.len()];
+        transpose_scaled(a, &mut t, self.m, T::one());
+        self.inverse_t(&mut t, a, scratch);
+    }
+}
+
+/// `out[j][i] = s · a[i][j]` for square m × m arrays, in cache blocks.
+pub fn transpose_scaled<T: Real>(a: &[Complex<T>], out: &mut [Complex<T>], m: usize, s: T) {
+    const B: usize = 16;
+    debug_assert!(a.len() >= m * m && out.len() >= m * m);
+    for i0 in (0..m).step_by(B) {
+        for j0 in (0..m).step_by(B) {
+            for i in i0..(i0 + B).min(m) {
+                let row = &a[i * m..i * m + m];
+                for j in j0..(j0 + B).min(m) {
+                    out[j * m + i] = row[j] * s;
+                }
+            }
+        }
+    }
+}
+
+/// Move the zero frequency between the array centre [M/2, M/2] and the corner [0, 0]
+/// (numpy's `ifftshift`; for even M its own inverse, for odd M use `inverse = true`).
+pub fn ifftshift<T: Copy>(a: &[T], m: usize, inverse: bool) -> Vec<T> {
+    let h = if inverse { m - m / 2 } else { m / 2 };
+    let mut out = a.to_vec();
+    for y in 0..m {
+        for x in 0..m {
+            out[y * m + x] = a[((y + h) % m) * m + (x + h) % m];
+        }
+    }
+    out
+}
+
+/// Spatial frequency of FFT index `i` in cycles per pixel (numpy's `fftfreq`).
+pub fn fftfreq(i: usize, m: usize) -> f64 {
+    let i = i as isize;
+    let m = m as isize;
+    let k = if i < (m + 1) / 2 { i } else { i - m };
+    k as f64 / m as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use num_complex::Complex32 as C32;
+
+    fn rnd(n: usize, seed: u64) -> Vec<C32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let a = ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let b = ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
+                C32::new(a, b)
+            })
+            .collect()
+    }
+
+    /// Direct DFT, e^{−2πi k·r}/M, in f64.
+    fn dft(a: &[C32], m: usize) -> Vec<num_complex::Complex64> {
+        let mut out = vec![num_complex::Complex64::default(); m * m];
+        for ky in 0..m {
+            for kx in 0..m {
+                let mut s = num_complex::Complex64::default();
+                for y in 0..m {
+                    for x in 0..m {
+                        let ph = -2.0 * std::f64::consts::PI * ((ky * y) as f64 + (kx * x) as f64) / m as f64;
+                        s += num_complex::Complex64::new(a[y * m + x].re as f64, a[y * m + x].im as f64)
+                            * num_complex::Complex64::from_polar(1.0, ph);
+                    }
+                }
+                out[ky * m + kx] = s / m as f64;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_direct_dft_sign_and_scaling() {
+        let m = 12;
+        let f = Fft2::new(m);
+        let a = rnd(m * m, 1);
+        let want = dft(&a, m);
+        let mut w = a.clone();
+        let mut t = vec![C32::default(); m * m];
+        let mut s = f.scratch();
+        f.forward_t(&mut w, &mut t, &mut s);
+        for ky in 0..m {
+            for kx in 0..m {
+                let got = t[kx * m + ky];
+                assert!((got.re as f64 - want[ky * m + kx].re).abs() < 1e-5);
+                assert!((got.im as f64 - want[ky * m + kx].im).abs() < 1e-5);
+            }
+        }
+        // inverse_t undoes forward_t
+        let mut back = vec![C32::default(); m * m];
+        f.inverse_t(&mut t, &mut back, &mut s);
+        for (x, y) in a.iter().zip(&back) {
+            assert!((x - y).norm() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn parseval_and_adjoint() {
+        let m = 32;
+        let f = Fft2::new(m);
+        let a = rnd(m * m, 2);
+        let b = rnd(m * m, 3);
+        let mut s = f.scratch();
+        let (mut fa, mut w) = (vec![C32::default(); m * m], a.clone());
+        f.forward_t(&mut w, &mut fa, &mut s);
+        let e0: f64 = a.iter().map(|z| z.norm_sqr() as f64).sum();
+        let e1: f64 = fa.iter().map(|z| z.norm_sqr() as f64).sum();
+        assert!((e0 - e1).abs() / e0 < 1e-5, "Parseval {e0} vs {e1}");
+        // <F a, b> = <a, F⁻¹ b>  (F unitary, adjoint = inverse)
+        let (mut fib, mut w2) = (vec![C32::default(); m * m], b.clone());
+        f.inverse_t(&mut w2, &mut fib, &mut s);
+        let lhs: num_complex::Complex64 = fa.iter().zip(&b).map(|(x, y)| (x.conj() * y).into()).map(|z: C32| num_complex::Complex64::new(z.re as f64, z.im as f64)).sum();
+        let rhs: num_complex::Complex64 = a.iter().zip(&fib).map(|(x, y)| x.conj() * y).map(|z| num_complex::Complex64::new(z.re as f64, z.im as f64)).sum();
+        assert!((lhs - rhs).norm() < 1e-3 * lhs.norm().max(1.0), "{lhs} vs {rhs}");
+    }
+
+    #[test]
+    fn shift_convention() {
+        // ifftshift of a centred delta puts it at the corner; fftfreq is numpy's.
+        let m = 8;
+        let mut a = vec![0.0f32; m * m];
+        a[4 * m + 4] = 1.0;
+        let c = ifftshift(&a, m, false);
+        assert_eq!(c[0], 1.0);
+        assert_eq!(ifftshift(&c, m, true), a);
+        assert_eq!(fftfreq(3, 8), 0.375);
+        assert_eq!(fftfreq(4, 8), -0.5);
+        assert_eq!(fftfreq(7, 8), -0.125);
+    }
+}

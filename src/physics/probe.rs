@@ -1,0 +1,200 @@
+//! Probe formation from the aperture and aberrations, and mixed-state probe modes.
+
+use super::fft::{fftfreq, Fft2};
+use super::Experiment;
+use crate::error::{Error, Result};
+use num_complex::Complex32 as C32;
+
+/// Aberration phase χ(θ) in rad for scattering angle θ (rad):
+/// χ = (2π/λ)(½ C10 θ² + ¼ C30 θ⁴), with C10 = −defocus (positive defocus = underfocus).
+pub fn chi(theta: f64, wavelength_m: f64, defocus_m: f64, c30_m: f64) -> f64 {
+    let c10 = -defocus_m;
+    2.0 * std::f64::consts::PI / wavelength_m * (0.5 * c10 * theta * theta + 0.25 * c30_m * theta.powi(4))
+}
+
+/// Form the probe on the M × M detector grid: P(k) = A(k) exp(−iχ(k)), A = 1 for
+/// θ = λ|k| ≤ α, then P(r) = F⁻¹ P(k) (unitary), centred at [M/2, M/2] in real space,
+/// scaled to Σ|P|² = `power` (the mean counts per diffraction pattern).
+///
+/// Returns [M, M] complex, row-major [y][x].
+/// Errors: no convergence semi-angle known (`experiment.convergence_semiangle_mrad`), or an
+/// aperture that covers no detector pixel.
+pub fn form_probe(exp: &Experiment, power: f64) -> Result<Vec<C32>> {
+    let m = exp.detector_px;
+    let alpha = exp
+        .convergence_semiangle_rad
+        .ok_or_else(|| Error::new("experiment.convergence_semiangle_mrad", "missing: needed to form the probe (or give data.probe)"))?;
+    let mut pk = vec![C32::default(); m * m];
+    let mut lit = 0usize;
+    for iy in 0..m {
+        for ix in 0..m {
+            // corner-centred frequency index → angle θ = λ|k| = |index| · Δθ
+            let ty = fftfreq(iy, m) * m as f64 * exp.dtheta_rad;
+            let tx = fftfreq(ix, m) * m as f64 * exp.dtheta_rad;
+            let theta = (ty * ty + tx * tx).sqrt();
+            if theta <= alpha {
+                let c = chi(theta, exp.wavelength_m, exp.defocus_m, exp.c30_m);
+                pk[iy * m + ix] = C32::from_polar(1.0, -c as f32);
+                lit += 1;
+            }
+        }
+    }
+    if lit == 0 {
+        return Err(Error::new("experiment.convergence_semiangle_mrad", "aperture covers no detector pixel"));
+    }
+    let fft = Fft2::<f32>::new(m);
+    let mut s = fft.scratch();
+    fft.inverse(&mut pk, &mut s);
+    // centre it: real-space fftshift (probe at [M/2, M/2])
+    let mut p = super::fft::ifftshift(&pk, m, true);
+    normalise(&mut p, power);
+    Ok(p)
+}
+
+/// Scale `p` so that Σ|p|² = power.
+pub fn normalise(p: &mut [C32], power: f64) {
+    let e: f64 = p.iter().map(|z| z.norm_sqr() as f64).sum();
+    if e > 0.0 {
+        let s = (power / e).sqrt() as f32;
+        p.iter_mut().for_each(|z| *z *= s);
+    }
+}
+
+/// Build K incoherent probe modes from one probe [M, M]: mode 0 is the probe, mode k ≥ 1
+/// is the probe times a low-order Hermite-like pattern (y, x, xy, y²−x², …) across the
+/// probe's extent, orthogonalised against the earlier modes. The total power Σ_k Σ|P_k|²
+/// equals that of `p`, split 1 − 0.05(K−1) : 0.05 : 0.05 … (mode 0 dominant).
+///
+/// Returns [K, M, M].
+pub fn initial_modes(p: &[C32], m: usize, k: usize) -> Vec<C32> {
+    let power: f64 = p.iter().map(|z| z.norm_sqr() as f64).sum();
+    let mut modes: Vec<Vec<C32>> = vec![p.to_vec()];
+    // centroid and width of |p|²
+    let (mut cy, mut cx, mut w) = (0.0, 0.0, 0.0);
+    for y in 0..m {
+        for x in 0..m {
+            let i = p[y * m + x].norm_sqr() as f64;
+            cy += i * y as f64;
+            cx += i * x as f64;
+            w += i;
+        }
+    }
+    cy /= w.max(1e-300);
+    cx /= w.max(1e-300);
+    let mut r2 = 0.0;
+    for y in 0..m {
+        for x in 0..m {
+            r2 += p[y * m + x].norm_sqr() as f64 * ((y as f64 - cy).powi(2) + (x as f64 - cx).powi(2));
+        }
+    }
+    let sig = (r2 / w.max(1e-300)).sqrt().max(1.0);
+    let patterns: [fn(f64, f64) -> f64; 6] =
+        [|y, _| y, |_, x| x, |y, x| y * x, |y, x| y * y - x * x, |y, x| y * y + x * x - 1.0, |y, x| y * y * x];
+    for j in 1..k {
+        let f = patterns[(j - 1) % patterns.len()];
+        let order = 1 + (j - 1) / patterns.len();
+        let mut q: Vec<C32> = (0..m * m)
+            .map(|i| {
+                let (y, x) = (((i / m) as f64 - cy) / sig, ((i % m) as f64 - cx) / sig);
+                p[i] * (f(y, x) * (1.0 + 0.5 * (order - 1) as f64 * y)) as f32
+            })
+            .collect();
+        for prev in &modes {
+            let d: C32 = prev.iter().zip(&q).map(|(a, b)| a.conj() * b).sum();
+            let n: f32 = prev.iter().map(|a| a.norm_sqr()).sum();
+            if n > 0.0 {
+                let c = d / n;
+                q.iter_mut().zip(prev).for_each(|(b, a)| *b -= c * a);
+            }
+        }
+        modes.push(q);
+    }
+    let minor = 0.05;
+    let major = (1.0 - minor * (k as f64 - 1.0)).max(0.5);
+    let tot = major + minor * (k as f64 - 1.0);
+    for (j, mode) in modes.iter_mut().enumerate() {
+        normalise(mode, power * if j == 0 { major } else { minor } / tot);
+    }
+    modes.concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pbtio3() -> Experiment {
+        let l = super::super::electron_wavelength_m(300e3);
+        Experiment {
+            wavelength_m: l,
+            pixel_size_m: [0.182_812_5e-10; 2],
+            detector_px: 128,
+            convergence_semiangle_rad: Some(22e-3),
+            defocus_m: 150e-10,
+            c30_m: 0.0,
+            dtheta_rad: 0.841_345_68e-3,
+        }
+    }
+
+    #[test]
+    fn chi_sign_convention() {
+        // underfocus (positive defocus) → C10 < 0 → χ < 0 off axis, matching the dataset's
+        // χ = (π/λ) C10 θ² with C10 = −150 Å.
+        let l = 1.968_748_9e-12;
+        let c = chi(0.02, l, 150e-10, 0.0);
+        let want = std::f64::consts::PI / l * (-150e-10) * 0.02 * 0.02;
+        assert!((c - want).abs() < 1e-9 * want.abs());
+    }
+
+    #[test]
+    fn probe_is_centred_normalised_and_band_limited() {
+        let e = pbtio3();
+        let p = form_probe(&e, 1000.0).unwrap();
+        let m = 128;
+        let pow: f64 = p.iter().map(|z| z.norm_sqr() as f64).sum();
+        assert!((pow - 1000.0).abs() < 1e-3);
+        // centroid of |P|² at [64, 64] (symmetric aperture and aberrations)
+        let (mut cy, mut cx) = (0.0, 0.0);
+        for (i, z) in p.iter().enumerate() {
+            cy += z.norm_sqr() as f64 * (i / m) as f64;
+            cx += z.norm_sqr() as f64 * (i % m) as f64;
+        }
+        assert!((cy / pow - 64.0).abs() < 0.05 && (cx / pow - 64.0).abs() < 0.05, "{cy} {cx}");
+        // Fourier support: nothing beyond α (22 mrad ≈ 26.1 px)
+        let f = Fft2::<f32>::new(m);
+        let mut q = super::super::fft::ifftshift(&p, m, false);
+        f.forward(&mut q, &mut f.scratch());
+        for iy in 0..m {
+            for ix in 0..m {
+                let r = (fftfreq(iy, m).powi(2) + fftfreq(ix, m).powi(2)).sqrt() * m as f64;
+                if r > 27.0 {
+                    assert!(q[iy * m + ix].norm() < 1e-3, "leak at {iy},{ix}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn modes_keep_power_and_are_orthogonal() {
+        let e = pbtio3();
+        let p = form_probe(&e, 100.0).unwrap();
+        let m = 128;
+        let k = 3;
+        let modes = initial_modes(&p, m, k);
+        let pw: Vec<f64> = (0..k).map(|j| modes[j * m * m..(j + 1) * m * m].iter().map(|z| z.norm_sqr() as f64).sum()).collect();
+        assert!((pw.iter().sum::<f64>() - 100.0).abs() < 1e-2);
+        assert!((pw[0] / 100.0 - 0.9).abs() < 1e-3);
+        for a in 0..k {
+            for b in 0..a {
+                let d: C32 = (0..m * m).map(|i| modes[a * m * m + i].conj() * modes[b * m * m + i]).sum();
+                assert!(d.norm() < 1e-3 * (pw[a] * pw[b]).sqrt() as f32, "modes {a},{b}: {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_semiangle_is_an_error() {
+        let mut e = pbtio3();
+        e.convergence_semiangle_rad = None;
+        assert_eq!(form_probe(&e, 1.0).unwrap_err().what, "experiment.convergence_semiangle_mrad");
+    }
+}
