@@ -6,7 +6,7 @@
 
 use crate::config::NoiseModel;
 use crate::physics::fft::{Fft2, Real};
-use crate::physics::model::{residual, Field, PositionGeom};
+use crate::physics::model::{Field, PositionGeom};
 use num_complex::Complex;
 use rayon::prelude::*;
 
@@ -132,6 +132,48 @@ pub fn add_field<V: Copy + std::ops::Add<Output = V>>(dst: &mut Field<V>, src: &
     }
 }
 
+/// Noise-model residual over one pattern: writes `wt = scale · ∂L/∂I` per detector pixel
+/// and returns the pattern's loss (see `physics::model::residual`, which this must match).
+#[inline(always)]
+fn residuals<T: Real>(noise: NoiseModel, meas: &[f32], im: &mut [T], wt: &mut [T], eps: T, isc: T, scale: T) -> f64 {
+    // model intensities from raw |Ψ|² sums
+    im.iter_mut().for_each(|i| *i = *i * isc);
+    let mut loss = 0.0f64;
+    match noise {
+        NoiseModel::Poisson => {
+            for ((w, m), i) in wt.chunks_exact_mut(64).zip(meas.chunks_exact(64)).zip(im.chunks_exact(64)) {
+                let mut l = T::zero();
+                for ((w, &m), &i) in w.iter_mut().zip(m).zip(i) {
+                    let m = T::of32(m);
+                    *w = (T::one() - m / (i + eps)) * scale;
+                    l = l + i;
+                }
+                for (&m, &i) in m.iter().zip(i) {
+                    if m > 0.0 {
+                        let m = T::of32(m);
+                        l = l - m - m * ((i + eps) / m).ln();
+                    }
+                }
+                loss += l.f64();
+            }
+        }
+        NoiseModel::Amplitude => {
+            for ((w, m), i) in wt.chunks_exact_mut(64).zip(meas.chunks_exact(64)).zip(im.chunks_exact(64)) {
+                let mut l = T::zero();
+                for ((w, &m), &i) in w.iter_mut().zip(m).zip(i) {
+                    let a = i.sqrt();
+                    let sm = T::of32(m).sqrt();
+                    let d = a - sm;
+                    l = l + d * d;
+                    *w = if a > T::zero() { (T::one() - sm / a) * scale } else { T::zero() };
+                }
+                loss += l.f64();
+            }
+        }
+    }
+    loss
+}
+
 fn slab<T: Real>(
     k: &Kernel<T>,
     obj: &Field<Complex<T>>,
@@ -143,6 +185,8 @@ fn slab<T: Real>(
     let m = k.fft.size();
     let mm = m * m;
     let km = k.modes;
+    let sc = k.fft.scale(); // 1/M: raw transforms are M × unitary ones
+    let sc2 = sc * sc;
     // bounding box of the slab's windows
     let y0 = pos.iter().map(|p| p.window[0]).min().unwrap_or(obj.origin[0]);
     let x0 = pos.iter().map(|p| p.window[1]).min().unwrap_or(obj.origin[1]);
@@ -167,91 +211,111 @@ fn slab<T: Real>(
         scratch: k.fft.scratch(),
     };
     let ow = obj.shape[1];
+    let gw = shape[1];
     for (j, p) in pos.iter().enumerate() {
-        let oy = (p.window[0] - obj.origin[0]) as usize;
-        let ox = (p.window[1] - obj.origin[1]) as usize;
-        assert!(oy + m <= obj.shape[0] && ox + m <= ow, "window outside the object field");
-        let owin = |y: usize| &obj.data[(oy + y) * ow + ox..][..m];
-        // forward: shifted probes, exit waves, far field
-        for mode in 0..km {
-            let ph = &probe_hat[mode * mm..(mode + 1) * mm];
-            for kx in 0..m {
-                let ex = p.ramp_x[kx];
-                let (src, dst) = (&ph[kx * m..(kx + 1) * m], &mut w.w1[kx * m..(kx + 1) * m]);
-                for ky in 0..m {
-                    dst[ky] = src[ky] * (p.ramp_y[ky] * ex);
-                }
-            }
-            let pj = &mut w.pj[mode * mm..(mode + 1) * mm];
-            k.fft.inverse_t(&mut w.w1, pj, &mut w.scratch);
-            for y in 0..m {
-                let o = owin(y);
-                for x in 0..m {
-                    w.w1[y * m + x] = pj[y * m + x] * o[x];
-                }
-            }
-            k.fft.forward_t(&mut w.w1, &mut w.psi[mode * mm..(mode + 1) * mm], &mut w.scratch);
-        }
-        // model intensities and the noise model's residual weights
-        w.im.iter_mut().for_each(|v| *v = T::zero());
-        for mode in 0..km {
-            for (i, v) in w.im.iter_mut().zip(&w.psi[mode * mm..(mode + 1) * mm]) {
-                *i = *i + v.norm_sqr();
-            }
-        }
-        let mj = &meas[j * mm..(j + 1) * mm];
-        let mut loss = 0.0f64;
-        for i in 0..mm {
-            let (l, wt) = residual(k.noise, T::of(mj[i] as f64), w.im[i], k.eps);
-            loss += l.f64();
-            w.wt[i] = wt;
-        }
-        s.loss += loss;
-        // adjoint: back-propagate w·Ψ, then object and probe gradients
+        let (oy, ox) = window_offset(obj, p, m);
+        let orow = |y: usize| &obj.data[(oy + y) * ow + ox..][..m];
+        forward(k, obj, probe_hat, p, &mut w);
+        // model intensities (scaled by 1/M² in `residuals`) and weights w/M², so that a raw
+        // inverse FFT of w Ψ_raw gives the unitary b
+        s.loss += residuals(k.noise, &meas[j * mm..(j + 1) * mm], &mut w.im, &mut w.wt, k.eps, sc2, sc2);
+        // adjoint: b = F⁻¹(w Ψ); g_O += P* b, D_O += |P|²; g_P̂ += conj(ramp) F(O* b)
         let (gy, gx) = ((p.window[0] - y0) as usize, (p.window[1] - x0) as usize);
-        let gw = shape[1];
         for mode in 0..km {
-            for ((d, v), wt) in w.w1.iter_mut().zip(&w.psi[mode * mm..(mode + 1) * mm]).zip(&w.wt) {
-                *d = *v * *wt;
-            }
-            k.fft.inverse_t(&mut w.w1, &mut w.b, &mut w.scratch);
+            T::mul_real(&mut w.w1, &w.psi[mode * mm..(mode + 1) * mm], &w.wt);
+            k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
             let pj = &w.pj[mode * mm..(mode + 1) * mm];
-            for y in 0..m {
-                let g = &mut s.g.data[(gy + y) * gw + gx..][..m];
-                let d = &mut s.d.data[(gy + y) * gw + gx..][..m];
-                for x in 0..m {
-                    let pv = pj[y * m + x];
-                    g[x] = g[x] + pv.conj() * w.b[y * m + x];
-                    d[x] = d[x] + pv.norm_sqr();
-                }
+            for (y, (pr, br)) in pj.chunks_exact(m).zip(w.b.chunks_exact(m)).enumerate() {
+                let row = (gy + y) * gw + gx;
+                T::acc_cmul_conj(&mut s.g.data[row..row + m], pr, br);
+                T::acc_norm(&mut s.d.data[row..row + m], pr);
             }
             if want_probe {
-                for y in 0..m {
-                    let o = owin(y);
-                    for x in 0..m {
-                        w.w1[y * m + x] = o[x].conj() * w.b[y * m + x];
-                    }
+                for (y, (dst, br)) in w.w1.chunks_exact_mut(m).zip(w.b.chunks_exact(m)).enumerate() {
+                    T::cmul_conj(dst, orow(y), br);
                 }
                 // reuse b as the transform's output
-                k.fft.forward_t(&mut w.w1, &mut w.b, &mut w.scratch);
+                k.fft.forward_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
                 let gp = &mut s.gp[mode * mm..(mode + 1) * mm];
-                for kx in 0..m {
-                    let ex = p.ramp_x[kx];
-                    for ky in 0..m {
-                        let i = kx * m + ky;
-                        gp[i] = gp[i] + (p.ramp_y[ky] * ex).conj() * w.b[i];
-                    }
+                // conj(e_y e_x) t / M = conj(e_y) · (t · conj(e_x)/M)
+                for ((g, t), rx) in gp.chunks_exact_mut(m).zip(w.b.chunks_exact(m)).zip(&p.ramp_x) {
+                    T::acc_cmul_conj_cscale(g, &p.ramp_y, t, rx.conj() * sc);
                 }
             }
         }
         if want_probe {
-            for y in 0..m {
-                let o = owin(y);
-                for x in 0..m {
-                    s.dp[y * m + x] = s.dp[y * m + x] + o[x].norm_sqr();
-                }
+            for (y, dp) in s.dp.chunks_exact_mut(m).enumerate() {
+                T::acc_norm(dp, orow(y));
             }
         }
     }
     s
+}
+
+/// Local (row, column) of a position's window in `obj`. Panics if the window is not inside
+/// `obj` (a violated precondition: geometry is validated when it is built).
+fn window_offset<T>(obj: &Field<T>, p: &PositionGeom<impl Real>, m: usize) -> (usize, usize) {
+    let oy = p.window[0] - obj.origin[0];
+    let ox = p.window[1] - obj.origin[1];
+    assert!(
+        oy >= 0 && ox >= 0 && oy as usize + m <= obj.shape[0] && ox as usize + m <= obj.shape[1],
+        "window outside the object field"
+    );
+    (oy as usize, ox as usize)
+}
+
+/// Forward model of one position: shifted probe modes into `w.pj`, raw far fields
+/// (M × unitary) into `w.psi`, raw intensities Σ_k |Ψ_raw|² into `w.im`.
+#[inline(always)]
+fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], p: &PositionGeom<T>, w: &mut Work<T>) {
+    let m = k.fft.size();
+    let mm = m * m;
+    let sc = k.fft.scale();
+    let ow = obj.shape[1];
+    let (oy, ox) = window_offset(obj, p, m);
+    let orow = |y: usize| &obj.data[(oy + y) * ow + ox..][..m];
+    let km = k.modes;
+    // forward: P_jk = S_j P_k (probe spectrum × ramp, inverse FFT), ψ = P_jk O_j, Ψ = F ψ
+    for mode in 0..km {
+        let ph = &probe_hat[mode * mm..(mode + 1) * mm];
+        for ((dst, src), rx) in w.w1.chunks_exact_mut(m).zip(ph.chunks_exact(m)).zip(&p.ramp_x) {
+            T::cmul_cscale(dst, src, &p.ramp_y, *rx * sc);
+        }
+        let pj = &mut w.pj[mode * mm..(mode + 1) * mm];
+        k.fft.inverse_t_raw(&mut w.w1, pj, &mut w.scratch);
+        for (y, (dst, pr)) in w.w1.chunks_exact_mut(m).zip(pj.chunks_exact(m)).enumerate() {
+            T::cmul(dst, pr, orow(y));
+        }
+        k.fft.forward_t_raw(&mut w.w1, &mut w.psi[mode * mm..(mode + 1) * mm], &mut w.scratch);
+    }
+    // raw intensities Σ_k |Ψ_raw|² (M² × the unitary ones)
+    w.im.iter_mut().for_each(|v| *v = T::zero());
+    for mode in 0..km {
+        T::acc_norm(&mut w.im, &w.psi[mode * mm..(mode + 1) * mm]);
+    }
+}
+
+/// Model intensities I_j = Σ_k |F S_j P_k · O_j|² (unitary) of each position, [n][kx][ky]
+/// (the transposed corner-centred kernel layout), for simulation and tests.
+pub fn model_intensities<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], pos: &[PositionGeom<T>]) -> Vec<T> {
+    let m = k.fft.size();
+    let mm = m * m;
+    let sc2 = k.fft.scale() * k.fft.scale();
+    pos.par_iter()
+        .map(|p| {
+            let z = Complex::default();
+            let mut w = Work {
+                pj: vec![z; k.modes * mm],
+                psi: vec![z; k.modes * mm],
+                w1: vec![z; mm],
+                b: Vec::new(),
+                im: vec![T::zero(); mm],
+                wt: Vec::new(),
+                scratch: k.fft.scratch(),
+            };
+            forward(k, obj, probe_hat, p, &mut w);
+            w.im.iter().map(|v| *v * sc2).collect::<Vec<T>>()
+        })
+        .collect::<Vec<_>>()
+        .concat()
 }

@@ -1,6 +1,184 @@
-//! Command line.
+//! Command line (clap). Only wires the library together; every failure becomes a one-line
+//! message on stderr and exit code 2.
 
-/// Run the CLI; returns the process exit code.
+pub mod reconstruct;
+
+use crate::config::Config;
+use crate::error::{Error, Result, EXIT_USAGE};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// ptytile: tiled ptychographic reconstruction.
+#[derive(Parser, Debug)]
+#[command(name = "ptytile", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Reconstruct object and probe from a dataset described by a TOML config.
+    Reconstruct {
+        /// Config file (see datasets/*.toml).
+        config: PathBuf,
+        /// Override reconstruction.iterations.
+        #[arg(long)]
+        iterations: Option<usize>,
+        /// Override output.path.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Override any config key: --set section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Simulate a dataset with a known object (Poisson counts at a chosen dose); writes the
+    /// HDF5 file and a ready-to-use config `<stem>.toml` beside it.
+    Simulate(SimArgs),
+}
+
+/// Options of `ptytile simulate` (see `simulate::SimParams`).
+#[derive(clap::Args, Debug)]
+struct SimArgs {
+    /// Output HDF5 file.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Object phase from a grayscale PNG (default: a built-in lattice of atoms).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Maximum object phase (rad).
+    #[arg(long, default_value_t = 0.8)]
+    max_phase: f64,
+    /// Probe window / detector side M (px, even).
+    #[arg(long, default_value_t = 64)]
+    probe_size: usize,
+    /// Scan shape ROWSxCOLS.
+    #[arg(long, default_value = "16x16")]
+    scan: String,
+    /// Scan step (object px).
+    #[arg(long, default_value_t = 3.0)]
+    step_px: f64,
+    /// Random position jitter, ± px.
+    #[arg(long, default_value_t = 0.3)]
+    jitter_px: f64,
+    /// Beam energy (eV).
+    #[arg(long, default_value_t = 300e3)]
+    energy_ev: f64,
+    /// Convergence semi-angle (mrad).
+    #[arg(long, default_value_t = 25.0)]
+    semiangle_mrad: f64,
+    /// Defocus (m, positive = underfocus).
+    #[arg(long, default_value_t = 50e-10)]
+    defocus_m: f64,
+    /// Object pixel size (m).
+    #[arg(long, default_value_t = 0.2e-10)]
+    pixel_size_m: f64,
+    /// Mean counts per diffraction pattern (Poisson noise).
+    #[arg(long, default_value_t = 1e5)]
+    dose: f64,
+    /// Write noise-free intensities instead of counts.
+    #[arg(long)]
+    noise_free: bool,
+    /// Relative powers of incoherent probe modes, comma-separated (e.g. 0.7,0.2,0.1).
+    #[arg(long, default_value = "1")]
+    mode_powers: String,
+    /// RNG seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SimArgs {
+    fn params(&self) -> Result<crate::simulate::SimParams> {
+        let scan: Vec<usize> = self.scan.split('x').map(|v| v.trim().parse::<usize>()).collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::new("--scan", format!("'{}' is not ROWSxCOLS", self.scan)))?;
+        if scan.len() != 2 {
+            return Err(Error::new("--scan", format!("'{}' is not ROWSxCOLS", self.scan)));
+        }
+        let mode_powers: Vec<f64> = self.mode_powers.split(',').map(|v| v.trim().parse::<f64>()).collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::new("--mode-powers", format!("'{}' is not a comma-separated list of numbers", self.mode_powers)))?;
+        Ok(crate::simulate::SimParams {
+            m: self.probe_size,
+            scan: [scan[0], scan[1]],
+            step_px: self.step_px,
+            jitter_px: self.jitter_px,
+            energy_ev: self.energy_ev,
+            semiangle_mrad: self.semiangle_mrad,
+            defocus_m: self.defocus_m,
+            pixel_size_m: self.pixel_size_m,
+            dose: if self.noise_free { None } else { Some(self.dose) },
+            mode_powers,
+            max_phase: self.max_phase,
+            image: self.image.clone(),
+            seed: self.seed,
+        })
+    }
+}
+
+/// Parse arguments, run, map errors to exit code 2.
 pub fn main() -> i32 {
-    0
+    init_tracing();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match dispatch(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Reconstruct { config, iterations, output, mut set } => {
+            if let Some(n) = iterations {
+                set.push(format!("reconstruction.iterations={n}"));
+            }
+            if let Some(o) = output {
+                set.push(format!("output.path={}", toml_string(&o.display().to_string())));
+            }
+            let cfg = Config::load(&config, &set)?;
+            let n = cfg.reconstruction.iterations;
+            let bar = indicatif::ProgressBar::new(n as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} iterations  {msg}")
+                    .map_err(|e| Error::new("progress bar", e.to_string()))?,
+            );
+            let res = reconstruct::run(&cfg, |it, loss, secs, npos| {
+                bar.inc(1);
+                bar.set_message(format!("loss {loss:.6e}  {:.0} positions/s", npos as f64 / secs.max(1e-9)));
+                tracing::info!("iteration {it}: loss {loss:.6e}, {secs:.3} s");
+            })?;
+            bar.finish();
+            let paths = crate::output::write_result(&cfg.output.path, &res, cfg.output.png)?;
+            for p in paths {
+                println!("wrote {}", p.display());
+            }
+            Ok(())
+        }
+        Cmd::Simulate(a) => {
+            let p = a.params()?;
+            let sim = crate::simulate::simulate(&p)?;
+            let (h5, toml) = crate::simulate::write(&a.output, &sim, &p)?;
+            println!("wrote {} ({} patterns of {}x{}, object {}x{})", h5.display(), sim.positions_px.len(), p.m, p.m, sim.object.shape[0], sim.object.shape[1]);
+            println!("wrote {}", toml.display());
+            Ok(())
+        }
+    }
+}
+
+/// Quote a string as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }

@@ -1,1 +1,380 @@
-//! Reading measurements.
+//! Measurements in: open a ptychography HDF5 file, map units, validate, and read the
+//! diffraction patterns of a chosen set of positions (HDF5 selection reads, so a rank
+//! never holds patterns it does not own).
+//!
+//! Conventions after loading (docs/algorithm.md §1): probe centres are (y, x) in global
+//! object pixels, c_j = p_j − min_j p_j + M/2, so every M × M window lies inside the object
+//! grid [Ny, Nx] = [⌊max c_y⌋ + M/2, ⌊max c_x⌋ + M/2]; intensities are stored per position
+//! in the transposed, corner-centred layout `[kx][ky]` of `physics::fft`.
+
+pub mod inspect;
+
+use crate::config::{Beam, Config, PositionsUnit, ZeroFrequency};
+use crate::error::{Context, Error, Result};
+use crate::physics::{self, Experiment};
+use hdf5::types::{FloatSize, TypeDescriptor};
+use num_complex::Complex32;
+use std::path::{Path, PathBuf};
+
+/// Largest object side (px) ptytile accepts; larger means the positions are wrong (unit?).
+pub const MAX_OBJECT_SIDE: usize = 1 << 16;
+
+/// An opened dataset: metadata, geometry and positions of all N patterns; intensities are
+/// read on demand with [`DataFile::read_intensities`].
+#[derive(Debug)]
+pub struct DataFile {
+    /// The HDF5 file.
+    pub path: PathBuf,
+    file: hdf5::File,
+    intensities: String,
+    zero_frequency: ZeroFrequency,
+    /// Physics of the experiment (SI units).
+    pub experiment: Experiment,
+    /// Number of positions N in the file.
+    pub n: usize,
+    /// Detector side M (px).
+    pub m: usize,
+    /// Probe centres (y, x), global object pixels, [N].
+    pub centres: Vec<[f64; 2]>,
+    /// Object grid (Ny, Nx) in pixels.
+    pub object_shape: [usize; 2],
+    /// Initial probe from the file, [K', M, M], if `data.probe` was given.
+    pub initial_probe: Option<(usize, Vec<Complex32>)>,
+}
+
+impl DataFile {
+    /// Open and validate `cfg.data`: the file, the intensities' and positions' shapes and
+    /// dtypes, the experiment metadata (config keys, else file attributes), the field of view.
+    ///
+    /// Errors, each naming the file, dataset or key: missing/unreadable file, missing
+    /// dataset, wrong rank/shape/dtype, non-square or empty patterns, count mismatch between
+    /// intensities and positions, non-finite positions, a field of view larger than
+    /// [`MAX_OBJECT_SIDE`], missing or absurd metadata.
+    pub fn open(cfg: &Config) -> Result<DataFile> {
+        let path = cfg.data.file.clone();
+        let pname = path.display().to_string();
+        if path.is_dir() {
+            return Err(Error::new(&pname, "is a directory, not an HDF5 file"));
+        }
+        if !path.exists() {
+            return Err(Error::new(&pname, "no such file"));
+        }
+        let file = hdf5::File::open(&path).map_err(|e| Error::new(&pname, format!("cannot open as HDF5 ({e})")))?;
+        let what = |d: &str| format!("{pname}:{d}");
+
+        // intensities: [N, M, M], float or integer
+        let di = dataset(&file, &pname, &cfg.data.intensities)?;
+        let shape = di.shape();
+        if shape.len() != 3 {
+            return Err(Error::new(what(&cfg.data.intensities), format!("expected rank 3 [N, M, M], got shape {shape:?}")));
+        }
+        check_numeric(&di, &what(&cfg.data.intensities))?;
+        let (n, m) = (shape[0], shape[1]);
+        if shape[1] != shape[2] {
+            return Err(Error::new(what(&cfg.data.intensities), format!("patterns must be square, got {}x{}", shape[1], shape[2])));
+        }
+        if n == 0 || m < 2 {
+            return Err(Error::new(what(&cfg.data.intensities), format!("empty: shape {shape:?}")));
+        }
+
+        // positions: [N, 2]
+        let dp = dataset(&file, &pname, &cfg.data.positions)?;
+        let ps = dp.shape();
+        if ps.len() != 2 || ps[1] != 2 {
+            return Err(Error::new(what(&cfg.data.positions), format!("expected shape [N, 2] (y, x), got {ps:?}")));
+        }
+        check_numeric(&dp, &what(&cfg.data.positions))?;
+        if ps[0] != n {
+            return Err(Error::new(
+                what(&cfg.data.positions),
+                format!("{} positions but {} diffraction patterns in {}", ps[0], n, cfg.data.intensities),
+            ));
+        }
+        let raw: Vec<f64> = dp.read_raw::<f64>().ctx(|| what(&cfg.data.positions))?;
+        if let Some(j) = raw.iter().position(|v| !v.is_finite()) {
+            return Err(Error::new(what(&cfg.data.positions), format!("non-finite value at position {}", j / 2)));
+        }
+
+        let meta = Meta { file: &file, pname: &pname, intensities: &cfg.data.intensities };
+        let experiment = experiment(cfg, &meta, m)?;
+
+        // positions → object pixels
+        let scale = match cfg.data.positions_unit {
+            PositionsUnit::Px => [1.0, 1.0],
+            PositionsUnit::M => [1.0 / experiment.pixel_size_m[0], 1.0 / experiment.pixel_size_m[1]],
+            PositionsUnit::Nm => [1e-9 / experiment.pixel_size_m[0], 1e-9 / experiment.pixel_size_m[1]],
+            PositionsUnit::Angstrom => [1e-10 / experiment.pixel_size_m[0], 1e-10 / experiment.pixel_size_m[1]],
+        };
+        let px: Vec<[f64; 2]> = raw.chunks(2).map(|p| [p[0] * scale[0], p[1] * scale[1]]).collect();
+        let (centres, object_shape) = object_grid(&px, m).map_err(|msg| {
+            Error::new(what(&cfg.data.positions), format!("{msg} (positions_unit = {:?}?)", cfg.data.positions_unit))
+        })?;
+
+        let initial_probe = match &cfg.data.probe {
+            None => None,
+            Some(p) => Some(read_probe(&file, &pname, p, m)?),
+        };
+        Ok(DataFile {
+            path,
+            file,
+            intensities: cfg.data.intensities.clone(),
+            zero_frequency: cfg.data.zero_frequency,
+            experiment,
+            n,
+            m,
+            centres,
+            object_shape,
+            initial_probe,
+        })
+    }
+
+    /// Read the patterns of the given global position indices (ascending or not), in that
+    /// order, as f32 counts in the transposed corner-centred layout: [len, M(kx), M(ky)].
+    /// Contiguous index runs become one HDF5 hyperslab read each.
+    ///
+    /// Errors: NaN, infinite or negative intensities (naming the position), read failures.
+    pub fn read_intensities(&self, indices: &[usize]) -> Result<Vec<f32>> {
+        let m = self.m;
+        let mm = m * m;
+        let what = format!("{}:{}", self.path.display(), self.intensities);
+        let ds = self.file.dataset(&self.intensities).ctx(|| what.clone())?;
+        let mut out = vec![0f32; indices.len() * mm];
+        let mut i = 0;
+        while i < indices.len() {
+            let start = indices[i];
+            let mut len = 1;
+            while i + len < indices.len() && indices[i + len] == start + len {
+                len += 1;
+            }
+            if start + len > self.n {
+                return Err(Error::new(&what, format!("position index {} out of range", start + len - 1)));
+            }
+            let block = ds
+                .read_slice::<f32, _, ndarray::Ix3>(ndarray::s![start..start + len, .., ..])
+                .ctx(|| what.clone())?;
+            let block = block.as_standard_layout();
+            let flat = block.as_slice().ok_or_else(|| Error::new(&what, "unexpected memory layout"))?;
+            for (b, pat) in flat.chunks(mm).enumerate() {
+                let j = start + b;
+                if let Some(bad) = pat.iter().find(|v| !v.is_finite() || **v < 0.0) {
+                    let kind = if bad.is_nan() { "NaN" } else if bad.is_infinite() { "infinite" } else { "negative" };
+                    return Err(Error::new(&what, format!("{kind} intensity in pattern {j}")));
+                }
+                to_kernel_layout(pat, m, self.zero_frequency, &mut out[(i + b) * mm..(i + b + 1) * mm]);
+            }
+            i += len;
+        }
+        Ok(out)
+    }
+}
+
+/// Convert one pattern [ky][kx] (zero frequency as stored) to the kernel layout [kx][ky]
+/// with zero frequency at [0, 0].
+pub fn to_kernel_layout(pat: &[f32], m: usize, zf: ZeroFrequency, out: &mut [f32]) {
+    let h = match zf {
+        ZeroFrequency::Center => m / 2,
+        ZeroFrequency::Corner => 0,
+    };
+    for ky in 0..m {
+        for kx in 0..m {
+            out[kx * m + ky] = pat[((ky + h) % m) * m + (kx + h) % m];
+        }
+    }
+}
+
+/// Probe centres in object pixels (c = p − min p + M/2) and the object grid that holds every
+/// window. Errors (as a message) when the positions span an absurd field of view.
+pub fn object_grid(px: &[[f64; 2]], m: usize) -> std::result::Result<(Vec<[f64; 2]>, [usize; 2]), String> {
+    let min = |a: usize| px.iter().map(|p| p[a]).fold(f64::INFINITY, f64::min);
+    let max = |a: usize| px.iter().map(|p| p[a]).fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = ([min(0), min(1)], [max(0), max(1)]);
+    let span = [hi[0] - lo[0], hi[1] - lo[1]];
+    if span.iter().any(|s| *s > MAX_OBJECT_SIDE as f64) {
+        return Err(format!(
+            "scan spans {:.3e} x {:.3e} px, outside any sane field of view (limit {MAX_OBJECT_SIDE} px)",
+            span[0], span[1]
+        ));
+    }
+    if px.len() > 1 && span[0] < 1e-3 && span[1] < 1e-3 {
+        return Err(format!("all {} positions lie within 1e-3 px of each other", px.len()));
+    }
+    let h = (m / 2) as f64;
+    let centres: Vec<[f64; 2]> = px.iter().map(|p| [p[0] - lo[0] + h, p[1] - lo[1] + h]).collect();
+    let shape = [(span[0] + h).floor() as usize + m / 2, (span[1] + h).floor() as usize + m / 2];
+    Ok((centres, shape))
+}
+
+fn dataset(file: &hdf5::File, pname: &str, path: &str) -> Result<hdf5::Dataset> {
+    if !file.link_exists(path) {
+        return Err(Error::new(format!("{pname}:{path}"), "no such dataset"));
+    }
+    file.dataset(path).map_err(|e| Error::new(format!("{pname}:{path}"), format!("not a dataset ({e})")))
+}
+
+/// Integers and floats are accepted (read with conversion to f32/f64); anything else is a
+/// dtype error.
+fn check_numeric(ds: &hdf5::Dataset, what: &str) -> Result<()> {
+    let t = ds.dtype().and_then(|t| t.to_descriptor()).ctx(|| what.to_string())?;
+    match t {
+        TypeDescriptor::Float(FloatSize::U4) | TypeDescriptor::Float(FloatSize::U8) => Ok(()),
+        TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) => Ok(()),
+        other => Err(Error::new(what, format!("dtype {other} is not a real number type"))),
+    }
+}
+
+fn read_probe(file: &hdf5::File, pname: &str, path: &str, m: usize) -> Result<(usize, Vec<Complex32>)> {
+    let what = format!("{pname}:{path}");
+    let ds = dataset(file, pname, path)?;
+    let s = ds.shape();
+    let k = match s.as_slice() {
+        [a, b] if *a == m && *b == m => 1,
+        [k, a, b] if *a == m && *b == m && *k > 0 => *k,
+        _ => return Err(Error::new(&what, format!("expected a complex probe [M, M] or [K, M, M] with M = {m}, got {s:?}"))),
+    };
+    let p: Vec<Complex32> = ds.read_raw::<Complex32>().map_err(|e| Error::new(&what, format!("not a complex64 probe ({e})")))?;
+    if p.iter().any(|z| !z.re.is_finite() || !z.im.is_finite()) {
+        return Err(Error::new(&what, "probe contains non-finite values"));
+    }
+    Ok((k, p))
+}
+
+/// Where metadata attributes are looked for: the intensities dataset, its parent group,
+/// the root, `/meta`, `/metadata`.
+struct Meta<'a> {
+    file: &'a hdf5::File,
+    pname: &'a str,
+    intensities: &'a str,
+}
+
+impl Meta<'_> {
+    /// First attribute found among `names` (each with a scale factor), as f64 values.
+    fn find(&self, names: &[(&str, f64)]) -> Option<(String, Vec<f64>)> {
+        let parent = match self.intensities.rfind('/') {
+            Some(0) | None => "/".to_string(),
+            Some(i) => self.intensities[..i].to_string(),
+        };
+        let places = [self.intensities.to_string(), parent, "/".into(), "/meta".into(), "/metadata".into()];
+        for place in places.iter() {
+            if place != "/" && !self.file.link_exists(place) {
+                continue;
+            }
+            let attr = |name: &str| -> Option<hdf5::Attribute> {
+                if let Ok(d) = self.file.dataset(place) {
+                    d.attr(name).ok()
+                } else {
+                    self.file.group(place).ok()?.attr(name).ok()
+                }
+            };
+            for (name, scale) in names {
+                if let Some(a) = attr(name) {
+                    if let Ok(v) = a.read_raw::<f64>() {
+                        return Some((format!("{}:{}@{}", self.pname, place, name), v.iter().map(|x| x * scale).collect()));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A scalar from the config, else from file attributes; errors name the config key.
+fn value(key: &str, cfg: Option<f64>, meta: &Meta, names: &[(&str, f64)], required: bool) -> Result<Option<f64>> {
+    if let Some(v) = cfg {
+        return Ok(Some(v));
+    }
+    match meta.find(names) {
+        Some((src, v)) => {
+            let x = *v.first().ok_or_else(|| Error::new(&src, "empty attribute"))?;
+            if v.iter().any(|y| (y - x).abs() > 1e-9 * x.abs().max(1e-300)) {
+                return Err(Error::new(&src, format!("anisotropic values {v:?} are not supported for {key}")));
+            }
+            tracing::info!("{key} = {x} (from {src})");
+            Ok(Some(x))
+        }
+        None if required => Err(Error::new(key, "missing: not in the config and no matching attribute in the data file")),
+        None => Ok(None),
+    }
+}
+
+fn experiment(cfg: &Config, meta: &Meta, m: usize) -> Result<Experiment> {
+    let e = &cfg.experiment;
+    let pos = |key: &str, v: Option<f64>| -> Result<Option<f64>> {
+        crate::config::check_positive(key, v)?;
+        Ok(v)
+    };
+    let energy = pos(
+        "experiment.energy_ev",
+        value("experiment.energy_ev", e.energy_ev, meta, &[("energy_ev", 1.0), ("energy_eV", 1.0), ("energy", 1.0)], true)?,
+    )?
+    .unwrap_or_default();
+    let wavelength = match e.beam {
+        Beam::Electron => physics::electron_wavelength_m(energy),
+        Beam::Xray => physics::xray_wavelength_m(energy),
+    };
+    let alpha = pos(
+        "experiment.convergence_semiangle_mrad",
+        value(
+            "experiment.convergence_semiangle_mrad",
+            e.convergence_semiangle_mrad,
+            meta,
+            &[("convergence_semiangle_mrad", 1.0), ("semiangle_mrad", 1.0)],
+            false,
+        )?,
+    )?;
+    let defocus = value(
+        "experiment.defocus_m",
+        e.defocus_m,
+        meta,
+        &[("defocus_m", 1.0), ("defocus_A", 1e-10), ("defocus_A_abtem", 1e-10), ("C10_A", -1e-10), ("C10_m", -1.0)],
+        false,
+    )?
+    .unwrap_or(0.0);
+    let c30 = value("experiment.spherical_aberration_m", e.spherical_aberration_m, meta, &[("C30_m", 1.0), ("Cs_m", 1.0), ("C30_A", 1e-10)], false)?
+        .unwrap_or(0.0);
+    let (dtheta, pixel) = match e.beam {
+        Beam::Electron => {
+            let mrad = pos(
+                "experiment.angular_sampling_mrad",
+                value("experiment.angular_sampling_mrad", e.angular_sampling_mrad, meta, &[("angular_sampling_mrad", 1.0)], true)?,
+            )?
+            .unwrap_or_default();
+            let dt = mrad * 1e-3;
+            (dt, physics::pixel_size_from_angular_m(wavelength, m, dt))
+        }
+        Beam::Xray => {
+            let z = pos(
+                "experiment.detector_distance_m",
+                value("experiment.detector_distance_m", e.detector_distance_m, meta, &[("detector_distance_m", 1.0), ("distance", 1.0)], true)?,
+            )?
+            .unwrap_or_default();
+            let p = pos(
+                "experiment.detector_pixel_size_m",
+                value(
+                    "experiment.detector_pixel_size_m",
+                    e.detector_pixel_size_m,
+                    meta,
+                    &[("detector_pixel_size_m", 1.0), ("x_pixel_size", 1.0)],
+                    true,
+                )?,
+            )?
+            .unwrap_or_default();
+            (p / z, physics::pixel_size_from_detector_m(wavelength, m, z, p))
+        }
+    };
+    let exp = Experiment {
+        wavelength_m: wavelength,
+        pixel_size_m: [pixel, pixel],
+        detector_px: m,
+        convergence_semiangle_rad: alpha.map(|a| a * 1e-3),
+        defocus_m: defocus,
+        c30_m: c30,
+        dtheta_rad: dtheta,
+    };
+    exp.check()?;
+    Ok(exp)
+}
+
+/// Resolve a possibly relative path against a base directory.
+pub fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}

@@ -1,1 +1,4 @@
-//! Solvers.
+//! Solvers. An engine owns the iteration: it asks a backend for sums of per-position
+//! contributions and turns them into updates of the object and probe.
+
+pub mod gd;

@@ -27,3 +27,31 @@ pub struct ReconResult {
     /// Further scalar attributes of the root group (name, value), e.g. timings.
     pub attrs: Vec<(String, f64)>,
 }
+
+/// TEMPORARY until the HDF5 writer lands.
+pub fn write_result(_path: &std::path::Path, _r: &ReconResult, _png: bool) -> crate::Result<Vec<std::path::PathBuf>> {
+    Ok(vec![])
+}
+
+/// Temporary name beside `path` for atomic writes: `.<name>.tmp-<pid>`.
+pub fn temp_path(path: &std::path::Path) -> std::path::PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Write `bytes` to `path` atomically (temporary file, fsync, rename).
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
+    use crate::error::Context;
+    use std::io::Write;
+    let tmp = temp_path(path);
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.ctx(|| path.display().to_string())
+}

@@ -13,18 +13,24 @@ use rustfft::{Fft, FftNum, FftPlanner};
 use std::sync::Arc;
 
 /// Real scalar of the numerics: f32 in production, f64 for gradient checks.
-pub trait Real: FftNum + num_traits::Float + std::iter::Sum + Default + Send + Sync + 'static {
+pub trait Real: FftNum + num_traits::Float + std::iter::Sum + Default + Send + Sync + crate::physics::simd::Ops + 'static {
     /// Lossless for f64, rounded for f32.
     fn of(x: f64) -> Self;
     /// To f64.
     fn f64(self) -> f64;
+    /// From f32 (measured intensities).
+    fn of32(x: f32) -> Self;
 }
 impl Real for f32 {
     fn of(x: f64) -> Self { x as f32 }
+    #[inline(always)]
+    fn of32(x: f32) -> Self { x }
     fn f64(self) -> f64 { self as f64 }
 }
 impl Real for f64 {
     fn of(x: f64) -> Self { x }
+    #[inline(always)]
+    fn of32(x: f32) -> Self { x as f64 }
     fn f64(self) -> f64 { self }
 }
 
@@ -65,17 +71,37 @@ impl<T: Real> Fft2<T> {
     /// `out[kx][ky] = (F a)[ky][kx]`, unitary. `a` ([y][x], M²) is used as work space and
     /// left holding garbage.
     pub fn forward_t(&self, a: &mut [Complex<T>], out: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
-        self.fwd.process_with_scratch(a, scratch);
-        transpose_scaled(a, out, self.m, self.scale);
-        self.fwd.process_with_scratch(out, scratch);
+        self.forward_t_raw(a, out, scratch);
+        out.iter_mut().for_each(|z| *z = *z * self.scale);
     }
 
     /// `out[y][x] = (F⁻¹ A)[y][x]` for `a[kx][ky] = A[ky][kx]` (transposed layout), unitary.
     /// `a` is used as work space.
     pub fn inverse_t(&self, a: &mut [Complex<T>], out: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+        self.inverse_t_raw(a, out, scratch);
+        out.iter_mut().for_each(|z| *z = *z * self.scale);
+    }
+
+    /// As [`Fft2::forward_t`] but unnormalised: the result is M × the unitary transform.
+    /// Hot loops fold the 1/M into their element-wise passes.
+    #[inline]
+    pub fn forward_t_raw(&self, a: &mut [Complex<T>], out: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+        self.fwd.process_with_scratch(a, scratch);
+        transpose::transpose(a, out, self.m, self.m);
+        self.fwd.process_with_scratch(out, scratch);
+    }
+
+    /// As [`Fft2::inverse_t`] but unnormalised: M × the unitary inverse.
+    #[inline]
+    pub fn inverse_t_raw(&self, a: &mut [Complex<T>], out: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
         self.inv.process_with_scratch(a, scratch);
-        transpose_scaled(a, out, self.m, self.scale);
+        transpose::transpose(a, out, self.m, self.m);
         self.inv.process_with_scratch(out, scratch);
+    }
+
+    /// 1/M, the factor between the raw and unitary transforms.
+    pub fn scale(&self) -> T {
+        self.scale
     }
 
     /// Plain unitary forward transform, Fourier result in the ordinary `[ky][kx]` layout
@@ -83,30 +109,14 @@ impl<T: Real> Fft2<T> {
     pub fn forward(&self, a: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
         let mut t = vec![Complex::default(); a.len()];
         self.forward_t(a, &mut t, scratch);
-        transpose_scaled(&t, a, self.m, T::one());
+        transpose::transpose(&t, a, self.m, self.m);
     }
 
     /// Plain unitary inverse transform of an ordinary `[ky][kx]` array.
     pub fn inverse(&self, a: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
         let mut t = vec![Complex::default(); a.len()];
-        transpose_scaled(a, &mut t, self.m, T::one());
+        transpose::transpose(a, &mut t, self.m, self.m);
         self.inverse_t(&mut t, a, scratch);
-    }
-}
-
-/// `out[j][i] = s · a[i][j]` for square m × m arrays, in cache blocks.
-pub fn transpose_scaled<T: Real>(a: &[Complex<T>], out: &mut [Complex<T>], m: usize, s: T) {
-    const B: usize = 16;
-    debug_assert!(a.len() >= m * m && out.len() >= m * m);
-    for i0 in (0..m).step_by(B) {
-        for j0 in (0..m).step_by(B) {
-            for i in i0..(i0 + B).min(m) {
-                let row = &a[i * m..i * m + m];
-                for j in j0..(j0 + B).min(m) {
-                    out[j * m + i] = row[j] * s;
-                }
-            }
-        }
     }
 }
 

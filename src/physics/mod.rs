@@ -4,6 +4,7 @@
 pub mod fft;
 pub mod model;
 pub mod probe;
+pub mod simd;
 
 use crate::error::{Error, Result};
 
