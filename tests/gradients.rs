@@ -1,0 +1,194 @@
+//! Finite-difference checks of the object and probe gradients (f64), for both noise models
+//! and two probe modes, and adjoint identities of the shift operator. docs/algorithm.md §3–4.
+
+use num_complex::Complex64 as C;
+use ptytile::backend::cpu::{gradients, model_intensities, probe_spectrum, Gradients, Kernel};
+use ptytile::config::NoiseModel;
+use ptytile::physics::fft::Fft2;
+use ptytile::physics::model::{shift_ramps, Field, PositionGeom};
+
+const M: usize = 16;
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+struct Case {
+    k: Kernel<f64>,
+    obj: Field<C>,
+    probe: Vec<C>,
+    pos: Vec<PositionGeom<f64>>,
+    meas: Vec<f32>,
+}
+
+fn case(noise: NoiseModel, modes: usize) -> Case {
+    let mut r = Lcg(7);
+    let shape = [30, 34];
+    let obj = Field {
+        origin: [-2, 3],
+        shape,
+        data: (0..shape[0] * shape[1]).map(|_| C::from_polar(0.8 + 0.4 * r.next(), 2.0 * r.next() - 1.0)).collect(),
+    };
+    let probe: Vec<C> = (0..modes * M * M)
+        .map(|i| {
+            let (y, x) = (((i / M) % M) as f64 - 7.7, (i % M) as f64 - 8.2);
+            let g = (-(y * y + x * x) / 18.0).exp() * (1.0 + 3.0 * (i / (M * M)) as f64);
+            C::from_polar(g * (1.0 + 0.3 * r.next()), 0.5 * r.next())
+        })
+        .collect();
+    // 9 positions with sub-pixel centres; windows inside the field
+    let pos: Vec<PositionGeom<f64>> = (0..9)
+        .map(|j| {
+            let c = [obj.origin[0] as f64 + 8.0 + 3.3 * (j / 3) as f64 + r.next(), obj.origin[1] as f64 + 8.0 + 4.1 * (j % 3) as f64 + r.next()];
+            PositionGeom::new(j, c, M)
+        })
+        .collect();
+    let k = Kernel { fft: Fft2::new(M), modes, noise, eps: 1e-9 };
+    // "measurements": the model of a perturbed object, scaled, plus deterministic noise
+    let mut truth = obj.clone();
+    truth.data.iter_mut().for_each(|z| *z *= C::from_polar(1.0 + 0.1 * r.next(), 0.3 * r.next()));
+    let ideal = model_intensities(&k, &truth, &probe_spectrum(&k.fft, &probe), &pos);
+    let meas = ideal.iter().map(|v| ((v * 1.3) + 0.2 * r.next()).round() as f32).collect();
+    Case { k, obj, probe, pos, meas }
+}
+
+fn eval(c: &Case, obj: &Field<C>, probe: &[C]) -> Gradients<f64> {
+    gradients(&c.k, obj, &probe_spectrum(&c.k.fft, probe), &c.pos, &c.meas, true)
+}
+
+/// Central difference of the loss along `dir` at one complex entry: returns (∂L/∂Re, ∂L/∂Im),
+/// which must equal 2·(Re g, Im g) for g = ∂L/∂z*.
+fn fd(c: &Case, perturb: &dyn Fn(C) -> (Field<C>, Vec<C>)) -> (f64, f64) {
+    let h = 1e-6;
+    let l = |d: C| {
+        let (o, p) = perturb(d);
+        eval(c, &o, &p).loss
+    };
+    ((l(C::new(h, 0.0)) - l(C::new(-h, 0.0))) / (2.0 * h), (l(C::new(0.0, h)) - l(C::new(0.0, -h))) / (2.0 * h))
+}
+
+fn check(noise: NoiseModel, modes: usize) {
+    let c = case(noise, modes);
+    let g = eval(&c, &c.obj, &c.probe);
+    assert!(g.loss > 0.0);
+    // object: pixels in the middle, near a window edge, and one no window touches
+    let mut worst: f64 = 0.0;
+    for &(y, x) in &[(12usize, 14usize), (3, 5), (20, 9), (28, 33)] {
+        let i = y * c.obj.shape[1] + x;
+        let (dre, dim) = fd(&c, &|d| {
+            let mut o = c.obj.clone();
+            o.data[i] += d;
+            (o, c.probe.clone())
+        });
+        let want = 2.0 * g.g_obj.data[i];
+        let scale = want.norm().max(1e-3 * g.loss.abs() / 1e3);
+        let err = ((dre - want.re).powi(2) + (dim - want.im).powi(2)).sqrt() / scale;
+        worst = worst.max(err);
+        assert!(err < 1e-5, "{noise:?} K={modes} object ({y},{x}): FD ({dre:.6e},{dim:.6e}) vs 2g {want:.6e}");
+    }
+    // probe: g_P = F⁻¹ ĝ_P (unitary), per mode
+    let mut gp = vec![C::default(); modes * M * M];
+    let mut s = c.k.fft.scratch();
+    for (hat, out) in g.g_probe_hat.chunks(M * M).zip(gp.chunks_mut(M * M)) {
+        c.k.fft.inverse_t(&mut hat.to_vec(), out, &mut s);
+    }
+    for mode in 0..modes {
+        for &(y, x) in &[(8usize, 8usize), (2, 13), (11, 4)] {
+            let i = mode * M * M + y * M + x;
+            let (dre, dim) = fd(&c, &|d| {
+                let mut p = c.probe.clone();
+                p[i] += d;
+                (c.obj.clone(), p)
+            });
+            let want = 2.0 * gp[i];
+            let err = ((dre - want.re).powi(2) + (dim - want.im).powi(2)).sqrt() / want.norm().max(1e-9);
+            assert!(err < 1e-5, "{noise:?} K={modes} probe mode {mode} ({y},{x}): FD ({dre:.6e},{dim:.6e}) vs 2g {want:.6e}");
+        }
+    }
+    eprintln!("{noise:?} K={modes}: worst object relative error {worst:.2e}");
+}
+
+#[test]
+fn gradient_fd_amplitude_one_mode() {
+    check(NoiseModel::Amplitude, 1);
+}
+#[test]
+fn gradient_fd_amplitude_two_modes() {
+    check(NoiseModel::Amplitude, 2);
+}
+#[test]
+fn gradient_fd_poisson_one_mode() {
+    check(NoiseModel::Poisson, 1);
+}
+#[test]
+fn gradient_fd_poisson_two_modes() {
+    check(NoiseModel::Poisson, 2);
+}
+
+/// The object preconditioner is Σ_jk |P_jk|² and the unlit pixel gets no gradient.
+#[test]
+fn preconditioner_is_illumination() {
+    let c = case(NoiseModel::Poisson, 2);
+    let g = eval(&c, &c.obj, &c.probe);
+    let unlit = 28 * c.obj.shape[1] + 33;
+    assert_eq!(g.g_obj.data[unlit], C::default());
+    assert_eq!(g.d_obj.data[unlit], 0.0);
+    // total illumination = N Σ_k Σ|P_k|² (shifts are unitary)
+    let p2: f64 = c.probe.iter().map(|z| z.norm_sqr()).sum();
+    let d: f64 = g.d_obj.data.iter().sum();
+    assert!((d - c.pos.len() as f64 * p2).abs() < 1e-9 * d, "{d} vs {}", c.pos.len() as f64 * p2);
+}
+
+/// S_f = F⁻¹ diag(e^{−2πi q·f}) F: ⟨S a, b⟩ = ⟨a, S^H b⟩ with S^H the shift by −f, and S is
+/// unitary (‖S a‖ = ‖a‖).
+#[test]
+fn shift_operator_adjoint() {
+    let mut r = Lcg(3);
+    let f = Fft2::<f64>::new(M);
+    let a: Vec<C> = (0..M * M).map(|_| C::new(r.next() - 0.5, r.next() - 0.5)).collect();
+    let b: Vec<C> = (0..M * M).map(|_| C::new(r.next() - 0.5, r.next() - 0.5)).collect();
+    let shift = |v: &[C], s: [f64; 2]| -> Vec<C> {
+        let (ey, ex) = shift_ramps::<f64>(s, M);
+        let mut w = v.to_vec();
+        let mut t = vec![C::default(); M * M];
+        let mut sc = f.scratch();
+        f.forward_t(&mut w, &mut t, &mut sc);
+        for kx in 0..M {
+            for ky in 0..M {
+                t[kx * M + ky] *= ey[ky] * ex[kx];
+            }
+        }
+        let mut out = vec![C::default(); M * M];
+        f.inverse_t(&mut t, &mut out, &mut sc);
+        out
+    };
+    let s = [0.37, -0.81];
+    let sa = shift(&a, s);
+    let shb = shift(&b, [-s[0], -s[1]]);
+    let lhs: C = sa.iter().zip(&b).map(|(x, y)| x.conj() * y).sum();
+    let rhs: C = a.iter().zip(&shb).map(|(x, y)| x.conj() * y).sum();
+    assert!((lhs - rhs).norm() < 1e-12, "{lhs} vs {rhs}");
+    let n0: f64 = a.iter().map(|z| z.norm_sqr()).sum();
+    let n1: f64 = sa.iter().map(|z| z.norm_sqr()).sum();
+    assert!((n0 - n1).abs() < 1e-12 * n0);
+    // composing +f and −f is the identity
+    let back = shift(&sa, [-s[0], -s[1]]);
+    assert!(a.iter().zip(&back).all(|(x, y)| (x - y).norm() < 1e-12));
+}
+
+/// The exit-wave map A: O ↦ (P_j · O_j)_j and the object gradient's P*-weighted placement
+/// are adjoint: ⟨A O, ψ⟩ = ⟨O, A^H ψ⟩ (checked through the amplitude-model gradient at
+/// Î = 0, where ∂L/∂Ψ* = Ψ, so g_O = A^H A O and ⟨O, g_O⟩ = ‖A O‖² = L).
+#[test]
+fn exit_wave_operator_adjoint() {
+    let mut c = case(NoiseModel::Amplitude, 2);
+    c.meas.iter_mut().for_each(|v| *v = 0.0);
+    let g = eval(&c, &c.obj, &c.probe);
+    let inner: C = c.obj.data.iter().zip(&g.g_obj.data).map(|(o, g)| o.conj() * g).sum();
+    assert!((inner.re - g.loss).abs() < 1e-10 * g.loss, "{inner} vs {}", g.loss);
+    assert!(inner.im.abs() < 1e-10 * g.loss);
+}
