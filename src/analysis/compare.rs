@@ -150,7 +150,7 @@ pub fn compare_objects(
     Ok(CompareReport {
         phase_correlation: best.corr,
         rms_phase_error_rad: best.rms,
-        shift_px: [best.shift[0].rem_euclid(h as f64), best.shift[1].rem_euclid(w as f64)],
+        shift_px: [reduce(best.shift[0], h), reduce(best.shift[1], w)],
         ramp: best.ramp,
         area,
     })
@@ -176,7 +176,7 @@ pub fn scan_area(positions_px: &[[f64; 2]]) -> Result<[usize; 4]> {
         }
     }
     let (a0, a1) = (lo.map(f64::ceil), hi.map(f64::floor));
-    if a0[0] < 0.0 || a0[1] < 0.0 {
+    if lo[0] < 0.0 || lo[1] < 0.0 {
         return Err(Error::new(
             "positions",
             format!("probe centres reach negative object coordinates (min ({}, {}))", lo[0], lo[1]),
@@ -280,6 +280,13 @@ fn centred(n: usize) -> impl Iterator<Item = f64> {
     (0..n).map(move |i| i as f64 - c)
 }
 
+/// `v` modulo the period `n`, in [0, n).
+fn reduce(v: f64, n: usize) -> f64 {
+    let r = v.rem_euclid(n as f64);
+    if r >= n as f64 { 0.0 } else { r }
+}
+
+/// An angle wrapped to (−π, π].
 fn wrap(a: f64) -> f64 {
     let r = (a + PI).rem_euclid(2.0 * PI) - PI;
     if r <= -PI { r + 2.0 * PI } else { r }
@@ -668,4 +675,226 @@ fn read_complex_2d(f: &hdf5::File, fname: &str, ds: &str) -> Result<(Vec<Complex
         _ => None,
     };
     Ok((data, [shape[0], shape[1]], pix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: usize = 64;
+
+    /// Smooth periodic test phase (period 64 px in y and x), range about 0..2.5 rad.
+    fn phase(y: f64, x: f64) -> f64 {
+        let k = 2.0 * PI / P as f64;
+        1.25 + 0.45 * (k * 2.0 * x + 0.3).sin()
+            + 0.4 * (k * 3.0 * y + 1.1).cos()
+            + 0.3 * (k * (4.0 * y + 5.0 * x) + 2.0).sin()
+            + 0.1 * (k * (7.0 * y - 6.0 * x) + 0.5).cos()
+    }
+
+    fn truth() -> Vec<Complex32> {
+        (0..P * P).map(|k| Complex32::from_polar(1.0, phase((k / P) as f64, (k % P) as f64) as f32)).collect()
+    }
+
+    /// Recon field with O(y, x) = exp(i(φ(y − s_y, x − s_x) + extra(y, x))), global (y, x).
+    fn recon(origin: [i64; 2], shape: [usize; 2], s: [f64; 2], extra: impl Fn(f64, f64) -> f64) -> Field<Complex32> {
+        let mut f = Field::filled(origin, shape, Complex32::default());
+        for i in 0..shape[0] {
+            for j in 0..shape[1] {
+                let (y, x) = ((origin[0] + i as i64) as f64, (origin[1] + j as i64) as f64);
+                f.data[i * shape[1] + j] = Complex32::from_polar(1.0, (phase(y - s[0], x - s[1]) + extra(y, x)) as f32);
+            }
+        }
+        f
+    }
+
+    /// Circular distance of a and b modulo n.
+    fn cdist(a: f64, b: f64, n: usize) -> f64 {
+        let d = (a - b).rem_euclid(n as f64);
+        d.min(n as f64 - d)
+    }
+
+    /// Standard normal samples (LCG + Box–Muller), deterministic.
+    fn gauss(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed;
+        let mut u = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        (0..n).map(|_| (-2.0 * u().ln()).sqrt() * (2.0 * PI * u()).cos()).collect()
+    }
+
+    #[test]
+    fn recovers_subpixel_shift_and_ramp() {
+        let s = [5.3 + P as f64, -7.6];
+        let o = recon([10, 20], [150, 140], s, |y, x| 0.7 + 0.01 * y - 0.02 * x);
+        let area = [20, 150, 30, 150];
+        let t0 = std::time::Instant::now();
+        let r = compare_objects(&o, area, &truth(), [P, P]).expect("compare");
+        println!("{r}\n{r:?}\n({:.3} s)", t0.elapsed().as_secs_f64());
+        assert!(r.phase_correlation > 0.999, "{}", r.phase_correlation);
+        assert!(r.rms_phase_error_rad < 0.01, "{}", r.rms_phase_error_rad);
+        assert!(cdist(r.shift_px[0], 5.3, P) < 0.05, "{:?}", r.shift_px);
+        assert!(cdist(r.shift_px[1], -7.6, P) < 0.05, "{:?}", r.shift_px);
+        assert!((r.ramp[0] - 0.7).abs() < 0.01 && (r.ramp[1] - 0.01).abs() < 1e-4 && (r.ramp[2] + 0.02).abs() < 1e-4, "{:?}", r.ramp);
+        assert_eq!(r.area, area);
+    }
+
+    #[test]
+    fn noise_lowers_correlation_as_expected() {
+        let s = [-12.7, 30.2];
+        let (origin, shape, area) = ([0, 0], [100, 100], [0, 100, 0, 100]);
+        let sigma = 0.3;
+        let n = gauss(shape[0] * shape[1], 7);
+        let w = shape[1];
+        let o = recon(origin, shape, s, |y, x| sigma * n[y as usize * w + x as usize]);
+        let r = compare_objects(&o, area, &truth(), [P, P]).expect("compare");
+        // Expected: √(var_s / (var_s + σ²)), var_s the truth phase variance over the area.
+        let ph: Vec<f64> =
+            (0..shape[0] * shape[1]).map(|k| phase((k / w) as f64 - s[0], (k % w) as f64 - s[1])).collect();
+        let m = ph.iter().sum::<f64>() / ph.len() as f64;
+        let var_s = ph.iter().map(|v| (v - m).powi(2)).sum::<f64>() / ph.len() as f64;
+        let want = (var_s / (var_s + sigma * sigma)).sqrt();
+        println!("{r}\n{r:?}\nexpected correlation {want:.6}");
+        assert!((r.phase_correlation - want).abs() < 0.01, "{} vs {want}", r.phase_correlation);
+        assert!((r.rms_phase_error_rad - sigma).abs() < 0.03 * sigma, "{}", r.rms_phase_error_rad);
+        assert!(cdist(r.shift_px[0], s[0], P) < 0.1 && cdist(r.shift_px[1], s[1], P) < 0.1, "{:?}", r.shift_px);
+    }
+
+    #[test]
+    fn identical_objects_correlate_perfectly() {
+        let t = truth();
+        let o = Field { origin: [0, 0], shape: [P, P], data: t.clone() };
+        let r = compare_objects(&o, [0, P, 0, P], &t, [P, P]).expect("compare");
+        println!("{r}\n{r:?}");
+        assert!((r.phase_correlation - 1.0).abs() < 1e-9, "{}", r.phase_correlation);
+        assert!(r.rms_phase_error_rad < 1e-6, "{}", r.rms_phase_error_rad);
+        assert!(cdist(r.shift_px[0], 0.0, P) < 1e-3 && cdist(r.shift_px[1], 0.0, P) < 1e-3, "{:?}", r.shift_px);
+        assert!(r.ramp.iter().all(|v| v.abs() < 1e-6), "{:?}", r.ramp);
+    }
+
+    #[test]
+    fn truth_larger_than_area() {
+        // Area 40 × 50 inside one 64-pixel period.
+        let o = recon([0, 0], [60, 70], [3.4, -2.25], |_, _| -1.0);
+        let r = compare_objects(&o, [10, 50, 15, 65], &truth(), [P, P]).expect("compare");
+        println!("{r:?}");
+        assert!(r.phase_correlation > 0.999, "{r}");
+        assert!(cdist(r.shift_px[0], 3.4, P) < 0.05 && cdist(r.shift_px[1], -2.25, P) < 0.05, "{:?}", r.shift_px);
+    }
+
+    #[test]
+    fn error_cases() {
+        let t = truth();
+        let o = Field { origin: [0, 0], shape: [P, P], data: t.clone() };
+        let e = compare_objects(&o, [5, 5, 0, 10], &t, [P, P]).unwrap_err();
+        assert!(e.what == "area" && e.msg.contains("empty"), "{e}");
+        let e = compare_objects(&o, [0, 1, 0, 10], &t, [P, P]).unwrap_err();
+        assert_eq!(e.what, "area", "{e}");
+        let e = compare_objects(&o, [0, 10, 60, 70], &t, [P, P]).unwrap_err();
+        assert!(e.what == "area" && e.msg.contains("outside"), "{e}");
+        let shifted = Field { origin: [5, 0], ..o.clone() };
+        let e = compare_objects(&shifted, [0, 10, 0, 10], &t, [P, P]).unwrap_err();
+        assert!(e.msg.contains("outside"), "{e}");
+        let e = compare_objects(&o, [0, 10, 0, 10], &[], [0, 0]).unwrap_err();
+        assert!(e.what == "truth" && e.msg.contains("zero size"), "{e}");
+        let e = compare_objects(&o, [0, 10, 0, 10], &t[..10], [P, P]).unwrap_err();
+        assert_eq!(e.what, "truth", "{e}");
+        let mut bad = o.clone();
+        bad.data[3 * P + 4] = Complex32::new(f32::NAN, 0.0);
+        let e = compare_objects(&bad, [0, 10, 0, 10], &t, [P, P]).unwrap_err();
+        assert!(e.what == "object" && e.msg.contains("NaN") && e.msg.contains("(3, 4)"), "{e}");
+        // outside the area a NaN does not matter
+        assert!(compare_objects(&bad, [10, 40, 10, 40], &t, [P, P]).is_ok());
+        bad.data[3 * P + 4] = Complex32::new(f32::INFINITY, 0.0);
+        let e = compare_objects(&bad, [0, 10, 0, 10], &t, [P, P]).unwrap_err();
+        assert!(e.msg.contains("Inf"), "{e}");
+        let mut badt = t.clone();
+        badt[0].im = f32::NAN;
+        let e = compare_objects(&o, [0, 10, 0, 10], &badt, [P, P]).unwrap_err();
+        assert!(e.what == "truth" && e.msg.contains("NaN"), "{e}");
+        let flat = vec![Complex32::new(1.0, 0.0); 16];
+        let e = compare_objects(&o, [0, 10, 0, 10], &flat, [4, 4]).unwrap_err();
+        assert!(e.what == "truth" && e.msg.contains("constant"), "{e}");
+    }
+
+    #[test]
+    fn scan_area_rounds_inward() {
+        assert_eq!(scan_area(&[[64.0, 64.2], [189.79, 70.0], [100.0, 189.0]]).unwrap(), [64, 190, 65, 190]);
+        assert!(scan_area(&[]).is_err());
+        assert!(scan_area(&[[-0.5, 3.0]]).is_err());
+        assert!(scan_area(&[[f64::NAN, 3.0]]).is_err());
+    }
+
+    #[test]
+    fn pbtio3_file_end_to_end() {
+        let data = Path::new("/work/shared/datasets/pbtio3_thin.h5");
+        if !data.exists() {
+            println!("skipped: {} is absent", data.display());
+            return;
+        }
+        let f = hdf5::File::open(data).expect("open dataset");
+        let t = f.dataset("/ground_truth/transmission_recon").and_then(|d| d.read_raw::<Complex32>()).expect("truth");
+        let pos = f.dataset("/data/positions_px").and_then(|d| d.read_2d::<f64>()).expect("positions");
+        let (n, off) = (254usize, 64usize);
+        let obj: Vec<Complex32> =
+            (0..n * n).map(|k| t[((k / n + 128 - off) % 128) * 128 + (k % n + 128 - off) % 128]).collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rp = dir.path().join("recon.h5");
+        {
+            let rf = hdf5::File::create(&rp).expect("create");
+            // (hdf5-metno brings its own ndarray version: write raw with an explicit shape)
+            let ds = rf.new_dataset::<Complex32>().shape([n, n]).create("object").expect("object");
+            ds.write_raw(obj.as_slice()).expect("write object");
+            ds.new_attr_builder().with_data(&[1.828125e-11f64, 1.828125e-11]).create("pixel_size_m").expect("attr");
+            let p = pos.mapv(|v| v + off as f64);
+            rf.new_dataset_builder().with_data(&p).create("positions_px").expect("positions");
+        }
+        let t0 = std::time::Instant::now();
+        let r = compare_files(&rp, data, None).expect("compare_files");
+        println!("{r}\n{r:?}\n({:.3} s)", t0.elapsed().as_secs_f64());
+        assert!(r.phase_correlation > 0.999, "{}", r.phase_correlation);
+        assert!(cdist(r.shift_px[0], 64.0, 128) < 0.05 && cdist(r.shift_px[1], 64.0, 128) < 0.05, "{:?}", r.shift_px);
+        assert_eq!(r.area, [64, 190, 64, 190]);
+        // a named dataset that is absent is an error naming file:dataset
+        let e = compare_files(&rp, data, Some("/nope")).unwrap_err();
+        assert!(e.what.ends_with(":/nope"), "{e}");
+        let e = compare_files(&dir.path().join("missing.h5"), data, None).unwrap_err();
+        assert!(e.what.contains("missing.h5"), "{e}");
+    }
+
+    #[test]
+    fn files_with_fallback_dataset_and_pixel_size_mismatch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (rp, tp) = (dir.path().join("r.h5"), dir.path().join("t.h5"));
+        let o = recon([0, 0], [80, 80], [10.25, 20.5], |_, _| 0.0);
+        {
+            let rf = hdf5::File::create(&rp).expect("create");
+            let ds = rf.new_dataset::<Complex32>().shape([80, 80]).create("object").expect("object");
+            ds.write_raw(o.data.as_slice()).expect("write");
+            ds.new_attr_builder().with_data(&[1e-10f64, 1e-10]).create("pixel_size_m").expect("attr");
+            let pos: Vec<f64> = [[5.0, 6.0], [70.5, 71.2]].concat();
+            let p = rf.new_dataset::<f64>().shape([2, 2]).create("positions_px").expect("positions");
+            p.write_raw(pos.as_slice()).expect("write");
+            let tf = hdf5::File::create(&tp).expect("create");
+            let ds = tf.create_group("ground_truth").expect("group").new_dataset::<Complex32>().shape([P, P]).create("object").expect("truth");
+            ds.write_raw(truth().as_slice()).expect("write");
+            // 5 % larger pixels: a warning, not an error
+            ds.new_attr_builder().with_data(&[1.05e-10f64, 1.05e-10]).create("pixel_size_m").expect("attr");
+        }
+        let r = compare_files(&rp, &tp, None).expect("compare_files");
+        println!("{r:?}");
+        assert_eq!(r.area, [5, 71, 6, 72]);
+        assert!(r.phase_correlation > 0.999, "{r}");
+        assert!(cdist(r.shift_px[0], 10.25, P) < 0.05 && cdist(r.shift_px[1], 20.5, P) < 0.05, "{:?}", r.shift_px);
+        // an object with a NaN inside the area names the file and dataset
+        {
+            let rf = hdf5::File::open_rw(&rp).expect("open");
+            let mut bad = o.data.clone();
+            bad[40 * 80 + 40] = Complex32::new(f32::NAN, f32::NAN);
+            rf.dataset("object").and_then(|d| d.write_raw(bad.as_slice())).expect("write");
+        }
+        let e = compare_files(&rp, &tp, None).unwrap_err();
+        assert!(e.what.ends_with("r.h5:/object") && e.msg.contains("NaN"), "{e}");
+    }
 }
