@@ -1,1 +1,3 @@
 //! Analysis of results: comparison with a ground truth.
+
+pub mod compare;
