@@ -35,6 +35,17 @@ enum Cmd {
     /// Simulate a dataset with a known object (Poisson counts at a chosen dose); writes the
     /// HDF5 file and a ready-to-use config `<stem>.toml` beside it.
     Simulate(SimArgs),
+    /// Phase correlation and RMS phase error of a result against a ground truth, after
+    /// sub-pixel registration and removal of the phase offset and ramp (docs/compare.md).
+    Compare {
+        /// A ptytile result file.
+        recon: PathBuf,
+        /// A file holding the true object (e.g. the dataset itself).
+        truth: PathBuf,
+        /// HDF5 path of the truth (default: /ground_truth/transmission_recon, /ground_truth/object, /object).
+        #[arg(long)]
+        truth_dataset: Option<String>,
+    },
 }
 
 /// Options of `ptytile simulate` (see `simulate::SimParams`).
@@ -165,6 +176,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             for p in paths {
                 println!("wrote {}", p.display());
             }
+            Ok(())
+        }
+        Cmd::Compare { recon, truth, truth_dataset } => {
+            let r = crate::analysis::compare::compare_files(&recon, &truth, truth_dataset.as_deref())?;
+            println!("{r}");
             Ok(())
         }
         Cmd::Simulate(a) => {

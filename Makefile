@@ -1,0 +1,53 @@
+# ptytile — quick start: `make demo` (main job on the shipped data) and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+BIN := target/release/ptytile
+DATA ?= ../shared/datasets/pbtio3_thin.h5
+OUT ?= out
+export RUST_LOG ?= warn
+
+.PHONY: all deps build demo test bench clean
+
+all: build
+
+deps:
+	@./.ci/install-deps
+
+build: deps
+	$(CARGO) build --release
+
+# Reconstruct the PbTiO3 dataset (dose 1e5, probe formed from the metadata, Poisson model,
+# probe refinement) and compare with its ground truth. Without the dataset: simulate a small
+# one and reconstruct that.
+demo: build
+	@if [ -f "$(DATA)" ]; then \
+	  set -e; data=$$(realpath "$(DATA)"); \
+	  echo "== reconstructing $$data"; \
+	  $(BIN) reconstruct datasets/pbtio3_thin.toml --set data.file="\"$$data\"" --output $(OUT)/pbtio3_thin/recon.h5; \
+	  echo "== comparing with the ground truth"; \
+	  $(BIN) compare $(OUT)/pbtio3_thin/recon.h5 "$$data"; \
+	  echo "== result: $(OUT)/pbtio3_thin/recon.h5 (PNG images beside it: $(OUT)/pbtio3_thin/recon_*.png)"; \
+	else \
+	  set -e; echo "== $(DATA) not found: simulating a small dataset instead"; \
+	  $(BIN) simulate --output $(OUT)/sim/sim.h5 --scan 20x20 --probe-size 64; \
+	  $(BIN) reconstruct $(OUT)/sim/sim.toml --output $(OUT)/sim/recon.h5; \
+	  $(BIN) compare $(OUT)/sim/recon.h5 $(OUT)/sim/sim.h5; \
+	  echo "== result: $(OUT)/sim/recon.h5 (PNG images beside it: $(OUT)/sim/recon_*.png)"; \
+	fi
+
+# The whole suite. cargo-nextest runs each test in its own process (needed once MPI tests
+# exist); plain cargo test otherwise.
+test: deps
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --release --no-fail-fast; \
+	else \
+	  $(CARGO) test --release --no-fail-fast; \
+	fi
+
+# Time per iteration on the PbTiO3 data, with a breakdown (docs/performance.md).
+bench: build
+	$(BIN) bench datasets/pbtio3_thin.toml --set data.file="\"$$(realpath $(DATA))\""
+
+clean:
+	$(CARGO) clean
+	rm -rf $(OUT)
