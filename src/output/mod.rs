@@ -28,9 +28,248 @@ pub struct ReconResult {
     pub attrs: Vec<(String, f64)>,
 }
 
-/// TEMPORARY until the HDF5 writer lands.
-pub fn write_result(_path: &std::path::Path, _r: &ReconResult, _png: bool) -> crate::Result<Vec<std::path::PathBuf>> {
-    Ok(vec![])
+pub mod hdf5;
+pub mod png;
+
+use crate::error::{Context, Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Write the result file `path` (HDF5, layout in docs/format.md) and, when `png` is true,
+/// the preview images beside it (`<stem>_object_phase.png`, `<stem>_object_amplitude.png`,
+/// `<stem>_probe_modes.png`, `<stem>_loss.png`, where `stem` is the file name of `path`
+/// without its extension; see [`png`](self::png) for what each shows).
+///
+/// Returns every path written, the HDF5 file first. The parent directory is created if
+/// missing. All files are first written to hidden temporary names in the same directory
+/// (`.<name>.tmp-<pid>`) and only renamed into place once every one of them was written,
+/// so on any error nothing new is left behind (existing files of the same names are kept).
+/// Images that would be empty (an object or probe with a zero dimension) are skipped.
+pub fn write_result(path: &Path, r: &ReconResult, png: bool) -> Result<Vec<PathBuf>> {
+    let what = || path.display().to_string();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::new(what(), "not a file name"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).ctx(|| dir.display().to_string())?;
+    self::hdf5::check(path, r)?;
+
+    let stem = Path::new(name).file_stem().and_then(|s| s.to_str()).unwrap_or(name);
+    let mut jobs: Vec<(PathBuf, Box<dyn Fn(&Path) -> Result<()> + '_>)> =
+        vec![(path.to_path_buf(), Box::new(|p: &Path| self::hdf5::write_h5(p, r)))];
+    if png {
+        for (suffix, img) in self::png::images(r) {
+            let target = dir.join(format!("{stem}_{suffix}.png"));
+            jobs.push((target, Box::new(move |p: &Path| img.write(p))));
+        }
+    }
+
+    // Phase 1: every file to its temporary name.
+    let pid = std::process::id();
+    let mut temps: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(jobs.len());
+    for (target, write) in &jobs {
+        let fname = target.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+        let tmp = dir.join(format!(".{fname}.tmp-{pid}"));
+        temps.push((tmp.clone(), target.clone()));
+        if let Err(e) = write(&tmp) {
+            for (t, _) in &temps {
+                let _ = std::fs::remove_file(t);
+            }
+            // Report the final name, not the temporary one.
+            let msg = e.msg.replace(&tmp.display().to_string(), &target.display().to_string());
+            return Err(Error::new(target.display().to_string(), msg));
+        }
+    }
+    // Phase 2: rename into place; on failure undo what was renamed and drop the rest.
+    for (i, (tmp, target)) in temps.iter().enumerate() {
+        if let Err(e) = std::fs::rename(tmp, target) {
+            for (_, done) in &temps[..i] {
+                let _ = std::fs::remove_file(done);
+            }
+            for (t, _) in &temps[i..] {
+                let _ = std::fs::remove_file(t);
+            }
+            return Err(Error::new(target.display().to_string(), format!("rename failed: {e}")));
+        }
+    }
+    Ok(temps.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Read a result file written by [`write_result`] (docs/format.md). The object's `origin`
+/// is [0, 0]. Errors name the file and dataset, e.g. `out.h5:/probe: expected rank 3, got 2`.
+pub fn read_result(path: &Path) -> Result<ReconResult> {
+    self::hdf5::read_h5(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small result with distinct values everywhere: object 5×7, 2 probe modes of 4×4.
+    pub(crate) fn sample() -> ReconResult {
+        let (ny, nx, k, m) = (5, 7, 2, 4);
+        let object = Field {
+            origin: [0, 0],
+            shape: [ny, nx],
+            data: (0..ny * nx).map(|i| Complex32::from_polar(1.0 + 0.01 * i as f32, 0.1 * i as f32 - 1.5)).collect(),
+        };
+        let probe = (0..k * m * m).map(|i| Complex32::new(i as f32 * 0.5, -(i as f32) * 0.25)).collect();
+        ReconResult {
+            object,
+            pixel_size_m: [1.828e-11, 1.9e-11],
+            probe,
+            modes: k,
+            m,
+            positions_px: vec![[2.5, 3.25], [2.75, 3.5], [3.0, 4.125]],
+            loss: vec![10.0, 3.5, 1.25, 0.5],
+            config_toml: "[data]\nfile = \"a.h5\"\n# ünïcode Å\n".into(),
+            attrs: vec![("time_s".into(), 12.5), ("a_first_by_name".into(), -3.0), ("dose".into(), 1e5)],
+        }
+    }
+
+    #[test]
+    fn round_trip_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/dir/recon.h5");
+        let r = sample();
+        let written = write_result(&path, &r, false).unwrap();
+        assert_eq!(written, vec![path.clone()]);
+        let back = read_result(&path).unwrap();
+        assert_eq!(back.object.shape, [5, 7]);
+        assert_eq!(back.object.origin, [0, 0]);
+        assert_eq!(back.object.data, r.object.data);
+        assert_eq!(back.pixel_size_m, [1.828e-11, 1.9e-11]);
+        assert_eq!((back.modes, back.m), (2, 4));
+        assert_eq!(back.probe, r.probe);
+        assert_eq!(back.positions_px, r.positions_px);
+        assert_eq!(back.loss, vec![10.0, 3.5, 1.25, 0.5]);
+        assert_eq!(back.config_toml, r.config_toml);
+        assert_eq!(back.attrs, r.attrs, "attrs keep their order");
+        assert_eq!(back, r);
+        // Only the result is left in the directory: no temporary files.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("recon.h5")]);
+    }
+
+    #[test]
+    fn empty_loss_and_positions_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.h5");
+        let mut r = sample();
+        r.loss.clear();
+        r.positions_px.clear();
+        r.attrs.clear();
+        let written = write_result(&path, &r, true).unwrap();
+        assert_eq!(written.len(), 5);
+        assert_eq!(read_result(&path).unwrap(), r);
+    }
+
+    #[test]
+    fn pngs_written_beside_with_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recon.h5");
+        let r = sample();
+        let written = write_result(&path, &r, true).unwrap();
+        let names: Vec<String> =
+            written.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            names,
+            ["recon.h5", "recon_object_phase.png", "recon_object_amplitude.png", "recon_probe_modes.png", "recon_loss.png"]
+        );
+        let dims = |p: &Path| {
+            let dec = ::png::Decoder::new(std::io::BufReader::new(std::fs::File::open(p).unwrap()));
+            let rd = dec.read_info().unwrap();
+            let i = rd.info();
+            (i.width, i.height, i.color_type)
+        };
+        assert_eq!(dims(&written[1]), (7, 5, ::png::ColorType::Grayscale));
+        assert_eq!(dims(&written[2]), (7, 5, ::png::ColorType::Grayscale));
+        assert_eq!(dims(&written[3]), (2 * 4 + 2, 4, ::png::ColorType::Grayscale));
+        assert_eq!(dims(&written[4]), (480, 320, ::png::ColorType::Rgb));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5);
+    }
+
+    #[test]
+    fn bad_result_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recon.h5");
+        let mut r = sample();
+        r.attrs.push(("config".into(), 1.0));
+        let e = write_result(&path, &r, true).unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
+        let mut r = sample();
+        r.probe.pop();
+        let e = write_result(&path, &r, true).unwrap_err();
+        assert!(e.what.ends_with("recon.h5:/probe"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn failed_png_removes_hdf5_temp() {
+        // A directory where a PNG should go makes its rename fail after everything was
+        // written: nothing new may remain.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recon.h5");
+        std::fs::create_dir(dir.path().join("recon_loss.png")).unwrap();
+        std::fs::write(dir.path().join("recon_loss.png/x"), b"x").unwrap();
+        let e = write_result(&path, &sample(), true).unwrap_err();
+        assert!(e.what.ends_with("recon_loss.png"), "{e}");
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, vec!["recon_loss.png".to_string()]);
+    }
+
+    #[test]
+    fn missing_dataset_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.h5");
+        write_result(&path, &sample(), false).unwrap();
+        let f = ::hdf5::File::open_rw(&path).unwrap();
+        f.unlink("positions_px").unwrap();
+        f.close().unwrap();
+        let e = read_result(&path).unwrap_err();
+        assert!(e.what.ends_with("out.h5:/positions_px"), "{e}");
+        assert_eq!(e.msg, "dataset missing");
+    }
+
+    #[test]
+    fn wrong_rank_and_type_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.h5");
+        write_result(&path, &sample(), false).unwrap();
+        let f = ::hdf5::File::open_rw(&path).unwrap();
+        f.unlink("probe").unwrap();
+        f.new_dataset::<Complex32>().shape([4, 4]).create("probe").unwrap();
+        f.unlink("loss").unwrap();
+        f.new_dataset::<i32>().shape([3]).create("loss").unwrap();
+        f.close().unwrap();
+        let e = read_result(&path).unwrap_err();
+        assert!(e.to_string().ends_with("out.h5:/probe: expected rank 3, got 2 (shape [4, 4])"), "{e}");
+        let f = ::hdf5::File::open_rw(&path).unwrap();
+        f.unlink("probe").unwrap();
+        f.new_dataset::<Complex32>().shape([1, 4, 4]).create("probe").unwrap();
+        f.close().unwrap();
+        let e = read_result(&path).unwrap_err();
+        assert!(e.to_string().ends_with("out.h5:/loss: expected float64, got int32"), "{e}");
+    }
+
+    #[test]
+    fn read_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.h5");
+        let e = read_result(&missing).unwrap_err();
+        assert!(e.what.ends_with("nope.h5"), "{e}");
+        let text = dir.path().join("text.h5");
+        std::fs::write(&text, "hello").unwrap();
+        let e = read_result(&text).unwrap_err();
+        assert_eq!(e.msg, "not an HDF5 file", "{e}");
+        let e = read_result(dir.path()).unwrap_err();
+        assert!(e.msg.contains("directory"), "{e}");
+    }
 }
 
 /// Temporary name beside `path` for atomic writes: `.<name>.tmp-<pid>`.

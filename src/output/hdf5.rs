@@ -1,0 +1,285 @@
+//! The HDF5 result file (docs/format.md): writing and reading [`ReconResult`].
+//!
+//! Layout: `/object` complex64 [Ny, Nx] with attribute `pixel_size_m` float64 [2] (y, x);
+//! `/probe` complex64 [K, M, M]; `/positions_px` float64 [N, 2] (y, x); `/loss` float64
+//! [iterations]; root attributes `ptytile_version` and `config` (variable-length UTF-8
+//! strings) and one float64 scalar per entry of [`ReconResult::attrs`].
+
+use super::ReconResult;
+use crate::error::{Context, Error, Result};
+use crate::physics::model::Field;
+use ::hdf5::plist::file_create::AttrCreationOrder;
+use ::hdf5::types::{TypeDescriptor, VarLenAscii, VarLenUnicode};
+use ::hdf5::{File, IndexType, IterationOrder, Location};
+use num_complex::Complex32;
+use std::path::Path;
+use std::str::FromStr;
+
+/// Root attribute holding the ptytile version string.
+pub const ATTR_VERSION: &str = "ptytile_version";
+/// Root attribute holding the configuration TOML.
+pub const ATTR_CONFIG: &str = "config";
+
+/// Check that `r` is self-consistent (array lengths match the shapes, attribute names are
+/// unique and not reserved) before anything is written to `path`.
+pub(super) fn check(path: &Path, r: &ReconResult) -> Result<()> {
+    let what = |ds: &str| format!("{}:{ds}", path.display());
+    let [ny, nx] = r.object.shape;
+    if r.object.data.len() != ny * nx {
+        return Err(Error::new(
+            what("/object"),
+            format!("shape {ny}x{nx} needs {} values, have {}", ny * nx, r.object.data.len()),
+        ));
+    }
+    if r.probe.len() != r.modes * r.m * r.m {
+        return Err(Error::new(
+            what("/probe"),
+            format!(
+                "{} modes of {}x{} need {} values, have {}",
+                r.modes,
+                r.m,
+                r.m,
+                r.modes * r.m * r.m,
+                r.probe.len()
+            ),
+        ));
+    }
+    for (i, (name, _)) in r.attrs.iter().enumerate() {
+        if name.is_empty() || name == ATTR_VERSION || name == ATTR_CONFIG {
+            return Err(Error::new(what("/"), format!("attribute name {name:?} is reserved")));
+        }
+        if r.attrs[..i].iter().any(|(n, _)| n == name) {
+            return Err(Error::new(what("/"), format!("attribute {name:?} given twice")));
+        }
+    }
+    Ok(())
+}
+
+fn vlu(path: &Path, name: &str, s: &str) -> Result<VarLenUnicode> {
+    VarLenUnicode::from_str(s)
+        .ctx(|| format!("{}:/ attribute {name}", path.display()))
+}
+
+fn write_str_attr(loc: &Location, path: &Path, name: &str, s: &str) -> Result<()> {
+    let v = vlu(path, name, s)?;
+    let what = || format!("{}:/ attribute {name}", path.display());
+    let a = loc.new_attr::<VarLenUnicode>().shape(()).create(name).ctx(what)?;
+    a.write_scalar(&v).ctx(what)
+}
+
+/// Create dataset `name` of `shape` holding `data` (row-major, `data.len()` = product of
+/// `shape`; zero-length axes allowed).
+fn write_ds<T: ::hdf5::H5Type>(file: &File, what: &str, name: &str, shape: &[usize], data: &[T]) -> Result<()> {
+    file.new_dataset::<T>()
+        .shape(shape)
+        .create(name)
+        .and_then(|d| d.write_raw(data))
+        .ctx(|| what.to_string())
+}
+
+/// Write `r` to the HDF5 file `path` (created or truncated), layout as in the module docs.
+/// Does not check consistency; [`check`] first.
+pub(super) fn write_h5(path: &Path, r: &ReconResult) -> Result<()> {
+    let p = path.display().to_string();
+    let what = |ds: &str| format!("{p}:{ds}");
+    let file = File::with_options()
+        .with_fcpl(|c| c.attr_creation_order(AttrCreationOrder::Indexed))
+        .create(path)
+        .ctx(|| p.clone())?;
+
+    let [ny, nx] = r.object.shape;
+    write_ds(&file, &what("/object"), "object", &[ny, nx], &r.object.data)?;
+    let ds = file.dataset("object").ctx(|| what("/object"))?;
+    ds.new_attr::<f64>()
+        .shape(2)
+        .create("pixel_size_m")
+        .and_then(|a| a.write_raw(&r.pixel_size_m[..]))
+        .ctx(|| what("/object attribute pixel_size_m"))?;
+    write_ds(&file, &what("/probe"), "probe", &[r.modes, r.m, r.m], &r.probe)?;
+    let flat: Vec<f64> = r.positions_px.iter().flat_map(|c| [c[0], c[1]]).collect();
+    write_ds(&file, &what("/positions_px"), "positions_px", &[r.positions_px.len(), 2], &flat)?;
+    write_ds(&file, &what("/loss"), "loss", &[r.loss.len()], &r.loss)?;
+
+    write_str_attr(&file, path, ATTR_VERSION, env!("CARGO_PKG_VERSION"))?;
+    write_str_attr(&file, path, ATTR_CONFIG, &r.config_toml)?;
+    for (name, v) in &r.attrs {
+        file.new_attr::<f64>()
+            .shape(())
+            .create(name.as_str())
+            .and_then(|a| a.write_scalar(v))
+            .ctx(|| format!("{p}:/ attribute {name}"))?;
+    }
+    file.close().ctx(|| p.clone())
+}
+
+/// Open an existing HDF5 file read-only, with a one-line error naming `path` when it is
+/// missing, a directory or not HDF5.
+pub fn open(path: &Path) -> Result<File> {
+    let p = || path.display().to_string();
+    let meta = std::fs::metadata(path).ctx(p)?;
+    if meta.is_dir() {
+        return Err(Error::new(p(), "is a directory, not an HDF5 file"));
+    }
+    File::open(path).map_err(|e| {
+        let s = e.to_string();
+        if s.contains("signature") {
+            Error::new(p(), "not an HDF5 file")
+        } else {
+            Error::new(p(), s)
+        }
+    })
+}
+
+/// Whether a type is complex in h5py's sense: a compound {r, i} of two equal floats.
+/// Returns the float size in bytes (4 for complex64, 8 for complex128).
+pub(crate) fn complex_size(td: &TypeDescriptor) -> Option<usize> {
+    if let TypeDescriptor::Compound(c) = td {
+        if c.fields.len() == 2 && c.fields[0].name == "r" && c.fields[1].name == "i" {
+            if let (TypeDescriptor::Float(a), TypeDescriptor::Float(b)) = (&c.fields[0].ty, &c.fields[1].ty) {
+                if a == b {
+                    return Some(c.fields[0].ty.size());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A short dtype name: numpy-style for numbers, `complex64`/`complex128` for h5py complex,
+/// `string` for every string type.
+pub(crate) fn dtype_name(td: &TypeDescriptor) -> String {
+    match td {
+        TypeDescriptor::VarLenAscii
+        | TypeDescriptor::VarLenUnicode
+        | TypeDescriptor::FixedAscii(_)
+        | TypeDescriptor::FixedUnicode(_) => "string".into(),
+        _ => match complex_size(td) {
+            Some(n) => format!("complex{}", 16 * n),
+            None => td.to_string(),
+        },
+    }
+}
+
+enum Kind {
+    Complex,
+    Float,
+}
+
+/// Open dataset `name`, check its rank (and, if `dims` entries are `Some`, its extents) and
+/// element kind, and read it row-major.
+fn read_ds<T: ::hdf5::H5Type>(
+    file: &File,
+    path: &Path,
+    name: &str,
+    kind: Kind,
+    dims: &[Option<usize>],
+) -> Result<(Vec<usize>, Vec<T>)> {
+    let what = || format!("{}:/{name}", path.display());
+    let ds = file.dataset(name).map_err(|_| Error::new(what(), "dataset missing"))?;
+    let shape = ds.shape();
+    if shape.len() != dims.len() {
+        return Err(Error::new(
+            what(),
+            format!("expected rank {}, got {} (shape {shape:?})", dims.len(), shape.len()),
+        ));
+    }
+    for (ax, (want, got)) in dims.iter().zip(&shape).enumerate() {
+        if let Some(w) = want {
+            if w != got {
+                return Err(Error::new(what(), format!("expected {w} along axis {ax}, got shape {shape:?}")));
+            }
+        }
+    }
+    let td = ds.dtype().and_then(|t| t.to_descriptor()).ctx(what)?;
+    let ok = match kind {
+        Kind::Complex => complex_size(&td).is_some(),
+        Kind::Float => matches!(td, TypeDescriptor::Float(_)),
+    };
+    if !ok {
+        let want = match kind {
+            Kind::Complex => "complex64",
+            Kind::Float => "float64",
+        };
+        return Err(Error::new(what(), format!("expected {want}, got {}", dtype_name(&td))));
+    }
+    let data = ds.read_raw::<T>().ctx(what)?;
+    Ok((shape, data))
+}
+
+fn read_str_attr(file: &File, path: &Path, name: &str) -> Result<String> {
+    let what = || format!("{}:/ attribute {name}", path.display());
+    let a = file.attr(name).map_err(|_| Error::new(what(), "attribute missing"))?;
+    let td = a.dtype().and_then(|t| t.to_descriptor()).ctx(what)?;
+    if !a.is_scalar() {
+        return Err(Error::new(what(), format!("expected a scalar string, got shape {:?}", a.shape())));
+    }
+    match td {
+        TypeDescriptor::VarLenUnicode => Ok(a.read_scalar::<VarLenUnicode>().ctx(what)?.as_str().to_owned()),
+        TypeDescriptor::VarLenAscii => Ok(a.read_scalar::<VarLenAscii>().ctx(what)?.as_str().to_owned()),
+        other => Err(Error::new(what(), format!("expected a variable-length string, got {}", dtype_name(&other)))),
+    }
+}
+
+/// Read a result file (see the module docs). Root attributes other than `ptytile_version`
+/// and `config` that are numeric scalars go to `attrs`, in creation order where the file
+/// records it (as ptytile's own files do), else by name; others are ignored.
+pub(super) fn read_h5(path: &Path) -> Result<ReconResult> {
+    let p = path.display().to_string();
+    let file = open(path)?;
+
+    let (shape, object) = read_ds::<Complex32>(&file, path, "object", Kind::Complex, &[None, None])?;
+    let ds = file.dataset("object").ctx(|| format!("{p}:/object"))?;
+    let pw = || format!("{p}:/object attribute pixel_size_m");
+    let px = ds
+        .attr("pixel_size_m")
+        .map_err(|_| Error::new(pw(), "attribute missing"))?
+        .read_raw::<f64>()
+        .ctx(pw)?;
+    let pixel_size_m: [f64; 2] = px
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::new(pw(), format!("expected 2 values (y, x), got {}", px.len())))?;
+
+    let (pshape, probe) = read_ds::<Complex32>(&file, path, "probe", Kind::Complex, &[None, None, None])?;
+    if pshape[1] != pshape[2] {
+        return Err(Error::new(format!("{p}:/probe"), format!("modes must be square, got shape {pshape:?}")));
+    }
+    let (_, pos) = read_ds::<f64>(&file, path, "positions_px", Kind::Float, &[None, Some(2)])?;
+    let (_, loss) = read_ds::<f64>(&file, path, "loss", Kind::Float, &[None])?;
+
+    let _version = read_str_attr(&file, path, ATTR_VERSION)?;
+    let config_toml = read_str_attr(&file, path, ATTR_CONFIG)?;
+
+    let names = file
+        .attr_names_by(IndexType::CreationOrder, IterationOrder::Increasing)
+        .or_else(|_| file.attr_names())
+        .ctx(|| p.clone())?;
+    let mut attrs = Vec::new();
+    for name in names {
+        if name == ATTR_VERSION || name == ATTR_CONFIG {
+            continue;
+        }
+        let what = || format!("{p}:/ attribute {name}");
+        let a = file.attr(&name).ctx(what)?;
+        let td = a.dtype().and_then(|t| t.to_descriptor()).ctx(what)?;
+        let numeric = matches!(
+            td,
+            TypeDescriptor::Float(_) | TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_)
+        );
+        if numeric && a.is_scalar() {
+            attrs.push((name.clone(), a.read_scalar::<f64>().ctx(what)?));
+        }
+    }
+
+    Ok(ReconResult {
+        object: Field { origin: [0, 0], shape: [shape[0], shape[1]], data: object },
+        pixel_size_m,
+        probe,
+        modes: pshape[0],
+        m: pshape[1],
+        positions_px: pos.chunks_exact(2).map(|c| [c[0], c[1]]).collect(),
+        loss,
+        config_toml,
+        attrs,
+    })
+}
