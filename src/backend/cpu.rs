@@ -289,8 +289,8 @@ fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex
         k.fft.forward_t_raw(&mut w.w1, &mut w.psi[mode * mm..(mode + 1) * mm], &mut w.scratch);
     }
     // raw intensities Σ_k |Ψ_raw|² (M² × the unitary ones)
-    w.im.iter_mut().for_each(|v| *v = T::zero());
-    for mode in 0..km {
+    T::norm(&mut w.im, &w.psi[..mm]);
+    for mode in 1..km {
         T::acc_norm(&mut w.im, &w.psi[mode * mm..(mode + 1) * mm]);
     }
 }

@@ -1,6 +1,7 @@
 //! Command line (clap). Only wires the library together; every failure becomes a one-line
 //! message on stderr and exit code 2.
 
+pub mod bench;
 pub mod reconstruct;
 
 use crate::config::Config;
@@ -35,6 +36,17 @@ enum Cmd {
     /// Simulate a dataset with a known object (Poisson counts at a chosen dose); writes the
     /// HDF5 file and a ready-to-use config `<stem>.toml` beside it.
     Simulate(SimArgs),
+    /// Time iterations on a dataset and show where the time goes (docs/performance.md).
+    Bench {
+        /// Config file of the dataset to time.
+        config: PathBuf,
+        /// Timed repeats of each measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Override any config key: --set section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
     /// Phase correlation and RMS phase error of a result against a ground truth, after
     /// sub-pixel registration and removal of the phase offset and ramp (docs/compare.md).
     Compare {
@@ -178,6 +190,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Bench { config, repeats, set } => bench::run(&Config::load(&config, &set)?, repeats),
         Cmd::Compare { recon, truth, truth_dataset } => {
             let r = crate::analysis::compare::compare_files(&recon, &truth, truth_dataset.as_deref())?;
             println!("{r}");

@@ -59,6 +59,16 @@ pub trait Ops: Sized + Copy {
             *g = *g + a.conj() * *b;
         }
     }
+    /// d = |a|²
+    #[inline(always)]
+    fn norm(d: &mut [Self], a: &[Complex<Self>])
+    where
+        Self: Real,
+    {
+        for (d, a) in d.iter_mut().zip(a) {
+            *d = a.norm_sqr();
+        }
+    }
     /// d += |a|²
     #[inline(always)]
     fn acc_norm(d: &mut [Self], a: &[Complex<Self>])
@@ -144,10 +154,21 @@ impl Ops for f32 {
         }
     }
     #[inline(always)]
+    fn norm(d: &mut [f32], a: &[Complex<f32>]) {
+        if avx2() {
+            // SAFETY: as above.
+            unsafe { avx::norm::<false>(d, a) }
+        } else {
+            for (d, a) in d.iter_mut().zip(a) {
+                *d = a.norm_sqr();
+            }
+        }
+    }
+    #[inline(always)]
     fn acc_norm(d: &mut [f32], a: &[Complex<f32>]) {
         if avx2() {
             // SAFETY: as above.
-            unsafe { avx::acc_norm(d, a) }
+            unsafe { avx::norm::<true>(d, a) }
         } else {
             for (d, a) in d.iter_mut().zip(a) {
                 *d += a.norm_sqr();
@@ -265,8 +286,9 @@ mod avx {
         }
     }
 
+    /// d (+)= |a|² (ACC: accumulate).
     #[target_feature(enable = "avx2")]
-    pub unsafe fn acc_norm(d: &mut [f32], a: &[Complex<f32>]) {
+    pub unsafe fn norm<const ACC: bool>(d: &mut [f32], a: &[Complex<f32>]) {
         let n = d.len();
         assert!(a.len() == n);
         let (pd, pa) = (d.as_mut_ptr(), a.as_ptr() as *const f32);
@@ -279,11 +301,12 @@ mod avx {
             // hadd pairs: [re²+im²] per complex, lanes interleaved by 128-bit halves
             let h = _mm256_hadd_ps(s0, s1); // (0,1,4,5 | 2,3,6,7)
             let h = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(h), 0b1101_1000)); // 0..7
-            _mm256_storeu_ps(pd.add(i), _mm256_add_ps(_mm256_loadu_ps(pd.add(i)), h));
+            let h = if ACC { _mm256_add_ps(_mm256_loadu_ps(pd.add(i)), h) } else { h };
+            _mm256_storeu_ps(pd.add(i), h);
             i += 8;
         }
         for j in i..n {
-            d[j] += a[j].norm_sqr();
+            d[j] = if ACC { d[j] + a[j].norm_sqr() } else { a[j].norm_sqr() };
         }
     }
 
@@ -331,6 +354,9 @@ mod tests {
             let g0 = g.clone();
             f32::acc_cmul_conj(&mut g, &a, &b);
             assert!((0..n).all(|i| g[i] == g0[i] + a[i].conj() * b[i]), "acc n={n}");
+            let mut d: Vec<f32> = w.clone();
+            f32::norm(&mut d, &a);
+            assert!((0..n).all(|i| d[i] == a[i].norm_sqr()), "norm n={n}");
             let mut d: Vec<f32> = w.clone();
             f32::acc_norm(&mut d, &a);
             assert!((0..n).all(|i| d[i] == w[i] + a[i].norm_sqr()), "norm n={n}");

@@ -1,0 +1,80 @@
+//! `ptytile bench`: time per iteration on a real dataset and where the time goes.
+//!
+//! Measured, each as the median of `repeats` runs over all positions on the same thread
+//! pool: (1) a full iteration (object and probe gradients plus updates); (2) the kernel
+//! without the probe gradient; (3) the kernel with it; (4) the FFTs alone (the 4 transforms
+//! per position and mode of (3), with the same plans and layout). Derived: probe gradient =
+//! (3) − (2); element-wise work (sub-pixel ramps, exit waves, residuals, scatter-add) =
+//! (2) − ¾·(4); update = (1) − (3).
+
+use crate::backend::cpu::{gradients, probe_spectrum};
+use crate::config::Config;
+use crate::data::DataFile;
+use crate::engine::gd::{self, Options};
+use crate::error::Result;
+use num_complex::Complex32;
+use rayon::prelude::*;
+use std::time::Instant;
+
+/// Run the benchmark; prints a Markdown table to stdout.
+pub fn run(cfg: &Config, repeats: usize) -> Result<()> {
+    let df = DataFile::open(cfg)?;
+    let (problem, mut state) = super::reconstruct::setup(cfg, &df)?;
+    let opts = Options::from(&cfg.reconstruction);
+    let n = problem.positions.len();
+    let k = &problem.kernel;
+    let m = k.fft.size();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let time = |f: &mut dyn FnMut()| -> f64 {
+        f(); // warm-up
+        median((0..repeats.max(1)).map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        }).collect())
+    };
+    let mut it = 1usize;
+    let full = time(&mut || {
+        gd::iterate(&problem, &mut state, it.max(opts.probe_update_start), &opts);
+        it += 1;
+    });
+    let ph = probe_spectrum(&k.fft, &state.probe);
+    let no_probe = time(&mut || {
+        std::hint::black_box(gradients(k, &state.object, &ph, &problem.positions, &problem.intensities, false));
+    });
+    let with_probe = time(&mut || {
+        std::hint::black_box(gradients(k, &state.object, &ph, &problem.positions, &problem.intensities, true));
+    });
+    let ffts = time(&mut || {
+        (0..n * k.modes).into_par_iter().for_each_init(
+            || (vec![Complex32::new(0.5, 0.1); m * m], vec![Complex32::default(); m * m], k.fft.scratch()),
+            |(a, b, s), _| {
+                k.fft.inverse_t_raw(a, b, s);
+                k.fft.forward_t_raw(b, a, s);
+                k.fft.inverse_t_raw(a, b, s);
+                k.fft.forward_t_raw(b, a, s);
+            },
+        );
+    });
+    let threads = rayon::current_num_threads();
+    println!("| what | s / iteration | share |");
+    println!("|---|---|---|");
+    let row = |name: &str, t: f64| println!("| {name} | {t:.4} | {:.0} % |", 100.0 * t / full);
+    row("full iteration (object + probe, update)", full);
+    row(&format!("FFTs alone ({} transforms of {m}²)", 4 * n * k.modes), ffts);
+    row("element-wise: ramps, exit waves, residuals, scatter-add", (no_probe - 0.75 * ffts).max(0.0));
+    row("probe gradient (1 FFT + 2 passes per position)", (with_probe - no_probe).max(0.0));
+    row("update of object and probe", (full - with_probe).max(0.0));
+    println!();
+    println!(
+        "{n} positions, {m}x{m}, {} mode(s), {:?} noise model, {threads} threads: {:.4} s per iteration ({:.0} positions/s), median of {repeats}",
+        k.modes,
+        k.noise,
+        full,
+        n as f64 / full
+    );
+    Ok(())
+}
