@@ -132,46 +132,52 @@ pub fn add_field<V: Copy + std::ops::Add<Output = V>>(dst: &mut Field<V>, src: &
     }
 }
 
-/// Noise-model residual over one pattern: writes `wt = scale · ∂L/∂I` per detector pixel
-/// and returns the pattern's loss (see `physics::model::residual`, which this must match).
+/// Noise-model residual over one pattern: from raw intensities `im` (scaled by `isc` to
+/// model intensities I, in place) writes `wt = scale · ∂L/∂I` per detector pixel and returns
+/// the pattern's loss (see `physics::model::residual`, which this must match). The loss is
+/// summed in 8 independent lanes so the loop vectorises; the lane order is fixed, so the
+/// result is deterministic.
 #[inline(always)]
 fn residuals<T: Real>(noise: NoiseModel, meas: &[f32], im: &mut [T], wt: &mut [T], eps: T, isc: T, scale: T) -> f64 {
-    // model intensities from raw |Ψ|² sums
-    im.iter_mut().for_each(|i| *i = *i * isc);
-    let mut loss = 0.0f64;
+    const L: usize = 8;
+    let mut lanes = [T::zero(); L];
+    let n = meas.len();
+    assert!(im.len() == n && wt.len() == n && n % L == 0, "pattern size must be a multiple of {L}");
     match noise {
         NoiseModel::Poisson => {
-            for ((w, m), i) in wt.chunks_exact_mut(64).zip(meas.chunks_exact(64)).zip(im.chunks_exact(64)) {
-                let mut l = T::zero();
-                for ((w, &m), &i) in w.iter_mut().zip(m).zip(i) {
-                    let m = T::of32(m);
-                    *w = (T::one() - m / (i + eps)) * scale;
-                    l = l + i;
+            for ((w, m), i) in wt.chunks_exact_mut(L).zip(meas.chunks_exact(L)).zip(im.chunks_exact_mut(L)) {
+                for q in 0..L {
+                    let iv = i[q] * isc;
+                    i[q] = iv;
+                    w[q] = (T::one() - T::of32(m[q]) / (iv + eps)) * scale;
+                    lanes[q] = lanes[q] + iv;
                 }
-                for (&m, &i) in m.iter().zip(i) {
-                    if m > 0.0 {
-                        let m = T::of32(m);
-                        l = l - m - m * ((i + eps) / m).ln();
+            }
+            // −Î − Î ln((I + ε)/Î) only where Î > 0 (most low-dose pixels are 0)
+            for (m, i) in meas.chunks_exact(L).zip(im.chunks_exact(L)) {
+                for q in 0..L {
+                    if m[q] > 0.0 {
+                        let mv = T::of32(m[q]);
+                        lanes[q] = lanes[q] - mv - mv * ((i[q] + eps) / mv).ln();
                     }
                 }
-                loss += l.f64();
             }
         }
         NoiseModel::Amplitude => {
-            for ((w, m), i) in wt.chunks_exact_mut(64).zip(meas.chunks_exact(64)).zip(im.chunks_exact(64)) {
-                let mut l = T::zero();
-                for ((w, &m), &i) in w.iter_mut().zip(m).zip(i) {
-                    let a = i.sqrt();
-                    let sm = T::of32(m).sqrt();
+            for ((w, m), i) in wt.chunks_exact_mut(L).zip(meas.chunks_exact(L)).zip(im.chunks_exact_mut(L)) {
+                for q in 0..L {
+                    let iv = i[q] * isc;
+                    i[q] = iv;
+                    let a = iv.sqrt();
+                    let sm = T::of32(m[q]).sqrt();
                     let d = a - sm;
-                    l = l + d * d;
-                    *w = if a > T::zero() { (T::one() - sm / a) * scale } else { T::zero() };
+                    lanes[q] = lanes[q] + d * d;
+                    w[q] = if a > T::zero() { (T::one() - sm / a) * scale } else { T::zero() };
                 }
-                loss += l.f64();
             }
         }
     }
-    loss
+    lanes.iter().map(|v| v.f64()).sum()
 }
 
 fn slab<T: Real>(
