@@ -231,15 +231,13 @@ fn slab<T: Real>(
             T::mul_real(&mut w.w1, &w.psi[mode * mm..(mode + 1) * mm], &w.wt);
             k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
             let pj = &w.pj[mode * mm..(mode + 1) * mm];
-            for (y, (pr, br)) in pj.chunks_exact(m).zip(w.b.chunks_exact(m)).enumerate() {
+            // g_O += P* b, D_O += |P|², and for the probe gradient w1 = O* b, D_P += |O|²
+            for (y, ((pr, br), t)) in pj.chunks_exact(m).zip(w.b.chunks_exact(m)).zip(w.w1.chunks_exact_mut(m)).enumerate() {
                 let row = (gy + y) * gw + gx;
-                T::acc_cmul_conj(&mut s.g.data[row..row + m], pr, br);
-                T::acc_norm(&mut s.d.data[row..row + m], pr);
+                let dp = if want_probe && mode == 0 { Some(&mut s.dp[y * m..(y + 1) * m]) } else { None };
+                T::adjoint_row(&mut s.g.data[row..row + m], &mut s.d.data[row..row + m], t, dp, pr, br, orow(y));
             }
             if want_probe {
-                for (y, (dst, br)) in w.w1.chunks_exact_mut(m).zip(w.b.chunks_exact(m)).enumerate() {
-                    T::cmul_conj(dst, orow(y), br);
-                }
                 // reuse b as the transform's output
                 k.fft.forward_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
                 let gp = &mut s.gp[mode * mm..(mode + 1) * mm];
@@ -247,11 +245,6 @@ fn slab<T: Real>(
                 for ((g, t), rx) in gp.chunks_exact_mut(m).zip(w.b.chunks_exact(m)).zip(&p.ramp_x) {
                     T::acc_cmul_conj_cscale(g, &p.ramp_y, t, rx.conj() * sc);
                 }
-            }
-        }
-        if want_probe {
-            for (y, dp) in s.dp.chunks_exact_mut(m).enumerate() {
-                T::acc_norm(dp, orow(y));
             }
         }
     }

@@ -68,11 +68,9 @@ pub fn write_result(path: &Path, r: &ReconResult, png: bool) -> Result<Vec<PathB
     }
 
     // Phase 1: every file to its temporary name.
-    let pid = std::process::id();
     let mut temps: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(jobs.len());
     for (target, write) in &jobs {
-        let fname = target.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-        let tmp = dir.join(format!(".{fname}.tmp-{pid}"));
+        let tmp = temp_path(target);
         temps.push((tmp.clone(), target.clone()));
         if let Err(e) = write(&tmp) {
             for (t, _) in &temps {
@@ -102,6 +100,29 @@ pub fn write_result(path: &Path, r: &ReconResult, png: bool) -> Result<Vec<PathB
 /// is [0, 0]. Errors name the file and dataset, e.g. `out.h5:/probe: expected rank 3, got 2`.
 pub fn read_result(path: &Path) -> Result<ReconResult> {
     self::hdf5::read_h5(path)
+}
+
+/// Temporary name beside `path` for atomic writes: `.<name>.tmp-<pid>`.
+pub fn temp_path(path: &std::path::Path) -> std::path::PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Write `bytes` to `path` atomically (temporary file, fsync, rename).
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
+    use crate::error::Context;
+    use std::io::Write;
+    let tmp = temp_path(path);
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.ctx(|| path.display().to_string())
 }
 
 #[cfg(test)]
@@ -270,27 +291,4 @@ mod tests {
         let e = read_result(dir.path()).unwrap_err();
         assert!(e.msg.contains("directory"), "{e}");
     }
-}
-
-/// Temporary name beside `path` for atomic writes: `.<name>.tmp-<pid>`.
-pub fn temp_path(path: &std::path::Path) -> std::path::PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Write `bytes` to `path` atomically (temporary file, fsync, rename).
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
-    use crate::error::Context;
-    use std::io::Write;
-    let tmp = temp_path(path);
-    let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.ctx(|| path.display().to_string())
 }

@@ -79,6 +79,20 @@ pub trait Ops: Sized + Copy {
             *d = *d + a.norm_sqr();
         }
     }
+    /// The adjoint pass of one row: g += conj(p)·b, d += |p|², t = conj(o)·b and, when
+    /// `dp` is given, dp += |o|².
+    #[inline(always)]
+    fn adjoint_row(g: &mut [Complex<Self>], d: &mut [Self], t: &mut [Complex<Self>], dp: Option<&mut [Self]>, p: &[Complex<Self>], b: &[Complex<Self>], o: &[Complex<Self>])
+    where
+        Self: Real,
+    {
+        Self::acc_cmul_conj(g, p, b);
+        Self::acc_norm(d, p);
+        Self::cmul_conj(t, o, b);
+        if let Some(dp) = dp {
+            Self::acc_norm(dp, o);
+        }
+    }
     /// out = a · w (w real)
     #[inline(always)]
     fn mul_real(out: &mut [Complex<Self>], a: &[Complex<Self>], w: &[Self])
@@ -172,6 +186,24 @@ impl Ops for f32 {
         } else {
             for (d, a) in d.iter_mut().zip(a) {
                 *d += a.norm_sqr();
+            }
+        }
+    }
+    #[inline(always)]
+    fn adjoint_row(g: &mut [Complex<f32>], d: &mut [f32], t: &mut [Complex<f32>], dp: Option<&mut [f32]>, p: &[Complex<f32>], b: &[Complex<f32>], o: &[Complex<f32>]) {
+        if avx2() {
+            // SAFETY: as above.
+            unsafe { avx::adjoint_row(g, d, t, dp, p, b, o) }
+        } else {
+            for i in 0..g.len() {
+                g[i] += p[i].conj() * b[i];
+                d[i] += p[i].norm_sqr();
+                t[i] = o[i].conj() * b[i];
+            }
+            if let Some(dp) = dp {
+                for (dp, o) in dp.iter_mut().zip(o) {
+                    *dp += o.norm_sqr();
+                }
             }
         }
     }
@@ -310,6 +342,55 @@ mod avx {
         }
     }
 
+    /// |x|² of 8 complex numbers (two registers) in element order.
+    #[inline(always)]
+    unsafe fn norm8(x0: __m256, x1: __m256) -> __m256 {
+        let h = _mm256_hadd_ps(_mm256_mul_ps(x0, x0), _mm256_mul_ps(x1, x1)); // (0,1,4,5 | 2,3,6,7)
+        _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(h), 0b1101_1000))
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn adjoint_row(
+        g: &mut [Complex<f32>],
+        d: &mut [f32],
+        t: &mut [Complex<f32>],
+        mut dp: Option<&mut [f32]>,
+        p: &[Complex<f32>],
+        b: &[Complex<f32>],
+        o: &[Complex<f32>],
+    ) {
+        let n = g.len();
+        assert!(d.len() == n && t.len() == n && p.len() == n && b.len() == n && o.len() == n);
+        assert!(dp.as_ref().is_none_or(|v| v.len() == n));
+        let (pg, pt) = (g.as_mut_ptr() as *mut f32, t.as_mut_ptr() as *mut f32);
+        let (pp, pb, po) = (p.as_ptr() as *const f32, b.as_ptr() as *const f32, o.as_ptr() as *const f32);
+        let mut i = 0;
+        while i + 8 <= n {
+            let (p0, p1) = (_mm256_loadu_ps(pp.add(2 * i)), _mm256_loadu_ps(pp.add(2 * i + 8)));
+            let (b0, b1) = (_mm256_loadu_ps(pb.add(2 * i)), _mm256_loadu_ps(pb.add(2 * i + 8)));
+            let (o0, o1) = (_mm256_loadu_ps(po.add(2 * i)), _mm256_loadu_ps(po.add(2 * i + 8)));
+            _mm256_storeu_ps(pg.add(2 * i), _mm256_add_ps(_mm256_loadu_ps(pg.add(2 * i)), mul4::<true>(p0, b0)));
+            _mm256_storeu_ps(pg.add(2 * i + 8), _mm256_add_ps(_mm256_loadu_ps(pg.add(2 * i + 8)), mul4::<true>(p1, b1)));
+            _mm256_storeu_ps(pt.add(2 * i), mul4::<true>(o0, b0));
+            _mm256_storeu_ps(pt.add(2 * i + 8), mul4::<true>(o1, b1));
+            let pd = d.as_mut_ptr().add(i);
+            _mm256_storeu_ps(pd, _mm256_add_ps(_mm256_loadu_ps(pd), norm8(p0, p1)));
+            if let Some(dp) = dp.as_deref_mut() {
+                let q = dp.as_mut_ptr().add(i);
+                _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), norm8(o0, o1)));
+            }
+            i += 8;
+        }
+        for j in i..n {
+            g[j] += p[j].conj() * b[j];
+            d[j] += p[j].norm_sqr();
+            t[j] = o[j].conj() * b[j];
+            if let Some(dp) = dp.as_deref_mut() {
+                dp[j] += o[j].norm_sqr();
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2")]
     pub unsafe fn mul_real(out: &mut [Complex<f32>], a: &[Complex<f32>], w: &[f32]) {
         let n = out.len();
@@ -367,6 +448,16 @@ mod tests {
             let g0 = g.clone();
             f32::acc_cmul_conj_cscale(&mut g, &a, &b, sc);
             assert!((0..n).all(|i| g[i] == g0[i] + a[i].conj() * (b[i] * sc)), "acc_cscale n={n}");
+            let (mut g, mut d, mut t, mut dp) = (data(n, 6), w.clone(), vec![C::default(); n], w.clone());
+            let (g0, d0) = (g.clone(), d.clone());
+            let c = data(n, 7);
+            f32::adjoint_row(&mut g, &mut d, &mut t, Some(&mut dp), &a, &b, &c);
+            for i in 0..n {
+                assert_eq!(g[i], g0[i] + a[i].conj() * b[i], "adjoint g n={n}");
+                assert_eq!(d[i], d0[i] + a[i].norm_sqr(), "adjoint d n={n}");
+                assert_eq!(t[i], c[i].conj() * b[i], "adjoint t n={n}");
+                assert_eq!(dp[i], w[i] + c[i].norm_sqr(), "adjoint dp n={n}");
+            }
             f32::mul_real(&mut o, &a, &w);
             assert!((0..n).all(|i| o[i] == a[i] * w[i]), "mul_real n={n}");
         }
