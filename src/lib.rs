@@ -11,6 +11,7 @@ pub mod error;
 pub mod config;
 pub mod physics;
 pub mod tiling;
+pub mod comm;
 pub mod data;
 pub mod backend;
 pub mod engine;

@@ -1,0 +1,445 @@
+//! Ranks as MPI processes (rsmpi 0.8, any MPI with `mpicc`; tested with MPICH 4.0).
+//!
+//! MPI is initialised at most once per process ([`MpiComm::init`]), asking for
+//! `MPI_THREAD_SERIALIZED` (rayon threads may exist; MPI is only ever called by the one
+//! thread that owns the [`MpiComm`] at a time, which `&mut self` guarantees). Sends are
+//! `MPI_Isend`s whose byte buffers the communicator owns until [`Comm::wait_sends`]
+//! completes them. Receives are matched probes plus a receive of the whole byte vector,
+//! polled so they can time out. Reductions gather to rank 0, combine in rank order and
+//! broadcast, so results are bit-identical on all ranks and equal to [`super::ThreadComm`]'s.
+//!
+//! Failure: a rank that hits an error should call [`MpiComm::abort`]; the launcher then
+//! kills every rank. A rank that crashes or panics is killed-for by the launcher as well
+//! (MPICH's hydra tears the job down when one process exits without finalising).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use mpi::datatype::PartitionMut;
+use mpi::point_to_point::MatchedReceiveVec;
+use mpi::request::{Request, StaticScope};
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use mpi::{Count, Threading};
+
+use super::{max_in_rank_order, sum_in_rank_order, Comm, CommStats, DEFAULT_TIMEOUT, MAX_TAG};
+use crate::error::{Error, Result};
+
+static INITIALISED: AtomicBool = AtomicBool::new(false);
+
+/// What the launcher (`mpirun`, `srun`, `jsrun`, …) told this process through its
+/// environment, read before MPI is initialised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchInfo {
+    /// This process's rank in the job.
+    pub rank: usize,
+    /// Number of processes the launcher started.
+    pub size: usize,
+    /// Rank among the processes on this node (for picking a GPU); 0 if not given.
+    pub local_rank: usize,
+    /// Which launcher's variables were found (e.g. `"hydra/PMI"`, `"OpenMPI"`, `"Slurm"`).
+    pub launcher: &'static str,
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok()?.trim().parse().ok()
+}
+
+/// The launcher's view of this process, or `None` when it was not started by a known
+/// launcher (a singleton run). Reads, in this order: OpenMPI (`OMPI_COMM_WORLD_RANK/SIZE/
+/// LOCAL_RANK`), jsrun (`JSM_NAMESPACE_RANK/SIZE/LOCAL_RANK`), MPICH hydra and other PMI
+/// launchers (`PMI_RANK/PMI_SIZE`, local rank from `MPI_LOCALRANKID` or `PMI_LOCAL_RANK`),
+/// Slurm's srun (`SLURM_PROCID`, `SLURM_STEP_NUM_TASKS`, `SLURM_LOCALID`; the step's task
+/// count, not `SLURM_NTASKS`, so a plain batch script is not mistaken for an srun step).
+pub fn launcher_env() -> Option<LaunchInfo> {
+    let info = |launcher, rank, size, local: &[&str]| {
+        let local_rank = local.iter().find_map(|v| env_usize(v)).unwrap_or(0);
+        Some(LaunchInfo { rank, size, local_rank, launcher })
+    };
+    if let (Some(r), Some(s)) = (env_usize("OMPI_COMM_WORLD_RANK"), env_usize("OMPI_COMM_WORLD_SIZE")) {
+        return info("OpenMPI", r, s, &["OMPI_COMM_WORLD_LOCAL_RANK"]);
+    }
+    if let (Some(r), Some(s)) = (env_usize("JSM_NAMESPACE_RANK"), env_usize("JSM_NAMESPACE_SIZE")) {
+        return info("jsrun", r, s, &["JSM_NAMESPACE_LOCAL_RANK"]);
+    }
+    if let (Some(r), Some(s)) = (env_usize("PMI_RANK"), env_usize("PMI_SIZE")) {
+        return info("hydra/PMI", r, s, &["MPI_LOCALRANKID", "PMI_LOCAL_RANK", "SLURM_LOCALID"]);
+    }
+    if let (Some(r), Some(s)) = (env_usize("SLURM_PROCID"), env_usize("SLURM_STEP_NUM_TASKS")) {
+        return info("Slurm", r, s, &["SLURM_LOCALID"]);
+    }
+    None
+}
+
+/// A send handed to MPI and not yet known to be complete. `req` borrows `buf`, which was
+/// leaked from a `Box<[u8]>` and is reclaimed only once `req` has completed.
+struct PendingSend {
+    req: Request<'static, [u8], StaticScope>,
+    buf: *mut [u8],
+    to: usize,
+    tag: u32,
+}
+
+/// One MPI process's rank; see the module docs.
+pub struct MpiComm {
+    rank: usize,
+    size: usize,
+    pending: Vec<PendingSend>,
+    timeout: Duration,
+    stats: CommStats,
+    /// Set when MPI only granted `MPI_THREAD_FUNNELED`: the one thread allowed to call MPI.
+    funnel: Option<ThreadId>,
+    /// Dropped last (after pending sends are completed): finalises MPI.
+    universe: Option<mpi::environment::Universe>,
+}
+
+// SAFETY: MPI handles are process-global. MPI is initialised with at least
+// MPI_THREAD_SERIALIZED, or, if only FUNNELED was granted, every MPI call first checks it
+// runs on the initialising thread (`check_thread`). `&mut self` on every MPI call means
+// calls never overlap. The raw `buf` pointers are owned exclusively by this value.
+unsafe impl Send for MpiComm {}
+
+/// Wait between polls: spin briefly (low latency), then back off to 1 ms sleeps so
+/// oversubscribed ranks leave the cores to those doing work.
+fn backoff(round: &mut u32) {
+    if *round < 64 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(if *round < 200 { 50 } else { 1000 }));
+    }
+    *round += 1;
+}
+
+fn world() -> SimpleCommunicator {
+    SimpleCommunicator::world()
+}
+
+/// Largest number of elements rank 0 buffers per reduction round (64 MiB of f64 in all).
+const REDUCE_BUDGET: usize = 8 << 20;
+
+impl MpiComm {
+    /// Initialise MPI (once per process) and check the job against the launcher.
+    ///
+    /// Errors: MPI already initialised in this process; MPI refused to start; or the
+    /// launcher started N ranks but MPI reports another size — the sign of a binary built
+    /// against one MPI and started by another's `mpirun` (each process then runs alone).
+    pub fn init() -> Result<MpiComm> {
+        if INITIALISED.swap(true, Ordering::SeqCst) {
+            return Err(Error::new(
+                "MPI",
+                "already initialised in this process (MPI can be initialised only once per process)",
+            ));
+        }
+        let launch = launcher_env();
+        let (universe, provided) = mpi::initialize_with_threading(Threading::Serialized)
+            .ok_or_else(|| Error::new("MPI", "MPI_Init_thread failed or MPI was already initialised"))?;
+        if provided < Threading::Funneled {
+            return Err(Error::new(
+                "MPI",
+                format!("library granted thread level {provided:?}; ptytile needs at least Funneled"),
+            ));
+        }
+        let funnel = (provided < Threading::Serialized).then(|| std::thread::current().id());
+        let w = universe.world();
+        let (rank, size) = (w.rank() as usize, w.size() as usize);
+        if let Some(l) = &launch {
+            if l.size != size {
+                return Err(Error::new(
+                    "MPI",
+                    format!(
+                        "launched with {} ranks ({}) but MPI reports {size}: mpirun from a different MPI?",
+                        l.size, l.launcher
+                    ),
+                ));
+            }
+            if l.rank != rank {
+                return Err(Error::new(
+                    "MPI",
+                    format!("launcher says rank {} but MPI says rank {rank}", l.rank),
+                ));
+            }
+        }
+        Ok(MpiComm {
+            rank,
+            size,
+            pending: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+            stats: CommStats::default(),
+            funnel,
+            universe: Some(universe),
+        })
+    }
+
+    /// Change how long receives, send completion and barriers wait (default 120 s).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Rank on this node as told by the launcher (0 for a singleton run).
+    pub fn local_rank(&self) -> usize {
+        launcher_env().map(|l| l.local_rank).unwrap_or(0)
+    }
+
+    /// Abort the whole job (`MPI_Abort` on the world communicator) with exit `code`;
+    /// the launcher kills every rank. Call it when this rank hits an error.
+    pub fn abort(&self, code: i32) -> ! {
+        world().abort(code)
+    }
+
+    fn check_thread(&self, what: &str) -> Result<()> {
+        match self.funnel {
+            Some(id) if id != std::thread::current().id() => Err(Error::new(
+                format!("rank {}: {what}", self.rank),
+                "MPI granted only MPI_THREAD_FUNNELED; call MPI from the thread that initialised it",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_peer(&self, what: &str, peer: usize, tag: u32) -> Result<()> {
+        if peer >= self.size {
+            return Err(Error::new(
+                format!("rank {}: {what} rank {peer}", self.rank),
+                format!("no such rank (job has {} ranks)", self.size),
+            ));
+        }
+        if tag > MAX_TAG {
+            return Err(Error::new(
+                format!("rank {}: {what} rank {peer}", self.rank),
+                format!("tag {tag} above {MAX_TAG}, the largest MPI guarantees"),
+            ));
+        }
+        self.check_thread(what)
+    }
+
+    /// Test every pending send once; reclaim the buffers of those complete.
+    fn progress_sends(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for p in pending {
+            let PendingSend { req, buf, to, tag } = p;
+            match req.test() {
+                Ok(_) => {
+                    // SAFETY: the request that borrowed `buf` has completed and is gone;
+                    // `buf` came from Box::leak and is reclaimed exactly once.
+                    drop(unsafe { Box::from_raw(buf) });
+                }
+                Err(req) => self.pending.push(PendingSend { req, buf, to, tag }),
+            }
+        }
+    }
+
+    /// Rank 0 gathers everyone's values in chunks, combines them in rank order with `op`
+    /// and broadcasts the result.
+    fn allreduce_with(
+        &mut self,
+        data: &mut [f64],
+        op: fn(&mut [f64], &mut dyn Iterator<Item = &[f64]>),
+    ) -> Result<()> {
+        self.check_thread("allreduce")?;
+        self.stats.collectives += 1;
+        let w = world();
+        let root = w.process_at_rank(0);
+        let chunk = (REDUCE_BUDGET / self.size).max(1);
+        let mut all = if self.rank == 0 { vec![0.0f64; chunk.min(data.len()) * self.size] } else { Vec::new() };
+        for part in data.chunks_mut(chunk) {
+            let n = part.len();
+            if self.rank == 0 {
+                let buf = &mut all[..n * self.size];
+                root.gather_into_root(&part[..], buf);
+                let buf = &all[..n * self.size];
+                op(part, &mut buf.chunks(n));
+            } else {
+                root.gather_into(&part[..]);
+            }
+            root.broadcast_into(part);
+        }
+        Ok(())
+    }
+}
+
+impl Comm for MpiComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn isend(&mut self, to: usize, tag: u32, data: Vec<u8>) -> Result<()> {
+        self.check_peer("isend to", to, tag)?;
+        if data.len() > Count::MAX as usize {
+            return Err(Error::new(
+                format!("rank {}: isend to rank {to}", self.rank),
+                format!("{} bytes exceeds MPI's count limit of {} bytes per message", data.len(), Count::MAX),
+            ));
+        }
+        let n = data.len() as u64;
+        let buf: *mut [u8] = Box::into_raw(data.into_boxed_slice());
+        // SAFETY: `buf` stays allocated and unaliased by writers until the request that
+        // borrows it has completed (`progress_sends`) or, on shutdown without completion,
+        // forever (leaked), so a 'static shared borrow is valid.
+        let shared: &'static [u8] = unsafe { &*buf };
+        let req = world()
+            .process_at_rank(to as mpi::Rank)
+            .immediate_send_with_tag(StaticScope, shared, tag as mpi::Tag);
+        self.pending.push(PendingSend { req, buf, to, tag });
+        self.stats.bytes_sent += n;
+        self.stats.messages_sent += 1;
+        Ok(())
+    }
+
+    fn recv(&mut self, from: usize, tag: u32) -> Result<Vec<u8>> {
+        self.check_peer("recv from", from, tag)?;
+        let w = world();
+        let src = w.process_at_rank(from as mpi::Rank);
+        let start = Instant::now();
+        let mut round = 0;
+        loop {
+            if let Some(matched) = src.immediate_matched_probe_with_tag(tag as mpi::Tag) {
+                let (v, _status) = matched.matched_receive_vec::<u8>();
+                return Ok(v);
+            }
+            if start.elapsed() >= self.timeout {
+                return Err(Error::new(
+                    format!("rank {}: recv from rank {from} tag {tag}", self.rank),
+                    format!(
+                        "no message from rank {from} after {:.1} s (timeout; is rank {from} alive and sending?)",
+                        self.timeout.as_secs_f64()
+                    ),
+                ));
+            }
+            backoff(&mut round);
+        }
+    }
+
+    fn wait_sends(&mut self) -> Result<()> {
+        self.check_thread("wait_sends")?;
+        let start = Instant::now();
+        let mut round = 0;
+        loop {
+            self.progress_sends();
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() >= self.timeout {
+                let mut peers: Vec<usize> = self.pending.iter().map(|p| p.to).collect();
+                peers.sort_unstable();
+                peers.dedup();
+                let p = &self.pending[0];
+                return Err(Error::new(
+                    format!("rank {}: wait_sends", self.rank),
+                    format!(
+                        "{} sends not received after {:.1} s (timeout; first: to rank {} tag {}; peers {:?})",
+                        self.pending.len(),
+                        self.timeout.as_secs_f64(),
+                        p.to,
+                        p.tag,
+                        peers
+                    ),
+                ));
+            }
+            backoff(&mut round);
+        }
+    }
+
+    fn allreduce_sum(&mut self, data: &mut [f64]) -> Result<()> {
+        self.allreduce_with(data, |out, vals| sum_in_rank_order(out, vals))
+    }
+
+    fn allreduce_max(&mut self, data: &mut [f64]) -> Result<()> {
+        self.allreduce_with(data, |out, vals| max_in_rank_order(out, vals))
+    }
+
+    fn gather(&mut self, data: Vec<u8>) -> Result<Option<Vec<Vec<u8>>>> {
+        self.check_thread("gather")?;
+        self.stats.collectives += 1;
+        if data.len() > Count::MAX as usize {
+            return Err(Error::new(
+                format!("rank {}: gather", self.rank),
+                format!("{} bytes exceeds MPI's count limit", data.len()),
+            ));
+        }
+        let w = world();
+        let root = w.process_at_rank(0);
+        let len = data.len() as Count;
+        if self.rank != 0 {
+            root.gather_into(&len);
+            root.gather_varcount_into(&data[..]);
+            return Ok(None);
+        }
+        let mut counts = vec![0 as Count; self.size];
+        root.gather_into_root(&len, &mut counts[..]);
+        let total: usize = counts.iter().map(|&c| c as usize).sum();
+        if total > Count::MAX as usize {
+            // The others are already inside the second gather; this cannot be recovered.
+            return Err(Error::new(
+                "rank 0: gather",
+                format!("{total} bytes in all exceeds MPI's count limit"),
+            ));
+        }
+        let displs: Vec<Count> = counts
+            .iter()
+            .scan(0 as Count, |acc, &c| {
+                let d = *acc;
+                *acc += c;
+                Some(d)
+            })
+            .collect();
+        let mut buf = vec![0u8; total];
+        {
+            let mut part = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);
+            root.gather_varcount_into_root(&data[..], &mut part);
+        }
+        Ok(Some(
+            counts
+                .iter()
+                .zip(&displs)
+                .map(|(&c, &d)| buf[d as usize..(d + c) as usize].to_vec())
+                .collect(),
+        ))
+    }
+
+    fn barrier(&mut self) -> Result<()> {
+        self.check_thread("barrier")?;
+        self.stats.collectives += 1;
+        let mut req = world().immediate_barrier();
+        let start = Instant::now();
+        let mut round = 0;
+        loop {
+            match req.test() {
+                Ok(_) => return Ok(()),
+                Err(r) => req = r,
+            }
+            if start.elapsed() >= self.timeout {
+                // The request can never be completed now; forget it rather than panic.
+                std::mem::forget(req);
+                return Err(Error::new(
+                    format!("rank {}: barrier", self.rank),
+                    format!("not all ranks arrived after {:.1} s (timeout)", self.timeout.as_secs_f64()),
+                ));
+            }
+            backoff(&mut round);
+        }
+    }
+
+    fn stats(&self) -> CommStats {
+        self.stats
+    }
+}
+
+impl Drop for MpiComm {
+    /// Completes outstanding sends (up to the timeout) before MPI is finalised; sends that
+    /// still have not completed are leaked, never freed under MPI's feet.
+    fn drop(&mut self) {
+        if !self.pending.is_empty() && self.check_thread("drop").is_ok() {
+            let _ = self.wait_sends();
+        }
+        for p in self.pending.drain(..) {
+            std::mem::forget(p.req);
+            // `p.buf` is deliberately leaked: MPI may still read it.
+        }
+        drop(self.universe.take());
+    }
+}

@@ -1,0 +1,369 @@
+//! In-process ranks: each rank is a thread and messages are moved (not copied) through
+//! crossbeam channels, one channel per (source, destination) pair.
+//!
+//! Failure handling: [`run_threads`] catches each rank's error or panic, sets a shared abort
+//! flag, and every other rank blocked in a receive notices it within [`POLL`] and returns an
+//! error. The launcher then reports the first rank that failed on its own account.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+
+use super::{max_in_rank_order, sum_in_rank_order, Comm, CommStats, DEFAULT_TIMEOUT, MAX_TAG};
+use crate::error::{Error, Result};
+
+/// How often a blocked receive wakes up to look at the abort flag.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// Tag space: user tags are `u32`; collectives use a separate internal space so they never
+/// match a user receive.
+type Key = (bool, u32);
+const INTERNAL_REDUCE: Key = (true, 1);
+const INTERNAL_RESULT: Key = (true, 2);
+const INTERNAL_GATHER: Key = (true, 3);
+const INTERNAL_BARRIER: Key = (true, 4);
+
+const NO_RANK: usize = usize::MAX;
+
+/// State shared by all ranks of one [`run_threads`] call.
+struct Shared {
+    /// Set once any rank has failed; blocked receives then return an error.
+    abort: AtomicBool,
+    /// The first rank that failed on its own account (not because of the abort).
+    first_failed: AtomicUsize,
+    /// Ranks whose last error was a consequence of another rank's failure.
+    consequential: Vec<AtomicBool>,
+}
+
+/// One rank of an in-process job; created only by [`run_threads`].
+pub struct ThreadComm {
+    rank: usize,
+    size: usize,
+    /// `to[d]` sends to rank d.
+    to: Vec<Sender<(Key, Vec<u8>)>>,
+    /// `from[s]` receives from rank s.
+    from: Vec<Receiver<(Key, Vec<u8>)>>,
+    /// Messages that arrived from rank s while a receive waited for another tag.
+    pending: Vec<HashMap<Key, VecDeque<Vec<u8>>>>,
+    timeout: Duration,
+    stats: CommStats,
+    shared: Arc<Shared>,
+}
+
+impl ThreadComm {
+    /// Change how long [`Comm::recv`] and the collectives wait for a peer (default 120 s).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    fn check_tag(&self, peer: usize, tag: u32) -> Result<()> {
+        if tag > MAX_TAG {
+            return Err(Error::new(
+                format!("rank {}: message with rank {peer}", self.rank),
+                format!("tag {tag} above {MAX_TAG}, the largest MPI guarantees"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn what(&self, peer: usize, key: Key) -> String {
+        if key.0 {
+            format!("rank {}: collective with rank {peer}", self.rank)
+        } else {
+            format!("rank {}: recv from rank {peer} tag {}", self.rank, key.1)
+        }
+    }
+
+    /// An error caused by another rank's failure; marked so the launcher reports the cause.
+    fn consequential(&self, what: String, msg: String) -> Error {
+        self.shared.consequential[self.rank].store(true, Ordering::SeqCst);
+        Error::new(what, msg)
+    }
+
+    fn aborted(&self, what: String) -> Error {
+        let failed = self.shared.first_failed.load(Ordering::SeqCst);
+        let msg = if failed == NO_RANK {
+            "job aborted because another rank failed".to_string()
+        } else {
+            format!("job aborted because rank {failed} failed")
+        };
+        self.consequential(what, msg)
+    }
+
+    fn send_key(&mut self, to: usize, key: Key, data: Vec<u8>) -> Result<()> {
+        if to >= self.size {
+            return Err(Error::new(
+                format!("rank {}: send to rank {to}", self.rank),
+                format!("no such rank (job has {} ranks)", self.size),
+            ));
+        }
+        if self.to[to].send((key, data)).is_err() {
+            let what = format!("rank {}: send to rank {to}", self.rank);
+            if self.shared.abort.load(Ordering::SeqCst) {
+                return Err(self.aborted(what));
+            }
+            return Err(self.consequential(what, format!("rank {to} has already ended")));
+        }
+        Ok(())
+    }
+
+    fn recv_key(&mut self, from: usize, key: Key) -> Result<Vec<u8>> {
+        if from >= self.size {
+            return Err(Error::new(
+                self.what(from, key),
+                format!("no such rank (job has {} ranks)", self.size),
+            ));
+        }
+        if let Some(d) = self.pending[from].get_mut(&key).and_then(|q| q.pop_front()) {
+            return Ok(d);
+        }
+        let start = Instant::now();
+        loop {
+            match self.from[from].recv_timeout(POLL) {
+                Ok((k, d)) if k == key => return Ok(d),
+                Ok((k, d)) => self.pending[from].entry(k).or_default().push_back(d),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.shared.abort.load(Ordering::SeqCst) {
+                        return Err(self.aborted(self.what(from, key)));
+                    }
+                    if start.elapsed() >= self.timeout {
+                        return Err(Error::new(
+                            self.what(from, key),
+                            format!(
+                                "no message from rank {from} after {:.1} s (timeout)",
+                                self.timeout.as_secs_f64()
+                            ),
+                        ));
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    if self.shared.abort.load(Ordering::SeqCst) {
+                        return Err(self.aborted(self.what(from, key)));
+                    }
+                    return Err(self.consequential(
+                        self.what(from, key),
+                        format!("rank {from} ended without sending the message"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Gather every rank's bytes on rank 0 (rank order), under `key`.
+    fn gather_key(&mut self, key: Key, data: Vec<u8>) -> Result<Option<Vec<Vec<u8>>>> {
+        if self.rank != 0 {
+            self.send_key(0, key, data)?;
+            return Ok(None);
+        }
+        let mut all = Vec::with_capacity(self.size);
+        all.push(data);
+        for r in 1..self.size {
+            all.push(self.recv_key(r, key)?);
+        }
+        Ok(Some(all))
+    }
+
+    /// Rank 0 combines all contributions with `op` and sends the result to everyone.
+    fn allreduce_with(&mut self, data: &mut [f64], op: fn(&mut [f64], &[Vec<f64>])) -> Result<()> {
+        self.stats.collectives += 1;
+        let mine = super::f64s_to_bytes(data);
+        if let Some(all) = self.gather_key(INTERNAL_REDUCE, mine)? {
+            let vals = all
+                .iter()
+                .map(|b| super::bytes_to_f64s(b))
+                .collect::<Result<Vec<_>>>()?;
+            if let Some(r) = vals.iter().position(|v| v.len() != data.len()) {
+                return Err(Error::new(
+                    format!("rank 0: allreduce"),
+                    format!("rank {r} passed {} values, rank 0 {}", vals[r].len(), data.len()),
+                ));
+            }
+            op(data, &vals);
+            let out = super::f64s_to_bytes(data);
+            for r in 1..self.size {
+                self.send_key(r, INTERNAL_RESULT, out.clone())?;
+            }
+        } else {
+            let out = super::bytes_to_f64s(&self.recv_key(0, INTERNAL_RESULT)?)?;
+            if out.len() != data.len() {
+                return Err(Error::new(
+                    format!("rank {}: allreduce", self.rank),
+                    format!("rank 0 passed {} values, this rank {}", out.len(), data.len()),
+                ));
+            }
+            data.copy_from_slice(&out);
+        }
+        Ok(())
+    }
+}
+
+impl Comm for ThreadComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn isend(&mut self, to: usize, tag: u32, data: Vec<u8>) -> Result<()> {
+        self.check_tag(to, tag)?;
+        let n = data.len() as u64;
+        self.send_key(to, (false, tag), data)?;
+        self.stats.bytes_sent += n;
+        self.stats.messages_sent += 1;
+        Ok(())
+    }
+
+    fn recv(&mut self, from: usize, tag: u32) -> Result<Vec<u8>> {
+        self.check_tag(from, tag)?;
+        self.recv_key(from, (false, tag))
+    }
+
+    /// Channel sends complete at once; nothing to wait for.
+    fn wait_sends(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn allreduce_sum(&mut self, data: &mut [f64]) -> Result<()> {
+        self.allreduce_with(data, |out, vals| sum_in_rank_order(out, &mut vals.iter().map(|v| &v[..])))
+    }
+
+    fn allreduce_max(&mut self, data: &mut [f64]) -> Result<()> {
+        self.allreduce_with(data, |out, vals| max_in_rank_order(out, &mut vals.iter().map(|v| &v[..])))
+    }
+
+    fn gather(&mut self, data: Vec<u8>) -> Result<Option<Vec<Vec<u8>>>> {
+        self.stats.collectives += 1;
+        self.gather_key(INTERNAL_GATHER, data)
+    }
+
+    fn barrier(&mut self) -> Result<()> {
+        self.stats.collectives += 1;
+        if self.gather_key(INTERNAL_BARRIER, Vec::new())?.is_some() {
+            for r in 1..self.size {
+                self.send_key(r, INTERNAL_BARRIER, Vec::new())?;
+            }
+        } else {
+            self.recv_key(0, INTERNAL_BARRIER)?;
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> CommStats {
+        self.stats
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
+
+/// Run `f` on `n` ranks, each a thread with its own [`ThreadComm`], and return the ranks'
+/// results in rank order.
+///
+/// If any rank returns an error or panics, the others' blocked receives fail within
+/// [`POLL`], and the result is an error naming the first rank that failed on its own
+/// account: `rank 2: <its message>` or `rank 2 panicked: <payload>`. Errors that ranks
+/// return only because of that failure are not reported. Ranks may use rayon inside.
+pub fn run_threads<T: Send>(
+    n: usize,
+    f: impl Fn(ThreadComm) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    if n == 0 {
+        return Err(Error::new("run_threads", "need at least one rank"));
+    }
+    let shared = Arc::new(Shared {
+        abort: AtomicBool::new(false),
+        first_failed: AtomicUsize::new(NO_RANK),
+        consequential: (0..n).map(|_| AtomicBool::new(false)).collect(),
+    });
+    // chan[s][d] carries messages from s to d.
+    let mut senders: Vec<Vec<Sender<(Key, Vec<u8>)>>> = (0..n).map(|_| Vec::new()).collect();
+    let mut receivers: Vec<Vec<Receiver<(Key, Vec<u8>)>>> = (0..n).map(|_| Vec::new()).collect();
+    for s in 0..n {
+        for d in 0..n {
+            let (tx, rx) = unbounded();
+            senders[s].push(tx);
+            receivers[d].push(rx);
+        }
+    }
+    let comms: Vec<ThreadComm> = senders
+        .into_iter()
+        .zip(receivers)
+        .enumerate()
+        .map(|(rank, (to, from))| ThreadComm {
+            rank,
+            size: n,
+            to,
+            from,
+            pending: (0..n).map(|_| HashMap::new()).collect(),
+            timeout: DEFAULT_TIMEOUT,
+            stats: CommStats::default(),
+            shared: shared.clone(),
+        })
+        .collect();
+
+    // Per rank: Ok(value) or the error to report.
+    let failures: Mutex<Vec<(usize, Error)>> = Mutex::new(Vec::new());
+    let f = &f;
+    let results: Vec<Option<T>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|comm| {
+                let rank = comm.rank;
+                let shared = shared.clone();
+                let failures = &failures;
+                std::thread::Builder::new()
+                    .name(format!("rank-{rank}"))
+                    .spawn_scoped(scope, move || {
+                        let outcome = catch_unwind(AssertUnwindSafe(|| f(comm)));
+                        let err = match outcome {
+                            Ok(Ok(v)) => return Some(v),
+                            Ok(Err(e)) => Error::new(format!("rank {rank}"), e.to_string()),
+                            Err(p) => Error::new(format!("rank {rank} panicked"), panic_message(&*p)),
+                        };
+                        if !shared.consequential[rank].load(Ordering::SeqCst) {
+                            let _ = shared.first_failed.compare_exchange(
+                                NO_RANK,
+                                rank,
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                            );
+                        }
+                        shared.abort.store(true, Ordering::SeqCst);
+                        failures.lock().unwrap_or_else(|e| e.into_inner()).push((rank, err));
+                        None
+                    })
+                    .expect("spawn rank thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(None))
+            .collect()
+    });
+
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !failures.is_empty() {
+        let first = shared.first_failed.load(Ordering::SeqCst);
+        let chosen = failures
+            .iter()
+            .find(|(r, _)| *r == first)
+            .or_else(|| failures.first())
+            .map(|(_, e)| e.clone())
+            .expect("non-empty");
+        return Err(chosen);
+    }
+    Ok(results.into_iter().map(|v| v.expect("every rank succeeded")).collect())
+}
