@@ -159,6 +159,39 @@ impl Default for OutputConfig {
     }
 }
 
+/// How ranks share the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ParallelMode {
+    /// Tiles of object and gradient, halo exchange (the SC22 decomposition).
+    #[default]
+    Tiled,
+    /// Whole object on every rank, gradients all-reduced (the data-parallel baseline).
+    Replicated,
+}
+
+/// `[parallel]`: ranks and tiles.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ParallelConfig {
+    /// Number of in-process ranks (threads) when not launched by mpirun/srun/jsrun.
+    #[serde(default = "one")]
+    pub ranks: usize,
+    /// Tiles [Ty, Tx]; Ty·Tx must equal the rank count. Default: factor the rank count to
+    /// the object's aspect ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<[usize; 2]>,
+    /// tiled | replicated.
+    #[serde(default)]
+    pub mode: ParallelMode,
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +207,9 @@ pub struct Config {
     /// `[output]`
     #[serde(default)]
     pub output: OutputConfig,
+    /// `[parallel]`
+    #[serde(default)]
+    pub parallel: ParallelConfig,
 }
 
 impl Config {
@@ -218,6 +254,14 @@ impl Config {
         let r = &self.reconstruction;
         if r.probe_modes == 0 {
             return Err(Error::new("reconstruction.probe_modes", "must be at least 1"));
+        }
+        if self.parallel.ranks == 0 {
+            return Err(Error::new("parallel.ranks", "must be at least 1"));
+        }
+        if let Some(t) = self.parallel.tiles {
+            if t[0] == 0 || t[1] == 0 {
+                return Err(Error::new("parallel.tiles", "each of [Ty, Tx] must be at least 1"));
+            }
         }
         if r.batches == 0 {
             return Err(Error::new("reconstruction.batches", "must be at least 1"));

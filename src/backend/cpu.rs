@@ -96,7 +96,16 @@ pub fn gradients<T: Real>(
     assert_eq!(meas.len(), pos.len() * mm, "intensities do not match positions");
     assert_eq!(probe_hat.len(), k.modes * mm, "probe has the wrong size");
     let n = pos.len();
-    let slabs = SLABS.min(n).max(1);
+    if n == 0 {
+        return Gradients {
+            g_obj: Field::filled(obj.origin, obj.shape, Complex::default()),
+            d_obj: Field::filled(obj.origin, obj.shape, T::zero()),
+            g_probe_hat: if want_probe { vec![Complex::default(); k.modes * mm] } else { Vec::new() },
+            d_probe: if want_probe { vec![T::zero(); mm] } else { Vec::new() },
+            loss: 0.0,
+        };
+    }
+    let slabs = SLABS.min(n);
     let bounds: Vec<(usize, usize)> = (0..slabs).map(|s| (s * n / slabs, (s + 1) * n / slabs)).collect();
     let parts: Vec<Slab<T>> = bounds
         .par_iter()

@@ -18,8 +18,14 @@ use std::time::Instant;
 
 /// Run the benchmark; prints a Markdown table to stdout.
 pub fn run(cfg: &Config, repeats: usize) -> Result<()> {
+    crate::comm::run_threads(1, |mut c| run_on(cfg, repeats, &mut c)).map(|_| ())
+}
+
+fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result<()> {
     let df = DataFile::open(cfg)?;
-    let (problem, mut state) = super::reconstruct::setup(cfg, &df)?;
+    let plan = crate::tiling::plan(&df.centres, df.m, df.object_shape, [1, 1])?;
+    let rp = &plan.ranks[0];
+    let (problem, mut state) = super::reconstruct::setup(cfg, &df, rp, c)?;
     let opts = Options::from(&cfg.reconstruction);
     let n = problem.positions.len();
     let k = &problem.kernel;
@@ -37,10 +43,19 @@ pub fn run(cfg: &Config, repeats: usize) -> Result<()> {
         }).collect())
     };
     let mut it = 1usize;
-    let full = time(&mut || {
-        gd::iterate(&problem, &mut state, it.max(opts.probe_update_start), &opts);
-        it += 1;
-    });
+    let mut failed = None;
+    let full = {
+        let mut rank = gd::Rank { plan: rp, comm: c, mode: gd::Decomposition::Tiled };
+        time(&mut || {
+            if let Err(e) = gd::iterate(&problem, &mut state, it.max(opts.probe_update_start), &opts, &mut rank) {
+                failed = Some(e);
+            }
+            it += 1;
+        })
+    };
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let ph = probe_spectrum(&k.fft, &state.probe);
     let no_probe = time(&mut || {
         std::hint::black_box(gradients(k, &state.object, &ph, &problem.positions, &problem.intensities, false));

@@ -29,6 +29,9 @@ enum Cmd {
         /// Override output.path.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Override parallel.ranks (in-process ranks when not started by an MPI launcher).
+        #[arg(long)]
+        ranks: Option<usize>,
         /// Override any config key: --set section.key=value (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -164,7 +167,10 @@ fn init_tracing() {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Reconstruct { config, iterations, output, mut set } => {
+        Cmd::Reconstruct { config, iterations, output, ranks, mut set } => {
+            if let Some(n) = ranks {
+                set.push(format!("parallel.ranks={n}"));
+            }
             if let Some(n) = iterations {
                 set.push(format!("reconstruction.iterations={n}"));
             }
@@ -178,12 +184,14 @@ fn dispatch(cli: Cli) -> Result<()> {
                 indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} iterations  {msg}")
                     .map_err(|e| Error::new("progress bar", e.to_string()))?,
             );
-            let res = reconstruct::run(&cfg, |it, loss, secs, npos| {
+            let progress = |it: usize, loss: f64, secs: f64, npos: usize| {
                 bar.inc(1);
                 bar.set_message(format!("loss {loss:.6e}  {:.0} positions/s", npos as f64 / secs.max(1e-9)));
                 tracing::info!("iteration {it}: loss {loss:.6e}, {secs:.3} s");
-            })?;
+            };
+            let res = reconstruct::run(&cfg, &progress)?;
             bar.finish();
+            let Some(res) = res else { return Ok(()) };
             let paths = crate::output::write_result(&cfg.output.path, &res, cfg.output.png)?;
             for p in paths {
                 println!("wrote {}", p.display());

@@ -1,5 +1,5 @@
 //! "gd": preconditioned full-batch (or index-defined mini-batch) gradient descent on the
-//! object and probe (docs/algorithm.md §4).
+//! object and probe, on one rank of a tiled job (docs/algorithm.md §4–§5).
 //!
 //! Each update uses only sums over a set of positions:
 //! ```text
@@ -9,24 +9,44 @@
 //! ```
 //! with b_jk = F⁻¹(w Ψ_jk) the back-propagated residual and α = step / c, where c is the
 //! noise model's Fisher curvature relative to the amplitude model (1 amplitude, 2 Poisson).
-//! For the amplitude model and step 1 the object update of a single position is exactly the
-//! projection onto the measured modulus; no data-dependent tuning is involved. Because every
-//! term is a sum over positions, splitting the positions over tiles and adding the partial
-//! sums reproduces the update (the gradient decomposition of Wang et al., SC22).
+//!
+//! **Gradient decomposition** (Wang et al., SC22). A rank owns a tile of the object and
+//! the positions whose centres lie in it; it sums its positions' contributions into its
+//! field (tile + halo). The halo parts belong to other ranks' tiles and are sent to their
+//! owners; every owned pixel then holds the complete sum, so the update of the tile equals
+//! the single-rank update up to floating-point reassociation. Per iteration:
+//! 1. sum the positions whose windows reach outside the tile (halo positions);
+//! 2. post non-blocking sends of the halo rectangles to their owners;
+//! 3. sum the interior positions while the messages travel;
+//! 4. receive the neighbours' contributions to the tile and add them;
+//! 5. all-reduce the probe gradient, its preconditioner, the loss and max D_O;
+//! 6. update the tile and the (replicated) probe;
+//! 7. refresh the halo copies of the object from their owners.
+//!
+//! In the replicated mode (the data-parallel baseline of the Python codes) every rank
+//! holds the whole object and the object-sized sums are all-reduced instead.
 
-use crate::backend::cpu::{gradients, probe_spectrum, Gradients, Kernel};
+use crate::backend::cpu::{add_field, gradients, probe_spectrum, Gradients, Kernel};
+use crate::comm::Comm;
 use crate::config::{NoiseModel, ReconstructionConfig};
+use crate::error::{Error, Result};
 use crate::physics::fft::Real;
 use crate::physics::model::{fisher_scale, Field, PositionGeom};
+use crate::tiling::{Rect, RankPlan};
 use num_complex::Complex;
+use std::time::Instant;
 
 /// Relative regularisation δ of both preconditioners (fraction of their maximum).
 pub const PRECONDITIONER_DELTA: f64 = 1e-3;
+/// Message tag of halo gradients.
+pub const TAG_GRADIENT: u32 = 11;
+/// Message tag of object halo refreshes.
+pub const TAG_OBJECT: u32 = 12;
 
-/// The unknowns: object and probe modes.
+/// The unknowns on one rank: object on its field and the (replicated) probe modes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct State<T> {
-    /// Object on its field (the whole object grid, or a rank's tile plus halo).
+    /// Object on the rank's field (tile + halo; the whole object on one rank).
     pub object: Field<Complex<T>>,
     /// Probe modes [K, M, M], real space, centred at [M/2, M/2].
     pub probe: Vec<Complex<T>>,
@@ -59,77 +79,259 @@ impl From<&ReconstructionConfig> for Options {
     }
 }
 
-/// The measurements an engine works on: geometry and intensities (kernel layout) of the
-/// positions this process owns, in the same order.
+/// How the object-sized sums of the ranks are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decomposition {
+    /// Tiles with halo exchange (the object and gradient are split).
+    Tiled,
+    /// Every rank holds the whole object; gradients are all-reduced (baseline).
+    Replicated,
+}
+
+/// What one rank works on: geometry and intensities of its positions (halo positions first,
+/// as in its [`RankPlan`]) and the kernel settings.
 #[derive(Debug)]
 pub struct Problem<T: Real> {
     /// FFT plans, modes, noise model, Poisson floor.
     pub kernel: Kernel<T>,
-    /// Positions.
+    /// This rank's positions, in plan order.
     pub positions: Vec<PositionGeom<T>>,
-    /// Intensities [n, M, M] in the transposed corner-centred layout.
+    /// The first `n_halo` of `positions` have windows reaching outside the tile.
+    pub n_halo: usize,
+    /// Intensities [n, M, M] in the transposed corner-centred layout, same order.
     pub intensities: Vec<f32>,
 }
 
+/// A rank's place in the job: its plan, communicator and decomposition.
+pub struct Rank<'a> {
+    /// Tile, field, transfers.
+    pub plan: &'a RankPlan,
+    /// Transport.
+    pub comm: &'a mut dyn Comm,
+    /// Tiled or replicated.
+    pub mode: Decomposition,
+}
+
 /// What one iteration reports.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct IterStats {
-    /// Loss summed over positions at the state before this iteration's updates.
+    /// Loss summed over all positions of all ranks, at the state before the update.
     pub loss: f64,
     /// Whether the probe was updated.
     pub probe_updated: bool,
+    /// Seconds computing gradients.
+    pub compute_s: f64,
+    /// Seconds in sends, receives and collectives that were not hidden behind compute.
+    pub wait_s: f64,
 }
 
-/// One iteration: for each mini-batch, sum the gradients, then update object and probe.
-pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &Options) -> IterStats {
+/// One iteration on one rank: for each mini-batch, sum this rank's contributions, complete
+/// the sums across ranks, update the tile and the probe, refresh the halo.
+///
+/// Errors: a failed peer or transport (naming the peer rank).
+pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &Options, rank: &mut Rank) -> Result<IterStats> {
     let update_probe = o.update_probe && iteration >= o.probe_update_start;
-    let mut loss = 0.0;
-    let mm = p.kernel.fft.size().pow(2);
+    let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
     for b in 0..o.batches {
-        let (pos, meas): (Vec<PositionGeom<T>>, Vec<f32>) = if o.batches == 1 {
-            (Vec::new(), Vec::new())
-        } else {
-            let idx: Vec<usize> = (0..p.positions.len()).filter(|j| p.positions[*j].index % o.batches == b).collect();
-            (
-                idx.iter().map(|&j| p.positions[j].clone()).collect(),
-                idx.iter().flat_map(|&j| p.intensities[j * mm..(j + 1) * mm].iter().copied()).collect(),
-            )
-        };
-        let (pos, meas) = if o.batches == 1 { (&p.positions[..], &p.intensities[..]) } else { (&pos[..], &meas[..]) };
-        if pos.is_empty() {
-            continue;
+        let g = sum_gradients(p, s, b, o.batches, update_probe, rank, &mut st)?;
+        st.loss += g.loss;
+        let t = Instant::now();
+        // global max of the object preconditioner over the owned pixels
+        let mut mx = [max_in(&g.d_obj, &rank.plan.tile)];
+        rank.comm.allreduce_max(&mut mx)?;
+        apply(p, s, &g, o, &rank.plan.tile, T::of(mx[0]));
+        if rank.mode == Decomposition::Tiled {
+            refresh_halo(s, rank)?;
         }
-        let ph = probe_spectrum(&p.kernel.fft, &s.probe);
-        let g = gradients(&p.kernel, &s.object, &ph, pos, meas, update_probe);
-        loss += g.loss;
-        apply(p, s, g, o);
+        rank.comm.wait_sends()?;
+        st.wait_s += t.elapsed().as_secs_f64();
     }
-    IterStats { loss, probe_updated: update_probe }
+    Ok(st)
 }
 
-/// Apply summed gradients (docs/algorithm.md §4). Public so that a tiled engine can call it
-/// after adding its neighbours' halo contributions.
-pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: Gradients<T>, o: &Options) {
+/// Steps 1–5 for mini-batch `b` of `batches`: this rank's sums completed across ranks. On
+/// return `g_obj`/`d_obj` hold the complete sums on the rank's tile (halo pixels hold only
+/// partial sums), and the probe sums and the loss are global.
+pub fn sum_gradients<T: Real>(
+    p: &Problem<T>,
+    s: &State<T>,
+    b: usize,
+    batches: usize,
+    want_probe: bool,
+    rank: &mut Rank,
+    st: &mut IterStats,
+) -> Result<Gradients<T>> {
+    let mm = p.kernel.fft.size().pow(2);
+    // this batch's halo and interior positions, each keeping plan order
+    let pick = |range: std::ops::Range<usize>| -> (Vec<PositionGeom<T>>, Vec<f32>) {
+        let idx: Vec<usize> = range.filter(|&j| p.positions[j].index % batches == b).collect();
+        (idx.iter().map(|&j| p.positions[j].clone()).collect(), idx.iter().flat_map(|&j| p.intensities[j * mm..(j + 1) * mm].iter().copied()).collect())
+    };
+    let (hp, hm) = pick(0..p.n_halo);
+    let (ip, im) = pick(p.n_halo..p.positions.len());
+    let ph = probe_spectrum(&p.kernel.fft, &s.probe);
+
+    let t0 = Instant::now();
+    let mut g = gradients(&p.kernel, &s.object, &ph, &hp, &hm, want_probe);
+    st.compute_s += t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    if rank.mode == Decomposition::Tiled {
+        for t in &rank.plan.sends {
+            rank.comm.isend(t.peer, TAG_GRADIENT, pack_gradient(&g, &t.rect))?;
+        }
+    }
+    st.wait_s += t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let gi = gradients(&p.kernel, &s.object, &ph, &ip, &im, want_probe);
+    add_gradients(&mut g, &gi);
+    st.compute_s += t2.elapsed().as_secs_f64();
+    let t3 = Instant::now();
+    complete_sums(&mut g, rank)?;
+    st.wait_s += t3.elapsed().as_secs_f64();
+    Ok(g)
+}
+
+/// Steps 4–5: add the neighbours' halo contributions to the tile (tiled) or all-reduce the
+/// object sums (replicated); all-reduce probe sums and loss.
+fn complete_sums<T: Real>(g: &mut Gradients<T>, rank: &mut Rank) -> Result<()> {
+    match rank.mode {
+        Decomposition::Tiled => {
+            for t in &rank.plan.recvs {
+                let bytes = rank.comm.recv(t.peer, TAG_GRADIENT)?;
+                unpack_add_gradient(g, &t.rect, &bytes).map_err(|e| Error::new(format!("rank {}", t.peer), e.msg))?;
+            }
+        }
+        Decomposition::Replicated => {
+            let mut v: Vec<f64> = g.g_obj.data.iter().flat_map(|z| [z.re.f64(), z.im.f64()]).chain(g.d_obj.data.iter().map(|d| d.f64())).collect();
+            rank.comm.allreduce_sum(&mut v)?;
+            let n = g.g_obj.data.len();
+            for (i, z) in g.g_obj.data.iter_mut().enumerate() {
+                *z = Complex::new(T::of(v[2 * i]), T::of(v[2 * i + 1]));
+            }
+            for (i, d) in g.d_obj.data.iter_mut().enumerate() {
+                *d = T::of(v[2 * n + i]);
+            }
+        }
+    }
+    // probe gradient, its preconditioner and the loss: one small all-reduce
+    let mut v: Vec<f64> = g.g_probe_hat.iter().flat_map(|z| [z.re.f64(), z.im.f64()]).chain(g.d_probe.iter().map(|d| d.f64())).collect();
+    v.push(g.loss);
+    rank.comm.allreduce_sum(&mut v)?;
+    let np = g.g_probe_hat.len();
+    for (i, z) in g.g_probe_hat.iter_mut().enumerate() {
+        *z = Complex::new(T::of(v[2 * i]), T::of(v[2 * i + 1]));
+    }
+    for (i, d) in g.d_probe.iter_mut().enumerate() {
+        *d = T::of(v[2 * np + i]);
+    }
+    g.loss = v[v.len() - 1];
+    Ok(())
+}
+
+/// Step 7: owners send the object on `recvs` rectangles (their tile ∩ my field), each rank
+/// overwrites its `sends` rectangles (my field ∩ their tile) with what arrives.
+fn refresh_halo<T: Real>(s: &mut State<T>, rank: &mut Rank) -> Result<()> {
+    for t in &rank.plan.recvs {
+        let vals = extract(&s.object, &t.rect);
+        rank.comm.isend(t.peer, TAG_OBJECT, bytemuck::cast_slice(&vals).to_vec())?;
+    }
+    for t in &rank.plan.sends {
+        let bytes = rank.comm.recv(t.peer, TAG_OBJECT)?;
+        let vals: Vec<Complex<T>> = bytemuck::try_cast_slice(&bytes)
+            .map(|v: &[Complex<T>]| v.to_vec())
+            .map_err(|e| Error::new(format!("rank {}", t.peer), format!("bad object message: {e}")))?;
+        if vals.len() != t.rect.area() {
+            return Err(Error::new(format!("rank {}", t.peer), "object message of the wrong size"));
+        }
+        write_rect(&mut s.object, &t.rect, &vals);
+    }
+    Ok(())
+}
+
+/// Step 6: update the owned tile and the probe from complete sums; `dmax` is the global
+/// maximum of D_O.
+pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Options, tile: &Rect, dmax: T) {
     let alpha = T::of(o.step / fisher_scale(o.noise));
-    precondition_step(&mut s.object.data, &g.g_obj.data, &g.d_obj.data, alpha);
+    let reg = T::of(PRECONDITIONER_DELTA) * dmax + T::min_positive_value();
+    let f = &mut s.object;
+    let (w, oy, ox) = (f.shape[1], f.origin[0], f.origin[1]);
+    for y in tile.y0..tile.y1 {
+        let r0 = (y - oy) as usize * w + (tile.x0 - ox) as usize;
+        let n = (tile.x1 - tile.x0) as usize;
+        for i in r0..r0 + n {
+            f.data[i] = f.data[i] - g.g_obj.data[i] * (alpha / (g.d_obj.data[i] + reg));
+        }
+    }
     if !g.g_probe_hat.is_empty() {
         let fft = &p.kernel.fft;
         let mm = fft.size() * fft.size();
+        let dpmax = g.d_probe.iter().fold(T::zero(), |a, b| a.max(*b));
+        let preg = T::of(PRECONDITIONER_DELTA) * dpmax + T::min_positive_value();
         let mut gp = vec![Complex::default(); mm];
         let mut sc = fft.scratch();
         for (mode, ghat) in g.g_probe_hat.chunks(mm).enumerate() {
             let mut w = ghat.to_vec();
             fft.inverse_t(&mut w, &mut gp, &mut sc);
-            precondition_step(&mut s.probe[mode * mm..(mode + 1) * mm], &gp, &g.d_probe, alpha);
+            for ((x, g), d) in s.probe[mode * mm..(mode + 1) * mm].iter_mut().zip(&gp).zip(&g.d_probe) {
+                *x = *x - *g * (alpha / (*d + preg));
+            }
         }
     }
 }
 
-/// x ← x − α g / (d + δ max d).
-fn precondition_step<T: Real>(x: &mut [Complex<T>], g: &[Complex<T>], d: &[T], alpha: T) {
-    let dmax = d.iter().fold(T::zero(), |a, b| a.max(*b));
-    let reg = T::of(PRECONDITIONER_DELTA) * dmax + T::min_positive_value();
-    for ((x, g), d) in x.iter_mut().zip(g).zip(d) {
-        *x = *x - *g * (alpha / (*d + reg));
+fn add_gradients<T: Real>(g: &mut Gradients<T>, h: &Gradients<T>) {
+    add_field(&mut g.g_obj, &h.g_obj);
+    add_field(&mut g.d_obj, &h.d_obj);
+    g.g_probe_hat.iter_mut().zip(&h.g_probe_hat).for_each(|(a, b)| *a = *a + *b);
+    g.d_probe.iter_mut().zip(&h.d_probe).for_each(|(a, b)| *a = *a + *b);
+    g.loss += h.loss;
+}
+
+fn max_in<T: Real>(f: &Field<T>, r: &Rect) -> f64 {
+    extract(f, r).iter().fold(0.0, |a: f64, b| a.max(b.f64()))
+}
+
+/// Values of `f` on `r` (inside f), row-major.
+pub fn extract<V: Copy>(f: &Field<V>, r: &Rect) -> Vec<V> {
+    let mut out = Vec::with_capacity(r.area());
+    for y in r.y0..r.y1 {
+        let i = (y - f.origin[0]) as usize * f.shape[1] + (r.x0 - f.origin[1]) as usize;
+        out.extend_from_slice(&f.data[i..i + (r.x1 - r.x0) as usize]);
     }
+    out
+}
+
+/// Overwrite `f` on `r` with `vals` (row-major).
+pub fn write_rect<V: Copy>(f: &mut Field<V>, r: &Rect, vals: &[V]) {
+    let n = (r.x1 - r.x0) as usize;
+    for (k, y) in (r.y0..r.y1).enumerate() {
+        let i = (y - f.origin[0]) as usize * f.shape[1] + (r.x0 - f.origin[1]) as usize;
+        f.data[i..i + n].copy_from_slice(&vals[k * n..(k + 1) * n]);
+    }
+}
+
+/// Halo message: g_O then D_O on `r`, raw bytes.
+fn pack_gradient<T: Real>(g: &Gradients<T>, r: &Rect) -> Vec<u8> {
+    let mut b = bytemuck::cast_slice(&extract(&g.g_obj, r)).to_vec();
+    b.extend_from_slice(bytemuck::cast_slice(&extract(&g.d_obj, r)));
+    b
+}
+
+fn unpack_add_gradient<T: Real>(g: &mut Gradients<T>, r: &Rect, bytes: &[u8]) -> Result<()> {
+    let n = r.area();
+    let cs = std::mem::size_of::<Complex<T>>();
+    if bytes.len() != n * (cs + std::mem::size_of::<T>()) {
+        return Err(Error::new("halo", format!("gradient message of {} bytes for a {}-pixel rectangle", bytes.len(), n)));
+    }
+    // copy into aligned buffers (a Vec<u8> is only byte-aligned)
+    let gv: Vec<Complex<T>> = bytemuck::pod_collect_to_vec(&bytes[..n * cs]);
+    let dv: Vec<T> = bytemuck::pod_collect_to_vec(&bytes[n * cs..]);
+    let add = |f: &mut Field<_>, vals: &[_]| {
+        let tmp = Field { origin: r.origin(), shape: r.shape(), data: vals.to_vec() };
+        add_field(f, &tmp);
+    };
+    add(&mut g.g_obj, &gv);
+    let tmp = Field { origin: r.origin(), shape: r.shape(), data: dv };
+    add_field(&mut g.d_obj, &tmp);
+    Ok(())
 }

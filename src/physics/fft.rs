@@ -13,7 +13,7 @@ use rustfft::{Fft, FftNum, FftPlanner};
 use std::sync::Arc;
 
 /// Real scalar of the numerics: f32 in production, f64 for gradient checks.
-pub trait Real: FftNum + num_traits::Float + std::iter::Sum + Default + Send + Sync + crate::physics::simd::Ops + 'static {
+pub trait Real: FftNum + num_traits::Float + std::iter::Sum + Default + Send + Sync + bytemuck::Pod + crate::physics::simd::Ops + 'static {
     /// Lossless for f64, rounded for f32.
     fn of(x: f64) -> Self;
     /// To f64.
