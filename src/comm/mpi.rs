@@ -9,8 +9,9 @@
 //! broadcast, so results are bit-identical on all ranks and equal to [`super::ThreadComm`]'s.
 //!
 //! Failure: a rank that hits an error should call [`MpiComm::abort`]; the launcher then
-//! kills every rank. A rank that crashes or panics is killed-for by the launcher as well
-//! (MPICH's hydra tears the job down when one process exits without finalising).
+//! kills every rank. A rank that panics while it owns its [`MpiComm`] aborts the job from
+//! `Drop` (a panic would otherwise finalise MPI and let this rank exit while the others
+//! wait); a rank that crashes (signal) is handled by the launcher, which kills the job.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::ThreadId;
@@ -431,8 +432,14 @@ impl Comm for MpiComm {
 
 impl Drop for MpiComm {
     /// Completes outstanding sends (up to the timeout) before MPI is finalised; sends that
-    /// still have not completed are leaked, never freed under MPI's feet.
+    /// still have not completed are leaked, never freed under MPI's feet. Dropped while
+    /// the thread panics, it aborts the job instead (exit code 101, as for a Rust panic):
+    /// finalising would let this rank exit quietly and leave the others blocked.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("rank {}: panicked; aborting the MPI job", self.rank);
+            world().abort(101);
+        }
         if !self.pending.is_empty() && self.check_thread("drop").is_ok() {
             let _ = self.wait_sends();
         }

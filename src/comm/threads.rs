@@ -63,7 +63,7 @@ impl ThreadComm {
     fn check_tag(&self, peer: usize, tag: u32) -> Result<()> {
         if tag > MAX_TAG {
             return Err(Error::new(
-                format!("rank {}: message with rank {peer}", self.rank),
+                format!("message with rank {peer}"),
                 format!("tag {tag} above {MAX_TAG}, the largest MPI guarantees"),
             ));
         }
@@ -72,9 +72,9 @@ impl ThreadComm {
 
     fn what(&self, peer: usize, key: Key) -> String {
         if key.0 {
-            format!("rank {}: collective with rank {peer}", self.rank)
+            format!("collective with rank {peer}")
         } else {
-            format!("rank {}: recv from rank {peer} tag {}", self.rank, key.1)
+            format!("recv from rank {peer} tag {}", key.1)
         }
     }
 
@@ -97,12 +97,12 @@ impl ThreadComm {
     fn send_key(&mut self, to: usize, key: Key, data: Vec<u8>) -> Result<()> {
         if to >= self.size {
             return Err(Error::new(
-                format!("rank {}: send to rank {to}", self.rank),
+                format!("send to rank {to}"),
                 format!("no such rank (job has {} ranks)", self.size),
             ));
         }
         if self.to[to].send((key, data)).is_err() {
-            let what = format!("rank {}: send to rank {to}", self.rank);
+            let what = format!("send to rank {to}");
             if self.shared.abort.load(Ordering::SeqCst) {
                 return Err(self.aborted(what));
             }
@@ -178,7 +178,7 @@ impl ThreadComm {
                 .collect::<Result<Vec<_>>>()?;
             if let Some(r) = vals.iter().position(|v| v.len() != data.len()) {
                 return Err(Error::new(
-                    format!("rank 0: allreduce"),
+                    "allreduce".to_string(),
                     format!("rank {r} passed {} values, rank 0 {}", vals[r].len(), data.len()),
                 ));
             }
@@ -191,7 +191,7 @@ impl ThreadComm {
             let out = super::bytes_to_f64s(&self.recv_key(0, INTERNAL_RESULT)?)?;
             if out.len() != data.len() {
                 return Err(Error::new(
-                    format!("rank {}: allreduce", self.rank),
+                    "allreduce".to_string(),
                     format!("rank 0 passed {} values, this rank {}", out.len(), data.len()),
                 ));
             }
