@@ -7,6 +7,14 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ptytile");
 
+/// The binary, with HDF5 file locking off: test threads fork children while other threads
+/// hold HDF5 files open, and inherited lock descriptors would make unrelated opens fail.
+fn ptytile() -> Command {
+    let mut c = Command::new(BIN);
+    c.env("HDF5_USE_FILE_LOCKING", "FALSE");
+    c
+}
+
 /// A small valid dataset in a fresh directory: (dir, data file).
 fn valid() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -39,7 +47,7 @@ fn config(dir: &Path, data: &str, extra: &str) -> PathBuf {
 
 /// Run reconstruct; assert exit 2, one stderr line containing every `needle`, no output.
 fn fails(dir: &Path, cfg: &Path, extra_args: &[&str], needles: &[&str]) {
-    let out = Command::new(BIN).arg("reconstruct").arg(cfg).args(extra_args).output().unwrap();
+    let out = ptytile().arg("reconstruct").arg(cfg).args(extra_args).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "exit code; stderr: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -62,7 +70,7 @@ fn rewrite<T: hdf5::H5Type>(f: &hdf5::File, path: &str, shape: &[usize], data: &
 fn valid_dataset_runs() {
     let (dir, f) = valid();
     let c = config(dir.path(), "d.h5", "");
-    let out = Command::new(BIN).arg("reconstruct").arg(&c).output().unwrap();
+    let out = ptytile().arg("reconstruct").arg(&c).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.path().join("out/r.h5").exists());
     let _ = f;
@@ -130,7 +138,7 @@ fn integer_counts_are_accepted() {
     let (dir, f) = valid();
     variant(&f, &dir.path().join("v.h5"), |h| rewrite(h, "/data/intensities", &[9, 16, 16], &vec![3u16; 9 * 256]));
     let c = config(dir.path(), "v.h5", "");
-    let out = Command::new(BIN).arg("reconstruct").arg(&c).output().unwrap();
+    let out = ptytile().arg("reconstruct").arg(&c).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 

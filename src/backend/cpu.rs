@@ -26,20 +26,38 @@ pub struct Kernel<T: Real> {
     pub eps: T,
 }
 
-/// Sums of per-position contributions (docs/algorithm.md §4). All sums over positions.
+/// Sums of per-position contributions (docs/algorithm.md §4). All sums over positions,
+/// accumulated in f64 whatever the working precision: each position's contribution is
+/// computed identically under any tiling, so f64 sums make tiled and single-rank results
+/// agree to ~1e-16 before they are rounded back to the working precision.
 #[derive(Debug, Clone)]
 pub struct Gradients<T: Real> {
     /// ∂L/∂O* on the object field's rectangle.
-    pub g_obj: Field<Complex<T>>,
+    pub g_obj: Field<Complex<f64>>,
     /// Object preconditioner Σ_jk |P_jk|² on the same rectangle.
-    pub d_obj: Field<T>,
+    pub d_obj: Field<f64>,
     /// ∂L/∂P̂*_k, the probe gradient in Fourier space, [K][kx][ky] (transposed layout);
     /// empty when the probe gradient was not asked for.
-    pub g_probe_hat: Vec<Complex<T>>,
+    pub g_probe_hat: Vec<Complex<f64>>,
     /// Probe preconditioner Σ_j |O_j|² over the window, [M, M]; empty when not asked for.
-    pub d_probe: Vec<T>,
+    pub d_probe: Vec<f64>,
     /// Σ_j loss_j.
     pub loss: f64,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Real> Gradients<T> {
+    /// Zero sums on the rectangle of `obj`, with probe sums for K modes of M² if `probe`.
+    pub fn zeros(origin: [i64; 2], shape: [usize; 2], probe: Option<(usize, usize)>) -> Self {
+        Gradients {
+            g_obj: Field::filled(origin, shape, Complex::default()),
+            d_obj: Field::filled(origin, shape, 0.0),
+            g_probe_hat: probe.map(|(k, mm)| vec![Complex::default(); k * mm]).unwrap_or_default(),
+            d_probe: probe.map(|(_, mm)| vec![0.0; mm]).unwrap_or_default(),
+            loss: 0.0,
+            _t: std::marker::PhantomData,
+        }
+    }
 }
 
 /// The probe modes in Fourier space, transposed layout: F(P_k) as [K][kx][ky].
@@ -65,12 +83,12 @@ struct Work<T> {
     scratch: Vec<Complex<T>>,
 }
 
-/// One slab's partial sums, on the bounding box of its windows.
-struct Slab<T: Real> {
-    g: Field<Complex<T>>,
-    d: Field<T>,
-    gp: Vec<Complex<T>>,
-    dp: Vec<T>,
+/// One slab's partial sums (f64), on the bounding box of its windows.
+struct Slab {
+    g: Field<Complex<f64>>,
+    d: Field<f64>,
+    gp: Vec<Complex<f64>>,
+    dp: Vec<f64>,
     loss: f64,
 }
 
@@ -96,33 +114,22 @@ pub fn gradients<T: Real>(
     assert_eq!(meas.len(), pos.len() * mm, "intensities do not match positions");
     assert_eq!(probe_hat.len(), k.modes * mm, "probe has the wrong size");
     let n = pos.len();
+    let probe_dims = if want_probe { Some((k.modes, mm)) } else { None };
     if n == 0 {
-        return Gradients {
-            g_obj: Field::filled(obj.origin, obj.shape, Complex::default()),
-            d_obj: Field::filled(obj.origin, obj.shape, T::zero()),
-            g_probe_hat: if want_probe { vec![Complex::default(); k.modes * mm] } else { Vec::new() },
-            d_probe: if want_probe { vec![T::zero(); mm] } else { Vec::new() },
-            loss: 0.0,
-        };
+        return Gradients::zeros(obj.origin, obj.shape, probe_dims);
     }
     let slabs = SLABS.min(n);
     let bounds: Vec<(usize, usize)> = (0..slabs).map(|s| (s * n / slabs, (s + 1) * n / slabs)).collect();
-    let parts: Vec<Slab<T>> = bounds
+    let parts: Vec<Slab> = bounds
         .par_iter()
         .map(|&(a, b)| slab(k, obj, probe_hat, &pos[a..b], &meas[a * mm..b * mm], want_probe))
         .collect();
-    let mut g = Gradients {
-        g_obj: Field::filled(obj.origin, obj.shape, Complex::default()),
-        d_obj: Field::filled(obj.origin, obj.shape, T::zero()),
-        g_probe_hat: if want_probe { vec![Complex::default(); k.modes * mm] } else { Vec::new() },
-        d_probe: if want_probe { vec![T::zero(); mm] } else { Vec::new() },
-        loss: 0.0,
-    };
+    let mut g = Gradients::zeros(obj.origin, obj.shape, probe_dims);
     for p in &parts {
         add_field(&mut g.g_obj, &p.g);
         add_field(&mut g.d_obj, &p.d);
-        g.g_probe_hat.iter_mut().zip(&p.gp).for_each(|(a, b)| *a = *a + *b);
-        g.d_probe.iter_mut().zip(&p.dp).for_each(|(a, b)| *a = *a + *b);
+        g.g_probe_hat.iter_mut().zip(&p.gp).for_each(|(a, b)| *a += *b);
+        g.d_probe.iter_mut().zip(&p.dp).for_each(|(a, b)| *a += *b);
         g.loss += p.loss;
     }
     g
@@ -196,7 +203,7 @@ fn slab<T: Real>(
     pos: &[PositionGeom<T>],
     meas: &[f32],
     want_probe: bool,
-) -> Slab<T> {
+) -> Slab {
     let m = k.fft.size();
     let mm = m * m;
     let km = k.modes;
@@ -210,9 +217,9 @@ fn slab<T: Real>(
     let shape = [(y1 - y0) as usize, (x1 - x0) as usize];
     let mut s = Slab {
         g: Field::filled([y0, x0], shape, Complex::default()),
-        d: Field::filled([y0, x0], shape, T::zero()),
+        d: Field::filled([y0, x0], shape, 0.0),
         gp: if want_probe { vec![Complex::default(); km * mm] } else { Vec::new() },
-        dp: if want_probe { vec![T::zero(); mm] } else { Vec::new() },
+        dp: if want_probe { vec![0.0; mm] } else { Vec::new() },
         loss: 0.0,
     };
     let z = Complex::default();

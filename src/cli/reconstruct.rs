@@ -61,8 +61,8 @@ pub fn rank_bytes(cfg: &Config, df: &DataFile, rp: &RankPlan) -> (u64, u64) {
         ParallelMode::Tiled => rp.positions.len() as u64,
         ParallelMode::Replicated => df.n as u64, // the baseline loads every pattern
     };
-    // object (complex) + gradient (complex) + preconditioner (real), f32
-    (patterns * mm * 4, rp.field_pixels() as u64 * (8 + 8 + 4))
+    // object (complex f32) + gradient sums (complex f64) + preconditioner sums (f64)
+    (patterns * mm * 4, rp.field_pixels() as u64 * (8 + 16 + 8))
 }
 
 /// Build one rank's problem and initial state.

@@ -139,7 +139,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &
         // global max of the object preconditioner over the owned pixels
         let mut mx = [max_in(&g.d_obj, &rank.plan.tile)];
         rank.comm.allreduce_max(&mut mx)?;
-        apply(p, s, &g, o, &rank.plan.tile, T::of(mx[0]));
+        apply(p, s, &g, o, &rank.plan.tile, mx[0]);
         if rank.mode == Decomposition::Tiled {
             refresh_halo(s, rank)?;
         }
@@ -162,17 +162,24 @@ pub fn sum_gradients<T: Real>(
     st: &mut IterStats,
 ) -> Result<Gradients<T>> {
     let mm = p.kernel.fft.size().pow(2);
-    // this batch's halo and interior positions, each keeping plan order
-    let pick = |range: std::ops::Range<usize>| -> (Vec<PositionGeom<T>>, Vec<f32>) {
-        let idx: Vec<usize> = range.filter(|&j| p.positions[j].index % batches == b).collect();
-        (idx.iter().map(|&j| p.positions[j].clone()).collect(), idx.iter().flat_map(|&j| p.intensities[j * mm..(j + 1) * mm].iter().copied()).collect())
+    // this batch's halo and interior positions, each keeping plan order; with one batch
+    // they are the contiguous ranges [0, n_halo) and [n_halo, n), borrowed, not copied
+    let owned: [(Vec<PositionGeom<T>>, Vec<f32>); 2];
+    let [(hp, hm), (ip, im)]: [(&[PositionGeom<T>], &[f32]); 2] = if batches == 1 {
+        let h = p.n_halo;
+        [(&p.positions[..h], &p.intensities[..h * mm]), (&p.positions[h..], &p.intensities[h * mm..])]
+    } else {
+        let pick = |range: std::ops::Range<usize>| -> (Vec<PositionGeom<T>>, Vec<f32>) {
+            let idx: Vec<usize> = range.filter(|&j| p.positions[j].index % batches == b).collect();
+            (idx.iter().map(|&j| p.positions[j].clone()).collect(), idx.iter().flat_map(|&j| p.intensities[j * mm..(j + 1) * mm].iter().copied()).collect())
+        };
+        owned = [pick(0..p.n_halo), pick(p.n_halo..p.positions.len())];
+        [(&owned[0].0, &owned[0].1), (&owned[1].0, &owned[1].1)]
     };
-    let (hp, hm) = pick(0..p.n_halo);
-    let (ip, im) = pick(p.n_halo..p.positions.len());
     let ph = probe_spectrum(&p.kernel.fft, &s.probe);
 
     let t0 = Instant::now();
-    let mut g = gradients(&p.kernel, &s.object, &ph, &hp, &hm, want_probe);
+    let mut g = gradients(&p.kernel, &s.object, &ph, hp, hm, want_probe);
     st.compute_s += t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     if rank.mode == Decomposition::Tiled {
@@ -182,7 +189,7 @@ pub fn sum_gradients<T: Real>(
     }
     st.wait_s += t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
-    let gi = gradients(&p.kernel, &s.object, &ph, &ip, &im, want_probe);
+    let gi = gradients(&p.kernel, &s.object, &ph, ip, im, want_probe);
     add_gradients(&mut g, &gi);
     st.compute_s += t2.elapsed().as_secs_f64();
     let t3 = Instant::now();
@@ -202,29 +209,19 @@ fn complete_sums<T: Real>(g: &mut Gradients<T>, rank: &mut Rank) -> Result<()> {
             }
         }
         Decomposition::Replicated => {
-            let mut v: Vec<f64> = g.g_obj.data.iter().flat_map(|z| [z.re.f64(), z.im.f64()]).chain(g.d_obj.data.iter().map(|d| d.f64())).collect();
-            rank.comm.allreduce_sum(&mut v)?;
-            let n = g.g_obj.data.len();
-            for (i, z) in g.g_obj.data.iter_mut().enumerate() {
-                *z = Complex::new(T::of(v[2 * i]), T::of(v[2 * i + 1]));
-            }
-            for (i, d) in g.d_obj.data.iter_mut().enumerate() {
-                *d = T::of(v[2 * n + i]);
-            }
+            rank.comm.allreduce_sum(bytemuck::cast_slice_mut(&mut g.g_obj.data))?;
+            rank.comm.allreduce_sum(&mut g.d_obj.data)?;
         }
     }
     // probe gradient, its preconditioner and the loss: one small all-reduce
-    let mut v: Vec<f64> = g.g_probe_hat.iter().flat_map(|z| [z.re.f64(), z.im.f64()]).chain(g.d_probe.iter().map(|d| d.f64())).collect();
+    let mut v: Vec<f64> = bytemuck::cast_slice(&g.g_probe_hat).iter().copied().chain(g.d_probe.iter().copied()).collect();
     v.push(g.loss);
     rank.comm.allreduce_sum(&mut v)?;
-    let np = g.g_probe_hat.len();
-    for (i, z) in g.g_probe_hat.iter_mut().enumerate() {
-        *z = Complex::new(T::of(v[2 * i]), T::of(v[2 * i + 1]));
-    }
-    for (i, d) in g.d_probe.iter_mut().enumerate() {
-        *d = T::of(v[2 * np + i]);
-    }
-    g.loss = v[v.len() - 1];
+    let np = 2 * g.g_probe_hat.len();
+    bytemuck::cast_slice_mut(&mut g.g_probe_hat).copy_from_slice(&v[..np]);
+    let nd = g.d_probe.len();
+    g.d_probe.copy_from_slice(&v[np..np + nd]);
+    g.loss = v[np + nd];
     Ok(())
 }
 
@@ -250,30 +247,39 @@ fn refresh_halo<T: Real>(s: &mut State<T>, rank: &mut Rank) -> Result<()> {
 
 /// Step 6: update the owned tile and the probe from complete sums; `dmax` is the global
 /// maximum of D_O.
-pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Options, tile: &Rect, dmax: T) {
-    let alpha = T::of(o.step / fisher_scale(o.noise));
-    let reg = T::of(PRECONDITIONER_DELTA) * dmax + T::min_positive_value();
+///
+/// The step is formed in f64 from the f64 sums and added to the working-precision values.
+pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Options, tile: &Rect, dmax: f64) {
+    let alpha = o.step / fisher_scale(o.noise);
+    let reg = PRECONDITIONER_DELTA * dmax + f64::MIN_POSITIVE;
+    let step = |x: &mut Complex<T>, g: Complex<f64>, d: f64| {
+        let u = g * (alpha / (d + reg));
+        *x = *x - Complex::new(T::of(u.re), T::of(u.im));
+    };
     let f = &mut s.object;
     let (w, oy, ox) = (f.shape[1], f.origin[0], f.origin[1]);
     for y in tile.y0..tile.y1 {
         let r0 = (y - oy) as usize * w + (tile.x0 - ox) as usize;
         let n = (tile.x1 - tile.x0) as usize;
         for i in r0..r0 + n {
-            f.data[i] = f.data[i] - g.g_obj.data[i] * (alpha / (g.d_obj.data[i] + reg));
+            step(&mut f.data[i], g.g_obj.data[i], g.d_obj.data[i]);
         }
     }
     if !g.g_probe_hat.is_empty() {
-        let fft = &p.kernel.fft;
-        let mm = fft.size() * fft.size();
-        let dpmax = g.d_probe.iter().fold(T::zero(), |a, b| a.max(*b));
-        let preg = T::of(PRECONDITIONER_DELTA) * dpmax + T::min_positive_value();
+        // the probe gradient's inverse FFT in f64: g_P = F⁻¹ ĝ_P per mode
+        let m = p.kernel.fft.size();
+        let mm = m * m;
+        let fft = crate::physics::fft::Fft2::<f64>::new(m);
+        let dpmax = g.d_probe.iter().fold(0.0f64, |a, b| a.max(*b));
+        let preg = PRECONDITIONER_DELTA * dpmax + f64::MIN_POSITIVE;
         let mut gp = vec![Complex::default(); mm];
         let mut sc = fft.scratch();
         for (mode, ghat) in g.g_probe_hat.chunks(mm).enumerate() {
             let mut w = ghat.to_vec();
             fft.inverse_t(&mut w, &mut gp, &mut sc);
             for ((x, g), d) in s.probe[mode * mm..(mode + 1) * mm].iter_mut().zip(&gp).zip(&g.d_probe) {
-                *x = *x - *g * (alpha / (*d + preg));
+                let u = *g * (alpha / (*d + preg));
+                *x = *x - Complex::new(T::of(u.re), T::of(u.im));
             }
         }
     }
@@ -282,13 +288,13 @@ pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Op
 fn add_gradients<T: Real>(g: &mut Gradients<T>, h: &Gradients<T>) {
     add_field(&mut g.g_obj, &h.g_obj);
     add_field(&mut g.d_obj, &h.d_obj);
-    g.g_probe_hat.iter_mut().zip(&h.g_probe_hat).for_each(|(a, b)| *a = *a + *b);
-    g.d_probe.iter_mut().zip(&h.d_probe).for_each(|(a, b)| *a = *a + *b);
+    g.g_probe_hat.iter_mut().zip(&h.g_probe_hat).for_each(|(a, b)| *a += *b);
+    g.d_probe.iter_mut().zip(&h.d_probe).for_each(|(a, b)| *a += *b);
     g.loss += h.loss;
 }
 
-fn max_in<T: Real>(f: &Field<T>, r: &Rect) -> f64 {
-    extract(f, r).iter().fold(0.0, |a: f64, b| a.max(b.f64()))
+fn max_in(f: &Field<f64>, r: &Rect) -> f64 {
+    extract(f, r).iter().fold(0.0, |a: f64, b| a.max(*b))
 }
 
 /// Values of `f` on `r` (inside f), row-major.
@@ -310,7 +316,7 @@ pub fn write_rect<V: Copy>(f: &mut Field<V>, r: &Rect, vals: &[V]) {
     }
 }
 
-/// Halo message: g_O then D_O on `r`, raw bytes.
+/// Halo message: g_O (complex f64) then D_O (f64) on `r`, raw bytes.
 fn pack_gradient<T: Real>(g: &Gradients<T>, r: &Rect) -> Vec<u8> {
     let mut b = bytemuck::cast_slice(&extract(&g.g_obj, r)).to_vec();
     b.extend_from_slice(bytemuck::cast_slice(&extract(&g.d_obj, r)));
@@ -319,19 +325,13 @@ fn pack_gradient<T: Real>(g: &Gradients<T>, r: &Rect) -> Vec<u8> {
 
 fn unpack_add_gradient<T: Real>(g: &mut Gradients<T>, r: &Rect, bytes: &[u8]) -> Result<()> {
     let n = r.area();
-    let cs = std::mem::size_of::<Complex<T>>();
-    if bytes.len() != n * (cs + std::mem::size_of::<T>()) {
+    if bytes.len() != n * 24 {
         return Err(Error::new("halo", format!("gradient message of {} bytes for a {}-pixel rectangle", bytes.len(), n)));
     }
     // copy into aligned buffers (a Vec<u8> is only byte-aligned)
-    let gv: Vec<Complex<T>> = bytemuck::pod_collect_to_vec(&bytes[..n * cs]);
-    let dv: Vec<T> = bytemuck::pod_collect_to_vec(&bytes[n * cs..]);
-    let add = |f: &mut Field<_>, vals: &[_]| {
-        let tmp = Field { origin: r.origin(), shape: r.shape(), data: vals.to_vec() };
-        add_field(f, &tmp);
-    };
-    add(&mut g.g_obj, &gv);
-    let tmp = Field { origin: r.origin(), shape: r.shape(), data: dv };
-    add_field(&mut g.d_obj, &tmp);
+    let gv: Vec<Complex<f64>> = bytemuck::pod_collect_to_vec(&bytes[..n * 16]);
+    let dv: Vec<f64> = bytemuck::pod_collect_to_vec(&bytes[n * 16..]);
+    add_field(&mut g.g_obj, &Field { origin: r.origin(), shape: r.shape(), data: gv });
+    add_field(&mut g.d_obj, &Field { origin: r.origin(), shape: r.shape(), data: dv });
     Ok(())
 }

@@ -39,14 +39,15 @@ pub trait Ops: Sized + Copy {
             *o = (*a * *b) * s;
         }
     }
-    /// g += conj(a) · (b · s)
+    /// g += conj(a) · (b · s), the product in `Self`, accumulated in f64
     #[inline(always)]
-    fn acc_cmul_conj_cscale(g: &mut [Complex<Self>], a: &[Complex<Self>], b: &[Complex<Self>], s: Complex<Self>)
+    fn acc_cmul_conj_cscale(g: &mut [Complex<f64>], a: &[Complex<Self>], b: &[Complex<Self>], s: Complex<Self>)
     where
         Self: Real,
     {
         for ((g, a), b) in g.iter_mut().zip(a).zip(b) {
-            *g = *g + a.conj() * (*b * s);
+            let v = a.conj() * (*b * s);
+            *g += Complex::new(v.re.f64(), v.im.f64());
         }
     }
     /// g += conj(a) · b
@@ -80,17 +81,23 @@ pub trait Ops: Sized + Copy {
         }
     }
     /// The adjoint pass of one row: g += conj(p)·b, d += |p|², t = conj(o)·b and, when
-    /// `dp` is given, dp += |o|².
+    /// `dp` is given, dp += |o|². Products in `Self`; the sums g, d, dp in f64, so that
+    /// any grouping of positions (slabs, tiles, ranks) gives the same sums to ~1e-16.
     #[inline(always)]
-    fn adjoint_row(g: &mut [Complex<Self>], d: &mut [Self], t: &mut [Complex<Self>], dp: Option<&mut [Self]>, p: &[Complex<Self>], b: &[Complex<Self>], o: &[Complex<Self>])
+    fn adjoint_row(g: &mut [Complex<f64>], d: &mut [f64], t: &mut [Complex<Self>], dp: Option<&mut [f64]>, p: &[Complex<Self>], b: &[Complex<Self>], o: &[Complex<Self>])
     where
         Self: Real,
     {
-        Self::acc_cmul_conj(g, p, b);
-        Self::acc_norm(d, p);
-        Self::cmul_conj(t, o, b);
+        for i in 0..g.len() {
+            let v = p[i].conj() * b[i];
+            g[i] += Complex::new(v.re.f64(), v.im.f64());
+            d[i] += p[i].norm_sqr().f64();
+            t[i] = o[i].conj() * b[i];
+        }
         if let Some(dp) = dp {
-            Self::acc_norm(dp, o);
+            for (dp, o) in dp.iter_mut().zip(o) {
+                *dp += o.norm_sqr().f64();
+            }
         }
     }
     /// out = a · w (w real)
@@ -146,13 +153,14 @@ impl Ops for f32 {
         }
     }
     #[inline(always)]
-    fn acc_cmul_conj_cscale(g: &mut [Complex<f32>], a: &[Complex<f32>], b: &[Complex<f32>], s: Complex<f32>) {
+    fn acc_cmul_conj_cscale(g: &mut [Complex<f64>], a: &[Complex<f32>], b: &[Complex<f32>], s: Complex<f32>) {
         if avx2() {
             // SAFETY: as above.
             unsafe { avx::acc_cmul_conj_cscale(g, a, b, s) }
         } else {
             for ((g, a), b) in g.iter_mut().zip(a).zip(b) {
-                *g += a.conj() * (*b * s);
+                let v = a.conj() * (*b * s);
+                *g += Complex::new(v.re as f64, v.im as f64);
             }
         }
     }
@@ -190,19 +198,20 @@ impl Ops for f32 {
         }
     }
     #[inline(always)]
-    fn adjoint_row(g: &mut [Complex<f32>], d: &mut [f32], t: &mut [Complex<f32>], dp: Option<&mut [f32]>, p: &[Complex<f32>], b: &[Complex<f32>], o: &[Complex<f32>]) {
+    fn adjoint_row(g: &mut [Complex<f64>], d: &mut [f64], t: &mut [Complex<f32>], dp: Option<&mut [f64]>, p: &[Complex<f32>], b: &[Complex<f32>], o: &[Complex<f32>]) {
         if avx2() {
             // SAFETY: as above.
             unsafe { avx::adjoint_row(g, d, t, dp, p, b, o) }
         } else {
             for i in 0..g.len() {
-                g[i] += p[i].conj() * b[i];
-                d[i] += p[i].norm_sqr();
+                let v = p[i].conj() * b[i];
+                g[i] += Complex::new(v.re as f64, v.im as f64);
+                d[i] += p[i].norm_sqr() as f64;
                 t[i] = o[i].conj() * b[i];
             }
             if let Some(dp) = dp {
                 for (dp, o) in dp.iter_mut().zip(o) {
-                    *dp += o.norm_sqr();
+                    *dp += o.norm_sqr() as f64;
                 }
             }
         }
@@ -300,21 +309,30 @@ mod avx {
         }
     }
 
+    /// `acc[0..8] += v` for 8 f32 values widened to f64.
+    #[inline(always)]
+    unsafe fn acc_f64(acc: *mut f64, v: __m256) {
+        let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        let hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc), lo));
+        _mm256_storeu_pd(acc.add(4), _mm256_add_pd(_mm256_loadu_pd(acc.add(4)), hi));
+    }
+
     #[target_feature(enable = "avx2")]
-    pub unsafe fn acc_cmul_conj_cscale(g: &mut [Complex<f32>], a: &[Complex<f32>], b: &[Complex<f32>], s: Complex<f32>) {
+    pub unsafe fn acc_cmul_conj_cscale(g: &mut [Complex<f64>], a: &[Complex<f32>], b: &[Complex<f32>], s: Complex<f32>) {
         let n = g.len();
         assert!(a.len() == n && b.len() == n);
-        let (pg, pa, pb) = (g.as_mut_ptr() as *mut f32, a.as_ptr() as *const f32, b.as_ptr() as *const f32);
+        let (pg, pa, pb) = (g.as_mut_ptr() as *mut f64, a.as_ptr() as *const f32, b.as_ptr() as *const f32);
         let s4 = _mm256_setr_ps(s.re, s.im, s.re, s.im, s.re, s.im, s.re, s.im);
         let mut i = 0;
         while i + 4 <= n {
             let bs = mul4::<false>(_mm256_loadu_ps(pb.add(2 * i)), s4);
-            let r = mul4::<true>(_mm256_loadu_ps(pa.add(2 * i)), bs);
-            _mm256_storeu_ps(pg.add(2 * i), _mm256_add_ps(_mm256_loadu_ps(pg.add(2 * i)), r));
+            acc_f64(pg.add(2 * i), mul4::<true>(_mm256_loadu_ps(pa.add(2 * i)), bs));
             i += 4;
         }
         for j in i..n {
-            g[j] += a[j].conj() * (b[j] * s);
+            let v = a[j].conj() * (b[j] * s);
+            g[j] += Complex::new(v.re as f64, v.im as f64);
         }
     }
 
@@ -351,10 +369,10 @@ mod avx {
 
     #[target_feature(enable = "avx2")]
     pub unsafe fn adjoint_row(
-        g: &mut [Complex<f32>],
-        d: &mut [f32],
+        g: &mut [Complex<f64>],
+        d: &mut [f64],
         t: &mut [Complex<f32>],
-        mut dp: Option<&mut [f32]>,
+        mut dp: Option<&mut [f64]>,
         p: &[Complex<f32>],
         b: &[Complex<f32>],
         o: &[Complex<f32>],
@@ -362,31 +380,30 @@ mod avx {
         let n = g.len();
         assert!(d.len() == n && t.len() == n && p.len() == n && b.len() == n && o.len() == n);
         assert!(dp.as_ref().is_none_or(|v| v.len() == n));
-        let (pg, pt) = (g.as_mut_ptr() as *mut f32, t.as_mut_ptr() as *mut f32);
+        let (pg, pt) = (g.as_mut_ptr() as *mut f64, t.as_mut_ptr() as *mut f32);
         let (pp, pb, po) = (p.as_ptr() as *const f32, b.as_ptr() as *const f32, o.as_ptr() as *const f32);
         let mut i = 0;
         while i + 8 <= n {
             let (p0, p1) = (_mm256_loadu_ps(pp.add(2 * i)), _mm256_loadu_ps(pp.add(2 * i + 8)));
             let (b0, b1) = (_mm256_loadu_ps(pb.add(2 * i)), _mm256_loadu_ps(pb.add(2 * i + 8)));
             let (o0, o1) = (_mm256_loadu_ps(po.add(2 * i)), _mm256_loadu_ps(po.add(2 * i + 8)));
-            _mm256_storeu_ps(pg.add(2 * i), _mm256_add_ps(_mm256_loadu_ps(pg.add(2 * i)), mul4::<true>(p0, b0)));
-            _mm256_storeu_ps(pg.add(2 * i + 8), _mm256_add_ps(_mm256_loadu_ps(pg.add(2 * i + 8)), mul4::<true>(p1, b1)));
+            acc_f64(pg.add(2 * i), mul4::<true>(p0, b0));
+            acc_f64(pg.add(2 * i + 8), mul4::<true>(p1, b1));
             _mm256_storeu_ps(pt.add(2 * i), mul4::<true>(o0, b0));
             _mm256_storeu_ps(pt.add(2 * i + 8), mul4::<true>(o1, b1));
-            let pd = d.as_mut_ptr().add(i);
-            _mm256_storeu_ps(pd, _mm256_add_ps(_mm256_loadu_ps(pd), norm8(p0, p1)));
+            acc_f64(d.as_mut_ptr().add(i), norm8(p0, p1));
             if let Some(dp) = dp.as_deref_mut() {
-                let q = dp.as_mut_ptr().add(i);
-                _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), norm8(o0, o1)));
+                acc_f64(dp.as_mut_ptr().add(i), norm8(o0, o1));
             }
             i += 8;
         }
         for j in i..n {
-            g[j] += p[j].conj() * b[j];
-            d[j] += p[j].norm_sqr();
+            let v = p[j].conj() * b[j];
+            g[j] += Complex::new(v.re as f64, v.im as f64);
+            d[j] += p[j].norm_sqr() as f64;
             t[j] = o[j].conj() * b[j];
             if let Some(dp) = dp.as_deref_mut() {
-                dp[j] += o[j].norm_sqr();
+                dp[j] += o[j].norm_sqr() as f64;
             }
         }
     }
@@ -444,19 +461,22 @@ mod tests {
             let sc = C::new(0.3, -1.7);
             f32::cmul_cscale(&mut o, &a, &b, sc);
             assert!((0..n).all(|i| o[i] == (a[i] * b[i]) * sc), "cmul_cscale n={n}");
-            let mut g = data(n, 5);
+            let w64 = |v: C| num_complex::Complex64::new(v.re as f64, v.im as f64);
+            let mut g: Vec<num_complex::Complex64> = data(n, 5).into_iter().map(w64).collect();
             let g0 = g.clone();
             f32::acc_cmul_conj_cscale(&mut g, &a, &b, sc);
-            assert!((0..n).all(|i| g[i] == g0[i] + a[i].conj() * (b[i] * sc)), "acc_cscale n={n}");
-            let (mut g, mut d, mut t, mut dp) = (data(n, 6), w.clone(), vec![C::default(); n], w.clone());
+            assert!((0..n).all(|i| g[i] == g0[i] + w64(a[i].conj() * (b[i] * sc))), "acc_cscale n={n}");
+            let w64v: Vec<f64> = w.iter().map(|v| *v as f64).collect();
+            let (mut g, mut d, mut t, mut dp): (Vec<num_complex::Complex64>, _, _, _) =
+                (data(n, 6).into_iter().map(w64).collect(), w64v.clone(), vec![C::default(); n], w64v.clone());
             let (g0, d0) = (g.clone(), d.clone());
             let c = data(n, 7);
             f32::adjoint_row(&mut g, &mut d, &mut t, Some(&mut dp), &a, &b, &c);
             for i in 0..n {
-                assert_eq!(g[i], g0[i] + a[i].conj() * b[i], "adjoint g n={n}");
-                assert_eq!(d[i], d0[i] + a[i].norm_sqr(), "adjoint d n={n}");
+                assert_eq!(g[i], g0[i] + w64(a[i].conj() * b[i]), "adjoint g n={n}");
+                assert_eq!(d[i], d0[i] + a[i].norm_sqr() as f64, "adjoint d n={n}");
                 assert_eq!(t[i], c[i].conj() * b[i], "adjoint t n={n}");
-                assert_eq!(dp[i], w[i] + c[i].norm_sqr(), "adjoint dp n={n}");
+                assert_eq!(dp[i], w64v[i] + c[i].norm_sqr() as f64, "adjoint dp n={n}");
             }
             f32::mul_real(&mut o, &a, &w);
             assert!((0..n).all(|i| o[i] == a[i] * w[i]), "mul_real n={n}");
