@@ -39,6 +39,11 @@ enum Cmd {
     /// Simulate a dataset with a known object (Poisson counts at a chosen dose); writes the
     /// HDF5 file and a ready-to-use config `<stem>.toml` beside it.
     Simulate(SimArgs),
+    /// Show what an HDF5 file holds and how ptytile would read it.
+    Inspect {
+        /// The file.
+        file: PathBuf,
+    },
     /// Time iterations on a dataset and show where the time goes (docs/performance.md).
     Bench {
         /// Config file of the dataset to time.
@@ -196,6 +201,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             for p in paths {
                 println!("wrote {}", p.display());
             }
+            Ok(())
+        }
+        Cmd::Inspect { file } => {
+            print!("{}", crate::data::inspect::inspect(&file)?);
             Ok(())
         }
         Cmd::Bench { config, repeats, set } => bench::run(&Config::load(&config, &set)?, repeats),
