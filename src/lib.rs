@@ -2,10 +2,12 @@
 //! (Wang et al., SC22, "Image Gradient Decomposition for Parallel and Memory-Efficient
 //! Ptychographic Reconstruction").
 //!
-//! Modules, each importing only those before it:
-//! `data` (read and validate measurements) → `physics` (wavelengths, probe, forward
-//! model) → `backend` (where arithmetic runs) → `engine` (solvers) → `output` (HDF5, PNG)
-//! → `analysis` (comparison with a ground truth) → `cli`.
+//! Modules, each importing only those listed before it:
+//! `error`, `config` → `physics` (wavelengths, probe, forward model, FFT conventions) →
+//! `tiling` (tiles, halos, exchange plan) → `comm` (threads, MPI) → `data` (read and
+//! validate measurements into physics types) → `backend` (where arithmetic runs) →
+//! `engine` (solvers) → `output` (HDF5, PNG) → `analysis` (comparison with a ground truth)
+//! → `simulate` → `cli`.
 
 pub mod error;
 pub mod config;

@@ -75,16 +75,16 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
         );
     });
     let threads = rayon::current_num_threads();
-    println!("| what | s / iteration | share |");
-    println!("|---|---|---|");
-    let row = |name: &str, t: f64| println!("| {name} | {t:.4} | {:.0} % |", 100.0 * t / full);
+    crate::cli::outln!("| what | s / iteration | share |");
+    crate::cli::outln!("|---|---|---|");
+    let row = |name: &str, t: f64| crate::cli::outln!("| {name} | {t:.4} | {:.0} % |", 100.0 * t / full);
     row("full iteration (object + probe, update)", full);
     row(&format!("FFTs alone ({} transforms of {m}²)", 4 * n * k.modes), ffts);
     row("element-wise: ramps, exit waves, residuals, scatter-add", (no_probe - 0.75 * ffts).max(0.0));
     row("probe gradient (1 FFT + 2 passes per position)", (with_probe - no_probe).max(0.0));
     row("update of object and probe", (full - with_probe).max(0.0));
-    println!();
-    println!(
+    crate::cli::outln!();
+    crate::cli::outln!(
         "{n} positions, {m}x{m}, {} mode(s), {:?} noise model, {threads} threads: {:.4} s per iteration ({:.0} positions/s), median of {repeats}",
         k.modes,
         k.noise,

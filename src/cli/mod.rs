@@ -1,6 +1,23 @@
 //! Command line (clap). Only wires the library together; every failure becomes a one-line
 //! message on stderr and exit code 2.
 
+/// Print to stdout; a closed pipe (e.g. `| head`) ends output quietly instead of panicking
+/// like `println!` would.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+/// `out!` with a newline.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+pub(crate) use {out, outln};
+
 pub mod bench;
 pub mod reconstruct;
 
@@ -199,26 +216,26 @@ fn dispatch(cli: Cli) -> Result<()> {
             let Some(res) = res else { return Ok(()) };
             let paths = crate::output::write_result(&cfg.output.path, &res, cfg.output.png)?;
             for p in paths {
-                println!("wrote {}", p.display());
+                crate::cli::outln!("wrote {}", p.display());
             }
             Ok(())
         }
         Cmd::Inspect { file } => {
-            print!("{}", crate::data::inspect::inspect(&file)?);
+            crate::cli::out!("{}", crate::data::inspect::inspect(&file)?);
             Ok(())
         }
         Cmd::Bench { config, repeats, set } => bench::run(&Config::load(&config, &set)?, repeats),
         Cmd::Compare { recon, truth, truth_dataset } => {
             let r = crate::analysis::compare::compare_files(&recon, &truth, truth_dataset.as_deref())?;
-            println!("{r}");
+            crate::cli::outln!("{r}");
             Ok(())
         }
         Cmd::Simulate(a) => {
             let p = a.params()?;
             let sim = crate::simulate::simulate(&p)?;
             let (h5, toml) = crate::simulate::write(&a.output, &sim, &p)?;
-            println!("wrote {} ({} patterns of {}x{}, object {}x{})", h5.display(), sim.positions_px.len(), p.m, p.m, sim.object.shape[0], sim.object.shape[1]);
-            println!("wrote {}", toml.display());
+            crate::cli::outln!("wrote {} ({} patterns of {}x{}, object {}x{})", h5.display(), sim.positions_px.len(), p.m, p.m, sim.object.shape[0], sim.object.shape[1]);
+            crate::cli::outln!("wrote {}", toml.display());
             Ok(())
         }
     }

@@ -71,10 +71,19 @@ impl Image {
 /// images that would have a zero dimension are left out.
 pub fn images(r: &ReconResult) -> Vec<(&'static str, Image)> {
     let mut out = Vec::new();
-    if let Some(i) = object_image(&r.object, |c| c.arg()) {
+    let area = scanned_area(r);
+    // phase relative to the mean phase of the scanned area, so it does not wrap at ±π there
+    let mut mean = Complex32::new(0.0, 0.0);
+    if let Some([y0, y1, x0, x1]) = area {
+        for y in y0..y1 {
+            mean += r.object.data[y * r.object.shape[1] + x0..y * r.object.shape[1] + x1].iter().sum::<Complex32>();
+        }
+    }
+    let rot = if mean.norm() > 0.0 { mean.conj() / mean.norm() } else { Complex32::new(1.0, 0.0) };
+    if let Some(i) = object_image(&r.object, area, |c| (c * rot).arg()) {
         out.push(("object_phase", i));
     }
-    if let Some(i) = object_image(&r.object, |c| c.norm()) {
+    if let Some(i) = object_image(&r.object, area, |c| c.norm()) {
         out.push(("object_amplitude", i));
     }
     if let Some(i) = probe_modes_image(&r.probe, r.modes, r.m) {
@@ -87,7 +96,12 @@ pub fn images(r: &ReconResult) -> Vec<(&'static str, Image)> {
 /// Map `v` linearly from its 0.5th..99.5th percentile (finite values only) to 0..255,
 /// clamped. A constant input maps to 128; non-finite values map to 0.
 pub fn percentile_to_u8(v: &[f32]) -> Vec<u8> {
-    let mut fin: Vec<f32> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    percentile_to_u8_by(v, v)
+}
+
+/// As [`percentile_to_u8`], with the percentiles taken from `sample`.
+pub fn percentile_to_u8_by(v: &[f32], sample: &[f32]) -> Vec<u8> {
+    let mut fin: Vec<f32> = sample.iter().copied().filter(|x| x.is_finite()).collect();
     if fin.is_empty() {
         return vec![0; v.len()];
     }
@@ -110,15 +124,31 @@ pub fn percentile_to_u8(v: &[f32]) -> Vec<u8> {
         .collect()
 }
 
-/// A grey image of `f(O)` for the object, [Ny, Nx] (row = y), percentile-scaled; `None`
-/// when the object is empty.
-pub fn object_image(o: &Field<Complex32>, f: impl Fn(&Complex32) -> f32) -> Option<Image> {
+/// The bounding box [y0, y1, x0, x1) of the probe centres, inside the object; None if
+/// there are no positions.
+fn scanned_area(r: &ReconResult) -> Option<[usize; 4]> {
+    if r.positions_px.is_empty() {
+        return None;
+    }
+    let [ny, nx] = r.object.shape;
+    let lo = |a: usize| r.positions_px.iter().map(|p| p[a]).fold(f64::INFINITY, f64::min).floor().max(0.0) as usize;
+    let hi = |a: usize, n: usize| (r.positions_px.iter().map(|p| p[a]).fold(f64::NEG_INFINITY, f64::max).ceil() as usize + 1).min(n);
+    let a = [lo(0), hi(0, ny), lo(1), hi(1, nx)];
+    (a[0] < a[1] && a[2] < a[3]).then_some(a)
+}
+
+/// A grey image of `f(O)` for the object, [Ny, Nx] (row = y), percentile-scaled with the
+/// percentiles taken inside `area` (the scanned region; the whole object if None), so the
+/// poorly lit border does not set the contrast; `None` when the object is empty.
+pub fn object_image(o: &Field<Complex32>, area: Option<[usize; 4]>, f: impl Fn(&Complex32) -> f32) -> Option<Image> {
     let [ny, nx] = o.shape;
     if ny == 0 || nx == 0 || o.data.len() != ny * nx {
         return None;
     }
     let vals: Vec<f32> = o.data.iter().map(f).collect();
-    Some(Image { width: nx, height: ny, pixels: Pixels::Gray8, data: percentile_to_u8(&vals) })
+    let [y0, y1, x0, x1] = area.unwrap_or([0, ny, 0, nx]);
+    let inside: Vec<f32> = (y0..y1).flat_map(|y| vals[y * nx + x0..y * nx + x1].iter().copied()).collect();
+    Some(Image { width: nx, height: ny, pixels: Pixels::Gray8, data: percentile_to_u8_by(&vals, &inside) })
 }
 
 /// |P_k| of `modes` probe modes of `m`×`m` pixels (`probe` is [K, M, M]) side by side,
