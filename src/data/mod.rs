@@ -14,7 +14,7 @@ use crate::error::{Context, Error, Result};
 use crate::physics::{self, Experiment};
 use hdf5::types::{FloatSize, TypeDescriptor};
 use num_complex::Complex32;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Largest object side (px) ptytile accepts; larger means the positions are wrong (unit?).
 pub const MAX_OBJECT_SIDE: usize = 1 << 16;
@@ -372,9 +372,4 @@ fn experiment(cfg: &Config, meta: &Meta, m: usize) -> Result<Experiment> {
     };
     exp.check()?;
     Ok(exp)
-}
-
-/// Resolve a possibly relative path against a base directory.
-pub fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
 }

@@ -19,16 +19,6 @@ pub trait Ops: Sized + Copy {
             *o = *a * *b;
         }
     }
-    /// out = conj(a) · b
-    #[inline(always)]
-    fn cmul_conj(out: &mut [Complex<Self>], a: &[Complex<Self>], b: &[Complex<Self>])
-    where
-        Self: Real,
-    {
-        for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
-            *o = a.conj() * *b;
-        }
-    }
     /// out = (a · b) · s
     #[inline(always)]
     fn cmul_cscale(out: &mut [Complex<Self>], a: &[Complex<Self>], b: &[Complex<Self>], s: Complex<Self>)
@@ -48,16 +38,6 @@ pub trait Ops: Sized + Copy {
         for ((g, a), b) in g.iter_mut().zip(a).zip(b) {
             let v = a.conj() * (*b * s);
             *g += Complex::new(v.re.f64(), v.im.f64());
-        }
-    }
-    /// g += conj(a) · b
-    #[inline(always)]
-    fn acc_cmul_conj(g: &mut [Complex<Self>], a: &[Complex<Self>], b: &[Complex<Self>])
-    where
-        Self: Real,
-    {
-        for ((g, a), b) in g.iter_mut().zip(a).zip(b) {
-            *g = *g + a.conj() * *b;
         }
     }
     /// d = |a|²
@@ -123,21 +103,10 @@ impl Ops for f32 {
     fn cmul(out: &mut [Complex<f32>], a: &[Complex<f32>], b: &[Complex<f32>]) {
         if avx2() {
             // SAFETY: AVX2 present; equal lengths asserted inside.
-            unsafe { avx::cmul::<false>(out, a, b) }
+            unsafe { avx::cmul(out, a, b) }
         } else {
             for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
                 *o = *a * *b;
-            }
-        }
-    }
-    #[inline(always)]
-    fn cmul_conj(out: &mut [Complex<f32>], a: &[Complex<f32>], b: &[Complex<f32>]) {
-        if avx2() {
-            // SAFETY: as above.
-            unsafe { avx::cmul::<true>(out, a, b) }
-        } else {
-            for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
-                *o = a.conj() * *b;
             }
         }
     }
@@ -161,17 +130,6 @@ impl Ops for f32 {
             for ((g, a), b) in g.iter_mut().zip(a).zip(b) {
                 let v = a.conj() * (*b * s);
                 *g += Complex::new(v.re as f64, v.im as f64);
-            }
-        }
-    }
-    #[inline(always)]
-    fn acc_cmul_conj(g: &mut [Complex<f32>], a: &[Complex<f32>], b: &[Complex<f32>]) {
-        if avx2() {
-            // SAFETY: as above.
-            unsafe { avx::acc_cmul_conj(g, a, b) }
-        } else {
-            for ((g, a), b) in g.iter_mut().zip(a).zip(b) {
-                *g += a.conj() * *b;
             }
         }
     }
@@ -261,34 +219,18 @@ mod avx {
     }
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn cmul<const CONJ: bool>(out: &mut [Complex<f32>], a: &[Complex<f32>], b: &[Complex<f32>]) {
+    pub unsafe fn cmul(out: &mut [Complex<f32>], a: &[Complex<f32>], b: &[Complex<f32>]) {
         let n = out.len();
         assert!(a.len() == n && b.len() == n);
         let (o, pa, pb) = (out.as_mut_ptr() as *mut f32, a.as_ptr() as *const f32, b.as_ptr() as *const f32);
         let mut i = 0;
         while i + 4 <= n {
-            let r = mul4::<CONJ>(_mm256_loadu_ps(pa.add(2 * i)), _mm256_loadu_ps(pb.add(2 * i)));
+            let r = mul4::<false>(_mm256_loadu_ps(pa.add(2 * i)), _mm256_loadu_ps(pb.add(2 * i)));
             _mm256_storeu_ps(o.add(2 * i), r);
             i += 4;
         }
         for j in i..n {
-            out[j] = if CONJ { a[j].conj() * b[j] } else { a[j] * b[j] };
-        }
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn acc_cmul_conj(g: &mut [Complex<f32>], a: &[Complex<f32>], b: &[Complex<f32>]) {
-        let n = g.len();
-        assert!(a.len() == n && b.len() == n);
-        let (pg, pa, pb) = (g.as_mut_ptr() as *mut f32, a.as_ptr() as *const f32, b.as_ptr() as *const f32);
-        let mut i = 0;
-        while i + 4 <= n {
-            let r = mul4::<true>(_mm256_loadu_ps(pa.add(2 * i)), _mm256_loadu_ps(pb.add(2 * i)));
-            _mm256_storeu_ps(pg.add(2 * i), _mm256_add_ps(_mm256_loadu_ps(pg.add(2 * i)), r));
-            i += 4;
-        }
-        for j in i..n {
-            g[j] += a[j].conj() * b[j];
+            out[j] = a[j] * b[j];
         }
     }
 
@@ -446,12 +388,6 @@ mod tests {
             let mut o = vec![C::default(); n];
             f32::cmul(&mut o, &a, &b);
             assert!(o.iter().zip(a.iter().zip(&b)).all(|(o, (a, b))| *o == a * b), "cmul n={n}");
-            f32::cmul_conj(&mut o, &a, &b);
-            assert!(o.iter().zip(a.iter().zip(&b)).all(|(o, (a, b))| *o == a.conj() * b), "cmul_conj n={n}");
-            let mut g = data(n, 4);
-            let g0 = g.clone();
-            f32::acc_cmul_conj(&mut g, &a, &b);
-            assert!((0..n).all(|i| g[i] == g0[i] + a[i].conj() * b[i]), "acc n={n}");
             let mut d: Vec<f32> = w.clone();
             f32::norm(&mut d, &a);
             assert!((0..n).all(|i| d[i] == a[i].norm_sqr()), "norm n={n}");
