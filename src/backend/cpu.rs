@@ -13,6 +13,10 @@ use rayon::prelude::*;
 /// Upper bound on the number of independently summed slabs of positions.
 pub const SLABS: usize = 64;
 
+/// Shortest run of consecutive positions with the same sub-pixel y-shift that shares the
+/// y-half of its probe transforms (shorter runs take the plain per-position path).
+pub const SHARED_RUN_MIN: usize = 2;
+
 /// Fixed inputs of the gradient kernel.
 #[derive(Debug, Clone)]
 pub struct Kernel<T: Real> {
@@ -234,35 +238,68 @@ fn slab<T: Real>(
     };
     let ow = obj.shape[1];
     let gw = shape[1];
-    for (j, p) in pos.iter().enumerate() {
-        let (oy, ox) = window_offset(obj, p, m);
-        let orow = |y: usize| &obj.data[(oy + y) * ow + ox..][..m];
-        forward(k, obj, probe_hat, p, &mut w);
-        // model intensities (scaled by 1/M² in `residuals`) and weights w/M², so that a raw
-        // inverse FFT of w Ψ_raw gives the unitary b
-        s.loss += residuals(k.noise, &meas[j * mm..(j + 1) * mm], &mut w.im, &mut w.wt, k.eps, sc2, sc2);
-        // adjoint: b = F⁻¹(w Ψ); g_O += P* b, D_O += |P|²; g_P̂ += conj(ramp) F(O* b)
-        let (gy, gx) = ((p.window[0] - y0) as usize, (p.window[1] - x0) as usize);
-        for mode in 0..km {
-            T::mul_real(&mut w.w1, &w.psi[mode * mm..(mode + 1) * mm], &w.wt);
-            k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
-            let pj = &w.pj[mode * mm..(mode + 1) * mm];
-            // g_O += P* b, D_O += |P|², and for the probe gradient w1 = O* b, D_P += |O|²
-            for (y, ((pr, br), t)) in pj.chunks_exact(m).zip(w.b.chunks_exact(m)).zip(w.w1.chunks_exact_mut(m)).enumerate() {
-                let row = (gy + y) * gw + gx;
-                let dp = if want_probe && mode == 0 { Some(&mut s.dp[y * m..(y + 1) * m]) } else { None };
-                T::adjoint_row(&mut s.g.data[row..row + m], &mut s.d.data[row..row + m], t, dp, pr, br, orow(y));
+    // runs of consecutive positions with the same sub-pixel y-shift (rows of a raster scan)
+    // share the y-half of the probe-shift transform and of the probe gradient's transform
+    let mut cy = Vec::new();
+    let mut acc: Vec<Complex<f64>> = Vec::new();
+    let mut tmp64: Vec<Complex<f64>> = Vec::new();
+    let mut start = 0;
+    while start < pos.len() {
+        let end = start + pos[start..].iter().take_while(|q| q.ramp_y == pos[start].ramp_y).count();
+        let shared = end - start >= SHARED_RUN_MIN;
+        if shared {
+            cy.resize(km * mm, z);
+            y_shifted(k, probe_hat, &pos[start].ramp_y, &mut w.w1, &mut w.scratch, &mut cy);
+            if want_probe && acc.is_empty() {
+                acc = vec![Complex::default(); km * mm];
+                tmp64 = vec![Complex::default(); mm];
             }
-            if want_probe {
-                // reuse b as the transform's output
-                k.fft.forward_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
-                let gp = &mut s.gp[mode * mm..(mode + 1) * mm];
-                // conj(e_y e_x) t / M = conj(e_y) · (t · conj(e_x)/M)
-                for ((g, t), rx) in gp.chunks_exact_mut(m).zip(w.b.chunks_exact(m)).zip(&p.ramp_x) {
-                    T::acc_cmul_conj_cscale(g, &p.ramp_y, t, rx.conj() * sc);
+        }
+        for j in start..end {
+            let p = &pos[j];
+            let (oy, ox) = window_offset(obj, p, m);
+            let orow = |y: usize| &obj.data[(oy + y) * ow + ox..][..m];
+            forward(k, obj, probe_hat, if shared { Some(&cy) } else { None }, p, &mut w);
+            // model intensities (scaled by 1/M² in `residuals`) and weights w/M², so that a
+            // raw inverse FFT of w Ψ_raw gives the unitary b
+            s.loss += residuals(k.noise, &meas[j * mm..(j + 1) * mm], &mut w.im, &mut w.wt, k.eps, sc2, sc2);
+            // adjoint: b = F⁻¹(w Ψ); g_O += P* b, D_O += |P|²; g_P̂ += conj(ramp) F(O* b)
+            let (gy, gx) = ((p.window[0] - y0) as usize, (p.window[1] - x0) as usize);
+            for mode in 0..km {
+                T::mul_real(&mut w.w1, &w.psi[mode * mm..(mode + 1) * mm], &w.wt);
+                k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
+                let pj = &w.pj[mode * mm..(mode + 1) * mm];
+                // g_O += P* b, D_O += |P|², and for the probe gradient w1 = O* b, D_P += |O|²
+                for (y, ((pr, br), t)) in pj.chunks_exact(m).zip(w.b.chunks_exact(m)).zip(w.w1.chunks_exact_mut(m)).enumerate() {
+                    let row = (gy + y) * gw + gx;
+                    let dp = if want_probe && mode == 0 { Some(&mut s.dp[y * m..(y + 1) * m]) } else { None };
+                    T::adjoint_row(&mut s.g.data[row..row + m], &mut s.d.data[row..row + m], t, dp, pr, br, orow(y));
+                }
+                if !want_probe {
+                    continue;
+                }
+                if shared {
+                    // x-half of F(O* b), times conj(e_x)/M, summed over the run (f64)
+                    k.fft.rows_forward_raw(&mut w.w1, &mut w.scratch);
+                    let a = &mut acc[mode * mm..(mode + 1) * mm];
+                    for (arow, trow) in a.chunks_exact_mut(m).zip(w.w1.chunks_exact(m)) {
+                        T::acc_cmul_conj_cscale(arow, &p.ramp_x, trow, Complex::new(sc, T::zero()));
+                    }
+                } else {
+                    // reuse b as the transform's output
+                    k.fft.forward_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
+                    let gp = &mut s.gp[mode * mm..(mode + 1) * mm];
+                    // conj(e_y e_x) t / M = conj(e_y) · (t · conj(e_x)/M)
+                    for ((g, t), rx) in gp.chunks_exact_mut(m).zip(w.b.chunks_exact(m)).zip(&p.ramp_x) {
+                        T::acc_cmul_conj_cscale(g, &p.ramp_y, t, rx.conj() * sc);
+                    }
                 }
             }
         }
+        if shared && want_probe {
+            flush_probe_run(k, &pos[start].ramp_y, &mut acc, &mut tmp64, &mut s.gp);
+        }
+        start = end;
     }
     s
 }
@@ -281,8 +318,12 @@ fn window_offset<T>(obj: &Field<T>, p: &PositionGeom<impl Real>, m: usize) -> (u
 
 /// Forward model of one position: shifted probe modes into `w.pj`, raw far fields
 /// (M × unitary) into `w.psi`, raw intensities Σ_k |Ψ_raw|² into `w.im`.
+///
+/// `cy`: the probe modes already shifted along y for this position's sub-pixel y-shift
+/// ([`y_shifted`], shared by a run of positions with the same y-shift, as along a row of a
+/// raster scan); the x-shift then costs only the second half of the inverse transform.
 #[inline(always)]
-fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], p: &PositionGeom<T>, w: &mut Work<T>) {
+fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], cy: Option<&[Complex<T>]>, p: &PositionGeom<T>, w: &mut Work<T>) {
     let m = k.fft.size();
     let mm = m * m;
     let sc = k.fft.scale();
@@ -292,12 +333,23 @@ fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex
     let km = k.modes;
     // forward: P_jk = S_j P_k (probe spectrum × ramp, inverse FFT), ψ = P_jk O_j, Ψ = F ψ
     for mode in 0..km {
-        let ph = &probe_hat[mode * mm..(mode + 1) * mm];
-        for ((dst, src), rx) in w.w1.chunks_exact_mut(m).zip(ph.chunks_exact(m)).zip(&p.ramp_x) {
-            T::cmul_cscale(dst, src, &p.ramp_y, *rx * sc);
-        }
         let pj = &mut w.pj[mode * mm..(mode + 1) * mm];
-        k.fft.inverse_t_raw(&mut w.w1, pj, &mut w.scratch);
+        match cy {
+            Some(cy) => {
+                // P_jk[y][x] = F⁻¹_kx (C_k[y][kx] · e_x[kx])
+                for (dst, src) in pj.chunks_exact_mut(m).zip(cy[mode * mm..(mode + 1) * mm].chunks_exact(m)) {
+                    T::cmul(dst, src, &p.ramp_x);
+                }
+                k.fft.rows_inverse_raw(pj, &mut w.scratch);
+            }
+            None => {
+                let ph = &probe_hat[mode * mm..(mode + 1) * mm];
+                for ((dst, src), rx) in w.w1.chunks_exact_mut(m).zip(ph.chunks_exact(m)).zip(&p.ramp_x) {
+                    T::cmul_cscale(dst, src, &p.ramp_y, *rx * sc);
+                }
+                k.fft.inverse_t_raw(&mut w.w1, pj, &mut w.scratch);
+            }
+        }
         for (y, (dst, pr)) in w.w1.chunks_exact_mut(m).zip(pj.chunks_exact(m)).enumerate() {
             T::cmul(dst, pr, orow(y));
         }
@@ -307,6 +359,42 @@ fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex
     T::norm(&mut w.im, &w.psi[..mm]);
     for mode in 1..km {
         T::acc_norm(&mut w.im, &w.psi[mode * mm..(mode + 1) * mm]);
+    }
+}
+
+/// The probe modes shifted by a sub-pixel y-shift and half inverse-transformed:
+/// `out[k][y][kx] = (1/M) Σ_ky P̂_k[kx][ky] e_y[ky] e^{2πi ky y/M}`, [K][y][kx]. Multiplying
+/// a row by e_x and inverse-transforming along kx gives the shifted probe S_j P_k (the 2-D
+/// shift ramp is separable), so positions sharing `ramp_y` share this half.
+fn y_shifted<T: Real>(k: &Kernel<T>, probe_hat: &[Complex<T>], ramp_y: &[Complex<T>], tmp: &mut [Complex<T>], scratch: &mut [Complex<T>], out: &mut [Complex<T>]) {
+    let m = k.fft.size();
+    let mm = m * m;
+    let sc = Complex::new(k.fft.scale(), T::zero());
+    for (ph, o) in probe_hat.chunks_exact(mm).zip(out.chunks_exact_mut(mm)) {
+        for (dst, src) in tmp.chunks_exact_mut(m).zip(ph.chunks_exact(m)) {
+            T::cmul_cscale(dst, src, ramp_y, sc);
+        }
+        k.fft.rows_inverse_raw(tmp, scratch);
+        k.fft.transpose(tmp, o);
+    }
+}
+
+/// Completes the probe gradient of a run of positions sharing `ramp_y`: `acc[k][y][kx]`
+/// holds Σ_j conj(e_x,j[kx]) (F_x t_j)[y][kx] / M (the x-half of each forward transform);
+/// adds conj(e_y[ky]) (F_y acc)[kx][ky] to `gp` ([K][kx][ky]) and zeroes `acc`. In f64.
+fn flush_probe_run<T: Real>(k: &Kernel<T>, ramp_y: &[Complex<T>], acc: &mut [Complex<f64>], tmp: &mut [Complex<f64>], gp: &mut [Complex<f64>]) {
+    let m = k.fft.size();
+    let mm = m * m;
+    let ey: Vec<Complex<f64>> = ramp_y.iter().map(|e| Complex::new(e.re.f64(), -e.im.f64())).collect();
+    for (a, g) in acc.chunks_exact_mut(mm).zip(gp.chunks_exact_mut(mm)) {
+        k.fft.transpose(a, tmp);
+        k.fft.rows_forward_raw_f64(tmp);
+        for (grow, trow) in g.chunks_exact_mut(m).zip(tmp.chunks_exact(m)) {
+            for ((g, t), e) in grow.iter_mut().zip(trow).zip(&ey) {
+                *g += *e * *t;
+            }
+        }
+        a.iter_mut().for_each(|v| *v = Complex::default());
     }
 }
 
@@ -328,7 +416,7 @@ pub fn model_intensities<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_
                 wt: Vec::new(),
                 scratch: k.fft.scratch(),
             };
-            forward(k, obj, probe_hat, p, &mut w);
+            forward(k, obj, probe_hat, None, p, &mut w);
             w.im.iter().map(|v| *v * sc2).collect::<Vec<T>>()
         })
         .collect::<Vec<_>>()

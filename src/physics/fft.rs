@@ -41,6 +41,8 @@ pub struct Fft2<T: Real> {
     m: usize,
     fwd: Arc<dyn Fft<T>>,
     inv: Arc<dyn Fft<T>>,
+    /// Forward row transform in f64, for sums that are transformed after accumulation.
+    fwd64: Arc<dyn Fft<f64>>,
     scale: T,
 }
 
@@ -54,7 +56,8 @@ impl<T: Real> Fft2<T> {
     /// Plan transforms of `m × m` arrays.
     pub fn new(m: usize) -> Self {
         let mut planner = FftPlanner::<T>::new();
-        Fft2 { m, fwd: planner.plan_fft_forward(m), inv: planner.plan_fft_inverse(m), scale: T::of(1.0 / m as f64) }
+        let fwd64 = FftPlanner::<f64>::new().plan_fft_forward(m);
+        Fft2 { m, fwd: planner.plan_fft_forward(m), inv: planner.plan_fft_inverse(m), fwd64, scale: T::of(1.0 / m as f64) }
     }
 
     /// Side length M.
@@ -97,6 +100,30 @@ impl<T: Real> Fft2<T> {
         self.inv.process_with_scratch(a, scratch);
         transpose::transpose(a, out, self.m, self.m);
         self.inv.process_with_scratch(out, scratch);
+    }
+
+    /// Unnormalised forward 1-D transforms of the M rows of `a` (M × M, row-major), in place:
+    /// one half of a 2-D transform.
+    #[inline]
+    pub fn rows_forward_raw(&self, a: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+        self.fwd.process_with_scratch(a, scratch);
+    }
+
+    /// Unnormalised inverse 1-D transforms of the M rows of `a`, in place.
+    #[inline]
+    pub fn rows_inverse_raw(&self, a: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+        self.inv.process_with_scratch(a, scratch);
+    }
+
+    /// As [`Fft2::rows_forward_raw`] on f64 data (sums accumulated in f64).
+    pub fn rows_forward_raw_f64(&self, a: &mut [Complex<f64>]) {
+        self.fwd64.process(a);
+    }
+
+    /// `out = aᵀ` for M × M arrays.
+    #[inline]
+    pub fn transpose<V: Copy>(&self, a: &[V], out: &mut [V]) {
+        transpose::transpose(a, out, self.m, self.m);
     }
 
     /// 1/M, the factor between the raw and unitary transforms.
