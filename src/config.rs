@@ -184,6 +184,11 @@ pub struct ParallelConfig {
     /// tiled | replicated.
     #[serde(default)]
     pub mode: ParallelMode,
+    /// Overlap the halo exchange with the interior positions' compute (default true);
+    /// false posts the halo messages only after all positions, to measure what the
+    /// overlap hides (`ptytile bench scaling`).
+    #[serde(default = "yes")]
+    pub overlap: bool,
 }
 
 impl Default for ParallelConfig {

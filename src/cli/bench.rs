@@ -45,7 +45,7 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
     let mut it = 1usize;
     let mut failed = None;
     let full = {
-        let mut rank = gd::Rank { plan: rp, comm: c, mode: gd::Decomposition::Tiled };
+        let mut rank = gd::Rank::new(rp, c, gd::Decomposition::Tiled);
         time(&mut || {
             if let Err(e) = gd::iterate(&problem, &mut state, it.max(opts.probe_update_start), &opts, &mut rank) {
                 failed = Some(e);

@@ -20,6 +20,7 @@ pub(crate) use {out, outln};
 
 pub mod bench;
 pub mod reconstruct;
+pub mod scaling;
 
 use crate::config::Config;
 use crate::error::{Error, Result, EXIT_USAGE};
@@ -61,10 +62,16 @@ enum Cmd {
         /// The file.
         file: PathBuf,
     },
-    /// Time iterations on a dataset and show where the time goes (docs/performance.md).
+    /// Time iterations on a dataset and show where the time goes (docs/performance.md);
+    /// `bench scaling` runs the strong-scaling study (docs/scaling.md).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Bench {
+        /// The strong-scaling study instead of the single-rank breakdown.
+        #[command(subcommand)]
+        study: Option<BenchCmd>,
         /// Config file of the dataset to time.
-        config: PathBuf,
+        #[arg(required = true)]
+        config: Option<PathBuf>,
         /// Timed repeats of each measurement (the median is reported).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
@@ -82,6 +89,35 @@ enum Cmd {
         /// HDF5 path of the truth (default: /ground_truth/transmission_recon, /ground_truth/object, /object).
         #[arg(long)]
         truth_dataset: Option<String>,
+    },
+}
+
+/// Benchmarks other than the single-rank breakdown.
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Strong scaling of the tiled decomposition: 1..N ranks as threads and as MPI
+    /// processes, each with and without overlap; writes scaling.csv and scaling.png.
+    Scaling {
+        /// Config file of the dataset.
+        config: PathBuf,
+        /// Rank counts, comma-separated.
+        #[arg(long, default_value = "1,2,4,8,16", value_delimiter = ',')]
+        ranks: Vec<usize>,
+        /// Launchers, comma-separated: threads, mpi.
+        #[arg(long, default_value = "threads,mpi", value_delimiter = ',')]
+        launchers: Vec<String>,
+        /// Iterations per run (the first is left out as warm-up).
+        #[arg(long, default_value_t = 4)]
+        iterations: usize,
+        /// Output folder (CSV, PNG, the runs' result files).
+        #[arg(long, default_value = "out/scaling")]
+        output: PathBuf,
+        /// MPI launcher command.
+        #[arg(long, default_value = "mpirun")]
+        mpirun: String,
+        /// Override any config key in every run: --set section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
 }
 
@@ -224,7 +260,19 @@ fn dispatch(cli: Cli) -> Result<()> {
             crate::cli::out!("{}", crate::data::inspect::inspect(&file)?);
             Ok(())
         }
-        Cmd::Bench { config, repeats, set } => bench::run(&Config::load(&config, &set)?, repeats),
+        Cmd::Bench { study: Some(BenchCmd::Scaling { config, ranks, launchers, iterations, output, mpirun, set }), .. } => {
+            if ranks.is_empty() || ranks.contains(&0) {
+                return Err(Error::new("--ranks", "rank counts must be positive"));
+            }
+            // the config must load here, so that a bad one fails before any run
+            Config::load(&config, &set)?;
+            let launchers = launchers.iter().map(|l| scaling::Launcher::parse(l)).collect::<Result<Vec<_>>>()?;
+            scaling::run(&scaling::Study { config, ranks, launchers, iterations, output, mpirun, set }).map(|_| ())
+        }
+        Cmd::Bench { config, repeats, set, .. } => {
+            let config = config.ok_or_else(|| Error::new("bench", "a config file is required"))?;
+            bench::run(&Config::load(&config, &set)?, repeats)
+        }
         Cmd::Compare { recon, truth, truth_dataset } => {
             let r = crate::analysis::compare::compare_files(&recon, &truth, truth_dataset.as_deref())?;
             crate::cli::outln!("{r}");

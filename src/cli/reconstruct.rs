@@ -160,10 +160,12 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, progress: Progress) -> Result<Op
         ParallelMode::Replicated => Decomposition::Replicated,
     };
     let mut loss = Vec::with_capacity(cfg.reconstruction.iterations);
-    let (mut compute_s, mut wait_s) = (0.0, 0.0);
+    // per-iteration wall time and [compute, comm, wait] seconds of this rank
+    let mut iter_s = Vec::with_capacity(cfg.reconstruction.iterations);
+    let mut split = Vec::with_capacity(cfg.reconstruction.iterations);
     let t0 = Instant::now();
     {
-        let mut rank = Rank { plan: rp, comm: &mut *c, mode };
+        let mut rank = Rank { plan: rp, comm: &mut *c, mode, overlap: cfg.parallel.overlap };
         for it in 0..cfg.reconstruction.iterations {
             let t = Instant::now();
             let st = gd::iterate(&problem, &mut state, it, &opts, &mut rank)?;
@@ -172,19 +174,28 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, progress: Progress) -> Result<Op
                 return Err(Error::new("reconstruction", format!("loss became {l} at iteration {it}")));
             }
             loss.push(l);
-            compute_s += st.compute_s;
-            wait_s += st.wait_s;
+            iter_s.push(t.elapsed().as_secs_f64());
+            split.push([st.compute_s, st.comm_s, st.wait_s]);
             if rank.comm.rank() == 0 {
                 progress(it, l, t.elapsed().as_secs_f64(), df.n);
             }
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    // memory and time figures: max over ranks (and the total of measurements)
-    let mut mx = [meas_b as f64, field_b as f64, peak_rss_bytes().unwrap_or(0) as f64, compute_s, wait_s];
+    // steady state: leave out the first iteration (warm-up) when there are more
+    let skip = usize::from(split.len() > 1);
+    let steady = (split.len() - skip).max(1) as f64;
+    let per_it: Vec<f64> = (0..3).map(|q| split[skip..].iter().map(|v| v[q]).sum::<f64>() / steady).collect();
+    let total = |q: usize| split.iter().map(|v| v[q]).sum::<f64>();
+    // memory and time figures: max over ranks, mean over ranks, totals
+    let mut mx = [meas_b as f64, field_b as f64, peak_rss_bytes().unwrap_or(0) as f64, total(0), total(2), total(1), per_it[0], per_it[1], per_it[2]];
     c.allreduce_max(&mut mx)?;
-    let mut tot = [meas_b as f64, c.stats().bytes_sent as f64, c.stats().messages_sent as f64];
+    let mut tot = [meas_b as f64, c.stats().bytes_sent as f64, c.stats().messages_sent as f64, per_it[0], per_it[1], per_it[2]];
     c.allreduce_sum(&mut tot)?;
+    let nr = c.size() as f64;
+    let mut steady_s = iter_s[skip..].to_vec();
+    steady_s.sort_by(|a, b| a.total_cmp(b));
+    let median_s = steady_s.get(steady_s.len() / 2).copied().unwrap_or(0.0);
     // gather the owned tiles on rank 0
     let tile = gd::extract(&state.object, &rp.tile);
     let tiles = c.gather(bytemuck::cast_slice(&tile).to_vec())?;
@@ -220,6 +231,14 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, progress: Progress) -> Result<Op
             ("peak_rss_bytes_max_process".into(), mx[2]),
             ("compute_s_max_rank".into(), mx[3]),
             ("wait_s_max_rank".into(), mx[4]),
+            ("comm_s_max_rank".into(), mx[5]),
+            ("steady_seconds_per_iteration".into(), median_s),
+            ("compute_s_per_iteration_max_rank".into(), mx[6]),
+            ("comm_s_per_iteration_max_rank".into(), mx[7]),
+            ("wait_s_per_iteration_max_rank".into(), mx[8]),
+            ("compute_s_per_iteration_mean_rank".into(), tot[3] / nr),
+            ("comm_s_per_iteration_mean_rank".into(), tot[4] / nr),
+            ("wait_s_per_iteration_mean_rank".into(), tot[5] / nr),
             ("halo_bytes_sent_total".into(), tot[1]),
             ("halo_messages_sent_total".into(), tot[2]),
         ],

@@ -110,6 +110,16 @@ pub struct Rank<'a> {
     pub comm: &'a mut dyn Comm,
     /// Tiled or replicated.
     pub mode: Decomposition,
+    /// Post the halo sends before computing the interior positions (true, the method) or
+    /// only after all positions (false: no overlap, to measure what the overlap hides).
+    pub overlap: bool,
+}
+
+impl<'a> Rank<'a> {
+    /// A rank with overlapped halo exchange.
+    pub fn new(plan: &'a RankPlan, comm: &'a mut dyn Comm, mode: Decomposition) -> Self {
+        Rank { plan, comm, mode, overlap: true }
+    }
 }
 
 /// What one iteration reports.
@@ -119,9 +129,13 @@ pub struct IterStats {
     pub loss: f64,
     /// Whether the probe was updated.
     pub probe_updated: bool,
-    /// Seconds computing gradients.
+    /// Seconds computing: gradient kernels and the update.
     pub compute_s: f64,
-    /// Seconds in sends, receives and collectives that were not hidden behind compute.
+    /// Seconds of communication work: packing and posting halo messages, adding received
+    /// halo gradients, writing refreshed halo object values.
+    pub comm_s: f64,
+    /// Seconds blocked: in receives, collectives and send completion (load imbalance and
+    /// message time not hidden behind compute).
     pub wait_s: f64,
 }
 
@@ -135,16 +149,19 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &
     for b in 0..o.batches {
         let g = sum_gradients(p, s, b, o.batches, update_probe, rank, &mut st)?;
         st.loss += g.loss;
-        let t = Instant::now();
+        let mut t = Instant::now();
         // global max of the object preconditioner over the owned pixels
         let mut mx = [max_in(&g.d_obj, &rank.plan.tile)];
         rank.comm.allreduce_max(&mut mx)?;
+        st.wait_s += lap(&mut t);
         apply(p, s, &g, o, &rank.plan.tile, mx[0]);
+        st.compute_s += lap(&mut t);
         if rank.mode == Decomposition::Tiled {
-            refresh_halo(s, rank)?;
+            refresh_halo(s, rank, &mut st)?;
         }
+        let mut t = Instant::now();
         rank.comm.wait_sends()?;
-        st.wait_s += t.elapsed().as_secs_f64();
+        st.wait_s += lap(&mut t);
     }
     Ok(st)
 }
@@ -176,36 +193,55 @@ pub fn sum_gradients<T: Real>(
         owned = [pick(0..p.n_halo), pick(p.n_halo..p.positions.len())];
         [(&owned[0].0, &owned[0].1), (&owned[1].0, &owned[1].1)]
     };
+    let mut t = Instant::now();
     let ph = probe_spectrum(&p.kernel.fft, &s.probe);
-
-    let t0 = Instant::now();
     let mut g = gradients(&p.kernel, &s.object, &ph, hp, hm, want_probe);
-    st.compute_s += t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    if rank.mode == Decomposition::Tiled {
-        for t in &rank.plan.sends {
-            rank.comm.isend(t.peer, TAG_GRADIENT, pack_gradient(&g, &t.rect))?;
-        }
+    st.compute_s += lap(&mut t);
+    if rank.overlap {
+        post_halo_sends(&g, rank)?;
+        st.comm_s += lap(&mut t);
     }
-    st.wait_s += t1.elapsed().as_secs_f64();
-    let t2 = Instant::now();
     let gi = gradients(&p.kernel, &s.object, &ph, ip, im, want_probe);
     add_gradients(&mut g, &gi);
-    st.compute_s += t2.elapsed().as_secs_f64();
-    let t3 = Instant::now();
-    complete_sums(&mut g, rank)?;
-    st.wait_s += t3.elapsed().as_secs_f64();
+    st.compute_s += lap(&mut t);
+    if !rank.overlap {
+        post_halo_sends(&g, rank)?;
+        st.comm_s += lap(&mut t);
+    }
+    complete_sums(&mut g, rank, st)?;
     Ok(g)
 }
 
+/// Seconds since `t`, and restart `t`.
+fn lap(t: &mut Instant) -> f64 {
+    let now = Instant::now();
+    let e = (now - *t).as_secs_f64();
+    *t = now;
+    e
+}
+
+/// Step 2: the halo rectangles of the summed gradient to their owners (tiled mode).
+fn post_halo_sends<T: Real>(g: &Gradients<T>, rank: &mut Rank) -> Result<()> {
+    if rank.mode == Decomposition::Tiled {
+        for t in &rank.plan.sends {
+            rank.comm.isend(t.peer, TAG_GRADIENT, pack_gradient(g, &t.rect))?;
+        }
+    }
+    Ok(())
+}
+
 /// Steps 4–5: add the neighbours' halo contributions to the tile (tiled) or all-reduce the
-/// object sums (replicated); all-reduce probe sums and loss.
-fn complete_sums<T: Real>(g: &mut Gradients<T>, rank: &mut Rank) -> Result<()> {
+/// object sums (replicated); all-reduce probe sums and loss. Blocked time goes to
+/// `st.wait_s`, unpacking and adding to `st.comm_s`.
+fn complete_sums<T: Real>(g: &mut Gradients<T>, rank: &mut Rank, st: &mut IterStats) -> Result<()> {
+    let mut t = Instant::now();
     match rank.mode {
         Decomposition::Tiled => {
-            for t in &rank.plan.recvs {
-                let bytes = rank.comm.recv(t.peer, TAG_GRADIENT)?;
-                unpack_add_gradient(g, &t.rect, &bytes).map_err(|e| Error::new(format!("rank {}", t.peer), e.msg))?;
+            for tr in &rank.plan.recvs {
+                let bytes = rank.comm.recv(tr.peer, TAG_GRADIENT)?;
+                st.wait_s += lap(&mut t);
+                unpack_add_gradient(g, &tr.rect, &bytes).map_err(|e| Error::new(format!("rank {}", tr.peer), e.msg))?;
+                st.comm_s += lap(&mut t);
             }
         }
         Decomposition::Replicated => {
@@ -222,25 +258,30 @@ fn complete_sums<T: Real>(g: &mut Gradients<T>, rank: &mut Rank) -> Result<()> {
     let nd = g.d_probe.len();
     g.d_probe.copy_from_slice(&v[np..np + nd]);
     g.loss = v[np + nd];
+    st.wait_s += lap(&mut t);
     Ok(())
 }
 
 /// Step 7: owners send the object on `recvs` rectangles (their tile ∩ my field), each rank
 /// overwrites its `sends` rectangles (my field ∩ their tile) with what arrives.
-fn refresh_halo<T: Real>(s: &mut State<T>, rank: &mut Rank) -> Result<()> {
-    for t in &rank.plan.recvs {
-        let vals = extract(&s.object, &t.rect);
-        rank.comm.isend(t.peer, TAG_OBJECT, bytemuck::cast_slice(&vals).to_vec())?;
+fn refresh_halo<T: Real>(s: &mut State<T>, rank: &mut Rank, st: &mut IterStats) -> Result<()> {
+    let mut t = Instant::now();
+    for tr in &rank.plan.recvs {
+        let vals = extract(&s.object, &tr.rect);
+        rank.comm.isend(tr.peer, TAG_OBJECT, bytemuck::cast_slice(&vals).to_vec())?;
     }
-    for t in &rank.plan.sends {
-        let bytes = rank.comm.recv(t.peer, TAG_OBJECT)?;
+    st.comm_s += lap(&mut t);
+    for tr in &rank.plan.sends {
+        let bytes = rank.comm.recv(tr.peer, TAG_OBJECT)?;
+        st.wait_s += lap(&mut t);
         let vals: Vec<Complex<T>> = bytemuck::try_cast_slice(&bytes)
             .map(|v: &[Complex<T>]| v.to_vec())
-            .map_err(|e| Error::new(format!("rank {}", t.peer), format!("bad object message: {e}")))?;
-        if vals.len() != t.rect.area() {
-            return Err(Error::new(format!("rank {}", t.peer), "object message of the wrong size"));
+            .map_err(|e| Error::new(format!("rank {}", tr.peer), format!("bad object message: {e}")))?;
+        if vals.len() != tr.rect.area() {
+            return Err(Error::new(format!("rank {}", tr.peer), "object message of the wrong size"));
         }
-        write_rect(&mut s.object, &t.rect, &vals);
+        write_rect(&mut s.object, &tr.rect, &vals);
+        st.comm_s += lap(&mut t);
     }
     Ok(())
 }

@@ -51,11 +51,23 @@ pub struct Image {
 }
 
 impl Image {
+    /// Encode as PNG into memory and write it to `path` atomically (temporary file,
+    /// fsync, rename). Errors name `path`.
+    pub fn write_atomic(&self, path: &Path) -> Result<()> {
+        let mut bytes = Vec::new();
+        self.encode(&mut bytes, path)?;
+        super::write_atomic(path, &bytes)
+    }
+
     /// Encode as PNG to `path` (created or truncated). Errors name `path`.
     pub fn write(&self, path: &Path) -> Result<()> {
+        let file = std::fs::File::create(path).ctx(|| path.display().to_string())?;
+        self.encode(BufWriter::new(file), path)
+    }
+
+    fn encode<W: std::io::Write>(&self, out: W, path: &Path) -> Result<()> {
         let what = || path.display().to_string();
-        let file = std::fs::File::create(path).ctx(what)?;
-        let mut enc = ::png::Encoder::new(BufWriter::new(file), self.width as u32, self.height as u32);
+        let mut enc = ::png::Encoder::new(out, self.width as u32, self.height as u32);
         enc.set_color(match self.pixels {
             Pixels::Gray8 => ::png::ColorType::Grayscale,
             Pixels::Rgb8 => ::png::ColorType::Rgb,
