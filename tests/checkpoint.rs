@@ -240,7 +240,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn kill_9_leaves_complete_checkpoints_and_resume_is_bit_exact() {
     let (dir, cfg) = dataset();
-    let (n, every) = (60usize, 2usize);
+    let (n, every) = (150usize, 2usize);
     let d = |s: &str| dir.path().join(s).display().to_string();
     let ck = d("ck");
     let run = |extra: &[&str], out: &str| {

@@ -290,9 +290,11 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progre
     };
     let iterations = cfg.reconstruction.iterations;
     let job = job_identity(cfg, &df, &plan, state.engine())?;
-    let data_xxh3 = xxh3_64(bytemuck::cast_slice(&problem.intensities));
+    // hash of this rank's patterns, only when a checkpoint is read or written
+    let data_hash = std::cell::OnceCell::new();
+    let data_xxh3 = || *data_hash.get_or_init(|| xxh3_64(bytemuck::cast_slice(&problem.intensities)));
     let (start, mut loss) = match ro.resume {
-        Some(dir) => resume(dir, &job, rp, data_xxh3, iterations, &mut state)?,
+        Some(dir) => resume(dir, &job, rp, data_xxh3(), iterations, &mut state)?,
         None => (0, Vec::with_capacity(iterations)),
     };
     if start > 0 && c.rank() == 0 {
@@ -336,7 +338,7 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progre
                     stage: 0,
                     fingerprint: job.fingerprint(),
                     tile: rect4(&rp.tile),
-                    data_xxh3,
+                    data_xxh3: data_xxh3(),
                     arrays,
                 };
                 let manifest = checkpoint::save(&mut *rank.comm, &ck_dir, &job, &snap)?;
