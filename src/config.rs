@@ -197,6 +197,20 @@ impl Default for ParallelConfig {
     }
 }
 
+/// `[checkpoint]`: periodic and signal-triggered checkpoints (docs/format.md, "Checkpoint").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Write a checkpoint after every `every` iterations (counted from iteration 0, so a
+    /// resumed run keeps the same schedule); 0 = only on SIGTERM/SIGUSR1.
+    #[serde(default)]
+    pub every: usize,
+    /// Directory of the checkpoints (relative to the working directory). Default:
+    /// `<output stem>_checkpoint` beside `output.path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -215,6 +229,9 @@ pub struct Config {
     /// `[parallel]`
     #[serde(default)]
     pub parallel: ParallelConfig,
+    /// `[checkpoint]`
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
 }
 
 impl Config {
@@ -274,6 +291,9 @@ impl Config {
         if !(r.step.is_finite() && r.step > 0.0) {
             return Err(Error::new("reconstruction.step", "must be a positive number"));
         }
+        if self.checkpoint.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(Error::new("checkpoint.dir", "must not be empty"));
+        }
         let e = &self.experiment;
         for (key, v) in [
             ("experiment.energy_ev", e.energy_ev),
@@ -292,6 +312,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The checkpoint directory: `checkpoint.dir`, else `<stem>_checkpoint` beside
+    /// `output.path` (e.g. `out/recon_checkpoint` for `out/recon.h5`).
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        if let Some(d) = &self.checkpoint.dir {
+            return d.clone();
+        }
+        let p = &self.output.path;
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recon".into());
+        p.with_file_name(format!("{stem}_checkpoint"))
     }
 
     /// The configuration as TOML text (stored in the output file).
@@ -354,6 +385,22 @@ mod tests {
         assert_eq!(c.data.positions_unit, PositionsUnit::Px);
         let back = Config::from_toml(&c.to_toml(), &[]).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn checkpoint_keys() {
+        let c = Config::from_toml(MIN, &["output.path=\"out/r.h5\"".into()]).unwrap();
+        assert_eq!(c.checkpoint.every, 0);
+        assert_eq!(c.checkpoint_dir(), PathBuf::from("out/r_checkpoint"));
+        let c = Config::from_toml(MIN, &["checkpoint.every=5".into(), "checkpoint.dir=\"ck\"".into()]).unwrap();
+        assert_eq!((c.checkpoint.every, c.checkpoint_dir()), (5, PathBuf::from("ck")));
+        assert_eq!(Config::from_toml(&c.to_toml(), &[]).unwrap(), c);
+        let e = Config::from_toml(MIN, &["checkpoint.dir=\"\"".into()]).unwrap_err();
+        assert_eq!(e.what, "checkpoint.dir");
+        let e = Config::from_toml(MIN, &["checkpoint.every=-1".into()]).unwrap_err();
+        assert!(e.to_string().contains("every") || e.to_string().contains("-1"), "{e}");
+        let e = Config::from_toml(MIN, &["checkpoint.evry=1".into()]).unwrap_err();
+        assert!(e.msg.contains("evry"), "{e}");
     }
 
     #[test]

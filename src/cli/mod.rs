@@ -21,6 +21,7 @@ pub(crate) use {out, outln};
 pub mod bench;
 pub mod reconstruct;
 pub mod scaling;
+pub mod signals;
 
 use crate::config::Config;
 use crate::error::{Error, Result, EXIT_USAGE};
@@ -53,6 +54,10 @@ enum Cmd {
         /// Override any config key: --set section.key=value (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Continue from the checkpoint in this directory (same config, data, rank count
+        /// and tiles; the launcher and node count may differ).
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
     },
     /// Simulate a dataset with a known object (Poisson counts at a chosen dose); writes the
     /// HDF5 file and a ready-to-use config `<stem>.toml` beside it.
@@ -210,7 +215,7 @@ pub fn main() -> i32 {
         }
     };
     match dispatch(cli) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             EXIT_USAGE
@@ -223,9 +228,10 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-fn dispatch(cli: Cli) -> Result<()> {
+/// Run the command; returns the exit code (0, or [`signals::EXIT_CHECKPOINTED`]).
+fn dispatch(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Reconstruct { config, iterations, output, ranks, mut set } => {
+        Cmd::Reconstruct { config, iterations, output, ranks, mut set, resume } => {
             if let Some(n) = ranks {
                 set.push(format!("parallel.ranks={n}"));
             }
@@ -243,22 +249,35 @@ fn dispatch(cli: Cli) -> Result<()> {
                     .map_err(|e| Error::new("progress bar", e.to_string()))?,
             );
             let progress = |it: usize, loss: f64, secs: f64, npos: usize| {
-                bar.inc(1);
+                bar.set_position(it as u64 + 1);
                 bar.set_message(format!("loss {loss:.6e}  {:.0} positions/s", npos as f64 / secs.max(1e-9)));
                 tracing::info!("iteration {it}: loss {loss:.6e}, {secs:.3} s");
             };
-            let res = reconstruct::run(&cfg, &progress)?;
+            let opts = reconstruct::RunOptions { resume: resume.as_deref(), signals: Some(signals::install()?) };
+            let res = match reconstruct::run_with(&cfg, opts, &progress)? {
+                reconstruct::Outcome::Finished(r) => r,
+                reconstruct::Outcome::Stopped { iteration, dir } => {
+                    bar.abandon();
+                    if crate::comm::launcher_env().is_none_or(|l| l.rank == 0) {
+                        eprintln!(
+                            "stopped by SIGTERM after iteration {iteration}: checkpoint in {}; continue with: ptytile reconstruct {} --resume {}",
+                            dir.display(), config.display(), dir.display()
+                        );
+                    }
+                    return Ok(signals::EXIT_CHECKPOINTED);
+                }
+            };
             bar.finish();
-            let Some(res) = res else { return Ok(()) };
+            let Some(res) = res else { return Ok(0) };
             let paths = crate::output::write_result(&cfg.output.path, &res, cfg.output.png)?;
             for p in paths {
                 crate::cli::outln!("wrote {}", p.display());
             }
-            Ok(())
+            Ok(0)
         }
         Cmd::Inspect { file } => {
             crate::cli::out!("{}", crate::data::inspect::inspect(&file)?);
-            Ok(())
+            Ok(0)
         }
         Cmd::Bench { study: Some(BenchCmd::Scaling { config, ranks, launchers, iterations, output, mpirun, set }), .. } => {
             if ranks.is_empty() || ranks.contains(&0) {
@@ -267,16 +286,16 @@ fn dispatch(cli: Cli) -> Result<()> {
             // the config must load here, so that a bad one fails before any run
             Config::load(&config, &set)?;
             let launchers = launchers.iter().map(|l| scaling::Launcher::parse(l)).collect::<Result<Vec<_>>>()?;
-            scaling::run(&scaling::Study { config, ranks, launchers, iterations, output, mpirun, set }).map(|_| ())
+            scaling::run(&scaling::Study { config, ranks, launchers, iterations, output, mpirun, set }).map(|_| 0)
         }
         Cmd::Bench { config, repeats, set, .. } => {
             let config = config.ok_or_else(|| Error::new("bench", "a config file is required"))?;
-            bench::run(&Config::load(&config, &set)?, repeats)
+            bench::run(&Config::load(&config, &set)?, repeats).map(|_| 0)
         }
         Cmd::Compare { recon, truth, truth_dataset } => {
             let r = crate::analysis::compare::compare_files(&recon, &truth, truth_dataset.as_deref())?;
             crate::cli::outln!("{r}");
-            Ok(())
+            Ok(0)
         }
         Cmd::Simulate(a) => {
             let p = a.params()?;
@@ -284,7 +303,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let (h5, toml) = crate::simulate::write(&a.output, &sim, &p)?;
             crate::cli::outln!("wrote {} ({} patterns of {}x{}, object {}x{})", h5.display(), sim.positions_px.len(), p.m, p.m, sim.object.shape[0], sim.object.shape[1]);
             crate::cli::outln!("wrote {}", toml.display());
-            Ok(())
+            Ok(0)
         }
     }
 }

@@ -4,20 +4,32 @@
 //! was started by an MPI launcher (mpirun, srun, jsrun), in which case each process is one
 //! MPI rank. Every rank reads only its own diffraction patterns (tiled mode); rank 0
 //! gathers the owned tiles and returns the assembled result.
+//!
+//! Checkpoints (`[checkpoint]`, docs/format.md): after every `checkpoint.every` iterations,
+//! and at the first iteration boundary after SIGTERM or SIGUSR1, every rank saves its
+//! engine state and the loss history ([`crate::output::checkpoint::save`]); after SIGTERM
+//! the run then stops ([`Outcome::Stopped`]). A run started with a checkpoint directory
+//! ([`RunOptions::resume`]) continues from it and, the gd engine being deterministic,
+//! ends with the same object, probe and loss bits as the uninterrupted run.
 
 use crate::backend::cpu::Kernel;
 use crate::comm::{self, Comm};
 use crate::config::{Config, ParallelMode};
 use crate::data::DataFile;
+use crate::cli::signals::StopFlags;
 use crate::engine::gd::{self, Decomposition, Options, Problem, Rank, State};
+use crate::engine::snapshot::{self, NamedArray, Snapshot};
 use crate::error::{Error, Result};
+use crate::output::checkpoint::{self, Job, RankSnapshot};
 use crate::output::ReconResult;
 use crate::physics::fft::Fft2;
 use crate::physics::model::{Field, PositionGeom};
 use crate::physics::probe;
 use crate::tiling::{self, RankPlan, TilePlan};
 use num_complex::Complex32;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// Per-iteration callback on rank 0: (iteration, loss per pattern, seconds, positions).
 pub type Progress<'a> = &'a (dyn Fn(usize, f64, f64, usize) + Sync);
@@ -107,13 +119,55 @@ pub fn setup(cfg: &Config, df: &DataFile, rp: &RankPlan, comm: &mut dyn Comm) ->
     Ok((Problem { kernel, positions, n_halo: rp.n_halo_positions, intensities }, state))
 }
 
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every iteration done: the result on the process holding rank 0 (None elsewhere
+    /// under MPI).
+    Finished(Option<ReconResult>),
+    /// Stopped on request (SIGTERM) after `iteration` completed iterations, whose
+    /// checkpoint is complete in `dir`.
+    Stopped {
+        /// Completed iterations.
+        iteration: usize,
+        /// The checkpoint directory.
+        dir: PathBuf,
+    },
+}
+
+/// What a run needs beyond the config.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunOptions<'a> {
+    /// Continue from the checkpoint in this directory (`--resume DIR`).
+    pub resume: Option<&'a Path>,
+    /// Checkpoint/stop requests, read at every iteration boundary (see `cli::signals`).
+    pub signals: Option<&'a StopFlags>,
+}
+
 /// Run the reconstruction described by `cfg` on every rank of this job; returns the result
-/// on the process holding rank 0 (None elsewhere under MPI).
+/// on the process holding rank 0 (None elsewhere under MPI). Periodic checkpoints are
+/// written as configured; no resume, no signals.
 pub fn run(cfg: &Config, progress: Progress) -> Result<Option<ReconResult>> {
-    match comm::launcher_env() {
-        Some(info) if info.size > 1 => {
+    match run_with(cfg, RunOptions::default(), progress)? {
+        Outcome::Finished(r) => Ok(r),
+        Outcome::Stopped { iteration, .. } => Err(Error::new("reconstruction", format!("stopped after iteration {iteration}"))),
+    }
+}
+
+/// [`run`], resuming from a checkpoint and/or obeying stop requests as `opts` says.
+///
+/// Errors: those of [`run_rank`]; with `opts.resume`, a missing or unreadable checkpoint
+/// or one written by another rank count (checked before any rank starts).
+pub fn run_with(cfg: &Config, opts: RunOptions, progress: Progress) -> Result<Outcome> {
+    let launch = comm::launcher_env().filter(|info| info.size > 1);
+    if let Some(dir) = opts.resume {
+        let m = checkpoint::read_manifest(dir)?;
+        checkpoint::check_ranks(dir, &m, launch.as_ref().map_or(cfg.parallel.ranks, |l| l.size))?;
+    }
+    match launch {
+        Some(_) => {
             let mut c = comm::MpiComm::init()?;
-            match run_rank(cfg, &mut c, progress) {
+            match run_rank(cfg, &mut c, opts, progress) {
                 Ok(r) => Ok(r),
                 Err(e) => {
                     eprintln!("error: rank {}: {e}", c.rank());
@@ -121,11 +175,86 @@ pub fn run(cfg: &Config, progress: Progress) -> Result<Option<ReconResult>> {
                 }
             }
         }
-        _ => {
-            let mut results = comm::run_threads(cfg.parallel.ranks, |mut c| run_rank(cfg, &mut c, progress))?;
+        None => {
+            let mut results = comm::run_threads(cfg.parallel.ranks, |mut c| run_rank(cfg, &mut c, opts, progress))?;
             Ok(results.swap_remove(0))
         }
     }
+}
+
+/// What identifies this job for resuming ([`Job`]): the reconstruction settings except
+/// the iteration count, the experiment settings, the data settings except the file's path
+/// (so that a moved file still resumes) with the pattern count, detector size, object
+/// grid and an XXH3-64 of the scan positions, the decomposition, and an XXH3-64 of the
+/// tile plan (every rank's tile, field and positions).
+pub fn job_identity(cfg: &Config, df: &DataFile, plan: &TilePlan, engine: &str) -> Result<Job> {
+    let mut rec = table(&cfg.reconstruction, "reconstruction")?;
+    rec.remove("iterations");
+    let mut data = table(&cfg.data, "data")?;
+    data.remove("file");
+    let centres: Vec<f64> = df.centres.iter().flatten().copied().collect();
+    data.insert("patterns".into(), (df.n as i64).into());
+    data.insert("detector_px".into(), (df.m as i64).into());
+    data.insert("object_shape".into(), toml::Value::Array(df.object_shape.iter().map(|&v| (v as i64).into()).collect()));
+    data.insert("positions_xxh3".into(), format!("{:016x}", xxh3_64(bytemuck::cast_slice(&centres))).into());
+    let mut plan_words: Vec<i64> = Vec::new();
+    for r in &plan.ranks {
+        plan_words.extend(rect4(&r.tile));
+        plan_words.extend(rect4(&r.field));
+        plan_words.push(r.positions.len() as i64);
+        plan_words.extend(r.positions.iter().map(|&j| j as i64));
+    }
+    let mut par = toml::Table::new();
+    par.insert("mode".into(), toml::Value::try_from(cfg.parallel.mode).map_err(|e| Error::new("parallel.mode", e.to_string()))?);
+    par.insert("tiles".into(), toml::Value::Array(plan.tiles.iter().map(|&v| (v as i64).into()).collect()));
+    par.insert("plan_xxh3".into(), format!("{:016x}", xxh3_64(bytemuck::cast_slice(&plan_words))).into());
+    let mut t = toml::Table::new();
+    t.insert("engine".into(), engine.into());
+    t.insert("reconstruction".into(), rec.into());
+    t.insert("experiment".into(), table(&cfg.experiment, "experiment")?.into());
+    t.insert("data".into(), data.into());
+    t.insert("parallel".into(), par.into());
+    Ok(Job { ranks: plan.ranks.len(), tiles: plan.tiles, engine: engine.into(), table: t })
+}
+
+/// A config section as a TOML table (`what` names it in errors).
+fn table<T: serde::Serialize>(v: &T, what: &str) -> Result<toml::Table> {
+    match toml::Value::try_from(v) {
+        Ok(toml::Value::Table(t)) => Ok(t),
+        Ok(_) => Err(Error::new(what, "not a table")),
+        Err(e) => Err(Error::new(what, e.to_string())),
+    }
+}
+
+/// (y0, y1, x0, x1) of a rectangle.
+fn rect4(r: &tiling::Rect) -> [i64; 4] {
+    [r.y0, r.y1, r.x0, r.x1]
+}
+
+/// Load this rank's part of the checkpoint in `dir` into `state`; returns the completed
+/// iterations and the loss history.
+///
+/// Errors (one line, naming the manifest or file): a job that differs from the one that
+/// wrote the checkpoint, a corrupt file, other diffraction patterns on this rank, or more
+/// iterations already done than `iterations`.
+fn resume(dir: &Path, job: &Job, rp: &RankPlan, data_xxh3: u64, iterations: usize, state: &mut dyn Snapshot) -> Result<(usize, Vec<f64>)> {
+    let m = checkpoint::read_manifest(dir)?;
+    checkpoint::check_job(dir, &m, job)?;
+    let s = checkpoint::read_rank(dir, &m, rp.rank)?;
+    let file = dir.join(&m.files[rp.rank].path).display().to_string();
+    if s.tile != rect4(&rp.tile) {
+        return Err(Error::new(file, format!("tile {:?}, this rank's is {:?}", s.tile, rect4(&rp.tile))));
+    }
+    if s.data_xxh3 != data_xxh3 {
+        return Err(Error::new(file, format!("rank {}'s diffraction patterns differ from those the checkpoint was written from", rp.rank)));
+    }
+    let done = s.iteration as usize;
+    if done > iterations {
+        return Err(Error::new("reconstruction.iterations", format!("{iterations}, but the checkpoint in {} has {done} iterations done", dir.display())));
+    }
+    state.restore(&s.arrays)?;
+    let loss = snapshot::find(&s.arrays, "loss")?.values::<f64>(&[done])?;
+    Ok((done, loss))
 }
 
 /// Peak resident memory of this process in bytes (VmHWM), if the OS tells.
@@ -136,8 +265,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// One rank's whole run.
-pub fn run_rank(cfg: &Config, c: &mut dyn Comm, progress: Progress) -> Result<Option<ReconResult>> {
+/// One rank's whole run (see the module docs for checkpoints and resuming).
+pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress) -> Result<Outcome> {
     let df = DataFile::open(cfg)?;
     let plan = job_plan(cfg, &df, c.size())?;
     let rp = &plan.ranks[c.rank()];
@@ -159,14 +288,27 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, progress: Progress) -> Result<Op
         ParallelMode::Tiled => Decomposition::Tiled,
         ParallelMode::Replicated => Decomposition::Replicated,
     };
-    let mut loss = Vec::with_capacity(cfg.reconstruction.iterations);
+    let iterations = cfg.reconstruction.iterations;
+    let job = job_identity(cfg, &df, &plan, state.engine())?;
+    // hash of this rank's patterns, only when a checkpoint is read or written
+    let data_hash = std::cell::OnceCell::new();
+    let data_xxh3 = || *data_hash.get_or_init(|| xxh3_64(bytemuck::cast_slice(&problem.intensities)));
+    let (start, mut loss) = match ro.resume {
+        Some(dir) => resume(dir, &job, rp, data_xxh3(), iterations, &mut state)?,
+        None => (0, Vec::with_capacity(iterations)),
+    };
+    if start > 0 && c.rank() == 0 {
+        tracing::info!("resuming from {} after iteration {start}", ro.resume.unwrap_or(Path::new("")).display());
+    }
+    let ck_dir = cfg.checkpoint_dir();
+    let every = cfg.checkpoint.every;
     // per-iteration wall time and [compute, comm, wait] seconds of this rank
-    let mut iter_s = Vec::with_capacity(cfg.reconstruction.iterations);
-    let mut split = Vec::with_capacity(cfg.reconstruction.iterations);
+    let mut iter_s = Vec::with_capacity(iterations);
+    let mut split = Vec::with_capacity(iterations);
     let t0 = Instant::now();
     {
         let mut rank = Rank { plan: rp, comm: &mut *c, mode, overlap: cfg.parallel.overlap };
-        for it in 0..cfg.reconstruction.iterations {
+        for it in start..iterations {
             let t = Instant::now();
             let st = gd::iterate(&problem, &mut state, it, &opts, &mut rank)?;
             let l = st.loss / df.n as f64;
@@ -178,6 +320,36 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, progress: Progress) -> Result<Op
             split.push([st.compute_s, st.comm_s, st.wait_s]);
             if rank.comm.rank() == 0 {
                 progress(it, l, t.elapsed().as_secs_f64(), df.n);
+            }
+            // iteration boundary: do all ranks agree on a checkpoint or a stop?
+            let done = it + 1;
+            let mut req = [0.0; 2];
+            if let Some(sig) = ro.signals {
+                req = sig.take();
+                rank.comm.allreduce_max(&mut req)?;
+            }
+            let (stop, requested) = (req[0] > 0.0, req[1] > 0.0);
+            if stop || requested || (every > 0 && done % every == 0) {
+                let t = Instant::now();
+                let mut arrays = state.save();
+                arrays.push(NamedArray::new("loss", &[loss.len()], &loss));
+                let snap = RankSnapshot {
+                    rank: rp.rank as u64,
+                    iteration: done as u64,
+                    engine: state.engine().into(),
+                    stage: 0,
+                    fingerprint: job.fingerprint(),
+                    tile: rect4(&rp.tile),
+                    data_xxh3: data_xxh3(),
+                    arrays,
+                };
+                let manifest = checkpoint::save(&mut *rank.comm, &ck_dir, &job, &snap)?;
+                if rank.comm.rank() == 0 {
+                    tracing::info!("checkpoint after iteration {done}: {} ({:.3} s)", manifest.display(), t.elapsed().as_secs_f64());
+                }
+            }
+            if stop && done < iterations {
+                return Ok(Outcome::Stopped { iteration: done, dir: ck_dir });
             }
         }
     }
@@ -199,7 +371,7 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, progress: Progress) -> Result<Op
     // gather the owned tiles on rank 0
     let tile = gd::extract(&state.object, &rp.tile);
     let tiles = c.gather(bytemuck::cast_slice(&tile).to_vec())?;
-    let Some(tiles) = tiles else { return Ok(None) };
+    let Some(tiles) = tiles else { return Ok(Outcome::Finished(None)) };
     let mut object = Field::filled([0, 0], df.object_shape, Complex32::new(1.0, 0.0));
     for (r, bytes) in tiles.iter().enumerate() {
         let vals: Vec<Complex32> = bytemuck::pod_collect_to_vec(bytes);
@@ -209,7 +381,34 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, progress: Progress) -> Result<Op
         }
         gd::write_rect(&mut object, &rect, &vals);
     }
-    Ok(Some(ReconResult {
+    let mut attrs = vec![
+        ("wall_time_s".into(), secs),
+        ("seconds_per_iteration".into(), secs / (iterations - start).max(1) as f64),
+        ("wavelength_m".into(), df.experiment.wavelength_m),
+        ("ranks".into(), c.size() as f64),
+        ("tiles_y".into(), plan.tiles[0] as f64),
+        ("tiles_x".into(), plan.tiles[1] as f64),
+        ("measurement_bytes_max_rank".into(), mx[0]),
+        ("measurement_bytes_total".into(), tot[0]),
+        ("object_gradient_bytes_max_rank".into(), mx[1]),
+        ("peak_rss_bytes_max_process".into(), mx[2]),
+        ("compute_s_max_rank".into(), mx[3]),
+        ("wait_s_max_rank".into(), mx[4]),
+        ("comm_s_max_rank".into(), mx[5]),
+        ("steady_seconds_per_iteration".into(), median_s),
+        ("compute_s_per_iteration_max_rank".into(), mx[6]),
+        ("comm_s_per_iteration_max_rank".into(), mx[7]),
+        ("wait_s_per_iteration_max_rank".into(), mx[8]),
+        ("compute_s_per_iteration_mean_rank".into(), tot[3] / nr),
+        ("comm_s_per_iteration_mean_rank".into(), tot[4] / nr),
+        ("wait_s_per_iteration_mean_rank".into(), tot[5] / nr),
+        ("halo_bytes_sent_total".into(), tot[1]),
+        ("halo_messages_sent_total".into(), tot[2]),
+    ];
+    if ro.resume.is_some() {
+        attrs.push(("resumed_from_iteration".into(), start as f64));
+    }
+    Ok(Outcome::Finished(Some(ReconResult {
         object,
         pixel_size_m: df.experiment.pixel_size_m,
         probe: state.probe,
@@ -218,29 +417,6 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, progress: Progress) -> Result<Op
         positions_px: df.centres.clone(),
         loss,
         config_toml: cfg.to_toml(),
-        attrs: vec![
-            ("wall_time_s".into(), secs),
-            ("seconds_per_iteration".into(), secs / cfg.reconstruction.iterations.max(1) as f64),
-            ("wavelength_m".into(), df.experiment.wavelength_m),
-            ("ranks".into(), c.size() as f64),
-            ("tiles_y".into(), plan.tiles[0] as f64),
-            ("tiles_x".into(), plan.tiles[1] as f64),
-            ("measurement_bytes_max_rank".into(), mx[0]),
-            ("measurement_bytes_total".into(), tot[0]),
-            ("object_gradient_bytes_max_rank".into(), mx[1]),
-            ("peak_rss_bytes_max_process".into(), mx[2]),
-            ("compute_s_max_rank".into(), mx[3]),
-            ("wait_s_max_rank".into(), mx[4]),
-            ("comm_s_max_rank".into(), mx[5]),
-            ("steady_seconds_per_iteration".into(), median_s),
-            ("compute_s_per_iteration_max_rank".into(), mx[6]),
-            ("comm_s_per_iteration_max_rank".into(), mx[7]),
-            ("wait_s_per_iteration_max_rank".into(), mx[8]),
-            ("compute_s_per_iteration_mean_rank".into(), tot[3] / nr),
-            ("comm_s_per_iteration_mean_rank".into(), tot[4] / nr),
-            ("wait_s_per_iteration_mean_rank".into(), tot[5] / nr),
-            ("halo_bytes_sent_total".into(), tot[1]),
-            ("halo_messages_sent_total".into(), tot[2]),
-        ],
-    }))
+        attrs,
+    })))
 }

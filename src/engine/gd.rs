@@ -29,6 +29,7 @@
 use crate::backend::cpu::{add_field, gradients, probe_spectrum, Gradients, Kernel};
 use crate::comm::Comm;
 use crate::config::{NoiseModel, ReconstructionConfig};
+use crate::engine::snapshot::{find, Element, NamedArray, Snapshot};
 use crate::error::{Error, Result};
 use crate::physics::fft::Real;
 use crate::physics::model::{fisher_scale, Field, PositionGeom};
@@ -50,6 +51,32 @@ pub struct State<T> {
     pub object: Field<Complex<T>>,
     /// Probe modes [K, M, M], real space, centred at [M/2, M/2].
     pub probe: Vec<Complex<T>>,
+}
+
+/// Checkpoint of the gd engine: `object` ([rows, cols] of the rank's field, tile + halo,
+/// complex of T) and `probe` ([K·M·M], complex of T). The engine keeps nothing else between
+/// iterations (no random numbers, no momentum), so these two arrays and the iteration
+/// number determine the rest of the run.
+impl<T: Real> Snapshot for State<T>
+where
+    Complex<T>: Element,
+{
+    fn engine(&self) -> &'static str {
+        "gd"
+    }
+    fn save(&self) -> Vec<NamedArray> {
+        vec![
+            NamedArray::new("object", &self.object.shape, &self.object.data),
+            NamedArray::new("probe", &[self.probe.len()], &self.probe),
+        ]
+    }
+    fn restore(&mut self, arrays: &[NamedArray]) -> Result<()> {
+        let object = find(arrays, "object")?.values(&self.object.shape)?;
+        let probe = find(arrays, "probe")?.values(&[self.probe.len()])?;
+        self.object.data = object;
+        self.probe = probe;
+        Ok(())
+    }
 }
 
 /// Options of the gd engine (from `[reconstruction]`).

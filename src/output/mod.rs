@@ -28,6 +28,7 @@ pub struct ReconResult {
     pub attrs: Vec<(String, f64)>,
 }
 
+pub mod checkpoint;
 pub mod hdf5;
 pub mod png;
 
@@ -108,7 +109,8 @@ pub fn temp_path(path: &std::path::Path) -> std::path::PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Write `bytes` to `path` atomically (temporary file, fsync, rename).
+/// Write `bytes` to `path` atomically and durably: temporary file, fsync, rename, fsync of
+/// the directory (so that after a crash `path` holds either its old or its new contents).
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
     use crate::error::Context;
     use std::io::Write;
@@ -117,7 +119,12 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
