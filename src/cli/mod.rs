@@ -219,6 +219,10 @@ pub fn main() -> i32 {
             let _ = e.print(); // --help, --version
             return 0;
         }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print(); // bare `ptytile`: the help, as a usage error
+            return EXIT_USAGE;
+        }
         Err(e) => {
             eprintln!("{}", one_line(&e.render().to_string()));
             return EXIT_USAGE;
