@@ -239,11 +239,13 @@ impl Config {
     /// `data.file` is resolved against the config file's directory.
     ///
     /// Errors: unreadable file, TOML syntax, unknown or mistyped key, bad override,
-    /// invalid value (each naming the file or key).
+    /// invalid value, an output path that is a directory or the data file itself (each
+    /// naming the file or key).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
         let text = std::fs::read_to_string(path).ctx(|| path.display().to_string())?;
-        let mut cfg = Self::from_toml(&text, overrides).map_err(|e| {
-            if e.what == "config" { Error::new(path.display().to_string(), e.msg) } else { e }
+        let mut cfg = Self::from_toml(&text, overrides).map_err(|e| match e.what.strip_prefix("config") {
+            Some(rest) if rest.is_empty() || rest.starts_with(':') => Error::new(format!("{}{rest}", path.display()), e.msg),
+            _ => e,
         })?;
         if cfg.data.file.is_relative() {
             if let Some(dir) = path.parent() {
@@ -253,40 +255,68 @@ impl Config {
                 }
             }
         }
+        let out = &cfg.output.path;
+        if out.is_dir() {
+            return Err(Error::new("output.path", format!("{} is a directory, not a file name", out.display())));
+        }
+        if let (Ok(a), Ok(b)) = (out.canonicalize(), cfg.data.file.canonicalize()) {
+            if a == b {
+                return Err(Error::new("output.path", format!("{} is the data file; the result would replace the measurements", out.display())));
+            }
+        }
         Ok(cfg)
     }
 
     /// Parse TOML text, apply overrides, validate.
     pub fn from_toml(text: &str, overrides: &[String]) -> Result<Config> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            Error::new("config", e.message().to_string())
+            let at = e.span().map(|s| format!("line {}: ", text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1));
+            Error::new("config", format!("{}{}", at.unwrap_or_default(), e.message()))
         })?;
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let cfg: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::new("config", e.message().to_string()))?;
+        let cfg: Config = toml::Value::Table(table.clone()).try_into().map_err(|e: toml::de::Error| {
+            let what = key_of_error(&table).map_or_else(|| "config".to_string(), |k| format!("config: {k}"));
+            Error::new(what, e.message().to_string())
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Check values that parse but make no sense.
+    /// Check values that parse but make no sense: zero or absurdly large counts (limits in
+    /// [`LIMITS`]), non-positive or non-finite physical values, empty paths.
     pub fn validate(&self) -> Result<()> {
         let r = &self.reconstruction;
-        if r.probe_modes == 0 {
-            return Err(Error::new("reconstruction.probe_modes", "must be at least 1"));
-        }
-        if self.parallel.ranks == 0 {
-            return Err(Error::new("parallel.ranks", "must be at least 1"));
-        }
+        let mut counts = vec![
+            ("reconstruction.iterations", r.iterations, 0),
+            ("reconstruction.probe_modes", r.probe_modes, 1),
+            ("reconstruction.batches", r.batches, 1),
+            ("parallel.ranks", self.parallel.ranks, 1),
+        ];
         if let Some(t) = self.parallel.tiles {
-            if t[0] == 0 || t[1] == 0 {
-                return Err(Error::new("parallel.tiles", "each of [Ty, Tx] must be at least 1"));
+            counts.push(("parallel.tiles", t[0], 1));
+            counts.push(("parallel.tiles", t[1], 1));
+        }
+        for (key, v, min) in counts {
+            let max = LIMITS.iter().find(|l| l.0 == key).map_or(usize::MAX, |l| l.1);
+            if v < min {
+                let which = if key == "parallel.tiles" { "each of [Ty, Tx] " } else { "" };
+                return Err(Error::new(key, format!("{which}must be at least {min}")));
+            }
+            if v > max {
+                return Err(Error::new(key, format!("{v} is beyond the limit of {max}")));
             }
         }
-        if r.batches == 0 {
-            return Err(Error::new("reconstruction.batches", "must be at least 1"));
+        for (key, v) in [("data.file", self.data.file.as_os_str()), ("output.path", self.output.path.as_os_str())] {
+            if v.is_empty() {
+                return Err(Error::new(key, "is empty"));
+            }
+        }
+        for (key, v) in [("data.intensities", &self.data.intensities), ("data.positions", &self.data.positions)] {
+            if v.trim().is_empty() {
+                return Err(Error::new(key, "is empty"));
+            }
         }
         if !(r.step.is_finite() && r.step > 0.0) {
             return Err(Error::new("reconstruction.step", "must be a positive number"));
@@ -331,6 +361,17 @@ impl Config {
     }
 }
 
+/// Upper limits of counts in the config, beyond which a value is a typo, not a run:
+/// iterations (the loss history is kept), probe modes (each a full M × M field), mini-batches,
+/// thread ranks (one thread and n channels each; use MPI for more), tiles per axis.
+pub const LIMITS: [(&str, usize); 5] = [
+    ("reconstruction.iterations", 1_000_000),
+    ("reconstruction.probe_modes", 64),
+    ("reconstruction.batches", 1 << 20),
+    ("parallel.ranks", 1024),
+    ("parallel.tiles", 1 << 16),
+];
+
 /// Metadata values must be finite and > 0 (energy, samplings, distances).
 pub fn check_positive(key: &str, v: Option<f64>) -> Result<()> {
     match v {
@@ -338,6 +379,32 @@ pub fn check_positive(key: &str, v: Option<f64>) -> Result<()> {
             Err(Error::new(key, format!("must be a positive number, got {x}")))
         }
         _ => Ok(()),
+    }
+}
+
+/// The dotted key (`section.key`, or `section`) a deserialization error of `table` is about:
+/// the table is written out as TOML and parsed again, which gives the error a position in
+/// that text, and the key is read off the line there. `None` when there is no position.
+fn key_of_error(table: &toml::Table) -> Option<String> {
+    let text = toml::to_string(table).ok()?;
+    let err = toml::from_str::<Config>(&text).err()?;
+    let span = err.span()?;
+    if span.is_empty() || (span.start == 0 && span.end + 1 >= text.len()) {
+        return None; // about the whole document (e.g. a missing section)
+    }
+    let start = span.start.min(text.len());
+    let bytes = text.as_bytes();
+    let line_start = bytes[..start].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let line = String::from_utf8_lossy(&bytes[line_start..]).lines().next().unwrap_or("").trim().to_string();
+    let header = |l: &str| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')).map(|l| l.trim().to_string());
+    if let Some(section) = header(&line) {
+        return Some(section);
+    }
+    let key = line.split_once('=')?.0.trim().trim_matches('"').to_string();
+    let above = String::from_utf8_lossy(&bytes[..line_start]).into_owned();
+    match above.lines().rev().find_map(header) {
+        Some(section) => Some(format!("{section}.{key}")),
+        None => Some(key),
     }
 }
 
@@ -409,6 +476,27 @@ mod tests {
         assert!(e.msg.contains("iterationz"), "{e}");
         let e = Config::from_toml(MIN, &["reconstruction.noise_model=gauss".into()]).unwrap_err();
         assert!(e.msg.contains("gauss"), "{e}");
+    }
+
+    #[test]
+    fn mistyped_keys_are_named() {
+        let e = Config::from_toml(&format!("{MIN}[parallel]\nranks = 'four'\n"), &[]).unwrap_err();
+        assert_eq!(e.what, "config: parallel.ranks", "{e}");
+        assert!(e.msg.contains("four"), "{e}");
+        let e = Config::from_toml(&format!("{MIN}[experiment]\nenergy_kev = 3\n"), &[]).unwrap_err();
+        assert_eq!(e.what, "config: experiment.energy_kev", "{e}");
+        let e = Config::from_toml("[output]\npng = true\n", &[]).unwrap_err();
+        assert_eq!(e.what, "config", "{e}");
+        let e = Config::from_toml("[data]\nfile = 'a'\n[output]\npng = true\n", &[]).unwrap_err();
+        assert_eq!(e.what, "config: data", "{e}");
+        let e = Config::from_toml(&format!("{MIN}[solver]\nkind = 1\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("solver"), "{e}");
+        let e = Config::from_toml("[data]\nfile = 'a'\nintensities = '/i\n", &[]).unwrap_err();
+        assert!(e.msg.starts_with("line 3: "), "{e}");
+        let e = Config::from_toml(MIN, &["reconstruction.iterations=10000000000".into()]).unwrap_err();
+        assert_eq!(e.what, "reconstruction.iterations");
+        let e = Config::from_toml(MIN, &["parallel.ranks=5000".into()]).unwrap_err();
+        assert_eq!(e.what, "parallel.ranks");
     }
 
     #[test]

@@ -19,6 +19,7 @@ macro_rules! outln {
 pub(crate) use {out, outln};
 
 pub mod bench;
+pub mod jobs;
 pub mod reconstruct;
 pub mod scaling;
 pub mod signals;
@@ -84,6 +85,9 @@ enum Cmd {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Print a batch job script (Slurm or LSF) that runs `ptytile reconstruct CONFIG` on GPU
+    /// nodes, one or more MPI ranks per GPU (jobs/README.md).
+    Jobs(JobsArgs),
     /// Phase correlation and RMS phase error of a result against a ground truth, after
     /// sub-pixel registration and removal of the phase offset and ramp (docs/compare.md).
     Compare {
@@ -124,6 +128,50 @@ enum BenchCmd {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+}
+
+/// Options of `ptytile jobs` (see `jobs::JobSpec`).
+#[derive(clap::Args, Debug)]
+struct JobsArgs {
+    /// Config file the job reconstructs (checked now; named by its absolute path in the script).
+    config: PathBuf,
+    /// Batch scheduler: slurm (sbatch + srun) or lsf (bsub + jsrun).
+    #[arg(long, value_enum)]
+    scheduler: jobs::Scheduler,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// GPU maker: nvidia (CUDA; default node 4 GPUs, 64 cores) or amd (HIP; 8 GPUs, 56 cores).
+    #[arg(long, value_enum, default_value = "nvidia")]
+    gpu_vendor: jobs::GpuVendor,
+    /// GPUs per node [default: 4 nvidia, 8 amd].
+    #[arg(long)]
+    gpus_per_node: Option<usize>,
+    /// MPI ranks per node, a multiple of --gpus-per-node [default: parallel.tiles / nodes
+    /// when the config sets tiles, else one rank per GPU].
+    #[arg(long)]
+    ranks_per_node: Option<usize>,
+    /// CPU cores per node shared out among its ranks [default: 64 nvidia, 56 amd].
+    #[arg(long)]
+    cores_per_node: Option<usize>,
+    /// Wall-clock limit, H:MM or H:MM:SS.
+    #[arg(long, default_value = "1:00:00")]
+    time: String,
+    /// Account / project to charge (Slurm --account, LSF -P).
+    #[arg(long)]
+    account: Option<String>,
+    /// Partition (Slurm) or queue (LSF).
+    #[arg(long, visible_alias = "queue")]
+    partition: Option<String>,
+    /// Job name.
+    #[arg(long, default_value = "ptytile")]
+    job_name: String,
+    /// ptytile binary the ranks run [default: this binary's absolute path].
+    #[arg(long)]
+    binary: Option<String>,
+    /// Override any config key in the job: --set section.key=value (repeatable; checked now).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 /// Options of `ptytile simulate` (see `simulate::SimParams`).
@@ -208,10 +256,17 @@ pub fn main() -> i32 {
     init_tracing();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print(); // --help, --version
+            return 0;
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print(); // bare `ptytile`: the help, as a usage error
+            return EXIT_USAGE;
+        }
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
-            let _ = e.print();
-            return code;
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return EXIT_USAGE;
         }
     };
     match dispatch(cli) {
@@ -297,6 +352,28 @@ fn dispatch(cli: Cli) -> Result<i32> {
             crate::cli::outln!("{r}");
             Ok(0)
         }
+        Cmd::Jobs(a) => {
+            let cfg = Config::load(&a.config, &a.set)?;
+            let config = std::path::absolute(&a.config).map_err(|e| Error::new(a.config.display().to_string(), e.to_string()))?;
+            let binary = match a.binary {
+                Some(b) => b,
+                None => std::env::current_exe().map_err(|e| Error::new("--binary", format!("cannot find this binary ({e}); give --binary")))?.display().to_string(),
+            };
+            let spec = jobs::JobSpec {
+                gpus_per_node: a.gpus_per_node,
+                ranks_per_node: a.ranks_per_node,
+                cores_per_node: a.cores_per_node,
+                time: a.time,
+                account: a.account,
+                queue: a.partition,
+                job_name: a.job_name,
+                binary,
+                sets: a.set,
+                ..jobs::JobSpec::new(a.scheduler, a.gpu_vendor, a.nodes, &config.display().to_string())
+            };
+            crate::cli::out!("{}", jobs::script(&spec, &cfg)?);
+            Ok(0)
+        }
         Cmd::Simulate(a) => {
             let p = a.params()?;
             let sim = crate::simulate::simulate(&p)?;
@@ -306,6 +383,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// The first paragraph of a clap error (what is wrong, with the argument and its possible
+/// values) on one line; the usage and "try --help" paragraphs are dropped.
+fn one_line(text: &str) -> String {
+    let first = text.trim_start().split("\n\n").next().unwrap_or("");
+    first.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Quote a string as a TOML basic string.

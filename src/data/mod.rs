@@ -19,6 +19,17 @@ use std::path::PathBuf;
 /// Largest object side (px) ptytile accepts; larger means the positions are wrong (unit?).
 pub const MAX_OBJECT_SIDE: usize = 1 << 16;
 
+/// Largest detector side M (px) ptytile accepts: one complex M × M probe mode is 512 MiB at
+/// this size, and a larger side means a wrong dataset or a corrupt shape.
+pub const MAX_DETECTOR_SIDE: usize = 8192;
+
+/// Largest number of positions N ptytile accepts (the positions alone are 1 GiB of f64 at
+/// this count); more means a wrong dataset or a corrupt shape.
+pub const MAX_POSITIONS: usize = 1 << 26;
+
+/// Largest number of probe modes read from a file (`data.probe`, [K, M, M]).
+pub const MAX_PROBE_MODES: usize = 64;
+
 /// An opened dataset: metadata, geometry and positions of all N patterns; intensities are
 /// read on demand with [`DataFile::read_intensities`].
 #[derive(Debug)]
@@ -75,6 +86,12 @@ impl DataFile {
         }
         if n == 0 || m < 2 {
             return Err(Error::new(what(&cfg.data.intensities), format!("empty: shape {shape:?}")));
+        }
+        if m > MAX_DETECTOR_SIDE || n > MAX_POSITIONS {
+            return Err(Error::new(
+                what(&cfg.data.intensities),
+                format!("absurd shape {shape:?}: at most {MAX_POSITIONS} patterns of at most {MAX_DETECTOR_SIDE}x{MAX_DETECTOR_SIDE}"),
+            ));
         }
 
         // positions: [N, 2]
@@ -228,12 +245,26 @@ fn read_probe(file: &hdf5::File, pname: &str, path: &str, m: usize) -> Result<(u
     let s = ds.shape();
     let k = match s.as_slice() {
         [a, b] if *a == m && *b == m => 1,
-        [k, a, b] if *a == m && *b == m && *k > 0 => *k,
-        _ => return Err(Error::new(&what, format!("expected a complex probe [M, M] or [K, M, M] with M = {m}, got {s:?}"))),
+        [k, a, b] if *a == m && *b == m && *k > 0 && *k <= MAX_PROBE_MODES => *k,
+        _ => {
+            return Err(Error::new(
+                &what,
+                format!("expected a complex probe [M, M] or [K, M, M] with M = {m}, 1 <= K <= {MAX_PROBE_MODES}, got {s:?}"),
+            ))
+        }
     };
+    let t = ds.dtype().and_then(|t| t.to_descriptor()).ctx(|| what.clone())?;
+    let complex = matches!(&t, TypeDescriptor::Compound(c)
+        if c.fields.len() == 2 && c.fields.iter().all(|f| matches!(f.ty, TypeDescriptor::Float(_))));
+    if !complex {
+        return Err(Error::new(&what, format!("dtype {t} is not complex (a compound of two floats r, i)")));
+    }
     let p: Vec<Complex32> = ds.read_raw::<Complex32>().map_err(|e| Error::new(&what, format!("not a complex64 probe ({e})")))?;
     if p.iter().any(|z| !z.re.is_finite() || !z.im.is_finite()) {
         return Err(Error::new(&what, "probe contains non-finite values"));
+    }
+    if p.iter().all(|z| z.norm_sqr() == 0.0) {
+        return Err(Error::new(&what, "probe is zero everywhere"));
     }
     Ok((k, p))
 }
@@ -247,8 +278,10 @@ struct Meta<'a> {
 }
 
 impl Meta<'_> {
-    /// First attribute found among `names` (each with a scale factor), as f64 values.
-    fn find(&self, names: &[(&str, f64)]) -> Option<(String, Vec<f64>)> {
+    /// First attribute found among `names` (each with a scale factor), as f64 values, with
+    /// its source `file:place@name`. An attribute of that name that is not numeric is an
+    /// error naming it (not silently skipped).
+    fn find(&self, names: &[(&str, f64)]) -> Result<Option<(String, Vec<f64>)>> {
         let parent = match self.intensities.rfind('/') {
             Some(0) | None => "/".to_string(),
             Some(i) => self.intensities[..i].to_string(),
@@ -267,25 +300,53 @@ impl Meta<'_> {
             };
             for (name, scale) in names {
                 if let Some(a) = attr(name) {
-                    if let Ok(v) = a.read_raw::<f64>() {
-                        return Some((format!("{}:{}@{}", self.pname, place, name), v.iter().map(|x| x * scale).collect()));
+                    let src = format!("{}:{}@{}", self.pname, place, name);
+                    let numeric = matches!(
+                        a.dtype().and_then(|t| t.to_descriptor()),
+                        Ok(TypeDescriptor::Float(_) | TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_))
+                    );
+                    if !numeric {
+                        return Err(Error::new(src, "attribute is not a number"));
                     }
+                    let v = a.read_raw::<f64>().map_err(|e| Error::new(&src, e.to_string()))?;
+                    return Ok(Some((src, v.iter().map(|x| x * scale).collect())));
                 }
             }
         }
-        None
+        Ok(None)
     }
 }
 
-/// A scalar from the config, else from file attributes; errors name the config key.
-fn value(key: &str, cfg: Option<f64>, meta: &Meta, names: &[(&str, f64)], required: bool) -> Result<Option<f64>> {
+/// What a metadata value must be.
+#[derive(Clone, Copy, PartialEq)]
+enum Valid {
+    /// finite and > 0 (energy, samplings, distances)
+    Positive,
+    /// finite (defocus, aberrations)
+    Finite,
+}
+
+/// A scalar from the config, else from file attributes (`names`, each with the factor to
+/// SI units). Errors name the config key, or the attribute `file:place@name` it came from:
+/// missing when `required`, empty, anisotropic, or not `valid`.
+fn value(key: &str, cfg: Option<f64>, meta: &Meta, names: &[(&str, f64)], required: bool, valid: Valid) -> Result<Option<f64>> {
+    let check = |what: &str, x: f64| -> Result<f64> {
+        let ok = x.is_finite() && (valid == Valid::Finite || x > 0.0);
+        if !ok {
+            let want = if valid == Valid::Positive { "a positive number" } else { "a finite number" };
+            let subject = if what == key { String::new() } else { format!("{key} ") };
+            return Err(Error::new(what, format!("{subject}must be {want}, got {x}")));
+        }
+        Ok(x)
+    };
     if let Some(v) = cfg {
-        return Ok(Some(v));
+        return check(key, v).map(Some);
     }
-    match meta.find(names) {
+    match meta.find(names)? {
         Some((src, v)) => {
             let x = *v.first().ok_or_else(|| Error::new(&src, "empty attribute"))?;
-            if v.iter().any(|y| (y - x).abs() > 1e-9 * x.abs().max(1e-300)) {
+            check(&src, x)?;
+            if v.iter().any(|y| !((y - x).abs() <= 1e-9 * x.abs().max(1e-300))) {
                 return Err(Error::new(&src, format!("anisotropic values {v:?} are not supported for {key}")));
             }
             tracing::info!("{key} = {x} (from {src})");
@@ -297,29 +358,28 @@ fn value(key: &str, cfg: Option<f64>, meta: &Meta, names: &[(&str, f64)], requir
 }
 
 fn experiment(cfg: &Config, meta: &Meta, m: usize) -> Result<Experiment> {
+    use Valid::{Finite, Positive};
     let e = &cfg.experiment;
-    let pos = |key: &str, v: Option<f64>| -> Result<Option<f64>> {
-        crate::config::check_positive(key, v)?;
-        Ok(v)
-    };
-    let energy = pos(
+    let energy = value(
         "experiment.energy_ev",
-        value("experiment.energy_ev", e.energy_ev, meta, &[("energy_ev", 1.0), ("energy_eV", 1.0), ("energy", 1.0)], true)?,
+        e.energy_ev,
+        meta,
+        &[("energy_ev", 1.0), ("energy_eV", 1.0), ("energy", 1.0)],
+        true,
+        Positive,
     )?
     .unwrap_or_default();
     let wavelength = match e.beam {
         Beam::Electron => physics::electron_wavelength_m(energy),
         Beam::Xray => physics::xray_wavelength_m(energy),
     };
-    let alpha = pos(
+    let alpha = value(
         "experiment.convergence_semiangle_mrad",
-        value(
-            "experiment.convergence_semiangle_mrad",
-            e.convergence_semiangle_mrad,
-            meta,
-            &[("convergence_semiangle_mrad", 1.0), ("semiangle_mrad", 1.0)],
-            false,
-        )?,
+        e.convergence_semiangle_mrad,
+        meta,
+        &[("convergence_semiangle_mrad", 1.0), ("semiangle_mrad", 1.0)],
+        false,
+        Positive,
     )?;
     let defocus = value(
         "experiment.defocus_m",
@@ -327,35 +387,42 @@ fn experiment(cfg: &Config, meta: &Meta, m: usize) -> Result<Experiment> {
         meta,
         &[("defocus_m", 1.0), ("defocus_A", 1e-10), ("defocus_A_abtem", 1e-10), ("C10_A", -1e-10), ("C10_m", -1.0)],
         false,
+        Finite,
     )?
     .unwrap_or(0.0);
-    let c30 = value("experiment.spherical_aberration_m", e.spherical_aberration_m, meta, &[("C30_m", 1.0), ("Cs_m", 1.0), ("C30_A", 1e-10)], false)?
-        .unwrap_or(0.0);
+    let c30 = value(
+        "experiment.spherical_aberration_m",
+        e.spherical_aberration_m,
+        meta,
+        &[("C30_m", 1.0), ("Cs_m", 1.0), ("C30_A", 1e-10)],
+        false,
+        Finite,
+    )?
+    .unwrap_or(0.0);
     let (dtheta, pixel) = match e.beam {
         Beam::Electron => {
-            let mrad = pos(
-                "experiment.angular_sampling_mrad",
-                value("experiment.angular_sampling_mrad", e.angular_sampling_mrad, meta, &[("angular_sampling_mrad", 1.0)], true)?,
-            )?
-            .unwrap_or_default();
+            let mrad = value("experiment.angular_sampling_mrad", e.angular_sampling_mrad, meta, &[("angular_sampling_mrad", 1.0)], true, Positive)?
+                .unwrap_or_default();
             let dt = mrad * 1e-3;
             (dt, physics::pixel_size_from_angular_m(wavelength, m, dt))
         }
         Beam::Xray => {
-            let z = pos(
+            let z = value(
                 "experiment.detector_distance_m",
-                value("experiment.detector_distance_m", e.detector_distance_m, meta, &[("detector_distance_m", 1.0), ("distance", 1.0)], true)?,
+                e.detector_distance_m,
+                meta,
+                &[("detector_distance_m", 1.0), ("distance", 1.0)],
+                true,
+                Positive,
             )?
             .unwrap_or_default();
-            let p = pos(
+            let p = value(
                 "experiment.detector_pixel_size_m",
-                value(
-                    "experiment.detector_pixel_size_m",
-                    e.detector_pixel_size_m,
-                    meta,
-                    &[("detector_pixel_size_m", 1.0), ("x_pixel_size", 1.0)],
-                    true,
-                )?,
+                e.detector_pixel_size_m,
+                meta,
+                &[("detector_pixel_size_m", 1.0), ("x_pixel_size", 1.0)],
+                true,
+                Positive,
             )?
             .unwrap_or_default();
             (p / z, physics::pixel_size_from_detector_m(wavelength, m, z, p))
