@@ -29,6 +29,7 @@ pub struct ReconResult {
 }
 
 pub mod hdf5;
+pub mod initial;
 pub mod png;
 
 use crate::error::{Context, Error, Result};
