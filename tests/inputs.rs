@@ -169,10 +169,19 @@ fn write_cxi(b: &Block, path: &Path, energy_in_joule: bool) -> String {
 }
 
 fn cxi_reconstruction(energy_in_joule: bool, name: &str) {
+    cxi_run(energy_in_joule, name, true, 0.95);
+}
+
+/// Reconstruct a CXI file built from the block; `probe_keys`: give the aperture and defocus
+/// in the config, else only the defocus (the pupil then comes from the mean diffraction
+/// pattern). Asserts the phase correlation exceeds `threshold`.
+fn cxi_run(energy_in_joule: bool, name: &str, probe_keys: bool, threshold: f64) {
     let Some(b) = block() else { return };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(name);
     let exp = write_cxi(&b, &file, energy_in_joule);
+    // without the aperture: only the defocus (the pupil then comes from the mean pattern)
+    let exp = if probe_keys { exp } else { exp.lines().filter(|l| !l.starts_with("convergence")).map(|l| format!("{l}\n")).collect() };
     let cfg = load(dir.path(), &format!("[data]\nfile = {name:?}\n{exp}[output]\npath = \"r.h5\"\n"), 15);
     let df = DataFile::open(&cfg).unwrap();
     assert_eq!(df.format, ptytile::config::DataFormat::Cxi);
@@ -189,12 +198,20 @@ fn cxi_reconstruction(energy_in_joule: bool, name: &str) {
     }
     let r = run(&cfg);
     let corr = correlation(&r, &b.truth);
-    assert!(corr > 0.95, "phase correlation {corr}");
+    assert!(corr > threshold, "phase correlation {corr}");
 }
 
 #[test]
 fn cxi_energy_in_joule_with_mask() {
     cxi_reconstruction(true, "scan.cxi");
+}
+
+/// No aperture in the config: the first probe's pupil is √ of the mean pattern (with the
+/// defocus phase); 0.938 measured (0.978 with the aperture). With a flat phase (no defocus
+/// either) 15 iterations reach only 0.13 on these strongly defocused data.
+#[test]
+fn cxi_probe_from_the_mean_pattern() {
+    cxi_run(true, "bare.cxi", false, 0.9);
 }
 
 /// Wavelength in m, detector axes from basis_vectors, detected by /cxi_version in a .h5 file.

@@ -69,7 +69,8 @@ pub fn rank_bytes(cfg: &Config, df: &DataFile, rp: &RankPlan) -> (u64, u64) {
 ///
 /// Probe: from `data.initial` (a previous result, which also gives the object, placed by
 /// `output::initial`; its power kept), else `data.probe` if given (its total power rescaled to the mean counts per pattern;
-/// extra modes added when K exceeds the file's), else formed from `[experiment]`; the mean
+/// extra modes added when K exceeds the file's), else formed from `[experiment]` (aperture
+/// and aberrations; without an aperture, √ of the mean diffraction pattern as the pupil); the mean
 /// is all-reduced so that every rank starts from the same probe. Object: from `data.initial`,
 /// else 1 on the field. Bad detector pixels (a CXI mask) get likelihood weight 0.
 pub fn setup(cfg: &Config, df: &DataFile, rp: &RankPlan, comm: &mut dyn Comm) -> Result<(Problem<f32>, State<f32>)> {
@@ -103,6 +104,16 @@ pub fn setup(cfg: &Config, df: &DataFile, rp: &RankPlan, comm: &mut dyn Comm) ->
             p.truncate(k * mm);
             probe::normalise(&mut p, power);
             p
+        }
+        None if df.experiment.convergence_semiangle_rad.is_none() => {
+            // no aperture known (X-ray data): the mean diffraction pattern of all ranks is the pupil
+            let mut mean = vec![0f64; mm];
+            for pat in intensities.chunks(mm) {
+                mean.iter_mut().zip(pat).for_each(|(a, b)| *a += *b as f64);
+            }
+            comm.allreduce_sum(&mut mean)?;
+            mean.iter_mut().for_each(|v| *v /= sums[1].max(1.0));
+            probe::initial_modes(&probe::probe_from_mean_pattern(&df.experiment, &mean, mean_counts)?, m, k)
         }
         None => probe::initial_modes(&probe::form_probe(&df.experiment, mean_counts)?, m, k),
     };
