@@ -55,16 +55,41 @@ pub enum NoiseModel {
     Poisson,
 }
 
+/// Layout of the data file (docs/format.md, "Input datasets").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// `cxi` for a `.cxi` file or an HDF5 file with a `/cxi_version` dataset, `stem4d` for a
+    /// `.npy` file or a rank-4 `intensities` dataset, else `hdf5`.
+    #[default]
+    Auto,
+    /// Intensities [N, M, M] and positions [N, 2] at the paths given in `[data]`.
+    Hdf5,
+    /// A CXI file (Coherent X-ray Imaging format): data, mask, geometry and translations
+    /// read from their CXI places; X-ray beam.
+    Cxi,
+    /// A raw 4D-STEM array [Sy, Sx, Ky, Kx] (HDF5 dataset `intensities`, or a `.npy` file)
+    /// on a raster scan given by `scan_step_*` and `scan_rotation_deg`.
+    Stem4d,
+}
+
 /// `[data]`: where the measurements are.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// HDF5 file with intensities and positions. Relative paths are relative to the
-    /// config file's directory.
+    /// Data file: HDF5 (`hdf5`, `cxi`, `stem4d`) or `.npy` (`stem4d`). Relative paths are
+    /// relative to the config file's directory.
     pub file: PathBuf,
-    /// HDF5 path of the intensities, shape [N, M, M] (positions, ky, kx), float or integer counts.
+    /// Layout of `file`.
+    #[serde(default)]
+    pub format: DataFormat,
+    /// HDF5 path of the intensities: [N, M, M] (positions, ky, kx) for `hdf5`, [Sy, Sx, Ky, Kx]
+    /// for `stem4d`; float or integer counts. Optional for `cxi` (overrides the CXI places)
+    /// and for `.npy` files.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub intensities: String,
-    /// HDF5 path of the scan positions, shape [N, 2], (y, x) probe centres.
+    /// HDF5 path of the scan positions, shape [N, 2], (y, x) probe centres (`hdf5` only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub positions: String,
     /// Unit of the positions.
     #[serde(default)]
@@ -76,6 +101,40 @@ pub struct DataConfig {
     /// centred at [M/2, M/2]. Without it the probe is formed from `[experiment]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<String>,
+    /// `stem4d`: scan step in m (the same along both scan axes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_step_m: Option<f64>,
+    /// `stem4d`: scan step in Å (alternative to `scan_step_m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_step_angstrom: Option<f64>,
+    /// `stem4d`: rotation θ of the scan grid relative to the detector, in degrees: scan
+    /// point (iy, ix) sits at (y, x) = s·(ix sin θ + iy cos θ, ix cos θ − iy sin θ) in the
+    /// frame of the diffraction patterns' rows and columns (docs/format.md).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scan_rotation_deg: f64,
+    /// A previous ptytile result file whose object and probe start this reconstruction
+    /// (the object placed on the new object grid by matching scan positions). Relative
+    /// paths are relative to the config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<PathBuf>,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// Propagation regime of the experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Geometry {
+    /// Far field, unless a CXI file's patterns show the near-field signature (a shadow
+    /// image of the illumination wider than the far-field window, `data::cxi`).
+    #[default]
+    Auto,
+    /// Far field (Fraunhofer): skip the near-field check.
+    FarField,
+    /// Near field (Fresnel): refused, ptytile has no near-field propagator yet.
+    NearField,
 }
 
 /// `[experiment]`: the microscope or beamline. Missing keys fall back to attributes of
@@ -100,6 +159,13 @@ pub struct ExperimentConfig {
     pub detector_distance_m: Option<f64>,
     /// Detector pixel size in m (X-ray).
     pub detector_pixel_size_m: Option<f64>,
+    /// auto, far_field or near_field (see [`Geometry`]).
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub geometry: Geometry,
+}
+
+fn is_auto(g: &Geometry) -> bool {
+    *g == Geometry::Auto
 }
 
 /// `[reconstruction]`: the solver.
@@ -253,6 +319,12 @@ impl Config {
                 if candidate.exists() || !cfg.data.file.exists() {
                     cfg.data.file = candidate;
                 }
+                if let Some(init) = cfg.data.initial.as_mut().filter(|p| p.is_relative()) {
+                    let candidate = dir.join(&*init);
+                    if candidate.exists() || !init.exists() {
+                        *init = candidate;
+                    }
+                }
             }
         }
         let out = &cfg.output.path;
@@ -331,8 +403,16 @@ impl Config {
             ("experiment.convergence_semiangle_mrad", e.convergence_semiangle_mrad),
             ("experiment.detector_distance_m", e.detector_distance_m),
             ("experiment.detector_pixel_size_m", e.detector_pixel_size_m),
+            ("data.scan_step_m", self.data.scan_step_m),
+            ("data.scan_step_angstrom", self.data.scan_step_angstrom),
         ] {
             check_positive(key, v)?;
+        }
+        if !self.data.scan_rotation_deg.is_finite() {
+            return Err(Error::new("data.scan_rotation_deg", "must be a finite number"));
+        }
+        if self.data.scan_step_m.is_some() && self.data.scan_step_angstrom.is_some() {
+            return Err(Error::new("data.scan_step_angstrom", "give either data.scan_step_m or data.scan_step_angstrom, not both"));
         }
         for (key, v) in [("experiment.defocus_m", e.defocus_m), ("experiment.spherical_aberration_m", e.spherical_aberration_m)] {
             if let Some(x) = v {

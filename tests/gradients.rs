@@ -54,7 +54,7 @@ fn case_with(noise: NoiseModel, modes: usize, raster: bool) -> Case {
             PositionGeom::new(j, c, M)
         })
         .collect();
-    let k = Kernel { fft: Fft2::new(M), modes, noise, eps: 1e-9 };
+    let k = Kernel { fft: Fft2::new(M), modes, noise, eps: 1e-9, weights: None };
     // "measurements": the model of a perturbed object, scaled, plus deterministic noise
     let mut truth = obj.clone();
     truth.data.iter_mut().for_each(|z| *z *= C::from_polar(1.0 + 0.1 * r.next(), 0.3 * r.next()));

@@ -28,6 +28,9 @@ pub struct Kernel<T: Real> {
     pub noise: NoiseModel,
     /// Poisson floor ε (counts), see `physics::model::residual`.
     pub eps: T,
+    /// Per-pixel likelihood weights [M(kx), M(ky)] in the kernel layout (1 = measured,
+    /// 0 = bad detector pixel, excluded from loss and gradients); `None` = all 1.
+    pub weights: Option<Vec<f32>>,
 }
 
 /// Sums of per-position contributions (docs/algorithm.md §4). All sums over positions,
@@ -117,6 +120,7 @@ pub fn gradients<T: Real>(
     let mm = m * m;
     assert_eq!(meas.len(), pos.len() * mm, "intensities do not match positions");
     assert_eq!(probe_hat.len(), k.modes * mm, "probe has the wrong size");
+    assert!(k.weights.as_ref().is_none_or(|g| g.len() == mm), "weights have the wrong size");
     let n = pos.len();
     let probe_dims = if want_probe { Some((k.modes, mm)) } else { None };
     if n == 0 {
@@ -157,42 +161,51 @@ pub fn add_field<V: Copy + std::ops::Add<Output = V>>(dst: &mut Field<V>, src: &
 /// the pattern's loss (see `physics::model::residual`, which this must match). The loss is
 /// summed in 8 independent lanes so the loop vectorises; the lane order is fixed, so the
 /// result is deterministic.
+///
+/// With `MASKED`, each pixel's loss and weight are multiplied by `g` (0 or 1 per pixel,
+/// [`Kernel::weights`]), so bad pixels drop out of the likelihood; without it `g` is unused
+/// and the loop is the unweighted one.
 #[inline(always)]
-fn residuals<T: Real>(noise: NoiseModel, meas: &[f32], im: &mut [T], wt: &mut [T], eps: T, isc: T, scale: T) -> f64 {
+#[allow(clippy::too_many_arguments)]
+fn residuals<T: Real, const MASKED: bool>(noise: NoiseModel, meas: &[f32], g: &[f32], im: &mut [T], wt: &mut [T], eps: T, isc: T, scale: T) -> f64 {
     const L: usize = 8;
+    let gw = |i: usize| if MASKED { T::of32(g[i]) } else { T::one() };
     let mut lanes = [T::zero(); L];
     let n = meas.len();
     assert!(im.len() == n && wt.len() == n && n % L == 0, "pattern size must be a multiple of {L}");
     match noise {
         NoiseModel::Poisson => {
-            for ((w, m), i) in wt.chunks_exact_mut(L).zip(meas.chunks_exact(L)).zip(im.chunks_exact_mut(L)) {
+            for (c, ((w, m), i)) in wt.chunks_exact_mut(L).zip(meas.chunks_exact(L)).zip(im.chunks_exact_mut(L)).enumerate() {
                 for q in 0..L {
                     let iv = i[q] * isc;
                     i[q] = iv;
-                    w[q] = (T::one() - T::of32(m[q]) / (iv + eps)) * scale;
-                    lanes[q] = lanes[q] + iv;
+                    let gq = gw(c * L + q);
+                    w[q] = (T::one() - T::of32(m[q]) / (iv + eps)) * scale * gq;
+                    lanes[q] = lanes[q] + iv * gq;
                 }
             }
             // −Î − Î ln((I + ε)/Î) only where Î > 0 (most low-dose pixels are 0)
-            for (m, i) in meas.chunks_exact(L).zip(im.chunks_exact(L)) {
+            for (c, (m, i)) in meas.chunks_exact(L).zip(im.chunks_exact(L)).enumerate() {
                 for q in 0..L {
                     if m[q] > 0.0 {
                         let mv = T::of32(m[q]);
-                        lanes[q] = lanes[q] - mv - mv * ((i[q] + eps) / mv).ln();
+                        let lq = mv * ((i[q] + eps) / mv).ln();
+                        lanes[q] = if MASKED { lanes[q] - (mv + lq) * gw(c * L + q) } else { lanes[q] - mv - lq };
                     }
                 }
             }
         }
         NoiseModel::Amplitude => {
-            for ((w, m), i) in wt.chunks_exact_mut(L).zip(meas.chunks_exact(L)).zip(im.chunks_exact_mut(L)) {
+            for (c, ((w, m), i)) in wt.chunks_exact_mut(L).zip(meas.chunks_exact(L)).zip(im.chunks_exact_mut(L)).enumerate() {
                 for q in 0..L {
                     let iv = i[q] * isc;
                     i[q] = iv;
                     let a = iv.sqrt();
                     let sm = T::of32(m[q]).sqrt();
                     let d = a - sm;
-                    lanes[q] = lanes[q] + d * d;
-                    w[q] = if a > T::zero() { (T::one() - sm / a) * scale } else { T::zero() };
+                    let gq = gw(c * L + q);
+                    lanes[q] = lanes[q] + d * d * gq;
+                    w[q] = if a > T::zero() { (T::one() - sm / a) * scale * gq } else { T::zero() };
                 }
             }
         }
@@ -262,7 +275,11 @@ fn slab<T: Real>(
             forward(k, obj, probe_hat, if shared { Some(&cy) } else { None }, p, &mut w);
             // model intensities (scaled by 1/M² in `residuals`) and weights w/M², so that a
             // raw inverse FFT of w Ψ_raw gives the unitary b
-            s.loss += residuals(k.noise, &meas[j * mm..(j + 1) * mm], &mut w.im, &mut w.wt, k.eps, sc2, sc2);
+            let mj = &meas[j * mm..(j + 1) * mm];
+            s.loss += match &k.weights {
+                None => residuals::<T, false>(k.noise, mj, &[], &mut w.im, &mut w.wt, k.eps, sc2, sc2),
+                Some(g) => residuals::<T, true>(k.noise, mj, g, &mut w.im, &mut w.wt, k.eps, sc2, sc2),
+            };
             // adjoint: b = F⁻¹(w Ψ); g_O += P* b, D_O += |P|²; g_P̂ += conj(ramp) F(O* b)
             let (gy, gx) = ((p.window[0] - y0) as usize, (p.window[1] - x0) as usize);
             for mode in 0..km {

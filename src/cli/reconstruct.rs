@@ -79,9 +79,12 @@ pub fn rank_bytes(cfg: &Config, df: &DataFile, rp: &RankPlan) -> (u64, u64) {
 
 /// Build one rank's problem and initial state.
 ///
-/// Probe: `data.probe` if given (its total power rescaled to the mean counts per pattern;
-/// extra modes added when K exceeds the file's), else formed from `[experiment]`; the mean
-/// is all-reduced so that every rank starts from the same probe. Object: 1 on the field.
+/// Probe: from `data.initial` (a previous result, which also gives the object, placed by
+/// `output::initial`; its power kept), else `data.probe` if given (its total power rescaled to the mean counts per pattern;
+/// extra modes added when K exceeds the file's), else formed from `[experiment]` (aperture
+/// and aberrations; without an aperture, √ of the mean diffraction pattern as the pupil); the mean
+/// is all-reduced so that every rank starts from the same probe. Object: from `data.initial`,
+/// else 1 on the field. Bad detector pixels (a CXI mask) get likelihood weight 0.
 pub fn setup(cfg: &Config, df: &DataFile, rp: &RankPlan, comm: &mut dyn Comm) -> Result<(Problem<f32>, State<f32>)> {
     let m = df.m;
     let mm = m * m;
@@ -97,25 +100,43 @@ pub fn setup(cfg: &Config, df: &DataFile, rp: &RankPlan, comm: &mut dyn Comm) ->
     comm.allreduce_sum(&mut sums)?;
     let mean_counts = sums[0] / sums[1].max(1.0);
     if !(mean_counts > 0.0) {
-        return Err(Error::new(format!("{}:{}", df.path.display(), cfg.data.intensities), "all intensities are zero"));
+        return Err(Error::new(&df.intensities_what, "all intensities are zero"));
     }
     let k = cfg.reconstruction.probe_modes;
-    let probe = match &df.initial_probe {
+    let initial = cfg.data.initial.as_deref().map(|p| crate::output::initial::load(p, df)).transpose()?;
+    let probe = match initial.as_ref().map(|i| &i.probe).or(df.initial_probe.as_ref()) {
         Some((kf, p)) => {
+            // a previous result's probe is already in counts: keep its power
+            let power = if initial.is_some() { p.iter().map(|z| z.norm_sqr() as f64).sum() } else { mean_counts };
             let mut p = p.clone();
             if *kf < k {
                 let extra = probe::initial_modes(&p[..mm], m, k - kf + 1);
                 p.extend_from_slice(&extra[mm..]);
             }
             p.truncate(k * mm);
-            probe::normalise(&mut p, mean_counts);
+            probe::normalise(&mut p, power);
             p
+        }
+        None if df.experiment.convergence_semiangle_rad.is_none() => {
+            // no aperture known (X-ray data): the mean diffraction pattern of all ranks is the pupil
+            let mut mean = vec![0f64; mm];
+            for pat in intensities.chunks(mm) {
+                mean.iter_mut().zip(pat).for_each(|(a, b)| *a += *b as f64);
+            }
+            comm.allreduce_sum(&mut mean)?;
+            mean.iter_mut().for_each(|v| *v /= sums[1].max(1.0));
+            probe::initial_modes(&probe::probe_from_mean_pattern(&df.experiment, &mean, mean_counts)?, m, k)
         }
         None => probe::initial_modes(&probe::form_probe(&df.experiment, mean_counts)?, m, k),
     };
     let positions: Vec<PositionGeom<f32>> = rp.positions.iter().map(|&j| PositionGeom::new(j, df.centres[j], m)).collect();
-    let kernel = Kernel { fft: Fft2::new(m), modes: k, noise: cfg.reconstruction.noise_model, eps: (1e-6 * mean_counts / mm as f64).max(1e-12) as f32 };
-    let state = State { object: Field::filled(rp.field.origin(), rp.field.shape(), Complex32::new(1.0, 0.0)), probe };
+    let eps = (1e-6 * mean_counts / mm as f64).max(1e-12) as f32;
+    let kernel = Kernel { fft: Fft2::new(m), modes: k, noise: cfg.reconstruction.noise_model, eps, weights: df.kernel_weights() };
+    let object = match &initial {
+        Some(i) => i.object_on(rp.field.origin(), rp.field.shape()),
+        None => Field::filled(rp.field.origin(), rp.field.shape(), Complex32::new(1.0, 0.0)),
+    };
+    let state = State { object, probe };
     Ok((Problem { kernel, positions, n_halo: rp.n_halo_positions, intensities }, state))
 }
 

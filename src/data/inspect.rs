@@ -1,4 +1,5 @@
-//! `ptytile inspect FILE`: what an HDF5 file holds and how ptytile would read it.
+//! `ptytile inspect FILE`: what an HDF5, CXI or `.npy` file holds and how ptytile would
+//! read it.
 
 use crate::error::{Error, Result};
 use hdf5::types::TypeDescriptor;
@@ -18,13 +19,34 @@ pub fn inspect(path: &Path) -> Result<String> {
     if !path.exists() {
         return Err(Error::new(&what, "no such file"));
     }
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
+        return Ok(npy_report(path));
+    }
     let f = hdf5::File::open(path).map_err(|e| Error::new(&what, format!("cannot open as HDF5 ({e})")))?;
     let mut out = String::new();
     let mut datasets: Vec<(String, Vec<usize>, String)> = Vec::new();
     let _ = writeln!(out, "{what}");
     walk(&f, "/", 0, &mut out, &mut datasets);
-    let _ = writeln!(out, "\nLooks like: {}", guess(&datasets));
+    let looks = if super::resolve_format(crate::config::DataFormat::Auto, path, Some(&f), "") == crate::config::DataFormat::Cxi {
+        super::cxi::explain(path)
+    } else {
+        guess(&datasets)
+    };
+    let _ = writeln!(out, "\nLooks like: {looks}");
     Ok(out)
+}
+
+/// What a `.npy` file holds and the config that reads it as a 4D-STEM array.
+fn npy_report(path: &Path) -> String {
+    let what = path.display().to_string();
+    match super::npy::NpyArray::open(path) {
+        Err(e) => format!("{what}\n\nLooks like: a file ptytile cannot read: {e}\n"),
+        Ok(a) if a.shape.len() == 4 => format!(
+            "{what}  {:?} {}\n\nLooks like: a raw 4D-STEM array: a {}x{} scan of {}x{} diffraction patterns [Sy, Sx, Ky, Kx]. Config:\n  [data]\n  file = {what:?}\n  scan_step_angstrom = ...   # or scan_step_m\n  scan_rotation_deg = 0.0\n",
+            a.shape, a.dtype, a.shape[0], a.shape[1], a.shape[2], a.shape[3]
+        ),
+        Ok(a) => format!("{what}  {:?} {}\n\nLooks like: a NumPy array, not a [Sy, Sx, Ky, Kx] 4D-STEM array\n", a.shape, a.dtype),
+    }
 }
 
 fn dtype_name(t: &TypeDescriptor) -> String {
@@ -92,7 +114,13 @@ fn guess(ds: &[(String, Vec<usize>, String)]) -> String {
             );
         }
     }
-    "unknown to ptytile (no [N, M, M] intensities with [N, 2] positions, no result datasets)".into()
+    if let Some((p, s, t)) = ds.iter().find(|d| d.1.len() == 4 && d.1[2] == d.1[3] && real(&d.2)) {
+        return format!(
+            "a raw 4D-STEM array: a {}x{} scan of {}x{} diffraction patterns ({t}). Config:\n  [data]\n  intensities = \"{p}\"\n  scan_step_angstrom = ...   # or scan_step_m\n  scan_rotation_deg = 0.0",
+            s[0], s[1], s[2], s[3]
+        );
+    }
+    "unknown to ptytile (no [N, M, M] intensities with [N, 2] positions, no [Sy, Sx, K, K] array, no result datasets)".into()
 }
 
 #[cfg(test)]

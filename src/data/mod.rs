@@ -7,14 +7,17 @@
 //! grid [Ny, Nx] = [⌊max c_y⌋ + M/2, ⌊max c_x⌋ + M/2]; intensities are stored per position
 //! in the transposed, corner-centred layout `[kx][ky]` of `physics::fft`.
 
+pub mod cxi;
 pub mod inspect;
+pub mod npy;
+pub mod stem4d;
 
-use crate::config::{Beam, Config, PositionsUnit, ZeroFrequency};
+use crate::config::{Beam, Config, DataFormat, ExperimentConfig, Geometry, PositionsUnit, ZeroFrequency};
 use crate::error::{Context, Error, Result};
 use crate::physics::{self, Experiment};
 use hdf5::types::{FloatSize, TypeDescriptor};
 use num_complex::Complex32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Largest object side (px) ptytile accepts; larger means the positions are wrong (unit?).
 pub const MAX_OBJECT_SIDE: usize = 1 << 16;
@@ -30,131 +33,125 @@ pub const MAX_POSITIONS: usize = 1 << 26;
 /// Largest number of probe modes read from a file (`data.probe`, [K, M, M]).
 pub const MAX_PROBE_MODES: usize = 64;
 
+/// Where the diffraction patterns are read from.
+#[derive(Debug)]
+enum Source {
+    /// HDF5 dataset [N, M, M] (formats `hdf5`, `cxi`).
+    Stack { file: hdf5::File, dataset: String },
+    /// HDF5 dataset [Sy, Sx, M, M], pattern j = (j / Sx, j mod Sx) (format `stem4d`).
+    Scan { file: hdf5::File, dataset: String, sx: usize },
+    /// `.npy` array [Sy, Sx, M, M] (format `stem4d`).
+    Npy(npy::NpyArray),
+}
+
 /// An opened dataset: metadata, geometry and positions of all N patterns; intensities are
 /// read on demand with [`DataFile::read_intensities`].
 #[derive(Debug)]
 pub struct DataFile {
-    /// The HDF5 file.
+    /// The data file.
     pub path: PathBuf,
-    file: hdf5::File,
-    intensities: String,
+    source: Source,
+    /// `file:dataset` of the intensities, for messages.
+    pub intensities_what: String,
     zero_frequency: ZeroFrequency,
+    /// The resolved format.
+    pub format: DataFormat,
     /// Physics of the experiment (SI units).
     pub experiment: Experiment,
     /// Number of positions N in the file.
     pub n: usize,
     /// Detector side M (px).
     pub m: usize,
+    /// Probe positions (y, x) in m before the shift to the object grid (`None` when the
+    /// positions were given in pixels), [N].
+    pub positions_m: Option<Vec<[f64; 2]>>,
     /// Probe centres (y, x), global object pixels, [N].
     pub centres: Vec<[f64; 2]>,
     /// Object grid (Ny, Nx) in pixels.
     pub object_shape: [usize; 2],
     /// Initial probe from the file, [K', M, M], if `data.probe` was given.
     pub initial_probe: Option<(usize, Vec<Complex32>)>,
+    /// Bad detector pixels, [M, M] (ky, kx) as stored (true = excluded from the likelihood),
+    /// from a CXI mask; `None` when every pixel counts.
+    pub bad_pixels: Option<Vec<bool>>,
+    /// What the CXI reader found (format `cxi`).
+    pub cxi: Option<cxi::Cxi>,
+}
+
+/// The format `cfg` names, or the one `path` looks like (`.cxi` or a `/cxi_version` dataset →
+/// CXI; `.npy` or a rank-4 `data.intensities` → 4D-STEM; else the plain HDF5 layout).
+pub fn resolve_format(format: DataFormat, path: &Path, file: Option<&hdf5::File>, intensities: &str) -> DataFormat {
+    if format != DataFormat::Auto {
+        return format;
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).unwrap_or_default();
+    match (ext.as_str(), file) {
+        ("cxi", _) => DataFormat::Cxi,
+        ("npy", _) => DataFormat::Stem4d,
+        (_, Some(f)) if f.link_exists("cxi_version") => DataFormat::Cxi,
+        (_, Some(f)) if !intensities.is_empty() && f.link_exists(intensities) && f.dataset(intensities).map(|d| d.ndim() == 4).unwrap_or(false) => {
+            DataFormat::Stem4d
+        }
+        _ => DataFormat::Hdf5,
+    }
 }
 
 impl DataFile {
-    /// Open and validate `cfg.data`: the file, the intensities' and positions' shapes and
-    /// dtypes, the experiment metadata (config keys, else file attributes), the field of view.
+    /// Open and validate `cfg.data` in its format (`data.format`, auto-detected by default):
+    /// the file, the intensities' and positions' shapes and dtypes, the experiment metadata
+    /// (config keys, else the file's), the field of view; for CXI files also the detector
+    /// mask and the far-field check (`data::cxi`).
     ///
     /// Errors, each naming the file, dataset or key: missing/unreadable file, missing
     /// dataset, wrong rank/shape/dtype, non-square or empty patterns, count mismatch between
     /// intensities and positions, non-finite positions, a field of view larger than
-    /// [`MAX_OBJECT_SIDE`], missing or absurd metadata.
+    /// [`MAX_OBJECT_SIDE`], missing or absurd metadata, near-field data.
     pub fn open(cfg: &Config) -> Result<DataFile> {
         let path = cfg.data.file.clone();
         let pname = path.display().to_string();
         if path.is_dir() {
-            return Err(Error::new(&pname, "is a directory, not an HDF5 file"));
+            return Err(Error::new(&pname, "is a directory, not a data file"));
         }
         if !path.exists() {
             return Err(Error::new(&pname, "no such file"));
         }
-        let file = hdf5::File::open(&path).map_err(|e| Error::new(&pname, format!("cannot open as HDF5 ({e})")))?;
-        let what = |d: &str| format!("{pname}:{d}");
-
-        // intensities: [N, M, M], float or integer
-        let di = dataset(&file, &pname, &cfg.data.intensities)?;
-        let shape = di.shape();
-        if shape.len() != 3 {
-            return Err(Error::new(what(&cfg.data.intensities), format!("expected rank 3 [N, M, M], got shape {shape:?}")));
-        }
-        check_numeric(&di, &what(&cfg.data.intensities))?;
-        let (n, m) = (shape[0], shape[1]);
-        if shape[1] != shape[2] {
-            return Err(Error::new(what(&cfg.data.intensities), format!("patterns must be square, got {}x{}", shape[1], shape[2])));
-        }
-        if n == 0 || m < 2 {
-            return Err(Error::new(what(&cfg.data.intensities), format!("empty: shape {shape:?}")));
-        }
-        if m > MAX_DETECTOR_SIDE || n > MAX_POSITIONS {
+        if cfg.experiment.geometry == Geometry::NearField {
             return Err(Error::new(
-                what(&cfg.data.intensities),
-                format!("absurd shape {shape:?}: at most {MAX_POSITIONS} patterns of at most {MAX_DETECTOR_SIDE}x{MAX_DETECTOR_SIDE}"),
+                &pname,
+                "experiment.geometry = near_field: near-field ptychography is not supported (ptytile has only a far-field propagator)",
             ));
         }
-
-        // positions: [N, 2]
-        let dp = dataset(&file, &pname, &cfg.data.positions)?;
-        let ps = dp.shape();
-        if ps.len() != 2 || ps[1] != 2 {
-            return Err(Error::new(what(&cfg.data.positions), format!("expected shape [N, 2] (y, x), got {ps:?}")));
-        }
-        check_numeric(&dp, &what(&cfg.data.positions))?;
-        if ps[0] != n {
+        let is_npy = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+        let file = if is_npy {
+            None
+        } else {
+            Some(hdf5::File::open(&path).map_err(|e| Error::new(&pname, format!("cannot open as HDF5 ({e})")))?)
+        };
+        let format = resolve_format(cfg.data.format, &path, file.as_ref(), &cfg.data.intensities);
+        let df = match (format, file) {
+            (DataFormat::Stem4d, f) => stem4d::open(cfg, &path, f)?,
+            (DataFormat::Cxi, Some(f)) => cxi::open(cfg, &path, f)?,
+            (_, Some(f)) => open_hdf5(cfg, &path, f)?,
+            (_, None) => return Err(Error::new(&pname, "a .npy file holds a raw 4D-STEM array: use data.format = \"stem4d\"")),
+        };
+        if df.m > MAX_DETECTOR_SIDE || df.n > MAX_POSITIONS {
             return Err(Error::new(
-                what(&cfg.data.positions),
-                format!("{} positions but {} diffraction patterns in {}", ps[0], n, cfg.data.intensities),
+                &df.intensities_what,
+                format!("absurd size: {} patterns of {}x{} (at most {MAX_POSITIONS} of at most {MAX_DETECTOR_SIDE}x{MAX_DETECTOR_SIDE})", df.n, df.m, df.m),
             ));
         }
-        let raw: Vec<f64> = dp.read_raw::<f64>().ctx(|| what(&cfg.data.positions))?;
-        if let Some(j) = raw.iter().position(|v| !v.is_finite()) {
-            return Err(Error::new(what(&cfg.data.positions), format!("non-finite value at position {}", j / 2)));
-        }
-
-        let meta = Meta { file: &file, pname: &pname, intensities: &cfg.data.intensities };
-        let experiment = experiment(cfg, &meta, m)?;
-
-        // positions → object pixels
-        let scale = match cfg.data.positions_unit {
-            PositionsUnit::Px => [1.0, 1.0],
-            PositionsUnit::M => [1.0 / experiment.pixel_size_m[0], 1.0 / experiment.pixel_size_m[1]],
-            PositionsUnit::Nm => [1e-9 / experiment.pixel_size_m[0], 1e-9 / experiment.pixel_size_m[1]],
-            PositionsUnit::Angstrom => [1e-10 / experiment.pixel_size_m[0], 1e-10 / experiment.pixel_size_m[1]],
-        };
-        let px: Vec<[f64; 2]> = raw.chunks(2).map(|p| [p[0] * scale[0], p[1] * scale[1]]).collect();
-        let (centres, object_shape) = object_grid(&px, m).map_err(|msg| {
-            Error::new(what(&cfg.data.positions), format!("{msg} (positions_unit = {:?}?)", cfg.data.positions_unit))
-        })?;
-
-        let initial_probe = match &cfg.data.probe {
-            None => None,
-            Some(p) => Some(read_probe(&file, &pname, p, m)?),
-        };
-        Ok(DataFile {
-            path,
-            file,
-            intensities: cfg.data.intensities.clone(),
-            zero_frequency: cfg.data.zero_frequency,
-            experiment,
-            n,
-            m,
-            centres,
-            object_shape,
-            initial_probe,
-        })
+        Ok(DataFile { format, ..df })
     }
 
     /// Read the patterns of the given global position indices (ascending or not), in that
     /// order, as f32 counts in the transposed corner-centred layout: [len, M(kx), M(ky)].
-    /// Contiguous index runs become one HDF5 hyperslab read each.
+    /// Contiguous index runs become one read each (one HDF5 hyperslab per scan row for
+    /// 4D arrays). Bad pixels ([`DataFile::bad_pixels`]) are set to 0 and not checked.
     ///
     /// Errors: NaN, infinite or negative intensities (naming the position), read failures.
     pub fn read_intensities(&self, indices: &[usize]) -> Result<Vec<f32>> {
         let m = self.m;
         let mm = m * m;
-        let what = format!("{}:{}", self.path.display(), self.intensities);
-        let ds = self.file.dataset(&self.intensities).ctx(|| what.clone())?;
         let mut out = vec![0f32; indices.len() * mm];
         let mut i = 0;
         while i < indices.len() {
@@ -163,19 +160,15 @@ impl DataFile {
             while i + len < indices.len() && indices[i + len] == start + len {
                 len += 1;
             }
-            if start + len > self.n {
-                return Err(Error::new(&what, format!("position index {} out of range", start + len - 1)));
-            }
-            let block = ds
-                .read_slice::<f32, _, ndarray::Ix3>(ndarray::s![start..start + len, .., ..])
-                .ctx(|| what.clone())?;
-            let block = block.as_standard_layout();
-            let flat = block.as_slice().ok_or_else(|| Error::new(&what, "unexpected memory layout"))?;
-            for (b, pat) in flat.chunks(mm).enumerate() {
+            let mut flat = self.read_raw(start, len)?;
+            for (b, pat) in flat.chunks_mut(mm).enumerate() {
                 let j = start + b;
+                if let Some(bad) = &self.bad_pixels {
+                    pat.iter_mut().zip(bad).filter(|(_, b)| **b).for_each(|(v, _)| *v = 0.0);
+                }
                 if let Some(bad) = pat.iter().find(|v| !v.is_finite() || **v < 0.0) {
                     let kind = if bad.is_nan() { "NaN" } else if bad.is_infinite() { "infinite" } else { "negative" };
-                    return Err(Error::new(&what, format!("{kind} intensity in pattern {j}")));
+                    return Err(Error::new(&self.intensities_what, format!("{kind} intensity in pattern {j}")));
                 }
                 to_kernel_layout(pat, m, self.zero_frequency, &mut out[(i + b) * mm..(i + b + 1) * mm]);
             }
@@ -183,6 +176,157 @@ impl DataFile {
         }
         Ok(out)
     }
+
+    /// Patterns `start..start + len` as stored ([len, M(ky), M(kx)], zero frequency as
+    /// stored), converted to f32, without checks.
+    pub fn read_raw(&self, start: usize, len: usize) -> Result<Vec<f32>> {
+        let what = || self.intensities_what.clone();
+        if start + len > self.n {
+            return Err(Error::new(what(), format!("position index {} out of range", start + len - 1)));
+        }
+        let block = |ds: &hdf5::Dataset, sel: ndarray::SliceInfo<[ndarray::SliceInfoElem; 3], ndarray::Ix3, ndarray::Ix3>| -> Result<Vec<f32>> {
+            let b = ds.read_slice::<f32, _, ndarray::Ix3>(sel).ctx(what)?;
+            Ok(b.as_standard_layout().iter().copied().collect())
+        };
+        match &self.source {
+            Source::Stack { file, dataset } => {
+                let ds = file.dataset(dataset).ctx(what)?;
+                block(&ds, ndarray::s![start..start + len, .., ..])
+            }
+            Source::Scan { file, dataset, sx } => {
+                let ds = file.dataset(dataset).ctx(what)?;
+                let mut out = Vec::with_capacity(len * self.m * self.m);
+                let mut j = start;
+                while j < start + len {
+                    let (iy, ix) = (j / sx, j % sx);
+                    let run = (sx - ix).min(start + len - j);
+                    let b = ds.read_slice::<f32, _, ndarray::Ix3>(ndarray::s![iy, ix..ix + run, .., ..]).ctx(what)?;
+                    out.extend(b.as_standard_layout().iter().copied());
+                    j += run;
+                }
+                Ok(out)
+            }
+            Source::Npy(a) => a.read_f32(2, start, len),
+        }
+    }
+
+    /// Per-pixel likelihood weights in the kernel layout [M(kx), M(ky)] (1 = measured,
+    /// 0 = bad pixel), or `None` when every pixel counts.
+    pub fn kernel_weights(&self) -> Option<Vec<f32>> {
+        let bad = self.bad_pixels.as_ref()?;
+        let w: Vec<f32> = bad.iter().map(|b| if *b { 0.0 } else { 1.0 }).collect();
+        let mut out = vec![0f32; w.len()];
+        to_kernel_layout(&w, self.m, self.zero_frequency, &mut out);
+        Some(out)
+    }
+}
+
+/// The plain layout: intensities [N, M, M] and positions [N, 2] at the configured paths.
+fn open_hdf5(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFile> {
+    let pname = path.display().to_string();
+    let what = |d: &str| format!("{pname}:{d}");
+    for (key, v) in [("data.intensities", &cfg.data.intensities), ("data.positions", &cfg.data.positions)] {
+        if v.is_empty() {
+            return Err(Error::new(key, "missing: needed for data.format = \"hdf5\" (`ptytile inspect FILE` suggests it)"));
+        }
+    }
+    let (n, m) = check_stack(&file, &pname, &cfg.data.intensities)?;
+
+    // positions: [N, 2]
+    let dp = dataset(&file, &pname, &cfg.data.positions)?;
+    let ps = dp.shape();
+    if ps.len() != 2 || ps[1] != 2 {
+        return Err(Error::new(what(&cfg.data.positions), format!("expected shape [N, 2] (y, x), got {ps:?}")));
+    }
+    check_numeric(&dp, &what(&cfg.data.positions))?;
+    if ps[0] != n {
+        return Err(Error::new(
+            what(&cfg.data.positions),
+            format!("{} positions but {} diffraction patterns in {}", ps[0], n, cfg.data.intensities),
+        ));
+    }
+    let raw: Vec<f64> = dp.read_raw::<f64>().ctx(|| what(&cfg.data.positions))?;
+    if let Some(j) = raw.iter().position(|v| !v.is_finite()) {
+        return Err(Error::new(what(&cfg.data.positions), format!("non-finite value at position {}", j / 2)));
+    }
+    let meta = Meta { file: Some(&file), pname: &pname, intensities: &cfg.data.intensities };
+    let experiment = experiment(&cfg.experiment, &meta, m)?;
+    let unit = match cfg.data.positions_unit {
+        PositionsUnit::Px => None,
+        PositionsUnit::M => Some(1.0),
+        PositionsUnit::Nm => Some(1e-9),
+        PositionsUnit::Angstrom => Some(1e-10),
+    };
+    let p: Vec<[f64; 2]> = raw.chunks(2).map(|p| [p[0], p[1]]).collect();
+    let (positions_m, px) = match unit {
+        None => (None, p),
+        Some(u) => {
+            let pm: Vec<[f64; 2]> = p.iter().map(|q| [q[0] * u, q[1] * u]).collect();
+            let px = to_pixels(&pm, &experiment);
+            (Some(pm), px)
+        }
+    };
+    let (centres, object_shape) = object_grid(&px, m).map_err(|msg| {
+        Error::new(what(&cfg.data.positions), format!("{msg} (positions_unit = {:?}?)", cfg.data.positions_unit))
+    })?;
+    let initial_probe = match &cfg.data.probe {
+        None => None,
+        Some(p) => Some(read_probe(&file, &pname, p, m)?),
+    };
+    Ok(DataFile {
+        path: path.to_path_buf(),
+        intensities_what: what(&cfg.data.intensities),
+        source: Source::Stack { file, dataset: cfg.data.intensities.clone() },
+        zero_frequency: cfg.data.zero_frequency,
+        format: DataFormat::Hdf5,
+        experiment,
+        n,
+        m,
+        positions_m,
+        centres,
+        object_shape,
+        initial_probe,
+        bad_pixels: None,
+        cxi: None,
+    })
+}
+
+/// Check an intensities dataset [N, M, M] (numeric, square, non-empty); returns (N, M).
+fn check_stack(file: &hdf5::File, pname: &str, path: &str) -> Result<(usize, usize)> {
+    let what = format!("{pname}:{path}");
+    let di = dataset(file, pname, path)?;
+    let shape = di.shape();
+    if shape.len() != 3 {
+        return Err(Error::new(&what, format!("expected rank 3 [N, M, M], got shape {shape:?}")));
+    }
+    check_numeric(&di, &what)?;
+    check_patterns(&what, &shape[1..])?;
+    if shape[0] == 0 {
+        return Err(Error::new(&what, format!("empty: shape {shape:?}")));
+    }
+    if shape[0] > MAX_POSITIONS {
+        return Err(Error::new(&what, format!("absurd shape {shape:?}: at most {MAX_POSITIONS} patterns")));
+    }
+    Ok((shape[0], shape[1]))
+}
+
+/// Patterns must be square and at least 2 × 2.
+fn check_patterns(what: &str, s: &[usize]) -> Result<()> {
+    if s[0] != s[1] {
+        return Err(Error::new(what, format!("patterns must be square, got {}x{}", s[0], s[1])));
+    }
+    if s[0] < 2 {
+        return Err(Error::new(what, format!("empty: patterns of {}x{}", s[0], s[1])));
+    }
+    if s[0] > MAX_DETECTOR_SIDE {
+        return Err(Error::new(what, format!("absurd shape: patterns of {}x{} (at most {MAX_DETECTOR_SIDE}x{MAX_DETECTOR_SIDE})", s[0], s[1])));
+    }
+    Ok(())
+}
+
+/// Positions (y, x) in m → object pixels.
+fn to_pixels(pm: &[[f64; 2]], e: &Experiment) -> Vec<[f64; 2]> {
+    pm.iter().map(|p| [p[0] / e.pixel_size_m[0], p[1] / e.pixel_size_m[1]]).collect()
 }
 
 /// Convert one pattern [ky][kx] (zero frequency as stored) to the kernel layout [kx][ky]
@@ -272,7 +416,7 @@ fn read_probe(file: &hdf5::File, pname: &str, path: &str, m: usize) -> Result<(u
 /// Where metadata attributes are looked for: the intensities dataset, its parent group,
 /// the root, `/meta`, `/metadata`.
 struct Meta<'a> {
-    file: &'a hdf5::File,
+    file: Option<&'a hdf5::File>,
     pname: &'a str,
     intensities: &'a str,
 }
@@ -282,20 +426,21 @@ impl Meta<'_> {
     /// its source `file:place@name`. An attribute of that name that is not numeric is an
     /// error naming it (not silently skipped).
     fn find(&self, names: &[(&str, f64)]) -> Result<Option<(String, Vec<f64>)>> {
+        let Some(file) = self.file else { return Ok(None) };
         let parent = match self.intensities.rfind('/') {
             Some(0) | None => "/".to_string(),
             Some(i) => self.intensities[..i].to_string(),
         };
         let places = [self.intensities.to_string(), parent, "/".into(), "/meta".into(), "/metadata".into()];
         for place in places.iter() {
-            if place != "/" && !self.file.link_exists(place) {
+            if place != "/" && !file.link_exists(place) {
                 continue;
             }
             let attr = |name: &str| -> Option<hdf5::Attribute> {
-                if let Ok(d) = self.file.dataset(place) {
+                if let Ok(d) = file.dataset(place) {
                     d.attr(name).ok()
                 } else {
-                    self.file.group(place).ok()?.attr(name).ok()
+                    file.group(place).ok()?.attr(name).ok()
                 }
             };
             for (name, scale) in names {
@@ -357,9 +502,8 @@ fn value(key: &str, cfg: Option<f64>, meta: &Meta, names: &[(&str, f64)], requir
     }
 }
 
-fn experiment(cfg: &Config, meta: &Meta, m: usize) -> Result<Experiment> {
+fn experiment(e: &ExperimentConfig, meta: &Meta, m: usize) -> Result<Experiment> {
     use Valid::{Finite, Positive};
-    let e = &cfg.experiment;
     let energy = value(
         "experiment.energy_ev",
         e.energy_ev,

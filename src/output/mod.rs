@@ -30,6 +30,7 @@ pub struct ReconResult {
 
 pub mod checkpoint;
 pub mod hdf5;
+pub mod initial;
 pub mod png;
 
 use crate::error::{Context, Error, Result};

@@ -20,10 +20,29 @@ pub fn chi(theta: f64, wavelength_m: f64, defocus_m: f64, c30_m: f64) -> f64 {
 /// Errors: no convergence semi-angle known (`experiment.convergence_semiangle_mrad`), or an
 /// aperture that covers no detector pixel.
 pub fn form_probe(exp: &Experiment, power: f64) -> Result<Vec<C32>> {
-    let m = exp.detector_px;
     let alpha = exp
         .convergence_semiangle_rad
         .ok_or_else(|| Error::new("experiment.convergence_semiangle_mrad", "missing: needed to form the probe (or give data.probe)"))?;
+    let p = from_pupil(exp, power, |_, _, theta| if theta <= alpha { 1.0 } else { 0.0 });
+    p.ok_or_else(|| Error::new("experiment.convergence_semiangle_mrad", "aperture covers no detector pixel"))
+}
+
+/// Form the probe from the mean diffraction pattern Ī when no aperture is known (e.g. X-ray
+/// CXI data): P(k) = √Ī(k) exp(−iχ(k)) with the defocus and C30 of `exp` in χ, then as in
+/// [`form_probe`] (inverse FFT, centred, Σ|P|² = `power`).
+///
+/// `mean`: Ī as [M, M] in the kernel layout [kx][ky], zero frequency at [0, 0].
+/// Returns [M, M] complex, row-major [y][x]. Errors: an all-zero mean pattern.
+pub fn probe_from_mean_pattern(exp: &Experiment, mean: &[f64], power: f64) -> Result<Vec<C32>> {
+    let m = exp.detector_px;
+    from_pupil(exp, power, |iy, ix, _| mean[ix * m + iy].max(0.0).sqrt())
+        .ok_or_else(|| Error::new("data", "mean diffraction pattern is zero: cannot form a probe"))
+}
+
+/// P(k) = A(k) exp(−iχ(k)) on the detector grid → centred real-space probe of power `power`;
+/// `amp(iy, ix, θ)` gives A at corner-centred indices and angle θ. `None` when A is 0 everywhere.
+fn from_pupil(exp: &Experiment, power: f64, amp: impl Fn(usize, usize, f64) -> f64) -> Option<Vec<C32>> {
+    let m = exp.detector_px;
     let mut pk = vec![C32::default(); m * m];
     let mut lit = 0usize;
     for iy in 0..m {
@@ -32,15 +51,16 @@ pub fn form_probe(exp: &Experiment, power: f64) -> Result<Vec<C32>> {
             let ty = fftfreq(iy, m) * m as f64 * exp.dtheta_rad;
             let tx = fftfreq(ix, m) * m as f64 * exp.dtheta_rad;
             let theta = (ty * ty + tx * tx).sqrt();
-            if theta <= alpha {
+            let a = amp(iy, ix, theta);
+            if a > 0.0 {
                 let c = chi(theta, exp.wavelength_m, exp.defocus_m, exp.c30_m);
-                pk[iy * m + ix] = C32::from_polar(1.0, -c as f32);
+                pk[iy * m + ix] = C32::from_polar(a as f32, -c as f32);
                 lit += 1;
             }
         }
     }
     if lit == 0 {
-        return Err(Error::new("experiment.convergence_semiangle_mrad", "aperture covers no detector pixel"));
+        return None;
     }
     let fft = Fft2::<f32>::new(m);
     let mut s = fft.scratch();
@@ -48,7 +68,7 @@ pub fn form_probe(exp: &Experiment, power: f64) -> Result<Vec<C32>> {
     // centre it: real-space fftshift (probe at [M/2, M/2])
     let mut p = super::fft::ifftshift(&pk, m, true);
     normalise(&mut p, power);
-    Ok(p)
+    Some(p)
 }
 
 /// Scale `p` so that Σ|p|² = power.
