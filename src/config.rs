@@ -385,11 +385,6 @@ impl Config {
                 return Err(Error::new(key, "is empty"));
             }
         }
-        for (key, v) in [("data.intensities", &self.data.intensities), ("data.positions", &self.data.positions)] {
-            if v.trim().is_empty() {
-                return Err(Error::new(key, "is empty"));
-            }
-        }
         if !(r.step.is_finite() && r.step > 0.0) {
             return Err(Error::new("reconstruction.step", "must be a positive number"));
         }

@@ -226,8 +226,8 @@ fn open_hdf5(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFile> {
     let pname = path.display().to_string();
     let what = |d: &str| format!("{pname}:{d}");
     for (key, v) in [("data.intensities", &cfg.data.intensities), ("data.positions", &cfg.data.positions)] {
-        if v.is_empty() {
-            return Err(Error::new(key, "missing: needed for data.format = \"hdf5\" (`ptytile inspect FILE` suggests it)"));
+        if v.trim().is_empty() {
+            return Err(Error::new(key, "empty or missing: needed for data.format = \"hdf5\" (`ptytile inspect FILE` suggests it)"));
         }
     }
     let (n, m) = check_stack(&file, &pname, &cfg.data.intensities)?;
