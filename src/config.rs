@@ -562,8 +562,11 @@ mod tests {
         assert_eq!(e.what, "config: experiment.energy_kev", "{e}");
         let e = Config::from_toml("[output]\npng = true\n", &[]).unwrap_err();
         assert_eq!(e.what, "config", "{e}");
-        let e = Config::from_toml("[data]\nfile = 'a'\n[output]\npng = true\n", &[]).unwrap_err();
+        // a [data] table without `file` (intensities and positions may be absent: CXI and
+        // 4D-STEM files need neither)
+        let e = Config::from_toml("[data]\nintensities = '/i'\n[output]\npng = true\n", &[]).unwrap_err();
         assert_eq!(e.what, "config: data", "{e}");
+        assert!(Config::from_toml("[data]\nfile = 'a.cxi'\n", &[]).is_ok());
         let e = Config::from_toml(&format!("{MIN}[solver]\nkind = 1\n"), &[]).unwrap_err();
         assert!(e.to_string().contains("solver"), "{e}");
         let e = Config::from_toml("[data]\nfile = 'a'\nintensities = '/i\n", &[]).unwrap_err();
