@@ -138,7 +138,8 @@ fn one_run(s: &Study, exe: &Path, l: Launcher, n: usize, overlap: bool, out: &Pa
     for kv in s.set.iter().cloned().chain([format!("parallel.overlap={overlap}"), "parallel.mode=\"tiled\"".into()]) {
         cmd.args(["--set", &kv]);
     }
-    // tiles from the rank count unless the config fixes them for exactly this N
+    // tiles follow the rank count: a config that fixes parallel.tiles fails for other N,
+    // and the run's error line (naming parallel.tiles) is reported
     cmd.env("RUST_LOG", "warn").env("HDF5_USE_FILE_LOCKING", "FALSE");
     let what = format!("{} N={n}", l.name());
     let o = cmd.output().map_err(|e| match l {

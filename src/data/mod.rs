@@ -105,7 +105,8 @@ impl DataFile {
     /// Errors, each naming the file, dataset or key: missing/unreadable file, missing
     /// dataset, wrong rank/shape/dtype, non-square or empty patterns, count mismatch between
     /// intensities and positions, non-finite positions, a field of view larger than
-    /// [`MAX_OBJECT_SIDE`], missing or absurd metadata, near-field data.
+    /// [`MAX_OBJECT_SIDE`], more than [`MAX_POSITIONS`] patterns or patterns wider than
+    /// [`MAX_DETECTOR_SIDE`], missing or absurd metadata, near-field data.
     pub fn open(cfg: &Config) -> Result<DataFile> {
         let path = cfg.data.file.clone();
         let pname = path.display().to_string();
