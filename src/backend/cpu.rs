@@ -256,10 +256,8 @@ fn slab<T: Real>(
     let mut cy = Vec::new();
     let mut acc: Vec<Complex<f64>> = Vec::new();
     let mut tmp64: Vec<Complex<f64>> = Vec::new();
-    let mut start = 0;
-    while start < pos.len() {
-        let end = start + pos[start..].iter().take_while(|q| q.ramp_y == pos[start].ramp_y).count();
-        let shared = end - start >= SHARED_RUN_MIN;
+    for (run, shared) in y_runs(pos) {
+        let (start, end) = (run.start, run.end);
         if shared {
             cy.resize(km * mm, z);
             y_shifted(k, probe_hat, &pos[start].ramp_y, &mut w.w1, &mut w.scratch, &mut cy);
@@ -316,9 +314,22 @@ fn slab<T: Real>(
         if shared && want_probe {
             flush_probe_run(k, &pos[start].ramp_y, &mut acc, &mut tmp64, &mut s.gp);
         }
-        start = end;
     }
     s
+}
+
+/// Runs of consecutive positions with the same sub-pixel y-shift (rows of a raster scan),
+/// in order, each with whether it takes the shared-run path (at least [`SHARED_RUN_MIN`]
+/// positions): the y-half of its probe transforms is computed once per run.
+pub fn y_runs<T: Real>(pos: &[PositionGeom<T>]) -> Vec<(std::ops::Range<usize>, bool)> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < pos.len() {
+        let end = start + pos[start..].iter().take_while(|q| q.ramp_y == pos[start].ramp_y).count();
+        runs.push((start..end, end - start >= SHARED_RUN_MIN));
+        start = end;
+    }
+    runs
 }
 
 /// Local (row, column) of a position's window in `obj`. Panics if the window is not inside

@@ -66,13 +66,9 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
     });
     // positions in runs sharing their sub-pixel y-shift take half transforms for the probe
     // shift and the probe gradient (backend::cpu::SHARED_RUN_MIN)
-    let pos = &problem.positions;
     let mut shared = vec![false; n];
-    let mut a = 0;
-    while a < n {
-        let b = a + pos[a..].iter().take_while(|q| q.ramp_y == pos[a].ramp_y).count();
-        shared[a..b].fill(b - a >= crate::backend::cpu::SHARED_RUN_MIN);
-        a = b;
+    for (run, sh) in crate::backend::cpu::y_runs(&problem.positions) {
+        shared[run].fill(sh);
     }
     let n_shared = shared.iter().filter(|s| **s).count();
     let ffts = time(&mut || {
