@@ -9,7 +9,7 @@ use crate::backend::cpu::Kernel;
 use crate::comm::{self, Comm};
 use crate::config::{Config, ParallelMode};
 use crate::data::DataFile;
-use crate::engine::gd::{self, Decomposition, Options, Problem, Rank, State};
+use crate::engine::{self, gd, Decomposition, EngineState, Problem, Rank, Settings, State};
 use crate::error::{Error, Result};
 use crate::output::ReconResult;
 use crate::physics::fft::Fft2;
@@ -154,19 +154,21 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, progress: Progress) -> Result<Op
         c.rank(), rp.positions.len(), meas_b, rp.field.shape()[0], rp.field.shape()[1], field_b, rp.sends.len()
     );
     let (problem, mut state) = setup(cfg, &df, rp, c)?;
-    let opts = Options::from(&cfg.reconstruction);
+    let settings = Settings::from(cfg);
+    let iterations = settings.total_iterations();
+    let mut engine_state = EngineState::default();
     let mode = match cfg.parallel.mode {
         ParallelMode::Tiled => Decomposition::Tiled,
         ParallelMode::Replicated => Decomposition::Replicated,
     };
-    let mut loss = Vec::with_capacity(cfg.reconstruction.iterations);
+    let mut loss = Vec::with_capacity(iterations);
     let (mut compute_s, mut wait_s) = (0.0, 0.0);
     let t0 = Instant::now();
     {
         let mut rank = Rank { plan: rp, comm: &mut *c, mode };
-        for it in 0..cfg.reconstruction.iterations {
+        for it in 0..iterations {
             let t = Instant::now();
-            let st = gd::iterate(&problem, &mut state, it, &opts, &mut rank)?;
+            let st = engine::iterate(&problem, &mut state, &mut engine_state, it, &settings, &mut rank)?;
             let l = st.loss / df.n as f64;
             if !l.is_finite() {
                 return Err(Error::new("reconstruction", format!("loss became {l} at iteration {it}")));
@@ -209,7 +211,7 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, progress: Progress) -> Result<Op
         config_toml: cfg.to_toml(),
         attrs: vec![
             ("wall_time_s".into(), secs),
-            ("seconds_per_iteration".into(), secs / cfg.reconstruction.iterations.max(1) as f64),
+            ("seconds_per_iteration".into(), secs / iterations.max(1) as f64),
             ("wavelength_m".into(), df.experiment.wavelength_m),
             ("ranks".into(), c.size() as f64),
             ("tiles_y".into(), plan.tiles[0] as f64),
