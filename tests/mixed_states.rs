@@ -1,7 +1,9 @@
 //! Mixed states: data simulated with 3 incoherent probe modes of known powers are
 //! reconstructed (3 modes, starting from powers 0.9 : 0.05 : 0.05) with the dm and mlcg
 //! engines; the powers of the orthogonalised reconstructed modes, as fractions of the total,
-//! must each lie within 5 % (relative) of the truth.
+//! must each lie within 5 % (relative) of the truth. The difference map moves the powers
+//! slowly (after 100 iterations they are still 6–13 % off, its loss still falling), so it
+//! gets 600 iterations; ML-CG 250 (at 150 the weakest mode is 6 % off).
 
 use ptytile::cli::reconstruct;
 use ptytile::config::Config;
@@ -40,12 +42,12 @@ fn assert_powers(f: &[f64], what: &str) {
 
 #[test]
 fn dm_recovers_mode_powers() {
-    let f = recovered_fractions(&["reconstruction.engine=\"dm\"", "reconstruction.iterations=60"]);
+    let f = recovered_fractions(&["reconstruction.engine=\"dm\"", "reconstruction.iterations=600"]);
     assert_powers(&f, "dm");
 }
 
 #[test]
 fn mlcg_recovers_mode_powers() {
-    let f = recovered_fractions(&["reconstruction.engine=\"mlcg\"", "reconstruction.iterations=60"]);
+    let f = recovered_fractions(&["reconstruction.engine=\"mlcg\"", "reconstruction.iterations=250"]);
     assert_powers(&f, "mlcg");
 }
