@@ -168,13 +168,47 @@ fn is_auto(g: &Geometry) -> bool {
     *g == Geometry::Auto
 }
 
+/// The solver of a run or of one stage of a schedule (docs/algorithm.md §4, §7–§9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Preconditioned gradient descent (Fisher scoring), full batch or mini-batches.
+    #[default]
+    Gd,
+    /// Difference map on exit waves (Thibault et al. 2009), parameter `[dm] beta`.
+    Dm,
+    /// Maximum likelihood by nonlinear conjugate gradients with a line search.
+    Mlcg,
+    /// Extended ptychographical iterative engine (sequential per position).
+    Epie,
+    /// Regularised PIE (sequential per position).
+    Rpie,
+}
+
+impl Engine {
+    /// The name used in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Gd => "gd",
+            Engine::Dm => "dm",
+            Engine::Mlcg => "mlcg",
+            Engine::Epie => "epie",
+            Engine::Rpie => "rpie",
+        }
+    }
+}
+
 /// `[reconstruction]`: the solver.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReconstructionConfig {
-    /// Number of iterations (full passes over all positions).
-    #[serde(default = "default_iterations")]
-    pub iterations: usize,
+    /// The engine (used when there is no `[[schedule]]`).
+    #[serde(default)]
+    pub engine: Engine,
+    /// Number of iterations (full passes over all positions), 20 when absent. Not allowed
+    /// together with `[[schedule]]`, whose stages set the iterations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<usize>,
     /// amplitude or poisson.
     #[serde(default)]
     pub noise_model: NoiseModel,
@@ -196,6 +230,65 @@ pub struct ReconstructionConfig {
     pub step: f64,
 }
 
+/// `[dm]`: difference map.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DmConfig {
+    /// Relaxation β of the exit-wave update ψ ← ψ + β[Π_F(2Π_O ψ − ψ) − Π_O ψ], in (0, 1];
+    /// 1 is the classic difference map.
+    #[serde(default = "unit_step")]
+    pub beta: f64,
+}
+
+/// Conjugate-direction formula of the ML-CG engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CgDirection {
+    /// Polak–Ribière, clipped at 0 (PR+): restarts by itself when progress stalls.
+    #[default]
+    PolakRibiere,
+    /// Dai–Yuan.
+    DaiYuan,
+}
+
+/// `[mlcg]`: maximum likelihood by nonlinear conjugate gradients.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MlcgConfig {
+    /// "polak-ribiere" or "dai-yuan".
+    #[serde(default)]
+    pub direction: CgDirection,
+    /// First trial step of the line search, in units of the preconditioned (Fisher-scoring)
+    /// step; later iterations start from the previous accepted step.
+    #[serde(default = "unit_step")]
+    pub initial_step: f64,
+}
+
+/// `[epie]` and `[rpie]`: the sequential engines. ePIE (Maiden & Rodenburg 2009) divides
+/// by the maximum of |P|² (|O|²) and multiplies by `alpha` (`beta`); rPIE (Maiden et al.
+/// 2017) divides by (1 − α)|P|² + α max|P|² (same with β and |O|²) and takes full steps.
+/// Absent keys take the engine's defaults ([`Config::epie_params`], [`Config::rpie_params`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PieConfig {
+    /// Object parameter α (ePIE: step; rPIE: mix between local and maximum illumination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// Probe parameter β (same roles for the probe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+}
+
+/// One stage of a `[[schedule]]`: `engine` for `iterations` iterations.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// The engine of this stage.
+    pub engine: Engine,
+    /// Its number of iterations (≥ 1).
+    pub iterations: usize,
+}
+
 /// `[output]`: where results go.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -208,13 +301,24 @@ pub struct OutputConfig {
     pub png: bool,
 }
 
-fn default_iterations() -> usize { 20 }
+/// Iterations of a run without `[[schedule]]` and without `reconstruction.iterations`.
+pub const DEFAULT_ITERATIONS: usize = 20;
 fn one() -> usize { 1 }
 fn yes() -> bool { true }
 fn unit_step() -> f64 { 1.0 }
 fn default_output() -> PathBuf { PathBuf::from("ptytile_out/recon.h5") }
 
 impl Default for ReconstructionConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+impl Default for DmConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+impl Default for MlcgConfig {
     fn default() -> Self {
         toml::from_str("").expect("defaults deserialize")
     }
@@ -298,6 +402,22 @@ pub struct Config {
     /// `[checkpoint]`
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// `[dm]`
+    #[serde(default)]
+    pub dm: DmConfig,
+    /// `[mlcg]`
+    #[serde(default)]
+    pub mlcg: MlcgConfig,
+    /// `[epie]` (defaults α = β = 1)
+    #[serde(default)]
+    pub epie: PieConfig,
+    /// `[rpie]` (defaults α = 0.1, β = 1)
+    #[serde(default)]
+    pub rpie: PieConfig,
+    /// `[[schedule]]`: stages run in order (e.g. 20 DM, then 30 ML-CG); empty = one stage of
+    /// `reconstruction.engine` for `reconstruction.iterations`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<Stage>,
 }
 
 impl Config {
@@ -361,7 +481,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let r = &self.reconstruction;
         let mut counts = vec![
-            ("reconstruction.iterations", r.iterations, 0),
+            ("reconstruction.iterations", self.total_iterations(), 0),
             ("reconstruction.probe_modes", r.probe_modes, 1),
             ("reconstruction.batches", r.batches, 1),
             ("parallel.ranks", self.parallel.ranks, 1),
@@ -390,6 +510,25 @@ impl Config {
         }
         if self.checkpoint.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
             return Err(Error::new("checkpoint.dir", "must not be empty"));
+        }
+        if !self.schedule.is_empty() && r.iterations.is_some() {
+            return Err(Error::new("reconstruction.iterations", "not allowed with [[schedule]], whose stages set the iterations"));
+        }
+        if self.schedule.iter().any(|s| s.iterations == 0) {
+            return Err(Error::new("schedule.iterations", "must be at least 1"));
+        }
+        if !(self.dm.beta.is_finite() && self.dm.beta > 0.0 && self.dm.beta <= 1.0) {
+            return Err(Error::new("dm.beta", format!("must lie in (0, 1], got {}", self.dm.beta)));
+        }
+        if !(self.mlcg.initial_step.is_finite() && self.mlcg.initial_step > 0.0) {
+            return Err(Error::new("mlcg.initial_step", "must be a positive number"));
+        }
+        for (name, p) in [("epie", self.epie_params()), ("rpie", self.rpie_params())] {
+            for (key, v) in [("alpha", p[0]), ("beta", p[1])] {
+                if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                    return Err(Error::new(format!("{name}.{key}"), format!("must lie in (0, 1], got {v}")));
+                }
+            }
         }
         let e = &self.experiment;
         for (key, v) in [
@@ -428,6 +567,32 @@ impl Config {
         let p = &self.output.path;
         let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recon".into());
         p.with_file_name(format!("{stem}_checkpoint"))
+    }
+
+    /// The run's stages: `[[schedule]]`, or one stage of `reconstruction.engine` for
+    /// `reconstruction.iterations` (default [`DEFAULT_ITERATIONS`]).
+    pub fn stages(&self) -> Vec<Stage> {
+        if self.schedule.is_empty() {
+            let r = &self.reconstruction;
+            vec![Stage { engine: r.engine, iterations: r.iterations.unwrap_or(DEFAULT_ITERATIONS) }]
+        } else {
+            self.schedule.clone()
+        }
+    }
+
+    /// ePIE's [α, β] (defaults 1, 1).
+    pub fn epie_params(&self) -> [f64; 2] {
+        [self.epie.alpha.unwrap_or(1.0), self.epie.beta.unwrap_or(1.0)]
+    }
+
+    /// rPIE's [α, β] (defaults 0.1, 1).
+    pub fn rpie_params(&self) -> [f64; 2] {
+        [self.rpie.alpha.unwrap_or(0.1), self.rpie.beta.unwrap_or(1.0)]
+    }
+
+    /// Total iterations of the run (over all stages).
+    pub fn total_iterations(&self) -> usize {
+        self.stages().iter().fold(0usize, |a, s| a.saturating_add(s.iterations))
     }
 
     /// The configuration as TOML text (stored in the output file).
@@ -521,7 +686,8 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         let c = Config::from_toml(MIN, &["reconstruction.iterations=7".into(), "output.path=x/y.h5".into()]).unwrap();
-        assert_eq!(c.reconstruction.iterations, 7);
+        assert_eq!(c.reconstruction.iterations, Some(7));
+        assert_eq!(c.total_iterations(), 7);
         assert_eq!(c.reconstruction.noise_model, NoiseModel::Poisson);
         assert_eq!(c.output.path, PathBuf::from("x/y.h5"));
         assert_eq!(c.data.positions_unit, PositionsUnit::Px);
@@ -575,6 +741,30 @@ mod tests {
         assert_eq!(e.what, "reconstruction.iterations");
         let e = Config::from_toml(MIN, &["parallel.ranks=5000".into()]).unwrap_err();
         assert_eq!(e.what, "parallel.ranks");
+    }
+
+    #[test]
+    fn engines_and_schedule() {
+        let c = Config::from_toml(&format!("{MIN}[reconstruction]\nengine='dm'\n[dm]\nbeta=0.8\n"), &[]).unwrap();
+        assert_eq!(c.stages(), vec![Stage { engine: Engine::Dm, iterations: DEFAULT_ITERATIONS }]);
+        assert_eq!(c.dm.beta, 0.8);
+        let text = format!("{MIN}[mlcg]\ndirection='dai-yuan'\n[[schedule]]\nengine='dm'\niterations=20\n[[schedule]]\nengine='mlcg'\niterations=30\n");
+        let c = Config::from_toml(&text, &[]).unwrap();
+        assert_eq!(c.total_iterations(), 50);
+        assert_eq!(c.stages()[1].engine, Engine::Mlcg);
+        assert_eq!(c.mlcg.direction, CgDirection::DaiYuan);
+        assert_eq!(c.rpie_params(), [0.1, 1.0]);
+        assert_eq!(Config::from_toml(&c.to_toml(), &[]).unwrap(), c);
+        let e = Config::from_toml(&text, &["reconstruction.iterations=5".into()]).unwrap_err();
+        assert_eq!(e.what, "reconstruction.iterations");
+        let e = Config::from_toml(MIN, &["reconstruction.engine=pie".into()]).unwrap_err();
+        assert!(e.msg.contains("pie"), "{e}");
+        let e = Config::from_toml(MIN, &["dm.beta=1.5".into()]).unwrap_err();
+        assert_eq!(e.what, "dm.beta");
+        let e = Config::from_toml(MIN, &["rpie.alpha=0".into()]).unwrap_err();
+        assert_eq!(e.what, "rpie.alpha");
+        let e = Config::from_toml(&format!("{MIN}[[schedule]]\nengine='gd'\niterations=0\n"), &[]).unwrap_err();
+        assert_eq!(e.what, "schedule.iterations");
     }
 
     #[test]

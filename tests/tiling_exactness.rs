@@ -1,7 +1,8 @@
 //! Tiling exactness (the promise of the gradient decomposition): for several tilings, with
 //! thread ranks, the object and probe after 10 iterations equal the 1-rank result (f32, to
-//! 1e-5 relative; in practice bit for bit), and the summed gradient equals the single-rank
-//! gradient to 1e-12 in f64. Tiles smaller than the probe window included.
+//! 1e-5 relative; in practice bit for bit) for the gd, dm and mlcg engines and a dm → mlcg
+//! schedule, and the summed gradient equals the single-rank gradient to 1e-12 in f64.
+//! Tiles smaller than the probe window included.
 
 use num_complex::{Complex32, Complex64};
 use ptytile::backend::cpu::Kernel;
@@ -29,17 +30,14 @@ fn dataset() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 fn recon(cfg: &std::path::Path, tiles: [usize; 2], mode: &str) -> ReconResult {
+    recon_with(cfg, tiles, mode, &["reconstruction.iterations=10".into()])
+}
+
+fn recon_with(cfg: &std::path::Path, tiles: [usize; 2], mode: &str, extra: &[String]) -> ReconResult {
     let ranks = tiles[0] * tiles[1];
-    let c = Config::load(
-        cfg,
-        &[
-            "reconstruction.iterations=10".into(),
-            format!("parallel.ranks={ranks}"),
-            format!("parallel.tiles=[{}, {}]", tiles[0], tiles[1]),
-            format!("parallel.mode=\"{mode}\""),
-        ],
-    )
-    .unwrap();
+    let mut set = vec![format!("parallel.ranks={ranks}"), format!("parallel.tiles=[{}, {}]", tiles[0], tiles[1]), format!("parallel.mode=\"{mode}\"")];
+    set.extend_from_slice(extra);
+    let c = Config::load(cfg, &set).unwrap();
     reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap()
 }
 
@@ -47,6 +45,58 @@ fn rel(a: &[Complex32], b: &[Complex32]) -> f64 {
     let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).norm_sqr() as f64).sum();
     let n: f64 = a.iter().map(|x| x.norm_sqr() as f64).sum();
     (d / n).sqrt()
+}
+
+/// Every tiling (and the replicated mode on 2×2) gives the 1-rank object and probe after
+/// the 10 iterations set by the config `cfg` and `extra`.
+fn assert_tiling_exact(cfg: &std::path::Path, extra: &[String]) {
+    let one = recon_with(cfg, [1, 1], "tiled", extra);
+    assert_eq!(one.loss.len(), 10);
+    assert!(one.loss[9] < 0.5 * one.loss[0], "{extra:?} does not converge: {:?}", one.loss);
+    let runs = [[1, 2], [2, 2], [3, 2], [4, 4], [8, 8]].map(|t| (t, "tiled")).into_iter().chain([([2, 2], "replicated")]);
+    for (tiles, mode) in runs {
+        let r = recon_with(cfg, tiles, mode, extra);
+        let (eo, ep) = (rel(&r.object.data, &one.object.data), rel(&r.probe, &one.probe));
+        eprintln!("{extra:?} {mode} {tiles:?}: object {eo:.2e}, probe {ep:.2e}, loss {:.6e} vs {:.6e}", r.loss[9], one.loss[9]);
+        assert!(eo <= 1e-5 && ep <= 1e-5, "{extra:?} {mode} {tiles:?}: object {eo}, probe {ep}");
+        assert!(((r.loss[9] - one.loss[9]) / one.loss[9]).abs() < 1e-6);
+    }
+}
+
+fn engine_is_tiling_exact(extra: &[String]) {
+    let (_dir, cfg) = dataset();
+    assert_tiling_exact(&cfg, extra);
+}
+
+#[test]
+fn dm_tiled_equals_single_rank_threads() {
+    engine_is_tiling_exact(&["reconstruction.engine=\"dm\"".into(), "reconstruction.iterations=10".into(), "dm.beta=0.8".into()]);
+}
+
+#[test]
+fn mlcg_tiled_equals_single_rank_threads() {
+    engine_is_tiling_exact(&["reconstruction.engine=\"mlcg\"".into(), "reconstruction.iterations=10".into()]);
+}
+
+#[test]
+fn mlcg_dai_yuan_amplitude_tiled_equals_single_rank_threads() {
+    engine_is_tiling_exact(&[
+        "reconstruction.engine=\"mlcg\"".into(),
+        "reconstruction.iterations=10".into(),
+        "mlcg.direction=\"dai-yuan\"".into(),
+        "reconstruction.noise_model=\"amplitude\"".into(),
+    ]);
+}
+
+/// A schedule (4 dm, then 6 mlcg) is as exact as its stages.
+#[test]
+fn schedule_tiled_equals_single_rank_threads() {
+    let (_dir, cfg) = dataset();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("iterations = 20\n", "")
+        + "\n[[schedule]]\nengine = \"dm\"\niterations = 4\n\n[[schedule]]\nengine = \"mlcg\"\niterations = 6\n";
+    let sched = cfg.with_file_name("schedule.toml");
+    std::fs::write(&sched, text).unwrap();
+    assert_tiling_exact(&sched, &[]);
 }
 
 #[test]

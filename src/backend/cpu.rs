@@ -79,15 +79,35 @@ pub fn probe_spectrum<T: Real>(fft: &Fft2<T>, probe: &[Complex<T>]) -> Vec<Compl
     out
 }
 
-/// Per-thread work buffers.
-struct Work<T> {
-    pj: Vec<Complex<T>>,
-    psi: Vec<Complex<T>>,
-    w1: Vec<Complex<T>>,
-    b: Vec<Complex<T>>,
-    im: Vec<T>,
-    wt: Vec<T>,
-    scratch: Vec<Complex<T>>,
+/// Per-thread work buffers: shifted probe modes `pj` and raw far fields `psi` ([K][M²]),
+/// difference-map far fields `x` ([K][M²], empty unless asked for), one-mode temporaries.
+pub(crate) struct Work<T> {
+    pub(crate) pj: Vec<Complex<T>>,
+    pub(crate) psi: Vec<Complex<T>>,
+    pub(crate) x: Vec<Complex<T>>,
+    pub(crate) w1: Vec<Complex<T>>,
+    pub(crate) b: Vec<Complex<T>>,
+    pub(crate) im: Vec<T>,
+    pub(crate) wt: Vec<T>,
+    pub(crate) scratch: Vec<Complex<T>>,
+}
+
+impl<T: Real> Work<T> {
+    /// Buffers for `k`; `x` only with `dm`.
+    pub(crate) fn new(k: &Kernel<T>, dm: bool) -> Self {
+        let mm = k.fft.size().pow(2);
+        let z = Complex::default();
+        Work {
+            pj: vec![z; k.modes * mm],
+            psi: vec![z; k.modes * mm],
+            x: if dm { vec![z; k.modes * mm] } else { Vec::new() },
+            w1: vec![z; mm],
+            b: vec![z; mm],
+            im: vec![T::zero(); mm],
+            wt: vec![T::zero(); mm],
+            scratch: k.fft.scratch(),
+        }
+    }
 }
 
 /// One slab's partial sums (f64), on the bounding box of its windows.
@@ -116,21 +136,85 @@ pub fn gradients<T: Real>(
     meas: &[f32],
     want_probe: bool,
 ) -> Gradients<T> {
+    accumulate(k, obj, probe_hat, pos, meas, want_probe, Adjoint::Gradient)
+}
+
+/// The difference-map pass (docs/algorithm.md §7) over `pos`: for each position j and mode
+/// k, with Π_O ψ_jk = P_jk O_j from the current object and probe,
+/// ```text
+/// ψ_jk ← ψ_jk + β [ Π_F(2 Π_O ψ_jk − ψ_jk) − Π_O ψ_jk ]
+/// ```
+/// (Π_F: modulus projection, |Ψ'_k| scaled by √(Î/Σ_k|Ψ_k|²) jointly over the modes), and
+/// the sums of the object's overlap step, formed with the updated exit waves:
+/// `g_obj = Σ_jk P*_jk ψ_jk`, `d_obj = Σ_jk |P_jk|²` (with `want_probe` also
+/// `g_probe_hat = Σ_j conj(e_j) F(O*_j ψ_jk)`, `d_probe = Σ_j |O_j|²` with the current
+/// object; the engine uses [`probe_sums`] with the updated one instead). `loss` is the noise
+/// model's loss at Π_O ψ (the current state).
+///
+/// `exit`: [n][K][M][M] exit waves, same order as `pos`, updated in place; with `init`
+/// they are first set to Π_O ψ (a run's first difference-map iteration).
+#[allow(clippy::too_many_arguments)]
+pub fn difference_map<T: Real>(
+    k: &Kernel<T>,
+    obj: &Field<Complex<T>>,
+    probe_hat: &[Complex<T>],
+    pos: &[PositionGeom<T>],
+    meas: &[f32],
+    want_probe: bool,
+    exit: &mut [Complex<T>],
+    init: bool,
+    beta: f64,
+) -> Gradients<T> {
+    assert_eq!(exit.len(), pos.len() * k.modes * k.fft.size().pow(2), "exit waves do not match positions");
+    accumulate(k, obj, probe_hat, pos, meas, want_probe, Adjoint::DifferenceMap { exit, init, beta: T::of(beta) })
+}
+
+/// What is back-propagated through the adjoint of the forward model.
+enum Adjoint<'a, T> {
+    /// b = F⁻¹(w Ψ), the gradient of the noise model's loss.
+    Gradient,
+    /// b = the updated exit wave of the difference map; `exit` holds the exit waves of
+    /// the positions being summed.
+    DifferenceMap { exit: &'a mut [Complex<T>], init: bool, beta: T },
+}
+
+fn accumulate<T: Real>(
+    k: &Kernel<T>,
+    obj: &Field<Complex<T>>,
+    probe_hat: &[Complex<T>],
+    pos: &[PositionGeom<T>],
+    meas: &[f32],
+    want_probe: bool,
+    op: Adjoint<'_, T>,
+) -> Gradients<T> {
     let m = k.fft.size();
     let mm = m * m;
     assert_eq!(meas.len(), pos.len() * mm, "intensities do not match positions");
     assert_eq!(probe_hat.len(), k.modes * mm, "probe has the wrong size");
-    assert!(k.weights.as_ref().is_none_or(|g| g.len() == mm), "weights have the wrong size");
     let n = pos.len();
     let probe_dims = if want_probe { Some((k.modes, mm)) } else { None };
     if n == 0 {
         return Gradients::zeros(obj.origin, obj.shape, probe_dims);
     }
-    let slabs = SLABS.min(n);
-    let bounds: Vec<(usize, usize)> = (0..slabs).map(|s| (s * n / slabs, (s + 1) * n / slabs)).collect();
-    let parts: Vec<Slab> = bounds
-        .par_iter()
-        .map(|&(a, b)| slab(k, obj, probe_hat, &pos[a..b], &meas[a * mm..b * mm], want_probe))
+    let bounds = slab_bounds(n);
+    // one adjoint per slab: the exit waves are split along the slab bounds
+    let ops: Vec<Adjoint<'_, T>> = match op {
+        Adjoint::Gradient => bounds.iter().map(|_| Adjoint::Gradient).collect(),
+        Adjoint::DifferenceMap { mut exit, init, beta } => {
+            let per = k.modes * mm;
+            let mut v = Vec::with_capacity(bounds.len());
+            for &(a, b) in &bounds {
+                let (head, tail) = std::mem::take(&mut exit).split_at_mut((b - a) * per);
+                v.push(Adjoint::DifferenceMap { exit: head, init, beta });
+                exit = tail;
+            }
+            v
+        }
+    };
+    let parts: Vec<Slab> = ops
+        .into_par_iter()
+        .zip(bounds.par_iter())
+        .map(|(op, &(a, b))| slab(k, obj, probe_hat, &pos[a..b], &meas[a * mm..b * mm], want_probe, op))
         .collect();
     let mut g = Gradients::zeros(obj.origin, obj.shape, probe_dims);
     for p in &parts {
@@ -141,6 +225,80 @@ pub fn gradients<T: Real>(
         g.loss += p.loss;
     }
     g
+}
+
+/// The probe half of the difference map's overlap step, with the object already updated:
+/// `g_probe_hat = Σ_j conj(e_j) F(O*_j ψ_jk)` ([K][kx][ky]) and `d_probe = Σ_j |O_j|²`
+/// ([M, M]) over `pos` with exit waves `exit` ([n][K][M][M]); f64 sums, per slab and the
+/// slabs in order. One FFT per position and mode.
+pub fn probe_sums<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, pos: &[PositionGeom<T>], exit: &[Complex<T>]) -> Gradients<T> {
+    let m = k.fft.size();
+    let mm = m * m;
+    let kmm = k.modes * mm;
+    assert_eq!(exit.len(), pos.len() * kmm, "exit waves do not match positions");
+    let sc = k.fft.scale();
+    let parts: Vec<(Vec<Complex<f64>>, Vec<f64>)> = slab_bounds(pos.len())
+        .par_iter()
+        .map(|&(a, b)| {
+            let mut w = Work::new(k, false);
+            let (mut gp, mut dp) = (vec![Complex::default(); kmm], vec![0.0; mm]);
+            for (j, p) in pos[a..b].iter().enumerate() {
+                let (oy, ox) = window_offset(obj, p, m);
+                let orow = |y: usize| &obj.data[(oy + y) * obj.shape[1] + ox..][..m];
+                for y in 0..m {
+                    for (d, o) in dp[y * m..(y + 1) * m].iter_mut().zip(orow(y)) {
+                        *d += o.norm_sqr().f64();
+                    }
+                }
+                for mode in 0..k.modes {
+                    let e = &exit[(a + j) * kmm + mode * mm..][..mm];
+                    for (y, (t, er)) in w.w1.chunks_exact_mut(m).zip(e.chunks_exact(m)).enumerate() {
+                        for ((t, ev), o) in t.iter_mut().zip(er).zip(orow(y)) {
+                            *t = o.conj() * *ev;
+                        }
+                    }
+                    k.fft.forward_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
+                    for ((g, t), rx) in gp[mode * mm..(mode + 1) * mm].chunks_exact_mut(m).zip(w.b.chunks_exact(m)).zip(&p.ramp_x) {
+                        T::acc_cmul_conj_cscale(g, &p.ramp_y, t, rx.conj() * sc);
+                    }
+                }
+            }
+            (gp, dp)
+        })
+        .collect();
+    let mut g = Gradients::zeros([0, 0], [0, 0], Some((k.modes, mm)));
+    for (gp, dp) in &parts {
+        g.g_probe_hat.iter_mut().zip(gp).for_each(|(a, b)| *a += *b);
+        g.d_probe.iter_mut().zip(dp).for_each(|(a, b)| *a += *b);
+    }
+    g
+}
+
+/// Contiguous slabs [a, b) of `n` positions (at most [`SLABS`], a function of n only).
+fn slab_bounds(n: usize) -> Vec<(usize, usize)> {
+    let slabs = SLABS.min(n);
+    (0..slabs).map(|s| (s * n / slabs, (s + 1) * n / slabs)).collect()
+}
+
+/// Σ_j loss_j of the noise model over `pos` (forward model only; 2 FFTs per position and
+/// mode), summed per slab in f64 and the slabs in order: deterministic for any thread count.
+pub fn loss<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], pos: &[PositionGeom<T>], meas: &[f32]) -> f64 {
+    let mm = k.fft.size().pow(2);
+    assert_eq!(meas.len(), pos.len() * mm, "intensities do not match positions");
+    let sc2 = k.fft.scale() * k.fft.scale();
+    let parts: Vec<f64> = slab_bounds(pos.len())
+        .par_iter()
+        .map(|&(a, b)| {
+            let mut w = Work::new(k, false);
+            let mut l = 0.0;
+            for (j, p) in pos[a..b].iter().enumerate() {
+                forward(k, obj, probe_hat, None, p, &mut w);
+                l += pattern_residuals(k, &meas[(a + j) * mm..(a + j + 1) * mm], &mut w.im, &mut w.wt, sc2, sc2);
+            }
+            l
+        })
+        .collect();
+    parts.iter().sum()
 }
 
 /// `dst += src` where `src`'s rectangle lies inside `dst`'s.
@@ -213,6 +371,16 @@ fn residuals<T: Real, const MASKED: bool>(noise: NoiseModel, meas: &[f32], g: &[
     lanes.iter().map(|v| v.f64()).sum()
 }
 
+/// [`residuals`] of one pattern with the kernel's noise model, Poisson floor and detector
+/// mask ([`Kernel::weights`]).
+#[inline(always)]
+pub(crate) fn pattern_residuals<T: Real>(k: &Kernel<T>, meas: &[f32], im: &mut [T], wt: &mut [T], isc: T, scale: T) -> f64 {
+    match &k.weights {
+        None => residuals::<T, false>(k.noise, meas, &[], im, wt, k.eps, isc, scale),
+        Some(g) => residuals::<T, true>(k.noise, meas, g, im, wt, k.eps, isc, scale),
+    }
+}
+
 fn slab<T: Real>(
     k: &Kernel<T>,
     obj: &Field<Complex<T>>,
@@ -220,6 +388,7 @@ fn slab<T: Real>(
     pos: &[PositionGeom<T>],
     meas: &[f32],
     want_probe: bool,
+    mut op: Adjoint<'_, T>,
 ) -> Slab {
     let m = k.fft.size();
     let mm = m * m;
@@ -240,15 +409,7 @@ fn slab<T: Real>(
         loss: 0.0,
     };
     let z = Complex::default();
-    let mut w = Work {
-        pj: vec![z; km * mm],
-        psi: vec![z; km * mm],
-        w1: vec![z; mm],
-        b: vec![z; mm],
-        im: vec![T::zero(); mm],
-        wt: vec![T::zero(); mm],
-        scratch: k.fft.scratch(),
-    };
+    let mut w = Work::new(k, matches!(op, Adjoint::DifferenceMap { .. }));
     let ow = obj.shape[1];
     let gw = shape[1];
     // runs of consecutive positions with the same sub-pixel y-shift (rows of a raster scan)
@@ -273,17 +434,34 @@ fn slab<T: Real>(
             forward(k, obj, probe_hat, if shared { Some(&cy) } else { None }, p, &mut w);
             // model intensities (scaled by 1/M² in `residuals`) and weights w/M², so that a
             // raw inverse FFT of w Ψ_raw gives the unitary b
-            let mj = &meas[j * mm..(j + 1) * mm];
-            s.loss += match &k.weights {
-                None => residuals::<T, false>(k.noise, mj, &[], &mut w.im, &mut w.wt, k.eps, sc2, sc2),
-                Some(g) => residuals::<T, true>(k.noise, mj, g, &mut w.im, &mut w.wt, k.eps, sc2, sc2),
-            };
-            // adjoint: b = F⁻¹(w Ψ); g_O += P* b, D_O += |P|²; g_P̂ += conj(ramp) F(O* b)
+            let pat = &meas[j * mm..(j + 1) * mm];
+            s.loss += pattern_residuals(k, pat, &mut w.im, &mut w.wt, sc2, sc2);
+            if let Adjoint::DifferenceMap { exit, init, .. } = &mut op {
+                dm_far_field(k, &mut w, &mut exit[j * km * mm..(j + 1) * km * mm], *init, pat, &orow);
+            }
+            // adjoint: b = F⁻¹(w Ψ) (or the new exit wave); g_O += P* b, D_O += |P|²;
+            // g_P̂ += conj(ramp) F(O* b)
             let (gy, gx) = ((p.window[0] - y0) as usize, (p.window[1] - x0) as usize);
             for mode in 0..km {
-                T::mul_real(&mut w.w1, &w.psi[mode * mm..(mode + 1) * mm], &w.wt);
-                k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
                 let pj = &w.pj[mode * mm..(mode + 1) * mm];
+                match &mut op {
+                    Adjoint::Gradient => {
+                        T::mul_real(&mut w.w1, &w.psi[mode * mm..(mode + 1) * mm], &w.wt);
+                        k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
+                    }
+                    Adjoint::DifferenceMap { exit, beta, .. } => {
+                        // ψ' = F⁻¹(f X_k); ψ ← ψ + β(ψ' − P_jk O_j); b = ψ
+                        T::mul_real(&mut w.w1, &w.x[mode * mm..(mode + 1) * mm], &w.wt);
+                        k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
+                        let e = &mut exit[(j * km + mode) * mm..(j * km + mode + 1) * mm];
+                        for (y, ((er, br), pr)) in e.chunks_exact_mut(m).zip(w.b.chunks_exact_mut(m)).zip(pj.chunks_exact(m)).enumerate() {
+                            for ((ev, bv), (pv, ov)) in er.iter_mut().zip(br.iter_mut()).zip(pr.iter().zip(orow(y))) {
+                                *ev = *ev + (*bv - *pv * *ov) * *beta;
+                                *bv = *ev;
+                            }
+                        }
+                    }
+                }
                 // g_O += P* b, D_O += |P|², and for the probe gradient w1 = O* b, D_P += |O|²
                 for (y, ((pr, br), t)) in pj.chunks_exact(m).zip(w.b.chunks_exact(m)).zip(w.w1.chunks_exact_mut(m)).enumerate() {
                     let row = (gy + y) * gw + gx;
@@ -332,9 +510,56 @@ pub fn y_runs<T: Real>(pos: &[PositionGeom<T>]) -> Vec<(std::ops::Range<usize>, 
     runs
 }
 
+/// The difference map's Fourier step for one position, after [`forward`]: X_k = F_raw(2 P_jk O_j − ψ_jk)
+/// into `w.x` and the modulus-projection weights f/M² = √(Î / Σ_k|X_k|²)/M² into `w.wt`
+/// (so that a raw inverse FFT of X_k · wt is the unitary Π_F). With `init` the exit waves
+/// `exit` ([K][M][M]) are first set to P_jk O_j.
+pub(crate) fn dm_far_field<'o, T: Real>(k: &Kernel<T>, w: &mut Work<T>, exit: &mut [Complex<T>], init: bool, meas: &[f32], orow: &dyn Fn(usize) -> &'o [Complex<T>]) {
+    let m = k.fft.size();
+    let mm = m * m;
+    let two = T::of(2.0);
+    for mode in 0..k.modes {
+        let pj = &w.pj[mode * mm..(mode + 1) * mm];
+        let e = &mut exit[mode * mm..(mode + 1) * mm];
+        for (y, ((er, pr), cr)) in e.chunks_exact_mut(m).zip(pj.chunks_exact(m)).zip(w.w1.chunks_exact_mut(m)).enumerate() {
+            for ((ev, cv), (pv, ov)) in er.iter_mut().zip(cr.iter_mut()).zip(pr.iter().zip(orow(y))) {
+                let po = *pv * *ov;
+                if init {
+                    *ev = po;
+                }
+                *cv = po * two - *ev;
+            }
+        }
+        k.fft.forward_t_raw(&mut w.w1, &mut w.x[mode * mm..(mode + 1) * mm], &mut w.scratch);
+    }
+    T::norm(&mut w.im, &w.x[..mm]);
+    for mode in 1..k.modes {
+        T::acc_norm(&mut w.im, &w.x[mode * mm..(mode + 1) * mm]);
+    }
+    // raw intensities: √(Î / (im/M²)) / M² = √(Î / im) / M
+    modulus_weights(meas, k.weights.as_deref(), &w.im, &mut w.wt, k.fft.scale());
+}
+
+/// Weights of the modulus projection Π_F: `wt = s √(Î / im)`, 0 where im = 0, and `s`
+/// (the model left as it is) on pixels the detector mask excludes (`mask` 0, see
+/// [`Kernel::weights`]). With `im` the unitary model intensities and s = 1/M² (or raw ones,
+/// M² × unitary, and s = 1/M), a raw inverse FFT of Ψ_raw · wt is the unitary F⁻¹ of Ψ
+/// scaled to the measured modulus.
+pub(crate) fn modulus_weights<T: Real>(meas: &[f32], mask: Option<&[f32]>, im: &[T], wt: &mut [T], s: T) {
+    for (q, ((w, m), i)) in wt.iter_mut().zip(meas).zip(im).enumerate() {
+        *w = if mask.is_some_and(|g| g[q] == 0.0) {
+            s
+        } else if *i > T::zero() {
+            (T::of32(*m) / *i).sqrt() * s
+        } else {
+            T::zero()
+        };
+    }
+}
+
 /// Local (row, column) of a position's window in `obj`. Panics if the window is not inside
 /// `obj` (a violated precondition: geometry is validated when it is built).
-fn window_offset<T>(obj: &Field<T>, p: &PositionGeom<impl Real>, m: usize) -> (usize, usize) {
+pub(crate) fn window_offset<T>(obj: &Field<T>, p: &PositionGeom<impl Real>, m: usize) -> (usize, usize) {
     let oy = p.window[0] - obj.origin[0];
     let ox = p.window[1] - obj.origin[1];
     assert!(
@@ -351,7 +576,7 @@ fn window_offset<T>(obj: &Field<T>, p: &PositionGeom<impl Real>, m: usize) -> (u
 /// ([`y_shifted`], shared by a run of positions with the same y-shift, as along a row of a
 /// raster scan); the x-shift then costs only the second half of the inverse transform.
 #[inline(always)]
-fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], cy: Option<&[Complex<T>]>, p: &PositionGeom<T>, w: &mut Work<T>) {
+pub(crate) fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], cy: Option<&[Complex<T>]>, p: &PositionGeom<T>, w: &mut Work<T>) {
     let m = k.fft.size();
     let mm = m * m;
     let sc = k.fft.scale();
@@ -429,21 +654,10 @@ fn flush_probe_run<T: Real>(k: &Kernel<T>, ramp_y: &[Complex<T>], acc: &mut [Com
 /// Model intensities I_j = Σ_k |F S_j P_k · O_j|² (unitary) of each position, [n][kx][ky]
 /// (the transposed corner-centred kernel layout), for simulation and tests.
 pub fn model_intensities<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], pos: &[PositionGeom<T>]) -> Vec<T> {
-    let m = k.fft.size();
-    let mm = m * m;
     let sc2 = k.fft.scale() * k.fft.scale();
     pos.par_iter()
         .map(|p| {
-            let z = Complex::default();
-            let mut w = Work {
-                pj: vec![z; k.modes * mm],
-                psi: vec![z; k.modes * mm],
-                w1: vec![z; mm],
-                b: Vec::new(),
-                im: vec![T::zero(); mm],
-                wt: Vec::new(),
-                scratch: k.fft.scratch(),
-            };
+            let mut w = Work::new(k, false);
             forward(k, obj, probe_hat, None, p, &mut w);
             w.im.iter().map(|v| *v * sc2).collect::<Vec<T>>()
         })

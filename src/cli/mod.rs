@@ -297,7 +297,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 set.push(format!("output.path={}", toml_string(&o.display().to_string())));
             }
             let cfg = Config::load(&config, &set)?;
-            let n = cfg.reconstruction.iterations;
+            let n = cfg.total_iterations();
             let bar = indicatif::ProgressBar::new(n as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} iterations  {msg}")

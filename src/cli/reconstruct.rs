@@ -9,7 +9,7 @@
 //! and at the first iteration boundary after SIGTERM or SIGUSR1, every rank saves its
 //! engine state and the loss history ([`crate::output::checkpoint::save`]); after SIGTERM
 //! the run then stops ([`Outcome::Stopped`]). A run started with a checkpoint directory
-//! ([`RunOptions::resume`]) continues from it and, the gd engine being deterministic,
+//! ([`RunOptions::resume`]) continues from it and, every engine being deterministic,
 //! ends with the same object, probe and loss bits as the uninterrupted run.
 
 use crate::backend::cpu::Kernel;
@@ -17,8 +17,8 @@ use crate::comm::{self, Comm};
 use crate::config::{Config, ParallelMode};
 use crate::data::DataFile;
 use crate::cli::signals::StopFlags;
-use crate::engine::gd::{self, Decomposition, Options, Problem, Rank, State};
 use crate::engine::snapshot::{self, NamedArray, Snapshot};
+use crate::engine::{self, gd, Carry, Decomposition, EngineState, Problem, Rank, Settings, State};
 use crate::error::{Error, Result};
 use crate::output::checkpoint::{self, Job, RankSnapshot};
 use crate::output::ReconResult;
@@ -232,6 +232,15 @@ pub fn job_identity(cfg: &Config, df: &DataFile, plan: &TilePlan, engine: &str) 
     let mut t = toml::Table::new();
     t.insert("engine".into(), engine.into());
     t.insert("reconstruction".into(), rec.into());
+    // the engines' own parameters and the schedule (its iterations included: they decide
+    // which engine runs at which iteration)
+    for (name, v) in [("dm", table(&cfg.dm, "dm")?), ("mlcg", table(&cfg.mlcg, "mlcg")?), ("epie", table(&cfg.epie, "epie")?), ("rpie", table(&cfg.rpie, "rpie")?)] {
+        t.insert(name.into(), v.into());
+    }
+    if !cfg.schedule.is_empty() {
+        let stages = cfg.schedule.iter().map(|s| table(s, "schedule").map(toml::Value::Table)).collect::<Result<Vec<_>>>()?;
+        t.insert("schedule".into(), toml::Value::Array(stages));
+    }
     t.insert("experiment".into(), table(&cfg.experiment, "experiment")?.into());
     t.insert("data".into(), data.into());
     t.insert("parallel".into(), par.into());
@@ -303,21 +312,28 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progre
         "rank {}: {} positions, {} measurement bytes, field {}x{} ({} object/gradient bytes), {} halo peers",
         c.rank(), rp.positions.len(), meas_b, rp.field.shape()[0], rp.field.shape()[1], field_b, rp.sends.len()
     );
-    let (problem, mut state) = setup(cfg, &df, rp, c)?;
-    let opts = Options::from(&cfg.reconstruction);
+    let (problem, state) = setup(cfg, &df, rp, c)?;
+    let mut carry = Carry { state, engines: EngineState::default() };
+    let settings = Settings::from(cfg);
+    let iterations = settings.total_iterations();
     let mode = match cfg.parallel.mode {
         ParallelMode::Tiled => Decomposition::Tiled,
         ParallelMode::Replicated => Decomposition::Replicated,
     };
-    let iterations = cfg.reconstruction.iterations;
-    let job = job_identity(cfg, &df, &plan, state.engine())?;
+    let label = settings.label();
+    let job = job_identity(cfg, &df, &plan, &label)?;
     // hash of this rank's patterns, only when a checkpoint is read or written
     let data_hash = std::cell::OnceCell::new();
     let data_xxh3 = || *data_hash.get_or_init(|| xxh3_64(bytemuck::cast_slice(&problem.intensities)));
     let (start, mut loss) = match ro.resume {
-        Some(dir) => resume(dir, &job, rp, data_xxh3(), iterations, &mut state)?,
+        Some(dir) => resume(dir, &job, rp, data_xxh3(), iterations, &mut carry)?,
         None => (0, Vec::with_capacity(iterations)),
     };
+    let exit_len = problem.positions.len() * problem.kernel.modes * df.m * df.m;
+    if !carry.engines.dm.exit_waves.is_empty() && carry.engines.dm.exit_waves.len() != exit_len {
+        let dir = ro.resume.unwrap_or(Path::new("")).display().to_string();
+        return Err(Error::new(dir, format!("rank {}'s exit waves do not match its {} positions", rp.rank, problem.positions.len())));
+    }
     if start > 0 && c.rank() == 0 {
         tracing::info!("resuming from {} after iteration {start}", ro.resume.unwrap_or(Path::new("")).display());
     }
@@ -331,7 +347,7 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progre
         let mut rank = Rank { plan: rp, comm: &mut *c, mode, overlap: cfg.parallel.overlap };
         for it in start..iterations {
             let t = Instant::now();
-            let st = gd::iterate(&problem, &mut state, it, &opts, &mut rank)?;
+            let st = engine::iterate(&problem, &mut carry.state, &mut carry.engines, it, &settings, &mut rank)?;
             let l = st.loss / df.n as f64;
             if !l.is_finite() {
                 return Err(Error::new("reconstruction", format!("loss became {l} at iteration {it}")));
@@ -352,13 +368,13 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progre
             let (stop, requested) = (req[0] > 0.0, req[1] > 0.0);
             if stop || requested || (every > 0 && done % every == 0) {
                 let t = Instant::now();
-                let mut arrays = state.save();
+                let mut arrays = carry.save();
                 arrays.push(NamedArray::new("loss", &[loss.len()], &loss));
                 let snap = RankSnapshot {
                     rank: rp.rank as u64,
                     iteration: done as u64,
-                    engine: state.engine().into(),
-                    stage: 0,
+                    engine: label.clone(),
+                    stage: settings.stage_at(done) as u64,
                     fingerprint: job.fingerprint(),
                     tile: rect4(&rp.tile),
                     data_xxh3: data_xxh3(),
@@ -390,7 +406,7 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progre
     steady_s.sort_by(|a, b| a.total_cmp(b));
     let median_s = steady_s.get(steady_s.len() / 2).copied().unwrap_or(0.0);
     // gather the owned tiles on rank 0
-    let tile = gd::extract(&state.object, &rp.tile);
+    let tile = gd::extract(&carry.state.object, &rp.tile);
     let tiles = c.gather(bytemuck::cast_slice(&tile).to_vec())?;
     let Some(tiles) = tiles else { return Ok(Outcome::Finished(None)) };
     let mut object = Field::filled([0, 0], df.object_shape, Complex32::new(1.0, 0.0));
@@ -432,7 +448,7 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progre
     Ok(Outcome::Finished(Some(ReconResult {
         object,
         pixel_size_m: df.experiment.pixel_size_m,
-        probe: state.probe,
+        probe: carry.state.probe,
         modes: cfg.reconstruction.probe_modes,
         m: df.m,
         positions_px: df.centres.clone(),

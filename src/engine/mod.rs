@@ -1,6 +1,259 @@
 //! Solvers. An engine owns the iteration: it asks a backend for sums of per-position
-//! contributions and turns them into updates of the object and probe. Its persistent
-//! state is checkpointed through [`snapshot::Snapshot`].
+//! contributions and turns them into updates of the object and probe. All engines share the
+//! forward model (`backend`), the tiles and their halo exchange ([`exchange`]) and the
+//! communicators (`comm`):
+//!
+//! | engine | file | update |
+//! |---|---|---|
+//! | `gd` | [`gd`] | preconditioned gradient descent (Fisher scoring) |
+//! | `dm` | [`dm`] | difference map on exit waves, overlap projection as a ratio of sums |
+//! | `mlcg` | [`mlcg`] | maximum likelihood, nonlinear conjugate gradients + line search |
+//! | `epie`, `rpie` | [`pie`] | sequential per position inside a tile; tiles merge once per iteration |
+//!
+//! gd, dm and mlcg use only sums over positions (all-reduced scalars for mlcg), so a tiled
+//! run equals the 1-rank run; epie/rpie depend on the tiling (docs/algorithm.md §9).
+//! A rank's persistent state ([`Carry`]) is checkpointed through [`snapshot::Snapshot`].
 
+pub mod dm;
+pub mod exchange;
 pub mod gd;
+pub mod mlcg;
+pub mod pie;
 pub mod snapshot;
+
+use crate::backend::cpu::Kernel;
+use crate::comm::Comm;
+use crate::config::{Config, Engine, MlcgConfig, Stage};
+use crate::error::Result;
+use crate::physics::fft::Real;
+use snapshot::{find, Element, NamedArray, Snapshot};
+use crate::physics::model::{Field, PositionGeom};
+use crate::tiling::RankPlan;
+use num_complex::Complex;
+
+/// The unknowns on one rank: object on its field and the (replicated) probe modes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State<T> {
+    /// Object on the rank's field (tile + halo; the whole object on one rank).
+    pub object: Field<Complex<T>>,
+    /// Probe modes [K, M, M], real space, centred at [M/2, M/2].
+    pub probe: Vec<Complex<T>>,
+}
+
+/// What engines keep between iterations besides the object and probe: plain public data,
+/// so that a checkpoint can save and restore it bit for bit. Reset (to its `Default`) when a
+/// schedule moves to a different engine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineState<T> {
+    /// Difference map: this rank's exit waves.
+    pub dm: dm::DmState<T>,
+    /// ML-CG: previous gradient, direction, step.
+    pub mlcg: mlcg::CgState,
+}
+
+/// Everything one rank carries from one iteration to the next: the unknowns and the
+/// engines' own state. With the global iteration number it determines the rest of the run,
+/// so it is what a checkpoint saves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Carry<T> {
+    /// Object and probe.
+    pub state: State<T>,
+    /// Exit waves (dm), conjugate-gradient memory (mlcg).
+    pub engines: EngineState<T>,
+}
+
+/// Checkpoint arrays: `object` ([rows, cols] of the rank's field, tile + halo, complex of
+/// T), `probe` ([K·M·M]); `exit_waves` ([n·K·M·M], complex of T) once dm has run;
+/// `cg_gradient`, `cg_direction` ([tile pixels + K·M·M], complex f64) and `cg_scalars`
+/// ([⟨g₋, z₋⟩, step, loss], f64) once mlcg has run. No engine keeps random numbers, so
+/// these arrays and the iteration number determine the rest of the run.
+impl<T: Real> Snapshot for Carry<T>
+where
+    Complex<T>: Element,
+{
+    fn save(&self) -> Vec<NamedArray> {
+        let (s, e) = (&self.state, &self.engines);
+        let mut v = vec![
+            NamedArray::new("object", &s.object.shape, &s.object.data),
+            NamedArray::new("probe", &[s.probe.len()], &s.probe),
+        ];
+        if !e.dm.exit_waves.is_empty() {
+            v.push(NamedArray::new("exit_waves", &[e.dm.exit_waves.len()], &e.dm.exit_waves));
+        }
+        let cg = &e.mlcg;
+        if cg != &mlcg::CgState::default() {
+            v.push(NamedArray::new("cg_gradient", &[cg.gradient.len()], &cg.gradient));
+            v.push(NamedArray::new("cg_direction", &[cg.direction.len()], &cg.direction));
+            v.push(NamedArray::new("cg_scalars", &[3], &[cg.gz, cg.step, cg.loss]));
+        }
+        v
+    }
+    fn restore(&mut self, arrays: &[NamedArray]) -> Result<()> {
+        let s = &mut self.state;
+        let object = find(arrays, "object")?.values(&s.object.shape)?;
+        let probe = find(arrays, "probe")?.values(&[s.probe.len()])?;
+        let mut engines = EngineState::default();
+        let len = |name: &str| arrays.iter().find(|a| a.name == name).map(|a| a.shape.iter().product::<u64>() as usize);
+        if let Some(n) = len("exit_waves") {
+            engines.dm.exit_waves = find(arrays, "exit_waves")?.values(&[n])?;
+        }
+        if let (Some(ng), Some(nd)) = (len("cg_gradient"), len("cg_direction")) {
+            let c = find(arrays, "cg_scalars")?.values::<f64>(&[3])?;
+            engines.mlcg = mlcg::CgState {
+                gradient: find(arrays, "cg_gradient")?.values(&[ng])?,
+                direction: find(arrays, "cg_direction")?.values(&[nd])?,
+                gz: c[0],
+                step: c[1],
+                loss: c[2],
+            };
+        }
+        s.object.data = object;
+        s.probe = probe;
+        self.engines = engines;
+        Ok(())
+    }
+}
+
+/// How the object-sized sums of the ranks are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decomposition {
+    /// Tiles with halo exchange (the object and gradient are split).
+    Tiled,
+    /// Every rank holds the whole object; gradients are all-reduced (baseline).
+    Replicated,
+}
+
+/// What one rank works on: geometry and intensities of its positions (halo positions first,
+/// as in its [`RankPlan`]) and the kernel settings.
+#[derive(Debug)]
+pub struct Problem<T: Real> {
+    /// FFT plans, modes, noise model, Poisson floor.
+    pub kernel: Kernel<T>,
+    /// This rank's positions, in plan order.
+    pub positions: Vec<PositionGeom<T>>,
+    /// The first `n_halo` of `positions` have windows reaching outside the tile.
+    pub n_halo: usize,
+    /// Intensities [n, M, M] in the transposed corner-centred layout, same order.
+    pub intensities: Vec<f32>,
+}
+
+/// A rank's place in the job: its plan, communicator and decomposition.
+pub struct Rank<'a> {
+    /// Tile, field, transfers.
+    pub plan: &'a RankPlan,
+    /// Transport.
+    pub comm: &'a mut dyn Comm,
+    /// Tiled or replicated.
+    pub mode: Decomposition,
+    /// Post the halo sends before computing the interior positions (true, the method) or
+    /// only after all positions (false: no overlap, to measure what the overlap hides).
+    pub overlap: bool,
+}
+
+impl<'a> Rank<'a> {
+    /// A rank with overlapped halo exchange.
+    pub fn new(plan: &'a RankPlan, comm: &'a mut dyn Comm, mode: Decomposition) -> Self {
+        Rank { plan, comm, mode, overlap: true }
+    }
+}
+
+/// What one iteration reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IterStats {
+    /// Loss summed over all positions of all ranks, at the state before the update
+    /// (epie/rpie: accumulated during the sweep).
+    pub loss: f64,
+    /// Whether the probe was updated.
+    pub probe_updated: bool,
+    /// Seconds computing: kernels over positions and the updates.
+    pub compute_s: f64,
+    /// Seconds of communication work: packing and posting halo messages, adding received
+    /// halo sums, writing refreshed halo values.
+    pub comm_s: f64,
+    /// Seconds blocked: in receives, collectives and send completion (load imbalance and
+    /// message time not hidden behind compute).
+    pub wait_s: f64,
+}
+
+/// Everything the engines read from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The run's stages (`[[schedule]]` or one stage of `reconstruction.engine`).
+    pub stages: Vec<Stage>,
+    /// Noise model, probe refinement, batches, step (`[reconstruction]`).
+    pub gd: gd::Options,
+    /// `[dm] beta`.
+    pub dm_beta: f64,
+    /// `[mlcg]`.
+    pub mlcg: MlcgConfig,
+    /// `[epie]` α, β.
+    pub epie: [f64; 2],
+    /// `[rpie]` α, β.
+    pub rpie: [f64; 2],
+}
+
+impl From<&Config> for Settings {
+    fn from(c: &Config) -> Self {
+        Settings {
+            stages: c.stages(),
+            gd: gd::Options::from(&c.reconstruction),
+            dm_beta: c.dm.beta,
+            mlcg: c.mlcg.clone(),
+            epie: c.epie_params(),
+            rpie: c.rpie_params(),
+        }
+    }
+}
+
+impl Settings {
+    /// Total iterations over all stages.
+    pub fn total_iterations(&self) -> usize {
+        self.stages.iter().fold(0usize, |a, s| a.saturating_add(s.iterations))
+    }
+
+    /// The schedule in words, recorded in checkpoints: the engine's name for one stage
+    /// (`gd`), else `dm:20,mlcg:30` (engine:iterations per stage).
+    pub fn label(&self) -> String {
+        match self.stages.as_slice() {
+            [one] => one.engine.name().to_string(),
+            all => all.iter().map(|s| format!("{}:{}", s.engine.name(), s.iterations)).collect::<Vec<_>>().join(","),
+        }
+    }
+
+    /// The (0-based) stage of global iteration `it`; past the end, the last stage.
+    pub fn stage_at(&self, it: usize) -> usize {
+        let mut end = 0;
+        for (i, s) in self.stages.iter().enumerate() {
+            end += s.iterations;
+            if it < end {
+                return i;
+            }
+        }
+        self.stages.len().saturating_sub(1)
+    }
+
+    /// The engine of (0-based, global) iteration `it`; past the end, the last stage's.
+    pub fn engine_at(&self, it: usize) -> Engine {
+        self.stages.get(self.stage_at(it)).map(|s| s.engine).unwrap_or_default()
+    }
+}
+
+/// One iteration (global index `iteration`, counted over all stages) of the engine the
+/// schedule names for it. The engine state `es` is reset when the engine differs from the
+/// previous iteration's, so a resumed run that restores `es` and `iteration` continues bit
+/// for bit.
+///
+/// Errors: a failed peer or transport (naming the peer rank).
+pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, es: &mut EngineState<T>, iteration: usize, set: &Settings, rank: &mut Rank) -> Result<IterStats> {
+    let engine = set.engine_at(iteration);
+    if iteration > 0 && set.engine_at(iteration - 1) != engine {
+        *es = EngineState::default();
+    }
+    match engine {
+        Engine::Gd => gd::iterate(p, s, iteration, &set.gd, rank),
+        Engine::Dm => dm::iterate(p, s, &mut es.dm, iteration, &set.gd, set.dm_beta, rank),
+        Engine::Mlcg => mlcg::iterate(p, s, &mut es.mlcg, iteration, &set.gd, &set.mlcg, rank),
+        Engine::Epie => pie::iterate(p, s, iteration, &set.gd, &pie::Params::epie(set.epie), rank),
+        Engine::Rpie => pie::iterate(p, s, iteration, &set.gd, &pie::Params::rpie(set.rpie), rank),
+    }
+}

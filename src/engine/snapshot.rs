@@ -128,8 +128,6 @@ pub fn find<'a>(arrays: &'a [NamedArray], name: &str) -> Result<&'a NamedArray> 
 
 /// An engine state that can be checkpointed.
 pub trait Snapshot {
-    /// Engine name recorded in the checkpoint (a resume with another engine is refused).
-    fn engine(&self) -> &'static str;
     /// Every array that, with the global iteration number, determines the rest of the run.
     fn save(&self) -> Vec<NamedArray>;
     /// Overwrite this state (built by the same setup: same shapes) with saved arrays.

@@ -218,3 +218,86 @@ mod tests {
         assert_eq!(form_probe(&e, 1.0).unwrap_err().what, "experiment.convergence_semiangle_mrad");
     }
 }
+
+/// Powers of the orthogonal probe modes spanned by `modes` ([K, M·M] flattened, any
+/// mixing): the eigenvalues of the K × K Gram matrix G_kl = Σ_r P_k*(r) P_l(r), sorted
+/// largest first. They sum to Σ_k Σ|P_k|² and do not depend on how the reconstruction
+/// mixed the modes (the mixed state is defined up to a unitary K × K transform).
+pub fn mode_powers(modes: &[C32], k: usize) -> Vec<f64> {
+    if k == 0 || modes.is_empty() {
+        return Vec::new();
+    }
+    let n = modes.len() / k;
+    // Hermitian G = B + iC as the real symmetric [[B, −C], [C, B]]: each eigenvalue twice
+    let mut a = vec![vec![0.0f64; 2 * k]; 2 * k];
+    for p in 0..k {
+        for q in 0..k {
+            let g: num_complex::Complex64 = modes[p * n..(p + 1) * n]
+                .iter()
+                .zip(&modes[q * n..(q + 1) * n])
+                .map(|(x, y)| num_complex::Complex64::new(x.re as f64, -x.im as f64) * num_complex::Complex64::new(y.re as f64, y.im as f64))
+                .sum();
+            a[p][q] = g.re;
+            a[p + k][q + k] = g.re;
+            a[p][q + k] = -g.im;
+            a[p + k][q] = g.im;
+        }
+    }
+    let mut ev = jacobi_eigenvalues(a);
+    ev.sort_by(|x, y| y.total_cmp(x));
+    ev.iter().step_by(2).copied().collect()
+}
+
+/// Eigenvalues of a real symmetric matrix by cyclic Jacobi rotations (small matrices).
+fn jacobi_eigenvalues(mut a: Vec<Vec<f64>>) -> Vec<f64> {
+    let n = a.len();
+    for _sweep in 0..100 {
+        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i][j] * a[i][j]).sum();
+        let diag: f64 = (0..n).map(|i| a[i][i] * a[i][i]).sum();
+        if off <= 1e-30 * diag.max(1e-300) {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                if a[p][q].abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for r in 0..n {
+                    let (arp, arq) = (a[r][p], a[r][q]);
+                    a[r][p] = c * arp - s * arq;
+                    a[r][q] = s * arp + c * arq;
+                }
+                for r in 0..n {
+                    let (apr, aqr) = (a[p][r], a[q][r]);
+                    a[p][r] = c * apr - s * aqr;
+                    a[q][r] = s * apr + c * aqr;
+                }
+            }
+        }
+    }
+    (0..n).map(|i| a[i][i]).collect()
+}
+
+#[cfg(test)]
+mod mode_power_tests {
+    use super::*;
+
+    #[test]
+    fn mode_powers_ignore_mixing() {
+        // two orthogonal modes of powers 3 and 1, mixed by a unitary 2×2 with a phase
+        let m = 4;
+        let a: Vec<C32> = (0..m * m).map(|i| C32::new(if i < 8 { 0.5 } else { 0.0 }, 0.0) * 3f32.sqrt() / 2f32.sqrt()).collect();
+        let b: Vec<C32> = (0..m * m).map(|i| C32::new(0.0, if i >= 8 { 0.5 } else { 0.0 }) / 2f32.sqrt()).collect();
+        let (c, s) = (0.6f32, 0.8f32);
+        let ph = C32::from_polar(1.0, 0.7);
+        let mut mixed: Vec<C32> = a.iter().zip(&b).map(|(x, y)| x * c + y * s * ph).collect();
+        mixed.extend(a.iter().zip(&b).map(|(x, y)| -x * s * ph.conj() + y * c));
+        let p = mode_powers(&mixed, 2);
+        assert!((p[0] - 3.0).abs() < 1e-5 && (p[1] - 1.0).abs() < 1e-5, "{p:?}");
+    }
+}

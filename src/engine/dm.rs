@@ -1,0 +1,102 @@
+//! "dm": the difference map (Thibault et al. 2008/2009; β-relaxed form as in Dong et al.
+//! 2018) with mixed-state probe modes, on one rank of a tiled job (docs/algorithm.md §7).
+//!
+//! Each rank keeps the exit waves ψ_jk of its own positions. One iteration:
+//! ```text
+//! ψ_jk ← ψ_jk + β [ Π_F(2 P_jk O_j − ψ_jk) − P_jk O_j ]           Fourier step, per position
+//! O ← (Σ_jk P*_jk ψ_jk + r O) / (Σ_jk |P_jk|² + r)                   overlap step, object
+//! P_k ← (Σ_j S_j^H(O*_j ψ_jk) + r_P P_k) / (Σ_j |O_j|² + r_P)         then the probe, new O
+//! ```
+//! The probe step uses the updated object (one alternation of the overlap projection, as
+//! in Thibault et al. 2009): updating both from the same old values over-corrects their
+//! common scale and diverges.
+//! with r = δ max Σ|P_jk|², r_P = δ max Σ|O_j|² (δ = 10⁻³; they keep unilluminated pixels).
+//! The overlap step is a ratio of sums over positions: numerator and denominator are
+//! formed and completed over tiles exactly like gd's gradient and preconditioner (halo
+//! positions first, halo sums to owners, probe sums all-reduced), so a tiled run equals
+//! the 1-rank run.
+
+use super::exchange::{add_step, allreduce_probe_sums, global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices, TAG_OBJECT};
+use super::gd::{Options, PRECONDITIONER_DELTA};
+use super::{IterStats, Problem, Rank, State};
+use crate::backend::cpu::{difference_map, probe_spectrum, probe_sums, Gradients};
+use crate::error::Result;
+use crate::physics::fft::Real;
+use crate::tiling::Rect;
+use num_complex::{Complex, Complex64};
+use std::time::Instant;
+
+/// What the difference map keeps between iterations on one rank.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DmState<T> {
+    /// Exit waves ψ_jk of this rank's positions, [n][K][M][M] in plan order (the order of
+    /// `Problem::positions`), real space; empty before the first difference-map iteration,
+    /// which starts them at P_jk O_j.
+    pub exit_waves: Vec<Complex<T>>,
+}
+
+/// One difference-map iteration on one rank. `beta` ∈ (0, 1] (`[dm] beta`); the probe is
+/// refined as `o` says (`update_probe`, `probe_update_start`). The reported loss is the
+/// noise model's at the state before the update.
+///
+/// Errors: a failed peer or transport (naming the peer rank).
+pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, iteration: usize, o: &Options, beta: f64, rank: &mut Rank) -> Result<IterStats> {
+    let update_probe = o.probe_at(iteration);
+    let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
+    let mm = p.kernel.fft.size().pow(2);
+    let kmm = p.kernel.modes * mm;
+    let init = ds.exit_waves.is_empty();
+    if init {
+        ds.exit_waves = vec![Complex::default(); p.positions.len() * kmm];
+    }
+    let ph = probe_spectrum(&p.kernel.fft, &s.probe);
+    let exit = &mut ds.exit_waves;
+    let object = &s.object;
+    let g = halo_first_sums(p, rank, &mut st, |r| {
+        let (pos, meas) = (&p.positions[r.clone()], &p.intensities[r.start * mm..r.end * mm]);
+        difference_map(&p.kernel, object, &ph, pos, meas, false, &mut exit[r.start * kmm..r.end * kmm], init, beta)
+    })?;
+    st.loss = g.loss;
+    let dmax = global_max_in(&g.d_obj, rank, &mut st)?;
+    let mut t = Instant::now();
+    overlap_update(p, s, &g, &rank.plan.tile, dmax);
+    st.compute_s += lap(&mut t);
+    refresh_halo(&mut s.object, rank, TAG_OBJECT, &mut st)?;
+    let mut t = Instant::now();
+    if update_probe {
+        let mut gp = probe_sums(&p.kernel, &s.object, &p.positions, &ds.exit_waves);
+        st.compute_s += lap(&mut t);
+        allreduce_probe_sums(&mut gp, rank.comm)?;
+        st.wait_s += lap(&mut t);
+        overlap_update(p, s, &gp, &rank.plan.tile, 0.0);
+        st.compute_s += lap(&mut t);
+    }
+    rank.comm.wait_sends()?;
+    st.wait_s += lap(&mut t);
+    Ok(st)
+}
+
+/// The overlap step from complete sums: object on `tile` if its sums are present (`dmax`
+/// the global maximum of D_O), probe if its sums are present.
+/// Formed in f64 and rounded once to the working precision.
+fn overlap_update<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, tile: &Rect, dmax: f64) {
+    let reg = PRECONDITIONER_DELTA * dmax + f64::MIN_POSITIVE;
+    // x ← (n + r x)/(d + r), written as x + (n − d x)/(d + r)
+    let ratio = |x: &mut Complex<T>, n: Complex64, d: f64, r: f64| {
+        let xv = Complex64::new(x.re.f64(), x.im.f64());
+        add_step(x, (n - xv * d) / (d + r));
+    };
+    for i in tile_indices(&s.object, tile).filter(|_| !g.g_obj.data.is_empty()) {
+        ratio(&mut s.object.data[i], g.g_obj.data[i], g.d_obj.data[i], reg);
+    }
+    if !g.g_probe_hat.is_empty() {
+        let num = probe_from_hat(p.kernel.fft.size(), &g.g_probe_hat);
+        let mm = g.d_probe.len();
+        let preg = PRECONDITIONER_DELTA * g.d_probe.iter().fold(0.0f64, |a, b| a.max(*b)) + f64::MIN_POSITIVE;
+        for (pm, nm) in s.probe.chunks_mut(mm).zip(num.chunks(mm)) {
+            for ((x, n), d) in pm.iter_mut().zip(nm).zip(&g.d_probe) {
+                ratio(x, *n, *d, preg);
+            }
+        }
+    }
+}
