@@ -81,6 +81,43 @@ fn stop_and_resume_in_process(ranks: usize) {
     assert_same_bits(&again, &full, "resumed from the final checkpoint");
 }
 
+/// A dm → mlcg → epie schedule, stopped inside each stage and resumed: the exit waves and
+/// the conjugate-gradient memory travel in the checkpoint, so every resumed run ends with
+/// the uninterrupted run's bits; the manifest names the schedule and the stage.
+#[test]
+fn schedule_resume_bit_exact_in_every_stage() {
+    let (dir, cfg) = dataset();
+    // the stages set the iterations: drop the simulated config's reconstruction.iterations
+    let mut text: String = std::fs::read_to_string(&cfg).unwrap().lines().filter(|l| !l.trim_start().starts_with("iterations")).map(|l| format!("{l}\n")).collect();
+    text.push_str("\n[[schedule]]\nengine = \"dm\"\niterations = 3\n[[schedule]]\nengine = \"mlcg\"\niterations = 4\n[[schedule]]\nengine = \"epie\"\niterations = 2\n");
+    std::fs::write(&cfg, text).unwrap();
+    let ck = dir.path().join("ck");
+    let c = config(&cfg, 4, &[format!("checkpoint.dir={:?}", ck.display().to_string())]);
+    let full = reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap();
+    assert_eq!(full.loss.len(), 9);
+    for (k, stage, arrays) in [(2, 0, vec!["exit_waves"]), (5, 1, vec!["cg_gradient", "cg_direction", "cg_scalars"]), (8, 2, vec![])] {
+        let flags = StopFlags::new();
+        let stop_at = |it: usize, _: f64, _: f64, _: usize| {
+            if it + 1 == k {
+                flags.stop.store(true, Ordering::SeqCst);
+            }
+        };
+        let out = reconstruct::run_with(&c, RunOptions { resume: None, signals: Some(&flags) }, &stop_at).unwrap();
+        assert!(matches!(out, Outcome::Stopped { iteration, .. } if iteration == k), "did not stop at {k}");
+        let m = checkpoint::verify(&ck).unwrap();
+        assert_eq!((m.iteration, m.engine.as_str(), m.stage), (k as u64, "dm:3,mlcg:4,epie:2", stage));
+        let names: Vec<String> = checkpoint::read_rank(&ck, &m, 0).unwrap().arrays.iter().map(|a| a.name.clone()).collect();
+        for a in &arrays {
+            assert!(names.contains(&a.to_string()), "stop at {k}: {a} missing from {names:?}");
+        }
+        let resumed = match reconstruct::run_with(&c, RunOptions { resume: Some(&ck), signals: None }, &|_, _, _, _| {}).unwrap() {
+            Outcome::Finished(r) => r.unwrap(),
+            Outcome::Stopped { .. } => panic!("stopped"),
+        };
+        assert_same_bits(&resumed, &full, &format!("schedule resumed at {k}"));
+    }
+}
+
 #[test]
 fn resume_bit_exact_one_rank() {
     stop_and_resume_in_process(1);
