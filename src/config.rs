@@ -238,6 +238,11 @@ pub struct DmConfig {
     /// 1 is the classic difference map.
     #[serde(default = "unit_step")]
     pub beta: f64,
+    /// Relaxation γ ∈ (0, 1] of the Fourier step Π_F: the far field moves to the proximal
+    /// point of the noise model's likelihood (`physics::model::relaxed_modulus`); 1 is the
+    /// modulus projection |Ψ| ← √Î.
+    #[serde(default = "dm_gamma")]
+    pub gamma: f64,
 }
 
 /// Conjugate-direction formula of the ML-CG engine.
@@ -277,6 +282,16 @@ pub struct PieConfig {
     /// Probe parameter β (same roles for the probe).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta: Option<f64>,
+    /// Relaxation γ ∈ (0, 1] of the Fourier step, as `[dm] gamma`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f64>,
+}
+
+impl PieConfig {
+    /// [α, β, γ], absent keys from `defaults`.
+    fn params(&self, defaults: [f64; 3]) -> [f64; 3] {
+        [self.alpha.unwrap_or(defaults[0]), self.beta.unwrap_or(defaults[1]), self.gamma.unwrap_or(defaults[2])]
+    }
 }
 
 /// One stage of a `[[schedule]]`: `engine` for `iterations` iterations.
@@ -306,6 +321,14 @@ pub const DEFAULT_ITERATIONS: usize = 20;
 fn one() -> usize { 1 }
 fn yes() -> bool { true }
 fn unit_step() -> f64 { 1.0 }
+fn dm_gamma() -> f64 { DM_GAMMA }
+
+/// Default `[dm] gamma`.
+pub const DM_GAMMA: f64 = 0.2;
+/// Defaults `[epie]` α, β, γ.
+pub const EPIE_DEFAULTS: [f64; 3] = [1.0, 1.0, 0.01];
+/// Defaults `[rpie]` α, β, γ.
+pub const RPIE_DEFAULTS: [f64; 3] = [0.1, 1.0, 0.005];
 fn default_output() -> PathBuf { PathBuf::from("ptytile_out/recon.h5") }
 
 impl Default for ReconstructionConfig {
@@ -408,10 +431,10 @@ pub struct Config {
     /// `[mlcg]`
     #[serde(default)]
     pub mlcg: MlcgConfig,
-    /// `[epie]` (defaults α = β = 1)
+    /// `[epie]` (defaults [`EPIE_DEFAULTS`])
     #[serde(default)]
     pub epie: PieConfig,
-    /// `[rpie]` (defaults α = 0.1, β = 1)
+    /// `[rpie]` (defaults [`RPIE_DEFAULTS`])
     #[serde(default)]
     pub rpie: PieConfig,
     /// `[[schedule]]`: stages run in order (e.g. 20 DM, then 30 ML-CG); empty = one stage of
@@ -517,17 +540,15 @@ impl Config {
         if self.schedule.iter().any(|s| s.iterations == 0) {
             return Err(Error::new("schedule.iterations", "must be at least 1"));
         }
-        if !(self.dm.beta.is_finite() && self.dm.beta > 0.0 && self.dm.beta <= 1.0) {
-            return Err(Error::new("dm.beta", format!("must lie in (0, 1], got {}", self.dm.beta)));
+        for (key, v) in [("dm.beta", self.dm.beta), ("dm.gamma", self.dm.gamma)] {
+            check_unit_interval(key, v)?;
         }
         if !(self.mlcg.initial_step.is_finite() && self.mlcg.initial_step > 0.0) {
             return Err(Error::new("mlcg.initial_step", "must be a positive number"));
         }
         for (name, p) in [("epie", self.epie_params()), ("rpie", self.rpie_params())] {
-            for (key, v) in [("alpha", p[0]), ("beta", p[1])] {
-                if !(v.is_finite() && v > 0.0 && v <= 1.0) {
-                    return Err(Error::new(format!("{name}.{key}"), format!("must lie in (0, 1], got {v}")));
-                }
+            for (key, v) in ["alpha", "beta", "gamma"].into_iter().zip(p) {
+                check_unit_interval(&format!("{name}.{key}"), v)?;
             }
         }
         let e = &self.experiment;
@@ -580,14 +601,14 @@ impl Config {
         }
     }
 
-    /// ePIE's [α, β] (defaults 1, 1).
-    pub fn epie_params(&self) -> [f64; 2] {
-        [self.epie.alpha.unwrap_or(1.0), self.epie.beta.unwrap_or(1.0)]
+    /// ePIE's [α, β, γ] (defaults [`EPIE_DEFAULTS`]).
+    pub fn epie_params(&self) -> [f64; 3] {
+        self.epie.params(EPIE_DEFAULTS)
     }
 
-    /// rPIE's [α, β] (defaults 0.1, 1).
-    pub fn rpie_params(&self) -> [f64; 2] {
-        [self.rpie.alpha.unwrap_or(0.1), self.rpie.beta.unwrap_or(1.0)]
+    /// rPIE's [α, β, γ] (defaults [`RPIE_DEFAULTS`]).
+    pub fn rpie_params(&self) -> [f64; 3] {
+        self.rpie.params(RPIE_DEFAULTS)
     }
 
     /// Total iterations of the run (over all stages).
@@ -611,6 +632,15 @@ pub const LIMITS: [(&str, usize); 5] = [
     ("parallel.ranks", 1024),
     ("parallel.tiles", 1 << 16),
 ];
+
+/// Error naming `key` unless `v` ∈ (0, 1] (a relaxation or step parameter).
+fn check_unit_interval(key: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v > 0.0 && v <= 1.0 {
+        Ok(())
+    } else {
+        Err(Error::new(key, format!("must lie in (0, 1], got {v}")))
+    }
+}
 
 /// Metadata values must be finite and > 0 (energy, samplings, distances).
 pub fn check_positive(key: &str, v: Option<f64>) -> Result<()> {
@@ -753,7 +783,9 @@ mod tests {
         assert_eq!(c.total_iterations(), 50);
         assert_eq!(c.stages()[1].engine, Engine::Mlcg);
         assert_eq!(c.mlcg.direction, CgDirection::DaiYuan);
-        assert_eq!(c.rpie_params(), [0.1, 1.0]);
+        assert_eq!(c.rpie_params(), RPIE_DEFAULTS);
+        assert_eq!(c.epie_params(), EPIE_DEFAULTS);
+        assert_eq!(c.dm.gamma, DM_GAMMA);
         assert_eq!(Config::from_toml(&c.to_toml(), &[]).unwrap(), c);
         let e = Config::from_toml(&text, &["reconstruction.iterations=5".into()]).unwrap_err();
         assert_eq!(e.what, "reconstruction.iterations");
@@ -763,6 +795,15 @@ mod tests {
         assert_eq!(e.what, "dm.beta");
         let e = Config::from_toml(MIN, &["rpie.alpha=0".into()]).unwrap_err();
         assert_eq!(e.what, "rpie.alpha");
+        for key in ["dm.gamma", "epie.gamma", "rpie.gamma"] {
+            for bad in ["0", "1.5", "nan"] {
+                let e = Config::from_toml(MIN, &[format!("{key}={bad}")]).unwrap_err();
+                assert_eq!(e.what, key, "{bad}");
+            }
+        }
+        let c = Config::from_toml(MIN, &["dm.gamma=0.2".into(), "epie.gamma=0.3".into(), "rpie.gamma=1".into()]).unwrap();
+        assert_eq!((c.dm.gamma, c.epie_params()[2], c.rpie_params()[2]), (0.2, 0.3, 1.0));
+        assert_eq!(Config::from_toml(&c.to_toml(), &[]).unwrap(), c);
         let e = Config::from_toml(&format!("{MIN}[[schedule]]\nengine='gd'\niterations=0\n"), &[]).unwrap_err();
         assert_eq!(e.what, "schedule.iterations");
     }

@@ -3,7 +3,8 @@
 //! engines; the powers of the orthogonalised reconstructed modes, as fractions of the total,
 //! must each lie within 5 % (relative) of the truth. The difference map moves the powers
 //! slowly (after 100 iterations they are still 6–13 % off, its loss still falling), so it
-//! gets 600 iterations; ML-CG 250 (at 150 the weakest mode is 6 % off).
+//! gets 600 iterations with the plain modulus projection (`dm.gamma = 1`, right for
+//! noise-free data); ML-CG 250 (at 150 the weakest mode is 6 % off).
 
 use ptytile::cli::reconstruct;
 use ptytile::config::Config;
@@ -42,7 +43,8 @@ fn assert_powers(f: &[f64], what: &str) {
 
 #[test]
 fn dm_recovers_mode_powers() {
-    let f = recovered_fractions(&["reconstruction.engine=\"dm\"", "reconstruction.iterations=600"]);
+    // noise-free data: the plain modulus projection (γ = 1), not the low-dose default
+    let f = recovered_fractions(&["reconstruction.engine=\"dm\"", "reconstruction.iterations=600", "dm.gamma=1"]);
     assert_powers(&f, "dm");
 }
 

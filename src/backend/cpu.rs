@@ -6,6 +6,7 @@
 
 use crate::config::NoiseModel;
 use crate::physics::fft::{Fft2, Real};
+use super::projection::fourier_weights;
 use crate::physics::model::{Field, PositionGeom};
 use num_complex::Complex;
 use rayon::prelude::*;
@@ -144,7 +145,9 @@ pub fn gradients<T: Real>(
 /// ```text
 /// ψ_jk ← ψ_jk + β [ Π_F(2 Π_O ψ_jk − ψ_jk) − Π_O ψ_jk ]
 /// ```
-/// (Π_F: modulus projection, |Ψ'_k| scaled by √(Î/Σ_k|Ψ_k|²) jointly over the modes), and
+/// (Π_F: the Fourier step with relaxation `gamma` ∈ (0, 1], Ψ'_k scaled jointly over the
+/// modes by [`crate::physics::model::relaxed_modulus`]; γ = 1: by √(Î/Σ_k|Ψ_k|²), the
+/// modulus projection), and
 /// the sums of the object's overlap step, formed with the updated exit waves:
 /// `g_obj = Σ_jk P*_jk ψ_jk`, `d_obj = Σ_jk |P_jk|²` (with `want_probe` also
 /// `g_probe_hat = Σ_j conj(e_j) F(O*_j ψ_jk)`, `d_probe = Σ_j |O_j|²` with the current
@@ -164,9 +167,10 @@ pub fn difference_map<T: Real>(
     exit: &mut [Complex<T>],
     init: bool,
     beta: f64,
+    gamma: f64,
 ) -> Gradients<T> {
     assert_eq!(exit.len(), pos.len() * k.modes * k.fft.size().pow(2), "exit waves do not match positions");
-    accumulate(k, obj, probe_hat, pos, meas, want_probe, Adjoint::DifferenceMap { exit, init, beta: T::of(beta) })
+    accumulate(k, obj, probe_hat, pos, meas, want_probe, Adjoint::DifferenceMap { exit, init, beta: T::of(beta), gamma: T::of(gamma) })
 }
 
 /// What is back-propagated through the adjoint of the forward model.
@@ -175,7 +179,7 @@ enum Adjoint<'a, T> {
     Gradient,
     /// b = the updated exit wave of the difference map; `exit` holds the exit waves of
     /// the positions being summed.
-    DifferenceMap { exit: &'a mut [Complex<T>], init: bool, beta: T },
+    DifferenceMap { exit: &'a mut [Complex<T>], init: bool, beta: T, gamma: T },
 }
 
 fn accumulate<T: Real>(
@@ -200,12 +204,12 @@ fn accumulate<T: Real>(
     // one adjoint per slab: the exit waves are split along the slab bounds
     let ops: Vec<Adjoint<'_, T>> = match op {
         Adjoint::Gradient => bounds.iter().map(|_| Adjoint::Gradient).collect(),
-        Adjoint::DifferenceMap { mut exit, init, beta } => {
+        Adjoint::DifferenceMap { mut exit, init, beta, gamma } => {
             let per = k.modes * mm;
             let mut v = Vec::with_capacity(bounds.len());
             for &(a, b) in &bounds {
                 let (head, tail) = std::mem::take(&mut exit).split_at_mut((b - a) * per);
-                v.push(Adjoint::DifferenceMap { exit: head, init, beta });
+                v.push(Adjoint::DifferenceMap { exit: head, init, beta, gamma });
                 exit = tail;
             }
             v
@@ -436,8 +440,8 @@ fn slab<T: Real>(
             // raw inverse FFT of w Ψ_raw gives the unitary b
             let pat = &meas[j * mm..(j + 1) * mm];
             s.loss += pattern_residuals(k, pat, &mut w.im, &mut w.wt, sc2, sc2);
-            if let Adjoint::DifferenceMap { exit, init, .. } = &mut op {
-                dm_far_field(k, &mut w, &mut exit[j * km * mm..(j + 1) * km * mm], *init, pat, &orow);
+            if let Adjoint::DifferenceMap { exit, init, gamma, .. } = &mut op {
+                dm_far_field(k, &mut w, &mut exit[j * km * mm..(j + 1) * km * mm], *init, *gamma, pat, &orow);
             }
             // adjoint: b = F⁻¹(w Ψ) (or the new exit wave); g_O += P* b, D_O += |P|²;
             // g_P̂ += conj(ramp) F(O* b)
@@ -511,10 +515,11 @@ pub fn y_runs<T: Real>(pos: &[PositionGeom<T>]) -> Vec<(std::ops::Range<usize>, 
 }
 
 /// The difference map's Fourier step for one position, after [`forward`]: X_k = F_raw(2 P_jk O_j − ψ_jk)
-/// into `w.x` and the modulus-projection weights f/M² = √(Î / Σ_k|X_k|²)/M² into `w.wt`
-/// (so that a raw inverse FFT of X_k · wt is the unitary Π_F). With `init` the exit waves
+/// into `w.x` and the Fourier-step weights f/M² into `w.wt` (f of
+/// [`super::projection::fourier_weights`] with relaxation `gamma`; γ = 1: f = √(Î / Σ_k|X_k|²)),
+/// so that a raw inverse FFT of X_k · wt is the unitary Π_F. With `init` the exit waves
 /// `exit` ([K][M][M]) are first set to P_jk O_j.
-pub(crate) fn dm_far_field<'o, T: Real>(k: &Kernel<T>, w: &mut Work<T>, exit: &mut [Complex<T>], init: bool, meas: &[f32], orow: &dyn Fn(usize) -> &'o [Complex<T>]) {
+pub(crate) fn dm_far_field<'o, T: Real>(k: &Kernel<T>, w: &mut Work<T>, exit: &mut [Complex<T>], init: bool, gamma: T, meas: &[f32], orow: &dyn Fn(usize) -> &'o [Complex<T>]) {
     let m = k.fft.size();
     let mm = m * m;
     let two = T::of(2.0);
@@ -536,25 +541,9 @@ pub(crate) fn dm_far_field<'o, T: Real>(k: &Kernel<T>, w: &mut Work<T>, exit: &m
     for mode in 1..k.modes {
         T::acc_norm(&mut w.im, &w.x[mode * mm..(mode + 1) * mm]);
     }
-    // raw intensities: √(Î / (im/M²)) / M² = √(Î / im) / M
-    modulus_weights(meas, k.weights.as_deref(), &w.im, &mut w.wt, k.fft.scale());
-}
-
-/// Weights of the modulus projection Π_F: `wt = s √(Î / im)`, 0 where im = 0, and `s`
-/// (the model left as it is) on pixels the detector mask excludes (`mask` 0, see
-/// [`Kernel::weights`]). With `im` the unitary model intensities and s = 1/M² (or raw ones,
-/// M² × unitary, and s = 1/M), a raw inverse FFT of Ψ_raw · wt is the unitary F⁻¹ of Ψ
-/// scaled to the measured modulus.
-pub(crate) fn modulus_weights<T: Real>(meas: &[f32], mask: Option<&[f32]>, im: &[T], wt: &mut [T], s: T) {
-    for (q, ((w, m), i)) in wt.iter_mut().zip(meas).zip(im).enumerate() {
-        *w = if mask.is_some_and(|g| g[q] == 0.0) {
-            s
-        } else if *i > T::zero() {
-            (T::of32(*m) / *i).sqrt() * s
-        } else {
-            T::zero()
-        };
-    }
+    // raw intensities: the unitary ones are im/M²; weights f/M²
+    let sc2 = k.fft.scale() * k.fft.scale();
+    fourier_weights(k.noise, gamma, meas, k.weights.as_deref(), &w.im, sc2, &mut w.wt, sc2);
 }
 
 /// Local (row, column) of a position's window in `obj`. Panics if the window is not inside

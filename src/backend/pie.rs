@@ -3,12 +3,14 @@
 //! next is modelled (docs/algorithm.md §9). Same forward model and noise models as
 //! [`super::cpu`].
 
-use super::cpu::{forward, modulus_weights, pattern_residuals, window_offset, Kernel, Work};
+use super::cpu::{forward, pattern_residuals, window_offset, Kernel, Work};
+use super::projection::fourier_weights;
 use crate::physics::fft::Real;
 use crate::physics::model::{Field, PositionGeom};
 use num_complex::Complex;
 
-/// Step rule of one sweep. For each position, with Δψ_k = Π_F(P_jk O_j) − P_jk O_j:
+/// Step rule of one sweep. For each position, with Δψ_k = Π_F(P_jk O_j) − P_jk O_j (Π_F the
+/// Fourier step with relaxation γ, [`super::projection::fourier_weights`]):
 /// ```text
 /// O_j  += s_O Σ_k P*_jk Δψ_k / ((1 − a_O) Σ_k|P_jk|² + a_O max Σ_k|P_jk|²)
 /// P_k  += S_j^H [ s_P O*_j Δψ_k / ((1 − a_P) |O_j|² + a_P max |O_j|²) ]
@@ -24,6 +26,8 @@ pub struct PieStep {
     pub probe_mix: f64,
     /// s_P.
     pub probe_step: f64,
+    /// Relaxation γ ∈ (0, 1] of the Fourier step (1: the modulus projection).
+    pub gamma: f64,
     /// Update the probe.
     pub update_probe: bool,
 }
@@ -39,12 +43,13 @@ pub fn sweep<T: Real>(k: &Kernel<T>, obj: &mut Field<Complex<T>>, probe_hat: &mu
     let sc2 = sc * sc;
     let mut w = Work::new(k, true);
     let mut den = vec![T::zero(); mm];
+    let gamma = T::of(st.gamma);
     let mut loss = 0.0;
     let ow = obj.shape[1];
     for (p, pat) in pos.iter().zip(meas) {
         forward(k, obj, probe_hat, None, p, &mut w);
         loss += pattern_residuals(k, pat, &mut w.im, &mut w.wt, sc2, sc2);
-        modulus_weights(pat, k.weights.as_deref(), &w.im, &mut w.wt, sc2);
+        fourier_weights(k.noise, gamma, pat, k.weights.as_deref(), &w.im, T::one(), &mut w.wt, sc2);
         let (oy, ox) = window_offset(obj, p, m);
         let at = |y: usize, x: usize| (oy + y) * ow + ox + x;
         // Δψ_k = F⁻¹(f Ψ_k) − P_jk O_j into w.x; Σ_k |P_jk|² into den

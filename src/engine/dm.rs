@@ -4,6 +4,7 @@
 //! Each rank keeps the exit waves ψ_jk of its own positions. One iteration:
 //! ```text
 //! ψ_jk ← ψ_jk + β [ Π_F(2 P_jk O_j − ψ_jk) − P_jk O_j ]           Fourier step, per position
+//!                                          (Π_F relaxed by γ: the noise model's proximal map)
 //! O ← (Σ_jk P*_jk ψ_jk + r O) / (Σ_jk |P_jk|² + r)                   overlap step, object
 //! P_k ← (Σ_j S_j^H(O*_j ψ_jk) + r_P P_k) / (Σ_j |O_j|² + r_P)         then the probe, new O
 //! ```
@@ -35,12 +36,13 @@ pub struct DmState<T> {
     pub exit_waves: Vec<Complex<T>>,
 }
 
-/// One difference-map iteration on one rank. `beta` ∈ (0, 1] (`[dm] beta`); the probe is
+/// One difference-map iteration on one rank. `beta` ∈ (0, 1] (`[dm] beta`), `gamma` ∈ (0, 1]
+/// the relaxation of the Fourier step (`[dm] gamma`, docs/algorithm.md §7); the probe is
 /// refined as `o` says (`update_probe`, `probe_update_start`). The reported loss is the
 /// noise model's at the state before the update.
 ///
 /// Errors: a failed peer or transport (naming the peer rank).
-pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, iteration: usize, o: &Options, beta: f64, rank: &mut Rank) -> Result<IterStats> {
+pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, iteration: usize, o: &Options, beta: f64, gamma: f64, rank: &mut Rank) -> Result<IterStats> {
     let update_probe = o.probe_at(iteration);
     let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
     let mm = p.kernel.fft.size().pow(2);
@@ -54,7 +56,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, i
     let object = &s.object;
     let g = halo_first_sums(p, rank, &mut st, |r| {
         let (pos, meas) = (&p.positions[r.clone()], &p.intensities[r.start * mm..r.end * mm]);
-        difference_map(&p.kernel, object, &ph, pos, meas, false, &mut exit[r.start * kmm..r.end * kmm], init, beta)
+        difference_map(&p.kernel, object, &ph, pos, meas, false, &mut exit[r.start * kmm..r.end * kmm], init, beta, gamma)
     })?;
     st.loss = g.loss;
     let dmax = global_max_in(&g.d_obj, rank, &mut st)?;

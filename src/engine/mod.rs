@@ -182,14 +182,14 @@ pub struct Settings {
     pub stages: Vec<Stage>,
     /// Noise model, probe refinement, batches, step (`[reconstruction]`).
     pub gd: gd::Options,
-    /// `[dm] beta`.
-    pub dm_beta: f64,
+    /// `[dm] beta`, `gamma`.
+    pub dm: [f64; 2],
     /// `[mlcg]`.
     pub mlcg: MlcgConfig,
-    /// `[epie]` α, β.
-    pub epie: [f64; 2],
-    /// `[rpie]` α, β.
-    pub rpie: [f64; 2],
+    /// `[epie]` α, β, γ.
+    pub epie: [f64; 3],
+    /// `[rpie]` α, β, γ.
+    pub rpie: [f64; 3],
 }
 
 impl From<&Config> for Settings {
@@ -197,7 +197,7 @@ impl From<&Config> for Settings {
         Settings {
             stages: c.stages(),
             gd: gd::Options::from(&c.reconstruction),
-            dm_beta: c.dm.beta,
+            dm: [c.dm.beta, c.dm.gamma],
             mlcg: c.mlcg.clone(),
             epie: c.epie_params(),
             rpie: c.rpie_params(),
@@ -251,7 +251,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, es: &mut EngineState<T
     }
     match engine {
         Engine::Gd => gd::iterate(p, s, iteration, &set.gd, rank),
-        Engine::Dm => dm::iterate(p, s, &mut es.dm, iteration, &set.gd, set.dm_beta, rank),
+        Engine::Dm => dm::iterate(p, s, &mut es.dm, iteration, &set.gd, set.dm[0], set.dm[1], rank),
         Engine::Mlcg => mlcg::iterate(p, s, &mut es.mlcg, iteration, &set.gd, &set.mlcg, rank),
         Engine::Epie => pie::iterate(p, s, iteration, &set.gd, &pie::Params::epie(set.epie), rank),
         Engine::Rpie => pie::iterate(p, s, iteration, &set.gd, &pie::Params::rpie(set.rpie), rank),

@@ -30,16 +30,19 @@ use std::time::Instant;
 pub struct Params {
     /// a_O, s_O, a_P, s_P of [`PieStep`].
     pub mix_step: [f64; 4],
+    /// Relaxation γ of the Fourier step ([`PieStep::gamma`]).
+    pub gamma: f64,
 }
 
 impl Params {
-    /// ePIE: O += α P* Δψ / max|P|², P += β O* Δψ / max|O|².
-    pub fn epie([alpha, beta]: [f64; 2]) -> Self {
-        Params { mix_step: [1.0, alpha, 1.0, beta] }
+    /// ePIE from `[epie]` α, β, γ: O += α P* Δψ / max|P|², P += β O* Δψ / max|O|².
+    pub fn epie([alpha, beta, gamma]: [f64; 3]) -> Self {
+        Params { mix_step: [1.0, alpha, 1.0, beta], gamma }
     }
-    /// rPIE: O += P* Δψ / ((1 − α)|P|² + α max|P|²), the probe likewise with β.
-    pub fn rpie([alpha, beta]: [f64; 2]) -> Self {
-        Params { mix_step: [alpha, 1.0, beta, 1.0] }
+    /// rPIE from `[rpie]` α, β, γ: O += P* Δψ / ((1 − α)|P|² + α max|P|²), the probe
+    /// likewise with β.
+    pub fn rpie([alpha, beta, gamma]: [f64; 3]) -> Self {
+        Params { mix_step: [alpha, 1.0, beta, 1.0], gamma }
     }
 }
 
@@ -58,7 +61,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &
     let pos: Vec<&PositionGeom<T>> = order.iter().map(|&j| &p.positions[j]).collect();
     let meas: Vec<&[f32]> = order.iter().map(|&j| &p.intensities[j * mm..(j + 1) * mm]).collect();
     let [a_o, s_o, a_p, s_p] = prm.mix_step;
-    let step = PieStep { obj_mix: a_o, obj_step: s_o, probe_mix: a_p, probe_step: s_p, update_probe };
+    let step = PieStep { obj_mix: a_o, obj_step: s_o, probe_mix: a_p, probe_step: s_p, gamma: prm.gamma, update_probe };
     let mut obj = s.object.clone();
     let ph0 = probe_spectrum(&p.kernel.fft, &s.probe);
     let mut ph = ph0.clone();
