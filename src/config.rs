@@ -236,6 +236,31 @@ pub enum ParallelMode {
     Replicated,
 }
 
+/// Where the per-position arithmetic runs (`[parallel] backend`, `--backend`;
+/// docs/gpu.md). GPU backends load their libraries at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// rustfft + rayon on the host (the reference).
+    #[default]
+    Cpu,
+    /// NVIDIA GPUs: CUDA driver API, NVRTC, cuFFT (CUDA 12 or 13).
+    Cuda,
+    /// AMD GPUs: HIP, hiprtc, hipFFT (ROCm 6).
+    Hip,
+}
+
+impl BackendKind {
+    /// The lowercase name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+            BackendKind::Hip => "hip",
+        }
+    }
+}
+
 /// `[parallel]`: ranks and tiles.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -255,6 +280,10 @@ pub struct ParallelConfig {
     /// overlap hides (`ptytile bench scaling`).
     #[serde(default = "yes")]
     pub overlap: bool,
+    /// cpu | cuda | hip: where the gradient kernel runs (each rank on the GPU of its
+    /// node-local rank modulo the GPU count; docs/gpu.md).
+    #[serde(default)]
+    pub backend: BackendKind,
 }
 
 impl Default for ParallelConfig {
@@ -585,5 +614,16 @@ mod tests {
         assert_eq!(e.what, "experiment.angular_sampling_mrad");
         let e = Config::from_toml(MIN, &["iterations=3".into()]).unwrap_err();
         assert_eq!(e.what, "--set");
+    }
+
+    #[test]
+    fn backend_parses_and_defaults_to_cpu() {
+        assert_eq!(Config::from_toml(MIN, &[]).unwrap().parallel.backend, BackendKind::Cpu);
+        let c = Config::from_toml(&format!("{MIN}[parallel]\nbackend = 'cuda'\n"), &[]).unwrap();
+        assert_eq!(c.parallel.backend, BackendKind::Cuda);
+        assert_eq!(Config::from_toml(MIN, &["parallel.backend=hip".into()]).unwrap().parallel.backend, BackendKind::Hip);
+        let e = Config::from_toml(MIN, &["parallel.backend=opencl".into()]).unwrap_err();
+        assert_eq!(e.what, "config: parallel.backend", "{e}");
+        assert!(e.msg.contains("cpu") && e.msg.contains("cuda") && e.msg.contains("hip"), "{e}");
     }
 }
