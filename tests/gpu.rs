@@ -175,17 +175,27 @@ fn gpu_or_skip(kind: BackendKind) -> bool {
     }
 }
 
+type Opener = dyn Fn(&Case) -> Box<dyn Compute<f32>>;
+
+/// `open` of backend `kind` for the first local rank.
+fn opener(kind: BackendKind) -> Box<Opener> {
+    Box::new(move |c: &Case| backend::open(kind, &c.k, c.pos.clone(), c.meas.clone(), Some(0)).unwrap_or_else(|e| panic!("{e}")))
+}
+
 /// GPU vs CPU: gradients (ranges and index subsets, with and without the probe gradient,
 /// both noise models, 1 and 2 modes, detector mask) and model intensities within 1e-4.
 fn gpu_matches_cpu(kind: BackendKind) {
-    if !gpu_or_skip(kind) {
-        return;
+    if gpu_or_skip(kind) {
+        matches_cpu(&*opener(kind), &format!("{kind:?}"));
     }
+}
+
+fn matches_cpu(open: &Opener, label: &str) {
     for (m, modes, noise, masked) in [(32, 1, NoiseModel::Poisson, false), (64, 2, NoiseModel::Amplitude, true), (32, 3, NoiseModel::Poisson, true)] {
         let c = case(m, modes, 4, noise, masked, 11);
         // small batches so that several batches and FFT pieces run
         std::env::set_var("PTYTILE_GPU_BATCH", "5");
-        let gpu = backend::open(kind, &c.k, c.pos.clone(), c.meas.clone(), Some(0)).unwrap_or_else(|e| panic!("{e}"));
+        let gpu = open(&c);
         std::env::remove_var("PTYTILE_GPU_BATCH");
         let host = backend::open(BackendKind::Cpu, &c.k, c.pos.clone(), c.meas.clone(), None).unwrap();
         let n = c.pos.len();
@@ -195,7 +205,7 @@ fn gpu_matches_cpu(kind: BackendKind) {
                 let a = gpu.gradients(&c.obj, &c.probe_hat, sel.clone(), want).unwrap_or_else(|e| panic!("{e}"));
                 let b = host.gradients(&c.obj, &c.probe_hat, sel.clone(), want).unwrap();
                 let d = grad_diff(&a, &b);
-                println!("{kind:?} M={m} K={modes} {noise:?} masked={masked} probe={want} {sel:?}: rel diff g_O {:.1e} D_O {:.1e} g_P {:.1e} D_P {:.1e} loss {:.1e}", d[0], d[1], d[2], d[3], d[4]);
+                println!("{label} M={m} K={modes} {noise:?} masked={masked} probe={want} {sel:?}: rel diff g_O {:.1e} D_O {:.1e} g_P {:.1e} D_P {:.1e} loss {:.1e}", d[0], d[1], d[2], d[3], d[4]);
                 assert!(d.iter().all(|v| *v < 1e-4), "{d:?}");
             }
         }
@@ -209,9 +219,12 @@ fn gpu_matches_cpu(kind: BackendKind) {
 /// 10 preconditioned descent iterations of object and probe through `Compute` on both
 /// backends; the final objects and probes agree to 1e-4.
 fn gpu_iterations_match_cpu(kind: BackendKind) {
-    if !gpu_or_skip(kind) {
-        return;
+    if gpu_or_skip(kind) {
+        iterations_match_cpu(&*opener(kind), &format!("{kind:?}"));
     }
+}
+
+fn iterations_match_cpu(open: &Opener, label: &str) {
     let c = case(64, 1, 6, NoiseModel::Poisson, false, 5);
     let run = |be: &dyn Compute<f32>| -> (Field<C>, Vec<C>) {
         let (mut obj, mut ph) = (c.obj.clone(), c.probe_hat.clone());
@@ -232,13 +245,13 @@ fn gpu_iterations_match_cpu(kind: BackendKind) {
         }
         (obj, ph)
     };
-    let gpu = backend::open(kind, &c.k, c.pos.clone(), c.meas.clone(), Some(0)).unwrap_or_else(|e| panic!("{e}"));
+    let gpu = open(&c);
     let host = backend::open(BackendKind::Cpu, &c.k, c.pos.clone(), c.meas.clone(), None).unwrap();
     let (oa, pa) = run(gpu.as_ref());
     let (ob, pb) = run(host.as_ref());
     let f = |v: &[C]| v.iter().map(|z| (z.re as f64, z.im as f64)).collect::<Vec<_>>();
     let (d_o, d_p) = (rel(f(&oa.data).into_iter(), f(&ob.data).into_iter()), rel(f(&pa).into_iter(), f(&pb).into_iter()));
-    println!("{kind:?} after 10 iterations: object rel diff {d_o:.2e}, probe rel diff {d_p:.2e}");
+    println!("{label} after 10 iterations: object rel diff {d_o:.2e}, probe rel diff {d_p:.2e}");
     assert!(d_o < 1e-4 && d_p < 1e-4, "object {d_o:.2e}, probe {d_p:.2e}");
 }
 
@@ -299,5 +312,172 @@ fn cli_backend_without_gpu_exits_2() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(err.starts_with(&format!("error: --backend {kind}")), "{err}");
         println!("{kind}: {}", err.trim_end());
+    }
+}
+
+/// Host emulation of the GPU kernels: kernels/ptycho.cu compiled by g++ with the shim
+/// kernels/emu/shim.h (blocks and threads as loops, __syncthreads as a barrier), driven by
+/// the GPU backend's own algorithm (`backend::gpu::Gpu`) through a `Device` whose memory is
+/// host memory and whose FFTs are rustfft's. Checks kernel arithmetic and indexing, batching
+/// and the layouts against the CPU backend without a GPU; the vendor libraries are not run.
+mod emu {
+    use num_complex::Complex32 as C;
+    use ptytile::backend::gpu::{kernel_source, Args, DPtr, Device, BLOCK};
+    use ptytile::Result;
+    use std::collections::HashMap;
+    use std::ffi::{c_char, c_int, c_void, CString};
+
+    type Launch = unsafe extern "C" fn(*const c_char, u32, u32, *mut *mut c_void) -> c_int;
+
+    pub struct Emu {
+        _dir: tempfile::TempDir,
+        _lib: libloading::Library,
+        launch: Launch,
+        allocs: HashMap<DPtr, usize>,
+        plans: HashMap<(usize, bool), std::sync::Arc<dyn rustfft::Fft<f32>>>,
+    }
+
+    /// Compile the emulation library with g++; `Err(reason)` when g++ is missing or fails.
+    pub fn open() -> std::result::Result<Emu, String> {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let read = |p: &str| std::fs::read_to_string(format!("{root}/kernels/emu/{p}")).unwrap();
+        let src = format!("{}\n{}\n{}", read("shim.h"), kernel_source().replace("#pragma once", ""), read("launch.h"));
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let (cpp, so) = (dir.path().join("emu.cpp"), dir.path().join("libemu.so"));
+        std::fs::write(&cpp, src).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("g++")
+            .args(["-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-o"])
+            .arg(&so)
+            .arg(&cpp)
+            .output()
+            .map_err(|e| format!("g++ not available: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("g++ failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        // SAFETY: our own library; emu_launch has the Launch signature (kernels/emu/launch.h).
+        unsafe {
+            let lib = libloading::Library::new(&so).map_err(|e| e.to_string())?;
+            let launch = *lib.get::<Launch>(b"emu_launch\0").map_err(|e| e.to_string())?;
+            Ok(Emu { _dir: dir, _lib: lib, launch, allocs: HashMap::new(), plans: HashMap::new() })
+        }
+    }
+
+    fn slice<'a, V>(p: DPtr, n: usize) -> &'a mut [V] {
+        // SAFETY: p is a live allocation of this device holding n values (callers' contract).
+        unsafe { std::slice::from_raw_parts_mut(p as *mut V, n) }
+    }
+
+    impl Device for Emu {
+        fn describe(&self) -> String {
+            "host emulation (g++)".into()
+        }
+        fn bind(&self) -> Result<()> {
+            Ok(())
+        }
+        fn alloc(&mut self, bytes: usize) -> Result<DPtr> {
+            // poisoned with NaN bytes: every value the kernels read must have been written
+            let words = bytes.div_ceil(8).max(1);
+            let p = Box::into_raw(vec![u64::MAX; words].into_boxed_slice()) as *mut u64 as DPtr;
+            self.allocs.insert(p, words);
+            Ok(p)
+        }
+        fn free(&mut self, p: DPtr) {
+            if let Some(words) = self.allocs.remove(&p) {
+                // SAFETY: allocated by `alloc` with this length, freed once.
+                drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p as *mut u64, words)) });
+            }
+        }
+        fn upload(&mut self, dst: DPtr, src: &[u8]) -> Result<()> {
+            slice::<u8>(dst, src.len()).copy_from_slice(src);
+            Ok(())
+        }
+        fn download(&mut self, dst: &mut [u8], src: DPtr) -> Result<()> {
+            dst.copy_from_slice(slice::<u8>(src, dst.len()));
+            Ok(())
+        }
+        fn zero(&mut self, p: DPtr, bytes: usize) -> Result<()> {
+            slice::<u8>(p, bytes).fill(0);
+            Ok(())
+        }
+        fn copy(&mut self, dst: DPtr, src: DPtr, bytes: usize) -> Result<()> {
+            let v = slice::<u8>(src, bytes).to_vec();
+            slice::<u8>(dst, bytes).copy_from_slice(&v);
+            Ok(())
+        }
+        fn launch(&mut self, name: &'static str, blocks: usize, mut args: Args) -> Result<()> {
+            let n = CString::new(name).unwrap();
+            let mut ptrs = args.pointers();
+            // SAFETY: the slots hold the kernel's arguments in order (as for cuLaunchKernel).
+            let r = unsafe { (self.launch)(n.as_ptr(), blocks as u32, BLOCK, ptrs.as_mut_ptr()) };
+            assert_eq!(r, 0, "unknown kernel {name}");
+            Ok(())
+        }
+        fn fft(&mut self, data: DPtr, m: usize, count: usize, inverse: bool) -> Result<()> {
+            let plan = self
+                .plans
+                .entry((m, inverse))
+                .or_insert_with(|| {
+                    let mut p = rustfft::FftPlanner::<f32>::new();
+                    if inverse { p.plan_fft_inverse(m) } else { p.plan_fft_forward(m) }
+                })
+                .clone();
+            let mut t = vec![C::default(); m * m];
+            for a in slice::<C>(data, count * m * m).chunks_exact_mut(m * m) {
+                // row-major 2-D transform: rows, transpose, rows, transpose back
+                plan.process(a);
+                transpose::transpose(a, &mut t, m, m);
+                plan.process(&mut t);
+                transpose::transpose(&t, a, m, m);
+            }
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn record(&mut self) -> Result<usize> {
+            Ok(0)
+        }
+        fn elapsed_ms(&mut self, _: usize, _: usize) -> Result<f32> {
+            Ok(0.0)
+        }
+        fn clear_events(&mut self) {}
+        fn free_memory(&self) -> Result<usize> {
+            Ok(1 << 34)
+        }
+    }
+
+    impl Drop for Emu {
+        fn drop(&mut self) {
+            for p in self.allocs.keys().copied().collect::<Vec<_>>() {
+                self.free(p);
+            }
+        }
+    }
+}
+
+fn emu_opener() -> Option<Box<Opener>> {
+    match emu::open() {
+        Err(reason) => {
+            println!("skipped: {reason}");
+            None
+        }
+        Ok(_) => Some(Box::new(|c: &Case| {
+            let dev = emu::open().unwrap();
+            Box::new(ptytile::backend::gpu::Gpu::new("emu", dev, &c.k, c.pos.clone(), c.meas.clone()).unwrap_or_else(|e| panic!("{e}"))) as Box<dyn Compute<f32>>
+        })),
+    }
+}
+
+#[test]
+fn emulated_kernels_match_cpu() {
+    if let Some(open) = emu_opener() {
+        matches_cpu(&*open, "emulated");
+    }
+}
+
+#[test]
+fn emulated_ten_iterations_match_cpu() {
+    if let Some(open) = emu_opener() {
+        iterations_match_cpu(&*open, "emulated");
     }
 }
