@@ -36,8 +36,11 @@ demo: build
 	fi
 
 # The whole suite. cargo-nextest runs each test in its own process (needed once MPI tests
-# exist); plain cargo test otherwise.
+# exist); plain cargo test otherwise. First, the GPU backends must build on a machine with
+# neither CUDA nor ROCm (they are default features; this names them in case that changes).
+# tests/gpu.rs compiles the GPU kernels when libnvrtc is on LD_LIBRARY_PATH (.ci/nvrtc).
 test: deps
+	$(CARGO) build --release --features cuda,hip
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --release --no-fail-fast; \
 	else \

@@ -363,6 +363,31 @@ pub enum ParallelMode {
     Replicated,
 }
 
+/// Where the per-position arithmetic runs (`[parallel] backend`, `--backend`;
+/// docs/gpu.md). GPU backends load their libraries at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// rustfft + rayon on the host (the reference).
+    #[default]
+    Cpu,
+    /// NVIDIA GPUs: CUDA driver API, NVRTC, cuFFT (CUDA 12 or 13).
+    Cuda,
+    /// AMD GPUs: HIP, hiprtc, hipFFT (ROCm 6).
+    Hip,
+}
+
+impl BackendKind {
+    /// The lowercase name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+            BackendKind::Hip => "hip",
+        }
+    }
+}
+
 /// `[parallel]`: ranks and tiles.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -382,6 +407,10 @@ pub struct ParallelConfig {
     /// overlap hides (`ptytile bench scaling`).
     #[serde(default = "yes")]
     pub overlap: bool,
+    /// cpu | cuda | hip: where the gradient kernel runs (each rank on the GPU of its
+    /// node-local rank modulo the GPU count; docs/gpu.md).
+    #[serde(default)]
+    pub backend: BackendKind,
 }
 
 impl Default for ParallelConfig {
@@ -549,6 +578,14 @@ impl Config {
         for (name, p) in [("epie", self.epie_params()), ("rpie", self.rpie_params())] {
             for (key, v) in ["alpha", "beta", "gamma"].into_iter().zip(p) {
                 check_unit_interval(&format!("{name}.{key}"), v)?;
+            }
+        }
+        if self.parallel.backend != BackendKind::Cpu {
+            if let Some(st) = self.stages().iter().find(|s| !matches!(s.engine, Engine::Gd | Engine::Mlcg)) {
+                return Err(Error::new(
+                    "parallel.backend",
+                    format!("{}: engine {} runs on the cpu backend only (the GPU kernels cover gd and mlcg)", self.parallel.backend.name(), st.engine.name()),
+                ));
             }
         }
         let e = &self.experiment;
@@ -816,5 +853,21 @@ mod tests {
         assert_eq!(e.what, "experiment.angular_sampling_mrad");
         let e = Config::from_toml(MIN, &["iterations=3".into()]).unwrap_err();
         assert_eq!(e.what, "--set");
+    }
+
+    #[test]
+    fn backend_parses_and_defaults_to_cpu() {
+        assert_eq!(Config::from_toml(MIN, &[]).unwrap().parallel.backend, BackendKind::Cpu);
+        let c = Config::from_toml(&format!("{MIN}[parallel]\nbackend = 'cuda'\n"), &[]).unwrap();
+        assert_eq!(c.parallel.backend, BackendKind::Cuda);
+        assert_eq!(Config::from_toml(MIN, &["parallel.backend=hip".into()]).unwrap().parallel.backend, BackendKind::Hip);
+        let e = Config::from_toml(MIN, &["parallel.backend=opencl".into()]).unwrap_err();
+        assert_eq!(e.what, "config: parallel.backend", "{e}");
+        assert!(e.msg.contains("cpu") && e.msg.contains("cuda") && e.msg.contains("hip"), "{e}");
+        // engines without GPU kernels are refused on a GPU backend, naming the option
+        let e = Config::from_toml(MIN, &["parallel.backend=cuda".into(), "reconstruction.engine=dm".into()]).unwrap_err();
+        assert_eq!(e.what, "parallel.backend", "{e}");
+        assert!(e.msg.contains("engine dm"), "{e}");
+        assert!(Config::from_toml(MIN, &["parallel.backend=hip".into(), "reconstruction.engine=mlcg".into()]).is_ok());
     }
 }

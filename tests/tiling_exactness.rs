@@ -8,7 +8,7 @@ use num_complex::{Complex32, Complex64};
 use ptytile::backend::cpu::Kernel;
 use ptytile::cli::reconstruct;
 use ptytile::comm::{run_threads, Comm};
-use ptytile::config::{Config, NoiseModel};
+use ptytile::config::{BackendKind, Config, NoiseModel};
 use ptytile::engine::gd::{self, Decomposition, Problem, Rank, State};
 use ptytile::output::ReconResult;
 use ptytile::physics::fft::Fft2;
@@ -150,7 +150,8 @@ fn tiled_gradient_equals_serial_f64() {
             let rp = &plan.ranks[c.rank()];
             let positions: Vec<PositionGeom<f64>> = rp.positions.iter().map(|&j| PositionGeom::new(j, centres[j], m)).collect();
             let intensities: Vec<f32> = rp.positions.iter().flat_map(|&j| meas[j * mm..(j + 1) * mm].iter().copied()).collect();
-            let problem = Problem { kernel: Kernel { fft: Fft2::new(m), modes: 1, noise: NoiseModel::Poisson, eps: 1e-9, weights: None }, positions, n_halo: rp.n_halo_positions, intensities };
+            let kernel = Kernel { fft: Fft2::new(m), modes: 1, noise: NoiseModel::Poisson, eps: 1e-9, weights: None };
+            let problem = Problem::new(kernel, positions, rp.n_halo_positions, intensities, BackendKind::Cpu, None).unwrap();
             let f = rp.field;
             let mut object = Field::filled(f.origin(), f.shape(), Complex64::default());
             for y in f.y0..f.y1 {

@@ -19,6 +19,7 @@ macro_rules! outln {
 pub(crate) use {out, outln};
 
 pub mod bench;
+pub mod bench_gpu;
 pub mod jobs;
 pub mod reconstruct;
 pub mod scaling;
@@ -59,6 +60,9 @@ enum Cmd {
         /// and tiles; the launcher and node count may differ).
         #[arg(long, value_name = "DIR")]
         resume: Option<PathBuf>,
+        /// Override parallel.backend: where the gradient kernel runs (docs/gpu.md).
+        #[arg(long, value_enum)]
+        backend: Option<crate::config::BackendKind>,
     },
     /// Simulate a dataset with a known object (Poisson counts at a chosen dose); writes the
     /// HDF5 file and a ready-to-use config `<stem>.toml` beside it.
@@ -104,6 +108,25 @@ enum Cmd {
 /// Benchmarks other than the single-rank breakdown.
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
+    /// One rank's gradient kernel on a GPU for a synthetic problem: time per iteration,
+    /// device time per phase, achieved bytes/s against a device-to-device copy (docs/gpu.md).
+    Gpu {
+        /// GPU backend to time.
+        #[arg(long, value_enum, default_value = "cuda")]
+        backend: crate::config::BackendKind,
+        /// POSITIONS,SIZE of the synthetic problem (raster scan, SIZE x SIZE patterns).
+        #[arg(long, default_value = "16632,128")]
+        synthetic: String,
+        /// Probe modes.
+        #[arg(long, default_value_t = 1)]
+        modes: usize,
+        /// Timed iterations (the median is reported).
+        #[arg(long, default_value_t = 20)]
+        repeats: usize,
+        /// Also write the figures to this CSV file.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Strong scaling of the tiled decomposition: 1..N ranks as threads and as MPI
     /// processes, each with and without overlap; writes scaling.csv and scaling.png.
     Scaling {
@@ -286,7 +309,10 @@ fn init_tracing() {
 /// Run the command; returns the exit code (0, or [`signals::EXIT_CHECKPOINTED`]).
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Reconstruct { config, iterations, output, ranks, mut set, resume } => {
+        Cmd::Reconstruct { config, iterations, output, ranks, mut set, resume, backend } => {
+            if let Some(b) = backend {
+                set.push(format!("parallel.backend={}", toml_string(b.name())));
+            }
             if let Some(n) = ranks {
                 set.push(format!("parallel.ranks={n}"));
             }
@@ -297,6 +323,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 set.push(format!("output.path={}", toml_string(&o.display().to_string())));
             }
             let cfg = Config::load(&config, &set)?;
+            // a GPU backend that cannot run here fails now, before any data is read
+            crate::backend::available(cfg.parallel.backend)?;
             let n = cfg.total_iterations();
             let bar = indicatif::ProgressBar::new(n as u64);
             bar.set_style(
@@ -342,6 +370,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Config::load(&config, &set)?;
             let launchers = launchers.iter().map(|l| scaling::Launcher::parse(l)).collect::<Result<Vec<_>>>()?;
             scaling::run(&scaling::Study { config, ranks, launchers, iterations, output, mpirun, set }).map(|_| 0)
+        }
+        Cmd::Bench { study: Some(BenchCmd::Gpu { backend, synthetic, modes, repeats, output }), .. } => {
+            let (positions, m) = bench_gpu::parse_synthetic(&synthetic)?;
+            if modes == 0 {
+                return Err(Error::new("--modes", "must be at least 1"));
+            }
+            bench_gpu::run(&bench_gpu::GpuBench { backend, positions, m, modes, repeats, output }).map(|_| 0)
         }
         Cmd::Bench { config, repeats, set, .. } => {
             let config = config.ok_or_else(|| Error::new("bench", "a config file is required"))?;

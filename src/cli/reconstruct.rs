@@ -137,7 +137,10 @@ pub fn setup(cfg: &Config, df: &DataFile, rp: &RankPlan, comm: &mut dyn Comm) ->
         None => Field::filled(rp.field.origin(), rp.field.shape(), Complex32::new(1.0, 0.0)),
     };
     let state = State { object, probe };
-    Ok((Problem { kernel, positions, n_halo: rp.n_halo_positions, intensities }, state))
+    // the GPU a rank uses: its node-local rank under a launcher, else its thread-rank index
+    let local = crate::backend::local_rank().unwrap_or(comm.rank());
+    let problem = Problem::new(kernel, positions, rp.n_halo_positions, intensities, cfg.parallel.backend, Some(local))?;
+    Ok((problem, state))
 }
 
 /// How a run ended.

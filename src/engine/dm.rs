@@ -56,7 +56,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, i
     let object = &s.object;
     let g = halo_first_sums(p, rank, &mut st, |r| {
         let (pos, meas) = (&p.positions[r.clone()], &p.intensities[r.start * mm..r.end * mm]);
-        difference_map(&p.kernel, object, &ph, pos, meas, false, &mut exit[r.start * kmm..r.end * kmm], init, beta, gamma)
+        Ok(difference_map(&p.kernel, object, &ph, pos, meas, false, &mut exit[r.start * kmm..r.end * kmm], init, beta, gamma))
     })?;
     st.loss = g.loss;
     let dmax = global_max_in(&g.d_obj, rank, &mut st)?;

@@ -31,21 +31,21 @@ pub const TAG_DIRECTION: u32 = 13;
 /// collectives in `wait_s`. On return `g_obj`/`d_obj` hold the complete sums on
 /// the rank's tile (halo pixels hold partial sums), and the probe sums and loss are global.
 ///
-/// Errors: a failed peer or transport (naming the peer rank).
+/// Errors: a failed peer or transport (naming the peer rank), a backend failure from `sum`.
 pub fn halo_first_sums<T: Real>(
     p: &Problem<T>,
     rank: &mut Rank,
     st: &mut IterStats,
-    mut sum: impl FnMut(Range<usize>) -> Gradients<T>,
+    mut sum: impl FnMut(Range<usize>) -> Result<Gradients<T>>,
 ) -> Result<Gradients<T>> {
     let mut t = Instant::now();
-    let mut g = sum(0..p.n_halo);
+    let mut g = sum(0..p.n_halo)?;
     st.compute_s += lap(&mut t);
     if rank.overlap {
         post_halo_sums(&g, rank)?;
         st.comm_s += lap(&mut t);
     }
-    let gi = sum(p.n_halo..p.positions.len());
+    let gi = sum(p.n_halo..p.positions.len())?;
     add_gradients(&mut g, &gi);
     st.compute_s += lap(&mut t);
     if !rank.overlap {

@@ -29,11 +29,12 @@
 use super::exchange::{global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices};
 pub use super::exchange::{extract, write_rect, TAG_GRADIENT, TAG_OBJECT};
 pub use super::{Decomposition, IterStats, Problem, Rank, State};
-use crate::backend::cpu::{gradients, probe_spectrum, Gradients};
+use crate::backend::cpu::{probe_spectrum, Gradients};
+use crate::backend::Selection;
 use crate::config::{NoiseModel, ReconstructionConfig};
 use crate::error::Result;
 use crate::physics::fft::Real;
-use crate::physics::model::{fisher_scale, PositionGeom};
+use crate::physics::model::fisher_scale;
 use crate::tiling::Rect;
 use num_complex::Complex;
 use std::time::Instant;
@@ -111,18 +112,15 @@ pub fn sum_gradients<T: Real>(
     rank: &mut Rank,
     st: &mut IterStats,
 ) -> Result<Gradients<T>> {
-    let mm = p.kernel.fft.size().pow(2);
     let ph = probe_spectrum(&p.kernel.fft, &s.probe);
     halo_first_sums(p, rank, st, |range| {
         if batches == 1 {
-            // contiguous ranges of plan order, borrowed, not copied
-            return gradients(&p.kernel, &s.object, &ph, &p.positions[range.clone()], &p.intensities[range.start * mm..range.end * mm], want_probe);
+            // contiguous ranges of plan order (borrowed, not copied, on the CPU)
+            return p.compute.gradients(&s.object, &ph, Selection::Range(range), want_probe);
         }
         // this batch's positions of the range, keeping plan order
         let idx: Vec<usize> = range.filter(|&j| p.positions[j].index % batches == b).collect();
-        let pos: Vec<PositionGeom<T>> = idx.iter().map(|&j| p.positions[j].clone()).collect();
-        let meas: Vec<f32> = idx.iter().flat_map(|&j| p.intensities[j * mm..(j + 1) * mm].iter().copied()).collect();
-        gradients(&p.kernel, &s.object, &ph, &pos, &meas, want_probe)
+        p.compute.gradients(&s.object, &ph, Selection::Indices(&idx), want_probe)
     })
 }
 

@@ -21,7 +21,8 @@
 use super::exchange::{add_step, global_max_in, lap, probe_from_hat, refresh_halo, tile_indices, TAG_DIRECTION};
 use super::gd::{sum_gradients, Options, PRECONDITIONER_DELTA};
 use super::{Decomposition, IterStats, Problem, Rank, State};
-use crate::backend::cpu::{loss, probe_spectrum};
+use crate::backend::cpu::probe_spectrum;
+use crate::backend::Selection;
 use crate::config::{CgDirection, MlcgConfig};
 use crate::error::Result;
 use crate::physics::fft::Real;
@@ -138,7 +139,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
     let mut t = Instant::now();
     let t1 = if cg.step > 0.0 { cg.step } else { c.initial_step };
     let trial = moved(s, &dfield, &dir[nt..], t1);
-    let mut l1 = [loss(&p.kernel, &trial.object, &probe_spectrum(&p.kernel.fft, &trial.probe), &p.positions, &p.intensities)];
+    let mut l1 = [p.compute.loss(&trial.object, &probe_spectrum(&p.kernel.fft, &trial.probe), Selection::Range(0..p.positions.len()))?];
     st.compute_s += lap(&mut t);
     rank.comm.allreduce_sum(&mut l1)?;
     st.wait_s += lap(&mut t);

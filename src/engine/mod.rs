@@ -22,6 +22,8 @@ pub mod pie;
 pub mod snapshot;
 
 use crate::backend::cpu::Kernel;
+use crate::backend::{self, BackendKind, Compute};
+use std::sync::Arc;
 use crate::comm::Comm;
 use crate::config::{Config, Engine, MlcgConfig, Stage};
 use crate::error::Result;
@@ -124,17 +126,40 @@ pub enum Decomposition {
 }
 
 /// What one rank works on: geometry and intensities of its positions (halo positions first,
-/// as in its [`RankPlan`]) and the kernel settings.
-#[derive(Debug)]
+/// as in its [`RankPlan`]), the kernel settings, and the backend its gradient sums run on.
 pub struct Problem<T: Real> {
     /// FFT plans, modes, noise model, Poisson floor.
     pub kernel: Kernel<T>,
     /// This rank's positions, in plan order.
-    pub positions: Vec<PositionGeom<T>>,
+    pub positions: Arc<[PositionGeom<T>]>,
     /// The first `n_halo` of `positions` have windows reaching outside the tile.
     pub n_halo: usize,
     /// Intensities [n, M, M] in the transposed corner-centred layout, same order.
-    pub intensities: Vec<f32>,
+    pub intensities: Arc<[f32]>,
+    /// Where the sums over positions of gd and mlcg run ([`backend::open`]); it shares the
+    /// positions and intensities above (CPU) or holds a device copy (GPU).
+    pub compute: Box<dyn Compute<T>>,
+}
+
+impl<T: Real> Problem<T> {
+    /// A rank's problem on backend `kind` (`local_rank`: see [`backend::open`]).
+    ///
+    /// Errors (naming `--backend` / `[parallel] backend`): a GPU backend that cannot run here.
+    pub fn new(kernel: Kernel<T>, positions: Vec<PositionGeom<T>>, n_halo: usize, intensities: Vec<f32>, kind: BackendKind, local_rank: Option<usize>) -> Result<Self> {
+        let (positions, intensities): (Arc<[PositionGeom<T>]>, Arc<[f32]>) = (positions.into(), intensities.into());
+        let compute = backend::open(kind, &kernel, positions.clone(), intensities.clone(), local_rank)?;
+        Ok(Problem { kernel, positions, n_halo, intensities, compute })
+    }
+}
+
+impl<T: Real> std::fmt::Debug for Problem<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Problem")
+            .field("positions", &self.positions.len())
+            .field("n_halo", &self.n_halo)
+            .field("backend", &self.compute.name())
+            .finish()
+    }
 }
 
 /// A rank's place in the job: its plan, communicator and decomposition.

@@ -1,0 +1,48 @@
+// Launcher of the host emulation (see shim.h), appended after the kernels:
+// emu_launch(name, blocks, threads, args) runs kernel `name` with cuLaunchKernel-style
+// arguments (an array of pointers to each parameter's value). Returns 0, or 1 for an
+// unknown kernel name.
+template <typename... A, std::size_t... I>
+static void emu_call(void (*f)(A...), void** a, std::index_sequence<I...>) {
+    f(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(a[I])...);
+}
+
+template <typename... A>
+static void emu_run(void (*f)(A...), void** a, unsigned blocks, unsigned threads, bool barrier) {
+    for (unsigned b = 0; b < blocks; ++b) {
+        auto one = [&](unsigned t, std::barrier<>* bar) {
+            blockIdx = {b, 0, 0};
+            threadIdx = {t, 0, 0};
+            blockDim = {threads, 1, 1};
+            emu_barrier = bar;
+            emu_call(f, a, std::index_sequence_for<A...>{});
+        };
+        if (!barrier) {
+            for (unsigned t = 0; t < threads; ++t) one(t, nullptr);
+        } else {
+            std::barrier<> bar(threads);
+            std::vector<std::thread> ts;
+            for (unsigned t = 0; t < threads; ++t) ts.emplace_back(one, t, &bar);
+            for (auto& t : ts) t.join();
+        }
+    }
+}
+
+extern "C" int emu_launch(const char* name, unsigned blocks, unsigned threads, void** args) {
+    std::string n(name);
+#define EMU_KERNEL(k, barrier)                          \
+    if (n == #k) {                                      \
+        emu_run(k, args, blocks, threads, barrier);     \
+        return 0;                                       \
+    }
+    EMU_KERNEL(shift_probe, false)
+    EMU_KERNEL(exit_wave, false)
+    EMU_KERNEL(residual, true)
+    EMU_KERNEL(adjoint, false)
+    EMU_KERNEL(probe_grad, false)
+    EMU_KERNEL(probe_density, false)
+    EMU_KERNEL(intensities, false)
+    EMU_KERNEL(transpose_c, false)
+    EMU_KERNEL(transpose_d, false)
+    return 1;
+}

@@ -1,0 +1,69 @@
+//! The CPU implementation of [`Compute`]: [`cpu::gradients`] over the selected positions,
+//! borrowing contiguous ranges without copies and gathering index subsets.
+
+use super::cpu::{self, Gradients, Kernel};
+use super::{Compute, Selection};
+use crate::error::Result;
+use crate::physics::fft::Real;
+use crate::physics::model::{Field, PositionGeom};
+use num_complex::Complex;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Selected positions and their intensities, borrowed or gathered.
+type Selected<'a, T> = (Cow<'a, [PositionGeom<T>]>, Cow<'a, [f32]>);
+
+/// A rank's positions and intensities in host memory.
+pub struct Host<T: Real> {
+    kernel: Kernel<T>,
+    positions: Arc<[PositionGeom<T>]>,
+    intensities: Arc<[f32]>,
+}
+
+impl<T: Real> Host<T> {
+    /// Wrap the rank's positions and intensities ([n][kx][ky], M² values per position).
+    pub fn new(kernel: Kernel<T>, positions: Arc<[PositionGeom<T>]>, intensities: Arc<[f32]>) -> Self {
+        Host { kernel, positions, intensities }
+    }
+
+    /// The selected positions and their intensities: borrowed for a range, gathered for indices.
+    fn select(&self, sel: &Selection) -> Result<Selected<'_, T>> {
+        sel.check(self.positions.len())?;
+        let mm = self.kernel.fft.size() * self.kernel.fft.size();
+        Ok(match sel {
+            Selection::Range(r) => (Cow::Borrowed(&self.positions[r.clone()]), Cow::Borrowed(&self.intensities[r.start * mm..r.end * mm])),
+            Selection::Indices(ix) => (
+                Cow::Owned(ix.iter().map(|&j| self.positions[j].clone()).collect()),
+                Cow::Owned(ix.iter().flat_map(|&j| self.intensities[j * mm..(j + 1) * mm].iter().copied()).collect()),
+            ),
+        })
+    }
+}
+
+impl<T: Real> Compute<T> for Host<T> {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn device(&self) -> String {
+        format!("CPU, {} threads", rayon::current_num_threads())
+    }
+
+    fn gradients(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection, want_probe: bool) -> Result<Gradients<T>> {
+        let (pos, meas) = self.select(&sel)?;
+        super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
+        Ok(cpu::gradients(&self.kernel, obj, probe_hat, &pos, &meas, want_probe))
+    }
+
+    fn loss(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection) -> Result<f64> {
+        let (pos, meas) = self.select(&sel)?;
+        super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
+        Ok(cpu::loss(&self.kernel, obj, probe_hat, &pos, &meas))
+    }
+
+    fn model_intensities(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection) -> Result<Vec<T>> {
+        let (pos, _) = self.select(&sel)?;
+        super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
+        Ok(cpu::model_intensities(&self.kernel, obj, probe_hat, &pos))
+    }
+}
