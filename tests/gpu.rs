@@ -139,7 +139,7 @@ fn host_compute_equals_cpu_gradients_on_ranges_and_index_subsets() {
 }
 
 /// Every kernel of kernels/ptycho.cu compiles with NVRTC for the architectures ptytile
-/// targets, through the same function the CUDA backend calls. Needs libnvrtc (CI installs
+/// targets (the oldest the NVRTC supports: 6.0 for CUDA 12, 7.5 for 13; Ampere; Hopper), through the same function the CUDA backend calls. Needs libnvrtc (CI installs
 /// the nvidia-cuda-nvrtc-cu12 wheel, .ci/run); no GPU.
 #[cfg(feature = "cuda")]
 #[test]
@@ -150,9 +150,12 @@ fn kernels_compile_with_nvrtc() {
         return;
     }
     std::env::set_var("PTYTILE_KERNEL_CACHE", "");
-    println!("{}", cuda::nvrtc_version().unwrap());
-    for arch in ["compute_60", "compute_80", "compute_90"] {
-        let ptx = cuda::compile_ptx(arch).unwrap_or_else(|e| panic!("{e}"));
+    let version = cuda::nvrtc_version().unwrap();
+    println!("{version}");
+    // CUDA 13 dropped targets below compute capability 7.5
+    let oldest = if version.starts_with("nvrtc 12.") { "compute_60" } else { "compute_75" };
+    for arch in [oldest, "compute_80", "compute_90"] {
+        let ptx = cuda::compile(arch).unwrap_or_else(|e| panic!("{e}"));
         let text = String::from_utf8_lossy(&ptx);
         assert!(text.contains(&format!(".target sm_{}", &arch[8..])), "{arch}: {}", &text[..300.min(text.len())]);
         for k in KERNELS {
@@ -161,6 +164,11 @@ fn kernels_compile_with_nvrtc() {
         // f64 atomics compiled to native instructions, not a CAS loop
         assert!(text.contains("atom.global.add.f64") || text.contains("red.global.add.f64"), "{arch}: no f64 atomic add");
         println!("{arch}: {} bytes of PTX, {} kernels", ptx.len(), KERNELS.len());
+        // the backend loads a CUBIN for the device's real architecture: an ELF image
+        let sm = arch.replace("compute_", "sm_");
+        let cubin = cuda::compile(&sm).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&cubin[..4], b"\x7fELF", "{sm}: not a CUBIN");
+        println!("{sm}: {} bytes of CUBIN", cubin.len());
     }
 }
 
@@ -339,9 +347,9 @@ mod emu {
 
     /// Compile the emulation library with g++; `Err(reason)` when g++ is missing or fails.
     pub fn open() -> std::result::Result<Emu, String> {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let read = |p: &str| std::fs::read_to_string(format!("{root}/kernels/emu/{p}")).unwrap();
-        let src = format!("{}\n{}\n{}", read("shim.h"), kernel_source().replace("#pragma once", ""), read("launch.h"));
+        // embedded, so that the test binary also runs away from the source tree (a GPU host)
+        let (shim, launch) = (include_str!("../kernels/emu/shim.h"), include_str!("../kernels/emu/launch.h"));
+        let src = format!("{shim}\n{}\n{launch}", kernel_source().replace("#pragma once", ""));
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let (cpp, so) = (dir.path().join("emu.cpp"), dir.path().join("libemu.so"));
         std::fs::write(&cpp, src).map_err(|e| e.to_string())?;

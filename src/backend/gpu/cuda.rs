@@ -59,20 +59,24 @@ pub fn nvrtc_version() -> Result<String> {
     Ok(format!("nvrtc {a}.{b}"))
 }
 
-/// Compile kernels/ptycho.cu to PTX for virtual architecture `arch` (e.g. "compute_90")
-/// with NVRTC, through the memory and disk caches ([`cached`]). Errors carry NVRTC's log.
-pub fn compile_ptx(arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
+/// Compile kernels/ptycho.cu with NVRTC through the memory and disk caches ([`cached`]):
+/// for a real architecture ("sm_90") to a CUBIN, which any driver of the toolkit's major
+/// version loads (PTX from an NVRTC newer than the driver would not JIT); for a virtual one
+/// ("compute_90") to PTX. Errors carry NVRTC's log.
+pub fn compile(arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
     nvrtc_present()?;
     let src = kernel_source();
+    let cubin = arch.starts_with("sm_");
     let opts = vec![format!("--gpu-architecture={arch}"), "--std=c++14".to_string()];
     let key = cache_key(&src, &opts, arch, &nvrtc_version()?);
-    cached(key, "ptx", || {
+    cached(key, if cubin { "cubin" } else { "ptx" }, || {
         let csrc = CString::new(src.clone()).map_err(|e| err("kernel source", e))?;
         let name = CString::new("ptycho.cu").expect("no NUL");
         let prog = nr::create_program(&csrc, Some(&name)).map_err(|e| err("nvrtcCreateProgram", e))?;
         // SAFETY: prog is a live program; destroyed below on every path.
         let res = unsafe { nr::compile_program(prog, &opts) };
         let out = match res {
+            Ok(()) if cubin => unsafe { get_cubin(prog) },
             Ok(()) => unsafe { nr::get_ptx(prog) }.map_err(|e| err("nvrtcGetPTX", e)).map(|p| p.iter().map(|&c| c as u8).collect::<Vec<u8>>()),
             Err(e) => {
                 let log = unsafe { nr::get_program_log(prog) }.map(|l| l.iter().take_while(|&&c| c != 0).map(|&c| c as u8 as char).collect::<String>()).unwrap_or_default();
@@ -83,6 +87,15 @@ pub fn compile_ptx(arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
         let _ = unsafe { nr::destroy_program(prog) };
         out
     })
+}
+
+/// The CUBIN of a program compiled for a real architecture.
+unsafe fn get_cubin(prog: ns::nvrtcProgram) -> Result<Vec<u8>> {
+    let mut n = 0usize;
+    ns::nvrtcGetCUBINSize(prog, &mut n).result().map_err(|e| err("nvrtcGetCUBINSize", e))?;
+    let mut v = vec![0u8; n];
+    ns::nvrtcGetCUBIN(prog, v.as_mut_ptr() as *mut _).result().map_err(|e| err("nvrtcGetCUBIN", e))?;
+    Ok(v)
 }
 
 /// One CUDA device with its primary context, a stream, the kernels and cached FFT plans.
@@ -119,11 +132,9 @@ impl Cuda {
             return Err(Error::new("backend", format!("GPU {ordinal} has compute capability {major}.{minor}; ptytile needs 6.0 or newer (f64 atomics)")));
         }
         let name = dr::device::get_name(dev).unwrap_or_else(|_| "CUDA device".into());
-        let ptx = compile_ptx(&format!("compute_{major}{minor}"))?;
-        let mut image = ptx.to_vec();
-        image.push(0);
-        // SAFETY: image is NUL-terminated PTX; the module is unloaded in Drop.
-        let module = unsafe { dr::module::load_data(image.as_ptr() as *const _) }.map_err(|e| err("cuModuleLoadData (PTX JIT)", e))?;
+        let cubin = compile(&format!("sm_{major}{minor}"))?;
+        // SAFETY: a CUBIN for this device; the module is unloaded in Drop.
+        let module = unsafe { dr::module::load_data(cubin.as_ptr() as *const _) }.map_err(|e| err("cuModuleLoadData", e))?;
         let mut funcs = HashMap::new();
         for k in KERNELS {
             let cname = CString::new(k).expect("no NUL");
