@@ -183,9 +183,11 @@ impl MpiComm {
     }
 
     /// Abort the whole job (`MPI_Abort` on the world communicator) with exit `code`;
-    /// the launcher kills every rank. Call it when this rank hits an error.
+    /// the launcher kills every rank. Call it when this rank hits an error: standard
+    /// output and error are flushed and the launcher is given [`ABORT_GRACE`] to forward
+    /// this rank's last lines (the error message) before it tears the job down.
     pub fn abort(&self, code: i32) -> ! {
-        world().abort(code)
+        abort_world(code)
     }
 
     fn check_thread(&self, what: &str) -> Result<()> {
@@ -430,6 +432,20 @@ impl Comm for MpiComm {
     }
 }
 
+/// How long a rank that aborts the job waits, after flushing its output, for the launcher
+/// to forward that output: MPICH's hydra kills the other ranks and may drop lines still in
+/// flight once `MPI_Abort` is called.
+pub const ABORT_GRACE: Duration = Duration::from_millis(250);
+
+/// Flush this rank's standard streams, wait [`ABORT_GRACE`], then `MPI_Abort` the world.
+fn abort_world(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::thread::sleep(ABORT_GRACE);
+    world().abort(code)
+}
+
 impl Drop for MpiComm {
     /// Completes outstanding sends (up to the timeout) before MPI is finalised; sends that
     /// still have not completed are leaked, never freed under MPI's feet. Dropped while
@@ -438,7 +454,7 @@ impl Drop for MpiComm {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("rank {}: panicked; aborting the MPI job", self.rank);
-            world().abort(101);
+            abort_world(101);
         }
         if !self.pending.is_empty() && self.check_thread("drop").is_ok() {
             let _ = self.wait_sends();
