@@ -243,6 +243,12 @@ pub struct DmConfig {
     /// modulus projection |Ψ| ← √Î.
     #[serde(default = "dm_gamma")]
     pub gamma: f64,
+    /// The last this many iterations of each difference-map stage are error reduction,
+    /// ψ ← Π_F(Π_O ψ) with the likelihood's Fisher-scoring Fourier step (docs/algorithm.md
+    /// §7): they take the difference map's result to the likelihood's optimum. 0: none; at
+    /// least the stage's length: the whole stage.
+    #[serde(default = "dm_er_iterations")]
+    pub er_iterations: usize,
 }
 
 /// Conjugate-direction formula of the ML-CG engine.
@@ -322,9 +328,12 @@ fn one() -> usize { 1 }
 fn yes() -> bool { true }
 fn unit_step() -> f64 { 1.0 }
 fn dm_gamma() -> f64 { DM_GAMMA }
+fn dm_er_iterations() -> usize { DM_ER_ITERATIONS }
 
 /// Default `[dm] gamma`.
 pub const DM_GAMMA: f64 = 0.2;
+/// Default `[dm] er_iterations`.
+pub const DM_ER_ITERATIONS: usize = 5;
 /// Defaults `[epie]` α, β, γ.
 pub const EPIE_DEFAULTS: [f64; 3] = [1.0, 1.0, 0.01];
 /// Defaults `[rpie]` α, β, γ.

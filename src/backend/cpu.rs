@@ -7,7 +7,7 @@
 use crate::config::NoiseModel;
 use crate::physics::fft::{Fft2, Real};
 use super::projection::fourier_weights;
-use crate::physics::model::{Field, PositionGeom};
+use crate::physics::model::{fisher_scale, Field, PositionGeom};
 use num_complex::Complex;
 use rayon::prelude::*;
 
@@ -154,6 +154,10 @@ pub fn gradients<T: Real>(
 /// object; the engine uses [`probe_sums`] with the updated one instead). `loss` is the noise
 /// model's loss at Π_O ψ (the current state).
 ///
+/// With `step.error_reduction` the pass is error reduction instead: ψ_jk ← Π_F^ML(Π_O ψ_jk),
+/// the far field of the current state moved by the Fisher-scoring step of the likelihood
+/// ([`dm_far_field`]); the sums are formed from these exit waves in the same way.
+///
 /// `exit`: [n][K][M][M] exit waves, same order as `pos`, updated in place; with `init`
 /// they are first set to Π_O ψ (a run's first difference-map iteration).
 #[allow(clippy::too_many_arguments)]
@@ -166,11 +170,22 @@ pub fn difference_map<T: Real>(
     want_probe: bool,
     exit: &mut [Complex<T>],
     init: bool,
-    beta: f64,
-    gamma: f64,
+    step: DmStep,
 ) -> Gradients<T> {
     assert_eq!(exit.len(), pos.len() * k.modes * k.fft.size().pow(2), "exit waves do not match positions");
-    accumulate(k, obj, probe_hat, pos, meas, want_probe, Adjoint::DifferenceMap { exit, init, beta: T::of(beta), gamma: T::of(gamma) })
+    let DmStep { beta, gamma, error_reduction: er } = step;
+    accumulate(k, obj, probe_hat, pos, meas, want_probe, Adjoint::DifferenceMap { exit, init, er, beta: T::of(beta), gamma: T::of(gamma) })
+}
+
+/// Parameters of one [`difference_map`] pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DmStep {
+    /// β ∈ (0, 1], the exit-wave relaxation (`[dm] beta`).
+    pub beta: f64,
+    /// γ ∈ (0, 1], the relaxation of the Fourier step (`[dm] gamma`).
+    pub gamma: f64,
+    /// An error-reduction pass instead of a difference-map one (β and γ unused).
+    pub error_reduction: bool,
 }
 
 /// What is back-propagated through the adjoint of the forward model.
@@ -179,7 +194,8 @@ enum Adjoint<'a, T> {
     Gradient,
     /// b = the updated exit wave of the difference map; `exit` holds the exit waves of
     /// the positions being summed.
-    DifferenceMap { exit: &'a mut [Complex<T>], init: bool, beta: T, gamma: T },
+    /// With `er`, the error-reduction step instead (see [`dm_far_field`]).
+    DifferenceMap { exit: &'a mut [Complex<T>], init: bool, er: bool, beta: T, gamma: T },
 }
 
 fn accumulate<T: Real>(
@@ -204,12 +220,12 @@ fn accumulate<T: Real>(
     // one adjoint per slab: the exit waves are split along the slab bounds
     let ops: Vec<Adjoint<'_, T>> = match op {
         Adjoint::Gradient => bounds.iter().map(|_| Adjoint::Gradient).collect(),
-        Adjoint::DifferenceMap { mut exit, init, beta, gamma } => {
+        Adjoint::DifferenceMap { mut exit, init, er, beta, gamma } => {
             let per = k.modes * mm;
             let mut v = Vec::with_capacity(bounds.len());
             for &(a, b) in &bounds {
                 let (head, tail) = std::mem::take(&mut exit).split_at_mut((b - a) * per);
-                v.push(Adjoint::DifferenceMap { exit: head, init, beta, gamma });
+                v.push(Adjoint::DifferenceMap { exit: head, init, er, beta, gamma });
                 exit = tail;
             }
             v
@@ -440,8 +456,8 @@ fn slab<T: Real>(
             // raw inverse FFT of w Ψ_raw gives the unitary b
             let pat = &meas[j * mm..(j + 1) * mm];
             s.loss += pattern_residuals(k, pat, &mut w.im, &mut w.wt, sc2, sc2);
-            if let Adjoint::DifferenceMap { exit, init, gamma, .. } = &mut op {
-                dm_far_field(k, &mut w, &mut exit[j * km * mm..(j + 1) * km * mm], *init, *gamma, pat, &orow);
+            if let Adjoint::DifferenceMap { exit, init, er, gamma, .. } = &mut op {
+                dm_far_field(k, &mut w, &mut exit[j * km * mm..(j + 1) * km * mm], *init, *er, *gamma, pat, &orow);
             }
             // adjoint: b = F⁻¹(w Ψ) (or the new exit wave); g_O += P* b, D_O += |P|²;
             // g_P̂ += conj(ramp) F(O* b)
@@ -453,14 +469,16 @@ fn slab<T: Real>(
                         T::mul_real(&mut w.w1, &w.psi[mode * mm..(mode + 1) * mm], &w.wt);
                         k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
                     }
-                    Adjoint::DifferenceMap { exit, beta, .. } => {
-                        // ψ' = F⁻¹(f X_k); ψ ← ψ + β(ψ' − P_jk O_j); b = ψ
+                    Adjoint::DifferenceMap { exit, beta, er, .. } => {
+                        // ψ' = F⁻¹(f X_k); ψ ← ψ + β(ψ' − P_jk O_j) (error reduction:
+                        // ψ ← ψ'); b = ψ
+                        let (reduce, beta) = (*er, *beta);
                         T::mul_real(&mut w.w1, &w.x[mode * mm..(mode + 1) * mm], &w.wt);
                         k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
                         let e = &mut exit[(j * km + mode) * mm..(j * km + mode + 1) * mm];
                         for (y, ((er, br), pr)) in e.chunks_exact_mut(m).zip(w.b.chunks_exact_mut(m)).zip(pj.chunks_exact(m)).enumerate() {
                             for ((ev, bv), (pv, ov)) in er.iter_mut().zip(br.iter_mut()).zip(pr.iter().zip(orow(y))) {
-                                *ev = *ev + (*bv - *pv * *ov) * *beta;
+                                *ev = if reduce { *bv } else { *ev + (*bv - *pv * *ov) * beta };
                                 *bv = *ev;
                             }
                         }
@@ -514,14 +532,30 @@ pub fn y_runs<T: Real>(pos: &[PositionGeom<T>]) -> Vec<(std::ops::Range<usize>, 
     runs
 }
 
-/// The difference map's Fourier step for one position, after [`forward`]: X_k = F_raw(2 P_jk O_j − ψ_jk)
-/// into `w.x` and the Fourier-step weights f/M² into `w.wt` (f of
-/// [`super::projection::fourier_weights`] with relaxation `gamma`; γ = 1: f = √(Î / Σ_k|X_k|²)),
-/// so that a raw inverse FFT of X_k · wt is the unitary Π_F. With `init` the exit waves
-/// `exit` ([K][M][M]) are first set to P_jk O_j.
-pub(crate) fn dm_far_field<'o, T: Real>(k: &Kernel<T>, w: &mut Work<T>, exit: &mut [Complex<T>], init: bool, gamma: T, meas: &[f32], orow: &dyn Fn(usize) -> &'o [Complex<T>]) {
+/// The difference map's Fourier step for one position, after [`forward`] and
+/// [`pattern_residuals`]: X_k = F_raw(2 P_jk O_j − ψ_jk) into `w.x` and the Fourier-step
+/// weights f/M² into `w.wt` (f of [`super::projection::fourier_weights`] with relaxation
+/// `gamma`; γ = 1: f = √(Î / Σ_k|X_k|²)), so that a raw inverse FFT of X_k · wt is the
+/// unitary Π_F. With `init` the exit waves `exit` ([K][M][M]) are first set to P_jk O_j.
+///
+/// With `er` (error reduction, docs/algorithm.md §7) instead X_k = F_raw(P_jk O_j), the
+/// model's far field, and f = 1 − (∂L/∂I)/c, the Fisher-scoring step of the noise model's
+/// likelihood (c = [`fisher_scale`]; Poisson f = (1 + Î/I)/2, amplitude f = √(Î/I), the
+/// modulus projection), from the gradient weights `w.wt` = (∂L/∂I)/M² that
+/// [`pattern_residuals`] left there (0 on masked pixels: f = 1 keeps the model there).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dm_far_field<'o, T: Real>(k: &Kernel<T>, w: &mut Work<T>, exit: &mut [Complex<T>], init: bool, er: bool, gamma: T, meas: &[f32], orow: &dyn Fn(usize) -> &'o [Complex<T>]) {
     let m = k.fft.size();
     let mm = m * m;
+    if er {
+        let sc2 = k.fft.scale() * k.fft.scale();
+        let c = T::of(fisher_scale(k.noise));
+        w.x.copy_from_slice(&w.psi);
+        for v in w.wt.iter_mut() {
+            *v = sc2 - *v / c;
+        }
+        return;
+    }
     let two = T::of(2.0);
     for mode in 0..k.modes {
         let pj = &w.pj[mode * mm..(mode + 1) * mm];

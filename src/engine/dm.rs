@@ -8,10 +8,17 @@
 //! O ← (Σ_jk P*_jk ψ_jk + r O) / (Σ_jk |P_jk|² + r)                   overlap step, object
 //! P_k ← (Σ_j S_j^H(O*_j ψ_jk) + r_P P_k) / (Σ_j |O_j|² + r_P)         then the probe, new O
 //! ```
+//! with r = δ max Σ|P_jk|², r_P = δ max Σ|O_j|² (δ = 10⁻³; they keep unilluminated pixels).
 //! The probe step uses the updated object (one alternation of the overlap projection, as
 //! in Thibault et al. 2009): updating both from the same old values over-corrects their
 //! common scale and diverges.
-//! with r = δ max Σ|P_jk|², r_P = δ max Σ|O_j|² (δ = 10⁻³; they keep unilluminated pixels).
+//!
+//! The last `[dm] er_iterations` iterations of a difference-map stage are error reduction
+//! (Fienup 1982; the difference map's usual finish): ψ_jk ← Π_F^ML(P_jk O_j), the model's
+//! far field moved by the Fisher-scoring step of the likelihood, then the same overlap
+//! step. On noisy data the difference map's iterate ψ does not settle (Π_F ψ − Π_O ψ stays
+//! finite) and Π_O ψ stalls short of the likelihood's optimum; error reduction's fixed
+//! points are its stationary points (docs/algorithm.md §7).
 //! The overlap step is a ratio of sums over positions: numerator and denominator are
 //! formed and completed over tiles exactly like gd's gradient and preconditioner (halo
 //! positions first, halo sums to owners, probe sums all-reduced), so a tiled run equals
@@ -20,7 +27,7 @@
 use super::exchange::{add_step, allreduce_probe_sums, global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices, TAG_OBJECT};
 use super::gd::{Options, PRECONDITIONER_DELTA};
 use super::{IterStats, Problem, Rank, State};
-use crate::backend::cpu::{difference_map, probe_spectrum, probe_sums, Gradients};
+use crate::backend::cpu::{difference_map, probe_spectrum, probe_sums, DmStep, Gradients};
 use crate::error::Result;
 use crate::physics::fft::Real;
 use crate::tiling::Rect;
@@ -36,13 +43,14 @@ pub struct DmState<T> {
     pub exit_waves: Vec<Complex<T>>,
 }
 
-/// One difference-map iteration on one rank. `beta` ∈ (0, 1] (`[dm] beta`), `gamma` ∈ (0, 1]
-/// the relaxation of the Fourier step (`[dm] gamma`, docs/algorithm.md §7); the probe is
-/// refined as `o` says (`update_probe`, `probe_update_start`). The reported loss is the
-/// noise model's at the state before the update.
+/// One difference-map (or, with `step.error_reduction`, error-reduction) iteration on one
+/// rank. `step.beta` ∈ (0, 1] (`[dm] beta`), `step.gamma` ∈ (0, 1] the relaxation of the
+/// Fourier step (`[dm] gamma`, docs/algorithm.md §7); the probe is refined as `o` says
+/// (`update_probe`, `probe_update_start`). The reported loss is the noise model's at the
+/// state before the update.
 ///
 /// Errors: a failed peer or transport (naming the peer rank).
-pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, iteration: usize, o: &Options, beta: f64, gamma: f64, rank: &mut Rank) -> Result<IterStats> {
+pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, iteration: usize, o: &Options, step: DmStep, rank: &mut Rank) -> Result<IterStats> {
     let update_probe = o.probe_at(iteration);
     let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
     let mm = p.kernel.fft.size().pow(2);
@@ -56,7 +64,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, i
     let object = &s.object;
     let g = halo_first_sums(p, rank, &mut st, |r| {
         let (pos, meas) = (&p.positions[r.clone()], &p.intensities[r.start * mm..r.end * mm]);
-        Ok(difference_map(&p.kernel, object, &ph, pos, meas, false, &mut exit[r.start * kmm..r.end * kmm], init, beta, gamma))
+        Ok(difference_map(&p.kernel, object, &ph, pos, meas, false, &mut exit[r.start * kmm..r.end * kmm], init, step))
     })?;
     st.loss = g.loss;
     let dmax = global_max_in(&g.d_obj, rank, &mut st)?;

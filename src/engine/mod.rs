@@ -21,11 +21,11 @@ pub mod mlcg;
 pub mod pie;
 pub mod snapshot;
 
-use crate::backend::cpu::Kernel;
+use crate::backend::cpu::{DmStep, Kernel};
 use crate::backend::{self, BackendKind, Compute};
 use std::sync::Arc;
 use crate::comm::Comm;
-use crate::config::{Config, Engine, MlcgConfig, Stage};
+use crate::config::{Config, DmConfig, Engine, MlcgConfig, Stage};
 use crate::error::Result;
 use crate::physics::fft::Real;
 use snapshot::{find, Element, NamedArray, Snapshot};
@@ -207,8 +207,8 @@ pub struct Settings {
     pub stages: Vec<Stage>,
     /// Noise model, probe refinement, batches, step (`[reconstruction]`).
     pub gd: gd::Options,
-    /// `[dm] beta`, `gamma`.
-    pub dm: [f64; 2],
+    /// `[dm]`.
+    pub dm: DmConfig,
     /// `[mlcg]`.
     pub mlcg: MlcgConfig,
     /// `[epie]` α, β, γ.
@@ -222,7 +222,7 @@ impl From<&Config> for Settings {
         Settings {
             stages: c.stages(),
             gd: gd::Options::from(&c.reconstruction),
-            dm: [c.dm.beta, c.dm.gamma],
+            dm: c.dm.clone(),
             mlcg: c.mlcg.clone(),
             epie: c.epie_params(),
             rpie: c.rpie_params(),
@@ -257,6 +257,13 @@ impl Settings {
         self.stages.len().saturating_sub(1)
     }
 
+    /// Iterations from `it` (0-based, global) to the end of its stage, `it` included (≥ 1;
+    /// past the end of the schedule, 1).
+    pub fn left_in_stage(&self, it: usize) -> usize {
+        let end: usize = self.stages.iter().take(self.stage_at(it) + 1).map(|s| s.iterations).sum();
+        end.saturating_sub(it).max(1)
+    }
+
     /// The engine of (0-based, global) iteration `it`; past the end, the last stage's.
     pub fn engine_at(&self, it: usize) -> Engine {
         self.stages.get(self.stage_at(it)).map(|s| s.engine).unwrap_or_default()
@@ -276,7 +283,12 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, es: &mut EngineState<T
     }
     match engine {
         Engine::Gd => gd::iterate(p, s, iteration, &set.gd, rank),
-        Engine::Dm => dm::iterate(p, s, &mut es.dm, iteration, &set.gd, set.dm[0], set.dm[1], rank),
+        Engine::Dm => {
+            // the stage's last `er_iterations` iterations are error reduction
+            let error_reduction = set.left_in_stage(iteration) <= set.dm.er_iterations;
+            let step = DmStep { beta: set.dm.beta, gamma: set.dm.gamma, error_reduction };
+            dm::iterate(p, s, &mut es.dm, iteration, &set.gd, step, rank)
+        }
         Engine::Mlcg => mlcg::iterate(p, s, &mut es.mlcg, iteration, &set.gd, &set.mlcg, rank),
         Engine::Epie => pie::iterate(p, s, iteration, &set.gd, &pie::Params::epie(set.epie), rank),
         Engine::Rpie => pie::iterate(p, s, iteration, &set.gd, &pie::Params::rpie(set.rpie), rank),
