@@ -23,13 +23,13 @@ GPUS_PER_NODE=8
 CPUS_PER_RANK=7
 RANKS=$((NODES * RANKS_PER_NODE))
 RANKS_PER_GPU=$((RANKS_PER_NODE / GPUS_PER_NODE))
-ARGS=("$PTYTILE" reconstruct "$CONFIG")
+ARGS=("$PTYTILE" reconstruct "$CONFIG" --set 'parallel.backend="hip"')
 
 # ---- environment ----
 # Site modules (edit), e.g.: module load rocm hdf5 mpich
-# GPU backend: hip. ptytile 0.1 computes on each rank's cores; once the config key
-# [parallel] backend exists, add to ARGS:  --set parallel.backend=hip
-export PTYTILE_GPU_BACKEND=hip   # read by nothing yet: a record of the intended backend
+# GPU backend: hip (parallel.backend in ARGS): each rank sums its tile's positions on the GPU
+# of its node-local rank modulo the GPUs it sees (docs/gpu.md). The gd and mlcg engines run
+# there; dm, epie and rpie are CPU-only: for them, generate with --set parallel.backend='"cpu"'.
 export RAYON_NUM_THREADS="$CPUS_PER_RANK"   # ptytile's worker threads per rank = its bound cores
 export OMP_NUM_THREADS=1                     # no nested threading in libraries
 export HDF5_USE_FILE_LOCKING=FALSE           # all ranks read one file; locks fail on many parallel file systems

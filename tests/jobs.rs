@@ -169,10 +169,16 @@ fn emulated_job(sched: &str) -> Option<(tempfile::TempDir, PathBuf, PathBuf, &'s
     let set_out = format!("output.path=\"{}\"", out.display());
     let o = jobs(&[
         "--scheduler", sched, "--nodes", "2", "--ranks-per-node", "2", "--gpus-per-node", "2", "--cores-per-node", "2",
-        "--binary", BIN, "--set", "reconstruction.iterations=3", "--set", &set_out, "--set", "output.png=false", cfg.to_str().unwrap(),
+        "--binary", BIN, "--set", "reconstruction.iterations=3", "--set", &set_out, "--set", "output.png=false",
+        // no GPU here: the job's own backend setting comes after the script's GPU one and wins
+        "--set", "parallel.backend=\"cpu\"", cfg.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let script = dir.path().join("job.sh");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let args = text.lines().find(|l| l.starts_with("ARGS=(")).expect("an ARGS line");
+    let (gpu, cpu) = (args.find(r#"'parallel.backend="cuda"'"#), args.find(r#"'parallel.backend="cpu"'"#));
+    assert!(matches!((gpu, cpu), (Some(g), Some(c)) if g < c), "the GPU backend, then the job's own: {args}");
     std::fs::write(&script, &o.stdout).unwrap();
     bash_n(&script);
     Some((dir, script, out, mpi))

@@ -294,7 +294,8 @@ pub fn script(spec: &JobSpec, cfg: &Config) -> Result<String> {
     let _ = writeln!(w, "CPUS_PER_RANK={}", sh.cpus_per_rank);
     let _ = writeln!(w, "RANKS=$((NODES * RANKS_PER_NODE))");
     let _ = writeln!(w, "RANKS_PER_GPU=$((RANKS_PER_NODE / GPUS_PER_NODE))");
-    let mut args = String::from("\"$PTYTILE\" reconstruct \"$CONFIG\"");
+    // the vendor's GPU backend first: a `--set parallel.backend=…` of the job's own comes later and wins
+    let mut args = format!("\"$PTYTILE\" reconstruct \"$CONFIG\" --set {}", shell_quote(&format!("parallel.backend=\"{}\"", spec.vendor.backend())));
     for s in &spec.sets {
         let _ = write!(args, " --set {}", shell_quote(s));
     }
@@ -307,11 +308,9 @@ pub fn script(spec: &JobSpec, cfg: &Config) -> Result<String> {
     });
     let _ = writeln!(
         w,
-        "# GPU backend: {}. ptytile 0.1 computes on each rank's cores; once the config key\n# [parallel] backend exists, add to ARGS:  --set parallel.backend={}",
-        spec.vendor.backend(),
+        "# GPU backend: {} (parallel.backend in ARGS): each rank sums its tile's positions on the GPU\n# of its node-local rank modulo the GPUs it sees (docs/gpu.md). The gd and mlcg engines run\n# there; dm, epie and rpie are CPU-only: for them, generate with --set parallel.backend='\"cpu\"'.",
         spec.vendor.backend()
     );
-    let _ = writeln!(w, "export PTYTILE_GPU_BACKEND={}   # read by nothing yet: a record of the intended backend", spec.vendor.backend());
     let _ = writeln!(w, "export RAYON_NUM_THREADS=\"$CPUS_PER_RANK\"   # ptytile's worker threads per rank = its bound cores");
     let _ = writeln!(w, "export OMP_NUM_THREADS=1                     # no nested threading in libraries");
     let _ = writeln!(w, "export HDF5_USE_FILE_LOCKING=FALSE           # all ranks read one file; locks fail on many parallel file systems");

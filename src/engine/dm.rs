@@ -24,7 +24,7 @@
 //! positions first, halo sums to owners, probe sums all-reduced), so a tiled run equals
 //! the 1-rank run.
 
-use super::exchange::{add_step, allreduce_probe_sums, global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices, TAG_OBJECT};
+use super::exchange::{add_step, allreduce_probe_sums, finish_sends, global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices, TAG_OBJECT};
 use super::gd::{Options, PRECONDITIONER_DELTA};
 use super::{IterStats, Problem, Rank, State};
 use crate::backend::cpu::{difference_map, probe_spectrum, probe_sums, DmStep, Gradients};
@@ -81,8 +81,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, i
         overlap_update(p, s, &gp, &rank.plan.tile, 0.0);
         st.compute_s += lap(&mut t);
     }
-    rank.comm.wait_sends()?;
-    st.wait_s += lap(&mut t);
+    finish_sends(rank, &mut st)?;
     Ok(st)
 }
 

@@ -67,6 +67,18 @@ pub fn lap(t: &mut Instant) -> f64 {
     e
 }
 
+/// The end of an iteration: wait until this rank's halo sends have completed (their
+/// buffers are then free), the time blocked added to `st.wait_s`.
+///
+/// Errors: a failed peer or transport (naming the peer rank), or a send not completed
+/// within the communicator's timeout.
+pub fn finish_sends(rank: &mut Rank, st: &mut IterStats) -> Result<()> {
+    let mut t = Instant::now();
+    rank.comm.wait_sends()?;
+    st.wait_s += lap(&mut t);
+    Ok(())
+}
+
 /// Step 4: add the neighbours' halo contributions to the tile (tiled; the sends were
 /// posted by the caller with [`post_halo_sums`] or [`halo_first_sums`]) or all-reduce the
 /// object sums (replicated). Blocked time goes to `st.wait_s`, unpacking and adding to

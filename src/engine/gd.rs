@@ -26,7 +26,7 @@
 //! In the replicated mode (the data-parallel baseline of the Python codes) every rank
 //! holds the whole object and the object-sized sums are all-reduced instead.
 
-use super::exchange::{global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices};
+use super::exchange::{finish_sends, global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices};
 pub use super::exchange::{extract, write_rect, TAG_GRADIENT, TAG_OBJECT};
 pub use super::{Decomposition, IterStats, Problem, Rank, State};
 use crate::backend::cpu::{probe_spectrum, Gradients};
@@ -93,9 +93,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &
         apply(p, s, &g, o, &rank.plan.tile, dmax);
         st.compute_s += lap(&mut t);
         refresh_halo(&mut s.object, rank, TAG_OBJECT, &mut st)?;
-        let mut t = Instant::now();
-        rank.comm.wait_sends()?;
-        st.wait_s += lap(&mut t);
+        finish_sends(rank, &mut st)?;
     }
     Ok(st)
 }

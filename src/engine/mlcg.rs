@@ -18,7 +18,7 @@
 //! is not convex, and 2 t₁ as the next trial). Every inner product and loss is a global all-reduce in f64, and the
 //! direction's halo is refreshed from the tile owners, so a tiled run equals the 1-rank run.
 
-use super::exchange::{add_step, global_max_in, lap, probe_from_hat, refresh_halo, tile_indices, TAG_DIRECTION};
+use super::exchange::{add_step, finish_sends, global_max_in, lap, probe_from_hat, refresh_halo, tile_indices, TAG_DIRECTION};
 use super::gd::{sum_gradients, Options, PRECONDITIONER_DELTA};
 use super::{Decomposition, IterStats, Problem, Rank, State};
 use crate::backend::cpu::probe_spectrum;
@@ -155,8 +155,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
     *s = moved(s, &dfield, &dir[nt..], step);
     *cg = CgState { gradient: grad, direction: dir, gz, step: next, loss: l0 };
     st.compute_s += lap(&mut t);
-    rank.comm.wait_sends()?;
-    st.wait_s += lap(&mut t);
+    finish_sends(rank, &mut st)?;
     Ok(st)
 }
 

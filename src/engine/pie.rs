@@ -14,7 +14,7 @@
 //! instead of seeing each other's: unlike gd, dm and mlcg this engine depends on the tiling
 //! (measured in docs/algorithms.md).
 
-use super::exchange::{add_step, allreduce_probe_sums, complete_object_sums, lap, post_halo_sums, probe_from_hat, refresh_halo, tile_indices, TAG_OBJECT};
+use super::exchange::{add_step, allreduce_probe_sums, complete_object_sums, finish_sends, lap, post_halo_sums, probe_from_hat, refresh_halo, tile_indices, TAG_OBJECT};
 use super::gd::Options;
 use super::{IterStats, Problem, Rank, State};
 use crate::backend::cpu::{probe_spectrum, Gradients};
@@ -100,8 +100,6 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &
     }
     st.compute_s += lap(&mut t);
     refresh_halo(&mut s.object, rank, TAG_OBJECT, &mut st)?;
-    let mut t = Instant::now();
-    rank.comm.wait_sends()?;
-    st.wait_s += lap(&mut t);
+    finish_sends(rank, &mut st)?;
     Ok(st)
 }
