@@ -264,6 +264,12 @@ impl Settings {
         end.saturating_sub(it).max(1)
     }
 
+    /// Whether iteration `it` is one of the error-reduction iterations that end a
+    /// difference-map stage (its last `[dm] er_iterations`, docs/algorithm.md §7).
+    pub fn error_reduction_at(&self, it: usize) -> bool {
+        self.engine_at(it) == Engine::Dm && self.left_in_stage(it) <= self.dm.er_iterations
+    }
+
     /// The engine of (0-based, global) iteration `it`; past the end, the last stage's.
     pub fn engine_at(&self, it: usize) -> Engine {
         self.stages.get(self.stage_at(it)).map(|s| s.engine).unwrap_or_default()
@@ -284,13 +290,36 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, es: &mut EngineState<T
     match engine {
         Engine::Gd => gd::iterate(p, s, iteration, &set.gd, rank),
         Engine::Dm => {
-            // the stage's last `er_iterations` iterations are error reduction
-            let error_reduction = set.left_in_stage(iteration) <= set.dm.er_iterations;
-            let step = DmStep { beta: set.dm.beta, gamma: set.dm.gamma, error_reduction };
+            let step = DmStep { beta: set.dm.beta, gamma: set.dm.gamma, error_reduction: set.error_reduction_at(iteration) };
             dm::iterate(p, s, &mut es.dm, iteration, &set.gd, step, rank)
         }
         Engine::Mlcg => mlcg::iterate(p, s, &mut es.mlcg, iteration, &set.gd, &set.mlcg, rank),
         Engine::Epie => pie::iterate(p, s, iteration, &set.gd, &pie::Params::epie(set.epie), rank),
         Engine::Rpie => pie::iterate(p, s, iteration, &set.gd, &pie::Params::rpie(set.rpie), rank),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_and_error_reduction_iterations() {
+        let c = Config::from_toml(
+            "[data]\nfile = \"x.h5\"\nintensities = \"/i\"\npositions = \"/p\"\n[dm]\ner_iterations = 2\n\
+             [[schedule]]\nengine = \"dm\"\niterations = 3\n[[schedule]]\nengine = \"mlcg\"\niterations = 2\n[[schedule]]\nengine = \"dm\"\niterations = 4\n",
+            &[],
+        )
+        .unwrap();
+        let set = Settings::from(&c);
+        assert_eq!(set.total_iterations(), 9);
+        assert_eq!(set.label(), "dm:3,mlcg:2,dm:4");
+        let stage: Vec<usize> = (0..10).map(|i| set.stage_at(i)).collect();
+        assert_eq!(stage, [0, 0, 0, 1, 1, 2, 2, 2, 2, 2]);
+        let left: Vec<usize> = (0..10).map(|i| set.left_in_stage(i)).collect();
+        assert_eq!(left, [3, 2, 1, 2, 1, 4, 3, 2, 1, 1]);
+        // the last 2 iterations of each dm stage, never an mlcg one
+        let er: Vec<bool> = (0..9).map(|i| set.error_reduction_at(i)).collect();
+        assert_eq!(er, [false, true, true, false, false, false, false, true, true]);
     }
 }
