@@ -19,6 +19,7 @@
 //! step. On noisy data the difference map's iterate ψ does not settle (Π_F ψ − Π_O ψ stays
 //! finite) and Π_O ψ stalls short of the likelihood's optimum; error reduction's fixed
 //! points are its stationary points (docs/algorithm.md §7).
+//!
 //! The overlap step is a ratio of sums over positions: numerator and denominator are
 //! formed and completed over tiles exactly like gd's gradient and preconditioner (halo
 //! positions first, halo sums to owners, probe sums all-reduced), so a tiled run equals

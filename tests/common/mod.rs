@@ -6,9 +6,9 @@ use ptytile::config::Config;
 use ptytile::output::write_result;
 use ptytile::simulate::{simulate, write, SimParams};
 
-/// Phase correlation and the loss before the last iteration of 20 iterations of `engine` (with `extra` settings) on seeded
-/// simulated data at about one count per detector pixel (12 × 12 positions, 32-px
-/// patterns, 1000 counts per pattern).
+/// Phase correlation and the loss before the last iteration after 20 iterations of `engine`
+/// (with `extra` settings) on seeded simulated data at about one count per detector pixel
+/// (12 × 12 positions, 32-px patterns, 1000 counts per pattern).
 pub fn low_dose_phase_correlation(engine: &str, extra: &[String]) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let p = SimParams { m: 32, scan: [12, 12], step_px: 2.5, jitter_px: 0.4, semiangle_mrad: 30.0, pixel_size_m: 0.25e-10, dose: Some(1e3), seed: 42, ..Default::default() };
