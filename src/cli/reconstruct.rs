@@ -349,6 +349,9 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progre
     {
         let mut rank = Rank { plan: rp, comm: &mut *c, mode, overlap: cfg.parallel.overlap };
         for it in start..iterations {
+            if rank.comm.rank() == 0 && (it == start || settings.starts_step(it)) {
+                tracing::info!("from iteration {it}: {}", settings.step_name(it));
+            }
             let t = Instant::now();
             let st = engine::iterate(&problem, &mut carry.state, &mut carry.engines, it, &settings, &mut rank)?;
             let l = st.loss / df.n as f64;

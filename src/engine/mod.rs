@@ -270,6 +270,16 @@ impl Settings {
         self.engine_at(it) == Engine::Dm && self.left_in_stage(it) <= self.dm.er_iterations
     }
 
+    /// What iteration `it` runs, in words: its engine's name, or "dm error reduction".
+    pub fn step_name(&self, it: usize) -> &'static str {
+        if self.error_reduction_at(it) { "dm error reduction" } else { self.engine_at(it).name() }
+    }
+
+    /// Whether iteration `it` starts a stage or dm's error-reduction finish (for the log).
+    pub fn starts_step(&self, it: usize) -> bool {
+        it == 0 || self.stage_at(it) != self.stage_at(it - 1) || self.error_reduction_at(it) != self.error_reduction_at(it - 1)
+    }
+
     /// The engine of (0-based, global) iteration `it`; past the end, the last stage's.
     pub fn engine_at(&self, it: usize) -> Engine {
         self.stages.get(self.stage_at(it)).map(|s| s.engine).unwrap_or_default()
@@ -321,5 +331,9 @@ mod tests {
         // the last 2 iterations of each dm stage, never an mlcg one
         let er: Vec<bool> = (0..9).map(|i| set.error_reduction_at(i)).collect();
         assert_eq!(er, [false, true, true, false, false, false, false, true, true]);
+        let starts: Vec<usize> = (0..9).filter(|&i| set.starts_step(i)).collect();
+        assert_eq!(starts, [0, 1, 3, 5, 7]);
+        let names: Vec<&str> = starts.iter().map(|&i| set.step_name(i)).collect();
+        assert_eq!(names, ["dm", "dm error reduction", "mlcg", "dm", "dm error reduction"]);
     }
 }
