@@ -345,8 +345,12 @@ pub fn to_kernel_layout(pat: &[f32], m: usize, zf: ZeroFrequency, out: &mut [f32
 }
 
 /// Probe centres in object pixels (c = p − min p + M/2) and the object grid that holds every
-/// window. Errors (as a message) when the positions span an absurd field of view.
+/// window. Errors (as a message) when a position is not finite in pixels (finite in the
+/// file, it can overflow in the unit conversion) or the positions span an absurd field of view.
 pub fn object_grid(px: &[[f64; 2]], m: usize) -> std::result::Result<(Vec<[f64; 2]>, [usize; 2]), String> {
+    if let Some(j) = px.iter().position(|p| !(p[0].is_finite() && p[1].is_finite())) {
+        return Err(format!("position {j} is ({:e}, {:e}) px after conversion to pixels: not a finite number", px[j][0], px[j][1]));
+    }
     let min = |a: usize| px.iter().map(|p| p[a]).fold(f64::INFINITY, f64::min);
     let max = |a: usize| px.iter().map(|p| p[a]).fold(f64::NEG_INFINITY, f64::max);
     let (lo, hi) = ([min(0), min(1)], [max(0), max(1)]);
@@ -584,4 +588,20 @@ fn experiment(e: &ExperimentConfig, meta: &Meta, m: usize) -> Result<Experiment>
     };
     exp.check()?;
     Ok(exp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::object_grid;
+
+    #[test]
+    fn positions_not_finite_in_pixels_are_refused() {
+        // 1e300 m at 0.18 Å pixels overflows to inf: the case tests/fuzz_readers.rs found
+        let e = object_grid(&[[f64::INFINITY; 2]; 4], 6).unwrap_err();
+        assert!(e.contains("position 0") && e.contains("not a finite number"), "{e}");
+        let e = object_grid(&[[0.0, 0.0], [1.0, f64::NAN]], 6).unwrap_err();
+        assert!(e.contains("position 1"), "{e}");
+        let (c, shape) = object_grid(&[[0.0, 0.0], [1.0, 2.0]], 6).unwrap();
+        assert_eq!((c, shape), (vec![[3.0, 3.0], [4.0, 5.0]], [7, 8]));
+    }
 }
