@@ -473,7 +473,9 @@ fn slab<T: Real>(
                         // ψ' = F⁻¹(f X_k); ψ ← ψ + β(ψ' − P_jk O_j) (error reduction:
                         // ψ ← ψ'); b = ψ
                         let (reduce, beta) = (*er, *beta);
-                        T::mul_real(&mut w.w1, &w.x[mode * mm..(mode + 1) * mm], &w.wt);
+                        // error reduction scales the model's far field Ψ itself
+                        let far = if reduce { &w.psi } else { &w.x };
+                        T::mul_real(&mut w.w1, &far[mode * mm..(mode + 1) * mm], &w.wt);
                         k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
                         let e = &mut exit[(j * km + mode) * mm..(j * km + mode + 1) * mm];
                         for (y, ((er, br), pr)) in e.chunks_exact_mut(m).zip(w.b.chunks_exact_mut(m)).zip(pj.chunks_exact(m)).enumerate() {
@@ -538,8 +540,9 @@ pub fn y_runs<T: Real>(pos: &[PositionGeom<T>]) -> Vec<(std::ops::Range<usize>, 
 /// `gamma`; γ = 1: f = √(Î / Σ_k|X_k|²)), so that a raw inverse FFT of X_k · wt is the
 /// unitary Π_F. With `init` the exit waves `exit` ([K][M][M]) are first set to P_jk O_j.
 ///
-/// With `er` (error reduction, docs/algorithm.md §7) instead X_k = F_raw(P_jk O_j), the
-/// model's far field, and f = 1 − (∂L/∂I)/c, the Fisher-scoring step of the noise model's
+/// With `er` (error reduction, docs/algorithm.md §7) only the weights are written: the
+/// step scales the model's far field F_raw(P_jk O_j), already in `w.psi`, by
+/// f = 1 − (∂L/∂I)/c, the Fisher-scoring step of the noise model's
 /// likelihood (c = [`fisher_scale`]; Poisson f = (1 + Î/I)/2, amplitude f = √(Î/I), the
 /// modulus projection), from the gradient weights `w.wt` = (∂L/∂I)/M² that
 /// [`pattern_residuals`] left there (0 on masked pixels: f = 1 keeps the model there).
@@ -550,7 +553,6 @@ pub(crate) fn dm_far_field<'o, T: Real>(k: &Kernel<T>, w: &mut Work<T>, exit: &m
     if er {
         let sc2 = k.fft.scale() * k.fft.scale();
         let c = T::of(fisher_scale(k.noise));
-        w.x.copy_from_slice(&w.psi);
         for v in w.wt.iter_mut() {
             *v = sc2 - *v / c;
         }
