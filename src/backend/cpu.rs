@@ -14,10 +14,6 @@ use rayon::prelude::*;
 /// Upper bound on the number of independently summed slabs of positions.
 pub const SLABS: usize = 64;
 
-/// Shortest run of consecutive positions with the same sub-pixel y-shift that shares the
-/// y-half of its probe transforms (shorter runs take the plain per-position path).
-pub const SHARED_RUN_MIN: usize = 2;
-
 /// Fixed inputs of the gradient kernel.
 #[derive(Debug, Clone)]
 pub struct Kernel<T: Real> {
@@ -433,25 +429,20 @@ fn slab<T: Real>(
     let ow = obj.shape[1];
     let gw = shape[1];
     // runs of consecutive positions with the same sub-pixel y-shift (rows of a raster scan)
-    // share the y-half of the probe-shift transform and of the probe gradient's transform
-    let mut cy = Vec::new();
-    let mut acc: Vec<Complex<f64>> = Vec::new();
-    let mut tmp64: Vec<Complex<f64>> = Vec::new();
-    for (run, shared) in y_runs(pos) {
+    // share the y-half of the probe-shift transform and of the probe gradient's transform.
+    // Every position takes this path, a lone one as a run of 1: its arithmetic is then the
+    // same whichever neighbours a rank's subset gives it, so a tiled sum has the same terms
+    // as the single-rank one (docs/algorithm.md §5).
+    let mut cy = vec![z; km * mm];
+    let (mut acc, mut tmp64) = if want_probe { (vec![Complex::default(); km * mm], vec![Complex::default(); mm]) } else { (Vec::new(), Vec::new()) };
+    for run in y_runs(pos) {
         let (start, end) = (run.start, run.end);
-        if shared {
-            cy.resize(km * mm, z);
-            y_shifted(k, probe_hat, &pos[start].ramp_y, &mut w.w1, &mut w.scratch, &mut cy);
-            if want_probe && acc.is_empty() {
-                acc = vec![Complex::default(); km * mm];
-                tmp64 = vec![Complex::default(); mm];
-            }
-        }
+        y_shifted(k, probe_hat, &pos[start].ramp_y, &mut w.w1, &mut w.scratch, &mut cy);
         for j in start..end {
             let p = &pos[j];
             let (oy, ox) = window_offset(obj, p, m);
             let orow = |y: usize| &obj.data[(oy + y) * ow + ox..][..m];
-            forward(k, obj, probe_hat, if shared { Some(&cy) } else { None }, p, &mut w);
+            forward(k, obj, probe_hat, Some(&cy), p, &mut w);
             // model intensities (scaled by 1/M² in `residuals`) and weights w/M², so that a
             // raw inverse FFT of w Ψ_raw gives the unitary b
             let pat = &meas[j * mm..(j + 1) * mm];
@@ -495,25 +486,15 @@ fn slab<T: Real>(
                 if !want_probe {
                     continue;
                 }
-                if shared {
-                    // x-half of F(O* b), times conj(e_x)/M, summed over the run (f64)
-                    k.fft.rows_forward_raw(&mut w.w1, &mut w.scratch);
-                    let a = &mut acc[mode * mm..(mode + 1) * mm];
-                    for (arow, trow) in a.chunks_exact_mut(m).zip(w.w1.chunks_exact(m)) {
-                        T::acc_cmul_conj_cscale(arow, &p.ramp_x, trow, Complex::new(sc, T::zero()));
-                    }
-                } else {
-                    // reuse b as the transform's output
-                    k.fft.forward_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
-                    let gp = &mut s.gp[mode * mm..(mode + 1) * mm];
-                    // conj(e_y e_x) t / M = conj(e_y) · (t · conj(e_x)/M)
-                    for ((g, t), rx) in gp.chunks_exact_mut(m).zip(w.b.chunks_exact(m)).zip(&p.ramp_x) {
-                        T::acc_cmul_conj_cscale(g, &p.ramp_y, t, rx.conj() * sc);
-                    }
+                // x-half of F(O* b), times conj(e_x)/M, summed over the run (f64)
+                k.fft.rows_forward_raw(&mut w.w1, &mut w.scratch);
+                let a = &mut acc[mode * mm..(mode + 1) * mm];
+                for (arow, trow) in a.chunks_exact_mut(m).zip(w.w1.chunks_exact(m)) {
+                    T::acc_cmul_conj_cscale(arow, &p.ramp_x, trow, Complex::new(sc, T::zero()));
                 }
             }
         }
-        if shared && want_probe {
+        if want_probe {
             flush_probe_run(k, &pos[start].ramp_y, &mut acc, &mut tmp64, &mut s.gp);
         }
     }
@@ -521,14 +502,14 @@ fn slab<T: Real>(
 }
 
 /// Runs of consecutive positions with the same sub-pixel y-shift (rows of a raster scan),
-/// in order, each with whether it takes the shared-run path (at least [`SHARED_RUN_MIN`]
-/// positions): the y-half of its probe transforms is computed once per run.
-pub fn y_runs<T: Real>(pos: &[PositionGeom<T>]) -> Vec<(std::ops::Range<usize>, bool)> {
+/// in order (a position whose neighbours differ is a run of 1): the y-half of the probe
+/// transforms is computed once per run.
+pub fn y_runs<T: Real>(pos: &[PositionGeom<T>]) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let mut start = 0;
     while start < pos.len() {
         let end = start + pos[start..].iter().take_while(|q| q.ramp_y == pos[start].ramp_y).count();
-        runs.push((start..end, end - start >= SHARED_RUN_MIN));
+        runs.push(start..end);
         start = end;
     }
     runs

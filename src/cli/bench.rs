@@ -64,29 +64,25 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
     let with_probe = time(&mut || {
         std::hint::black_box(gradients(k, &state.object, &ph, &problem.positions, &problem.intensities, true));
     });
-    // positions in runs sharing their sub-pixel y-shift take half transforms for the probe
-    // shift and the probe gradient (backend::cpu::SHARED_RUN_MIN)
-    let mut shared = vec![false; n];
-    for (run, sh) in crate::backend::cpu::y_runs(&problem.positions) {
-        shared[run].fill(sh);
-    }
-    let n_shared = shared.iter().filter(|s| **s).count();
+    // every position takes half transforms for the probe shift and the probe gradient; each
+    // run of positions sharing its sub-pixel y-shift (a raster row) adds the other halves
+    // once (backend::cpu::y_runs)
+    let runs = crate::backend::cpu::y_runs(&problem.positions).len();
     let ffts = time(&mut || {
         (0..n * k.modes).into_par_iter().for_each_init(
             || (vec![Complex32::new(0.5, 0.1); m * m], vec![Complex32::default(); m * m], k.fft.scratch()),
-            |(a, b, s), i| {
-                if shared[i % n] {
-                    k.fft.rows_inverse_raw(a, s);
-                } else {
-                    k.fft.inverse_t_raw(a, b, s);
-                }
+            |(a, b, s), _| {
+                k.fft.rows_inverse_raw(a, s);
                 k.fft.forward_t_raw(b, a, s);
                 k.fft.inverse_t_raw(a, b, s);
-                if shared[i % n] {
-                    k.fft.rows_forward_raw(b, s);
-                } else {
-                    k.fft.forward_t_raw(b, a, s);
-                }
+                k.fft.rows_forward_raw(b, s);
+            },
+        );
+        (0..runs * k.modes).into_par_iter().for_each_init(
+            || (vec![Complex32::new(0.5, 0.1); m * m], k.fft.scratch()),
+            |(a, s), _| {
+                k.fft.rows_inverse_raw(a, s);
+                k.fft.rows_forward_raw(a, s);
             },
         );
     });
@@ -95,11 +91,11 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
     crate::cli::outln!("|---|---|---|");
     let row = |name: &str, t: f64| crate::cli::outln!("| {name} | {t:.4} | {:.0} % |", 100.0 * t / full);
     row("full iteration (object + probe, update)", full);
-    row(&format!("FFTs alone ({} 2-D transforms of {m}², {} of them halves: raster rows share the y-half)", 4 * n * k.modes, 2 * n_shared * k.modes), ffts);
-    // share of the FFT work without the probe gradient's transform: 2.5 of 3 (shared run)
-    // or 3 of 4 (per position) 2-D transform equivalents
-    let (sh, un) = (n_shared as f64, (n - n_shared) as f64);
-    let no_probe_share = (2.5 * sh + 3.0 * un) / (3.0 * sh + 4.0 * un);
+    row(&format!("FFTs alone ({} 2-D transforms of {m}² per position, 2 of them halves, and 2 halves per raster run of {runs})", 4 * k.modes), ffts);
+    // share of the FFT work without the probe gradient's transform: 2.5 of 3 2-D transform
+    // equivalents per position, 0.5 of 1 per run
+    let (pn, rn) = (n as f64, runs as f64);
+    let no_probe_share = (2.5 * pn + 0.5 * rn) / (3.0 * pn + rn);
     row("element-wise: ramps, exit waves, residuals, scatter-add", (no_probe - no_probe_share * ffts).max(0.0));
     row("probe gradient (1 FFT + 2 passes per position)", (with_probe - no_probe).max(0.0));
     row("update of object and probe", (full - with_probe).max(0.0));

@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests (not a test binary itself).
+#![allow(dead_code)] // each test binary uses its own subset of the helpers
 
 use ptytile::analysis::compare::compare_files;
 use ptytile::cli::reconstruct;
@@ -11,7 +12,17 @@ use ptytile::simulate::{simulate, write, SimParams};
 /// (12 × 12 positions, 32-px patterns, 1000 counts per pattern).
 pub fn low_dose_phase_correlation(engine: &str, extra: &[String]) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
-    let p = SimParams { m: 32, scan: [12, 12], step_px: 2.5, jitter_px: 0.4, semiangle_mrad: 30.0, pixel_size_m: 0.25e-10, dose: Some(1e3), seed: 42, ..Default::default() };
+    let p = SimParams {
+        m: 32,
+        scan: [12, 12],
+        step_px: 2.5,
+        jitter_px: 0.4,
+        semiangle_mrad: 30.0,
+        pixel_size_m: 0.25e-10,
+        dose: Some(1e3),
+        seed: 42,
+        ..Default::default()
+    };
     let sim = simulate(&p).unwrap();
     let (data, cfg_path) = write(&dir.path().join("sim.h5"), &sim, &p).unwrap();
     let out = dir.path().join("recon.h5");
@@ -23,4 +34,50 @@ pub fn low_dose_phase_correlation(engine: &str, extra: &[String]) -> (f64, f64) 
     let rep = compare_files(&out, &data, None).unwrap();
     eprintln!("{engine} {extra:?}: phase correlation {:.4}, loss {:.1} → {:.1}", rep.phase_correlation, res.loss[0], res.loss[19]);
     (rep.phase_correlation, res.loss[19])
+}
+
+/// The shipped PbTiO3 file (`../shared/datasets/pbtio3_thin.h5`). The real-data tests need
+/// it (CI has ../shared beside the clone): a missing file fails the test, it is not skipped.
+pub fn pbtio3_thin() -> std::path::PathBuf {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pbtio3_thin.h5");
+    assert!(p.exists(), "{} not found: the real-data tests need ../shared beside the repository", p.display());
+    p
+}
+
+/// A `side` × `side` block of the PbTiO3 raster (scan rows and columns `0..side`, dose 1e5
+/// counts) written to `dir/crop.h5`, with the shipped config's settings in `dir/crop.toml`
+/// (returned). The block keeps the file's real positions (Å, not a synthetic grid), counts
+/// and 128 × 128 patterns; only the scan is smaller, so CI stays fast.
+pub fn pbtio3_crop(dir: &std::path::Path, side: usize) -> std::path::PathBuf {
+    let f = hdf5::File::open(pbtio3_thin()).unwrap();
+    let ds = f.dataset("/data/intensities_poisson_dose1e05").unwrap();
+    let all_pos: Vec<f64> = f.dataset("/data/positions_A").unwrap().read_raw().unwrap();
+    let m = 128;
+    let mut patterns: Vec<f32> = Vec::with_capacity(side * side * m * m);
+    let mut pos = Vec::with_capacity(2 * side * side);
+    for iy in 0..side {
+        let b = ds.read_slice::<f32, _, ndarray::Ix3>(ndarray::s![iy * 58..iy * 58 + side, .., ..]).unwrap();
+        patterns.extend(b.iter().copied());
+        for ix in 0..side {
+            pos.extend_from_slice(&all_pos[2 * (iy * 58 + ix)..2 * (iy * 58 + ix) + 2]);
+        }
+    }
+    let h5 = dir.join("crop.h5");
+    let out = hdf5::File::create(&h5).unwrap();
+    out.create_group("data").unwrap();
+    let n = side * side;
+    out.new_dataset::<f32>().shape([n, m, m]).create("/data/intensities_poisson_dose1e05").unwrap().write_raw(&patterns).unwrap();
+    out.new_dataset::<f64>().shape([n, 2]).create("/data/positions_A").unwrap().write_raw(&pos).unwrap();
+    let shipped = std::fs::read_to_string(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/pbtio3_thin.toml")).unwrap();
+    let toml: Vec<String> = shipped
+        .lines()
+        .map(|l| match l {
+            l if l.starts_with("file =") => "file = \"crop.h5\"".to_string(),
+            l if l.starts_with("path =") => "path = \"recon.h5\"".to_string(),
+            l => l.to_string(),
+        })
+        .collect();
+    let cfg = dir.join("crop.toml");
+    std::fs::write(&cfg, toml.join("\n") + "\n").unwrap();
+    cfg
 }
