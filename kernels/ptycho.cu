@@ -45,7 +45,7 @@ PTY_KERNEL void exit_wave(cf* psi, const cf* P, const cf* objT, const int* win, 
 }
 
 // One block per position. Model intensities I = isc sum_k |Psi_raw|^2, the noise-model
-// weight w (physics::model::residual, with the Poisson floor eps and detector weights g),
+// weight w (physics::model::residual, with the intensity floor eps and detector weights g),
 // psi <- (scale w g) psi in place, loss[b] = sum_i g l_i (f64).
 // noise: 0 = amplitude, 1 = Poisson. g == 0 (null) means all weights 1.
 PTY_KERNEL void residual(cf* psi, double* loss, const float* meas, const float* g, const int* idx,
@@ -68,11 +68,11 @@ PTY_KERNEL void residual(cf* psi, double* loss, const float* meas, const float* 
             if (m > 0.0f) l -= (m + m * logf((iv + eps) / m)) * gq;
             w = (1.0f - m / (iv + eps)) * scale * gq;
         } else {
-            float a = sqrtf(iv);
-            float sm = sqrtf(m);
+            float a = sqrtf(iv + eps);
+            float sm = sqrtf(m + eps);
             float d = a - sm;
             l = d * d * gq;
-            w = a > 0.0f ? (1.0f - sm / a) * scale * gq : 0.0f;
+            w = (1.0f - sm / a) * scale * gq;
         }
         acc += (double)l;
         for (int k = 0; k < K; ++k) pb[k * mm + i] = c_scale(pb[k * mm + i], w);

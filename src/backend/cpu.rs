@@ -23,7 +23,8 @@ pub struct Kernel<T: Real> {
     pub modes: usize,
     /// Noise model.
     pub noise: NoiseModel,
-    /// Poisson floor ε (counts), see `physics::model::residual`.
+    /// Intensity floor ε (counts) of the noise models and the Fourier step,
+    /// [`crate::physics::model::intensity_floor`].
     pub eps: T,
     /// Per-pixel likelihood weights [M(kx), M(ky)] in the kernel layout (1 = measured,
     /// 0 = bad detector pixel, excluded from loss and gradients); `None` = all 1.
@@ -374,12 +375,12 @@ fn residuals<T: Real, const MASKED: bool>(noise: NoiseModel, meas: &[f32], g: &[
                 for q in 0..L {
                     let iv = i[q] * isc;
                     i[q] = iv;
-                    let a = iv.sqrt();
-                    let sm = T::of32(m[q]).sqrt();
+                    let a = (iv + eps).sqrt();
+                    let sm = (T::of32(m[q]) + eps).sqrt();
                     let d = a - sm;
                     let gq = gw(c * L + q);
                     lanes[q] = lanes[q] + d * d * gq;
-                    w[q] = if a > T::zero() { (T::one() - sm / a) * scale * gq } else { T::zero() };
+                    w[q] = (T::one() - sm / a) * scale * gq;
                 }
             }
         }
@@ -560,7 +561,7 @@ pub(crate) fn dm_far_field<'o, T: Real>(k: &Kernel<T>, w: &mut Work<T>, exit: &m
     }
     // raw intensities: the unitary ones are im/M²; weights f/M²
     let sc2 = k.fft.scale() * k.fft.scale();
-    fourier_weights(k.noise, gamma, meas, k.weights.as_deref(), &w.im, sc2, &mut w.wt, sc2);
+    fourier_weights(k.noise, gamma, k.eps, meas, k.weights.as_deref(), &w.im, sc2, &mut w.wt, sc2);
 }
 
 /// Local (row, column) of a position's window in `obj`. Panics if the window is not inside

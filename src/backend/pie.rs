@@ -49,7 +49,7 @@ pub fn sweep<T: Real>(k: &Kernel<T>, obj: &mut Field<Complex<T>>, probe_hat: &mu
     for (p, pat) in pos.iter().zip(meas) {
         forward(k, obj, probe_hat, None, p, &mut w);
         loss += pattern_residuals(k, pat, &mut w.im, &mut w.wt, sc2, sc2);
-        fourier_weights(k.noise, gamma, pat, k.weights.as_deref(), &w.im, T::one(), &mut w.wt, sc2);
+        fourier_weights(k.noise, gamma, k.eps, pat, k.weights.as_deref(), &w.im, T::one(), &mut w.wt, sc2);
         let (oy, ox) = window_offset(obj, p, m);
         let at = |y: usize, x: usize| (oy + y) * ow + ox + x;
         // Δψ_k = F⁻¹(f Ψ_k) − P_jk O_j into w.x; Σ_k |P_jk|² into den

@@ -130,7 +130,7 @@ pub fn setup(cfg: &Config, df: &DataFile, rp: &RankPlan, comm: &mut dyn Comm) ->
         None => probe::initial_modes(&probe::form_probe(&df.experiment, mean_counts)?, m, k),
     };
     let positions: Vec<PositionGeom<f32>> = rp.positions.iter().map(|&j| PositionGeom::new(j, df.centres[j], m)).collect();
-    let eps = (1e-6 * mean_counts / mm as f64).max(1e-12) as f32;
+    let eps = crate::physics::model::intensity_floor(mean_counts, mm) as f32;
     let kernel = Kernel { fft: Fft2::new(m), modes: k, noise: cfg.reconstruction.noise_model, eps, weights: df.kernel_weights() };
     let object = match &initial {
         Some(i) => i.object_on(rp.field.origin(), rp.field.shape()),
