@@ -5,8 +5,12 @@
 //! thread that owns the [`MpiComm`] at a time, which `&mut self` guarantees). Sends are
 //! `MPI_Isend`s whose byte buffers the communicator owns until [`Comm::wait_sends`]
 //! completes them. Receives are matched probes plus a receive of the whole byte vector,
-//! polled so they can time out. Reductions gather to rank 0, combine in rank order and
-//! broadcast, so results are bit-identical on all ranks and equal to [`super::ThreadComm`]'s.
+//! polled so they can time out. All-reduces are the binomial tree of
+//! [`super::tree_allreduce`] built on the same polled point-to-point messages, on a
+//! duplicate of the world communicator (so they never match a user tag): no rank does more
+//! than ⌈log2 R⌉ steps or holds more than one incoming chunk, a dead or silent peer gives
+//! an error naming it, and results are bit-identical on all ranks and equal to
+//! [`super::ThreadComm`]'s.
 //!
 //! Failure: a rank that hits an error should call [`MpiComm::abort`]; the launcher then
 //! kills every rank. A rank that panics while it owns its [`MpiComm`] aborts the job from
@@ -24,7 +28,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::{Count, Threading};
 
-use super::{max_in_rank_order, sum_in_rank_order, Comm, CommStats, DEFAULT_TIMEOUT, MAX_TAG};
+use super::{max_into, sum_into, tree_allreduce, Comm, CommStats, TreeLink, TreePhase, DEFAULT_TIMEOUT, MAX_TAG};
 use crate::error::{Error, Result};
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
@@ -80,6 +84,8 @@ struct PendingSend {
     buf: *mut [u8],
     to: usize,
     tag: u32,
+    /// Sent by an all-reduce on [`MpiComm::coll`], not by [`Comm::isend`].
+    coll: bool,
 }
 
 /// One MPI process's rank; see the module docs.
@@ -89,6 +95,10 @@ pub struct MpiComm {
     pending: Vec<PendingSend>,
     timeout: Duration,
     stats: CommStats,
+    /// Duplicate of the world communicator for the all-reduce's messages: its own matching
+    /// context, so they can never be taken by (or take) a user receive of the same tag.
+    /// `None` only while dropping (freed before MPI is finalised).
+    coll: Option<SimpleCommunicator>,
     /// Set when MPI only granted `MPI_THREAD_FUNNELED`: the one thread allowed to call MPI.
     funnel: Option<ThreadId>,
     /// Dropped last (after pending sends are completed): finalises MPI.
@@ -116,8 +126,14 @@ fn world() -> SimpleCommunicator {
     SimpleCommunicator::world()
 }
 
-/// Largest number of elements rank 0 buffers per reduction round (64 MiB of f64 in all).
-const REDUCE_BUDGET: usize = 8 << 20;
+/// Largest number of f64 values per all-reduce message (64 MiB): longer buffers are reduced
+/// chunk by chunk (element-wise, so the order of combination is unchanged), which keeps
+/// each message under MPI's count limit and bounds the buffers of every rank.
+const REDUCE_CHUNK: usize = 8 << 20;
+
+/// Tags of the all-reduce's messages on [`MpiComm::coll`].
+const TAG_REDUCE: mpi::Tag = 1;
+const TAG_RESULT: mpi::Tag = 2;
 
 impl MpiComm {
     /// Initialise MPI (once per process) and check the job against the launcher.
@@ -144,6 +160,7 @@ impl MpiComm {
         let funnel = (provided < Threading::Serialized).then(|| std::thread::current().id());
         let w = universe.world();
         let (rank, size) = (w.rank() as usize, w.size() as usize);
+        let coll = w.duplicate();
         if let Some(l) = &launch {
             if l.size != size {
                 return Err(Error::new(
@@ -167,6 +184,7 @@ impl MpiComm {
             pending: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             stats: CommStats::default(),
+            coll: Some(coll),
             funnel,
             universe: Some(universe),
         })
@@ -220,44 +238,119 @@ impl MpiComm {
     fn progress_sends(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         for p in pending {
-            let PendingSend { req, buf, to, tag } = p;
+            let PendingSend { req, buf, to, tag, coll } = p;
             match req.test() {
                 Ok(_) => {
                     // SAFETY: the request that borrowed `buf` has completed and is gone;
                     // `buf` came from Box::leak and is reclaimed exactly once.
                     drop(unsafe { Box::from_raw(buf) });
                 }
-                Err(req) => self.pending.push(PendingSend { req, buf, to, tag }),
+                Err(req) => self.pending.push(PendingSend { req, buf, to, tag, coll }),
             }
         }
     }
 
-    /// Rank 0 gathers everyone's values in chunks, combines them in rank order with `op`
-    /// and broadcasts the result.
-    fn allreduce_with(
-        &mut self,
-        data: &mut [f64],
-        op: fn(&mut [f64], &mut dyn Iterator<Item = &[f64]>),
-    ) -> Result<()> {
+    /// Hand `data` to MPI as a non-blocking send to `to` with `tag` on `comm` (world or
+    /// [`MpiComm::coll`]); the buffer is owned by [`MpiComm::pending`] until complete.
+    fn post_send(pending: &mut Vec<PendingSend>, comm: &SimpleCommunicator, to: usize, tag: u32, data: Vec<u8>, coll: bool) {
+        let buf: *mut [u8] = Box::into_raw(data.into_boxed_slice());
+        // SAFETY: `buf` stays allocated and unaliased by writers until the request that
+        // borrows it has completed (`progress_sends`) or, on shutdown without completion,
+        // forever (leaked), so a 'static shared borrow is valid.
+        let shared: &'static [u8] = unsafe { &*buf };
+        let req = comm.process_at_rank(to as mpi::Rank).immediate_send_with_tag(StaticScope, shared, tag as mpi::Tag);
+        pending.push(PendingSend { req, buf, to, tag, coll });
+    }
+
+    /// Polled receive of the next message from `from` with `tag` on `comm`; an error naming
+    /// `from` once [`MpiComm::set_timeout`]'s time has passed with no message.
+    fn recv_on(&self, comm: &SimpleCommunicator, what: &str, from: usize, tag: u32) -> Result<Vec<u8>> {
+        let src = comm.process_at_rank(from as mpi::Rank);
+        let start = Instant::now();
+        let mut round = 0;
+        loop {
+            if let Some(matched) = src.immediate_matched_probe_with_tag(tag as mpi::Tag) {
+                let (v, _status) = matched.matched_receive_vec::<u8>();
+                return Ok(v);
+            }
+            if start.elapsed() >= self.timeout {
+                return Err(Error::new(
+                    format!("rank {}: {what} rank {from} tag {tag}", self.rank),
+                    format!(
+                        "no message from rank {from} after {:.1} s (timeout; is rank {from} alive and sending?)",
+                        self.timeout.as_secs_f64()
+                    ),
+                ));
+            }
+            backoff(&mut round);
+        }
+    }
+
+    /// Complete pending sends (only the all-reduce's if `only_coll`), up to the timeout;
+    /// the error names the peers whose sends are still pending.
+    fn wait_pending(&mut self, what: &str, only_coll: bool) -> Result<()> {
+        let start = Instant::now();
+        let mut round = 0;
+        loop {
+            self.progress_sends();
+            let left: Vec<&PendingSend> = self.pending.iter().filter(|p| p.coll || !only_coll).collect();
+            if left.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() >= self.timeout {
+                let mut peers: Vec<usize> = left.iter().map(|p| p.to).collect();
+                peers.sort_unstable();
+                peers.dedup();
+                let p = left[0];
+                return Err(Error::new(
+                    format!("rank {}: {what}", self.rank),
+                    format!(
+                        "{} sends not received after {:.1} s (timeout; first: to rank {} tag {}; peers {:?})",
+                        left.len(),
+                        self.timeout.as_secs_f64(),
+                        p.to,
+                        p.tag,
+                        peers
+                    ),
+                ));
+            }
+            backoff(&mut round);
+        }
+    }
+
+    /// The tree all-reduce of [`tree_allreduce`] (shared with [`super::ThreadComm`]) on
+    /// [`MpiComm::coll`], chunk by chunk ([`REDUCE_CHUNK`] values), then completion of its
+    /// sends.
+    fn allreduce_with(&mut self, data: &mut [f64], combine: fn(&mut [f64], &[f64])) -> Result<()> {
         self.check_thread("allreduce")?;
         self.stats.collectives += 1;
-        let w = world();
-        let root = w.process_at_rank(0);
-        let chunk = (REDUCE_BUDGET / self.size).max(1);
-        let mut all = if self.rank == 0 { vec![0.0f64; chunk.min(data.len()) * self.size] } else { Vec::new() };
-        for part in data.chunks_mut(chunk) {
-            let n = part.len();
-            if self.rank == 0 {
-                let buf = &mut all[..n * self.size];
-                root.gather_into_root(&part[..], buf);
-                let buf = &all[..n * self.size];
-                op(part, &mut buf.chunks(n));
-            } else {
-                root.gather_into(&part[..]);
-            }
-            root.broadcast_into(part);
+        let (rank, size) = (self.rank, self.size);
+        for part in data.chunks_mut(REDUCE_CHUNK) {
+            tree_allreduce(self, rank, size, part, combine)?;
         }
+        self.wait_pending("allreduce: completing sends", true)
+    }
+}
+
+impl TreeLink for MpiComm {
+    fn tree_send(&mut self, to: usize, phase: TreePhase, data: &[f64]) -> Result<()> {
+        let tag = if phase == TreePhase::Reduce { TAG_REDUCE } else { TAG_RESULT };
+        let coll = self.coll.as_ref().expect("all-reduce communicator lives until drop");
+        Self::post_send(&mut self.pending, coll, to, tag as u32, super::f64s_to_bytes(data), true);
         Ok(())
+    }
+
+    fn tree_recv(&mut self, from: usize, phase: TreePhase, n: usize) -> Result<Vec<f64>> {
+        let tag = if phase == TreePhase::Reduce { TAG_REDUCE } else { TAG_RESULT };
+        let coll = self.coll.as_ref().expect("all-reduce communicator lives until drop");
+        let v = super::bytes_to_f64s(&self.recv_on(coll, "allreduce with", from, tag as u32)?)?;
+        if v.len() != n {
+            return Err(Error::new(
+                format!("rank {}: allreduce with rank {from}", self.rank),
+                format!("rank {from} passed {} values, this rank {n}", v.len()),
+            ));
+        }
+        Ok(v)
     }
 }
 
@@ -279,15 +372,7 @@ impl Comm for MpiComm {
             ));
         }
         let n = data.len() as u64;
-        let buf: *mut [u8] = Box::into_raw(data.into_boxed_slice());
-        // SAFETY: `buf` stays allocated and unaliased by writers until the request that
-        // borrows it has completed (`progress_sends`) or, on shutdown without completion,
-        // forever (leaked), so a 'static shared borrow is valid.
-        let shared: &'static [u8] = unsafe { &*buf };
-        let req = world()
-            .process_at_rank(to as mpi::Rank)
-            .immediate_send_with_tag(StaticScope, shared, tag as mpi::Tag);
-        self.pending.push(PendingSend { req, buf, to, tag });
+        Self::post_send(&mut self.pending, &world(), to, tag, data, false);
         self.stats.bytes_sent += n;
         self.stats.messages_sent += 1;
         Ok(())
@@ -295,64 +380,20 @@ impl Comm for MpiComm {
 
     fn recv(&mut self, from: usize, tag: u32) -> Result<Vec<u8>> {
         self.check_peer("recv from", from, tag)?;
-        let w = world();
-        let src = w.process_at_rank(from as mpi::Rank);
-        let start = Instant::now();
-        let mut round = 0;
-        loop {
-            if let Some(matched) = src.immediate_matched_probe_with_tag(tag as mpi::Tag) {
-                let (v, _status) = matched.matched_receive_vec::<u8>();
-                return Ok(v);
-            }
-            if start.elapsed() >= self.timeout {
-                return Err(Error::new(
-                    format!("rank {}: recv from rank {from} tag {tag}", self.rank),
-                    format!(
-                        "no message from rank {from} after {:.1} s (timeout; is rank {from} alive and sending?)",
-                        self.timeout.as_secs_f64()
-                    ),
-                ));
-            }
-            backoff(&mut round);
-        }
+        self.recv_on(&world(), "recv from", from, tag)
     }
 
     fn wait_sends(&mut self) -> Result<()> {
         self.check_thread("wait_sends")?;
-        let start = Instant::now();
-        let mut round = 0;
-        loop {
-            self.progress_sends();
-            if self.pending.is_empty() {
-                return Ok(());
-            }
-            if start.elapsed() >= self.timeout {
-                let mut peers: Vec<usize> = self.pending.iter().map(|p| p.to).collect();
-                peers.sort_unstable();
-                peers.dedup();
-                let p = &self.pending[0];
-                return Err(Error::new(
-                    format!("rank {}: wait_sends", self.rank),
-                    format!(
-                        "{} sends not received after {:.1} s (timeout; first: to rank {} tag {}; peers {:?})",
-                        self.pending.len(),
-                        self.timeout.as_secs_f64(),
-                        p.to,
-                        p.tag,
-                        peers
-                    ),
-                ));
-            }
-            backoff(&mut round);
-        }
+        self.wait_pending("wait_sends", false)
     }
 
     fn allreduce_sum(&mut self, data: &mut [f64]) -> Result<()> {
-        self.allreduce_with(data, |out, vals| sum_in_rank_order(out, vals))
+        self.allreduce_with(data, sum_into)
     }
 
     fn allreduce_max(&mut self, data: &mut [f64]) -> Result<()> {
-        self.allreduce_with(data, |out, vals| max_in_rank_order(out, vals))
+        self.allreduce_with(data, max_into)
     }
 
     fn gather(&mut self, data: Vec<u8>) -> Result<Option<Vec<Vec<u8>>>> {
@@ -463,6 +504,7 @@ impl Drop for MpiComm {
             std::mem::forget(p.req);
             // `p.buf` is deliberately leaked: MPI may still read it.
         }
+        drop(self.coll.take()); // MPI_Comm_free, which must come before MPI_Finalize
         drop(self.universe.take());
     }
 }
