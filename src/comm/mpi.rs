@@ -16,8 +16,14 @@
 //! kills every rank. A rank that panics while it owns its [`MpiComm`] aborts the job from
 //! `Drop` (a panic would otherwise finalise MPI and let this rank exit while the others
 //! wait); a rank that crashes (signal) is handled by the launcher, which kills the job.
+//! MPICH's hydra does not say which rank that was (4.0 prints one PID, not always the dead
+//! one), so under hydra each rank first starts a watcher ([`start_rank_watch`]) that names
+//! it when it dies without finishing.
 
+use std::io::Write;
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -32,6 +38,53 @@ use super::{max_into, sum_into, tree_allreduce, Comm, CommStats, TreeLink, TreeP
 use crate::error::{Error, Result};
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
+
+/// The write end of the rank watcher's pipe ([`start_rank_watch`]); `None` when none runs.
+static RANK_WATCH: Mutex<Option<ChildStdin>> = Mutex::new(None);
+
+/// What the rank writes to its watcher when it ends in an orderly way (finalised, or
+/// aborted after printing its own error).
+const WATCH_DONE: &[u8] = b"done";
+
+/// Under MPICH's hydra (`PMI_FD` set), start this rank's watcher: a `/bin/sh` child that
+/// reads a pipe from this process until end of file. Started before `MPI_Init`, it holds
+/// copies of this rank's standard output and error and PMI socket, so when the rank dies
+/// without finishing (SIGKILL, crash) hydra sees nothing yet; the watcher gets end of file
+/// without [`WATCH_DONE`], prints `error: rank R (pid P on HOST) ended without finishing
+/// (killed by a signal or crashed); the MPI job ends` to standard error and exits, and
+/// only then does hydra see the PMI socket close and kill the job (whole process groups,
+/// watchers included). Hydra itself names no rank. Ranks ending in order write
+/// [`WATCH_DONE`] first ([`finish_rank_watch`]), so the watcher exits silently. Costs two
+/// sleeping processes (sh, cat) per rank; `PTYTILE_RANK_WATCH=0` turns it off. Other
+/// launchers (Slurm, OpenMPI) detect deaths by other means and get no watcher.
+fn start_rank_watch(launch: Option<&LaunchInfo>) {
+    let Some(l) = launch else { return };
+    if std::env::var_os("PMI_FD").is_none() || std::env::var("PTYTILE_RANK_WATCH").map_or(false, |v| v == "0") {
+        return;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "?".into());
+    let msg = format!(
+        "error: rank {} (pid {} on {host}) ended without finishing (killed by a signal or crashed); the MPI job ends",
+        l.rank,
+        std::process::id()
+    );
+    let child = Command::new("/bin/sh")
+        .args(["-c", "m=$(cat); [ \"$m\" = done ] && exit 0; printf '%s\\n' \"$1\" >&2; exit 1", "ptytile-rank-watch", &msg])
+        .stdin(Stdio::piped())
+        .spawn();
+    match child {
+        // The `Child` is dropped without waiting: the watcher outlives it or is reaped by init.
+        Ok(mut c) => *RANK_WATCH.lock().unwrap_or_else(|e| e.into_inner()) = c.stdin.take(),
+        Err(e) => eprintln!("warning: rank {}: could not start the rank watcher (/bin/sh): {e}", l.rank),
+    }
+}
+
+/// Tell the watcher this rank ends in order (it then exits silently) and close its pipe.
+fn finish_rank_watch() {
+    if let Some(mut w) = RANK_WATCH.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = w.write_all(WATCH_DONE);
+    }
+}
 
 /// What the launcher (`mpirun`, `srun`, `jsrun`, …) told this process through its
 /// environment, read before MPI is initialised.
@@ -149,6 +202,15 @@ impl MpiComm {
             ));
         }
         let launch = launcher_env();
+        start_rank_watch(launch.as_ref());
+        let r = Self::init_mpi(launch);
+        if r.is_err() {
+            finish_rank_watch(); // the caller reports the error
+        }
+        r
+    }
+
+    fn init_mpi(launch: Option<LaunchInfo>) -> Result<MpiComm> {
         let (universe, provided) = mpi::initialize_with_threading(Threading::Serialized)
             .ok_or_else(|| Error::new("MPI", "MPI_Init_thread failed or MPI was already initialised"))?;
         if provided < Threading::Funneled {
@@ -480,7 +542,7 @@ pub const ABORT_GRACE: Duration = Duration::from_millis(250);
 
 /// Flush this rank's standard streams, wait [`ABORT_GRACE`], then `MPI_Abort` the world.
 fn abort_world(code: i32) -> ! {
-    use std::io::Write;
+    finish_rank_watch();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::thread::sleep(ABORT_GRACE);
@@ -506,5 +568,6 @@ impl Drop for MpiComm {
         }
         drop(self.coll.take()); // MPI_Comm_free, which must come before MPI_Finalize
         drop(self.universe.take());
+        finish_rank_watch();
     }
 }
