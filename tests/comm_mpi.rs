@@ -76,3 +76,54 @@ fn mpi_launcher_env_seen() {
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("rank 1 of 2: Some(LaunchInfo { rank: 1, size: 2"), "{s}");
 }
+
+#[test]
+fn mpi_selftest_5_ranks() {
+    let Some((out, _)) = run(5, "checks", Duration::from_secs(120)) else { return };
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("selftest ok on 5 ranks"));
+}
+
+/// The same formula as `tree_input` in src/bin/ptytile_comm_selftest.rs.
+fn tree_input(rank: usize, i: usize) -> f64 {
+    let m = ((rank * 7919 + i * 104729) % 1000) as f64 - 499.5;
+    m * 10f64.powi(((rank * 5 + i * 3) % 19) as i32 - 9) + 0.1 * (rank + 1) as f64
+}
+
+fn bits_hex(v: &[f64]) -> String {
+    v.iter().map(|x| format!("{:016x}", x.to_bits())).collect::<Vec<_>>().join(" ")
+}
+
+/// MPI processes and thread ranks give bit-identical all-reduce results (same tree order).
+#[test]
+fn mpi_allreduce_bits_equal_threads() {
+    for n in [4usize, 5] {
+        let Some((out, _)) = run(n, "sum-bits", Duration::from_secs(60)) else { return };
+        assert!(out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let threads = ptytile::comm::run_threads(n, |mut c| {
+            use ptytile::comm::Comm;
+            let mut s: Vec<f64> = (0..16).map(|i| tree_input(c.rank(), i)).collect();
+            let mut m = s.clone();
+            c.allreduce_sum(&mut s)?;
+            c.allreduce_max(&mut m)?;
+            Ok((s, m))
+        })
+        .unwrap();
+        let (s, m) = &threads[0];
+        assert!(stdout.contains(&format!("sum {}\n", bits_hex(s))), "{n} ranks: MPI sum differs from threads'\nthreads: {}\n{stdout}", bits_hex(s));
+        assert!(stdout.contains(&format!("max {}\n", bits_hex(m))), "{n} ranks: MPI max differs from threads'\n{stdout}");
+    }
+}
+
+/// A rank that never enters an all-reduce: the others fail within their timeout naming a
+/// peer, and the job ends — no hang.
+#[test]
+fn mpi_allreduce_silent_peer_is_named() {
+    let Some((out, dt)) = run(4, "allreduce-silent", Duration::from_secs(60)) else { return };
+    assert!(!out.status.success());
+    assert_ne!(out.status.code(), Some(124), "job hung until killed by timeout(1)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("allreduce with rank") && err.contains("no message from rank"), "{err}");
+    assert!(dt < Duration::from_secs(10), "took {dt:?}");
+}

@@ -67,27 +67,72 @@ fn sum_input(rank: usize) -> Vec<f64> {
     vec![1e16 * if rank % 2 == 0 { 1.0 } else { -1.0 }, 0.1 * (rank + 1) as f64, 1.0 / (rank + 3) as f64, -0.0]
 }
 
+/// The documented all-reduce order, computed directly: the sum over ranks `a..b` is
+/// `sum(a..a+h) + sum(a+h..b)`, h the largest power of two below `b − a`.
+fn tree_sum(xs: &[f64]) -> f64 {
+    if xs.len() == 1 {
+        return xs[0];
+    }
+    let h = xs.len().next_power_of_two() / 2;
+    tree_sum(&xs[..h]) + tree_sum(&xs[h..])
+}
+
+/// Per-rank values of very different magnitudes, so the sum depends on the order of addition.
+fn tree_input(rank: usize, i: usize) -> f64 {
+    let m = ((rank * 7919 + i * 104729) % 1000) as f64 - 499.5;
+    m * 10f64.powi(((rank * 5 + i * 3) % 19) as i32 - 9) + 0.1 * (rank + 1) as f64
+}
+
 #[test]
-fn allreduce_sum_is_rank_ordered_and_identical() {
-    let n = 5;
-    let mut expect = sum_input(0);
-    for r in 1..n {
-        for (e, x) in expect.iter_mut().zip(sum_input(r)) {
-            *e += x;
+fn allreduce_sum_is_tree_ordered_and_identical() {
+    let k = 16;
+    let mut differs_from_rank_order = 0;
+    for n in 1..=17 {
+        let out = run_threads(n, |mut c| {
+            let mut v: Vec<f64> = (0..k).map(|i| tree_input(c.rank(), i)).collect();
+            v.extend(sum_input(c.rank()));
+            c.allreduce_sum(&mut v)?;
+            let mut empty: [f64; 0] = [];
+            c.allreduce_sum(&mut empty)?;
+            Ok(v)
+        })
+        .unwrap();
+        let cols: Vec<Vec<f64>> = (0..k)
+            .map(|i| (0..n).map(|r| tree_input(r, i)).collect())
+            .chain((0..4).map(|i| (0..n).map(|r| sum_input(r)[i]).collect()))
+            .collect();
+        let want: Vec<u64> = cols.iter().map(|c| tree_sum(c).to_bits()).collect();
+        let linear: Vec<u64> = cols.iter().map(|c| c.iter().skip(1).fold(c[0], |a, &x| a + x).to_bits()).collect();
+        differs_from_rank_order += want.iter().zip(&linear).filter(|(a, b)| a != b).count();
+        for (r, v) in out.iter().enumerate() {
+            let bits: Vec<u64> = v.iter().map(|x| x.to_bits()).collect();
+            assert_eq!(bits, want, "{n} ranks, rank {r}");
         }
     }
-    let out = run_threads(n, |mut c| {
-        let mut v = sum_input(c.rank());
-        c.allreduce_sum(&mut v)?;
-        let mut empty: [f64; 0] = [];
-        c.allreduce_sum(&mut empty)?;
-        Ok(v)
-    })
-    .unwrap();
-    for v in &out {
-        let bits: Vec<u64> = v.iter().map(|x| x.to_bits()).collect();
-        let want: Vec<u64> = expect.iter().map(|x| x.to_bits()).collect();
-        assert_eq!(bits, want);
+    // The inputs are order-sensitive: the test would catch a rank-order sum.
+    eprintln!("tree order differs from rank order in {differs_from_rank_order} of {} sums", 17 * (k + 4));
+    assert!(differs_from_rank_order > 20, "{differs_from_rank_order}");
+}
+
+#[test]
+fn allreduce_max_nan_and_tree_order() {
+    for n in 1..=17 {
+        let out = run_threads(n, |mut c| {
+            let r = c.rank();
+            // Element 2: NaN on the last rank only; element 3: -0 on even ranks, +0 on odd.
+            let mut v = vec![r as f64, -(r as f64), if r + 1 == n { f64::NAN } else { r as f64 }, if r % 2 == 0 { -0.0 } else { 0.0 }];
+            c.allreduce_max(&mut v)?;
+            Ok(v)
+        })
+        .unwrap();
+        for v in &out {
+            assert_eq!(v[0], (n - 1) as f64);
+            assert_eq!(v[1], 0.0);
+            assert!(v[2].is_nan(), "{n} ranks: {v:?}");
+            // Ties keep the lower ranks' value, so rank 0's -0 wins.
+            assert_eq!(v[3].to_bits(), (-0.0f64).to_bits(), "{n} ranks");
+            assert_eq!(v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), out[0].iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        }
     }
 }
 

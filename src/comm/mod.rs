@@ -62,12 +62,15 @@ pub trait Comm: Send {
     /// (MPI needs it before send buffers can be released).
     fn wait_sends(&mut self) -> Result<()>;
     /// Element-wise sum over ranks, result on every rank. Deterministic: the sum is formed
-    /// in rank order `((x0 + x1) + x2) + …`, so every rank gets bit-identical values
-    /// regardless of timing, and the value does not depend on the transport.
-    /// Every rank must pass the same length.
+    /// in the fixed binomial-tree order of [`tree_allreduce`], a function of the rank count
+    /// only: the sum over ranks `a..b` is `sum(a..a+h) + sum(a+h..b)`, h the largest power of
+    /// two below `b − a` (4 ranks: `(x0 + x1) + (x2 + x3)`; 5: `((x0 + x1) + (x2 + x3)) + x4`),
+    /// in f64. So every rank gets bit-identical values regardless of timing, and the value
+    /// does not depend on the transport. Every rank must pass the same length.
     fn allreduce_sum(&mut self, data: &mut [f64]) -> Result<()>;
-    /// Element-wise maximum over ranks, result on every rank. A NaN on any rank makes
-    /// that element NaN everywhere (divergence is not hidden).
+    /// Element-wise maximum over ranks, result on every rank, combined in the same tree
+    /// order as [`Comm::allreduce_sum`]. A NaN on any rank makes that element NaN everywhere
+    /// (divergence is not hidden).
     fn allreduce_max(&mut self, data: &mut [f64]) -> Result<()>;
     /// Variable-size gather to rank 0: `Some(v)` with `v[r]` = rank r's bytes on rank 0,
     /// `None` on every other rank.
@@ -78,31 +81,87 @@ pub trait Comm: Send {
     fn stats(&self) -> CommStats;
 }
 
-/// Sum `contribs` (one slice per rank, in rank order) into `out`, in rank order.
-/// The single definition both transports use, so their sums agree bit for bit.
-pub(crate) fn sum_in_rank_order<'a>(out: &mut [f64], contribs: &mut dyn Iterator<Item = &'a [f64]>) {
-    if let Some(first) = contribs.next() {
-        out.copy_from_slice(first);
-    }
-    for c in contribs {
-        for (o, &x) in out.iter_mut().zip(c) {
-            *o += x;
+/// Which half of [`tree_allreduce`] a message belongs to (transports may give each its own tag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TreePhase {
+    /// Partial results travelling up the tree towards rank 0.
+    Reduce,
+    /// The final result travelling down from rank 0.
+    Broadcast,
+}
+
+/// The point-to-point messages [`tree_allreduce`] needs from a transport. Payloads are f64
+/// values; `recv` must return exactly `n` values or an error naming the peer rank, and
+/// must never block forever (a dead or silent peer gives an error, as [`Comm::recv`]).
+pub(crate) trait TreeLink {
+    fn tree_send(&mut self, to: usize, phase: TreePhase, data: &[f64]) -> Result<()>;
+    fn tree_recv(&mut self, from: usize, phase: TreePhase, n: usize) -> Result<Vec<f64>>;
+}
+
+/// Deterministic all-reduce of `data` (f64, same length on every rank) over `size` ranks:
+/// a binomial-tree reduce to rank 0 followed by a binomial-tree broadcast, the single
+/// definition both transports use so their results agree bit for bit.
+///
+/// Reduce: for mask = 1, 2, 4, … a rank with `rank & mask != 0` sends its partial result to
+/// `rank − mask` and is done; otherwise it receives the partial result of `rank + mask`
+/// (if that rank exists) and combines `mine = combine(mine, theirs)` — lower ranks always on
+/// the left. The result is therefore `T(0..size)` with `T(a..b) = T(a..a+h) ⊕ T(a+h..b)`,
+/// h the largest power of two below `b − a`, `T(a..a+1) = x_a`: a function of `size` only,
+/// never of message timing. Broadcast: rank r > 0 receives the result from
+/// `r − lowbit(r)`, then sends it to `r + m` for m = lowbit(r)/2, …, 2, 1 (rank 0: m from
+/// the largest power of two below `size` down to 1), largest subtree first.
+///
+/// Per rank: at most ⌈log2 size⌉ receives and one send going up, one receive and at most
+/// ⌈log2 size⌉ sends coming down, each message `8 · data.len()` bytes; no rank buffers more
+/// than one incoming message at a time.
+pub(crate) fn tree_allreduce(
+    link: &mut dyn TreeLink,
+    rank: usize,
+    size: usize,
+    data: &mut [f64],
+    combine: fn(&mut [f64], &[f64]),
+) -> Result<()> {
+    let mut mask = 1usize;
+    while mask < size {
+        if rank & mask != 0 {
+            link.tree_send(rank - mask, TreePhase::Reduce, data)?;
+            break;
         }
+        if rank + mask < size {
+            let theirs = link.tree_recv(rank + mask, TreePhase::Reduce, data.len())?;
+            combine(data, &theirs);
+        }
+        mask <<= 1;
+    }
+    // Rank 0 is the root of subtrees of every size below `size`; rank r > 0 of lowbit(r).
+    let top = if rank == 0 { size.next_power_of_two() } else { rank & rank.wrapping_neg() };
+    if rank != 0 {
+        let result = link.tree_recv(rank - top, TreePhase::Broadcast, data.len())?;
+        data.copy_from_slice(&result);
+    }
+    let mut m = top >> 1;
+    while m > 0 {
+        if rank + m < size {
+            link.tree_send(rank + m, TreePhase::Broadcast, data)?;
+        }
+        m >>= 1;
+    }
+    Ok(())
+}
+
+/// `acc[i] = acc[i] + other[i]` (acc holds the lower ranks' partial sum).
+pub(crate) fn sum_into(acc: &mut [f64], other: &[f64]) {
+    for (a, &x) in acc.iter_mut().zip(other) {
+        *a += x;
     }
 }
 
-/// Element-wise maximum with NaN propagation, in rank order.
-pub(crate) fn max_in_rank_order<'a>(out: &mut [f64], contribs: &mut dyn Iterator<Item = &'a [f64]>) {
-    if let Some(first) = contribs.next() {
-        out.copy_from_slice(first);
-    }
-    for c in contribs {
-        for (o, &x) in out.iter_mut().zip(c) {
-            if x.is_nan() || x > *o {
-                if !o.is_nan() {
-                    *o = x;
-                }
-            }
+/// `acc[i] = max(acc[i], other[i])`, NaN if either is NaN; on ties (e.g. −0 and +0) the
+/// lower ranks' value is kept.
+pub(crate) fn max_into(acc: &mut [f64], other: &[f64]) {
+    for (a, &x) in acc.iter_mut().zip(other) {
+        if (x.is_nan() || x > *a) && !a.is_nan() {
+            *a = x;
         }
     }
 }
@@ -176,8 +235,8 @@ mod tests {
     fn max_propagates_nan() {
         let a = [1.0, f64::NAN, 3.0];
         let b = [2.0, 0.0, f64::NAN];
-        let mut out = [0.0; 3];
-        max_in_rank_order(&mut out, &mut [&a[..], &b[..]].into_iter());
+        let mut out = a;
+        max_into(&mut out, &b);
         assert_eq!(out[0], 2.0);
         assert!(out[1].is_nan() && out[2].is_nan());
     }

@@ -5,15 +5,25 @@
 //! thread that owns the [`MpiComm`] at a time, which `&mut self` guarantees). Sends are
 //! `MPI_Isend`s whose byte buffers the communicator owns until [`Comm::wait_sends`]
 //! completes them. Receives are matched probes plus a receive of the whole byte vector,
-//! polled so they can time out. Reductions gather to rank 0, combine in rank order and
-//! broadcast, so results are bit-identical on all ranks and equal to [`super::ThreadComm`]'s.
+//! polled so they can time out. All-reduces are the binomial tree of
+//! [`super::tree_allreduce`] built on the same polled point-to-point messages, on a
+//! duplicate of the world communicator (so they never match a user tag): no rank does more
+//! than ⌈log2 R⌉ steps or holds more than one incoming chunk, a dead or silent peer gives
+//! an error naming it, and results are bit-identical on all ranks and equal to
+//! [`super::ThreadComm`]'s.
 //!
 //! Failure: a rank that hits an error should call [`MpiComm::abort`]; the launcher then
 //! kills every rank. A rank that panics while it owns its [`MpiComm`] aborts the job from
 //! `Drop` (a panic would otherwise finalise MPI and let this rank exit while the others
 //! wait); a rank that crashes (signal) is handled by the launcher, which kills the job.
+//! MPICH's hydra does not say which rank that was (4.0 prints one PID, not always the dead
+//! one), so under hydra each rank first starts a watcher ([`start_rank_watch`]) that names
+//! it when it dies without finishing.
 
+use std::io::Write;
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -24,10 +34,57 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::{Count, Threading};
 
-use super::{max_in_rank_order, sum_in_rank_order, Comm, CommStats, DEFAULT_TIMEOUT, MAX_TAG};
+use super::{max_into, sum_into, tree_allreduce, Comm, CommStats, TreeLink, TreePhase, DEFAULT_TIMEOUT, MAX_TAG};
 use crate::error::{Error, Result};
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
+
+/// The write end of the rank watcher's pipe ([`start_rank_watch`]); `None` when none runs.
+static RANK_WATCH: Mutex<Option<ChildStdin>> = Mutex::new(None);
+
+/// What the rank writes to its watcher when it ends in an orderly way (finalised, or
+/// aborted after printing its own error).
+const WATCH_DONE: &[u8] = b"done";
+
+/// Under MPICH's hydra (`PMI_FD` set), start this rank's watcher: a `/bin/sh` child that
+/// reads a pipe from this process until end of file. Started before `MPI_Init`, it holds
+/// copies of this rank's standard output and error and PMI socket, so when the rank dies
+/// without finishing (SIGKILL, crash) hydra sees nothing yet; the watcher gets end of file
+/// without [`WATCH_DONE`], prints `error: rank R (pid P on HOST) ended without finishing
+/// (killed by a signal or crashed); the MPI job ends` to standard error and exits, and
+/// only then does hydra see the PMI socket close and kill the job (whole process groups,
+/// watchers included). Hydra itself names no rank. Ranks ending in order write
+/// [`WATCH_DONE`] first ([`finish_rank_watch`]), so the watcher exits silently. Costs two
+/// sleeping processes (sh, cat) per rank; `PTYTILE_RANK_WATCH=0` turns it off. Other
+/// launchers (Slurm, OpenMPI) detect deaths by other means and get no watcher.
+fn start_rank_watch(launch: Option<&LaunchInfo>) {
+    let Some(l) = launch else { return };
+    if std::env::var_os("PMI_FD").is_none() || std::env::var("PTYTILE_RANK_WATCH").map_or(false, |v| v == "0") {
+        return;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "?".into());
+    let msg = format!(
+        "error: rank {} (pid {} on {host}) ended without finishing (killed by a signal or crashed); the MPI job ends",
+        l.rank,
+        std::process::id()
+    );
+    let child = Command::new("/bin/sh")
+        .args(["-c", "m=$(cat); [ \"$m\" = done ] && exit 0; printf '%s\\n' \"$1\" >&2; exit 1", "ptytile-rank-watch", &msg])
+        .stdin(Stdio::piped())
+        .spawn();
+    match child {
+        // The `Child` is dropped without waiting: the watcher outlives it or is reaped by init.
+        Ok(mut c) => *RANK_WATCH.lock().unwrap_or_else(|e| e.into_inner()) = c.stdin.take(),
+        Err(e) => eprintln!("warning: rank {}: could not start the rank watcher (/bin/sh): {e}", l.rank),
+    }
+}
+
+/// Tell the watcher this rank ends in order (it then exits silently) and close its pipe.
+fn finish_rank_watch() {
+    if let Some(mut w) = RANK_WATCH.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = w.write_all(WATCH_DONE);
+    }
+}
 
 /// What the launcher (`mpirun`, `srun`, `jsrun`, …) told this process through its
 /// environment, read before MPI is initialised.
@@ -80,6 +137,8 @@ struct PendingSend {
     buf: *mut [u8],
     to: usize,
     tag: u32,
+    /// Sent by an all-reduce on [`MpiComm::coll`], not by [`Comm::isend`].
+    coll: bool,
 }
 
 /// One MPI process's rank; see the module docs.
@@ -89,6 +148,10 @@ pub struct MpiComm {
     pending: Vec<PendingSend>,
     timeout: Duration,
     stats: CommStats,
+    /// Duplicate of the world communicator for the all-reduce's messages: its own matching
+    /// context, so they can never be taken by (or take) a user receive of the same tag.
+    /// `None` only while dropping (freed before MPI is finalised).
+    coll: Option<SimpleCommunicator>,
     /// Set when MPI only granted `MPI_THREAD_FUNNELED`: the one thread allowed to call MPI.
     funnel: Option<ThreadId>,
     /// Dropped last (after pending sends are completed): finalises MPI.
@@ -116,8 +179,14 @@ fn world() -> SimpleCommunicator {
     SimpleCommunicator::world()
 }
 
-/// Largest number of elements rank 0 buffers per reduction round (64 MiB of f64 in all).
-const REDUCE_BUDGET: usize = 8 << 20;
+/// Largest number of f64 values per all-reduce message (64 MiB): longer buffers are reduced
+/// chunk by chunk (element-wise, so the order of combination is unchanged), which keeps
+/// each message under MPI's count limit and bounds the buffers of every rank.
+const REDUCE_CHUNK: usize = 8 << 20;
+
+/// Tags of the all-reduce's messages on [`MpiComm::coll`].
+const TAG_REDUCE: mpi::Tag = 1;
+const TAG_RESULT: mpi::Tag = 2;
 
 impl MpiComm {
     /// Initialise MPI (once per process) and check the job against the launcher.
@@ -133,6 +202,15 @@ impl MpiComm {
             ));
         }
         let launch = launcher_env();
+        start_rank_watch(launch.as_ref());
+        let r = Self::init_mpi(launch);
+        if r.is_err() {
+            finish_rank_watch(); // the caller reports the error
+        }
+        r
+    }
+
+    fn init_mpi(launch: Option<LaunchInfo>) -> Result<MpiComm> {
         let (universe, provided) = mpi::initialize_with_threading(Threading::Serialized)
             .ok_or_else(|| Error::new("MPI", "MPI_Init_thread failed or MPI was already initialised"))?;
         if provided < Threading::Funneled {
@@ -144,6 +222,7 @@ impl MpiComm {
         let funnel = (provided < Threading::Serialized).then(|| std::thread::current().id());
         let w = universe.world();
         let (rank, size) = (w.rank() as usize, w.size() as usize);
+        let coll = w.duplicate();
         if let Some(l) = &launch {
             if l.size != size {
                 return Err(Error::new(
@@ -167,6 +246,7 @@ impl MpiComm {
             pending: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             stats: CommStats::default(),
+            coll: Some(coll),
             funnel,
             universe: Some(universe),
         })
@@ -220,44 +300,119 @@ impl MpiComm {
     fn progress_sends(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         for p in pending {
-            let PendingSend { req, buf, to, tag } = p;
+            let PendingSend { req, buf, to, tag, coll } = p;
             match req.test() {
                 Ok(_) => {
                     // SAFETY: the request that borrowed `buf` has completed and is gone;
                     // `buf` came from Box::leak and is reclaimed exactly once.
                     drop(unsafe { Box::from_raw(buf) });
                 }
-                Err(req) => self.pending.push(PendingSend { req, buf, to, tag }),
+                Err(req) => self.pending.push(PendingSend { req, buf, to, tag, coll }),
             }
         }
     }
 
-    /// Rank 0 gathers everyone's values in chunks, combines them in rank order with `op`
-    /// and broadcasts the result.
-    fn allreduce_with(
-        &mut self,
-        data: &mut [f64],
-        op: fn(&mut [f64], &mut dyn Iterator<Item = &[f64]>),
-    ) -> Result<()> {
+    /// Hand `data` to MPI as a non-blocking send to `to` with `tag` on `comm` (world or
+    /// [`MpiComm::coll`]); the buffer is owned by [`MpiComm::pending`] until complete.
+    fn post_send(pending: &mut Vec<PendingSend>, comm: &SimpleCommunicator, to: usize, tag: u32, data: Vec<u8>, coll: bool) {
+        let buf: *mut [u8] = Box::into_raw(data.into_boxed_slice());
+        // SAFETY: `buf` stays allocated and unaliased by writers until the request that
+        // borrows it has completed (`progress_sends`) or, on shutdown without completion,
+        // forever (leaked), so a 'static shared borrow is valid.
+        let shared: &'static [u8] = unsafe { &*buf };
+        let req = comm.process_at_rank(to as mpi::Rank).immediate_send_with_tag(StaticScope, shared, tag as mpi::Tag);
+        pending.push(PendingSend { req, buf, to, tag, coll });
+    }
+
+    /// Polled receive of the next message from `from` with `tag` on `comm`; an error naming
+    /// `from` once [`MpiComm::set_timeout`]'s time has passed with no message.
+    fn recv_on(&self, comm: &SimpleCommunicator, what: &str, from: usize, tag: u32) -> Result<Vec<u8>> {
+        let src = comm.process_at_rank(from as mpi::Rank);
+        let start = Instant::now();
+        let mut round = 0;
+        loop {
+            if let Some(matched) = src.immediate_matched_probe_with_tag(tag as mpi::Tag) {
+                let (v, _status) = matched.matched_receive_vec::<u8>();
+                return Ok(v);
+            }
+            if start.elapsed() >= self.timeout {
+                return Err(Error::new(
+                    format!("rank {}: {what} rank {from} tag {tag}", self.rank),
+                    format!(
+                        "no message from rank {from} after {:.1} s (timeout; is rank {from} alive and sending?)",
+                        self.timeout.as_secs_f64()
+                    ),
+                ));
+            }
+            backoff(&mut round);
+        }
+    }
+
+    /// Complete pending sends (only the all-reduce's if `only_coll`), up to the timeout;
+    /// the error names the peers whose sends are still pending.
+    fn wait_pending(&mut self, what: &str, only_coll: bool) -> Result<()> {
+        let start = Instant::now();
+        let mut round = 0;
+        loop {
+            self.progress_sends();
+            let left: Vec<&PendingSend> = self.pending.iter().filter(|p| p.coll || !only_coll).collect();
+            if left.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() >= self.timeout {
+                let mut peers: Vec<usize> = left.iter().map(|p| p.to).collect();
+                peers.sort_unstable();
+                peers.dedup();
+                let p = left[0];
+                return Err(Error::new(
+                    format!("rank {}: {what}", self.rank),
+                    format!(
+                        "{} sends not received after {:.1} s (timeout; first: to rank {} tag {}; peers {:?})",
+                        left.len(),
+                        self.timeout.as_secs_f64(),
+                        p.to,
+                        p.tag,
+                        peers
+                    ),
+                ));
+            }
+            backoff(&mut round);
+        }
+    }
+
+    /// The tree all-reduce of [`tree_allreduce`] (shared with [`super::ThreadComm`]) on
+    /// [`MpiComm::coll`], chunk by chunk ([`REDUCE_CHUNK`] values), then completion of its
+    /// sends.
+    fn allreduce_with(&mut self, data: &mut [f64], combine: fn(&mut [f64], &[f64])) -> Result<()> {
         self.check_thread("allreduce")?;
         self.stats.collectives += 1;
-        let w = world();
-        let root = w.process_at_rank(0);
-        let chunk = (REDUCE_BUDGET / self.size).max(1);
-        let mut all = if self.rank == 0 { vec![0.0f64; chunk.min(data.len()) * self.size] } else { Vec::new() };
-        for part in data.chunks_mut(chunk) {
-            let n = part.len();
-            if self.rank == 0 {
-                let buf = &mut all[..n * self.size];
-                root.gather_into_root(&part[..], buf);
-                let buf = &all[..n * self.size];
-                op(part, &mut buf.chunks(n));
-            } else {
-                root.gather_into(&part[..]);
-            }
-            root.broadcast_into(part);
+        let (rank, size) = (self.rank, self.size);
+        for part in data.chunks_mut(REDUCE_CHUNK) {
+            tree_allreduce(self, rank, size, part, combine)?;
         }
+        self.wait_pending("allreduce: completing sends", true)
+    }
+}
+
+impl TreeLink for MpiComm {
+    fn tree_send(&mut self, to: usize, phase: TreePhase, data: &[f64]) -> Result<()> {
+        let tag = if phase == TreePhase::Reduce { TAG_REDUCE } else { TAG_RESULT };
+        let coll = self.coll.as_ref().expect("all-reduce communicator lives until drop");
+        Self::post_send(&mut self.pending, coll, to, tag as u32, super::f64s_to_bytes(data), true);
         Ok(())
+    }
+
+    fn tree_recv(&mut self, from: usize, phase: TreePhase, n: usize) -> Result<Vec<f64>> {
+        let tag = if phase == TreePhase::Reduce { TAG_REDUCE } else { TAG_RESULT };
+        let coll = self.coll.as_ref().expect("all-reduce communicator lives until drop");
+        let v = super::bytes_to_f64s(&self.recv_on(coll, "allreduce with", from, tag as u32)?)?;
+        if v.len() != n {
+            return Err(Error::new(
+                format!("rank {}: allreduce with rank {from}", self.rank),
+                format!("rank {from} passed {} values, this rank {n}", v.len()),
+            ));
+        }
+        Ok(v)
     }
 }
 
@@ -279,15 +434,7 @@ impl Comm for MpiComm {
             ));
         }
         let n = data.len() as u64;
-        let buf: *mut [u8] = Box::into_raw(data.into_boxed_slice());
-        // SAFETY: `buf` stays allocated and unaliased by writers until the request that
-        // borrows it has completed (`progress_sends`) or, on shutdown without completion,
-        // forever (leaked), so a 'static shared borrow is valid.
-        let shared: &'static [u8] = unsafe { &*buf };
-        let req = world()
-            .process_at_rank(to as mpi::Rank)
-            .immediate_send_with_tag(StaticScope, shared, tag as mpi::Tag);
-        self.pending.push(PendingSend { req, buf, to, tag });
+        Self::post_send(&mut self.pending, &world(), to, tag, data, false);
         self.stats.bytes_sent += n;
         self.stats.messages_sent += 1;
         Ok(())
@@ -295,64 +442,20 @@ impl Comm for MpiComm {
 
     fn recv(&mut self, from: usize, tag: u32) -> Result<Vec<u8>> {
         self.check_peer("recv from", from, tag)?;
-        let w = world();
-        let src = w.process_at_rank(from as mpi::Rank);
-        let start = Instant::now();
-        let mut round = 0;
-        loop {
-            if let Some(matched) = src.immediate_matched_probe_with_tag(tag as mpi::Tag) {
-                let (v, _status) = matched.matched_receive_vec::<u8>();
-                return Ok(v);
-            }
-            if start.elapsed() >= self.timeout {
-                return Err(Error::new(
-                    format!("rank {}: recv from rank {from} tag {tag}", self.rank),
-                    format!(
-                        "no message from rank {from} after {:.1} s (timeout; is rank {from} alive and sending?)",
-                        self.timeout.as_secs_f64()
-                    ),
-                ));
-            }
-            backoff(&mut round);
-        }
+        self.recv_on(&world(), "recv from", from, tag)
     }
 
     fn wait_sends(&mut self) -> Result<()> {
         self.check_thread("wait_sends")?;
-        let start = Instant::now();
-        let mut round = 0;
-        loop {
-            self.progress_sends();
-            if self.pending.is_empty() {
-                return Ok(());
-            }
-            if start.elapsed() >= self.timeout {
-                let mut peers: Vec<usize> = self.pending.iter().map(|p| p.to).collect();
-                peers.sort_unstable();
-                peers.dedup();
-                let p = &self.pending[0];
-                return Err(Error::new(
-                    format!("rank {}: wait_sends", self.rank),
-                    format!(
-                        "{} sends not received after {:.1} s (timeout; first: to rank {} tag {}; peers {:?})",
-                        self.pending.len(),
-                        self.timeout.as_secs_f64(),
-                        p.to,
-                        p.tag,
-                        peers
-                    ),
-                ));
-            }
-            backoff(&mut round);
-        }
+        self.wait_pending("wait_sends", false)
     }
 
     fn allreduce_sum(&mut self, data: &mut [f64]) -> Result<()> {
-        self.allreduce_with(data, |out, vals| sum_in_rank_order(out, vals))
+        self.allreduce_with(data, sum_into)
     }
 
     fn allreduce_max(&mut self, data: &mut [f64]) -> Result<()> {
-        self.allreduce_with(data, |out, vals| max_in_rank_order(out, vals))
+        self.allreduce_with(data, max_into)
     }
 
     fn gather(&mut self, data: Vec<u8>) -> Result<Option<Vec<Vec<u8>>>> {
@@ -439,7 +542,7 @@ pub const ABORT_GRACE: Duration = Duration::from_millis(250);
 
 /// Flush this rank's standard streams, wait [`ABORT_GRACE`], then `MPI_Abort` the world.
 fn abort_world(code: i32) -> ! {
-    use std::io::Write;
+    finish_rank_watch();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::thread::sleep(ABORT_GRACE);
@@ -463,6 +566,8 @@ impl Drop for MpiComm {
             std::mem::forget(p.req);
             // `p.buf` is deliberately leaked: MPI may still read it.
         }
+        drop(self.coll.take()); // MPI_Comm_free, which must come before MPI_Finalize
         drop(self.universe.take());
+        finish_rank_watch();
     }
 }

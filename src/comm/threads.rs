@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
-use super::{max_in_rank_order, sum_in_rank_order, Comm, CommStats, DEFAULT_TIMEOUT, MAX_TAG};
+use super::{max_into, sum_into, tree_allreduce, Comm, CommStats, TreeLink, TreePhase, DEFAULT_TIMEOUT, MAX_TAG};
 use crate::error::{Error, Result};
 
 /// How often a blocked receive wakes up to look at the abort flag.
@@ -167,37 +167,31 @@ impl ThreadComm {
         Ok(Some(all))
     }
 
-    /// Rank 0 combines all contributions with `op` and sends the result to everyone.
-    fn allreduce_with(&mut self, data: &mut [f64], op: fn(&mut [f64], &[Vec<f64>])) -> Result<()> {
+    /// The tree all-reduce shared with [`super::MpiComm`] ([`tree_allreduce`]), over this
+    /// transport's channels: same order of combination, so bit-identical results.
+    fn allreduce_with(&mut self, data: &mut [f64], combine: fn(&mut [f64], &[f64])) -> Result<()> {
         self.stats.collectives += 1;
-        let mine = super::f64s_to_bytes(data);
-        if let Some(all) = self.gather_key(INTERNAL_REDUCE, mine)? {
-            let vals = all
-                .iter()
-                .map(|b| super::bytes_to_f64s(b))
-                .collect::<Result<Vec<_>>>()?;
-            if let Some(r) = vals.iter().position(|v| v.len() != data.len()) {
-                return Err(Error::new(
-                    "allreduce".to_string(),
-                    format!("rank {r} passed {} values, rank 0 {}", vals[r].len(), data.len()),
-                ));
-            }
-            op(data, &vals);
-            let out = super::f64s_to_bytes(data);
-            for r in 1..self.size {
-                self.send_key(r, INTERNAL_RESULT, out.clone())?;
-            }
-        } else {
-            let out = super::bytes_to_f64s(&self.recv_key(0, INTERNAL_RESULT)?)?;
-            if out.len() != data.len() {
-                return Err(Error::new(
-                    "allreduce".to_string(),
-                    format!("rank 0 passed {} values, this rank {}", out.len(), data.len()),
-                ));
-            }
-            data.copy_from_slice(&out);
+        let (rank, size) = (self.rank, self.size);
+        tree_allreduce(self, rank, size, data, combine)
+    }
+}
+
+impl TreeLink for ThreadComm {
+    fn tree_send(&mut self, to: usize, phase: TreePhase, data: &[f64]) -> Result<()> {
+        let key = if phase == TreePhase::Reduce { INTERNAL_REDUCE } else { INTERNAL_RESULT };
+        self.send_key(to, key, super::f64s_to_bytes(data))
+    }
+
+    fn tree_recv(&mut self, from: usize, phase: TreePhase, n: usize) -> Result<Vec<f64>> {
+        let key = if phase == TreePhase::Reduce { INTERNAL_REDUCE } else { INTERNAL_RESULT };
+        let v = super::bytes_to_f64s(&self.recv_key(from, key)?)?;
+        if v.len() != n {
+            return Err(Error::new(
+                format!("allreduce with rank {from}"),
+                format!("rank {from} passed {} values, this rank {n}", v.len()),
+            ));
         }
-        Ok(())
+        Ok(v)
     }
 }
 
@@ -230,11 +224,11 @@ impl Comm for ThreadComm {
     }
 
     fn allreduce_sum(&mut self, data: &mut [f64]) -> Result<()> {
-        self.allreduce_with(data, |out, vals| sum_in_rank_order(out, &mut vals.iter().map(|v| &v[..])))
+        self.allreduce_with(data, sum_into)
     }
 
     fn allreduce_max(&mut self, data: &mut [f64]) -> Result<()> {
-        self.allreduce_with(data, |out, vals| max_in_rank_order(out, &mut vals.iter().map(|v| &v[..])))
+        self.allreduce_with(data, max_into)
     }
 
     fn gather(&mut self, data: Vec<u8>) -> Result<Option<Vec<Vec<u8>>>> {

@@ -114,7 +114,8 @@ pub fn post_halo_sums<T: Real>(g: &Gradients<T>, rank: &mut Rank) -> Result<()> 
     Ok(())
 }
 
-/// Step 5: all-reduce (in rank order) the probe sums and the loss in one message.
+/// Step 5: all-reduce (fixed tree order, [`Comm::allreduce_sum`]) the probe sums and the loss
+/// in one message.
 pub fn allreduce_probe_sums<T: Real>(g: &mut Gradients<T>, comm: &mut dyn Comm) -> Result<()> {
     let mut v: Vec<f64> = bytemuck::cast_slice(&g.g_probe_hat).iter().copied().chain(g.d_probe.iter().copied()).collect();
     v.push(g.loss);
