@@ -27,11 +27,6 @@ fn recon(cfg: &Path, set: &[String]) -> ReconResult {
     reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap()
 }
 
-fn rel(a: &[Complex32], b: &[Complex32]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).norm_sqr() as f64).sum();
-    let n: f64 = a.iter().map(|x| x.norm_sqr() as f64).sum();
-    (d / n).sqrt()
-}
 
 /// Uniform in [−1, 1) from a seeded SplitMix64 stream.
 fn noise(state: &mut u64) -> f32 {
@@ -61,14 +56,14 @@ fn sensitivity(engine: &str, noise_model: &str) -> (f64, f64) {
     write_result(&pert, &start, false).unwrap();
     let from = |p: &Path| recon(&cfg, &[settings(10), vec![format!("data.initial=\"{}\"", p.display())]].concat());
     let (a, b) = (from(&base), from(&pert));
-    let d = (rel(&b.object.data, &a.object.data), rel(&b.probe, &a.probe));
+    let d = (common::rel_l2(&b.object.data, &a.object.data), common::rel_l2(&b.probe, &a.probe));
     // the same inside the scanned area (the bounding box of the probe centres)
     let (lo, hi) = a.positions_px.iter().fold(([f64::MAX; 2], [f64::MIN; 2]), |(lo, hi), c| ([lo[0].min(c[0]), lo[1].min(c[1])], [hi[0].max(c[0]), hi[1].max(c[1])]));
     let w = a.object.shape[1];
     let inside = |o: &ReconResult| -> Vec<Complex32> {
         (lo[0] as usize..=hi[0] as usize).flat_map(|y| o.object.data[y * w + lo[1] as usize..=y * w + hi[1] as usize].to_vec()).collect()
     };
-    let di = rel(&inside(&b), &inside(&a));
+    let di = common::rel_l2(&inside(&b), &inside(&a));
     eprintln!("rounding sensitivity | {engine} | {noise_model} | {:.1e} | {di:.1e} | {:.1e} |", d.0, d.1);
     d
 }

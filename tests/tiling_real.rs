@@ -25,11 +25,6 @@ fn recon(cfg: &Path, tiles: [usize; 2], extra: &[&str]) -> ReconResult {
     reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap()
 }
 
-fn rel(a: &[Complex32], b: &[Complex32]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).norm_sqr() as f64).sum();
-    let n: f64 = a.iter().map(|x| x.norm_sqr() as f64).sum();
-    (d / n).sqrt()
-}
 
 /// Run `extra` on 1 rank and on `tilings`; assert every result within [`TOL`].
 fn assert_exact(extra: &[&str], tilings: &[[usize; 2]]) {
@@ -53,7 +48,7 @@ fn assert_exact_with(extra: &[&str], tail: &str, tilings: &[[usize; 2]]) {
     let mut worst = Vec::new();
     for &t in tilings {
         let r = recon(&cfg, t, &extra);
-        let (eo, ep) = (rel(&r.object.data, &one.object.data), rel(&r.probe, &one.probe));
+        let (eo, ep) = (common::rel_l2(&r.object.data, &one.object.data), common::rel_l2(&r.probe, &one.probe));
         eprintln!("{extra:?} tiles {t:?}: object {eo:.2e}, probe {ep:.2e}, loss {:.9e} vs {:.9e}", r.loss[9], one.loss[9]);
         if !(eo <= TOL && ep <= TOL) {
             worst.push(format!("{t:?}: object {eo:.2e}, probe {ep:.2e}"));

@@ -81,3 +81,10 @@ pub fn pbtio3_crop(dir: &std::path::Path, side: usize) -> std::path::PathBuf {
     std::fs::write(&cfg, toml.join("\n") + "\n").unwrap();
     cfg
 }
+
+/// Relative L2 difference ‖a − b‖ / ‖b‖ of two complex f32 arrays (accumulated in f64).
+pub fn rel_l2(a: &[num_complex::Complex32], b: &[num_complex::Complex32]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).norm_sqr() as f64).sum();
+    let n: f64 = b.iter().map(|x| x.norm_sqr() as f64).sum();
+    (d / n).sqrt()
+}
