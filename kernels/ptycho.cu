@@ -72,7 +72,7 @@ PTY_KERNEL void residual(cf* psi, double* loss, const float* meas, const float* 
             float sm = sqrtf(m + eps);
             float d = a - sm;
             l = d * d * gq;
-            w = (1.0f - sm / a) * scale * gq;
+            w = a > 0.0f ? (1.0f - sm / a) * scale * gq : 0.0f;
         }
         acc += (double)l;
         for (int k = 0; k < K; ++k) pb[k * mm + i] = c_scale(pb[k * mm + i], w);

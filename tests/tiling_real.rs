@@ -9,7 +9,6 @@
 
 mod common;
 
-use num_complex::Complex32;
 use ptytile::cli::reconstruct;
 use ptytile::config::Config;
 use ptytile::output::ReconResult;

@@ -380,7 +380,7 @@ fn residuals<T: Real, const MASKED: bool>(noise: NoiseModel, meas: &[f32], g: &[
                     let d = a - sm;
                     let gq = gw(c * L + q);
                     lanes[q] = lanes[q] + d * d * gq;
-                    w[q] = (T::one() - sm / a) * scale * gq;
+                    w[q] = if a > T::zero() { (T::one() - sm / a) * scale * gq } else { T::zero() };
                 }
             }
         }

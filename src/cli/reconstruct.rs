@@ -93,7 +93,7 @@ pub fn setup(cfg: &Config, df: &DataFile, rp: &RankPlan, comm: &mut dyn Comm) ->
         ParallelMode::Replicated => {
             // the baseline holds every pattern; computes on its share
             let all = df.read_intensities(&(0..df.n).collect::<Vec<_>>())?;
-            rp.positions.iter().flat_map(|&j| all[j * mm..(j + 1) * mm].iter().copied()).collect()
+            rp.positions.iter().flat_map(|&j| all[j * mm..(j + 1) * mm].iter().copied()).collect::<Vec<f32>>().into()
         }
     };
     let mut sums = [intensities.iter().map(|v| *v as f64).sum::<f64>(), rp.positions.len() as f64];

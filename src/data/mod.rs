@@ -96,6 +96,9 @@ pub fn resolve_format(format: DataFormat, path: &Path, file: Option<&hdf5::File>
     }
 }
 
+/// Largest read of patterns held at once by [`DataFile::read_intensities`] (bytes of f32).
+pub const READ_CHUNK_BYTES: usize = 64 << 20;
+
 impl DataFile {
     /// Open and validate `cfg.data` in its format (`data.format`, auto-detected by default):
     /// the file, the intensities' and positions' shapes and dtypes, the experiment metadata
@@ -146,19 +149,28 @@ impl DataFile {
 
     /// Read the patterns of the given global position indices (ascending or not), in that
     /// order, as f32 counts in the transposed corner-centred layout: [len, M(kx), M(ky)].
-    /// Contiguous index runs become one read each (one HDF5 hyperslab per scan row for
-    /// 4D arrays). Bad pixels ([`DataFile::bad_pixels`]) are set to 0 and not checked.
+    /// Contiguous index runs become reads of at most [`READ_CHUNK_BYTES`] each (one HDF5
+    /// hyperslab per scan row for 4D arrays). Bad pixels ([`DataFile::bad_pixels`]) are set
+    /// to 0 and not checked.
+    ///
+    /// Memory: the result is allocated once, where it stays (an `Arc`, shared with the
+    /// backend without a copy); besides it only one chunk of at most [`READ_CHUNK_BYTES`]
+    /// (and HDF5's own chunk cache) is held while reading, so a rank's peak stays near the
+    /// size of its patterns.
     ///
     /// Errors: NaN, infinite or negative intensities (naming the position), read failures.
-    pub fn read_intensities(&self, indices: &[usize]) -> Result<Vec<f32>> {
+    pub fn read_intensities(&self, indices: &[usize]) -> Result<std::sync::Arc<[f32]>> {
         let m = self.m;
         let mm = m * m;
-        let mut out = vec![0f32; indices.len() * mm];
+        // allocated once, zero-filled, then written in place (no Vec → Arc copy)
+        let mut out: std::sync::Arc<[f32]> = std::iter::repeat_n(0f32, indices.len() * mm).collect();
+        let dst = std::sync::Arc::get_mut(&mut out).expect("a new Arc is unique");
+        let max_len = (READ_CHUNK_BYTES / (4 * mm).max(1)).max(1);
         let mut i = 0;
         while i < indices.len() {
             let start = indices[i];
             let mut len = 1;
-            while i + len < indices.len() && indices[i + len] == start + len {
+            while len < max_len && i + len < indices.len() && indices[i + len] == start + len {
                 len += 1;
             }
             let mut flat = self.read_raw(start, len)?;
@@ -171,7 +183,7 @@ impl DataFile {
                     let kind = if bad.is_nan() { "NaN" } else if bad.is_infinite() { "infinite" } else { "negative" };
                     return Err(Error::new(&self.intensities_what, format!("{kind} intensity in pattern {j}")));
                 }
-                to_kernel_layout(pat, m, self.zero_frequency, &mut out[(i + b) * mm..(i + b + 1) * mm]);
+                to_kernel_layout(pat, m, self.zero_frequency, &mut dst[(i + b) * mm..(i + b + 1) * mm]);
             }
             i += len;
         }
@@ -187,7 +199,8 @@ impl DataFile {
         }
         let block = |ds: &hdf5::Dataset, sel: ndarray::SliceInfo<[ndarray::SliceInfoElem; 3], ndarray::Ix3, ndarray::Ix3>| -> Result<Vec<f32>> {
             let b = ds.read_slice::<f32, _, ndarray::Ix3>(sel).ctx(what)?;
-            Ok(b.as_standard_layout().iter().copied().collect())
+            // the array's own buffer when it is already row-major (no second copy)
+            Ok(if b.is_standard_layout() { b.into_raw_vec_and_offset().0 } else { b.iter().copied().collect() })
         };
         match &self.source {
             Source::Stack { file, dataset } => {

@@ -145,7 +145,8 @@ impl<T: Real> Problem<T> {
     /// A rank's problem on backend `kind` (`local_rank`: see [`backend::open`]).
     ///
     /// Errors (naming `--backend` / `[parallel] backend`): a GPU backend that cannot run here.
-    pub fn new(kernel: Kernel<T>, positions: Vec<PositionGeom<T>>, n_halo: usize, intensities: Vec<f32>, kind: BackendKind, local_rank: Option<usize>) -> Result<Self> {
+    /// `intensities` as an `Arc` is shared, not copied (a `Vec` is copied once into one).
+    pub fn new(kernel: Kernel<T>, positions: Vec<PositionGeom<T>>, n_halo: usize, intensities: impl Into<Arc<[f32]>>, kind: BackendKind, local_rank: Option<usize>) -> Result<Self> {
         let (positions, intensities): (Arc<[PositionGeom<T>]>, Arc<[f32]>) = (positions.into(), intensities.into());
         let compute = backend::open(kind, &kernel, positions.clone(), intensities.clone(), local_rank)?;
         Ok(Problem { kernel, positions, n_halo, intensities, compute })

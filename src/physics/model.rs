@@ -60,7 +60,7 @@ pub fn residual<T: Real>(noise: NoiseModel, meas: T, model: T, eps: T) -> (T, T)
             let a = (model + eps).sqrt();
             let sm = (meas + eps).sqrt();
             let d = a - sm;
-            (d * d, T::one() - sm / a)
+            (d * d, if a > T::zero() { T::one() - sm / a } else { T::zero() })
         }
         NoiseModel::Poisson => {
             let den = model + eps;
