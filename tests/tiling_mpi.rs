@@ -22,6 +22,22 @@ fn rel(a: &[num_complex::Complex32], b: &[num_complex::Complex32]) -> f64 {
     (d / a.iter().map(|x| x.norm_sqr() as f64).sum::<f64>()).sqrt()
 }
 
+/// `ptytile reconstruct CFG --output DIR/OUT EXTRA…`, under `mpirun -n 4` when `launcher`
+/// names one; the result read back.
+fn reconstruct(launcher: Option<&str>, cfg: &std::path::Path, dir: &std::path::Path, out: &str, extra: &[&str]) -> ptytile::output::ReconResult {
+    let mut c = match launcher {
+        Some(m) => {
+            let mut c = Command::new(m);
+            c.args(["-n", "4", BIN]);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    let o = c.env("HDF5_USE_FILE_LOCKING", "FALSE").arg("reconstruct").arg(cfg).args(["--set", "output.png=false", "--output"]).arg(dir.join(out)).args(extra).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    read_result(&dir.join(out)).unwrap()
+}
+
 #[test]
 fn mpirun_4_ranks_equals_single_rank() {
     let Some(mpi) = mpirun() else {
@@ -32,25 +48,9 @@ fn mpirun_4_ranks_equals_single_rank() {
     let p = SimParams { m: 32, scan: [14, 14], step_px: 2.5, jitter_px: 0.4, semiangle_mrad: 30.0, pixel_size_m: 0.25e-10, dose: Some(1e5), seed: 7, ..Default::default() };
     let (_, cfg) = write(&dir.path().join("sim.h5"), &simulate(&p).unwrap(), &p).unwrap();
     let run = |launcher: Option<&str>, out: &str, extra: &[&str]| {
-        let mut c = match launcher {
-            Some(m) => {
-                let mut c = Command::new(m);
-                c.args(["-n", "4", BIN]);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let o = c
-            .env("HDF5_USE_FILE_LOCKING", "FALSE")
-            .arg("reconstruct")
-            .arg(&cfg)
-            .args(["--iterations", "10", "--output"])
-            .arg(dir.path().join(out))
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        read_result(&dir.path().join(out)).unwrap()
+        let mut e = vec!["--iterations", "10"];
+        e.extend_from_slice(extra);
+        reconstruct(launcher, &cfg, dir.path(), out, &e)
     };
     for engine in ["gd", "dm", "mlcg"] {
         let e = format!("reconstruction.engine=\"{engine}\"");
@@ -77,27 +77,7 @@ fn mpirun_4_ranks_equals_single_rank_real_data() {
     let sched = dir.path().join("schedule.toml");
     let text = std::fs::read_to_string(&cfg).unwrap().replace("iterations = 20\n", "");
     std::fs::write(&sched, text + "\n[[schedule]]\nengine = \"dm\"\niterations = 5\n\n[[schedule]]\nengine = \"mlcg\"\niterations = 5\n").unwrap();
-    let run = |launcher: Option<&str>, cfg: &std::path::Path, out: &str, extra: &[&str]| {
-        let mut c = match launcher {
-            Some(m) => {
-                let mut c = Command::new(m);
-                c.args(["-n", "4", BIN]);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let o = c
-            .env("HDF5_USE_FILE_LOCKING", "FALSE")
-            .arg("reconstruct")
-            .arg(cfg)
-            .args(["--set", "output.png=false", "--output"])
-            .arg(dir.path().join(out))
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        read_result(&dir.path().join(out)).unwrap()
-    };
+    let run = |launcher: Option<&str>, cfg: &std::path::Path, out: &str, extra: &[&str]| reconstruct(launcher, cfg, dir.path(), out, extra);
     let cases: [(&str, &std::path::Path, Vec<&str>); 5] = [
         ("gd", cfg.as_path(), vec!["--iterations", "10"]),
         ("gd amplitude", cfg.as_path(), vec!["--iterations", "10", "--set", "reconstruction.noise_model=\"amplitude\""]),
