@@ -228,18 +228,28 @@ fn accumulate<T: Real>(
             v
         }
     };
-    let parts: Vec<Slab> = ops
-        .into_par_iter()
-        .zip(bounds.par_iter())
-        .map(|(op, &(a, b))| slab(k, obj, probe_hat, &pos[a..b], &meas[a * mm..b * mm], want_probe, op))
-        .collect();
+    // slabs in groups of a few per thread: each slab's f64 partial sums (on the bounding box
+    // of its windows) live only until they are added, in slab order (so the sum does not
+    // depend on the thread count, and the memory of the partials is bounded by the group)
+    let group = 2 * rayon::current_num_threads().max(1);
     let mut g = Gradients::zeros(obj.origin, obj.shape, probe_dims);
-    for p in &parts {
-        add_field(&mut g.g_obj, &p.g);
-        add_field(&mut g.d_obj, &p.d);
-        g.g_probe_hat.iter_mut().zip(&p.gp).for_each(|(a, b)| *a += *b);
-        g.d_probe.iter_mut().zip(&p.dp).for_each(|(a, b)| *a += *b);
-        g.loss += p.loss;
+    let mut ops = ops.into_iter();
+    for bs in bounds.chunks(group) {
+        let parts: Vec<Slab> = ops
+            .by_ref()
+            .take(bs.len())
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .zip(bs.par_iter())
+            .map(|(op, &(a, b))| slab(k, obj, probe_hat, &pos[a..b], &meas[a * mm..b * mm], want_probe, op))
+            .collect();
+        for p in &parts {
+            add_field(&mut g.g_obj, &p.g);
+            add_field(&mut g.d_obj, &p.d);
+            g.g_probe_hat.iter_mut().zip(&p.gp).for_each(|(a, b)| *a += *b);
+            g.d_probe.iter_mut().zip(&p.dp).for_each(|(a, b)| *a += *b);
+            g.loss += p.loss;
+        }
     }
     g
 }

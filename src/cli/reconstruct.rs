@@ -346,6 +346,7 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progre
     let mut iter_s = Vec::with_capacity(iterations);
     let mut split = Vec::with_capacity(iterations);
     let t0 = Instant::now();
+    let stats0 = c.stats();
     {
         let mut rank = Rank { plan: rp, comm: &mut *c, mode, overlap: cfg.parallel.overlap };
         for it in start..iterations {
@@ -397,6 +398,20 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progre
         }
     }
     let secs = t0.elapsed().as_secs_f64();
+    // this rank's traffic per iteration (the iteration loop only: set-up and the final
+    // reductions below are left out), its halo peers and its peak memory
+    let (st1, its) = (c.stats(), (iterations - start).max(1) as f64);
+    let peers = rp.sends.iter().chain(&rp.recvs).map(|t| t.peer).collect::<std::collections::BTreeSet<_>>().len() as f64;
+    let per_rank = [
+        (st1.messages_sent - stats0.messages_sent) as f64 / its,
+        (st1.bytes_sent - stats0.bytes_sent) as f64 / its,
+        peers,
+        (st1.allreduce_ns - stats0.allreduce_ns) as f64 * 1e-9 / its,
+        (st1.collectives - stats0.collectives) as f64 / its,
+    ];
+    let (mut pr_max, mut pr_sum) = (per_rank, per_rank);
+    c.allreduce_max(&mut pr_max)?;
+    c.allreduce_sum(&mut pr_sum)?;
     // steady state: leave out the first iteration (warm-up) when there are more
     let skip = usize::from(split.len() > 1);
     let steady = (split.len() - skip).max(1) as f64;
@@ -435,6 +450,15 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progre
         ("measurement_bytes_total".into(), tot[0]),
         ("object_gradient_bytes_max_rank".into(), mx[1]),
         ("peak_rss_bytes_max_process".into(), mx[2]),
+        ("messages_per_iteration_max_rank".into(), pr_max[0]),
+        ("messages_per_iteration_mean_rank".into(), pr_sum[0] / c.size() as f64),
+        ("bytes_per_iteration_max_rank".into(), pr_max[1]),
+        ("bytes_per_iteration_mean_rank".into(), pr_sum[1] / c.size() as f64),
+        ("peers_max_rank".into(), pr_max[2]),
+        ("peers_mean_rank".into(), pr_sum[2] / c.size() as f64),
+        ("allreduce_s_per_iteration_max_rank".into(), pr_max[3]),
+        ("allreduce_s_per_iteration_mean_rank".into(), pr_sum[3] / c.size() as f64),
+        ("allreduces_per_iteration".into(), pr_max[4]),
         ("compute_s_max_rank".into(), mx[3]),
         ("wait_s_max_rank".into(), mx[4]),
         ("comm_s_max_rank".into(), mx[5]),

@@ -94,6 +94,30 @@ pub struct Run {
     pub halo_messages: f64,
     /// Largest measurement bytes held by one rank.
     pub meas_bytes_max: f64,
+    /// Per rank and iteration, the largest over ranks: halo messages sent, halo bytes
+    /// sent, peers (ranks it exchanges halos with, either way), seconds inside all-reduces.
+    pub per_rank_max: PerRank,
+    /// The same, mean over ranks.
+    pub per_rank_mean: PerRank,
+    /// All-reduce calls per iteration (every rank makes the same).
+    pub allreduces: f64,
+    /// Largest object/gradient field bytes of one rank.
+    pub field_bytes_max: f64,
+    /// Largest peak resident memory of one process (bytes; thread ranks share one process).
+    pub peak_rss_max: f64,
+}
+
+/// What one rank sends and waits for per iteration (see [`Run::per_rank_max`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PerRank {
+    /// Halo messages sent.
+    pub messages: f64,
+    /// Halo bytes sent.
+    pub bytes: f64,
+    /// Distinct halo peers.
+    pub peers: f64,
+    /// Seconds inside all-reduces.
+    pub allreduce_s: f64,
 }
 
 /// Run the study; writes `scaling.csv` and `scaling.png` into `s.output` and returns the
@@ -167,6 +191,21 @@ fn one_run(s: &Study, exe: &Path, l: Launcher, n: usize, overlap: bool, out: &Pa
         halo_bytes: a("halo_bytes_sent_total")? / it,
         halo_messages: a("halo_messages_sent_total")? / it,
         meas_bytes_max: a("measurement_bytes_max_rank")?,
+        per_rank_max: PerRank {
+            messages: a("messages_per_iteration_max_rank")?,
+            bytes: a("bytes_per_iteration_max_rank")?,
+            peers: a("peers_max_rank")?,
+            allreduce_s: a("allreduce_s_per_iteration_max_rank")?,
+        },
+        per_rank_mean: PerRank {
+            messages: a("messages_per_iteration_mean_rank")?,
+            bytes: a("bytes_per_iteration_mean_rank")?,
+            peers: a("peers_mean_rank")?,
+            allreduce_s: a("allreduce_s_per_iteration_mean_rank")?,
+        },
+        allreduces: a("allreduces_per_iteration")?,
+        field_bytes_max: a("object_gradient_bytes_max_rank")?,
+        peak_rss_max: a("peak_rss_bytes_max_process")?,
     })
 }
 
@@ -185,14 +224,18 @@ pub fn derived(runs: &[Run], r: &Run) -> (f64, f64) {
 fn write_csv(path: &Path, runs: &[Run]) -> Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut s = String::from(
-        "launcher,ranks,tiles_y,tiles_x,overlap,cores,s_per_iteration,compute_s,comm_s,wait_s,compute_s_max_rank,halo_bytes_per_iteration,halo_messages_per_iteration,measurement_bytes_max_rank,hidden_fraction,efficiency\n",
+        "launcher,ranks,tiles_y,tiles_x,overlap,cores,s_per_iteration,compute_s,comm_s,wait_s,compute_s_max_rank,halo_bytes_per_iteration,halo_messages_per_iteration,measurement_bytes_max_rank,hidden_fraction,efficiency,\
+         messages_per_iteration_max_rank,messages_per_iteration_mean_rank,bytes_per_iteration_max_rank,bytes_per_iteration_mean_rank,peers_max_rank,peers_mean_rank,\
+         allreduce_s_per_iteration_max_rank,allreduce_s_per_iteration_mean_rank,allreduces_per_iteration,field_bytes_max_rank,peak_rss_bytes_max_process\n",
     );
     for r in runs {
         let (e, h) = derived(runs, r);
+        let (x, m) = (&r.per_rank_max, &r.per_rank_mean);
         s += &format!(
-            "{},{},{},{},{},{cores},{:.6},{:.6},{:.6},{:.6},{:.6},{:.0},{:.0},{:.0},{:.4},{:.4}\n",
+            "{},{},{},{},{},{cores},{:.6},{:.6},{:.6},{:.6},{:.6},{:.0},{:.0},{:.0},{:.4},{:.4},{:.1},{:.2},{:.0},{:.0},{:.0},{:.2},{:.7},{:.7},{:.0},{:.0},{:.0}\n",
             r.launcher.name(), r.ranks, r.tiles[0], r.tiles[1], r.overlap, r.seconds, r.compute, r.comm, r.wait, r.compute_max,
-            r.halo_bytes, r.halo_messages, r.meas_bytes_max, h, e
+            r.halo_bytes, r.halo_messages, r.meas_bytes_max, h, e,
+            x.messages, m.messages, x.bytes, m.bytes, x.peers, m.peers, x.allreduce_s, m.allreduce_s, r.allreduces, r.field_bytes_max, r.peak_rss_max
         );
     }
     crate::output::write_atomic(path, s.as_bytes())
@@ -291,7 +334,7 @@ mod tests {
     use super::*;
 
     fn run(l: Launcher, n: usize, overlap: bool, seconds: f64, comm: f64, wait: f64) -> Run {
-        Run { launcher: l, ranks: n, tiles: [1, n], overlap, seconds, compute: seconds - comm - wait, comm, wait, compute_max: seconds, halo_bytes: 0.0, halo_messages: 0.0, meas_bytes_max: 0.0 }
+        Run { launcher: l, ranks: n, tiles: [1, n], overlap, seconds, compute: seconds - comm - wait, comm, wait, compute_max: seconds, halo_bytes: 0.0, halo_messages: 0.0, meas_bytes_max: 0.0, per_rank_max: PerRank::default(), per_rank_mean: PerRank::default(), allreduces: 0.0, field_bytes_max: 0.0, peak_rss_max: 0.0 }
     }
 
     #[test]

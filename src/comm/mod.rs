@@ -36,6 +36,8 @@ pub struct CommStats {
     pub messages_sent: u64,
     /// Number of collective calls (all-reduce, gather, barrier) this rank took part in.
     pub collectives: u64,
+    /// Nanoseconds this rank spent inside all-reduces (waiting for peers included).
+    pub allreduce_ns: u64,
 }
 
 /// Rank-to-rank communication. One implementation per transport; engines see only this.

@@ -386,11 +386,14 @@ impl MpiComm {
     fn allreduce_with(&mut self, data: &mut [f64], combine: fn(&mut [f64], &[f64])) -> Result<()> {
         self.check_thread("allreduce")?;
         self.stats.collectives += 1;
+        let t = std::time::Instant::now();
         let (rank, size) = (self.rank, self.size);
         for part in data.chunks_mut(REDUCE_CHUNK) {
             tree_allreduce(self, rank, size, part, combine)?;
         }
-        self.wait_pending("allreduce: completing sends", true)
+        let r = self.wait_pending("allreduce: completing sends", true);
+        self.stats.allreduce_ns += t.elapsed().as_nanos() as u64;
+        r
     }
 }
 

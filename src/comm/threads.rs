@@ -171,8 +171,11 @@ impl ThreadComm {
     /// transport's channels: same order of combination, so bit-identical results.
     fn allreduce_with(&mut self, data: &mut [f64], combine: fn(&mut [f64], &[f64])) -> Result<()> {
         self.stats.collectives += 1;
+        let t = std::time::Instant::now();
         let (rank, size) = (self.rank, self.size);
-        tree_allreduce(self, rank, size, data, combine)
+        let r = tree_allreduce(self, rank, size, data, combine);
+        self.stats.allreduce_ns += t.elapsed().as_nanos() as u64;
+        r
     }
 }
 

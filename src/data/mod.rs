@@ -97,7 +97,7 @@ pub fn resolve_format(format: DataFormat, path: &Path, file: Option<&hdf5::File>
 }
 
 /// Largest read of patterns held at once by [`DataFile::read_intensities`] (bytes of f32).
-pub const READ_CHUNK_BYTES: usize = 64 << 20;
+pub const READ_CHUNK_BYTES: usize = 8 << 20;
 
 impl DataFile {
     /// Open and validate `cfg.data` in its format (`data.format`, auto-detected by default):
