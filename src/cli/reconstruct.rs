@@ -200,7 +200,10 @@ pub fn run_with(cfg: &Config, opts: RunOptions, progress: Progress) -> Result<Ou
             }
         }
         None => {
-            let mut results = comm::run_threads(cfg.parallel.ranks, |mut c| run_rank(cfg, &mut c, opts, progress))?;
+            // one tile plan for all thread ranks of this process (each rank computing its own
+            // would hold R plans of O(R) each: 6.5 GB at 1024 ranks, docs/scaling.md)
+            let plan = job_plan(cfg, &DataFile::open(cfg)?, cfg.parallel.ranks)?;
+            let mut results = comm::run_threads(cfg.parallel.ranks, |mut c| rank_run(cfg, &mut c, opts, progress, Some(&plan)))?;
             Ok(results.swap_remove(0))
         }
     }
@@ -300,8 +303,21 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 /// One rank's whole run (see the module docs for checkpoints and resuming).
 pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress) -> Result<Outcome> {
+    rank_run(cfg, c, ro, progress, None)
+}
+
+/// [`run_rank`] with the job's tile plan computed by the caller (`shared`, the same for
+/// every rank of the job) or, if `None`, by this rank.
+fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, shared: Option<&TilePlan>) -> Result<Outcome> {
     let df = DataFile::open(cfg)?;
-    let plan = job_plan(cfg, &df, c.size())?;
+    let own;
+    let plan = match shared {
+        Some(p) if p.n_ranks() == c.size() => p,
+        _ => {
+            own = job_plan(cfg, &df, c.size())?;
+            &own
+        }
+    };
     let rp = &plan.ranks[c.rank()];
     if c.rank() == 0 {
         tracing::info!(
