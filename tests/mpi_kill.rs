@@ -16,7 +16,14 @@ const VICTIM: usize = 5;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn mpirun() -> Option<&'static str> {
-    ["mpirun.mpich", "mpirun"].into_iter().find(|m| Command::new(m).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
+    ["mpirun.mpich", "mpirun"].into_iter().find(|m| {
+        Command::new(m)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    })
 }
 
 /// Parent pid from /proc/PID/stat (the field after the parenthesised command name).
@@ -33,7 +40,9 @@ fn ppid(pid: u32) -> Option<u32> {
 
 /// The environment of `pid` as (name, value) pairs (empty if unreadable or gone).
 fn environ(pid: u32) -> Vec<(String, String)> {
-    let Ok(b) = std::fs::read(format!("/proc/{pid}/environ")) else { return Vec::new() };
+    let Ok(b) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return Vec::new();
+    };
     b.split(|&c| c == 0)
         .filter_map(|kv| {
             let kv = String::from_utf8_lossy(kv);
@@ -44,24 +53,47 @@ fn environ(pid: u32) -> Vec<(String, String)> {
 }
 
 fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc").map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default()
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Live processes whose environment carries `marker` (every process of this job: mpirun,
 /// hydra's proxy, the ranks and their watchers).
 fn job_processes(marker: &str) -> Vec<u32> {
-    all_pids().into_iter().filter(|&p| ppid(p).is_some() && environ(p).iter().any(|(k, v)| k == "PTYTILE_KILL_TEST" && v == marker)).collect()
+    all_pids()
+        .into_iter()
+        .filter(|&p| {
+            ppid(p).is_some()
+                && environ(p)
+                    .iter()
+                    .any(|(k, v)| k == "PTYTILE_KILL_TEST" && v == marker)
+        })
+        .collect()
 }
 
 /// rank → pid of the ranks: children of hydra's proxy (itself a child of mpirun) with PMI_RANK.
 fn rank_pids(mpirun_pid: u32) -> Vec<(usize, u32)> {
     let pids = all_pids();
-    let proxies: Vec<u32> = pids.iter().copied().filter(|&p| ppid(p) == Some(mpirun_pid)).collect();
+    let proxies: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| ppid(p) == Some(mpirun_pid))
+        .collect();
     let mut ranks: Vec<(usize, u32)> = pids
         .iter()
         .copied()
         .filter(|&p| ppid(p).is_some_and(|pp| proxies.contains(&pp)))
-        .filter_map(|p| environ(p).into_iter().find(|(k, _)| k == "PMI_RANK").and_then(|(_, v)| v.parse().ok()).map(|r| (r, p)))
+        .filter_map(|p| {
+            environ(p)
+                .into_iter()
+                .find(|(k, _)| k == "PMI_RANK")
+                .and_then(|(_, v)| v.parse().ok())
+                .map(|r| (r, p))
+        })
         .collect();
     ranks.sort();
     ranks
@@ -96,14 +128,29 @@ fn sigkill_of_one_rank_ends_the_job_naming_it() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let sim = dir.path().join("sim.h5");
-    let o = Command::new(BIN).args(["simulate", "--output"]).arg(&sim).args(["--scan", "12x12", "--probe-size", "32"]).output().unwrap();
-    assert!(o.status.success(), "simulate: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(BIN)
+        .args(["simulate", "--output"])
+        .arg(&sim)
+        .args(["--scan", "12x12", "--probe-size", "32"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "simulate: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let (out_path, err_path) = (dir.path().join("mpirun.out"), dir.path().join("mpirun.err"));
     let marker = dir.path().display().to_string();
     let child = Command::new(mpi)
         .args(["-n", &RANKS.to_string(), BIN, "reconstruct"])
         .arg(dir.path().join("sim.toml"))
-        .args(["--iterations", "100000", "--set", "output.png=false", "--output"])
+        .args([
+            "--iterations",
+            "100000",
+            "--set",
+            "output.png=false",
+            "--output",
+        ])
         .arg(dir.path().join("recon.h5"))
         .env("HDF5_USE_FILE_LOCKING", "FALSE")
         .env("RUST_LOG", "info")
@@ -114,12 +161,25 @@ fn sigkill_of_one_rank_ends_the_job_naming_it() {
         .spawn()
         .expect("spawn mpirun");
     let mpirun_pid = child.id();
-    let mut job = Cleanup { child, marker: &marker };
-    let output = || format!("--- stdout\n{}--- stderr\n{}", read(&out_path), read(&err_path));
+    let mut job = Cleanup {
+        child,
+        marker: &marker,
+    };
+    let output = || {
+        format!(
+            "--- stdout\n{}--- stderr\n{}",
+            read(&out_path),
+            read(&err_path)
+        )
+    };
 
     // Wait for all 16 ranks and for rank 0 to log the first iteration, then a little more.
     let ranks = loop {
-        assert!(t0.elapsed() < LIMIT, "not iterating after {LIMIT:?}\n{}", output());
+        assert!(
+            t0.elapsed() < LIMIT,
+            "not iterating after {LIMIT:?}\n{}",
+            output()
+        );
         if let Some(st) = job.child.try_wait().unwrap() {
             panic!("mpirun ended before the kill: {st}\n{}", output());
         }
@@ -130,27 +190,52 @@ fn sigkill_of_one_rank_ends_the_job_naming_it() {
         std::thread::sleep(Duration::from_millis(100));
     };
     std::thread::sleep(Duration::from_secs(2));
-    assert!(job.child.try_wait().unwrap().is_none(), "mpirun ended before the kill\n{}", output());
+    assert!(
+        job.child.try_wait().unwrap().is_none(),
+        "mpirun ended before the kill\n{}",
+        output()
+    );
     let (r, victim) = ranks[VICTIM];
     assert_eq!(r, VICTIM, "{ranks:?}");
     eprintln!("ranks (rank, pid): {ranks:?}; at {:.1} s (2 s after rank 0 logged iteration 0): kill -9 {victim} (rank {VICTIM})", t0.elapsed().as_secs_f64());
     let killed = Instant::now();
-    assert!(Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap()
+        .success());
 
     let status = loop {
         if let Some(st) = job.child.try_wait().unwrap() {
             break st;
         }
-        assert!(t0.elapsed() < LIMIT, "mpirun still running {:?} after the kill\n{}", killed.elapsed(), output());
+        assert!(
+            t0.elapsed() < LIMIT,
+            "mpirun still running {:?} after the kill\n{}",
+            killed.elapsed(),
+            output()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let dt = killed.elapsed();
     let text = output();
-    let brief: String = text.lines().filter(|l| !l.contains(" INFO ")).map(|l| format!("{l}\n")).collect();
-    eprintln!("mpirun ended {dt:?} after the kill with {status} (output less INFO lines):\n{brief}");
+    let brief: String = text
+        .lines()
+        .filter(|l| !l.contains(" INFO "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    eprintln!(
+        "mpirun ended {dt:?} after the kill with {status} (output less INFO lines):\n{brief}"
+    );
     assert!(!status.success(), "mpirun exited 0 after a rank was killed");
-    assert!(dt < Duration::from_secs(10), "mpirun took {dt:?} to end after the kill");
-    assert!(text.contains(&format!("rank {VICTIM} (pid {victim} ")), "output does not name rank {VICTIM}\n{brief}");
+    assert!(
+        dt < Duration::from_secs(10),
+        "mpirun took {dt:?} to end after the kill"
+    );
+    assert!(
+        text.contains(&format!("rank {VICTIM} (pid {victim} ")),
+        "output does not name rank {VICTIM}\n{brief}"
+    );
 
     // No stray processes: everything carrying this job's marker is gone within 5 s.
     let t = Instant::now();
@@ -159,8 +244,14 @@ fn sigkill_of_one_rank_ends_the_job_naming_it() {
         if left.is_empty() {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "processes of the job left behind: {left:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "processes of the job left behind: {left:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("no process left; whole test {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "no process left; whole test {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 }

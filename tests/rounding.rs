@@ -20,14 +20,6 @@ use std::path::Path;
 /// iterations from a 1e-7 perturbation (measured: ≤ 3.4e-4, docs/algorithm.md §11).
 const MAX_GROWTH: f64 = 1e-3;
 
-fn recon(cfg: &Path, set: &[String]) -> ReconResult {
-    let mut set = set.to_vec();
-    set.extend(["parallel.ranks=1".to_string(), "output.png=false".to_string()]);
-    let c = Config::load(cfg, &set).unwrap();
-    reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap()
-}
-
-
 /// Uniform in [−1, 1) from a seeded SplitMix64 stream.
 fn noise(state: &mut u64) -> f32 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -44,34 +36,86 @@ fn noise(state: &mut u64) -> f32 {
 fn sensitivity(engine: &str, noise_model: &str) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::pbtio3_crop(dir.path(), 20);
-    let settings = |it: usize| vec![format!("reconstruction.engine=\"{engine}\""), format!("reconstruction.noise_model=\"{noise_model}\""), format!("reconstruction.iterations={it}")];
+    let settings = |it: usize| {
+        vec![
+            format!("reconstruction.engine=\"{engine}\""),
+            format!("reconstruction.noise_model=\"{noise_model}\""),
+            format!("reconstruction.iterations={it}"),
+        ]
+    };
     // the starting probe: the formed one, as a 1-iteration run without probe refinement keeps it
-    let mut start = recon(&cfg, &[settings(1), vec!["reconstruction.update_probe=false".into()]].concat());
-    start.object.data.iter_mut().for_each(|v| *v = Complex32::new(1.0, 0.0));
+    let mut start = common::recon_tiles(
+        &cfg,
+        [1, 1],
+        &[
+            settings(1),
+            vec!["reconstruction.update_probe=false".into()],
+        ]
+        .concat(),
+    );
+    start
+        .object
+        .data
+        .iter_mut()
+        .for_each(|v| *v = Complex32::new(1.0, 0.0));
     let base = dir.path().join("base.h5");
     write_result(&base, &start, false).unwrap();
     let mut s = 7u64;
-    start.object.data.iter_mut().for_each(|v| *v = Complex32::new(1.0 + 1e-7 * noise(&mut s), 1e-7 * noise(&mut s)));
+    start
+        .object
+        .data
+        .iter_mut()
+        .for_each(|v| *v = Complex32::new(1.0 + 1e-7 * noise(&mut s), 1e-7 * noise(&mut s)));
     let pert = dir.path().join("pert.h5");
     write_result(&pert, &start, false).unwrap();
-    let from = |p: &Path| recon(&cfg, &[settings(10), vec![format!("data.initial=\"{}\"", p.display())]].concat());
+    let from = |p: &Path| {
+        common::recon_tiles(
+            &cfg,
+            [1, 1],
+            &[
+                settings(10),
+                vec![format!("data.initial=\"{}\"", p.display())],
+            ]
+            .concat(),
+        )
+    };
     let (a, b) = (from(&base), from(&pert));
-    let d = (common::rel_l2(&b.object.data, &a.object.data), common::rel_l2(&b.probe, &a.probe));
+    let d = (
+        common::rel_l2(&b.object.data, &a.object.data),
+        common::rel_l2(&b.probe, &a.probe),
+    );
     // the same inside the scanned area (the bounding box of the probe centres)
-    let (lo, hi) = a.positions_px.iter().fold(([f64::MAX; 2], [f64::MIN; 2]), |(lo, hi), c| ([lo[0].min(c[0]), lo[1].min(c[1])], [hi[0].max(c[0]), hi[1].max(c[1])]));
+    let (lo, hi) = a
+        .positions_px
+        .iter()
+        .fold(([f64::MAX; 2], [f64::MIN; 2]), |(lo, hi), c| {
+            (
+                [lo[0].min(c[0]), lo[1].min(c[1])],
+                [hi[0].max(c[0]), hi[1].max(c[1])],
+            )
+        });
     let w = a.object.shape[1];
     let inside = |o: &ReconResult| -> Vec<Complex32> {
-        (lo[0] as usize..=hi[0] as usize).flat_map(|y| o.object.data[y * w + lo[1] as usize..=y * w + hi[1] as usize].to_vec()).collect()
+        (lo[0] as usize..=hi[0] as usize)
+            .flat_map(|y| o.object.data[y * w + lo[1] as usize..=y * w + hi[1] as usize].to_vec())
+            .collect()
     };
     let di = common::rel_l2(&inside(&b), &inside(&a));
-    eprintln!("rounding sensitivity | {engine} | {noise_model} | {:.1e} | {di:.1e} | {:.1e} |", d.0, d.1);
+    eprintln!(
+        "rounding sensitivity | {engine} | {noise_model} | {:.1e} | {di:.1e} | {:.1e} |",
+        d.0, d.1
+    );
     d
 }
 
 fn check(engine: &str) {
-    let d = ["poisson", "amplitude"].map(|noise_model| (noise_model, sensitivity(engine, noise_model)));
+    let d =
+        ["poisson", "amplitude"].map(|noise_model| (noise_model, sensitivity(engine, noise_model)));
     for (noise_model, (o, p)) in d {
-        assert!(o <= MAX_GROWTH && p <= MAX_GROWTH, "{engine} {noise_model}: a 1e-7 perturbation grows to object {o:.1e}, probe {p:.1e}");
+        assert!(
+            o <= MAX_GROWTH && p <= MAX_GROWTH,
+            "{engine} {noise_model}: a 1e-7 perturbation grows to object {o:.1e}, probe {p:.1e}"
+        );
     }
 }
 

@@ -32,22 +32,43 @@ impl Scan {
     fn centres(&self) -> Vec<[f64; 2]> {
         let side = (N as f64).sqrt() as usize;
         match *self {
-            Scan::Raster { step, origin } => (0..N).map(|j| [origin[0] + (j / side) as f64 * step, origin[1] + (j % side) as f64 * step]).collect(),
+            Scan::Raster { step, origin } => (0..N)
+                .map(|j| {
+                    [
+                        origin[0] + (j / side) as f64 * step,
+                        origin[1] + (j % side) as f64 * step,
+                    ]
+                })
+                .collect(),
             Scan::Fermat { c, origin } => {
                 let golden = std::f64::consts::PI * (3.0 - 5f64.sqrt());
                 let r_max = c * (N as f64).sqrt();
-                (0..N).map(|j| {
-                    let (r, t) = (c * (j as f64).sqrt(), j as f64 * golden);
-                    [origin[0] + r_max + r * t.sin(), origin[1] + r_max + r * t.cos()]
-                }).collect()
+                (0..N)
+                    .map(|j| {
+                        let (r, t) = (c * (j as f64).sqrt(), j as f64 * golden);
+                        [
+                            origin[0] + r_max + r * t.sin(),
+                            origin[1] + r_max + r * t.cos(),
+                        ]
+                    })
+                    .collect()
             }
             Scan::Jittered { step, jitter, seed } => {
                 let mut s = seed;
                 let mut u = || {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
                 };
-                (0..N).map(|j| [jitter + (j / side) as f64 * step + jitter * u(), jitter + (j % side) as f64 * step + jitter * u()]).collect()
+                (0..N)
+                    .map(|j| {
+                        [
+                            jitter + (j / side) as f64 * step + jitter * u(),
+                            jitter + (j % side) as f64 * step + jitter * u(),
+                        ]
+                    })
+                    .collect()
             }
         }
     }
@@ -55,16 +76,18 @@ impl Scan {
 
 fn scan() -> impl Strategy<Value = Scan> {
     prop_oneof![
-        (1.3f64..4.0, 0.0f64..1.0, 0.0f64..1.0).prop_map(|(step, y, x)| Scan::Raster { step, origin: [y, x] }),
-        (0.8f64..2.5, 0.0f64..1.0, 0.0f64..1.0).prop_map(|(c, y, x)| Scan::Fermat { c, origin: [y, x] }),
-        (1.5f64..4.0, 0.05f64..1.0, any::<u64>()).prop_map(|(step, jitter, seed)| Scan::Jittered { step, jitter, seed }),
+        (1.3f64..4.0, 0.0f64..1.0, 0.0f64..1.0).prop_map(|(step, y, x)| Scan::Raster {
+            step,
+            origin: [y, x]
+        }),
+        (0.8f64..2.5, 0.0f64..1.0, 0.0f64..1.0)
+            .prop_map(|(c, y, x)| Scan::Fermat { c, origin: [y, x] }),
+        (1.5f64..4.0, 0.05f64..1.0, any::<u64>()).prop_map(|(step, jitter, seed)| Scan::Jittered {
+            step,
+            jitter,
+            seed
+        }),
     ]
-}
-
-fn recon(cfg: &Path, tiles: [usize; 2], set: &[String]) -> ReconResult {
-    let mut set = set.to_vec();
-    set.extend([format!("parallel.ranks={}", tiles[0] * tiles[1]), format!("parallel.tiles=[{}, {}]", tiles[0], tiles[1]), "output.png=false".into()]);
-    reconstruct::run(&Config::load(cfg, &set).unwrap(), &|_, _, _, _| {}).unwrap().unwrap()
 }
 
 proptest! {
@@ -84,8 +107,8 @@ proptest! {
         let c: Vec<f64> = scan.centres().iter().flat_map(|c| [c[0], c[1]]).collect();
         hdf5::File::open_rw(&h5).unwrap().dataset("/data/positions_px").unwrap().write_raw(&c).unwrap();
         let set = vec![format!("reconstruction.engine=\"{engine}\""), format!("reconstruction.noise_model=\"{noise}\""), "reconstruction.iterations=3".into(), "dm.er_iterations=1".into()];
-        let one = recon(&cfg, [1, 1], &set);
-        let tiled = recon(&cfg, [tiles.0, tiles.1], &set);
+        let one = common::recon_tiles(&cfg, [1, 1], &set);
+        let tiled = common::recon_tiles(&cfg, [tiles.0, tiles.1], &set);
         let (eo, ep) = (common::rel_l2(&tiled.object.data, &one.object.data), common::rel_l2(&tiled.probe, &one.probe));
         eprintln!("{scan:?} tiles {tiles:?} {engine} {noise}: object {eo:.2e}, probe {ep:.2e}, loss {:.4e} → {:.4e}", one.loss[0], one.loss[2]);
         prop_assert!(eo <= 1e-6 && ep <= 1e-6, "{scan:?} tiles {tiles:?} {engine} {noise}: object {eo:.2e}, probe {ep:.2e}");

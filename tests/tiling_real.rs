@@ -17,14 +17,6 @@ use std::path::Path;
 /// Largest relative L2 difference accepted between a tiled and the 1-rank result.
 const TOL: f64 = 1e-6;
 
-fn recon(cfg: &Path, tiles: [usize; 2], extra: &[&str]) -> ReconResult {
-    let mut set = vec![format!("parallel.ranks={}", tiles[0] * tiles[1]), format!("parallel.tiles=[{}, {}]", tiles[0], tiles[1]), "output.png=false".into()];
-    set.extend(extra.iter().map(|s| s.to_string()));
-    let c = Config::load(cfg, &set).unwrap();
-    reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap()
-}
-
-
 /// Run `extra` on 1 rank and on `tilings`; assert every result within [`TOL`].
 fn assert_exact(extra: &[&str], tilings: &[[usize; 2]]) {
     let mut extra = extra.to_vec();
@@ -35,25 +27,44 @@ fn assert_exact(extra: &[&str], tilings: &[[usize; 2]]) {
 /// [`assert_exact`] with `tail` appended to the config (a `[[schedule]]` of 10 iterations)
 /// and `extra` as given.
 fn assert_exact_with(extra: &[&str], tail: &str, tilings: &[[usize; 2]]) {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::pbtio3_crop(dir.path(), 20);
     if !tail.is_empty() {
-        let toml = std::fs::read_to_string(&cfg).unwrap().replace("iterations = 20\n", "") + "\n" + tail;
+        let toml = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("iterations = 20\n", "")
+            + "\n"
+            + tail;
         cfg = cfg.with_file_name("schedule.toml");
         std::fs::write(&cfg, toml).unwrap();
     }
-    let one = recon(&cfg, [1, 1], &extra);
-    assert!(one.loss[9] < one.loss[0], "{extra:?} does not lower the loss: {:?}", one.loss);
+    let one = common::recon_tiles(&cfg, [1, 1], &extra);
+    assert!(
+        one.loss[9] < one.loss[0],
+        "{extra:?} does not lower the loss: {:?}",
+        one.loss
+    );
     let mut worst = Vec::new();
     for &t in tilings {
-        let r = recon(&cfg, t, &extra);
-        let (eo, ep) = (common::rel_l2(&r.object.data, &one.object.data), common::rel_l2(&r.probe, &one.probe));
-        eprintln!("{extra:?} tiles {t:?}: object {eo:.2e}, probe {ep:.2e}, loss {:.9e} vs {:.9e}", r.loss[9], one.loss[9]);
+        let r = common::recon_tiles(&cfg, t, &extra);
+        let (eo, ep) = (
+            common::rel_l2(&r.object.data, &one.object.data),
+            common::rel_l2(&r.probe, &one.probe),
+        );
+        eprintln!(
+            "{extra:?} tiles {t:?}: object {eo:.2e}, probe {ep:.2e}, loss {:.9e} vs {:.9e}",
+            r.loss[9], one.loss[9]
+        );
         if !(eo <= TOL && ep <= TOL) {
             worst.push(format!("{t:?}: object {eo:.2e}, probe {ep:.2e}"));
         }
     }
-    assert!(worst.is_empty(), "{extra:?}: tiled != single rank: {}", worst.join("; "));
+    assert!(
+        worst.is_empty(),
+        "{extra:?}: tiled != single rank: {}",
+        worst.join("; ")
+    );
 }
 
 const TILINGS: [[usize; 2]; 4] = [[1, 2], [2, 2], [3, 1], [4, 4]];
@@ -75,7 +86,13 @@ fn dm_real_data() {
 
 #[test]
 fn dm_amplitude_real_data() {
-    assert_exact(&["reconstruction.engine=\"dm\"", "reconstruction.noise_model=\"amplitude\""], &[[2, 2], [4, 4]]);
+    assert_exact(
+        &[
+            "reconstruction.engine=\"dm\"",
+            "reconstruction.noise_model=\"amplitude\"",
+        ],
+        &[[2, 2], [4, 4]],
+    );
 }
 
 #[test]
@@ -85,7 +102,13 @@ fn mlcg_real_data() {
 
 #[test]
 fn mlcg_amplitude_real_data() {
-    assert_exact(&["reconstruction.engine=\"mlcg\"", "reconstruction.noise_model=\"amplitude\""], &[[2, 2], [4, 4]]);
+    assert_exact(
+        &[
+            "reconstruction.engine=\"mlcg\"",
+            "reconstruction.noise_model=\"amplitude\"",
+        ],
+        &[[2, 2], [4, 4]],
+    );
 }
 
 /// dm for 5 iterations (the last 2 of them error reduction), then mlcg for 5.

@@ -93,11 +93,22 @@ pub(crate) enum TreePhase {
 }
 
 /// The point-to-point messages [`tree_allreduce`] needs from a transport. Payloads are f64
-/// values; `recv` must return exactly `n` values or an error naming the peer rank, and
-/// must never block forever (a dead or silent peer gives an error, as [`Comm::recv`]).
+/// values; `tree_recv` returns the values the peer sent (their count is checked by
+/// [`tree_allreduce`]) or an error naming the peer rank, and must never block forever (a
+/// dead or silent peer gives an error, as [`Comm::recv`]).
 pub(crate) trait TreeLink {
     fn tree_send(&mut self, to: usize, phase: TreePhase, data: &[f64]) -> Result<()>;
-    fn tree_recv(&mut self, from: usize, phase: TreePhase, n: usize) -> Result<Vec<f64>>;
+    fn tree_recv(&mut self, from: usize, phase: TreePhase) -> Result<Vec<f64>>;
+}
+
+/// [`TreeLink::tree_recv`] of exactly `n` values: a peer that passed another length is an
+/// error naming it.
+fn tree_recv_n(link: &mut dyn TreeLink, from: usize, phase: TreePhase, n: usize) -> Result<Vec<f64>> {
+    let v = link.tree_recv(from, phase)?;
+    if v.len() != n {
+        return Err(Error::new(format!("allreduce with rank {from}"), format!("rank {from} passed {} values, this rank {n}", v.len())));
+    }
+    Ok(v)
 }
 
 /// Deterministic all-reduce of `data` (f64, same length on every rank) over `size` ranks:
@@ -130,7 +141,7 @@ pub(crate) fn tree_allreduce(
             break;
         }
         if rank + mask < size {
-            let theirs = link.tree_recv(rank + mask, TreePhase::Reduce, data.len())?;
+            let theirs = tree_recv_n(link, rank + mask, TreePhase::Reduce, data.len())?;
             combine(data, &theirs);
         }
         mask <<= 1;
@@ -138,7 +149,7 @@ pub(crate) fn tree_allreduce(
     // Rank 0 is the root of subtrees of every size below `size`; rank r > 0 of lowbit(r).
     let top = if rank == 0 { size.next_power_of_two() } else { rank & rank.wrapping_neg() };
     if rank != 0 {
-        let result = link.tree_recv(rank - top, TreePhase::Broadcast, data.len())?;
+        let result = tree_recv_n(link, rank - top, TreePhase::Broadcast, data.len())?;
         data.copy_from_slice(&result);
     }
     let mut m = top >> 1;

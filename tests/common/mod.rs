@@ -88,3 +88,12 @@ pub fn rel_l2(a: &[num_complex::Complex32], b: &[num_complex::Complex32]) -> f64
     let n: f64 = b.iter().map(|x| x.norm_sqr() as f64).sum();
     (d / n).sqrt()
 }
+
+/// Reconstruct the config `cfg` on `tiles[0] × tiles[1]` thread ranks (that many tiles),
+/// with the overrides `set` and no PNGs; the result of rank 0.
+pub fn recon_tiles(cfg: &std::path::Path, tiles: [usize; 2], set: &[String]) -> ptytile::output::ReconResult {
+    let mut set = set.to_vec();
+    set.extend([format!("parallel.ranks={}", tiles[0] * tiles[1]), format!("parallel.tiles=[{}, {}]", tiles[0], tiles[1]), "output.png=false".into()]);
+    let c = Config::load(cfg, &set).unwrap();
+    reconstruct::run(&c, &|_, _, _, _| {}).unwrap().expect("rank 0 returns the result")
+}
