@@ -8,11 +8,7 @@
 mod common;
 
 use proptest::prelude::*;
-use ptytile::cli::reconstruct;
-use ptytile::config::Config;
-use ptytile::output::ReconResult;
 use ptytile::simulate::{simulate, write, SimParams};
-use std::path::Path;
 
 /// Number of scan positions of every case (the simulated counts are reused for each scan).
 const N: usize = 49;

@@ -9,11 +9,6 @@
 
 mod common;
 
-use ptytile::cli::reconstruct;
-use ptytile::config::Config;
-use ptytile::output::ReconResult;
-use std::path::Path;
-
 /// Largest relative L2 difference accepted between a tiled and the 1-rank result.
 const TOL: f64 = 1e-6;
 
