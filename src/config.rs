@@ -228,6 +228,21 @@ pub struct ReconstructionConfig {
     /// Step length in units of the preconditioned Newton/Fisher-scoring step (1 = full).
     #[serde(default = "unit_step")]
     pub step: f64,
+    /// Number of object slices S of the multislice model (docs/algorithm.md §12); 1 (the
+    /// default) is the single-slice model. S > 1 needs `slice_thickness_m` and runs the gd
+    /// and mlcg engines on the cpu backend.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub slices: usize,
+    /// Slice thickness Δz in m (multislice; e.g. 1.66e-10 for 33.2 Å in 20 slices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_thickness_m: Option<f64>,
+    /// Specimen tilt (y, x) in mrad, applied in the slice-to-slice propagator (multislice).
+    #[serde(default, skip_serializing_if = "is_zero2")]
+    pub specimen_tilt_mrad: [f64; 2],
+    /// Weight λ_z of the axial regulariser μ Σ_s |O_{s+1} − O_s|² (multislice), with μ =
+    /// λ_z × the mean counts per pattern (docs/algorithm.md §12); 0 turns it off.
+    #[serde(default = "axial_default", skip_serializing_if = "is_axial_default")]
+    pub axial_regularization: f64,
 }
 
 /// `[dm]`: difference map.
@@ -325,6 +340,12 @@ pub struct OutputConfig {
 /// Iterations of a run without `[[schedule]]` and without `reconstruction.iterations`.
 pub const DEFAULT_ITERATIONS: usize = 20;
 fn one() -> usize { 1 }
+fn is_one(v: &usize) -> bool { *v == 1 }
+fn is_zero2(v: &[f64; 2]) -> bool { v == &[0.0, 0.0] }
+/// Default `[reconstruction] axial_regularization`.
+pub const AXIAL_REGULARIZATION: f64 = 0.05;
+fn axial_default() -> f64 { AXIAL_REGULARIZATION }
+fn is_axial_default(v: &f64) -> bool { *v == AXIAL_REGULARIZATION }
 fn yes() -> bool { true }
 fn unit_step() -> f64 { 1.0 }
 fn dm_gamma() -> f64 { DM_GAMMA }
@@ -545,6 +566,7 @@ impl Config {
             ("reconstruction.iterations", self.total_iterations(), 0),
             ("reconstruction.probe_modes", r.probe_modes, 1),
             ("reconstruction.batches", r.batches, 1),
+            ("reconstruction.slices", r.slices, 1),
             ("parallel.ranks", self.parallel.ranks, 1),
         ];
         if let Some(t) = self.parallel.tiles {
@@ -596,6 +618,24 @@ impl Config {
                     format!("{}: engine {} runs on the cpu backend only (the GPU kernels cover gd and mlcg)", self.parallel.backend.name(), st.engine.name()),
                 ));
             }
+        }
+        if r.slices > 1 {
+            let Some(dz) = r.slice_thickness_m else {
+                return Err(Error::new("reconstruction.slice_thickness_m", format!("needed with reconstruction.slices = {}", r.slices)));
+            };
+            check_positive("reconstruction.slice_thickness_m", Some(dz))?;
+            if let Some(st) = self.stages().iter().find(|s| !matches!(s.engine, Engine::Gd | Engine::Mlcg)) {
+                return Err(Error::new("reconstruction.slices", format!("{}: engine {} runs the single-slice model only (multislice: gd, mlcg)", r.slices, st.engine.name())));
+            }
+            if self.parallel.backend != BackendKind::Cpu {
+                return Err(Error::new("reconstruction.slices", format!("{}: the multislice model runs on the cpu backend only (not {})", r.slices, self.parallel.backend.name())));
+            }
+        }
+        if !(r.axial_regularization.is_finite() && r.axial_regularization >= 0.0) {
+            return Err(Error::new("reconstruction.axial_regularization", "must be a number ≥ 0"));
+        }
+        if !r.specimen_tilt_mrad.iter().all(|t| t.is_finite() && t.abs() < 500.0) {
+            return Err(Error::new("reconstruction.specimen_tilt_mrad", "must be finite and below 500 mrad"));
         }
         let e = &self.experiment;
         for (key, v) in [
@@ -671,10 +711,11 @@ impl Config {
 /// Upper limits of counts in the config, beyond which a value is a typo, not a run:
 /// iterations (the loss history is kept), probe modes (each a full M × M field), mini-batches,
 /// thread ranks (one thread and n channels each; use MPI for more), tiles per axis.
-pub const LIMITS: [(&str, usize); 5] = [
+pub const LIMITS: [(&str, usize); 6] = [
     ("reconstruction.iterations", 1_000_000),
     ("reconstruction.probe_modes", 64),
     ("reconstruction.batches", 1 << 20),
+    ("reconstruction.slices", 1024),
     ("parallel.ranks", 1024),
     ("parallel.tiles", 1 << 16),
 ];
@@ -862,6 +903,33 @@ mod tests {
         assert_eq!(e.what, "experiment.angular_sampling_mrad");
         let e = Config::from_toml(MIN, &["iterations=3".into()]).unwrap_err();
         assert_eq!(e.what, "--set");
+    }
+
+    #[test]
+    fn multislice_options_are_checked_and_default_to_one_slice() {
+        let c = Config::from_toml(MIN, &[]).unwrap();
+        assert_eq!((c.reconstruction.slices, c.reconstruction.slice_thickness_m), (1, None));
+        // the defaults are not written out: a single-slice config (and its checkpoint job
+        // identity) reads as before
+        assert!(!c.to_toml().contains("slices") && !c.to_toml().contains("axial"), "{}", c.to_toml());
+        let set = |v: &[&str]| Config::from_toml(MIN, &v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let e = set(&["reconstruction.slices=4"]).unwrap_err();
+        assert_eq!(e.what, "reconstruction.slice_thickness_m", "{e}");
+        let ok = ["reconstruction.slices=4", "reconstruction.slice_thickness_m=2e-10"];
+        let c = set(&ok).unwrap();
+        assert!(c.to_toml().contains("slices = 4"), "{}", c.to_toml());
+        assert!(set(&[ok[0], ok[1], "reconstruction.engine=\"mlcg\""]).is_ok());
+        for engine in ["dm", "epie", "rpie"] {
+            let e = set(&[ok[0], ok[1], &format!("reconstruction.engine=\"{engine}\"")]).unwrap_err();
+            assert_eq!(e.what, "reconstruction.slices", "{e}");
+            assert!(e.msg.contains(engine), "{e}");
+        }
+        let e = set(&[ok[0], ok[1], "parallel.backend=\"cuda\""]).unwrap_err();
+        assert_eq!(e.what, "reconstruction.slices", "{e}");
+        assert_eq!(set(&["reconstruction.slices=0"]).unwrap_err().what, "reconstruction.slices");
+        assert_eq!(set(&[ok[0], "reconstruction.slice_thickness_m=-1e-10"]).unwrap_err().what, "reconstruction.slice_thickness_m");
+        assert_eq!(set(&["reconstruction.axial_regularization=-0.1"]).unwrap_err().what, "reconstruction.axial_regularization");
+        assert_eq!(set(&["reconstruction.specimen_tilt_mrad=[1.0, 1e9]"]).unwrap_err().what, "reconstruction.specimen_tilt_mrad");
     }
 
     #[test]

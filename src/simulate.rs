@@ -156,7 +156,7 @@ pub fn simulate(p: &SimParams) -> Result<Simulated> {
         probe::normalise(mode, total * p.mode_powers[j] / wsum);
     }
     let fft = Fft2::<f32>::new(m);
-    let kernel = Kernel { fft: fft.clone(), modes: k, noise: NoiseModel::Poisson, eps: 0.0, weights: None };
+    let kernel = Kernel { fft: fft.clone(), modes: k, noise: NoiseModel::Poisson, eps: 0.0, weights: None, propagator: Vec::new() };
     let geom: Vec<PositionGeom<f32>> = positions_px.iter().enumerate().map(|(j, c)| PositionGeom::new(j, *c, m)).collect();
     let ideal = model_intensities(&kernel, &object, &probe_spectrum(&fft, &modes), &geom);
     let mm = m * m;

@@ -92,7 +92,7 @@ fn forward_model_matches_measured_patterns() {
         let mean: f64 = df.read_intensities(&idx).unwrap().iter().map(|v| *v as f64).sum::<f64>() / idx.len() as f64;
         let mut p = probe.clone();
         ptytile::physics::probe::normalise(&mut p, mean);
-        let k = Kernel { fft: Fft2::new(m), modes: 1, noise: NoiseModel::Poisson, eps: 0.0, weights: None };
+        let k = Kernel { fft: Fft2::new(m), modes: 1, noise: NoiseModel::Poisson, eps: 0.0, weights: None, propagator: Vec::new() };
         let pos: Vec<PositionGeom<f32>> = idx.iter().map(|&j| PositionGeom::new(j, df.centres[j], m)).collect();
         let model = model_intensities(&k, &obj, &probe_spectrum(&k.fft, &p), &pos);
         let meas = df.read_intensities(&idx).unwrap();

@@ -49,6 +49,7 @@ fn case(m: usize, modes: usize, rows: usize, noise: NoiseModel, masked: bool, se
         noise,
         eps: 1e-3,
         weights: masked.then(|| (0..m * m).map(|i| if i % 37 == 5 { 0.0 } else { 1.0 }).collect()),
+        propagator: Vec::new(),
     };
     let probe_hat = probe_spectrum(&k.fft, &probe);
     let pos: Vec<PositionGeom<f32>> = (0..rows * 6)
@@ -289,7 +290,7 @@ fn hip_ten_iterations_match_cpu() {
 fn gpu_backends_fail_cleanly_without_a_gpu() {
     let c = case(16, 1, 1, NoiseModel::Poisson, false, 1);
     for kind in [BackendKind::Cuda, BackendKind::Hip] {
-        let k64 = Kernel { fft: Fft2::<f64>::new(16), modes: 1, noise: NoiseModel::Poisson, eps: 1e-3, weights: None };
+        let k64 = Kernel { fft: Fft2::<f64>::new(16), modes: 1, noise: NoiseModel::Poisson, eps: 1e-3, weights: None, propagator: Vec::new() };
         let p64: Arc<[PositionGeom<f64>]> = vec![PositionGeom::new(0, [10.0, 10.0], 16)].into();
         let e = backend::open(kind, &k64, p64, vec![0f32; 256].into(), None).err().unwrap();
         assert!(e.what.starts_with(&format!("--backend {}", kind.name())) && e.msg.contains("f32"), "{e}");

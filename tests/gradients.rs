@@ -6,6 +6,7 @@ use ptytile::backend::cpu::{gradients, model_intensities, probe_spectrum, Gradie
 use ptytile::config::NoiseModel;
 use ptytile::physics::fft::Fft2;
 use ptytile::physics::model::{shift_ramps, Field, PositionGeom};
+use ptytile::physics::multislice;
 
 const M: usize = 16;
 
@@ -54,7 +55,7 @@ fn case_with(noise: NoiseModel, modes: usize, raster: bool) -> Case {
             PositionGeom::new(j, c, M)
         })
         .collect();
-    let k = Kernel { fft: Fft2::new(M), modes, noise, eps: 1e-9, weights: None };
+    let k = Kernel { fft: Fft2::new(M), modes, noise, eps: 1e-9, weights: None, propagator: Vec::new() };
     // "measurements": the model of a perturbed object, scaled, plus deterministic noise
     let mut truth = obj.clone();
     truth.data.iter_mut().for_each(|z| *z *= C::from_polar(1.0 + 0.1 * r.next(), 0.3 * r.next()));
@@ -87,8 +88,9 @@ fn check_case(c: Case, noise: NoiseModel, modes: usize) {
     assert!(g.loss > 0.0);
     // object: pixels in the middle, near a window edge, and one no window touches
     let mut worst: f64 = 0.0;
-    for &(y, x) in &[(12usize, 14usize), (3, 5), (20, 9), (28, 33)] {
-        let i = y * c.obj.shape[1] + x;
+    let planes = c.obj.planes();
+    for (s, &(y, x)) in (0..planes).flat_map(|s| [(12usize, 14usize), (3, 5), (20, 9), (28, 33)].iter().map(move |p| (s, p))) {
+        let i = s * c.obj.plane_len() + y * c.obj.shape[1] + x;
         let (dre, dim) = fd(&c, &|d| {
             let mut o = c.obj.clone();
             o.data[i] += d;
@@ -98,7 +100,7 @@ fn check_case(c: Case, noise: NoiseModel, modes: usize) {
         let scale = want.norm().max(1e-3 * g.loss.abs() / 1e3);
         let err = ((dre - want.re).powi(2) + (dim - want.im).powi(2)).sqrt() / scale;
         worst = worst.max(err);
-        assert!(err < 1e-5, "{noise:?} K={modes} object ({y},{x}): FD ({dre:.6e},{dim:.6e}) vs 2g {want:.6e}");
+        assert!(err < 1e-5, "{noise:?} K={modes} S={planes} object slice {s} ({y},{x}): FD ({dre:.6e},{dim:.6e}) vs 2g {want:.6e}");
     }
     // probe: g_P = F⁻¹ ĝ_P (unitary), per mode
     let mut gp = vec![C::default(); modes * M * M];
@@ -116,10 +118,66 @@ fn check_case(c: Case, noise: NoiseModel, modes: usize) {
             });
             let want = 2.0 * gp[i];
             let err = ((dre - want.re).powi(2) + (dim - want.im).powi(2)).sqrt() / want.norm().max(1e-9);
-            assert!(err < 1e-5, "{noise:?} K={modes} probe mode {mode} ({y},{x}): FD ({dre:.6e},{dim:.6e}) vs 2g {want:.6e}");
+            assert!(err < 1e-5, "{noise:?} K={modes} S={planes} probe mode {mode} ({y},{x}): FD ({dre:.6e},{dim:.6e}) vs 2g {want:.6e}");
         }
     }
-    eprintln!("{noise:?} K={modes}: worst object relative error {worst:.2e}");
+    eprintln!("{noise:?} K={modes} S={planes}: worst object relative error {worst:.2e}");
+}
+
+/// The multislice model (docs/algorithm.md §12): `slices` planes of the case's object with
+/// phases spread over them and varied per slice, the Fresnel propagator over 2 Å at 300 kV
+/// for 0.2 Å pixels (up to 0.8 rad of propagation phase at the window's Nyquist frequency).
+fn multislice_case(noise: NoiseModel, modes: usize, slices: usize) -> Case {
+    let c = case(noise, modes);
+    let mut r = Lcg(11);
+    let h = multislice::fresnel_propagator(M, [0.2e-10, 0.2e-10], 1.9687e-12, 2e-10, [0.0, 0.0]);
+    let k = c.k.clone().with_propagator(&h);
+    let mut obj = c.obj.clone();
+    obj.data = Vec::new();
+    for _ in 0..slices {
+        obj.data.extend(c.obj.data.iter().map(|z| C::from_polar(z.norm().powf(0.5), z.arg() * (0.3 + r.next()))));
+    }
+    let mut truth = obj.clone();
+    truth.data.iter_mut().for_each(|z| *z *= C::from_polar(1.0 + 0.1 * r.next(), 0.3 * r.next()));
+    let ideal = model_intensities(&k, &truth, &probe_spectrum(&k.fft, &c.probe), &c.pos);
+    let meas = ideal.iter().map(|v| ((v * 1.3) + 0.2 * r.next()).round() as f32).collect();
+    Case { k, obj, meas, ..c }
+}
+
+#[test]
+fn gradient_fd_multislice_one_two_four_slices() {
+    for (noise, modes, slices) in [(NoiseModel::Poisson, 1, 1), (NoiseModel::Poisson, 1, 2), (NoiseModel::Amplitude, 2, 2), (NoiseModel::Poisson, 2, 4), (NoiseModel::Amplitude, 1, 4)] {
+        check_case(multislice_case(noise, modes, slices), noise, modes);
+    }
+}
+
+#[test]
+fn multislice_of_one_slice_is_the_single_slice_model_bit_for_bit() {
+    // S = 1 with a propagator set: the propagator is not used, the sums are today's
+    let c = case(NoiseModel::Poisson, 2);
+    let k = c.k.clone().with_propagator(&multislice::fresnel_propagator(M, [0.2e-10; 2], 1.9687e-12, 2e-10, [0.0, 0.0]));
+    let (a, b) = (eval(&c, &c.obj, &c.probe), gradients(&k, &c.obj, &probe_spectrum(&k.fft, &c.probe), &c.pos, &c.meas, true));
+    assert_eq!(a.loss.to_bits(), b.loss.to_bits());
+    assert_eq!(a.g_obj.data, b.g_obj.data);
+    assert_eq!(a.g_probe_hat, b.g_probe_hat);
+}
+
+#[test]
+fn multislice_with_vacuum_slices_equals_one_slice_propagated() {
+    // slices 1.. = 1 (vacuum): the exit wave is the single-slice one propagated over
+    // (S − 1) Δz, so the intensities equal those of the single-slice model whose probe is
+    // propagated by the same distance — H is unitary and commutes with nothing else here
+    let c = case(NoiseModel::Poisson, 1);
+    let dz = 2e-10;
+    let k = c.k.clone().with_propagator(&multislice::fresnel_propagator(M, [0.2e-10; 2], 1.9687e-12, dz, [0.0, 0.0]));
+    let mut obj = c.obj.clone();
+    obj.data.extend(std::iter::repeat(C::new(1.0, 0.0)).take(2 * c.obj.data.len()));
+    let ms = model_intensities(&k, &obj, &probe_spectrum(&k.fft, &c.probe), &c.pos);
+    let single = model_intensities(&c.k, &c.obj, &probe_spectrum(&c.k.fft, &c.probe), &c.pos);
+    // free-space propagation after the last slice changes the phase of the far field only
+    let worst = ms.iter().zip(&single).map(|(a, b)| (a - b).abs()).fold(0.0f64, f64::max);
+    let scale = single.iter().fold(0.0f64, |a, b| a.max(*b));
+    assert!(worst < 1e-9 * scale, "{worst} vs {scale}");
 }
 
 #[test]
@@ -159,7 +217,7 @@ fn shared_runs_equal_per_position_sums() {
         let ph = probe_spectrum(&c.k.fft, &c.probe);
         let all = gradients(&c.k, &c.obj, &ph, &c.pos, &c.meas, true);
         let mm = M * M;
-        let mut one = Gradients::<f64>::zeros(c.obj.origin, c.obj.shape, Some((modes, mm)));
+        let mut one = Gradients::<f64>::zeros(c.obj.origin, c.obj.shape, 1, Some((modes, mm)));
         for j in 0..c.pos.len() {
             let g = gradients(&c.k, &c.obj, &ph, &c.pos[j..j + 1], &c.meas[j * mm..(j + 1) * mm], true);
             one.g_obj.data.iter_mut().zip(&g.g_obj.data).for_each(|(a, b)| *a += *b);

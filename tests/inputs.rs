@@ -238,7 +238,7 @@ fn masked_pixels_do_not_count() {
         }
     }
     for noise in [NoiseModel::Poisson, NoiseModel::Amplitude] {
-        let k = |w: Option<Vec<f32>>| Kernel { fft: Fft2::new(m), modes: 1, noise, eps: 1e-3, weights: w };
+        let k = |w: Option<Vec<f32>>| Kernel { fft: Fft2::new(m), modes: 1, noise, eps: 1e-3, weights: w, propagator: Vec::new() };
         let masked = k(Some(weights.clone()));
         let ph = probe_spectrum(&masked.fft, &probe);
         let a = gradients(&masked, &obj, &ph, &pos, &meas, true);

@@ -150,7 +150,7 @@ fn tiled_gradient_equals_serial_f64() {
             let rp = &plan.ranks[c.rank()];
             let positions: Vec<PositionGeom<f64>> = rp.positions.iter().map(|&j| PositionGeom::new(j, centres[j], m)).collect();
             let intensities: Vec<f32> = rp.positions.iter().flat_map(|&j| meas[j * mm..(j + 1) * mm].iter().copied()).collect();
-            let kernel = Kernel { fft: Fft2::new(m), modes: 1, noise: NoiseModel::Poisson, eps: 1e-9, weights: None };
+            let kernel = Kernel { fft: Fft2::new(m), modes: 1, noise: NoiseModel::Poisson, eps: 1e-9, weights: None, propagator: Vec::new() };
             let problem = Problem::new(kernel, positions, rp.n_halo_positions, intensities, BackendKind::Cpu, None).unwrap();
             let f = rp.field;
             let mut object = Field::filled(f.origin(), f.shape(), Complex64::default());
@@ -162,7 +162,7 @@ fn tiled_gradient_equals_serial_f64() {
             let s = State { object, probe: probe.clone() };
             let mut st = Default::default();
             let mut rank = Rank::new(rp, &mut c, Decomposition::Tiled);
-            let g = gd::sum_gradients(&problem, &s, 0, 1, true, &mut rank, &mut st)?;
+            let g = gd::sum_gradients(&problem, &s, 0, 1, true, true, &mut rank, &mut st)?;
             Ok((rp.tile, gd::extract(&g.g_obj, &rp.tile), gd::extract(&g.d_obj, &rp.tile), g.g_probe_hat, g.loss))
         })
         .unwrap();

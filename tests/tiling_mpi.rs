@@ -65,7 +65,8 @@ fn mpirun_4_ranks_equals_single_rank() {
 }
 
 /// The real-data half of the promise under MPI: `mpirun -n 4` (2 × 2 tiles, each smaller
-/// than the 128-px window) equals one thread rank on the PbTiO3 crop, to 1e-6.
+/// than the 128-px window) equals one thread rank on the PbTiO3 crop, to 1e-6; and the
+/// multislice model (S = 3) on a crop of the thick PbTiO3 file.
 #[test]
 fn mpirun_4_ranks_equals_single_rank_real_data() {
     let Some(mpi) = mpirun() else {
@@ -78,8 +79,16 @@ fn mpirun_4_ranks_equals_single_rank_real_data() {
     let text = std::fs::read_to_string(&cfg).unwrap().replace("iterations = 20\n", "");
     std::fs::write(&sched, text + "\n[[schedule]]\nengine = \"dm\"\niterations = 5\n\n[[schedule]]\nengine = \"mlcg\"\niterations = 5\n").unwrap();
     let run = |launcher: Option<&str>, cfg: &std::path::Path, out: &str, extra: &[&str]| reconstruct(launcher, cfg, dir.path(), out, extra);
-    let cases: [(&str, &std::path::Path, Vec<&str>); 5] = [
+    let thick = common::pbtio3_thick_crop(&dir.path().join("thick"), 20);
+    let cases: [(&str, &std::path::Path, Vec<&str>); 6] = [
         ("gd", cfg.as_path(), vec!["--iterations", "10"]),
+        // multislice, S = 3, on the thick file with its shipped config (mlcg): every halo
+        // message carries all 3 slices
+        (
+            "mlcg multislice S = 3",
+            thick.as_path(),
+            vec!["--iterations", "10", "--set", "reconstruction.slices=3", "--set", "reconstruction.slice_thickness_m=11.07e-10", "--set", "reconstruction.axial_regularization=0.05"],
+        ),
         ("gd amplitude", cfg.as_path(), vec!["--iterations", "10", "--set", "reconstruction.noise_model=\"amplitude\""]),
         ("dm", cfg.as_path(), vec!["--iterations", "10", "--set", "reconstruction.engine=\"dm\""]),
         ("mlcg", cfg.as_path(), vec!["--iterations", "10", "--set", "reconstruction.engine=\"mlcg\""]),

@@ -5,7 +5,9 @@
 //! iterations must equal the 1-rank result to [`TOL`] relative (L2), for gd, dm, mlcg and a
 //! dm → mlcg schedule, with the Poisson and amplitude noise models. The tilings include
 //! tiles smaller than the 128-px window (every tile of 2 × 2 and 4 × 4 is), so halos
-//! span several owners. The same under `mpirun -n 4`: tests/tiling_mpi.rs.
+//! span several owners. The multislice model (S = 3 slices, all of them in every halo
+//! message) is checked the same way on a block of the thick PbTiO3 file. The same under
+//! `mpirun -n 4`: tests/tiling_mpi.rs.
 
 mod common;
 
@@ -22,9 +24,14 @@ fn assert_exact(extra: &[&str], tilings: &[[usize; 2]]) {
 /// [`assert_exact`] with `tail` appended to the config (a `[[schedule]]` of 10 iterations)
 /// and `extra` as given.
 fn assert_exact_with(extra: &[&str], tail: &str, tilings: &[[usize; 2]]) {
+    assert_exact_on(common::pbtio3_crop, extra, tail, tilings)
+}
+
+/// [`assert_exact_with`] on the crop that `crop` writes (thin or thick PbTiO3).
+fn assert_exact_on(crop: fn(&std::path::Path, usize) -> std::path::PathBuf, extra: &[&str], tail: &str, tilings: &[[usize; 2]]) {
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::pbtio3_crop(dir.path(), 20);
+    let mut cfg = crop(dir.path(), 20);
     if !tail.is_empty() {
         let toml = std::fs::read_to_string(&cfg)
             .unwrap()
@@ -111,4 +118,22 @@ fn mlcg_amplitude_real_data() {
 fn dm_then_mlcg_schedule_real_data() {
     let tail = "[[schedule]]\nengine = \"dm\"\niterations = 5\n\n[[schedule]]\nengine = \"mlcg\"\niterations = 5\n";
     assert_exact_with(&["dm.er_iterations=2"], tail, &TILINGS);
+}
+
+/// Multislice, S = 3 slices of 11.07 Å (the thick file's 33.2 Å), gd and mlcg with the
+/// axial regulariser on, on a block of the thick PbTiO3 file (issue "Multislice").
+const MULTISLICE: [&str; 4] = ["reconstruction.slices=3", "reconstruction.slice_thickness_m=11.07e-10", "reconstruction.axial_regularization=0.05", "reconstruction.iterations=10"];
+
+#[test]
+fn gd_multislice_real_data() {
+    let mut extra = MULTISLICE.to_vec();
+    extra.push("reconstruction.engine=\"gd\"");
+    assert_exact_on(common::pbtio3_thick_crop, &extra, "", &[[2, 2], [1, 2], [4, 4]]);
+}
+
+#[test]
+fn mlcg_multislice_real_data() {
+    let mut extra = MULTISLICE.to_vec();
+    extra.push("reconstruction.engine=\"mlcg\"");
+    assert_exact_on(common::pbtio3_thick_crop, &extra, "", &[[2, 2], [3, 1]]);
 }

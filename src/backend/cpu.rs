@@ -29,17 +29,34 @@ pub struct Kernel<T: Real> {
     /// Per-pixel likelihood weights [M(kx), M(ky)] in the kernel layout (1 = measured,
     /// 0 = bad detector pixel, excluded from loss and gradients); `None` = all 1.
     pub weights: Option<Vec<f32>>,
+    /// Multislice: the slice-to-slice propagator H_Δz ([`crate::physics::multislice`])
+    /// in the transposed kernel layout [kx][ky], divided by M² (the factor of a raw
+    /// forward and inverse transform pair). Empty for the single-slice model; required
+    /// when the object has more than one plane.
+    pub propagator: Vec<Complex<T>>,
 }
 
-/// Sums of per-position contributions (docs/algorithm.md §4). All sums over positions,
+impl<T: Real> Kernel<T> {
+    /// Set the multislice propagator from the unitary H_Δz in the transposed layout
+    /// [kx][ky] ([`crate::physics::multislice::fresnel_propagator`]); an empty `h` restores
+    /// the single-slice model.
+    pub fn with_propagator(mut self, h: &[Complex<f64>]) -> Self {
+        let sc2 = self.fft.scale().f64().powi(2);
+        self.propagator = h.iter().map(|v| Complex::new(T::of(v.re * sc2), T::of(v.im * sc2))).collect();
+        self
+    }
+}
+
+/// Sums of per-position contributions (docs/algorithm.md §4, multislice §12). All sums over positions,
 /// accumulated in f64 whatever the working precision: each position's contribution is
 /// computed identically under any tiling, so f64 sums make tiled and single-rank results
 /// agree to ~1e-16 before they are rounded back to the working precision.
 #[derive(Debug, Clone)]
 pub struct Gradients<T: Real> {
-    /// ∂L/∂O* on the object field's rectangle.
+    /// ∂L/∂O* on the object field's rectangle, one plane per slice.
     pub g_obj: Field<Complex<f64>>,
-    /// Object preconditioner Σ_jk |P_jk|² on the same rectangle.
+    /// Object preconditioner Σ_jk |P_jk|² on the same rectangle (multislice: Σ_jk |ψ_jks|²,
+    /// the wave incident on slice s), one plane per slice.
     pub d_obj: Field<f64>,
     /// ∂L/∂P̂*_k, the probe gradient in Fourier space, [K][kx][ky] (transposed layout);
     /// empty when the probe gradient was not asked for.
@@ -52,11 +69,12 @@ pub struct Gradients<T: Real> {
 }
 
 impl<T: Real> Gradients<T> {
-    /// Zero sums on the rectangle of `obj`, with probe sums for K modes of M² if `probe`.
-    pub fn zeros(origin: [i64; 2], shape: [usize; 2], probe: Option<(usize, usize)>) -> Self {
+    /// Zero sums on a rectangle with `planes` slices, with probe sums for K modes of M² if
+    /// `probe`.
+    pub fn zeros(origin: [i64; 2], shape: [usize; 2], planes: usize, probe: Option<(usize, usize)>) -> Self {
         Gradients {
-            g_obj: Field::filled(origin, shape, Complex::default()),
-            d_obj: Field::filled(origin, shape, 0.0),
+            g_obj: Field::stack(origin, shape, planes, Complex::default()),
+            d_obj: Field::stack(origin, shape, planes, 0.0),
             g_probe_hat: probe.map(|(k, mm)| vec![Complex::default(); k * mm]).unwrap_or_default(),
             d_probe: probe.map(|(_, mm)| vec![0.0; mm]).unwrap_or_default(),
             loss: 0.0,
@@ -78,9 +96,13 @@ pub fn probe_spectrum<T: Real>(fft: &Fft2<T>, probe: &[Complex<T>]) -> Vec<Compl
 }
 
 /// Per-thread work buffers: shifted probe modes `pj` and raw far fields `psi` ([K][M²]),
-/// difference-map far fields `x` ([K][M²], empty unless asked for), one-mode temporaries.
+/// difference-map far fields `x` ([K][M²], empty unless asked for), one-mode temporaries;
+/// multislice: the waves incident on slices 1..S `waves` ([K][S−1][M²]) and a second
+/// temporary `w2`, sized on first use.
 pub(crate) struct Work<T> {
     pub(crate) pj: Vec<Complex<T>>,
+    pub(crate) waves: Vec<Complex<T>>,
+    pub(crate) w2: Vec<Complex<T>>,
     pub(crate) psi: Vec<Complex<T>>,
     pub(crate) x: Vec<Complex<T>>,
     pub(crate) w1: Vec<Complex<T>>,
@@ -97,6 +119,8 @@ impl<T: Real> Work<T> {
         let z = Complex::default();
         Work {
             pj: vec![z; k.modes * mm],
+            waves: Vec::new(),
+            w2: Vec::new(),
             psi: vec![z; k.modes * mm],
             x: if dm { vec![z; k.modes * mm] } else { Vec::new() },
             w1: vec![z; mm],
@@ -170,6 +194,7 @@ pub fn difference_map<T: Real>(
     step: DmStep,
 ) -> Gradients<T> {
     assert_eq!(exit.len(), pos.len() * k.modes * k.fft.size().pow(2), "exit waves do not match positions");
+    assert_eq!(obj.planes(), 1, "the difference map runs the single-slice model");
     let DmStep { beta, gamma, error_reduction: er } = step;
     accumulate(k, obj, probe_hat, pos, meas, want_probe, Adjoint::DifferenceMap { exit, init, er, beta: T::of(beta), gamma: T::of(gamma) })
 }
@@ -211,7 +236,7 @@ fn accumulate<T: Real>(
     let n = pos.len();
     let probe_dims = if want_probe { Some((k.modes, mm)) } else { None };
     if n == 0 {
-        return Gradients::zeros(obj.origin, obj.shape, probe_dims);
+        return Gradients::zeros(obj.origin, obj.shape, obj.planes(), probe_dims);
     }
     let bounds = slab_bounds(n);
     // one adjoint per slab: the exit waves are split along the slab bounds
@@ -232,7 +257,7 @@ fn accumulate<T: Real>(
     // of its windows) live only until they are added, in slab order (so the sum does not
     // depend on the thread count, and the memory of the partials is bounded by the group)
     let group = 2 * rayon::current_num_threads().max(1);
-    let mut g = Gradients::zeros(obj.origin, obj.shape, probe_dims);
+    let mut g = Gradients::zeros(obj.origin, obj.shape, obj.planes(), probe_dims);
     let mut ops = ops.into_iter();
     for bs in bounds.chunks(group) {
         let parts: Vec<Slab> = ops
@@ -293,7 +318,7 @@ pub fn probe_sums<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, pos: &[Positi
             (gp, dp)
         })
         .collect();
-    let mut g = Gradients::zeros([0, 0], [0, 0], Some((k.modes, mm)));
+    let mut g = Gradients::zeros([0, 0], [0, 0], 1, Some((k.modes, mm)));
     for (gp, dp) in &parts {
         g.g_probe_hat.iter_mut().zip(gp).for_each(|(a, b)| *a += *b);
         g.d_probe.iter_mut().zip(dp).for_each(|(a, b)| *a += *b);
@@ -328,15 +353,19 @@ pub fn loss<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Comple
     parts.iter().sum()
 }
 
-/// `dst += src` where `src`'s rectangle lies inside `dst`'s.
+/// `dst += src` where `src`'s rectangle lies inside `dst`'s, plane by plane (both have the
+/// same number of planes).
 pub fn add_field<V: Copy + std::ops::Add<Output = V>>(dst: &mut Field<V>, src: &Field<V>) {
     let oy = (src.origin[0] - dst.origin[0]) as usize;
     let ox = (src.origin[1] - dst.origin[1]) as usize;
     let w = src.shape[1];
-    for y in 0..src.shape[0] {
-        let d = &mut dst.data[(oy + y) * dst.shape[1] + ox..][..w];
-        for (a, b) in d.iter_mut().zip(&src.data[y * w..(y + 1) * w]) {
-            *a = *a + *b;
+    let (dl, sl) = (dst.plane_len(), src.plane_len());
+    for s in 0..src.planes().min(dst.planes()) {
+        for y in 0..src.shape[0] {
+            let d = &mut dst.data[s * dl + (oy + y) * dst.shape[1] + ox..][..w];
+            for (a, b) in d.iter_mut().zip(&src.data[s * sl + y * w..s * sl + (y + 1) * w]) {
+                *a = *a + *b;
+            }
         }
     }
 }
@@ -429,8 +458,8 @@ fn slab<T: Real>(
     let x1 = pos.iter().map(|p| p.window[1]).max().unwrap_or(obj.origin[1]) + m as i64;
     let shape = [(y1 - y0) as usize, (x1 - x0) as usize];
     let mut s = Slab {
-        g: Field::filled([y0, x0], shape, Complex::default()),
-        d: Field::filled([y0, x0], shape, 0.0),
+        g: Field::stack([y0, x0], shape, obj.planes(), Complex::default()),
+        d: Field::stack([y0, x0], shape, obj.planes(), 0.0),
         gp: if want_probe { vec![Complex::default(); km * mm] } else { Vec::new() },
         dp: if want_probe { vec![0.0; mm] } else { Vec::new() },
         loss: 0.0,
@@ -465,7 +494,6 @@ fn slab<T: Real>(
             // g_P̂ += conj(ramp) F(O* b)
             let (gy, gx) = ((p.window[0] - y0) as usize, (p.window[1] - x0) as usize);
             for mode in 0..km {
-                let pj = &w.pj[mode * mm..(mode + 1) * mm];
                 match &mut op {
                     Adjoint::Gradient => {
                         T::mul_real(&mut w.w1, &w.psi[mode * mm..(mode + 1) * mm], &w.wt);
@@ -480,6 +508,7 @@ fn slab<T: Real>(
                         T::mul_real(&mut w.w1, &far[mode * mm..(mode + 1) * mm], &w.wt);
                         k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
                         let e = &mut exit[(j * km + mode) * mm..(j * km + mode + 1) * mm];
+                        let pj = &w.pj[mode * mm..(mode + 1) * mm];
                         for (y, ((er, br), pr)) in e.chunks_exact_mut(m).zip(w.b.chunks_exact_mut(m)).zip(pj.chunks_exact(m)).enumerate() {
                             for ((ev, bv), (pv, ov)) in er.iter_mut().zip(br.iter_mut()).zip(pr.iter().zip(orow(y))) {
                                 *ev = if reduce { *bv } else { *ev + (*bv - *pv * *ov) * beta };
@@ -488,7 +517,12 @@ fn slab<T: Real>(
                         }
                     }
                 }
+                if obj.planes() > 1 {
+                    back_propagate_slices(k, obj, (oy, ox), &mut s.g, &mut s.d, (gy, gx), mode, &mut w);
+                }
                 // g_O += P* b, D_O += |P|², and for the probe gradient w1 = O* b, D_P += |O|²
+                // (multislice: slice 0 and the wave incident on it, the shifted probe)
+                let pj = &w.pj[mode * mm..(mode + 1) * mm];
                 for (y, ((pr, br), t)) in pj.chunks_exact(m).zip(w.b.chunks_exact(m)).zip(w.w1.chunks_exact_mut(m)).enumerate() {
                     let row = (gy + y) * gw + gx;
                     let dp = if want_probe && mode == 0 { Some(&mut s.dp[y * m..(y + 1) * m]) } else { None };
@@ -599,7 +633,6 @@ pub(crate) fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat
     let sc = k.fft.scale();
     let ow = obj.shape[1];
     let (oy, ox) = window_offset(obj, p, m);
-    let orow = |y: usize| &obj.data[(oy + y) * ow + ox..][..m];
     let km = k.modes;
     // forward: P_jk = S_j P_k (probe spectrum × ramp, inverse FFT), ψ = P_jk O_j, Ψ = F ψ
     for mode in 0..km {
@@ -620,8 +653,16 @@ pub(crate) fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat
                 k.fft.inverse_t_raw(&mut w.w1, pj, &mut w.scratch);
             }
         }
-        for (y, (dst, pr)) in w.w1.chunks_exact_mut(m).zip(pj.chunks_exact(m)).enumerate() {
-            T::cmul(dst, pr, orow(y));
+        let planes = obj.planes();
+        if planes > 1 {
+            propagate_slices(k, obj, (oy, ox), mode, w);
+        }
+        // the wave incident on the last slice (the shifted probe for a single slice) times
+        // that slice, to the far field
+        let last = (planes - 1) * obj.plane_len();
+        let src = if planes > 1 { &w.waves[(mode * (planes - 1) + planes - 2) * mm..][..mm] } else { &w.pj[mode * mm..(mode + 1) * mm] };
+        for (y, (dst, pr)) in w.w1.chunks_exact_mut(m).zip(src.chunks_exact(m)).enumerate() {
+            T::cmul(dst, pr, &obj.data[last + (oy + y) * ow + ox..][..m]);
         }
         k.fft.forward_t_raw(&mut w.w1, &mut w.psi[mode * mm..(mode + 1) * mm], &mut w.scratch);
     }
@@ -629,6 +670,63 @@ pub(crate) fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat
     T::norm(&mut w.im, &w.psi[..mm]);
     for mode in 1..km {
         T::acc_norm(&mut w.im, &w.psi[mode * mm..(mode + 1) * mm]);
+    }
+}
+
+/// Multislice forward model of one position and probe mode (docs/algorithm.md §12): from
+/// the shifted probe ψ_0 = `w.pj[mode]`, the waves incident on slices 1..S−1,
+/// ψ_{s+1} = F⁻¹[H_Δz · F(ψ_s · O_s)], into `w.waves[mode]` ([S−1][M][M]); `(oy, ox)` is
+/// the window's local origin in `obj` (S planes).
+fn propagate_slices<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, (oy, ox): (usize, usize), mode: usize, w: &mut Work<T>) {
+    let m = k.fft.size();
+    let mm = m * m;
+    let planes = obj.planes();
+    assert_eq!(k.propagator.len(), mm, "a multislice object needs the kernel's propagator");
+    let need = k.modes * (planes - 1) * mm;
+    if w.waves.len() != need {
+        w.waves.resize(need, Complex::default());
+    }
+    if w.w2.len() != mm {
+        w.w2.resize(mm, Complex::default());
+    }
+    let (ow, pl) = (obj.shape[1], obj.plane_len());
+    for s in 0..planes - 1 {
+        let (done, rest) = w.waves.split_at_mut((mode * (planes - 1) + s) * mm);
+        let src = if s == 0 { &w.pj[mode * mm..(mode + 1) * mm] } else { &done[(mode * (planes - 1) + s - 1) * mm..][..mm] };
+        for (y, (dst, pr)) in w.w1.chunks_exact_mut(m).zip(src.chunks_exact(m)).enumerate() {
+            T::cmul(dst, pr, &obj.data[s * pl + (oy + y) * ow + ox..][..m]);
+        }
+        k.fft.forward_t_raw(&mut w.w1, &mut w.w2, &mut w.scratch);
+        for (v, h) in w.w2.iter_mut().zip(&k.propagator) {
+            *v = *v * *h;
+        }
+        k.fft.inverse_t_raw(&mut w.w2, &mut rest[..mm], &mut w.scratch);
+    }
+}
+
+/// The adjoint of the slices after the first, for one position and probe mode: from
+/// `w.b` = ∂L/∂χ* of the exit wave χ = ψ_{S−1} O_{S−1}, adds the gradient and
+/// preconditioner of slices S−1..1 (g_s += conj(ψ_s) b_s, d_s += |ψ_s|², planes of the
+/// slab's sums `g`, `d` at local origin (gy, gx)) and back-propagates
+/// b_{s−1} = F⁻¹[conj(H_Δz) · F(conj(O_s) b_s)], leaving b_0 in `w.b` (what the
+/// single-slice adjoint then takes with the probe and slice 0).
+#[allow(clippy::too_many_arguments)]
+fn back_propagate_slices<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, (oy, ox): (usize, usize), g: &mut Field<Complex<f64>>, d: &mut Field<f64>, (gy, gx): (usize, usize), mode: usize, w: &mut Work<T>) {
+    let m = k.fft.size();
+    let mm = m * m;
+    let planes = obj.planes();
+    let (ow, pl, gw, gpl) = (obj.shape[1], obj.plane_len(), g.shape[1], g.plane_len());
+    for s in (1..planes).rev() {
+        let wave = &w.waves[(mode * (planes - 1) + s - 1) * mm..][..mm];
+        for (y, (pr, (br, t))) in wave.chunks_exact(m).zip(w.b.chunks_exact(m).zip(w.w1.chunks_exact_mut(m))).enumerate() {
+            let row = s * gpl + (gy + y) * gw + gx;
+            T::adjoint_row(&mut g.data[row..row + m], &mut d.data[row..row + m], t, None, pr, br, &obj.data[s * pl + (oy + y) * ow + ox..][..m]);
+        }
+        k.fft.forward_t_raw(&mut w.w1, &mut w.w2, &mut w.scratch);
+        for (v, h) in w.w2.iter_mut().zip(&k.propagator) {
+            *v = *v * h.conj();
+        }
+        k.fft.inverse_t_raw(&mut w.w2, &mut w.b, &mut w.scratch);
     }
 }
 

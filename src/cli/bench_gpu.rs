@@ -88,7 +88,7 @@ fn problem(n: usize, m: usize, modes: usize) -> Result<Synthetic> {
     let exp = Experiment { wavelength_m: wl, pixel_size_m: [px, px], detector_px: m, convergence_semiangle_rad: Some(22e-3), defocus_m: 150e-10, c30_m: 0.0, dtheta_rad: dtheta };
     let p0 = crate::physics::probe::form_probe(&exp, 16_300.0)?;
     let probe = crate::physics::probe::initial_modes(&p0, m, modes);
-    let kernel = Kernel { fft: Fft2::new(m), modes, noise: NoiseModel::Poisson, eps: 1e-3, weights: None };
+    let kernel = Kernel { fft: Fft2::new(m), modes, noise: NoiseModel::Poisson, eps: 1e-3, weights: None, propagator: Vec::new() };
     Ok(Synthetic { kernel, obj, probe, pos })
 }
 

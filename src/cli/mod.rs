@@ -99,7 +99,9 @@ enum Cmd {
         recon: PathBuf,
         /// A file holding the true object (e.g. the dataset itself).
         truth: PathBuf,
-        /// HDF5 path of the truth (default: /ground_truth/transmission_recon, /ground_truth/object, /object).
+        /// HDF5 path of the truth (default: /ground_truth/transmission_recon, /ground_truth/object, /object;
+        /// for a multislice result /ground_truth/projected_potential_recon first). A float dataset is a
+        /// projected potential (V·Å): phases are then compared without wrapping (docs/compare.md).
         #[arg(long)]
         truth_dataset: Option<String>,
     },

@@ -24,7 +24,7 @@ use crate::output::checkpoint::{self, Job, RankSnapshot};
 use crate::output::ReconResult;
 use crate::physics::fft::Fft2;
 use crate::physics::model::{Field, PositionGeom};
-use crate::physics::probe;
+use crate::physics::{multislice, probe};
 use crate::tiling::{self, RankPlan, TilePlan};
 use num_complex::Complex32;
 use std::path::{Path, PathBuf};
@@ -73,8 +73,8 @@ pub fn rank_bytes(cfg: &Config, df: &DataFile, rp: &RankPlan) -> (u64, u64) {
         ParallelMode::Tiled => rp.positions.len() as u64,
         ParallelMode::Replicated => df.n as u64, // the baseline loads every pattern
     };
-    // object (complex f32) + gradient sums (complex f64) + preconditioner sums (f64)
-    (patterns * mm * 4, rp.field_pixels() as u64 * (8 + 16 + 8))
+    // object (complex f32) + gradient sums (complex f64) + preconditioner sums (f64), per slice
+    (patterns * mm * 4, rp.field_pixels() as u64 * (8 + 16 + 8) * cfg.reconstruction.slices as u64)
 }
 
 /// Build one rank's problem and initial state.
@@ -131,16 +131,42 @@ pub fn setup(cfg: &Config, df: &DataFile, rp: &RankPlan, comm: &mut dyn Comm) ->
     };
     let positions: Vec<PositionGeom<f32>> = rp.positions.iter().map(|&j| PositionGeom::new(j, df.centres[j], m)).collect();
     let eps = crate::physics::model::intensity_floor(mean_counts, mm) as f32;
-    let kernel = Kernel { fft: Fft2::new(m), modes: k, noise: cfg.reconstruction.noise_model, eps, weights: df.kernel_weights() };
+    let mut kernel = Kernel { fft: Fft2::new(m), modes: k, noise: cfg.reconstruction.noise_model, eps, weights: df.kernel_weights(), propagator: Vec::new() };
+    let r = &cfg.reconstruction;
+    let slices = r.slices;
+    if slices > 1 {
+        let dz = r.slice_thickness_m.unwrap_or(0.0);
+        let tilt = [r.specimen_tilt_mrad[0] * 1e-3, r.specimen_tilt_mrad[1] * 1e-3];
+        kernel = kernel.with_propagator(&multislice::fresnel_propagator(m, df.experiment.pixel_size_m, df.experiment.wavelength_m, dz, tilt));
+    }
     let object = match &initial {
-        Some(i) => i.object_on(rp.field.origin(), rp.field.shape()),
-        None => Field::filled(rp.field.origin(), rp.field.shape(), Complex32::new(1.0, 0.0)),
+        Some(i) => i.object_on(rp.field.origin(), rp.field.shape(), slices).map_err(|e| Error::new(cfg.data.initial.as_deref().unwrap_or(Path::new("")).display().to_string(), e.msg))?,
+        None => Field::stack(rp.field.origin(), rp.field.shape(), slices, Complex32::new(1.0, 0.0)),
     };
     let state = State { object, probe };
     // the GPU a rank uses: its node-local rank under a launcher, else its thread-rank index
     let local = crate::backend::local_rank().unwrap_or(comm.rank());
-    let problem = Problem::new(kernel, positions, rp.n_halo_positions, intensities, cfg.parallel.backend, Some(local))?;
+    let mut problem = Problem::new(kernel, positions, rp.n_halo_positions, intensities, cfg.parallel.backend, Some(local))?;
+    if slices > 1 {
+        problem.axial = r.axial_regularization * mean_counts * scan_density(&df.centres);
+    }
     Ok((problem, state))
+}
+
+/// Scan positions per object pixel²: N over the area of the positions' bounding box (at
+/// least one pixel per side), the same on every rank. The data term's object
+/// preconditioner Σ_j |P_j|² is about (mean counts) × this, which sets the axial
+/// regulariser's scale (docs/algorithm.md §12).
+pub fn scan_density(centres: &[[f64; 2]]) -> f64 {
+    let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
+    for c in centres {
+        for a in 0..2 {
+            lo[a] = lo[a].min(c[a]);
+            hi[a] = hi[a].max(c[a]);
+        }
+    }
+    let side = |a: usize| (hi[a] - lo[a]).max(1.0);
+    centres.len() as f64 / (side(0) * side(1))
 }
 
 /// How a run ended.
@@ -446,11 +472,12 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     let tile = gd::extract(&carry.state.object, &rp.tile);
     let tiles = c.gather(bytemuck::cast_slice(&tile).to_vec())?;
     let Some(tiles) = tiles else { return Ok(Outcome::Finished(None)) };
-    let mut object = Field::filled([0, 0], df.object_shape, Complex32::new(1.0, 0.0));
+    let slices = carry.state.object.planes();
+    let mut object = Field::stack([0, 0], df.object_shape, slices, Complex32::new(1.0, 0.0));
     for (r, bytes) in tiles.iter().enumerate() {
         let vals: Vec<Complex32> = bytemuck::pod_collect_to_vec(bytes);
         let rect = plan.ranks[r].tile;
-        if vals.len() != rect.area() {
+        if vals.len() != rect.area() * slices {
             return Err(Error::new(format!("rank {r}"), "tile of the wrong size"));
         }
         gd::write_rect(&mut object, &rect, &vals);
@@ -460,6 +487,7 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
         ("seconds_per_iteration".into(), secs / (iterations - start).max(1) as f64),
         ("wavelength_m".into(), df.experiment.wavelength_m),
         ("ranks".into(), c.size() as f64),
+        ("slices".into(), slices as f64),
         ("tiles_y".into(), plan.tiles[0] as f64),
         ("tiles_x".into(), plan.tiles[1] as f64),
         ("measurement_bytes_max_rank".into(), mx[0]),
@@ -490,6 +518,9 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     ];
     if ro.resume.is_some() {
         attrs.push(("resumed_from_iteration".into(), start as f64));
+    }
+    if slices > 1 {
+        attrs.push(("slice_thickness_m".into(), cfg.reconstruction.slice_thickness_m.unwrap_or(0.0)));
     }
     Ok(Outcome::Finished(Some(ReconResult {
         object,

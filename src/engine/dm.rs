@@ -66,7 +66,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, i
     let g = halo_first_sums(p, rank, &mut st, |r| {
         let (pos, meas) = (&p.positions[r.clone()], &p.intensities[r.start * mm..r.end * mm]);
         Ok(difference_map(&p.kernel, object, &ph, pos, meas, false, &mut exit[r.start * kmm..r.end * kmm], init, step))
-    })?;
+    }, |_| {})?;
     st.loss = g.loss;
     let dmax = global_max_in(&g.d_obj, rank, &mut st)?;
     let mut t = Instant::now();

@@ -32,11 +32,15 @@ pub const TAG_DIRECTION: u32 = 13;
 /// the rank's tile (halo pixels hold partial sums), and the probe sums and loss are global.
 ///
 /// Errors: a failed peer or transport (naming the peer rank), a backend failure from `sum`.
+///
+/// `local` adds terms that need no message to the completed tile sums before the
+/// all-reduce (the axial regulariser of multislice objects, [`super::axial`]).
 pub fn halo_first_sums<T: Real>(
     p: &Problem<T>,
     rank: &mut Rank,
     st: &mut IterStats,
     mut sum: impl FnMut(Range<usize>) -> Result<Gradients<T>>,
+    local: impl FnOnce(&mut Gradients<T>),
 ) -> Result<Gradients<T>> {
     let mut t = Instant::now();
     let mut g = sum(0..p.n_halo)?;
@@ -54,6 +58,8 @@ pub fn halo_first_sums<T: Real>(
     }
     complete_object_sums(&mut g, rank, st)?;
     let mut t = Instant::now();
+    local(&mut g);
+    st.compute_s += lap(&mut t);
     allreduce_probe_sums(&mut g, rank.comm)?;
     st.wait_s += lap(&mut t);
     Ok(g)
@@ -146,7 +152,7 @@ pub fn refresh_halo<V: bytemuck::Pod>(f: &mut Field<V>, rank: &mut Rank, tag: u3
     for tr in &rank.plan.sends {
         let bytes = rank.comm.recv(tr.peer, tag)?;
         st.wait_s += lap(&mut t);
-        if bytes.len() != tr.rect.area() * std::mem::size_of::<V>() {
+        if bytes.len() != tr.rect.area() * f.planes() * std::mem::size_of::<V>() {
             return Err(Error::new(format!("rank {}", tr.peer), "halo message of the wrong size"));
         }
         // copy into an aligned buffer (a Vec<u8> is only byte-aligned)
@@ -157,14 +163,18 @@ pub fn refresh_halo<V: bytemuck::Pod>(f: &mut Field<V>, rank: &mut Rank, tag: u3
     Ok(())
 }
 
-/// Local indices (into `f.data`) of the pixels of `tile` (inside `f`), row by row.
+/// Local indices (into `f.data`) of the pixels of `tile` (inside `f`), row by row, plane
+/// (slice) by plane.
 pub fn tile_indices<V>(f: &Field<V>, tile: &Rect) -> impl Iterator<Item = usize> {
-    let (w, oy, ox) = (f.shape[1], f.origin[0], f.origin[1]);
+    let (w, oy, ox, pl) = (f.shape[1], f.origin[0], f.origin[1], f.plane_len());
     let n = (tile.x1 - tile.x0) as usize;
     let x0 = (tile.x0 - ox) as usize;
-    (tile.y0..tile.y1).flat_map(move |y| {
-        let r0 = (y - oy) as usize * w + x0;
-        r0..r0 + n
+    let (y0, y1) = (tile.y0, tile.y1);
+    (0..f.planes()).flat_map(move |s| {
+        (y0..y1).flat_map(move |y| {
+            let r0 = s * pl + (y - oy) as usize * w + x0;
+            r0..r0 + n
+        })
     })
 }
 
@@ -206,26 +216,33 @@ pub fn add_gradients<T: Real>(g: &mut Gradients<T>, h: &Gradients<T>) {
     g.loss += h.loss;
 }
 
-/// Values of `f` on `r` (inside f), row-major.
+/// Values of `f` on `r` (inside f), [planes][rows][columns] row-major: every slice of a
+/// multislice field, so one halo message carries all slices.
 pub fn extract<V: Copy>(f: &Field<V>, r: &Rect) -> Vec<V> {
-    let mut out = Vec::with_capacity(r.area());
-    for y in r.y0..r.y1 {
-        let i = (y - f.origin[0]) as usize * f.shape[1] + (r.x0 - f.origin[1]) as usize;
-        out.extend_from_slice(&f.data[i..i + (r.x1 - r.x0) as usize]);
+    let mut out = Vec::with_capacity(r.area() * f.planes());
+    for s in 0..f.planes() {
+        for y in r.y0..r.y1 {
+            let i = s * f.plane_len() + (y - f.origin[0]) as usize * f.shape[1] + (r.x0 - f.origin[1]) as usize;
+            out.extend_from_slice(&f.data[i..i + (r.x1 - r.x0) as usize]);
+        }
     }
     out
 }
 
-/// Overwrite `f` on `r` with `vals` (row-major).
+/// Overwrite `f` on `r` with `vals` ([planes][rows][columns] row-major, as [`extract`]).
 pub fn write_rect<V: Copy>(f: &mut Field<V>, r: &Rect, vals: &[V]) {
     let n = (r.x1 - r.x0) as usize;
-    for (k, y) in (r.y0..r.y1).enumerate() {
-        let i = (y - f.origin[0]) as usize * f.shape[1] + (r.x0 - f.origin[1]) as usize;
-        f.data[i..i + n].copy_from_slice(&vals[k * n..(k + 1) * n]);
+    let rows = (r.y1 - r.y0) as usize;
+    let pl = f.plane_len();
+    for s in 0..f.planes() {
+        for (k, y) in (r.y0..r.y1).enumerate() {
+            let i = s * pl + (y - f.origin[0]) as usize * f.shape[1] + (r.x0 - f.origin[1]) as usize;
+            f.data[i..i + n].copy_from_slice(&vals[(s * rows + k) * n..(s * rows + k + 1) * n]);
+        }
     }
 }
 
-/// Halo message: g_O (complex f64) then D_O (f64) on `r`, raw bytes.
+/// Halo message: g_O (complex f64) then D_O (f64) on `r`, all slices ([`extract`]), raw bytes.
 fn pack_gradient<T: Real>(g: &Gradients<T>, r: &Rect) -> Vec<u8> {
     let mut b = bytemuck::cast_slice(&extract(&g.g_obj, r)).to_vec();
     b.extend_from_slice(bytemuck::cast_slice(&extract(&g.d_obj, r)));
@@ -233,7 +250,7 @@ fn pack_gradient<T: Real>(g: &Gradients<T>, r: &Rect) -> Vec<u8> {
 }
 
 fn unpack_add_gradient<T: Real>(g: &mut Gradients<T>, r: &Rect, bytes: &[u8]) -> Result<()> {
-    let n = r.area();
+    let n = r.area() * g.g_obj.planes();
     if bytes.len() != n * 24 {
         return Err(Error::new("halo", format!("gradient message of {} bytes for a {}-pixel rectangle", bytes.len(), n)));
     }

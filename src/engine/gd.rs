@@ -26,6 +26,7 @@
 //! In the replicated mode (the data-parallel baseline of the Python codes) every rank
 //! holds the whole object and the object-sized sums are all-reduced instead.
 
+use super::axial;
 use super::exchange::{finish_sends, global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices};
 pub use super::exchange::{extract, write_rect, TAG_GRADIENT, TAG_OBJECT};
 pub use super::{Decomposition, IterStats, Problem, Rank, State};
@@ -85,7 +86,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &
     let update_probe = o.probe_at(iteration);
     let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
     for b in 0..o.batches {
-        let g = sum_gradients(p, s, b, o.batches, update_probe, rank, &mut st)?;
+        let g = sum_gradients(p, s, b, o.batches, update_probe, true, rank, &mut st)?;
         st.loss += g.loss;
         // global max of the object preconditioner over the owned pixels
         let dmax = global_max_in(&g.d_obj, rank, &mut st)?;
@@ -100,26 +101,44 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &
 
 /// Steps 1–5 for mini-batch `b` of `batches`: this rank's sums completed across ranks. On
 /// return `g_obj`/`d_obj` hold the complete sums on the rank's tile (halo pixels hold only
-/// partial sums), and the probe sums and the loss are global.
+/// partial sums), and the probe sums and the loss are global. The axial regulariser of a
+/// multislice object is in the object sums; its value R joins the loss when `axial_loss`
+/// (ML-CG keeps the data loss apart for its line search).
+#[allow(clippy::too_many_arguments)]
 pub fn sum_gradients<T: Real>(
     p: &Problem<T>,
     s: &State<T>,
     b: usize,
     batches: usize,
     want_probe: bool,
+    axial_loss: bool,
     rank: &mut Rank,
     st: &mut IterStats,
 ) -> Result<Gradients<T>> {
     let ph = probe_spectrum(&p.kernel.fft, &s.probe);
-    halo_first_sums(p, rank, st, |range| {
-        if batches == 1 {
-            // contiguous ranges of plan order (borrowed, not copied, on the CPU)
-            return p.compute.gradients(&s.object, &ph, Selection::Range(range), want_probe);
-        }
-        // this batch's positions of the range, keeping plan order
-        let idx: Vec<usize> = range.filter(|&j| p.positions[j].index % batches == b).collect();
-        p.compute.gradients(&s.object, &ph, Selection::Indices(&idx), want_probe)
-    })
+    let (tile, counted) = (rank.plan.tile, axial_loss && axial::counted(rank));
+    halo_first_sums(
+        p,
+        rank,
+        st,
+        |range| {
+            if batches == 1 {
+                // contiguous ranges of plan order (borrowed, not copied, on the CPU)
+                return p.compute.gradients(&s.object, &ph, Selection::Range(range), want_probe);
+            }
+            // this batch's positions of the range, keeping plan order
+            let idx: Vec<usize> = range.filter(|&j| p.positions[j].index % batches == b).collect();
+            p.compute.gradients(&s.object, &ph, Selection::Indices(&idx), want_probe)
+        },
+        |g| {
+            // the axial regulariser of a multislice object, on the tile (weighted by the
+            // batch's share of the positions, so that a pass over all batches adds it once)
+            let r = axial::regularise(&s.object, g, &tile, p.axial / batches as f64, fisher_scale(p.kernel.noise));
+            if counted {
+                g.loss += r;
+            }
+        },
+    )
 }
 
 /// Step 6: update the owned tile and the probe from complete sums; `dmax` is the global
@@ -134,8 +153,12 @@ pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Op
         let u = g * (alpha / (d + reg));
         *x = *x - Complex::new(T::of(u.re), T::of(u.im));
     };
+    // a multislice object: the S slices act in series on the same wave, so S simultaneous
+    // steps of the single-slice (per-slice Newton) size move the exit wave S times too far;
+    // each slice takes 1/S of it (docs/algorithm.md §12)
+    let planes = s.object.planes() as f64;
     for i in tile_indices(&s.object, tile) {
-        step(&mut s.object.data[i], g.g_obj.data[i], g.d_obj.data[i], reg);
+        step(&mut s.object.data[i], g.g_obj.data[i] / planes, g.d_obj.data[i], reg);
     }
     if !g.g_probe_hat.is_empty() {
         // the probe gradient's inverse FFT in f64: g_P = F⁻¹ ĝ_P per mode

@@ -18,6 +18,7 @@
 //! is not convex, and 2 t₁ as the next trial). Every inner product and loss is a global all-reduce in f64, and the
 //! direction's halo is refreshed from the tile owners, so a tiled run equals the 1-rank run.
 
+use super::axial;
 use super::exchange::{add_step, finish_sends, global_max_in, lap, probe_from_hat, refresh_halo, tile_indices, TAG_DIRECTION};
 use super::gd::{sum_gradients, Options, PRECONDITIONER_DELTA};
 use super::{Decomposition, IterStats, Problem, Rank, State};
@@ -63,11 +64,13 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
     let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
     let m = p.kernel.fft.size();
     let kmm = p.kernel.modes * m * m;
-    let g = sum_gradients(p, s, 0, 1, update_probe, rank, &mut st)?;
-    let l0 = g.loss;
-    st.loss = l0;
+    let g = sum_gradients(p, s, 0, 1, update_probe, false, rank, &mut st)?;
+    // the data loss (exact under any tiling, as the line search below needs); the axial
+    // regulariser's value R(x) of a multislice object joins the tiles' inner products
+    let l0_data = g.loss;
     let mut t = Instant::now();
     let tile = rank.plan.tile;
+    let r0 = axial::penalty(&s.object, &tile, p.axial);
     let idx: Vec<usize> = tile_indices(&s.object, &tile).collect();
     let nt = idx.len();
     // gradient and preconditioned gradient: tile pixels, then the probe
@@ -86,22 +89,21 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
         grad.resize(nt + kmm, Complex64::default());
         z.resize(nt + kmm, Complex64::default());
     }
-    // a start, or the last step raised the loss: steepest descent, half the trial step
-    let restart = cg.direction.len() != grad.len() || l0 > cg.loss;
-    if restart && !cg.direction.is_empty() {
-        cg.step *= 0.5;
-    }
-    // global inner products: tile parts all-reduced (tiled), probe parts added once
+    // global inner products: tile parts all-reduced (tiled), probe parts added once; those
+    // with the previous gradient and direction whenever there are such (a restart, decided
+    // below from the global loss, then ignores them)
+    let fresh = cg.direction.len() != grad.len();
     let (gp, dp, zp) = (&cg.gradient, &cg.direction, &z);
     let parts = |r: std::ops::Range<usize>| -> [f64; 4] {
         let gz = dot(&grad[r.clone()], &zp[r.clone()]);
-        if restart {
+        if fresh {
             [gz, 0.0, 0.0, 0.0]
         } else {
             [gz, dot(&gp[r.clone()], &zp[r.clone()]), dot(&dp[r.clone()], &grad[r.clone()]), dot(&dp[r.clone()], &gp[r])]
         }
     };
-    let mut ip = parts(0..nt);
+    let p0 = parts(0..nt);
+    let mut ip = [p0[0], p0[1], p0[2], p0[3], r0];
     st.compute_s += lap(&mut t);
     if rank.mode == Decomposition::Tiled {
         rank.comm.allreduce_sum(&mut ip)?;
@@ -109,6 +111,15 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
     st.wait_s += lap(&mut t);
     let pp = parts(nt..nt + kmm);
     let [gz, g1z, d1g, d1g1] = [ip[0] + pp[0], ip[1] + pp[1], ip[2] + pp[2], ip[3] + pp[3]];
+    // the objective: data loss + R (tiled: the tiles' R summed; replicated: every rank's
+    // tile is the whole object)
+    let l0 = l0_data + ip[4];
+    st.loss = l0;
+    // a start, or the last step raised the loss: steepest descent, half the trial step
+    let restart = fresh || l0 > cg.loss;
+    if restart && !cg.direction.is_empty() {
+        cg.step *= 0.5;
+    }
     if !(gz > 0.0) {
         // zero gradient: nothing to do
         *cg = CgState { loss: l0, ..CgState::default() };
@@ -130,7 +141,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
     let dir: Vec<Complex64> = if beta == 0.0 { z.iter().map(|v| -v).collect() } else { z.iter().zip(&cg.direction).map(|(v, d)| -v + d * beta).collect() };
 
     // the direction on the whole field (halo from the owners) and on the probe
-    let mut dfield = Field::filled(s.object.origin, s.object.shape, Complex64::default());
+    let mut dfield = Field::like(&s.object, Complex64::default());
     for (k, &i) in idx.iter().enumerate() {
         dfield.data[i] = dir[k];
     }
@@ -139,11 +150,15 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
     let mut t = Instant::now();
     let t1 = if cg.step > 0.0 { cg.step } else { c.initial_step };
     let trial = moved(s, &dfield, &dir[nt..], t1);
-    let mut l1 = [p.compute.loss(&trial.object, &probe_spectrum(&p.kernel.fft, &trial.probe), Selection::Range(0..p.positions.len()))?];
+    // L(t₁) − L(0) as the data losses' difference (each exact under any tiling) plus the
+    // regulariser's change summed pixel by pixel (rounding relative to the change, not to R:
+    // the parabola's cancellation then does not amplify the tiles' summation order)
+    let dr = if axial::counted(rank) { axial::penalty_change(&s.object, &dfield, &tile, p.axial, t1) } else { 0.0 };
+    let mut l1 = [p.compute.loss(&trial.object, &probe_spectrum(&p.kernel.fft, &trial.probe), Selection::Range(0..p.positions.len()))?, dr];
     st.compute_s += lap(&mut t);
     rank.comm.allreduce_sum(&mut l1)?;
     st.wait_s += lap(&mut t);
-    let curv = (l1[0] - l0 - slope * t1) / (t1 * t1);
+    let curv = ((l1[0] - l0_data) + l1[1] - slope * t1) / (t1 * t1);
     // the parabola's minimiser; where it is not convex, the (verified) trial step, and a
     // longer trial next time
     let (step, next) = if curv > 0.0 {

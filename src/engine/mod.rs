@@ -14,6 +14,7 @@
 //! run equals the 1-rank run; epie/rpie depend on the tiling (docs/algorithm.md §9).
 //! A rank's persistent state ([`Carry`]) is checkpointed through [`snapshot::Snapshot`].
 
+pub mod axial;
 pub mod dm;
 pub mod exchange;
 pub mod gd;
@@ -65,7 +66,7 @@ pub struct Carry<T> {
 }
 
 /// Checkpoint arrays: `object` ([rows, cols] of the rank's field, tile + halo, complex of
-/// T), `probe` ([K·M·M]); `exit_waves` ([n·K·M·M], complex of T) once dm has run;
+/// T; [S, rows, cols] for S > 1 slices), `probe` ([K·M·M]); `exit_waves` ([n·K·M·M], complex of T) once dm has run;
 /// `cg_gradient`, `cg_direction` ([tile pixels + K·M·M], complex f64) and `cg_scalars`
 /// ([⟨g₋, z₋⟩, step, loss], f64) once mlcg has run. No engine keeps random numbers, so
 /// these arrays and the iteration number determine the rest of the run.
@@ -76,7 +77,7 @@ where
     fn save(&self) -> Vec<NamedArray> {
         let (s, e) = (&self.state, &self.engines);
         let mut v = vec![
-            NamedArray::new("object", &s.object.shape, &s.object.data),
+            NamedArray::new("object", &object_dims(&s.object), &s.object.data),
             NamedArray::new("probe", &[s.probe.len()], &s.probe),
         ];
         if !e.dm.exit_waves.is_empty() {
@@ -92,7 +93,7 @@ where
     }
     fn restore(&mut self, arrays: &[NamedArray]) -> Result<()> {
         let s = &mut self.state;
-        let object = find(arrays, "object")?.values(&s.object.shape)?;
+        let object = find(arrays, "object")?.values(&object_dims(&s.object))?;
         let probe = find(arrays, "probe")?.values(&[s.probe.len()])?;
         let mut engines = EngineState::default();
         let len = |name: &str| arrays.iter().find(|a| a.name == name).map(|a| a.shape.iter().product::<u64>() as usize);
@@ -113,6 +114,15 @@ where
         s.probe = probe;
         self.engines = engines;
         Ok(())
+    }
+}
+
+/// Checkpoint dimensions of a rank's object: [rows, cols], or [S, rows, cols] for S > 1
+/// slices.
+fn object_dims<V>(o: &Field<V>) -> Vec<usize> {
+    match o.planes() {
+        1 => o.shape.to_vec(),
+        s => vec![s, o.shape[0], o.shape[1]],
     }
 }
 
@@ -139,6 +149,9 @@ pub struct Problem<T: Real> {
     /// Where the sums over positions of gd and mlcg run ([`backend::open`]); it shares the
     /// positions and intensities above (CPU) or holds a device copy (GPU).
     pub compute: Box<dyn Compute<T>>,
+    /// Weight μ (counts) of the axial regulariser of a multislice object ([`axial`]); 0 =
+    /// none (and always for one slice).
+    pub axial: f64,
 }
 
 impl<T: Real> Problem<T> {
@@ -149,7 +162,7 @@ impl<T: Real> Problem<T> {
     pub fn new(kernel: Kernel<T>, positions: Vec<PositionGeom<T>>, n_halo: usize, intensities: impl Into<Arc<[f32]>>, kind: BackendKind, local_rank: Option<usize>) -> Result<Self> {
         let (positions, intensities): (Arc<[PositionGeom<T>]>, Arc<[f32]>) = (positions.into(), intensities.into());
         let compute = backend::open(kind, &kernel, positions.clone(), intensities.clone(), local_rank)?;
-        Ok(Problem { kernel, positions, n_halo, intensities, compute })
+        Ok(Problem { kernel, positions, n_halo, intensities, compute, axial: 0.0 })
     }
 }
 

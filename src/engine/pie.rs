@@ -68,7 +68,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &
     let mut illum = Field::filled(obj.origin, obj.shape, 0.0);
     let loss = sweep(&p.kernel, &mut obj, &mut ph, &pos, &meas, &step, &mut illum);
     // the sums to merge: D ΔO and D on the field; n ΔP̂ and n for the probe
-    let mut g = Gradients::<T>::zeros(obj.origin, obj.shape, Some((p.kernel.modes, 1)));
+    let mut g = Gradients::<T>::zeros(obj.origin, obj.shape, 1, Some((p.kernel.modes, 1)));
     for (i, d) in illum.data.iter().enumerate() {
         let (a, b) = (obj.data[i], s.object.data[i]);
         g.g_obj.data[i] = Complex64::new(a.re.f64() - b.re.f64(), a.im.f64() - b.im.f64()) * *d;

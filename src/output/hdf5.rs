@@ -1,6 +1,7 @@
 //! The HDF5 result file (docs/format.md): writing and reading [`ReconResult`].
 //!
-//! Layout: `/object` complex64 [Ny, Nx] with attribute `pixel_size_m` float64 [2] (y, x);
+//! Layout: `/object` complex64 [Ny, Nx] ([S, Ny, Nx] for S > 1 slices, slice 0 at the beam
+//! entrance) with attribute `pixel_size_m` float64 [2] (y, x);
 //! `/probe` complex64 [K, M, M]; `/positions_px` float64 [N, 2] (y, x); `/loss` float64
 //! [iterations]; root attributes `ptytile_version` and `config` (variable-length UTF-8
 //! strings) and one float64 scalar per entry of [`ReconResult::attrs`].
@@ -25,10 +26,11 @@ pub const ATTR_CONFIG: &str = "config";
 pub(super) fn check(path: &Path, r: &ReconResult) -> Result<()> {
     let what = |ds: &str| format!("{}:{ds}", path.display());
     let [ny, nx] = r.object.shape;
-    if r.object.data.len() != ny * nx {
+    let n = r.object.data.len();
+    if if ny * nx == 0 { n != 0 } else { n == 0 || n % (ny * nx) != 0 } {
         return Err(Error::new(
             what("/object"),
-            format!("shape {ny}x{nx} needs {} values, have {}", ny * nx, r.object.data.len()),
+            format!("shape {ny}x{nx} needs a multiple of {} values, have {}", ny * nx, r.object.data.len()),
         ));
     }
     if r.probe.len() != r.modes * r.m * r.m {
@@ -88,7 +90,9 @@ pub(super) fn write_h5(path: &Path, r: &ReconResult) -> Result<()> {
         .ctx(|| p.clone())?;
 
     let [ny, nx] = r.object.shape;
-    write_ds(&file, &what("/object"), "object", &[ny, nx], &r.object.data)?;
+    // [Ny, Nx] for one slice, [S, Ny, Nx] (slice 0 = beam entrance) for a multislice object
+    let dims: Vec<usize> = if r.object.planes() > 1 { vec![r.object.planes(), ny, nx] } else { vec![ny, nx] };
+    write_ds(&file, &what("/object"), "object", &dims, &r.object.data)?;
     let ds = file.dataset("object").ctx(|| what("/object"))?;
     ds.new_attr::<f64>()
         .shape(2)
@@ -227,7 +231,10 @@ pub(super) fn read_h5(path: &Path) -> Result<ReconResult> {
     let p = path.display().to_string();
     let file = open(path)?;
 
-    let (shape, object) = read_ds::<Complex32>(&file, path, "object", Kind::Complex, &[None, None])?;
+    // [Ny, Nx], or [S, Ny, Nx] for a multislice result
+    let rank = file.dataset("object").map(|d| d.ndim()).unwrap_or(2);
+    let (shape, object) = read_ds::<Complex32>(&file, path, "object", Kind::Complex, if rank == 3 { &[None, None, None] } else { &[None, None] })?;
+    let shape = if rank == 3 { &shape[1..] } else { &shape[..] };
     let ds = file.dataset("object").ctx(|| format!("{p}:/object"))?;
     let pw = || format!("{p}:/object attribute pixel_size_m");
     let px = ds

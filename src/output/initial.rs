@@ -9,6 +9,7 @@
 use crate::data::DataFile;
 use crate::error::{Error, Result};
 use crate::physics::model::Field;
+use crate::physics::multislice;
 use num_complex::Complex32;
 use std::path::Path;
 
@@ -24,23 +25,37 @@ pub struct Initial {
 }
 
 impl Initial {
-    /// The object on the rectangle `origin`, `shape` of the global grid (1 outside it).
-    pub fn object_on(&self, origin: [i64; 2], shape: [usize; 2]) -> Field<Complex32> {
-        let mut f = Field::filled(origin, shape, Complex32::new(1.0, 0.0));
+    /// The object on the rectangle `origin`, `shape` of the global grid (1 outside it), with
+    /// `slices` planes: a result of as many slices as they are; a single-slice result spread
+    /// evenly over the slices ([`multislice::spread`]: each slice gets |O|^{1/S} e^{iφ/S}).
+    ///
+    /// Errors: a multislice result with another number of slices.
+    pub fn object_on(&self, origin: [i64; 2], shape: [usize; 2], slices: usize) -> Result<Field<Complex32>> {
         let o = &self.object;
-        for y in 0..shape[0] {
-            let gy = origin[0] + y as i64 - o.origin[0];
-            if gy < 0 || gy >= o.shape[0] as i64 {
-                continue;
-            }
-            for x in 0..shape[1] {
-                let gx = origin[1] + x as i64 - o.origin[1];
-                if gx >= 0 && gx < o.shape[1] as i64 {
-                    f.data[y * shape[1] + x] = o.data[gy as usize * o.shape[1] + gx as usize];
+        let have = o.planes();
+        if have != 1 && have != slices {
+            return Err(Error::new("data.initial", format!("its object has {have} slices, this run {slices} (give a single-slice result or one of {slices} slices)")));
+        }
+        let mut f = Field::stack(origin, shape, have, Complex32::new(1.0, 0.0));
+        let (fl, ol) = (f.plane_len(), o.plane_len());
+        for s in 0..have {
+            for y in 0..shape[0] {
+                let gy = origin[0] + y as i64 - o.origin[0];
+                if gy < 0 || gy >= o.shape[0] as i64 {
+                    continue;
+                }
+                for x in 0..shape[1] {
+                    let gx = origin[1] + x as i64 - o.origin[1];
+                    if gx >= 0 && gx < o.shape[1] as i64 {
+                        f.data[s * fl + y * shape[1] + x] = o.data[s * ol + gy as usize * o.shape[1] + gx as usize];
+                    }
                 }
             }
         }
-        f
+        if have == 1 && slices > 1 {
+            f.data = multislice::spread(&f.data, slices);
+        }
+        Ok(f)
     }
 }
 
@@ -80,7 +95,7 @@ pub fn load(path: &Path, df: &DataFile) -> Result<Initial> {
     let offset_px = [off[0].round() as i64, off[1].round() as i64];
     let old = Field { origin: offset_px, shape: r.object.shape, data: r.object.data };
     let placed = Initial { object: old, probe: (r.modes, r.probe), offset_px };
-    let object = placed.object_on([0, 0], df.object_shape);
+    let object = placed.object_on([0, 0], df.object_shape, placed.object.planes())?;
     tracing::info!("initial object and probe from {what}, shifted by {offset_px:?} px");
     Ok(Initial { object, ..placed })
 }
@@ -94,7 +109,7 @@ mod tests {
         // old object 2 x 3 at offset (1, 2) on the new grid
         let old = Field { origin: [1, 2], shape: [2, 3], data: (0..6).map(|v| Complex32::new(v as f32 + 10.0, 0.0)).collect() };
         let i = Initial { object: old, probe: (1, vec![]), offset_px: [1, 2] };
-        let f = i.object_on([0, 1], [4, 4]);
+        let f = i.object_on([0, 1], [4, 4], 1).unwrap();
         let re: Vec<f32> = f.data.iter().map(|z| z.re).collect();
         #[rustfmt::skip]
         let want = [1.0, 1.0, 1.0, 1.0,
@@ -103,5 +118,15 @@ mod tests {
                     1.0, 1.0, 1.0, 1.0];
         assert_eq!(re, want);
         assert_eq!(median(vec![3.0, -1.0, 2.0]), 2.0);
+        // a single-slice start spread over 3 slices: each |O|^(1/3), phase/3
+        let f3 = i.object_on([0, 1], [4, 4], 3).unwrap();
+        assert_eq!(f3.planes(), 3);
+        for s in 0..3 {
+            assert!((f3.plane(s)[5].re - 10f32.powf(1.0 / 3.0)).abs() < 1e-5, "{:?}", f3.plane(s)[5]);
+        }
+        // a multislice start of another slice count is refused, naming the option
+        let i3 = Initial { object: f3, probe: (1, vec![]), offset_px: [0, 0] };
+        assert_eq!(i3.object_on([0, 1], [4, 4], 2).unwrap_err().what, "data.initial");
+        assert_eq!(i3.object_on([0, 1], [4, 4], 3).unwrap().data, i3.object.data);
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! | file | content |
 //! |---|---|
-//! | `<stem>_object_phase.png` | arg O, [Ny, Nx] pixels, row = y, 8-bit grey |
-//! | `<stem>_object_amplitude.png` | \|O\|, likewise |
+//! | `<stem>_object_phase.png` | arg O (multislice: the projected phase Σ_s arg O_s), [Ny, Nx] pixels, row = y, 8-bit grey |
+//! | `<stem>_object_amplitude.png` | \|O\| (multislice: Π_s \|O_s\|), likewise |
 //! | `<stem>_probe_modes.png` | \|P_k\| of the K modes side by side, [M, K·M + 2(K−1)], 8-bit grey |
 //! | `<stem>_loss.png` | log10(loss) against iteration, 480 × 320 RGB |
 //!
@@ -84,19 +84,26 @@ impl Image {
 pub fn images(r: &ReconResult) -> Vec<(&'static str, Image)> {
     let mut out = Vec::new();
     let area = scanned_area(r);
-    // phase relative to the mean phase of the scanned area, so it does not wrap at ±π there
-    let mut mean = Complex32::new(0.0, 0.0);
-    if let Some([y0, y1, x0, x1]) = area {
-        for y in y0..y1 {
-            mean += r.object.data[y * r.object.shape[1] + x0..y * r.object.shape[1] + x1].iter().sum::<Complex32>();
+    if r.object.planes() > 1 {
+        // multislice: the projected phase Σ_s arg O_s (unwrapped across slices) and the
+        // product of the slices' amplitudes
+        let (o, n) = (&r.object, r.object.plane_len());
+        let ph = crate::physics::multislice::projected_phase(&o.data, n);
+        let amp = (0..n).map(|i| (0..o.planes()).map(|s| o.data[s * n + i].norm()).product::<f32>());
+        let proj = Field { origin: o.origin, shape: o.shape, data: ph.iter().zip(amp).map(|(p, a)| Complex32::new(*p as f32, a)).collect() };
+        out.extend(object_image(&proj, area, |c| c.re).map(|i| ("object_phase", i)));
+        out.extend(object_image(&proj, area, |c| c.im).map(|i| ("object_amplitude", i)));
+    } else {
+        // phase relative to the mean phase of the scanned area, so it does not wrap at ±π there
+        let mut mean = Complex32::new(0.0, 0.0);
+        if let Some([y0, y1, x0, x1]) = area {
+            for y in y0..y1 {
+                mean += r.object.data[y * r.object.shape[1] + x0..y * r.object.shape[1] + x1].iter().sum::<Complex32>();
+            }
         }
-    }
-    let rot = if mean.norm() > 0.0 { mean.conj() / mean.norm() } else { Complex32::new(1.0, 0.0) };
-    if let Some(i) = object_image(&r.object, area, |c| (c * rot).arg()) {
-        out.push(("object_phase", i));
-    }
-    if let Some(i) = object_image(&r.object, area, |c| c.norm()) {
-        out.push(("object_amplitude", i));
+        let rot = if mean.norm() > 0.0 { mean.conj() / mean.norm() } else { Complex32::new(1.0, 0.0) };
+        out.extend(object_image(&r.object, area, |c| (c * rot).arg()).map(|i| ("object_phase", i)));
+        out.extend(object_image(&r.object, area, |c| c.norm()).map(|i| ("object_amplitude", i)));
     }
     if let Some(i) = probe_modes_image(&r.probe, r.modes, r.m) {
         out.push(("probe_modes", i));

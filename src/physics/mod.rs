@@ -1,8 +1,9 @@
-//! Physics: wavelengths, sampling, probe formation and the single-slice far-field
-//! forward model with its adjoints (docs/algorithm.md §1–§3).
+//! Physics: wavelengths, sampling, probe formation, the single-slice far-field forward
+//! model with its adjoints (docs/algorithm.md §1–§3) and the multislice propagator (§12).
 
 pub mod fft;
 pub mod model;
+pub mod multislice;
 pub mod probe;
 pub mod simd;
 

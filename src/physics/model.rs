@@ -244,9 +244,12 @@ mod tests {
     }
 }
 
-/// A complex image on a rectangle of the global object grid: `data` is [shape[0], shape[1]]
-/// row-major (y, x), and local pixel (0, 0) is global pixel `origin` (y, x). The object of
-/// one rank (its tile plus halo) and gradient buffers are Fields.
+/// A complex image on a rectangle of the global object grid: `data` is [planes, shape[0],
+/// shape[1]] row-major (slice, y, x), and local pixel (0, 0) is global pixel `origin`
+/// (y, x). The object of one rank (its tile plus halo) and gradient buffers are Fields.
+/// A single-slice object has one plane; a multislice object ([`crate::physics::multislice`])
+/// has one plane per slice S, plane 0 at the beam entrance. The plane count is not stored:
+/// it is `data.len() / (shape[0] · shape[1])` ([`Field::planes`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field<T> {
     /// Global pixel (y, x) of local [0, 0].
@@ -258,9 +261,37 @@ pub struct Field<T> {
 }
 
 impl<T: Clone> Field<T> {
-    /// A field filled with `v`.
+    /// A one-plane field filled with `v`.
     pub fn filled(origin: [i64; 2], shape: [usize; 2], v: T) -> Self {
         Field { origin, shape, data: vec![v; shape[0] * shape[1]] }
+    }
+
+    /// A field of `planes` planes (slices) filled with `v`.
+    pub fn stack(origin: [i64; 2], shape: [usize; 2], planes: usize, v: T) -> Self {
+        Field { origin, shape, data: vec![v; planes * shape[0] * shape[1]] }
+    }
+
+    /// A field on the same rectangle with as many planes as `f`, filled with `v`.
+    pub fn like<U>(f: &Field<U>, v: T) -> Self {
+        Field::stack(f.origin, f.shape, f.planes(), v)
+    }
+}
+
+impl<T> Field<T> {
+    /// Pixels of one plane, rows × columns.
+    pub fn plane_len(&self) -> usize {
+        self.shape[0] * self.shape[1]
+    }
+
+    /// Number of planes (slices): 1 for a single-slice object (0 for an empty rectangle).
+    pub fn planes(&self) -> usize {
+        self.data.len().checked_div(self.plane_len()).unwrap_or(0)
+    }
+
+    /// Plane `s` ([rows, columns] row-major).
+    pub fn plane(&self, s: usize) -> &[T] {
+        let n = self.plane_len();
+        &self.data[s * n..(s + 1) * n]
     }
 }
 

@@ -44,12 +44,36 @@ pub fn pbtio3_thin() -> std::path::PathBuf {
     p
 }
 
+/// The shipped thick PbTiO3 file (`../shared/datasets/pbtio3_thick_dev.h5`, 33 Å in 32
+/// slices); like [`pbtio3_thin`], a missing file fails the test.
+#[allow(dead_code)]
+pub fn pbtio3_thick() -> std::path::PathBuf {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pbtio3_thick_dev.h5");
+    assert!(p.exists(), "{} not found: the real-data tests need ../shared beside the repository", p.display());
+    p
+}
+
 /// A `side` × `side` block of the PbTiO3 raster (scan rows and columns `0..side`, dose 1e5
 /// counts) written to `dir/crop.h5`, with the shipped config's settings in `dir/crop.toml`
 /// (returned). The block keeps the file's real positions (Å, not a synthetic grid), counts
 /// and 128 × 128 patterns; only the scan is smaller, so CI stays fast.
+#[allow(dead_code)]
 pub fn pbtio3_crop(dir: &std::path::Path, side: usize) -> std::path::PathBuf {
-    let f = hdf5::File::open(pbtio3_thin()).unwrap();
+    crop(dir, side, &pbtio3_thin(), "datasets/pbtio3_thin.toml")
+}
+
+/// [`pbtio3_crop`] of the thick file with the shipped multislice config
+/// (datasets/pbtio3_thick.toml).
+#[allow(dead_code)]
+pub fn pbtio3_thick_crop(dir: &std::path::Path, side: usize) -> std::path::PathBuf {
+    crop(dir, side, &pbtio3_thick(), "datasets/pbtio3_thick.toml")
+}
+
+/// A `side` × `side` block of the 58 × 58 raster of `file` and the shipped config `toml`
+/// (relative to the repository) pointed at it.
+fn crop(dir: &std::path::Path, side: usize, file: &std::path::Path, toml: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let f = hdf5::File::open(file).unwrap();
     let ds = f.dataset("/data/intensities_poisson_dose1e05").unwrap();
     let all_pos: Vec<f64> = f.dataset("/data/positions_A").unwrap().read_raw().unwrap();
     let m = 128;
@@ -68,7 +92,7 @@ pub fn pbtio3_crop(dir: &std::path::Path, side: usize) -> std::path::PathBuf {
     let n = side * side;
     out.new_dataset::<f32>().shape([n, m, m]).create("/data/intensities_poisson_dose1e05").unwrap().write_raw(&patterns).unwrap();
     out.new_dataset::<f64>().shape([n, 2]).create("/data/positions_A").unwrap().write_raw(&pos).unwrap();
-    let shipped = std::fs::read_to_string(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/pbtio3_thin.toml")).unwrap();
+    let shipped = std::fs::read_to_string(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(toml)).unwrap();
     let toml: Vec<String> = shipped
         .lines()
         .map(|l| match l {

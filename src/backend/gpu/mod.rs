@@ -402,7 +402,7 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
         let mm = m * m;
         let probe_dims = want_probe.then_some((k, mm));
         if sel.is_empty() {
-            return Ok(Gradients::zeros(obj.origin, obj.shape, probe_dims));
+            return Ok(Gradients::zeros(obj.origin, obj.shape, 1, probe_dims));
         }
         self.with(|st| {
             if st.prof.is_some() {
@@ -454,7 +454,7 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
                     st.mark("probe_grad, probe_density: probe sums")?;
                 }
             }
-            let mut out = Gradients::zeros(obj.origin, obj.shape, probe_dims);
+            let mut out = Gradients::zeros(obj.origin, obj.shape, 1, probe_dims);
             let gv = self.download_t(st, g_t, w, h, 2)?;
             out.g_obj.data = gv.chunks_exact(2).map(|c| Complex::new(c[0], c[1])).collect();
             out.d_obj.data = self.download_t(st, d_t, w, h, 1)?;
