@@ -479,6 +479,9 @@ pub struct Config {
     /// `reconstruction.engine` for `reconstruction.iterations`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<Stage>,
+    /// The config file this was loaded from ([`Config::load`]; not a TOML key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl Config {
@@ -489,6 +492,7 @@ impl Config {
     /// invalid value, an output path that is a directory or the data file itself (each
     /// naming the file or key).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        crate::output::safety::check_input(path)?;
         let text = std::fs::read_to_string(path).ctx(|| path.display().to_string())?;
         let mut cfg = Self::from_toml(&text, overrides).map_err(|e| match e.what.strip_prefix("config") {
             Some(rest) if rest.is_empty() || rest.starts_with(':') => Error::new(format!("{}{rest}", path.display()), e.msg),
@@ -508,16 +512,42 @@ impl Config {
                 }
             }
         }
+        cfg.source = Some(path.to_path_buf());
         let out = &cfg.output.path;
         if out.is_dir() {
             return Err(Error::new("output.path", format!("{} is a directory, not a file name", out.display())));
         }
-        if let (Ok(a), Ok(b)) = (out.canonicalize(), cfg.data.file.canonicalize()) {
-            if a == b {
-                return Err(Error::new("output.path", format!("{} is the data file; the result would replace the measurements", out.display())));
+        cfg.check_outputs()?;
+        Ok(cfg)
+    }
+
+    /// The files a run reads: the config file (when loaded from one), `data.file` and
+    /// `data.initial`, as (what, path).
+    pub fn inputs(&self) -> crate::output::safety::Inputs {
+        let mut list: Vec<(&str, &Path)> = vec![("the data file", &self.data.file)];
+        if let Some(c) = &self.source {
+            list.push(("the config file", c));
+        }
+        if let Some(i) = &self.data.initial {
+            list.push(("data.initial", i));
+        }
+        crate::output::safety::Inputs::new(list)
+    }
+
+    /// Refuse a run whose result, images or checkpoints would be written to or over one of
+    /// its inputs ([`Config::inputs`], docs/format.md "What ptytile writes and deletes").
+    pub fn check_outputs(&self) -> Result<()> {
+        let inputs = self.inputs();
+        let out = &self.output.path;
+        inputs.check_output("output.path", out)?;
+        if self.output.png {
+            let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            for suffix in crate::output::png::SUFFIXES {
+                inputs.check_output("output.path", &out.with_file_name(crate::output::png_name(&stem, suffix)))?;
             }
         }
-        Ok(cfg)
+        let key = if self.checkpoint.dir.is_some() { "checkpoint.dir" } else { "output.path" };
+        inputs.check_checkpoint_dir(key, &self.checkpoint_dir())
     }
 
     /// Parse TOML text, apply overrides, validate.
@@ -633,7 +663,7 @@ impl Config {
         }
         let p = &self.output.path;
         let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recon".into());
-        p.with_file_name(format!("{stem}_checkpoint"))
+        p.with_file_name(format!("{}_checkpoint", crate::output::safety::fit_name(&stem, crate::output::safety::NAME_MAX - 11)))
     }
 
     /// The run's stages: `[[schedule]]`, or one stage of `reconstruction.engine` for

@@ -597,6 +597,8 @@ pub const TRUTH_DATASETS: [&str; 3] = ["/ground_truth/transmission_recon", "/gro
 pub fn compare_files(recon: &Path, truth: &Path, truth_dataset: Option<&str>) -> Result<CompareReport> {
     let rname = recon.display().to_string();
     let tname = truth.display().to_string();
+    crate::output::safety::check_input(recon)?;
+    crate::output::safety::check_input(truth)?;
     let rf = hdf5::File::open(recon).ctx(|| rname.clone())?;
     let (object, oshape, opix) = read_complex_2d(&rf, &rname, "/object")?;
     let pos_what = format!("{rname}:/positions_px");

@@ -363,6 +363,14 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     let mut split = Vec::with_capacity(iterations);
     let t0 = Instant::now();
     let stats0 = c.stats();
+    // signals wait for the iteration boundary only inside the loop (cli::signals)
+    struct InLoop<'a>(Option<&'a StopFlags>);
+    impl Drop for InLoop<'_> {
+        fn drop(&mut self) {
+            self.0.inspect(|s| s.in_loop.store(false, std::sync::atomic::Ordering::SeqCst));
+        }
+    }
+    let in_loop = InLoop(ro.signals.inspect(|s| s.in_loop.store(true, std::sync::atomic::Ordering::SeqCst)));
     {
         let mut rank = Rank { plan: rp, comm: &mut *c, mode, overlap: cfg.parallel.overlap };
         for it in start..iterations {
@@ -413,6 +421,7 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
             }
         }
     }
+    drop(in_loop);
     let secs = t0.elapsed().as_secs_f64();
     // this rank's traffic per iteration (the iteration loop only: set-up and the final
     // reductions below are left out), its halo peers and its peak memory

@@ -19,6 +19,7 @@ pub fn inspect(path: &Path) -> Result<String> {
     if !path.exists() {
         return Err(Error::new(&what, "no such file"));
     }
+    crate::output::safety::check_input(path)?;
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
         return Ok(npy_report(path));
     }

@@ -119,6 +119,7 @@ impl DataFile {
         if !path.exists() {
             return Err(Error::new(&pname, "no such file"));
         }
+        crate::output::safety::check_input(&path)?;
         if cfg.experiment.geometry == Geometry::NearField {
             return Err(Error::new(
                 &pname,
