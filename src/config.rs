@@ -420,6 +420,46 @@ pub struct ParallelConfig {
     /// node-local rank modulo the GPU count; docs/gpu.md).
     #[serde(default)]
     pub backend: BackendKind,
+    /// Most memory one process may use, as bytes (an integer) or a string with a unit
+    /// (`"16 GiB"`, `"500 MB"`); default: the machine's available memory. A run whose
+    /// estimate exceeds it is refused before anything large is allocated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<toml::Value>,
+}
+
+impl ParallelConfig {
+    /// `memory_limit` in bytes (None if unset).
+    ///
+    /// Errors (`parallel.memory_limit`): not a positive integer or a number with a unit of
+    /// B, kB, MB, GB, TB, KiB, MiB, GiB or TiB.
+    pub fn memory_limit_bytes(&self) -> Result<Option<u64>> {
+        let bad = |v: &dyn std::fmt::Display| Error::new("parallel.memory_limit", format!("{v} is not a size: give bytes (an integer) or e.g. \"16 GiB\", \"500 MB\""));
+        let v = match &self.memory_limit {
+            None => return Ok(None),
+            Some(toml::Value::Integer(i)) if *i > 0 => return Ok(Some(*i as u64)),
+            Some(toml::Value::String(s)) => s,
+            Some(other) => return Err(bad(other)),
+        };
+        let t = v.trim();
+        let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+        let (num, unit) = (t[..split].trim(), t[split..].trim());
+        let scale = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "kb" => 1e3,
+            "mb" => 1e6,
+            "gb" => 1e9,
+            "tb" => 1e12,
+            "kib" => 1024.0,
+            "mib" => 1024f64.powi(2),
+            "gib" => 1024f64.powi(3),
+            "tib" => 1024f64.powi(4),
+            _ => return Err(bad(&format!("\"{v}\""))),
+        };
+        match num.parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(Some((x * scale) as u64)),
+            _ => Err(bad(&format!("\"{v}\""))),
+        }
+    }
 }
 
 impl Default for ParallelConfig {
@@ -596,6 +636,7 @@ impl Config {
                 return Err(Error::new(key, "is empty"));
             }
         }
+        self.parallel.memory_limit_bytes()?;
         if !(r.step.is_finite() && r.step > 0.0) {
             return Err(Error::new("reconstruction.step", "must be a positive number"));
         }

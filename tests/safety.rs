@@ -8,7 +8,11 @@
 //! - a failed image write leaves the previous result set untouched;
 //! - FIFOs and devices are refused before they are opened (no hang);
 //! - a 250-byte output name is written (temporary and image names stay within 255 bytes);
-//! - SIGINT in the iteration loop checkpoints and stops like SIGTERM, leaving no temporary file.
+//! - SIGINT in the iteration loop checkpoints and stops like SIGTERM, leaving no temporary file;
+//! - `inspect` follows each link once (link cycles);
+//! - a non-finite `data.initial` is named before the run;
+//! - memory is estimated before it is allocated and refused above the machine or
+//!   `[parallel] memory_limit`.
 
 use num_complex::Complex32;
 use ptytile::output::checkpoint;
@@ -49,6 +53,38 @@ fn dataset(dir: &Path) -> (PathBuf, PathBuf) {
         .replace("d_recon/recon.h5", "out/r.h5");
     std::fs::write(&cfg, text).unwrap();
     (h5, cfg)
+}
+
+/// `ptytile ARGS` in `dir`, with the time limit of [`run_limited`].
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    let mut c = ptytile(dir);
+    c.args(args);
+    run_limited(c)
+}
+
+/// Exit code 0, else the stderr.
+fn succeeded(o: &Output) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `dir/init.h5`: a previous result of `dir/d.toml`, for data.initial.
+fn previous_result(dir: &Path) {
+    succeeded(&run_in(
+        dir,
+        &[
+            "reconstruct",
+            "d.toml",
+            "--output",
+            "init.h5",
+            "--set",
+            "output.png=false",
+        ],
+    ));
 }
 
 /// Run with a 30 s limit (a hang fails the test instead of blocking it).
@@ -101,24 +137,7 @@ fn no_output_reaches_an_input() {
     let dir = tmp.path();
     let (_, cfg) = dataset(dir);
     // a previous result, for data.initial
-    let out = run_limited({
-        let mut c = ptytile(dir);
-        c.args([
-            "reconstruct",
-            "d.toml",
-            "--output",
-            "init.h5",
-            "--set",
-            "output.png=false",
-        ]);
-        c
-    });
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    previous_result(dir);
     let inputs = ["d.h5", "d.toml", "init.h5"];
     let snapshot = || {
         inputs
@@ -141,18 +160,17 @@ fn no_output_reaches_an_input() {
             format!("sym_{input}"),
             format!("hard_{input}"),
         ] {
-            let o = run_limited({
-                let mut c = ptytile(dir);
-                c.args([
+            let o = run_in(
+                dir,
+                &[
                     "reconstruct",
                     "d.toml",
                     "--output",
                     &target,
                     "--set",
                     "data.initial=\"init.h5\"",
-                ]);
-                c
-            });
+                ],
+            );
             refused(
                 &o,
                 &["output.path", "never writes over its inputs"],
@@ -167,11 +185,7 @@ fn no_output_reaches_an_input() {
     }
     // an image name on the config: config r_loss.png, output r.h5
     std::fs::copy(&cfg, dir.join("r_loss.png")).unwrap();
-    let o = run_limited({
-        let mut c = ptytile(dir);
-        c.args(["reconstruct", "r_loss.png", "--output", "r.h5"]);
-        c
-    });
+    let o = run_in(dir, &["reconstruct", "r_loss.png", "--output", "r.h5"]);
     refused(
         &o,
         &["output.path", "r_loss.png", "the config file"],
@@ -179,16 +193,15 @@ fn no_output_reaches_an_input() {
     );
     // the checkpoint manifest on the config: config manifest.toml, checkpoint.dir "."
     std::fs::copy(&cfg, dir.join("manifest.toml")).unwrap();
-    let o = run_limited({
-        let mut c = ptytile(dir);
-        c.args([
+    let o = run_in(
+        dir,
+        &[
             "reconstruct",
             "manifest.toml",
             "--set",
             "checkpoint.dir=\".\"",
-        ]);
-        c
-    });
+        ],
+    );
     refused(
         &o,
         &["checkpoint.dir", "manifest.toml"],
@@ -217,9 +230,9 @@ fn pruning_deletes_only_what_ptytile_wrote() {
         std::fs::create_dir_all(ck.join(p).parent().unwrap()).unwrap();
         std::fs::write(ck.join(p), text).unwrap();
     }
-    let o = run_limited({
-        let mut c = ptytile(dir);
-        c.args([
+    let o = run_in(
+        dir,
+        &[
             "reconstruct",
             "d.toml",
             "--iterations",
@@ -230,15 +243,9 @@ fn pruning_deletes_only_what_ptytile_wrote() {
             "checkpoint.dir=\"ck\"",
             "--set",
             "output.png=false",
-        ]);
-        c
-    });
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+        ],
     );
+    succeeded(&o);
     for (p, text) in user {
         assert_eq!(std::fs::read_to_string(ck.join(p)).unwrap(), text, "{p}");
     }
@@ -269,9 +276,9 @@ fn pruning_deletes_only_what_ptytile_wrote() {
     // a user's file where the next rank file would go: refused, kept
     std::fs::create_dir_all(ck.join("it-00000001")).unwrap();
     std::fs::write(ck.join("it-00000001/rank-00000.ckpt"), "mine").unwrap();
-    let o = run_limited({
-        let mut c = ptytile(dir);
-        c.args([
+    let o = run_in(
+        dir,
+        &[
             "reconstruct",
             "d.toml",
             "--iterations",
@@ -280,9 +287,8 @@ fn pruning_deletes_only_what_ptytile_wrote() {
             "checkpoint.every=1",
             "--set",
             "checkpoint.dir=\"ck\"",
-        ]);
-        c
-    });
+        ],
+    );
     refused(
         &o,
         &["rank-00000.ckpt", "not a ptytile checkpoint file"],
@@ -388,11 +394,7 @@ fn fifos_and_devices_are_refused_before_opening() {
     ];
     for (args, name, kind) in cases {
         let t = Instant::now();
-        let o = run_limited({
-            let mut c = ptytile(dir);
-            c.args(&args);
-            c
-        });
+        let o = run_in(dir, &args);
         refused(&o, &[name, kind, "not a regular file"], &args.join(" "));
         assert!(
             t.elapsed() < Duration::from_secs(10),
@@ -412,17 +414,8 @@ fn long_output_names_are_written() {
     dataset(dir);
     let name = "r".repeat(247) + ".h5";
     assert_eq!(name.len(), 250);
-    let o = run_limited({
-        let mut c = ptytile(dir);
-        c.args(["reconstruct", "d.toml", "--output", &name]);
-        c
-    });
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = run_in(dir, &["reconstruct", "d.toml", "--output", &name]);
+    succeeded(&o);
     assert_eq!(read_result(&dir.join(&name)).unwrap().loss.len(), 2);
     let pngs: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -505,4 +498,172 @@ fn registered_temporary_files_are_removed() {
     remove_registered_temps();
     assert!(!a.exists() && b.exists());
     drop(ta);
+}
+
+/// The reproduction (`inspect` on a file whose links form a cycle recursed until memory ran
+/// out) and its class: a hard link and a soft link back to an ancestor group. Each group is
+/// listed once, the links back say where it was shown; exit 0 within the time limit.
+#[test]
+fn inspect_follows_each_link_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("cycle.h5");
+    {
+        let h = hdf5::File::create(&f).unwrap();
+        h.create_group("a").unwrap().create_group("b").unwrap();
+        h.new_dataset::<f64>().shape([3]).create("a/x").unwrap();
+        h.link_hard("/a", "a/b/up").unwrap();
+        h.link_soft("/a", "a/b/soft").unwrap();
+        h.link_hard("/", "a/root").unwrap();
+    }
+    let o = run_limited({
+        let mut c = ptytile(tmp.path());
+        c.args(["inspect", "cycle.h5"]);
+        c
+    });
+    let out = String::from_utf8_lossy(&o.stdout);
+    succeeded(&o);
+    assert_eq!(out.matches("not listed again").count(), 3, "{out}");
+    assert_eq!(out.matches("/a/x  [3] float64").count(), 1, "{out}");
+    assert!(out.contains("/a/b/up/  -> the group shown as /a "), "{out}");
+    assert!(out.contains("/a/root/  -> the group shown as / "), "{out}");
+    assert!(out.lines().count() < 20, "{out}");
+}
+
+/// The reproduction: a NaN in the `data.initial` object surfaced as "loss became NaN at
+/// iteration 0". Now refused before the run, naming the file, dataset and pixel; the same
+/// for the probe.
+#[test]
+fn non_finite_initial_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    dataset(dir);
+    previous_result(dir);
+    for (ds, at, needle) in [
+        (
+            "object",
+            7,
+            "init.h5:/object: value at (y, x) = (0, 7) is NaN",
+        ),
+        (
+            "probe",
+            200,
+            "init.h5:/probe: value at (mode, y, x) = (0, 12, 8) is ",
+        ),
+    ] {
+        let poisoned = dir.join(format!("{ds}.h5"));
+        std::fs::copy(dir.join("init.h5"), &poisoned).unwrap();
+        let h = hdf5::File::open_rw(&poisoned).unwrap();
+        let d = h.dataset(ds).unwrap();
+        let mut v: Vec<Complex32> = d.read_raw().unwrap();
+        v[at] = if ds == "object" {
+            Complex32::new(f32::NAN, 0.0)
+        } else {
+            Complex32::new(1.0, f32::INFINITY)
+        };
+        d.write_raw(&v).unwrap();
+        drop(d);
+        h.close().unwrap();
+        let o = run_in(
+            dir,
+            &[
+                "reconstruct",
+                "d.toml",
+                "--set",
+                &format!("data.initial=\"{ds}.h5\""),
+            ],
+        );
+        refused(&o, &[&needle.replace("init.h5", &format!("{ds}.h5"))], ds);
+    }
+}
+
+/// The reproduction (positions spanning ~60 000 px passed the limits, then the process
+/// aborted allocating the object) and its class: the memory a run needs is estimated before
+/// anything large is allocated and refused with one line, against the machine or
+/// `[parallel] memory_limit` (bytes or a size with a unit; a malformed one is named).
+#[test]
+fn memory_is_estimated_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (h5, _) = dataset(dir);
+    let run = |args: &[&str]| {
+        run_limited({
+            let mut c = ptytile(dir);
+            c.arg("reconstruct").arg("d.toml").args(args);
+            c
+        })
+    };
+    // small data, tiny limit: refused naming the key, with the estimate
+    refused(
+        &run(&["--set", "parallel.memory_limit=\"10 kB\""]),
+        &[
+            "parallel.memory_limit",
+            "GB in one process",
+            "0.00 GB of [parallel] memory_limit",
+        ],
+        "10 kB",
+    );
+    assert_eq!(
+        run(&[
+            "--set",
+            "parallel.memory_limit=\"1 GiB\"",
+            "--set",
+            "output.png=false"
+        ])
+        .status
+        .code(),
+        Some(0)
+    );
+    assert_eq!(
+        run(&[
+            "--set",
+            "parallel.memory_limit=1000000000",
+            "--set",
+            "output.png=false"
+        ])
+        .status
+        .code(),
+        Some(0)
+    );
+    refused(
+        &run(&["--set", "parallel.memory_limit=\"lots\""]),
+        &["parallel.memory_limit", "\"lots\" is not a size"],
+        "lots",
+    );
+    refused(
+        &run(&["--set", "parallel.memory_limit=-5"]),
+        &["parallel.memory_limit", "-5 is not a size"],
+        "-5",
+    );
+    // one position 60 000 px away: an object of 60 000² px, refused against the machine
+    {
+        let h = hdf5::File::open_rw(&h5).unwrap();
+        let d = h.dataset("data/positions_px").unwrap();
+        let mut p: Vec<f64> = d.read_raw().unwrap();
+        let n = p.len();
+        p[n - 2] = 60000.0;
+        p[n - 1] = 60000.0;
+        d.write_raw(&p).unwrap();
+    }
+    let t = Instant::now();
+    let e = refused(
+        &run(&[]),
+        &[
+            "d.h5",
+            "GB in one process",
+            "object 600",
+            "memory this machine has",
+        ],
+        "60 000 px span",
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let need: f64 = e
+        .split("needs about ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(need > 100.0, "{e}");
 }

@@ -77,6 +77,72 @@ pub fn rank_bytes(cfg: &Config, df: &DataFile, rp: &RankPlan) -> (u64, u64) {
     (patterns * mm * 4, rp.field_pixels() as u64 * (8 + 16 + 8))
 }
 
+/// Bytes one process of this job holds at its peak, estimated before anything large is
+/// allocated, for the ranks `ranks` it runs: each rank's [`rank_bytes`] (patterns; object,
+/// gradient and preconditioner sums on its field), the engines' own arrays (dm: exit waves,
+/// complex f32 per position and mode; mlcg: two complex f64 vectors of tile + probe), and,
+/// with `rank0`, the assembled result (the whole object, complex f32, three times: gathered
+/// tiles, assembled object, written copy). Returns (total, the parts as (name, bytes)).
+pub fn memory_estimate(cfg: &Config, df: &DataFile, ranks: &[&RankPlan], rank0: bool) -> (u64, Vec<(&'static str, u64)>) {
+    let stages = cfg.stages();
+    let uses = |e: crate::config::Engine| stages.iter().any(|s| s.engine == e);
+    let kmm = (cfg.reconstruction.probe_modes * df.m * df.m) as u64;
+    let (mut meas, mut field, mut engines) = (0u64, 0u64, 0u64);
+    for rp in ranks {
+        let (a, b) = rank_bytes(cfg, df, rp);
+        meas += a;
+        field += b;
+        if uses(crate::config::Engine::Dm) {
+            engines += rp.positions.len() as u64 * kmm * 8;
+        }
+        if uses(crate::config::Engine::Mlcg) {
+            engines += 2 * (rp.tile.area() as u64 + kmm) * 16;
+        }
+    }
+    let result = if rank0 { 3 * (df.object_shape[0] * df.object_shape[1]) as u64 * 8 } else { 0 };
+    let parts = vec![("diffraction patterns", meas), ("object and gradient sums", field), ("engine arrays", engines), ("assembled result", result)];
+    (parts.iter().map(|p| p.1).sum(), parts)
+}
+
+/// Memory this machine has for a process: `MemTotal` of /proc/meminfo, or a cgroup (v2)
+/// `memory.max` where that is lower. (The total, not what is free right now, so that a run
+/// is not refused because other jobs happen to hold memory.) None where neither is known.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let avail = meminfo.as_deref().and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:"))).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).map(|kb| kb * 1024);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    match (avail, cgroup) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    }
+}
+
+/// Refuse a process whose [`memory_estimate`] exceeds `[parallel] memory_limit` or, without
+/// one, [`available_memory`]: one line naming the data file (or the key) with the estimate,
+/// its largest part and the limit.
+pub fn check_memory(cfg: &Config, df: &DataFile, estimate: (u64, Vec<(&'static str, u64)>)) -> Result<()> {
+    let (need, parts) = estimate;
+    let (limit, whose, key) = match cfg.parallel.memory_limit_bytes()? {
+        Some(l) => (l, "[parallel] memory_limit", "parallel.memory_limit".to_string()),
+        None => match available_memory() {
+            Some(a) => (a, "memory this machine has", df.path.display().to_string()),
+            None => return Ok(()),
+        },
+    };
+    if need <= limit {
+        return Ok(());
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    let shown: Vec<String> = parts.iter().filter(|p| p.1 > 0).map(|(n, b)| format!("{n} {:.2} GB", gb(*b))).collect();
+    Err(Error::new(
+        key,
+        format!(
+            "this run needs about {:.2} GB in one process ({}, object {}x{} px), more than the {:.2} GB of {whose}; use more ranks on more nodes, a smaller scan or detector, or raise [parallel] memory_limit",
+            gb(need), shown.join(", "), df.object_shape[0], df.object_shape[1], gb(limit)
+        ),
+    ))
+}
+
 /// Build one rank's problem and initial state.
 ///
 /// Probe: from `data.initial` (a previous result, which also gives the object, placed by
@@ -202,7 +268,9 @@ pub fn run_with(cfg: &Config, opts: RunOptions, progress: Progress) -> Result<Ou
         None => {
             // one tile plan for all thread ranks of this process (each rank computing its own
             // would hold R plans of O(R) each: 6.5 GB at 1024 ranks, docs/scaling.md)
-            let plan = job_plan(cfg, &DataFile::open(cfg)?, cfg.parallel.ranks)?;
+            let df = DataFile::open(cfg)?;
+            let plan = job_plan(cfg, &df, cfg.parallel.ranks)?;
+            check_memory(cfg, &df, memory_estimate(cfg, &df, &plan.ranks.iter().collect::<Vec<_>>(), true))?;
             let mut results = comm::run_threads(cfg.parallel.ranks, |mut c| rank_run(cfg, &mut c, opts, progress, Some(&plan)))?;
             Ok(results.swap_remove(0))
         }
@@ -319,6 +387,10 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
         }
     };
     let rp = &plan.ranks[c.rank()];
+    if shared.is_none() {
+        // one process per rank (MPI): this rank's own estimate
+        check_memory(cfg, &df, memory_estimate(cfg, &df, &[rp], c.rank() == 0))?;
+    }
     if c.rank() == 0 {
         tracing::info!(
             "{}: {} patterns of {}x{}, object {}x{} px of {:.4} Å, λ = {:.5} Å, {} rank(s), tiles {}x{}",
