@@ -12,7 +12,9 @@
 //! - `inspect` follows each link once (link cycles);
 //! - a non-finite `data.initial` is named before the run;
 //! - memory is estimated before it is allocated and refused above the machine or
-//!   `[parallel] memory_limit`.
+//!   `[parallel] memory_limit`;
+//! - MPI ranks started with different arguments refuse at start-up, naming the rank;
+//! - SIGTERM ends a start-up blocked in MPI_Init.
 
 use num_complex::Complex32;
 use ptytile::output::checkpoint;
@@ -666,4 +668,141 @@ fn memory_is_estimated_before_allocating() {
         .parse()
         .unwrap();
     assert!(need > 100.0, "{e}");
+}
+
+/// `mpirun.mpich` or `mpirun`, if one runs.
+fn mpirun() -> Option<&'static str> {
+    ["mpirun.mpich", "mpirun"].into_iter().find(|m| {
+        Command::new(m)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+/// The reproduction (MPI ranks started with different arguments deadlocked) and its class:
+/// ranks with another `--iterations`, another `--set` and another data file. `mpirun` with
+/// one rank per program (MPMD, `:`) ends within the time limit, not 0, and the one `error:`
+/// line names the differing rank and key (or the data file).
+#[test]
+fn mpi_ranks_refuse_different_jobs() {
+    let Some(mpi) = mpirun() else {
+        eprintln!("SKIPPED: no mpirun found");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (h5, _) = dataset(dir);
+    std::fs::copy(&h5, dir.join("e.h5")).unwrap();
+    let same = ["reconstruct", "d.toml", "--iterations", "2"];
+    let cases: [(&[&str], &str); 3] = [
+        (&["reconstruct", "d.toml", "--iterations", "3"], "rank 2 runs another job than rank 0: reconstruction.iterations is 3 there, 2 on rank 0"),
+        (&["reconstruct", "d.toml", "--iterations", "2", "--set", "reconstruction.step=0.5"], "reconstruction.step is 0.5 there, 1.0 on rank 0"),
+        (&["reconstruct", "d.toml", "--iterations", "2", "--set", "data.file=\"e.h5\""], "data.file is"),
+    ];
+    for (other, needle) in cases {
+        let mut c = Command::new(mpi);
+        c.current_dir(dir)
+            .env("HDF5_USE_FILE_LOCKING", "FALSE")
+            .env_remove("RUST_LOG");
+        c.args(["-n", "2", BIN])
+            .args(same)
+            .args([":", "-n", "1", BIN])
+            .args(other)
+            .args([":", "-n", "1", BIN])
+            .args(same);
+        let t = Instant::now();
+        let o = run_limited(c);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{other:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{other:?}: {err}");
+        assert!(
+            lines[0].contains(needle) && lines[0].contains("rank 2"),
+            "{other:?}: {err}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{other:?}: {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+/// SIGTERM while start-up blocks (issue 18: the handler only set a flag read between
+/// iterations): rank 0 of an `mpirun` job whose other rank never starts MPI waits in
+/// MPI_Init; SIGTERM to it ends it within seconds with 143 and leaves no temporary file.
+#[test]
+fn sigterm_ends_a_blocked_start_up() {
+    let Some(mpi) = mpirun() else {
+        eprintln!("SKIPPED: no mpirun found");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    dataset(dir);
+    let mut c = Command::new(mpi);
+    c.current_dir(dir)
+        .env("HDF5_USE_FILE_LOCKING", "FALSE")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut job = c
+        .args([
+            "-n",
+            "1",
+            BIN,
+            "reconstruct",
+            "d.toml",
+            ":",
+            "-n",
+            "1",
+            "sleep",
+            "60",
+        ])
+        .spawn()
+        .unwrap();
+    // the ptytile process (a child of the launcher's proxy)
+    let t = Instant::now();
+    let pid = loop {
+        let o = Command::new("pgrep")
+            .args(["-f", &format!("{BIN} reconstruct d.toml")])
+            .output()
+            .unwrap();
+        let pids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        if let Some(p) = pids.into_iter().find(|p| {
+            std::fs::read_link(format!("/proc/{p}/cwd"))
+                .is_ok_and(|d| d == dir.canonicalize().unwrap())
+        }) {
+            break p;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "ptytile did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(500)); // now waiting in MPI_Init
+    let t = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    while std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "SIGTERM did not end the blocked start-up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = job.kill();
+    let _ = job.wait();
+    assert_eq!(leftovers(dir), Vec::<String>::new());
 }

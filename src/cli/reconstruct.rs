@@ -257,7 +257,7 @@ pub fn run_with(cfg: &Config, opts: RunOptions, progress: Progress) -> Result<Ou
     match launch {
         Some(_) => {
             let mut c = comm::MpiComm::init()?;
-            match run_rank(cfg, &mut c, opts, progress) {
+            match check_same_job(cfg, &mut c).and_then(|_| run_rank(cfg, &mut c, opts, progress)) {
                 Ok(r) => Ok(r),
                 Err(e) => {
                     eprintln!("error: rank {}: {e}", c.rank());
@@ -273,6 +273,70 @@ pub fn run_with(cfg: &Config, opts: RunOptions, progress: Progress) -> Result<Ou
             check_memory(cfg, &df, memory_estimate(cfg, &df, &plan.ranks.iter().collect::<Vec<_>>(), true))?;
             let mut results = comm::run_threads(cfg.parallel.ranks, |mut c| rank_run(cfg, &mut c, opts, progress, Some(&plan)))?;
             Ok(results.swap_remove(0))
+        }
+    }
+}
+
+/// What a rank runs, for [`check_same_job`]: the full configuration after `--set` and the
+/// command-line options (TOML), and the data file's identity (absolute path, size,
+/// modification time; the same on every node of a shared file system).
+fn job_words(cfg: &Config) -> (String, String) {
+    let f = &cfg.data.file;
+    let meta = std::fs::metadata(f).ok();
+    let mtime = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let data = format!("{} ({} bytes, modified {mtime} ns)", std::path::absolute(f).unwrap_or_else(|_| f.clone()).display(), meta.map_or(0, |m| m.len()));
+    (cfg.to_toml(), data)
+}
+
+/// Start-up check of an MPI job: every rank must run the same job (the same configuration
+/// after overrides, the same data file). The configurations and data identities are
+/// gathered on rank 0, which compares each rank's with its own; on a difference rank 0
+/// returns one line naming the first differing rank and what differs (the first differing
+/// config key with both values, or the data file), and the other ranks wait to be ended by
+/// rank 0's abort, so that only that line is printed. Without this check, ranks started
+/// with different arguments (e.g. `--iterations`) deadlocked in a later collective.
+///
+/// Errors: a rank runs another job (from rank 0), or a failed transport.
+pub fn check_same_job(cfg: &Config, c: &mut dyn Comm) -> Result<()> {
+    let (toml_text, data) = job_words(cfg);
+    let all = c.gather(format!("{data}\n{toml_text}").into_bytes())?;
+    let mut verdict = [0.0f64];
+    let mut msg = None;
+    if let Some(all) = all {
+        let split = |b: &[u8]| {
+            let s = String::from_utf8_lossy(b).into_owned();
+            let (d, t) = s.split_once('\n').unwrap_or((&s, ""));
+            (d.to_string(), t.to_string())
+        };
+        let (d0, t0) = split(&all[0]);
+        let flat = |t: &str| t.parse::<toml::Table>().map(|t| checkpoint::flatten(&t)).unwrap_or_default();
+        let f0 = flat(&t0);
+        for (r, b) in all.iter().enumerate().skip(1) {
+            let (d, t) = split(b);
+            if t != t0 {
+                let f = flat(&t);
+                let key = f0.keys().chain(f.keys()).find(|k| f0.get(*k) != f.get(*k)).cloned().unwrap_or_else(|| "the configuration".into());
+                let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "unset".into());
+                msg = Some(format!("rank {r} runs another job than rank 0: {key} is {} there, {} on rank 0; start every rank with the same config and arguments", show(f.get(&key)), show(f0.get(&key))));
+            } else if d != d0 {
+                msg = Some(format!("rank {r} runs another job than rank 0: its data file is {d}, rank 0's {d0}; every rank must read the same file"));
+            }
+            if msg.is_some() {
+                verdict[0] = r as f64;
+                break;
+            }
+        }
+    }
+    c.allreduce_max(&mut verdict)?;
+    if verdict[0] == 0.0 {
+        return Ok(());
+    }
+    match msg {
+        Some(m) => Err(Error::new("MPI job", m)),
+        None => {
+            // rank 0 reports and aborts the job; wait for that (bounded)
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            Err(Error::new("MPI job", format!("rank {} runs another job than rank 0", verdict[0])))
         }
     }
 }

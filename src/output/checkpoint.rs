@@ -395,7 +395,7 @@ pub fn check_ranks(dir: &Path, m: &Manifest, ranks: usize) -> Result<()> {
 }
 
 /// Dotted keys → TOML text of the leaf values.
-fn flatten(t: &toml::Table) -> BTreeMap<String, String> {
+pub(crate) fn flatten(t: &toml::Table) -> BTreeMap<String, String> {
     fn walk(prefix: &str, t: &toml::Table, out: &mut BTreeMap<String, String>) {
         for (k, v) in t {
             let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
