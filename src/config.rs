@@ -441,6 +441,46 @@ pub struct ParallelConfig {
     /// node-local rank modulo the GPU count; docs/gpu.md).
     #[serde(default)]
     pub backend: BackendKind,
+    /// Most memory one process may use, as bytes (an integer) or a string with a unit
+    /// (`"16 GiB"`, `"500 MB"`); default: the machine's available memory. A run whose
+    /// estimate exceeds it is refused before anything large is allocated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<toml::Value>,
+}
+
+impl ParallelConfig {
+    /// `memory_limit` in bytes (None if unset).
+    ///
+    /// Errors (`parallel.memory_limit`): not a positive integer or a number with a unit of
+    /// B, kB, MB, GB, TB, KiB, MiB, GiB or TiB.
+    pub fn memory_limit_bytes(&self) -> Result<Option<u64>> {
+        let bad = |v: &dyn std::fmt::Display| Error::new("parallel.memory_limit", format!("{v} is not a size: give bytes (an integer) or e.g. \"16 GiB\", \"500 MB\""));
+        let v = match &self.memory_limit {
+            None => return Ok(None),
+            Some(toml::Value::Integer(i)) if *i > 0 => return Ok(Some(*i as u64)),
+            Some(toml::Value::String(s)) => s,
+            Some(other) => return Err(bad(other)),
+        };
+        let t = v.trim();
+        let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+        let (num, unit) = (t[..split].trim(), t[split..].trim());
+        let scale = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "kb" => 1e3,
+            "mb" => 1e6,
+            "gb" => 1e9,
+            "tb" => 1e12,
+            "kib" => 1024.0,
+            "mib" => 1024f64.powi(2),
+            "gib" => 1024f64.powi(3),
+            "tib" => 1024f64.powi(4),
+            _ => return Err(bad(&format!("\"{v}\""))),
+        };
+        match num.parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(Some((x * scale) as u64)),
+            _ => Err(bad(&format!("\"{v}\""))),
+        }
+    }
 }
 
 impl Default for ParallelConfig {
@@ -500,6 +540,9 @@ pub struct Config {
     /// `reconstruction.engine` for `reconstruction.iterations`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<Stage>,
+    /// The config file this was loaded from ([`Config::load`]; not a TOML key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl Config {
@@ -510,6 +553,7 @@ impl Config {
     /// invalid value, an output path that is a directory or the data file itself (each
     /// naming the file or key).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        crate::output::safety::check_input(path)?;
         let text = std::fs::read_to_string(path).ctx(|| path.display().to_string())?;
         let mut cfg = Self::from_toml(&text, overrides).map_err(|e| match e.what.strip_prefix("config") {
             Some(rest) if rest.is_empty() || rest.starts_with(':') => Error::new(format!("{}{rest}", path.display()), e.msg),
@@ -529,16 +573,42 @@ impl Config {
                 }
             }
         }
+        cfg.source = Some(path.to_path_buf());
         let out = &cfg.output.path;
         if out.is_dir() {
             return Err(Error::new("output.path", format!("{} is a directory, not a file name", out.display())));
         }
-        if let (Ok(a), Ok(b)) = (out.canonicalize(), cfg.data.file.canonicalize()) {
-            if a == b {
-                return Err(Error::new("output.path", format!("{} is the data file; the result would replace the measurements", out.display())));
+        cfg.check_outputs()?;
+        Ok(cfg)
+    }
+
+    /// The files a run reads: the config file (when loaded from one), `data.file` and
+    /// `data.initial`, as (what, path).
+    pub fn inputs(&self) -> crate::output::safety::Inputs {
+        let mut list: Vec<(&str, &Path)> = vec![("the data file", &self.data.file)];
+        if let Some(c) = &self.source {
+            list.push(("the config file", c));
+        }
+        if let Some(i) = &self.data.initial {
+            list.push(("data.initial", i));
+        }
+        crate::output::safety::Inputs::new(list)
+    }
+
+    /// Refuse a run whose result, images or checkpoints would be written to or over one of
+    /// its inputs ([`Config::inputs`], docs/format.md "What ptytile writes and deletes").
+    pub fn check_outputs(&self) -> Result<()> {
+        let inputs = self.inputs();
+        let out = &self.output.path;
+        inputs.check_output("output.path", out)?;
+        if self.output.png {
+            let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            for suffix in crate::output::png::SUFFIXES {
+                inputs.check_output("output.path", &out.with_file_name(crate::output::png_name(&stem, suffix)))?;
             }
         }
-        Ok(cfg)
+        let key = if self.checkpoint.dir.is_some() { "checkpoint.dir" } else { "output.path" };
+        inputs.check_checkpoint_dir(key, &self.checkpoint_dir())
     }
 
     /// Parse TOML text, apply overrides, validate.
@@ -588,6 +658,7 @@ impl Config {
                 return Err(Error::new(key, "is empty"));
             }
         }
+        self.parallel.memory_limit_bytes()?;
         if !(r.step.is_finite() && r.step > 0.0) {
             return Err(Error::new("reconstruction.step", "must be a positive number"));
         }
@@ -673,7 +744,7 @@ impl Config {
         }
         let p = &self.output.path;
         let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recon".into());
-        p.with_file_name(format!("{stem}_checkpoint"))
+        p.with_file_name(format!("{}_checkpoint", crate::output::safety::fit_name(&stem, crate::output::safety::NAME_MAX - 11)))
     }
 
     /// The run's stages: `[[schedule]]`, or one stage of `reconstruction.engine` for

@@ -27,12 +27,13 @@ struct Case {
 }
 
 fn case(noise: NoiseModel, modes: usize) -> Case {
-    case_with(noise, modes, false)
+    case_with(noise, modes, false, M)
 }
 
 /// `raster`: rows of 3 positions share their sub-pixel y-shift (as in a raster scan), which
 /// takes the kernel's shared-run path for the probe-shift and probe-gradient transforms.
-fn case_with(noise: NoiseModel, modes: usize, raster: bool) -> Case {
+/// `m`: the detector side (window M).
+fn case_with(noise: NoiseModel, modes: usize, raster: bool, m: usize) -> Case {
     let mut r = Lcg(7);
     let shape = [30, 34];
     let obj = Field {
@@ -40,10 +41,10 @@ fn case_with(noise: NoiseModel, modes: usize, raster: bool) -> Case {
         shape,
         data: (0..shape[0] * shape[1]).map(|_| C::from_polar(0.8 + 0.4 * r.next(), 2.0 * r.next() - 1.0)).collect(),
     };
-    let probe: Vec<C> = (0..modes * M * M)
+    let probe: Vec<C> = (0..modes * m * m)
         .map(|i| {
-            let (y, x) = (((i / M) % M) as f64 - 7.7, (i % M) as f64 - 8.2);
-            let g = (-(y * y + x * x) / 18.0).exp() * (1.0 + 3.0 * (i / (M * M)) as f64);
+            let (y, x) = (((i / m) % m) as f64 - 7.7, (i % m) as f64 - 8.2);
+            let g = (-(y * y + x * x) / 18.0).exp() * (1.0 + 3.0 * (i / (m * m)) as f64);
             C::from_polar(g * (1.0 + 0.3 * r.next()), 0.5 * r.next())
         })
         .collect();
@@ -51,11 +52,12 @@ fn case_with(noise: NoiseModel, modes: usize, raster: bool) -> Case {
     let pos: Vec<PositionGeom<f64>> = (0..9)
         .map(|j| {
             let dy = if raster { 0.27 } else { r.next() };
-            let c = [obj.origin[0] as f64 + 8.0 + 3.3 * (j / 3) as f64 + dy, obj.origin[1] as f64 + 8.0 + 4.1 * (j % 3) as f64 + r.next()];
-            PositionGeom::new(j, c, M)
+            let h = (m / 2) as f64;
+            let c = [obj.origin[0] as f64 + h + 3.3 * (j / 3) as f64 + dy, obj.origin[1] as f64 + h + 4.1 * (j % 3) as f64 + r.next()];
+            PositionGeom::new(j, c, m)
         })
         .collect();
-    let k = Kernel { fft: Fft2::new(M), modes, noise, eps: 1e-9, weights: None, propagator: Vec::new() };
+    let k = Kernel { fft: Fft2::new(m), modes, noise, eps: 1e-9, weights: None, propagator: Vec::new() };
     // "measurements": the model of a perturbed object, scaled, plus deterministic noise
     let mut truth = obj.clone();
     truth.data.iter_mut().for_each(|z| *z *= C::from_polar(1.0 + 0.1 * r.next(), 0.3 * r.next()));
@@ -103,14 +105,15 @@ fn check_case(c: Case, noise: NoiseModel, modes: usize) {
         assert!(err < 1e-5, "{noise:?} K={modes} S={planes} object slice {s} ({y},{x}): FD ({dre:.6e},{dim:.6e}) vs 2g {want:.6e}");
     }
     // probe: g_P = F⁻¹ ĝ_P (unitary), per mode
-    let mut gp = vec![C::default(); modes * M * M];
+    let m = c.k.fft.size();
+    let mut gp = vec![C::default(); modes * m * m];
     let mut s = c.k.fft.scratch();
-    for (hat, out) in g.g_probe_hat.chunks(M * M).zip(gp.chunks_mut(M * M)) {
+    for (hat, out) in g.g_probe_hat.chunks(m * m).zip(gp.chunks_mut(m * m)) {
         c.k.fft.inverse_t(&mut hat.to_vec(), out, &mut s);
     }
     for mode in 0..modes {
         for &(y, x) in &[(8usize, 8usize), (2, 13), (11, 4)] {
-            let i = mode * M * M + y * M + x;
+            let i = mode * m * m + y * m + x;
             let (dre, dim) = fd(&c, &|d| {
                 let mut p = c.probe.clone();
                 p[i] += d;
@@ -199,11 +202,24 @@ fn gradient_fd_poisson_two_modes() {
 
 #[test]
 fn gradient_fd_poisson_two_modes_raster() {
-    check_case(case_with(NoiseModel::Poisson, 2, true), NoiseModel::Poisson, 2);
+    check_case(case_with(NoiseModel::Poisson, 2, true, M), NoiseModel::Poisson, 2);
 }
 #[test]
 fn gradient_fd_amplitude_one_mode_raster() {
-    check_case(case_with(NoiseModel::Amplitude, 1, true), NoiseModel::Amplitude, 1);
+    check_case(case_with(NoiseModel::Amplitude, 1, true, M), NoiseModel::Amplitude, 1);
+}
+
+/// Issue 18: detector sides that are not multiples of 4 (M ≡ 2 mod 4 panicked in the
+/// residuals: M² not a multiple of 8) and odd sides: loss and gradients still match finite
+/// differences, on the per-position and the shared-run (raster) paths.
+#[test]
+fn gradient_fd_any_detector_side() {
+    for m in [17, 18, 19, 22] {
+        for noise in [NoiseModel::Poisson, NoiseModel::Amplitude] {
+            check_case(case_with(noise, 1, false, m), noise, 1);
+            check_case(case_with(noise, 2, true, m), noise, 2);
+        }
+    }
 }
 
 /// Positions sharing a sub-pixel y-shift take the shared-run path (y-half of the probe
@@ -212,7 +228,7 @@ fn gradient_fd_amplitude_one_mode_raster() {
 #[test]
 fn shared_runs_equal_per_position_sums() {
     for modes in [1, 2] {
-        let c = case_with(NoiseModel::Poisson, modes, true);
+        let c = case_with(NoiseModel::Poisson, modes, true, M);
         assert!(c.pos[0].ramp_y == c.pos[1].ramp_y && c.pos[0].ramp_y != c.pos[3].ramp_y);
         let ph = probe_spectrum(&c.k.fft, &c.probe);
         let all = gradients(&c.k, &c.obj, &ph, &c.pos, &c.meas, true);

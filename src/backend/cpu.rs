@@ -386,41 +386,60 @@ fn residuals<T: Real, const MASKED: bool>(noise: NoiseModel, meas: &[f32], g: &[
     let gw = |i: usize| if MASKED { T::of32(g[i]) } else { T::one() };
     let mut lanes = [T::zero(); L];
     let n = meas.len();
-    assert!(im.len() == n && wt.len() == n && n % L == 0, "pattern size must be a multiple of {L}");
+    assert!(im.len() == n && wt.len() == n, "pattern, intensity and weight lengths differ");
+    // whole chunks of L (vectorised), then the last n mod L pixels (any detector side) into
+    // lanes 0..n mod L; the same per-pixel arithmetic, so the result stays deterministic
+    let body = n - n % L;
     match noise {
         NoiseModel::Poisson => {
-            for (c, ((w, m), i)) in wt.chunks_exact_mut(L).zip(meas.chunks_exact(L)).zip(im.chunks_exact_mut(L)).enumerate() {
+            let first = |lane: &mut T, m: f32, i: &mut T, w: &mut T, gq: T| {
+                let iv = *i * isc;
+                *i = iv;
+                *w = (T::one() - T::of32(m) / (iv + eps)) * scale * gq;
+                *lane = *lane + iv * gq;
+            };
+            // −Î − Î ln((I + ε)/Î) only where Î > 0 (most low-dose pixels are 0)
+            let second = |lane: &mut T, m: f32, i: T, gq: T| {
+                if m > 0.0 {
+                    let mv = T::of32(m);
+                    let lq = mv * ((i + eps) / mv).ln();
+                    *lane = if MASKED { *lane - (mv + lq) * gq } else { *lane - mv - lq };
+                }
+            };
+            for (c, ((w, m), i)) in wt[..body].chunks_exact_mut(L).zip(meas[..body].chunks_exact(L)).zip(im[..body].chunks_exact_mut(L)).enumerate() {
                 for q in 0..L {
-                    let iv = i[q] * isc;
-                    i[q] = iv;
-                    let gq = gw(c * L + q);
-                    w[q] = (T::one() - T::of32(m[q]) / (iv + eps)) * scale * gq;
-                    lanes[q] = lanes[q] + iv * gq;
+                    first(&mut lanes[q], m[q], &mut i[q], &mut w[q], gw(c * L + q));
                 }
             }
-            // −Î − Î ln((I + ε)/Î) only where Î > 0 (most low-dose pixels are 0)
-            for (c, (m, i)) in meas.chunks_exact(L).zip(im.chunks_exact(L)).enumerate() {
+            for j in body..n {
+                first(&mut lanes[j - body], meas[j], &mut im[j], &mut wt[j], gw(j));
+            }
+            for (c, (m, i)) in meas[..body].chunks_exact(L).zip(im[..body].chunks_exact(L)).enumerate() {
                 for q in 0..L {
-                    if m[q] > 0.0 {
-                        let mv = T::of32(m[q]);
-                        let lq = mv * ((i[q] + eps) / mv).ln();
-                        lanes[q] = if MASKED { lanes[q] - (mv + lq) * gw(c * L + q) } else { lanes[q] - mv - lq };
-                    }
+                    second(&mut lanes[q], m[q], i[q], gw(c * L + q));
                 }
+            }
+            for j in body..n {
+                second(&mut lanes[j - body], meas[j], im[j], gw(j));
             }
         }
         NoiseModel::Amplitude => {
-            for (c, ((w, m), i)) in wt.chunks_exact_mut(L).zip(meas.chunks_exact(L)).zip(im.chunks_exact_mut(L)).enumerate() {
+            let one = |lane: &mut T, m: f32, i: &mut T, w: &mut T, gq: T| {
+                let iv = *i * isc;
+                *i = iv;
+                let a = (iv + eps).sqrt();
+                let sm = (T::of32(m) + eps).sqrt();
+                let d = a - sm;
+                *lane = *lane + d * d * gq;
+                *w = if a > T::zero() { (T::one() - sm / a) * scale * gq } else { T::zero() };
+            };
+            for (c, ((w, m), i)) in wt[..body].chunks_exact_mut(L).zip(meas[..body].chunks_exact(L)).zip(im[..body].chunks_exact_mut(L)).enumerate() {
                 for q in 0..L {
-                    let iv = i[q] * isc;
-                    i[q] = iv;
-                    let a = (iv + eps).sqrt();
-                    let sm = (T::of32(m[q]) + eps).sqrt();
-                    let d = a - sm;
-                    let gq = gw(c * L + q);
-                    lanes[q] = lanes[q] + d * d * gq;
-                    w[q] = if a > T::zero() { (T::one() - sm / a) * scale * gq } else { T::zero() };
+                    one(&mut lanes[q], m[q], &mut i[q], &mut w[q], gw(c * L + q));
                 }
+            }
+            for j in body..n {
+                one(&mut lanes[j - body], meas[j], &mut im[j], &mut wt[j], gw(j));
             }
         }
     }

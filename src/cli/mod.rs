@@ -312,6 +312,8 @@ fn init_tracing() {
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Reconstruct { config, iterations, output, ranks, mut set, resume, backend } => {
+            // first, so that SIGTERM/SIGINT end a run that blocks in start-up
+            let signals = signals::install()?;
             if let Some(b) = backend {
                 set.push(format!("parallel.backend={}", toml_string(b.name())));
             }
@@ -338,7 +340,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 bar.set_message(format!("loss {loss:.6e}  {:.0} positions/s", npos as f64 / secs.max(1e-9)));
                 tracing::info!("iteration {it}: loss {loss:.6e}, {secs:.3} s");
             };
-            let opts = reconstruct::RunOptions { resume: resume.as_deref(), signals: Some(signals::install()?) };
+            let opts = reconstruct::RunOptions { resume: resume.as_deref(), signals: Some(signals) };
             let res = match reconstruct::run_with(&cfg, opts, &progress)? {
                 reconstruct::Outcome::Finished(r) => r,
                 reconstruct::Outcome::Stopped { iteration, dir } => {
@@ -354,7 +356,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             };
             bar.finish();
             let Some(res) = res else { return Ok(0) };
-            let paths = crate::output::write_result(&cfg.output.path, &res, cfg.output.png)?;
+            let paths = crate::output::write_result_checked(&cfg.output.path, &res, cfg.output.png, &cfg.inputs())?;
             for p in paths {
                 crate::cli::outln!("wrote {}", p.display());
             }

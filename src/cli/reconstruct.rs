@@ -77,6 +77,72 @@ pub fn rank_bytes(cfg: &Config, df: &DataFile, rp: &RankPlan) -> (u64, u64) {
     (patterns * mm * 4, rp.field_pixels() as u64 * (8 + 16 + 8) * cfg.reconstruction.slices as u64)
 }
 
+/// Bytes one process of this job holds at its peak, estimated before anything large is
+/// allocated, for the ranks `ranks` it runs: each rank's [`rank_bytes`] (patterns; object,
+/// gradient and preconditioner sums on its field), the engines' own arrays (dm: exit waves,
+/// complex f32 per position and mode; mlcg: two complex f64 vectors of tile + probe), and,
+/// with `rank0`, the assembled result (the whole object, complex f32, three times: gathered
+/// tiles, assembled object, written copy). Returns (total, the parts as (name, bytes)).
+pub fn memory_estimate(cfg: &Config, df: &DataFile, ranks: &[&RankPlan], rank0: bool) -> (u64, Vec<(&'static str, u64)>) {
+    let stages = cfg.stages();
+    let uses = |e: crate::config::Engine| stages.iter().any(|s| s.engine == e);
+    let kmm = (cfg.reconstruction.probe_modes * df.m * df.m) as u64;
+    let (mut meas, mut field, mut engines) = (0u64, 0u64, 0u64);
+    for rp in ranks {
+        let (a, b) = rank_bytes(cfg, df, rp);
+        meas += a;
+        field += b;
+        if uses(crate::config::Engine::Dm) {
+            engines += rp.positions.len() as u64 * kmm * 8;
+        }
+        if uses(crate::config::Engine::Mlcg) {
+            engines += 2 * (rp.tile.area() as u64 + kmm) * 16;
+        }
+    }
+    let result = if rank0 { 3 * (df.object_shape[0] * df.object_shape[1]) as u64 * 8 } else { 0 };
+    let parts = vec![("diffraction patterns", meas), ("object and gradient sums", field), ("engine arrays", engines), ("assembled result", result)];
+    (parts.iter().map(|p| p.1).sum(), parts)
+}
+
+/// Memory this machine has for a process: `MemTotal` of /proc/meminfo, or a cgroup (v2)
+/// `memory.max` where that is lower. (The total, not what is free right now, so that a run
+/// is not refused because other jobs happen to hold memory.) None where neither is known.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let avail = meminfo.as_deref().and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:"))).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).map(|kb| kb * 1024);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    match (avail, cgroup) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    }
+}
+
+/// Refuse a process whose [`memory_estimate`] exceeds `[parallel] memory_limit` or, without
+/// one, [`available_memory`]: one line naming the data file (or the key) with the estimate,
+/// its largest part and the limit.
+pub fn check_memory(cfg: &Config, df: &DataFile, estimate: (u64, Vec<(&'static str, u64)>)) -> Result<()> {
+    let (need, parts) = estimate;
+    let (limit, whose, key) = match cfg.parallel.memory_limit_bytes()? {
+        Some(l) => (l, "[parallel] memory_limit", "parallel.memory_limit".to_string()),
+        None => match available_memory() {
+            Some(a) => (a, "memory this machine has", df.path.display().to_string()),
+            None => return Ok(()),
+        },
+    };
+    if need <= limit {
+        return Ok(());
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    let shown: Vec<String> = parts.iter().filter(|p| p.1 > 0).map(|(n, b)| format!("{n} {:.2} GB", gb(*b))).collect();
+    Err(Error::new(
+        key,
+        format!(
+            "this run needs about {:.2} GB in one process ({}, object {}x{} px), more than the {:.2} GB of {whose}; use more ranks on more nodes, a smaller scan or detector, or raise [parallel] memory_limit",
+            gb(need), shown.join(", "), df.object_shape[0], df.object_shape[1], gb(limit)
+        ),
+    ))
+}
+
 /// Build one rank's problem and initial state.
 ///
 /// Probe: from `data.initial` (a previous result, which also gives the object, placed by
@@ -217,7 +283,7 @@ pub fn run_with(cfg: &Config, opts: RunOptions, progress: Progress) -> Result<Ou
     match launch {
         Some(_) => {
             let mut c = comm::MpiComm::init()?;
-            match run_rank(cfg, &mut c, opts, progress) {
+            match check_same_job(cfg, &mut c).and_then(|_| run_rank(cfg, &mut c, opts, progress)) {
                 Ok(r) => Ok(r),
                 Err(e) => {
                     eprintln!("error: rank {}: {e}", c.rank());
@@ -228,9 +294,75 @@ pub fn run_with(cfg: &Config, opts: RunOptions, progress: Progress) -> Result<Ou
         None => {
             // one tile plan for all thread ranks of this process (each rank computing its own
             // would hold R plans of O(R) each: 6.5 GB at 1024 ranks, docs/scaling.md)
-            let plan = job_plan(cfg, &DataFile::open(cfg)?, cfg.parallel.ranks)?;
+            let df = DataFile::open(cfg)?;
+            let plan = job_plan(cfg, &df, cfg.parallel.ranks)?;
+            check_memory(cfg, &df, memory_estimate(cfg, &df, &plan.ranks.iter().collect::<Vec<_>>(), true))?;
             let mut results = comm::run_threads(cfg.parallel.ranks, |mut c| rank_run(cfg, &mut c, opts, progress, Some(&plan)))?;
             Ok(results.swap_remove(0))
+        }
+    }
+}
+
+/// What a rank runs, for [`check_same_job`]: the full configuration after `--set` and the
+/// command-line options (TOML), and the data file's identity (absolute path, size,
+/// modification time; the same on every node of a shared file system).
+fn job_words(cfg: &Config) -> (String, String) {
+    let f = &cfg.data.file;
+    let meta = std::fs::metadata(f).ok();
+    let mtime = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let data = format!("{} ({} bytes, modified {mtime} ns)", std::path::absolute(f).unwrap_or_else(|_| f.clone()).display(), meta.map_or(0, |m| m.len()));
+    (cfg.to_toml(), data)
+}
+
+/// Start-up check of an MPI job: every rank must run the same job (the same configuration
+/// after overrides, the same data file). The configurations and data identities are
+/// gathered on rank 0, which compares each rank's with its own; on a difference rank 0
+/// returns one line naming the first differing rank and what differs (the first differing
+/// config key with both values, or the data file), and the other ranks wait to be ended by
+/// rank 0's abort, so that only that line is printed. Without this check, ranks started
+/// with different arguments (e.g. `--iterations`) deadlocked in a later collective.
+///
+/// Errors: a rank runs another job (from rank 0), or a failed transport.
+pub fn check_same_job(cfg: &Config, c: &mut dyn Comm) -> Result<()> {
+    let (toml_text, data) = job_words(cfg);
+    let all = c.gather(format!("{data}\n{toml_text}").into_bytes())?;
+    let mut verdict = [0.0f64];
+    let mut msg = None;
+    if let Some(all) = all {
+        let split = |b: &[u8]| {
+            let s = String::from_utf8_lossy(b).into_owned();
+            let (d, t) = s.split_once('\n').unwrap_or((&s, ""));
+            (d.to_string(), t.to_string())
+        };
+        let (d0, t0) = split(&all[0]);
+        let flat = |t: &str| t.parse::<toml::Table>().map(|t| checkpoint::flatten(&t)).unwrap_or_default();
+        let f0 = flat(&t0);
+        for (r, b) in all.iter().enumerate().skip(1) {
+            let (d, t) = split(b);
+            if t != t0 {
+                let f = flat(&t);
+                let key = f0.keys().chain(f.keys()).find(|k| f0.get(*k) != f.get(*k)).cloned().unwrap_or_else(|| "the configuration".into());
+                let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "unset".into());
+                msg = Some(format!("rank {r} runs another job than rank 0: {key} is {} there, {} on rank 0; start every rank with the same config and arguments", show(f.get(&key)), show(f0.get(&key))));
+            } else if d != d0 {
+                msg = Some(format!("rank {r} runs another job than rank 0: its data file is {d}, rank 0's {d0}; every rank must read the same file"));
+            }
+            if msg.is_some() {
+                verdict[0] = r as f64;
+                break;
+            }
+        }
+    }
+    c.allreduce_max(&mut verdict)?;
+    if verdict[0] == 0.0 {
+        return Ok(());
+    }
+    match msg {
+        Some(m) => Err(Error::new("MPI job", m)),
+        None => {
+            // rank 0 reports and aborts the job; wait for that (bounded)
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            Err(Error::new("MPI job", format!("rank {} runs another job than rank 0", verdict[0])))
         }
     }
 }
@@ -345,6 +477,10 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
         }
     };
     let rp = &plan.ranks[c.rank()];
+    if shared.is_none() {
+        // one process per rank (MPI): this rank's own estimate
+        check_memory(cfg, &df, memory_estimate(cfg, &df, &[rp], c.rank() == 0))?;
+    }
     if c.rank() == 0 {
         tracing::info!(
             "{}: {} patterns of {}x{}, object {}x{} px of {:.4} Å, λ = {:.5} Å, {} rank(s), tiles {}x{}",
@@ -389,6 +525,14 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     let mut split = Vec::with_capacity(iterations);
     let t0 = Instant::now();
     let stats0 = c.stats();
+    // signals wait for the iteration boundary only inside the loop (cli::signals)
+    struct InLoop<'a>(Option<&'a StopFlags>);
+    impl Drop for InLoop<'_> {
+        fn drop(&mut self) {
+            self.0.inspect(|s| s.in_loop.store(false, std::sync::atomic::Ordering::SeqCst));
+        }
+    }
+    let in_loop = InLoop(ro.signals.inspect(|s| s.in_loop.store(true, std::sync::atomic::Ordering::SeqCst)));
     {
         let mut rank = Rank { plan: rp, comm: &mut *c, mode, overlap: cfg.parallel.overlap };
         for it in start..iterations {
@@ -439,6 +583,7 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
             }
         }
     }
+    drop(in_loop);
     let secs = t0.elapsed().as_secs_f64();
     // this rank's traffic per iteration (the iteration loop only: set-up and the final
     // reductions below are left out), its halo peers and its peak memory

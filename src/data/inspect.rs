@@ -19,6 +19,7 @@ pub fn inspect(path: &Path) -> Result<String> {
     if !path.exists() {
         return Err(Error::new(&what, "no such file"));
     }
+    crate::output::safety::check_input(path)?;
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
         return Ok(npy_report(path));
     }
@@ -26,7 +27,11 @@ pub fn inspect(path: &Path) -> Result<String> {
     let mut out = String::new();
     let mut datasets: Vec<(String, Vec<usize>, String)> = Vec::new();
     let _ = writeln!(out, "{what}");
-    walk(&f, "/", 0, &mut out, &mut datasets);
+    let mut seen = Vec::new();
+    if let Ok(i) = f.loc_info() {
+        seen.push(((i.fileno, i.token), "/".to_string()));
+    }
+    walk(&f, "/", 0, &mut out, &mut datasets, &mut seen);
     let looks = if super::resolve_format(crate::config::DataFormat::Auto, path, Some(&f), "") == crate::config::DataFormat::Cxi {
         super::cxi::explain(path)
     } else {
@@ -82,7 +87,13 @@ fn attrs(loc: &hdf5::Location, indent: usize, out: &mut String) {
     }
 }
 
-fn walk(g: &hdf5::Group, path: &str, depth: usize, out: &mut String, ds: &mut Vec<(String, Vec<usize>, String)>) {
+/// Groups already shown: (file number, object token) and the path they were shown under.
+type Seen = Vec<((u64, hdf5::LocationToken), String)>;
+
+/// List `g` (at `path`) and, recursively, its members. Each group is descended into once: a
+/// second link to it (a hard or soft link back up the tree, a cycle) is listed with the path
+/// it was shown under, so a file whose links form a cycle is still listed in finite time.
+fn walk(g: &hdf5::Group, path: &str, depth: usize, out: &mut String, ds: &mut Vec<(String, Vec<usize>, String)>, seen: &mut Seen) {
     let ind = 2 * depth;
     attrs(g, ind, out);
     let Ok(names) = g.member_names() else { return };
@@ -94,8 +105,16 @@ fn walk(g: &hdf5::Group, path: &str, depth: usize, out: &mut String, ds: &mut Ve
             attrs(&d, ind, out);
             ds.push((full, d.shape(), t));
         } else if let Ok(sub) = g.group(&name) {
+            let id = sub.loc_info().ok().map(|i| (i.fileno, i.token));
+            if let Some((_, first)) = id.and_then(|id| seen.iter().find(|(s, _)| *s == id)) {
+                let _ = writeln!(out, "{:ind$}{full}/  -> the group shown as {first} (a link to it; not listed again)", "", ind = ind);
+                continue;
+            }
+            if let Some(id) = id {
+                seen.push((id, full.clone()));
+            }
             let _ = writeln!(out, "{:ind$}{full}/", "", ind = ind);
-            walk(&sub, &full, depth + 1, out, ds);
+            walk(&sub, &full, depth + 1, out, ds, seen);
         }
     }
 }

@@ -119,6 +119,7 @@ impl DataFile {
         if !path.exists() {
             return Err(Error::new(&pname, "no such file"));
         }
+        crate::output::safety::check_input(&path)?;
         if cfg.experiment.geometry == Geometry::NearField {
             return Err(Error::new(
                 &pname,
@@ -379,7 +380,9 @@ pub fn object_grid(px: &[[f64; 2]], m: usize) -> std::result::Result<(Vec<[f64; 
     }
     let h = (m / 2) as f64;
     let centres: Vec<[f64; 2]> = px.iter().map(|p| [p[0] - lo[0] + h, p[1] - lo[1] + h]).collect();
-    let shape = [(span[0] + h).floor() as usize + m / 2, (span[1] + h).floor() as usize + m / 2];
+    // a window spans floor(c) − M/2 .. floor(c) + M − M/2 (M/2 rounded down: one more pixel
+    // after the centre than before it for odd M)
+    let shape = [(span[0] + h).floor() as usize + m.div_ceil(2), (span[1] + h).floor() as usize + m.div_ceil(2)];
     Ok((centres, shape))
 }
 

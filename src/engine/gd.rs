@@ -85,18 +85,39 @@ impl From<&ReconstructionConfig> for Options {
 pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &Options, rank: &mut Rank) -> Result<IterStats> {
     let update_probe = o.probe_at(iteration);
     let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
+    let shares = batch_shares(p, o.batches, rank, &mut st)?;
     for b in 0..o.batches {
         let g = sum_gradients(p, s, b, o.batches, update_probe, true, rank, &mut st)?;
         st.loss += g.loss;
         // global max of the object preconditioner over the owned pixels
         let dmax = global_max_in(&g.d_obj, rank, &mut st)?;
         let mut t = Instant::now();
-        apply(p, s, &g, o, &rank.plan.tile, dmax);
+        apply(p, s, &g, o, &rank.plan.tile, dmax, shares[b]);
         st.compute_s += lap(&mut t);
         refresh_halo(&mut s.object, rank, TAG_OBJECT, &mut st)?;
         finish_sends(rank, &mut st)?;
     }
     Ok(st)
+}
+
+/// Each mini-batch's share of all positions of the job, s_b = N_b / N (position j is in batch
+/// j mod batches), from counts all-reduced over the ranks; `[1]` for the full batch (no
+/// communication).
+///
+/// Errors: a failed peer or transport.
+pub fn batch_shares<T: Real>(p: &Problem<T>, batches: usize, rank: &mut Rank, st: &mut IterStats) -> Result<Vec<f64>> {
+    if batches == 1 {
+        return Ok(vec![1.0]);
+    }
+    let mut counts = vec![0.0f64; batches];
+    for pos in p.positions.iter() {
+        counts[pos.index % batches] += 1.0;
+    }
+    let mut t = Instant::now();
+    rank.comm.allreduce_sum(&mut counts)?;
+    st.wait_s += lap(&mut t);
+    let n: f64 = counts.iter().sum();
+    Ok(counts.iter().map(|c| c / n.max(1.0)).collect())
 }
 
 /// Steps 1–5 for mini-batch `b` of `batches`: this rank's sums completed across ranks. On
@@ -142,12 +163,23 @@ pub fn sum_gradients<T: Real>(
 }
 
 /// Step 6: update the owned tile and the probe from complete sums; `dmax` is the global
-/// maximum of D_O.
+/// maximum of D_O, `share` the batch's share s of all positions ([`batch_shares`], 1 for the
+/// full batch).
+///
+/// A mini-batch is preconditioned for its share of the data (docs/algorithm.md §4, "Mini-batches"): its sums
+/// D_O and D_P cover only its own positions, so (i) where its windows do not overlap, D_O
+/// falls to the probe's tails and the plain regulariser δ·max D_O would let the object step
+/// there grow a thousandfold, and (ii) the probe, shared by all positions, would take a full
+/// Fisher step towards fitting only the batch's patterns; with one position per batch, gd
+/// diverged to NaN. So the regulariser is (δ + 1 − s)·max D (max D alone, the ePIE
+/// denominator, for one position; δ·max D for the full batch) and the probe step is scaled
+/// by s, so that one pass over the batches moves the probe about one full-batch step.
 ///
 /// The step is formed in f64 from the f64 sums and added to the working-precision values.
-pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Options, tile: &Rect, dmax: f64) {
+pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Options, tile: &Rect, dmax: f64, share: f64) {
     let alpha = o.step / fisher_scale(o.noise);
-    let reg = PRECONDITIONER_DELTA * dmax + f64::MIN_POSITIVE;
+    let delta = PRECONDITIONER_DELTA + (1.0 - share);
+    let reg = delta * dmax + f64::MIN_POSITIVE;
     // x ← x − α g / (d + reg), the step rounded to T and subtracted in T
     let step = |x: &mut Complex<T>, g: Complex<f64>, d: f64, reg: f64| {
         let u = g * (alpha / (d + reg));
@@ -165,10 +197,10 @@ pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Op
         let gp = probe_from_hat(p.kernel.fft.size(), &g.g_probe_hat);
         let mm = g.d_probe.len();
         let dpmax = g.d_probe.iter().fold(0.0f64, |a, b| a.max(*b));
-        let preg = PRECONDITIONER_DELTA * dpmax + f64::MIN_POSITIVE;
+        let preg = delta * dpmax + f64::MIN_POSITIVE;
         for (pm, gm) in s.probe.chunks_mut(mm).zip(gp.chunks(mm)) {
             for ((x, g), d) in pm.iter_mut().zip(gm).zip(&g.d_probe) {
-                step(x, *g, *d, preg);
+                step(x, *g * share, *d, preg);
             }
         }
     }

@@ -11,9 +11,12 @@
 //! it into `it-<iteration>/` and fsyncs that directory; the file names, sizes and checksums
 //! are gathered on rank 0 (which thereby waits for every rank), and rank 0 writes
 //! `manifest.toml` the same way (temporary file, fsync, rename, fsync `DIR`). Only then are
-//! older `it-*` directories and stray temporary files removed. A kill at any moment
-//! therefore leaves `manifest.toml` naming a complete set of files: either the previous
-//! checkpoint's or the new one's. Anything not named by the manifest is not a checkpoint.
+//! the files of older checkpoints and stray temporary files removed: only files ptytile
+//! writes (rank files recognised by name and magic, temporary files by name) and then
+//! iteration directories left empty, never anything else in `DIR` ([`prune`]). A kill at
+//! any moment therefore leaves `manifest.toml` naming a complete set of files: either the
+//! previous checkpoint's or the new one's. Anything not named by the manifest is not a
+//! checkpoint.
 //!
 //! A rank file is `PTYCKPT1` (8 bytes), a bincode-2 encoded [`RankSnapshot`] (standard
 //! configuration: little-endian, variable-length integers), then the XXH3-64 of everything
@@ -183,7 +186,11 @@ pub fn save(comm: &mut dyn Comm, dir: &Path, job: &Job, snap: &RankSnapshot) -> 
     let sub_path = dir.join(&sub);
     std::fs::create_dir_all(&sub_path).ctx(|| sub_path.display().to_string())?;
     let (bytes, h) = encode(snap)?;
-    super::write_atomic(&dir.join(&rel), &bytes)?;
+    let file = dir.join(&rel);
+    if file.exists() && !has_magic(&file) {
+        return Err(Error::new(file.display().to_string(), "exists and is not a ptytile checkpoint file; ptytile writes over no file it did not create"));
+    }
+    super::write_atomic(&file, &bytes)?;
     let entry = FileEntry { rank: snap.rank as usize, path: rel, bytes: bytes.len() as u64, xxh3: hex(h), tile: snap.tile };
     let enc = bincode::encode_to_vec(&entry, bincode_cfg()).ctx(|| "checkpoint entry".to_string())?;
     let manifest_path = dir.join(MANIFEST);
@@ -210,36 +217,79 @@ pub fn save(comm: &mut dyn Comm, dir: &Path, job: &Job, snap: &RankSnapshot) -> 
         files,
     };
     let text = toml::to_string(&m).ctx(|| manifest_path.display().to_string())?;
+    if manifest_path.exists() && !std::fs::read_to_string(&manifest_path).is_ok_and(|t| t.starts_with(&format!("format = \"{FORMAT}\""))) {
+        return Err(Error::new(manifest_path.display().to_string(), "exists and is not a ptytile checkpoint manifest; ptytile writes over no file it did not create"));
+    }
     super::write_atomic(&manifest_path, text.as_bytes())?;
     prune(dir, &m);
     Ok(manifest_path)
 }
 
-/// Remove what the manifest `m` does not name: other `it-*` directories, stray files in its
-/// own (temporary files of killed writers). Failures are only logged: the checkpoint in
-/// force is already complete.
+/// Whether `name` is one of the iteration directories [`save`] creates: `it-` and at least
+/// 8 digits.
+pub fn is_iteration_dir(name: &str) -> bool {
+    name.strip_prefix("it-").is_some_and(|d| d.len() >= 8 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `name` is a rank file name [`save`] writes (`rank-<digits>.ckpt`), or, with
+/// `temp`, its temporary name (`.rank-<digits>.ckpt.tmp-<pid>`).
+fn is_rank_name(name: &str, temp: bool) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let base = if temp {
+        match name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")) {
+            Some((b, pid)) if digits(pid) => b,
+            _ => return false,
+        }
+    } else {
+        name
+    };
+    base.strip_prefix("rank-").and_then(|r| r.strip_suffix(".ckpt")).is_some_and(digits)
+}
+
+/// Whether the file at `path` starts with [`MAGIC`] (a rank file ptytile wrote).
+fn has_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut b)).is_ok() && &b == MAGIC
+}
+
+/// Remove what ptytile wrote and the manifest `m` no longer names, and nothing else: in each
+/// iteration directory (`it-<digits>`) other than the manifest's, rank files (by name and
+/// magic) and their temporary files, then the directory if that left it empty; in the
+/// manifest's own, temporary rank files and rank files it does not name; temporary
+/// manifests. A directory holding anything else is left in place (with a warning). Failures
+/// are only logged: the checkpoint in force is already complete.
 fn prune(dir: &Path, m: &Manifest) {
     let keep = iteration_dir(m.iteration);
     let named: Vec<&str> = m.files.iter().filter_map(|f| f.path.split('/').nth(1)).collect();
     let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let warn = |path: &Path, err: &dyn std::fmt::Display| tracing::warn!("checkpoint {}: left {} in place: {err}", dir.display(), path.display());
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
-        let res = if name.starts_with("it-") && name != keep && path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else if name == keep {
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && is_iteration_dir(&name) {
             let Ok(inner) = std::fs::read_dir(&path) else { continue };
-            inner
-                .flatten()
-                .filter(|f| !named.contains(&f.file_name().to_string_lossy().as_ref()))
-                .try_for_each(|f| std::fs::remove_file(f.path()))
-        } else if name.starts_with(&format!(".{MANIFEST}.tmp-")) {
-            std::fs::remove_file(&path)
-        } else {
-            Ok(())
-        };
-        if let Err(err) = res {
-            tracing::warn!("checkpoint {}: could not remove {}: {err}", dir.display(), path.display());
+            for f in inner.flatten() {
+                let fname = f.file_name().to_string_lossy().into_owned();
+                let fpath = f.path();
+                let is_file = f.file_type().is_ok_and(|t| t.is_file());
+                let stale_rank = is_rank_name(&fname, false) && (name != keep || !named.contains(&fname.as_str())) && has_magic(&fpath);
+                if is_file && (stale_rank || is_rank_name(&fname, true)) {
+                    if let Err(err) = std::fs::remove_file(&fpath) {
+                        warn(&fpath, &err);
+                    }
+                }
+            }
+            if name != keep {
+                if let Err(err) = std::fs::remove_dir(&path) {
+                    warn(&path, &format!("it holds files ptytile did not write ({err})"));
+                }
+            }
+        } else if !is_dir && name.strip_prefix(&format!(".{MANIFEST}.tmp-")).is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+            if let Err(err) = std::fs::remove_file(&path) {
+                warn(&path, &err);
+            }
         }
     }
 }
@@ -256,6 +306,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     }
     let path = dir.join(MANIFEST);
     let what = path.display().to_string();
+    super::safety::check_input(&path)?;
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -282,6 +333,7 @@ pub fn read_rank(dir: &Path, m: &Manifest, rank: usize) -> Result<RankSnapshot> 
     let e = m.files.get(rank).ok_or_else(|| Error::new(dir.join(MANIFEST).display().to_string(), format!("no file for rank {rank}")))?;
     let path = dir.join(&e.path);
     let what = path.display().to_string();
+    super::safety::check_input(&path)?;
     let b = std::fs::read(&path).ctx(|| what.clone())?;
     if b.len() as u64 != e.bytes {
         return Err(Error::new(what, format!("{} bytes, the manifest says {}", b.len(), e.bytes)));
@@ -343,7 +395,7 @@ pub fn check_ranks(dir: &Path, m: &Manifest, ranks: usize) -> Result<()> {
 }
 
 /// Dotted keys → TOML text of the leaf values.
-fn flatten(t: &toml::Table) -> BTreeMap<String, String> {
+pub(crate) fn flatten(t: &toml::Table) -> BTreeMap<String, String> {
     fn walk(prefix: &str, t: &toml::Table, out: &mut BTreeMap<String, String>) {
         for (k, v) in t {
             let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };

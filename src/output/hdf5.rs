@@ -124,6 +124,7 @@ pub fn open(path: &Path) -> Result<File> {
     if meta.is_dir() {
         return Err(Error::new(p(), "is a directory, not an HDF5 file"));
     }
+    super::safety::check_input(path)?;
     File::open(path).map_err(|e| {
         let s = e.to_string();
         if s.contains("signature") {

@@ -73,6 +73,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn load(path: &Path, df: &DataFile) -> Result<Initial> {
     let what = path.display().to_string();
     let r = super::read_result(path)?;
+    let bad = |v: &[Complex32]| v.iter().position(|z| !(z.re.is_finite() && z.im.is_finite()));
+    if let Some(i) = bad(&r.object.data) {
+        let (y, x) = (i / r.object.shape[1].max(1), i % r.object.shape[1].max(1));
+        return Err(Error::new(format!("{what}:/object"), format!("value at (y, x) = ({y}, {x}) is {}: not a usable starting object", r.object.data[i])));
+    }
+    if let Some(i) = bad(&r.probe) {
+        let mm = (r.m * r.m).max(1);
+        return Err(Error::new(format!("{what}:/probe"), format!("value at (mode, y, x) = ({}, {}, {}) is {}: not a usable starting probe", i / mm, i % mm / r.m.max(1), i % r.m.max(1), r.probe[i])));
+    }
+    if let Some(j) = r.positions_px.iter().position(|p| !(p[0].is_finite() && p[1].is_finite())) {
+        return Err(Error::new(format!("{what}:/positions_px"), format!("position {j} is ({}, {}): not finite", r.positions_px[j][0], r.positions_px[j][1])));
+    }
     if r.m != df.m {
         return Err(Error::new(&what, format!("probe window {}x{} but the data have {}x{} patterns", r.m, r.m, df.m, df.m)));
     }

@@ -32,6 +32,7 @@ pub mod checkpoint;
 pub mod hdf5;
 pub mod initial;
 pub mod png;
+pub mod safety;
 
 use crate::error::{Context, Error, Result};
 use std::path::{Path, PathBuf};
@@ -39,14 +40,22 @@ use std::path::{Path, PathBuf};
 /// Write the result file `path` (HDF5, layout in docs/format.md) and, when `png` is true,
 /// the preview images beside it (`<stem>_object_phase.png`, `<stem>_object_amplitude.png`,
 /// `<stem>_probe_modes.png`, `<stem>_loss.png`, where `stem` is the file name of `path`
-/// without its extension; see [`png`](self::png) for what each shows).
+/// without its extension, shortened with a hash where a name would exceed 255 bytes; see
+/// [`png`](self::png) for what each shows). Same as [`write_result_checked`] without inputs.
+pub fn write_result(path: &Path, r: &ReconResult, png: bool) -> Result<Vec<PathBuf>> {
+    write_result_checked(path, r, png, &safety::Inputs::default())
+}
+
+/// [`write_result`], refusing to write any of its files to or over one of `inputs`
+/// (checked after the parent directory exists, by path and by device and inode).
 ///
 /// Returns every path written, the HDF5 file first. The parent directory is created if
 /// missing. All files are first written to hidden temporary names in the same directory
-/// (`.<name>.tmp-<pid>`) and only renamed into place once every one of them was written,
-/// so on any error nothing new is left behind (existing files of the same names are kept).
-/// Images that would be empty (an object or probe with a zero dimension) are skipped.
-pub fn write_result(path: &Path, r: &ReconResult, png: bool) -> Result<Vec<PathBuf>> {
+/// (`.<name>.tmp-<pid>`, [`safety::temp_name`]) and then committed as one unit: files of
+/// the same names are kept under `.<name>.old-<pid>` until every new file is in place, so
+/// on any error either the complete new set or the previous set is left, and no temporary
+/// file. Images that would be empty (an object or probe with a zero dimension) are skipped.
+pub fn write_result_checked(path: &Path, r: &ReconResult, png: bool, inputs: &safety::Inputs) -> Result<Vec<PathBuf>> {
     let what = || path.display().to_string();
     let name = path
         .file_name()
@@ -56,7 +65,9 @@ pub fn write_result(path: &Path, r: &ReconResult, png: bool) -> Result<Vec<PathB
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    inputs.check_output("output.path", path)?;
     std::fs::create_dir_all(&dir).ctx(|| dir.display().to_string())?;
+    inputs.check_output("output.path", path)?;
     self::hdf5::check(path, r)?;
 
     let stem = Path::new(name).file_stem().and_then(|s| s.to_str()).unwrap_or(name);
@@ -64,38 +75,88 @@ pub fn write_result(path: &Path, r: &ReconResult, png: bool) -> Result<Vec<PathB
         vec![(path.to_path_buf(), Box::new(|p: &Path| self::hdf5::write_h5(p, r)))];
     if png {
         for (suffix, img) in self::png::images(r) {
-            let target = dir.join(format!("{stem}_{suffix}.png"));
+            let target = dir.join(png_name(stem, suffix));
+            inputs.check_output("output.path", &target)?;
             jobs.push((target, Box::new(move |p: &Path| img.write(p))));
         }
     }
 
     // Phase 1: every file to its temporary name.
-    let mut temps: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(jobs.len());
+    let mut temps: Vec<(safety::Temp, PathBuf)> = Vec::with_capacity(jobs.len());
     for (target, write) in &jobs {
-        let tmp = temp_path(target);
-        temps.push((tmp.clone(), target.clone()));
-        if let Err(e) = write(&tmp) {
+        let tmp = safety::Temp::new(temp_path(target));
+        let res = write(&tmp.0);
+        let shown = tmp.0.display().to_string();
+        temps.push((tmp, target.clone()));
+        if let Err(e) = res {
             for (t, _) in &temps {
-                let _ = std::fs::remove_file(t);
+                let _ = std::fs::remove_file(&t.0);
             }
             // Report the final name, not the temporary one.
-            let msg = e.msg.replace(&tmp.display().to_string(), &target.display().to_string());
+            let msg = e.msg.replace(&shown, &target.display().to_string());
             return Err(Error::new(target.display().to_string(), msg));
         }
     }
-    // Phase 2: rename into place; on failure undo what was renamed and drop the rest.
-    for (i, (tmp, target)) in temps.iter().enumerate() {
+    // Phase 2: commit all of them, or none.
+    let pairs: Vec<(PathBuf, PathBuf)> = temps.iter().map(|(t, p)| (t.0.clone(), p.clone())).collect();
+    commit(&pairs)?;
+    Ok(pairs.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Name of the image `suffix` of a result whose file stem is `stem`: `<stem>_<suffix>.png`,
+/// the stem shortened ([`safety::fit_name`]) where the name would exceed 255 bytes.
+pub fn png_name(stem: &str, suffix: &str) -> String {
+    let tail = format!("_{suffix}.png");
+    format!("{}{tail}", safety::fit_name(stem, safety::NAME_MAX - tail.len()))
+}
+
+/// Rename each temporary file onto its target as one unit. Existing targets are first
+/// linked (or copied) to `.<name>.old-<pid>`; if a rename fails, the targets already
+/// renamed get their previous files back (or are removed where there was none), the
+/// remaining temporary files are removed, and the error names the target. SIGINT/SIGTERM
+/// wait until the commit is over ([`safety::remove_registered_temps`]).
+fn commit(pairs: &[(PathBuf, PathBuf)]) -> Result<()> {
+    let _hold = safety::COMMIT.lock();
+    let mut backups: Vec<Option<safety::Temp>> = Vec::with_capacity(pairs.len());
+    let drop_all = |backups: &[Option<safety::Temp>], from: usize| {
+        for (t, _) in &pairs[from..] {
+            let _ = std::fs::remove_file(t);
+        }
+        for b in backups.iter().flatten() {
+            let _ = std::fs::remove_file(&b.0);
+        }
+    };
+    for (_, target) in pairs {
+        let is_file = std::fs::symlink_metadata(target).is_ok_and(|m| m.is_file());
+        if !is_file {
+            backups.push(None);
+            continue;
+        }
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let b = safety::Temp::new(target.with_file_name(safety::temp_name(&name).replacen(".tmp-", ".old-", 1)));
+        let _ = std::fs::remove_file(&b.0);
+        if let Err(e) = std::fs::hard_link(target, &b.0).or_else(|_| std::fs::copy(target, &b.0).map(|_| ())) {
+            drop_all(&backups, 0);
+            return Err(Error::new(target.display().to_string(), format!("cannot keep the previous file while writing the new one: {e}")));
+        }
+        backups.push(Some(b));
+    }
+    for (i, (tmp, target)) in pairs.iter().enumerate() {
         if let Err(e) = std::fs::rename(tmp, target) {
-            for (_, done) in &temps[..i] {
-                let _ = std::fs::remove_file(done);
+            for ((_, done), b) in pairs[..i].iter().zip(&backups) {
+                let _ = match b {
+                    Some(b) => std::fs::rename(&b.0, done),
+                    None => std::fs::remove_file(done),
+                };
             }
-            for (t, _) in &temps[i..] {
-                let _ = std::fs::remove_file(t);
-            }
+            drop_all(&backups, i);
             return Err(Error::new(target.display().to_string(), format!("rename failed: {e}")));
         }
     }
-    Ok(temps.into_iter().map(|(_, t)| t).collect())
+    for b in backups.iter().flatten() {
+        let _ = std::fs::remove_file(&b.0);
+    }
+    Ok(())
 }
 
 /// Read a result file written by [`write_result`] (docs/format.md). The object's `origin`
@@ -104,10 +165,11 @@ pub fn read_result(path: &Path) -> Result<ReconResult> {
     self::hdf5::read_h5(path)
 }
 
-/// Temporary name beside `path` for atomic writes: `.<name>.tmp-<pid>`.
+/// Temporary name beside `path` for atomic writes: `.<name>.tmp-<pid>`, within 255 bytes
+/// ([`safety::temp_name`]).
 pub fn temp_path(path: &std::path::Path) -> std::path::PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(safety::temp_name(&name))
 }
 
 /// Write `bytes` to `path` atomically and durably: temporary file, fsync, rename, fsync of
@@ -115,12 +177,13 @@ pub fn temp_path(path: &std::path::Path) -> std::path::PathBuf {
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
     use crate::error::Context;
     use std::io::Write;
-    let tmp = temp_path(path);
+    let guard = safety::Temp::new(temp_path(path));
+    let tmp = &guard.0;
     let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::File::create(tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        std::fs::rename(tmp, path)?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -128,7 +191,7 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
         std::fs::File::open(dir)?.sync_all()
     })();
     if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
     }
     res.ctx(|| path.display().to_string())
 }

@@ -79,6 +79,9 @@ impl Image {
     }
 }
 
+/// The suffixes of the images [`images`] may return, in its order.
+pub const SUFFIXES: [&str; 4] = ["object_phase", "object_amplitude", "probe_modes", "loss"];
+
 /// The preview images of `r` as (file-name suffix, image), e.g. ("object_phase", …);
 /// images that would have a zero dimension are left out.
 pub fn images(r: &ReconResult) -> Vec<(&'static str, Image)> {

@@ -59,49 +59,63 @@ pub fn pbtio3_thick() -> std::path::PathBuf {
 /// and 128 × 128 patterns; only the scan is smaller, so CI stays fast.
 #[allow(dead_code)]
 pub fn pbtio3_crop(dir: &std::path::Path, side: usize) -> std::path::PathBuf {
-    crop(dir, side, &pbtio3_thin(), "datasets/pbtio3_thin.toml")
+    pbtio3_cut(dir, "crop", side, 128)
 }
 
-/// [`pbtio3_crop`] of the thick file with the shipped multislice config
-/// (datasets/pbtio3_thick.toml).
+/// [`pbtio3_crop`] of the thick file (`side` × `side` scan positions, full detector) with the
+/// shipped multislice config (datasets/pbtio3_thick.toml).
 #[allow(dead_code)]
 pub fn pbtio3_thick_crop(dir: &std::path::Path, side: usize) -> std::path::PathBuf {
-    crop(dir, side, &pbtio3_thick(), "datasets/pbtio3_thick.toml")
+    cut(dir, "crop", side, 128, &pbtio3_thick(), "datasets/pbtio3_thick.toml")
 }
 
-/// A `side` × `side` block of the 58 × 58 raster of `file` and the shipped config `toml`
-/// (relative to the repository) pointed at it.
-fn crop(dir: &std::path::Path, side: usize, file: &std::path::Path, toml: &str) -> std::path::PathBuf {
+/// Scan rows and columns `0..scan` of the PbTiO3 raster (58: all 3364 positions; dose 1e5)
+/// with every pattern cut to its central `det` × `det` detector pixels (zero frequency kept at
+/// pixel det/2, as in the file; the object pixel grows to λ / (det · angular sampling)),
+/// written to `dir/NAME.h5`, with the shipped config's settings in `dir/NAME.toml` (returned).
+#[allow(dead_code)]
+pub fn pbtio3_cut(dir: &std::path::Path, name: &str, scan: usize, det: usize) -> std::path::PathBuf {
+    cut(dir, name, scan, det, &pbtio3_thin(), "datasets/pbtio3_thin.toml")
+}
+
+/// [`pbtio3_cut`] of the 58 × 58 raster in `file`, with the shipped config `toml` (relative to
+/// the repository) pointed at it.
+fn cut(dir: &std::path::Path, name: &str, scan: usize, det: usize, file: &std::path::Path, toml: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let f = hdf5::File::open(file).unwrap();
     let ds = f.dataset("/data/intensities_poisson_dose1e05").unwrap();
     let all_pos: Vec<f64> = f.dataset("/data/positions_A").unwrap().read_raw().unwrap();
-    let m = 128;
-    let mut patterns: Vec<f32> = Vec::with_capacity(side * side * m * m);
-    let mut pos = Vec::with_capacity(2 * side * side);
-    for iy in 0..side {
-        let b = ds.read_slice::<f32, _, ndarray::Ix3>(ndarray::s![iy * 58..iy * 58 + side, .., ..]).unwrap();
+    let a = 64 - det / 2;
+    let mut patterns: Vec<f32> = Vec::with_capacity(scan * scan * det * det);
+    let mut pos = Vec::with_capacity(2 * scan * scan);
+    for iy in 0..scan {
+        let b = ds.read_slice::<f32, _, ndarray::Ix3>(ndarray::s![iy * 58..iy * 58 + scan, a..a + det, a..a + det]).unwrap();
         patterns.extend(b.iter().copied());
-        for ix in 0..side {
+        for ix in 0..scan {
             pos.extend_from_slice(&all_pos[2 * (iy * 58 + ix)..2 * (iy * 58 + ix) + 2]);
         }
     }
-    let h5 = dir.join("crop.h5");
-    let out = hdf5::File::create(&h5).unwrap();
+    let out = hdf5::File::create(dir.join(format!("{name}.h5"))).unwrap();
     out.create_group("data").unwrap();
-    let n = side * side;
-    out.new_dataset::<f32>().shape([n, m, m]).create("/data/intensities_poisson_dose1e05").unwrap().write_raw(&patterns).unwrap();
+    let n = scan * scan;
+    out.new_dataset::<f32>().shape([n, det, det]).create("/data/intensities_poisson_dose1e05").unwrap().write_raw(&patterns).unwrap();
     out.new_dataset::<f64>().shape([n, 2]).create("/data/positions_A").unwrap().write_raw(&pos).unwrap();
+    shipped_config(dir, name, toml)
+}
+
+/// `dir/NAME.toml`: the shipped config `toml` reading `NAME.h5` (beside it) and writing
+/// `recon.h5`; returns its path.
+fn shipped_config(dir: &std::path::Path, name: &str, toml: &str) -> std::path::PathBuf {
     let shipped = std::fs::read_to_string(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(toml)).unwrap();
     let toml: Vec<String> = shipped
         .lines()
         .map(|l| match l {
-            l if l.starts_with("file =") => "file = \"crop.h5\"".to_string(),
+            l if l.starts_with("file =") => format!("file = \"{name}.h5\""),
             l if l.starts_with("path =") => "path = \"recon.h5\"".to_string(),
             l => l.to_string(),
         })
         .collect();
-    let cfg = dir.join("crop.toml");
+    let cfg = dir.join(format!("{name}.toml"));
     std::fs::write(&cfg, toml.join("\n") + "\n").unwrap();
     cfg
 }
