@@ -86,13 +86,13 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &
     let update_probe = o.probe_at(iteration);
     let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
     let shares = batch_shares(p, o.batches, rank, &mut st)?;
-    for b in 0..o.batches {
+    for (b, &share) in shares.iter().enumerate() {
         let g = sum_gradients(p, s, b, o.batches, update_probe, true, rank, &mut st)?;
         st.loss += g.loss;
         // global max of the object preconditioner over the owned pixels
         let dmax = global_max_in(&g.d_obj, rank, &mut st)?;
         let mut t = Instant::now();
-        apply(p, s, &g, o, &rank.plan.tile, dmax, shares[b]);
+        apply(p, s, &g, o, &rank.plan.tile, dmax, share);
         st.compute_s += lap(&mut t);
         refresh_halo(&mut s.object, rank, TAG_OBJECT, &mut st)?;
         finish_sends(rank, &mut st)?;

@@ -86,9 +86,12 @@ pub fn resolve(path: &Path) -> PathBuf {
 /// The files a run reads, to be kept apart from everything it writes.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
-    /// (what it is, e.g. `data.file`; the path as given; resolved path; device and inode)
-    files: Vec<(String, PathBuf, PathBuf, Option<(u64, u64)>)>,
+    files: Vec<Input>,
 }
+
+/// One input: what it is (e.g. `data.file`), the path as given, its resolved path, and its
+/// device and inode where it exists.
+type Input = (String, PathBuf, PathBuf, Option<(u64, u64)>);
 
 impl Inputs {
     /// Record the inputs `(what, path)` (their identity is taken now).
