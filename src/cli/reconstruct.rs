@@ -532,7 +532,7 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
             self.0.inspect(|s| s.in_loop.store(false, std::sync::atomic::Ordering::SeqCst));
         }
     }
-    let in_loop = InLoop(ro.signals.inspect(|s| s.in_loop.store(true, std::sync::atomic::Ordering::SeqCst)));
+    let mut in_loop = InLoop(ro.signals.inspect(|s| s.in_loop.store(true, std::sync::atomic::Ordering::SeqCst)));
     {
         let mut rank = Rank { plan: rp, comm: &mut *c, mode, overlap: cfg.parallel.overlap };
         for it in start..iterations {
@@ -579,6 +579,12 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
                 }
             }
             if stop && done < iterations {
+                // The ranks agreed to stop: keep absorbing a first SIGTERM. A launcher
+                // forwards one signal to every rank at its own pace, and a rank whose copy
+                // arrives only now (its signal thread was not scheduled before the
+                // all-reduce) must not take it for a second signal and exit before the
+                // others finish (mpirun would then kill them).
+                in_loop.0 = None;
                 return Ok(Outcome::Stopped { iteration: done, dir: ck_dir });
             }
         }

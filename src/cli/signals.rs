@@ -27,8 +27,10 @@ pub struct StopFlags {
     pub stop: AtomicBool,
     /// SIGUSR1: checkpoint at the next iteration boundary, then continue (cleared once taken).
     pub checkpoint: AtomicBool,
-    /// Set by the driver while the iteration loop runs: only then does a first SIGTERM or
-    /// SIGINT wait for the next iteration boundary.
+    /// Set by the driver while the iteration loop runs, and kept once the ranks agreed to
+    /// stop (a launcher forwards one SIGTERM to every rank, and a rank's copy may arrive
+    /// after the others' copies already stopped it): only then does a first SIGTERM or
+    /// SIGINT wait for the next iteration boundary instead of ending the process.
     pub in_loop: AtomicBool,
 }
 
