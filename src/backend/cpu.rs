@@ -188,14 +188,7 @@ pub fn gradients<T: Real>(
 /// and its curvature ([`Gradients::g_pos`], in the order of `pos`): two more row passes of
 /// M transforms per position and mode, and one more half transform per run of positions
 /// sharing their sub-pixel y-shift (docs/algorithm.md §13).
-pub fn gradients_and_positions<T: Real>(
-    k: &Kernel<T>,
-    obj: &Field<Complex<T>>,
-    probe_hat: &[Complex<T>],
-    pos: &[PositionGeom<T>],
-    meas: &[f32],
-    want_probe: bool,
-) -> Gradients<T> {
+pub fn gradients_and_positions<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], pos: &[PositionGeom<T>], meas: &[f32], want_probe: bool) -> Gradients<T> {
     accumulate(k, obj, probe_hat, pos, meas, want_probe, true, Adjoint::Gradient)
 }
 
