@@ -65,7 +65,28 @@ pub struct Gradients<T: Real> {
     pub d_probe: Vec<f64>,
     /// Σ_j loss_j.
     pub loss: f64,
+    /// Per position, in the order of the positions given: the loss's derivative with
+    /// respect to the probe centre and its Gauss–Newton curvature ([`PositionGradient`]);
+    /// empty unless asked for ([`gradients_and_positions`]).
+    pub g_pos: Vec<PositionGradient>,
     _t: std::marker::PhantomData<T>,
+}
+
+/// What position correction needs of one position j (docs/algorithm.md §13), in object
+/// pixels, axes (y, x): `grad` = ∂L/∂c_j = 2 Re Σ_k Σ_r conj(t_jk) ∂P_jk/∂c_j, with
+/// t_jk = ∂L/∂P*_jk = O*_j b_jk the adjoint at the shifted probe and
+/// ∂P_jk/∂c = F⁻¹[P̂_k e_j (−2πi q)] the derivative of the Fourier shift;
+/// `curv` = Σ_k Σ_r |O_j ∂P_jk/∂c|² per axis, the Gauss–Newton curvature of the exit wave
+/// (multislice: the entrance slice O_0). Each position's terms come from its own window
+/// only, so they are the same under any tiling.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PositionGradient {
+    /// Index of the position in the data file ([`PositionGeom::index`]).
+    pub index: usize,
+    /// ∂L/∂c (y, x), loss per object pixel.
+    pub grad: [f64; 2],
+    /// Σ_k |O ∂P_k/∂c|² (y, x), per object pixel².
+    pub curv: [f64; 2],
 }
 
 impl<T: Real> Gradients<T> {
@@ -78,6 +99,7 @@ impl<T: Real> Gradients<T> {
             g_probe_hat: probe.map(|(k, mm)| vec![Complex::default(); k * mm]).unwrap_or_default(),
             d_probe: probe.map(|(_, mm)| vec![0.0; mm]).unwrap_or_default(),
             loss: 0.0,
+            g_pos: Vec::new(),
             _t: std::marker::PhantomData,
         }
     }
@@ -139,6 +161,7 @@ struct Slab {
     gp: Vec<Complex<f64>>,
     dp: Vec<f64>,
     loss: f64,
+    gpos: Vec<PositionGradient>,
 }
 
 /// Accumulate the gradient contributions of `pos` (their intensities `meas`, M² values
@@ -158,7 +181,15 @@ pub fn gradients<T: Real>(
     meas: &[f32],
     want_probe: bool,
 ) -> Gradients<T> {
-    accumulate(k, obj, probe_hat, pos, meas, want_probe, Adjoint::Gradient)
+    accumulate(k, obj, probe_hat, pos, meas, want_probe, false, Adjoint::Gradient)
+}
+
+/// [`gradients`] and, per position, the loss's derivative with respect to the probe centre
+/// and its curvature ([`Gradients::g_pos`], in the order of `pos`): two more row passes of
+/// M transforms per position and mode, and one more half transform per run of positions
+/// sharing their sub-pixel y-shift (docs/algorithm.md §13).
+pub fn gradients_and_positions<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], pos: &[PositionGeom<T>], meas: &[f32], want_probe: bool) -> Gradients<T> {
+    accumulate(k, obj, probe_hat, pos, meas, want_probe, true, Adjoint::Gradient)
 }
 
 /// The difference-map pass (docs/algorithm.md §7) over `pos`: for each position j and mode
@@ -196,7 +227,7 @@ pub fn difference_map<T: Real>(
     assert_eq!(exit.len(), pos.len() * k.modes * k.fft.size().pow(2), "exit waves do not match positions");
     assert_eq!(obj.planes(), 1, "the difference map runs the single-slice model");
     let DmStep { beta, gamma, error_reduction: er } = step;
-    accumulate(k, obj, probe_hat, pos, meas, want_probe, Adjoint::DifferenceMap { exit, init, er, beta: T::of(beta), gamma: T::of(gamma) })
+    accumulate(k, obj, probe_hat, pos, meas, want_probe, false, Adjoint::DifferenceMap { exit, init, er, beta: T::of(beta), gamma: T::of(gamma) })
 }
 
 /// Parameters of one [`difference_map`] pass.
@@ -227,6 +258,7 @@ fn accumulate<T: Real>(
     pos: &[PositionGeom<T>],
     meas: &[f32],
     want_probe: bool,
+    want_positions: bool,
     op: Adjoint<'_, T>,
 ) -> Gradients<T> {
     let m = k.fft.size();
@@ -266,7 +298,7 @@ fn accumulate<T: Real>(
             .collect::<Vec<_>>()
             .into_par_iter()
             .zip(bs.par_iter())
-            .map(|(op, &(a, b))| slab(k, obj, probe_hat, &pos[a..b], &meas[a * mm..b * mm], want_probe, op))
+            .map(|(op, &(a, b))| slab(k, obj, probe_hat, &pos[a..b], &meas[a * mm..b * mm], want_probe, want_positions, op))
             .collect();
         for p in &parts {
             add_field(&mut g.g_obj, &p.g);
@@ -274,6 +306,7 @@ fn accumulate<T: Real>(
             g.g_probe_hat.iter_mut().zip(&p.gp).for_each(|(a, b)| *a += *b);
             g.d_probe.iter_mut().zip(&p.dp).for_each(|(a, b)| *a += *b);
             g.loss += p.loss;
+            g.g_pos.extend_from_slice(&p.gpos);
         }
     }
     g
@@ -463,6 +496,7 @@ fn slab<T: Real>(
     pos: &[PositionGeom<T>],
     meas: &[f32],
     want_probe: bool,
+    want_positions: bool,
     mut op: Adjoint<'_, T>,
 ) -> Slab {
     let m = k.fft.size();
@@ -482,6 +516,7 @@ fn slab<T: Real>(
         gp: if want_probe { vec![Complex::default(); km * mm] } else { Vec::new() },
         dp: if want_probe { vec![0.0; mm] } else { Vec::new() },
         loss: 0.0,
+        gpos: Vec::with_capacity(if want_positions { pos.len() } else { 0 }),
     };
     let z = Complex::default();
     let mut w = Work::new(k, matches!(op, Adjoint::DifferenceMap { .. }));
@@ -493,10 +528,17 @@ fn slab<T: Real>(
     // same whichever neighbours a rank's subset gives it, so a tiled sum has the same terms
     // as the single-rank one (docs/algorithm.md §5).
     let mut cy = vec![z; km * mm];
+    // position correction: the y-half of the y-derivative of the shifted probe, per run, and
+    // a temporary for the derivatives
+    let (mut cyd, mut dpos) = if want_positions { (vec![z; km * mm], vec![z; mm]) } else { (Vec::new(), Vec::new()) };
     let (mut acc, mut tmp64) = if want_probe { (vec![Complex::default(); km * mm], vec![Complex::default(); mm]) } else { (Vec::new(), Vec::new()) };
     for run in y_runs(pos) {
         let (start, end) = (run.start, run.end);
         y_shifted(k, probe_hat, &pos[start].ramp_y, &mut w.w1, &mut w.scratch, &mut cy);
+        if want_positions {
+            let ey = shift_derivative(&pos[start].ramp_y);
+            y_shifted(k, probe_hat, &ey, &mut w.w1, &mut w.scratch, &mut cyd);
+        }
         for j in start..end {
             let p = &pos[j];
             let (oy, ox) = window_offset(obj, p, m);
@@ -512,6 +554,8 @@ fn slab<T: Real>(
             // adjoint: b = F⁻¹(w Ψ) (or the new exit wave); g_O += P* b, D_O += |P|²;
             // g_P̂ += conj(ramp) F(O* b)
             let (gy, gx) = ((p.window[0] - y0) as usize, (p.window[1] - x0) as usize);
+            let mut pg = PositionGradient { index: p.index, ..Default::default() };
+            let ex = if want_positions { shift_derivative(&p.ramp_x) } else { Vec::new() };
             for mode in 0..km {
                 match &mut op {
                     Adjoint::Gradient => {
@@ -547,6 +591,19 @@ fn slab<T: Real>(
                     let dp = if want_probe && mode == 0 { Some(&mut s.dp[y * m..(y + 1) * m]) } else { None };
                     T::adjoint_row(&mut s.g.data[row..row + m], &mut s.d.data[row..row + m], t, dp, pr, br, orow(y));
                 }
+                if want_positions {
+                    // ∂P/∂c_y from the run's y-derivative half, ∂P/∂c_x from the shared half
+                    // times the x-derivative ramp; each a row pass of inverse transforms
+                    for (axis, (half, rx)) in [(&cyd, &p.ramp_x), (&cy, &ex)].into_iter().enumerate() {
+                        for (dst, src) in dpos.chunks_exact_mut(m).zip(half[mode * mm..(mode + 1) * mm].chunks_exact(m)) {
+                            T::cmul(dst, src, rx);
+                        }
+                        k.fft.rows_inverse_raw(&mut dpos, &mut w.scratch);
+                        let (gr, cv) = position_terms(&dpos, &w.w1, &orow, m);
+                        pg.grad[axis] += gr;
+                        pg.curv[axis] += cv;
+                    }
+                }
                 if !want_probe {
                     continue;
                 }
@@ -557,12 +614,38 @@ fn slab<T: Real>(
                     T::acc_cmul_conj_cscale(arow, &p.ramp_x, trow, Complex::new(sc, T::zero()));
                 }
             }
+            if want_positions {
+                s.gpos.push(pg);
+            }
         }
         if want_probe {
             flush_probe_run(k, &pos[start].ramp_y, &mut acc, &mut tmp64, &mut s.gp);
         }
     }
     s
+}
+
+/// The derivative of a shift ramp e[q] = exp(−2πi q f) with respect to the shift f:
+/// e[q] · (−2πi q), q = fftfreq(index, M) (cycles per pixel).
+fn shift_derivative<T: Real>(ramp: &[Complex<T>]) -> Vec<Complex<T>> {
+    let m = ramp.len();
+    ramp.iter()
+        .enumerate()
+        .map(|(i, e)| *e * Complex::new(T::zero(), T::of(-2.0 * std::f64::consts::PI * crate::physics::fft::fftfreq(i, m))))
+        .collect()
+}
+
+/// One axis of a [`PositionGradient`]: (2 Re Σ conj(t) dP, Σ |O dP|²) over the window, with
+/// `dp` = ∂P/∂c ([M][M]), `t` = ∂L/∂P* ([M][M]) and `orow(y)` the object's window row y; f64.
+fn position_terms<'o, T: Real>(dp: &[Complex<T>], t: &[Complex<T>], orow: &dyn Fn(usize) -> &'o [Complex<T>], m: usize) -> (f64, f64) {
+    let (mut g, mut c) = (0.0, 0.0);
+    for (y, (dr, tr)) in dp.chunks_exact(m).zip(t.chunks_exact(m)).enumerate() {
+        for ((d, t), o) in dr.iter().zip(tr).zip(orow(y)) {
+            g += t.re.f64() * d.re.f64() + t.im.f64() * d.im.f64();
+            c += (*o * *d).norm_sqr().f64();
+        }
+    }
+    (2.0 * g, c)
 }
 
 /// Runs of consecutive positions with the same sub-pixel y-shift (rows of a raster scan),

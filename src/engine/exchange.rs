@@ -214,6 +214,7 @@ pub fn add_gradients<T: Real>(g: &mut Gradients<T>, h: &Gradients<T>) {
     g.g_probe_hat.iter_mut().zip(&h.g_probe_hat).for_each(|(a, b)| *a += *b);
     g.d_probe.iter_mut().zip(&h.d_probe).for_each(|(a, b)| *a += *b);
     g.loss += h.loss;
+    g.g_pos.extend_from_slice(&h.g_pos);
 }
 
 /// Values of `f` on `r` (inside f), [planes][rows][columns] row-major: every slice of a
