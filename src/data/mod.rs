@@ -10,6 +10,7 @@
 pub mod cxi;
 pub mod inspect;
 pub mod npy;
+pub mod select;
 pub mod stem4d;
 
 use crate::config::{Beam, Config, DataFormat, ExperimentConfig, Geometry, PositionsUnit, ZeroFrequency};
@@ -187,6 +188,28 @@ impl DataFile {
                 to_kernel_layout(pat, m, self.zero_frequency, &mut dst[(i + b) * mm..(i + b + 1) * mm]);
             }
             i += len;
+        }
+        Ok(out)
+    }
+
+    /// Total counts Σ_k I_j(k) (f64) of patterns `start..start + len`, bad pixels
+    /// ([`DataFile::bad_pixels`]) left out, read in chunks of at most [`READ_CHUNK_BYTES`];
+    /// the input of [`select::outliers`]. Non-finite or negative values are not checked here
+    /// (reading the patterns does that) and make the total NaN or smaller.
+    ///
+    /// Errors: read failures, a range beyond N.
+    pub fn pattern_totals(&self, start: usize, len: usize) -> Result<Vec<f64>> {
+        let mm = self.m * self.m;
+        let max_len = (READ_CHUNK_BYTES / (4 * mm).max(1)).max(1);
+        let mut out = Vec::with_capacity(len);
+        let mut j = start;
+        while j < start + len {
+            let l = max_len.min(start + len - j);
+            for pat in self.read_raw(j, l)?.chunks(mm) {
+                let counted = |(i, v): (usize, &f32)| if self.bad_pixels.as_ref().is_some_and(|b| b[i]) { 0.0 } else { *v as f64 };
+                out.push(pat.iter().enumerate().map(counted).sum());
+            }
+            j += l;
         }
         Ok(out)
     }

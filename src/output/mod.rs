@@ -26,6 +26,10 @@ pub struct ReconResult {
     pub config_toml: String,
     /// Further scalar attributes of the root group (name, value), e.g. timings.
     pub attrs: Vec<(String, f64)>,
+    /// Indices (ascending, the data file's order) of the patterns left out of the
+    /// likelihood as outliers or by `[data] exclude` (`data::select`); root attribute
+    /// `excluded_patterns` (uint64 [E], absent when empty).
+    pub excluded: Vec<usize>,
 }
 
 pub mod checkpoint;
@@ -219,6 +223,7 @@ mod tests {
             loss: vec![10.0, 3.5, 1.25, 0.5],
             config_toml: "[data]\nfile = \"a.h5\"\n# ünïcode Å\n".into(),
             attrs: vec![("time_s".into(), 12.5), ("a_first_by_name".into(), -3.0), ("dose".into(), 1e5)],
+            excluded: vec![3, 17],
         }
     }
 
@@ -239,6 +244,7 @@ mod tests {
         assert_eq!(back.positions_px, r.positions_px);
         assert_eq!(back.loss, vec![10.0, 3.5, 1.25, 0.5]);
         assert_eq!(back.config_toml, r.config_toml);
+        assert_eq!(back.excluded, vec![3, 17]);
         assert_eq!(back.attrs, r.attrs, "attrs keep their order");
         assert_eq!(back, r);
         // Only the result is left in the directory: no temporary files.
