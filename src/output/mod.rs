@@ -35,6 +35,7 @@ pub struct ReconResult {
 pub mod checkpoint;
 pub mod hdf5;
 pub mod initial;
+pub mod plot;
 pub mod png;
 pub mod safety;
 
