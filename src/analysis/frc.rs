@@ -47,25 +47,13 @@ pub fn rings(a: &[f64], b: &[f64], [h, w]: [usize; 2]) -> Result<Rings> {
         ));
     }
     let mut dft = Dft2::new(h, w);
-    let spec = |v: &[f64], dft: &mut Dft2| {
-        let mut c: Vec<Complex64> = v.iter().map(|&x| Complex64::new(x, 0.0)).collect();
-        dft.run(&mut c, false);
-        c
-    };
-    let (fa, fb) = (spec(a, &mut dft), spec(b, &mut dft));
+    let (fa, fb) = (spectrum(a, &mut dft), spectrum(b, &mut dft));
     let side = h.max(w);
     let nr = side / 2 + 1;
     let (mut ab, mut aa, mut bb, mut pixels) = (vec![0f64; nr], vec![0f64; nr], vec![0f64; nr], vec![0usize; nr]);
-    let f = |k: usize, n: usize| {
-        if k <= n / 2 {
-            k as f64 / n as f64
-        } else {
-            k as f64 / n as f64 - 1.0
-        }
-    };
     for ky in 0..h {
         for kx in 0..w {
-            let q = f(ky, h).hypot(f(kx, w));
+            let q = radial(ky, kx, [h, w]);
             let i = (q * side as f64).round() as usize;
             if i >= nr {
                 continue; // the corners beyond Nyquist
@@ -91,6 +79,26 @@ pub fn rings(a: &[f64], b: &[f64], [h, w]: [usize; 2]) -> Result<Rings> {
         frc,
         pixels,
     })
+}
+
+/// |q| in cycles per pixel of the DFT bin (ky, kx) of an [h, w] array: each index k above
+/// n/2 stands for the negative frequency k/n − 1.
+fn radial(ky: usize, kx: usize, [h, w]: [usize; 2]) -> f64 {
+    let f = |k: usize, n: usize| {
+        if k <= n / 2 {
+            k as f64 / n as f64
+        } else {
+            k as f64 / n as f64 - 1.0
+        }
+    };
+    f(ky, h).hypot(f(kx, w))
+}
+
+/// The unnormalised DFT of the real image `v` (row-major, `dft`'s shape).
+fn spectrum(v: &[f64], dft: &mut Dft2) -> Vec<Complex64> {
+    let mut c: Vec<Complex64> = v.iter().map(|&x| Complex64::new(x, 0.0)).collect();
+    dft.run(&mut c, false);
+    c
 }
 
 /// The frequency (cycles per pixel) where the FRC first falls below the ½-bit threshold,
@@ -140,12 +148,7 @@ pub fn apodise(v: &[f64], [h, w]: [usize; 2]) -> Vec<f64> {
 /// parabola through the peak and its two neighbours along each axis (sub-pixel).
 pub fn register(a: &[f64], b: &[f64], [h, w]: [usize; 2]) -> [f64; 2] {
     let mut dft = Dft2::new(h, w);
-    let spec = |v: &[f64], dft: &mut Dft2| {
-        let mut c: Vec<Complex64> = apodise(v, [h, w]).into_iter().map(|x| Complex64::new(x, 0.0)).collect();
-        dft.run(&mut c, false);
-        c
-    };
-    let (fa, fb) = (spec(a, &mut dft), spec(b, &mut dft));
+    let (fa, fb) = (spectrum(&apodise(a, [h, w]), &mut dft), spectrum(&apodise(b, [h, w]), &mut dft));
     let mut c: Vec<Complex64> = fa.iter().zip(&fb).map(|(x, y)| x * y.conj()).collect();
     dft.run(&mut c, true);
     let cc: Vec<f64> = c.iter().map(|z| z.re).collect();
@@ -329,18 +332,10 @@ mod tests {
     fn band_limited(shape: [usize; 2], q0: f64, seed: u64) -> Vec<f64> {
         let [h, w] = shape;
         let mut dft = Dft2::new(h, w);
-        let mut c: Vec<Complex64> = noise(h * w, seed).into_iter().map(|x| Complex64::new(x, 0.0)).collect();
-        dft.run(&mut c, false);
-        let f = |k: usize, n: usize| {
-            if k <= n / 2 {
-                k as f64 / n as f64
-            } else {
-                k as f64 / n as f64 - 1.0
-            }
-        };
+        let mut c = spectrum(&noise(h * w, seed), &mut dft);
         for ky in 0..h {
             for kx in 0..w {
-                if f(ky, h).hypot(f(kx, w)) > q0 {
+                if radial(ky, kx, shape) > q0 {
                     c[ky * w + kx] = Complex64::default();
                 }
             }
@@ -387,7 +382,9 @@ mod tests {
         // aligning the noise on its largest chance correlation, ≈ √(2 ln N)/√(N/2) = 0.046 for
         // N = 128² shifts and pixels (measured 0.043), so within 0.06
         let (r, _) = frc_images(&a, &b, [128, 128]).unwrap();
-        let worst = (2..r.frc.len()).map(|i| r.frc[i].abs() * (r.pixels[i] as f64 / 2.0).sqrt()).fold(0f64, f64::max);
+        let worst = (2..r.frc.len())
+            .map(|i| r.frc[i].abs() * (r.pixels[i] as f64 / 2.0).sqrt())
+            .fold(0f64, f64::max);
         let mean = r.frc[2..].iter().sum::<f64>() / (r.frc.len() - 2) as f64;
         eprintln!("registered noise: worst |FRC|·√(n/2) {worst:.3}, mean {mean:.4}");
         assert!(worst < 4.5 && mean.abs() < 0.06, "worst {worst}, mean {mean}");

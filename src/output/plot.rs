@@ -44,6 +44,16 @@ pub fn length_unit(pixel_m: f64) -> (&'static str, f64) {
     }
 }
 
+/// A [`PLOT_WH`] RGB image of the pixels `buf`.
+fn rgb_image(buf: Vec<u8>) -> Image {
+    Image {
+        width: PLOT_WH.0 as usize,
+        height: PLOT_WH.1 as usize,
+        pixels: Pixels::Rgb8,
+        data: buf,
+    }
+}
+
 fn err(what: &str) -> impl Fn(String) -> Error + '_ {
     move |e| Error::new(what, e)
 }
@@ -106,12 +116,7 @@ pub fn loss_plot(loss: &[f64]) -> Result<Image> {
             .map_err(|x| e(x.to_string()))?;
         root.present().map_err(|x| e(x.to_string()))?;
     }
-    Ok(Image {
-        width: w as usize,
-        height: h as usize,
-        pixels: Pixels::Rgb8,
-        data: buf,
-    })
+    Ok(rgb_image(buf))
 }
 
 /// The Fourier ring correlation against spatial frequency (`freq`, 1/`unit`), the ½-bit
@@ -195,12 +200,7 @@ pub fn frc_plot(freq: &[f64], frc: &[f64], threshold: &[f64], crossing: Option<f
         }
         root.present().map_err(|x| e(x.to_string()))?;
     }
-    Ok(Image {
-        width: w as usize,
-        height: h as usize,
-        pixels: Pixels::Rgb8,
-        data: buf,
-    })
+    Ok(rgb_image(buf))
 }
 
 #[cfg(test)]
