@@ -79,7 +79,7 @@ pub fn write_result_checked(path: &Path, r: &ReconResult, png: bool, inputs: &sa
     let mut jobs: Vec<(PathBuf, Box<dyn Fn(&Path) -> Result<()> + '_>)> =
         vec![(path.to_path_buf(), Box::new(|p: &Path| self::hdf5::write_h5(p, r)))];
     if png {
-        for (suffix, img) in self::png::images(r) {
+        for (suffix, img) in self::png::images(r)? {
             let target = dir.join(png_name(stem, suffix));
             inputs.check_output("output.path", &target)?;
             jobs.push((target, Box::new(move |p: &Path| img.write(p))));
@@ -284,10 +284,11 @@ mod tests {
             let i = rd.info();
             (i.width, i.height, i.color_type)
         };
-        assert_eq!(dims(&written[1]), (7, 5, ::png::ColorType::Grayscale));
-        assert_eq!(dims(&written[2]), (7, 5, ::png::ColorType::Grayscale));
-        assert_eq!(dims(&written[3]), (2 * 4 + 2, 4, ::png::ColorType::Grayscale));
-        assert_eq!(dims(&written[4]), (480, 320, ::png::ColorType::Rgb));
+        // objects enlarged ×4 (the most), probe modes ×2 under a label strip
+        assert_eq!(dims(&written[1]), (4 * 7, 4 * 5, ::png::ColorType::Grayscale));
+        assert_eq!(dims(&written[2]), (4 * 7, 4 * 5, ::png::ColorType::Grayscale));
+        assert_eq!(dims(&written[3]), (2 * (2 * 4 + 2), 2 * 4 + 26, ::png::ColorType::Rgb));
+        assert_eq!(dims(&written[4]), (640, 400, ::png::ColorType::Rgb));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5);
     }
 

@@ -44,6 +44,19 @@ pub fn length_unit(pixel_m: f64) -> (&'static str, f64) {
     }
 }
 
+/// `v` with 4 significant digits (scientific notation below 0.001 and from 10⁷ on).
+pub fn significant(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let e = v.abs().log10().floor() as i32;
+    if !(-3..7).contains(&e) {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.*}", (3 - e).max(0) as usize)
+    }
+}
+
 /// A [`PLOT_WH`] RGB image of the pixels `buf`.
 fn rgb_image(buf: Vec<u8>) -> Image {
     Image {
@@ -59,8 +72,10 @@ fn err(what: &str) -> impl Fn(String) -> Error + '_ {
 }
 
 /// The loss per pattern against iteration (0-based), y on a log₁₀ scale, with axes, ticks
-/// and labels, [`PLOT_WH`]. Non-finite and non-positive values are left out; with none left
-/// the axes are drawn over 1..10.
+/// and labels, [`PLOT_WH`]. The y axis is linear in log₁₀(loss), its tick labels the loss
+/// itself (plotters' own log axis labels only powers of ten, none within a decade).
+/// Non-finite and non-positive values are left out; with none left the axes are drawn over
+/// 1..10.
 ///
 /// Errors (what = "loss plot"): a plotters drawing failure.
 pub fn loss_plot(loss: &[f64]) -> Result<Image> {
@@ -72,18 +87,14 @@ pub fn loss_plot(loss: &[f64]) -> Result<Image> {
         .iter()
         .enumerate()
         .filter(|(_, v)| v.is_finite() && **v > 0.0)
-        .map(|(i, v)| (i as f64, *v))
+        .map(|(i, v)| (i as f64, v.log10()))
         .collect();
     let (lo, hi) = pts
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let (lo, hi) = if pts.is_empty() {
-        (1.0, 10.0)
-    } else if hi / lo < 1.5 {
-        (lo / 1.25, hi * 1.25)
-    } else {
-        (lo / 1.1, hi * 1.1)
-    };
+    // a margin of 5 % of the span (at least 0.05 decades) above and below
+    let pad = if pts.is_empty() { 0.0 } else { (0.05 * (hi - lo)).max(0.05) };
+    let (lo, hi) = if pts.is_empty() { (0.0, 1.0) } else { (lo - pad, hi + pad) };
     let xmax = (loss.len().max(2) - 1) as f64;
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
@@ -94,16 +105,14 @@ pub fn loss_plot(loss: &[f64]) -> Result<Image> {
         if text {
             b.caption("loss per diffraction pattern", ("sans-serif", 20));
         }
-        let mut chart = b
-            .build_cartesian_2d(0f64..xmax, (lo..hi).log_scale())
-            .map_err(|x| e(x.to_string()))?;
+        let mut chart = b.build_cartesian_2d(0f64..xmax, lo..hi).map_err(|x| e(x.to_string()))?;
         let mut mesh = chart.configure_mesh();
         mesh.light_line_style(RGBColor(235, 235, 235));
         if text {
             mesh.x_desc("iteration")
                 .y_desc("loss (log scale)")
                 .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_label_formatter(&|y| format!("{y:.3e}"));
+                .y_label_formatter(&|y| significant(10f64.powf(*y)));
         } else {
             mesh.x_labels(0).y_labels(0);
         }
@@ -227,6 +236,15 @@ mod tests {
             .to_string()
             .starts_with("FRC plot: 50 frequencies, 49"));
         assert_eq!(length_unit(1.8e-11), ("Å", 1e-10));
+        assert_eq!(
+            [
+                significant(1995.26),
+                significant(3.16228),
+                significant(0.012345),
+                significant(2.5e-5)
+            ],
+            ["1995", "3.162", "0.01235", "2.500e-5"]
+        );
         assert_eq!(length_unit(2e-8).0, "nm");
     }
 }
