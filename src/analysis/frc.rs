@@ -170,31 +170,30 @@ pub fn register(a: &[f64], b: &[f64], [h, w]: [usize; 2]) -> [f64; 2] {
 }
 
 /// `v` ([h][w]) shifted by `s` pixels (y, x), v_s(r) = v(r − s), by the Fourier shift
-/// theorem (circular; exact for a periodic band-limited image). The Nyquist row and column
-/// of even sides are dropped so the result stays real.
+/// theorem (circular; exact for a periodic band-limited image): each frequency q times
+/// e^{−2πi q s} per axis, except the Nyquist bin of an even side, times cos(π s) (the mean of
+/// the ramp at ±½, so the result stays real; exact for whole-pixel shifts).
 pub fn shift(v: &[f64], [h, w]: [usize; 2], s: [f64; 2]) -> Vec<f64> {
     let mut dft = Dft2::new(h, w);
-    let mut c: Vec<Complex64> = v.iter().map(|&x| Complex64::new(x, 0.0)).collect();
-    dft.run(&mut c, false);
-    let f = |k: usize, n: usize| {
+    let mut c = spectrum(v, &mut dft);
+    let pi = std::f64::consts::PI;
+    let factor = |k: usize, n: usize, s: f64| {
         if 2 * k == n {
-            None
-        } else if k < n / 2 + n % 2 {
-            Some(k as f64 / n as f64)
+            Complex64::new((pi * s).cos(), 0.0)
         } else {
-            Some(k as f64 / n as f64 - 1.0)
+            let q = if k <= n / 2 {
+                k as f64 / n as f64
+            } else {
+                k as f64 / n as f64 - 1.0
+            };
+            Complex64::from_polar(1.0, -2.0 * pi * q * s)
         }
     };
+    let fy: Vec<Complex64> = (0..h).map(|k| factor(k, h, s[0])).collect();
+    let fx: Vec<Complex64> = (0..w).map(|k| factor(k, w, s[1])).collect();
     for ky in 0..h {
         for kx in 0..w {
-            let z = &mut c[ky * w + kx];
-            *z = match (f(ky, h), f(kx, w)) {
-                (Some(qy), Some(qx)) if ky + kx > 0 => {
-                    *z * Complex64::from_polar(1.0, -2.0 * std::f64::consts::PI * (qy * s[0] + qx * s[1]))
-                }
-                (Some(_), Some(_)) => *z,
-                _ => Complex64::default(),
-            };
+            c[ky * w + kx] *= fy[ky] * fx[kx];
         }
     }
     dft.run(&mut c, true);
@@ -420,6 +419,12 @@ mod tests {
         let a = band_limited(shape, 0.3, 4);
         let back = shift(&shift(&a, shape, [1.25, -2.5]), shape, [-1.25, 2.5]);
         assert!(a.iter().zip(&back).all(|(x, y)| (x - y).abs() < 1e-12));
+        // full-band noise (Nyquist rows included): no shift is the identity, a whole-pixel
+        // shift a circular roll
+        let n = noise(32 * 40, 5);
+        assert!(n.iter().zip(shift(&n, shape, [0.0, 0.0])).all(|(x, y)| (x - y).abs() < 1e-12));
+        let rolled = shift(&n, shape, [3.0, -1.0]);
+        assert!((0..32 * 40).all(|i| (rolled[i] - n[((i / 40 + 29) % 32) * 40 + (i % 40 + 1) % 40]).abs() < 1e-12));
         let t = tukey(9, 0.5);
         assert_eq!((t[0], t[4], t[8]), (0.0, 1.0, 0.0));
         assert!((t[1] - 0.5).abs() < 1e-12 && (t[2] - 1.0).abs() < 1e-12);
