@@ -117,6 +117,33 @@ pub struct DataConfig {
     /// paths are relative to the config file's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial: Option<PathBuf>,
+    /// Pattern indices (0-based, the file's order) left out of the likelihood (weight 0), in
+    /// addition to the outliers found by `exclude_outliers` (docs/algorithm.md §13).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<usize>,
+    /// Leave out patterns whose total counts are far from the scan's median
+    /// (`data::select::outliers`); default true.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub exclude_outliers: bool,
+    /// Reconstruct from one checkerboard half of the scan only (for `ptytile frc`);
+    /// `None`: every pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<Subset>,
+}
+
+/// `[data] subset`: a checkerboard half of the scan, by the parity of (scan row + scan
+/// column) (`data::select::checkerboard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Subset {
+    /// Scan points with (row + column) even.
+    Even,
+    /// Scan points with (row + column) odd.
+    Odd,
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 fn is_zero(v: &f64) -> bool {

@@ -318,7 +318,7 @@ fn exit_wave_operator_adjoint() {
     assert!(inner.im.abs() < 1e-10 * g.loss);
 }
 
-/// Position correction (docs/algorithm.md §13): the derivative of the loss with respect to
+/// Position correction (docs/algorithm.md §14): the derivative of the loss with respect to
 /// each probe centre, ∂L/∂c_j (y, x), against a central difference of the loss with that
 /// centre moved by ±h (the window and the sub-pixel ramps rebuilt, as a corrected position
 /// is); both noise models, one and two modes, raster runs and lone positions, multislice.

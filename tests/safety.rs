@@ -321,6 +321,7 @@ fn result(loss: Vec<f64>) -> ReconResult {
         loss,
         config_toml: "[data]\n".into(),
         attrs: vec![],
+        excluded: vec![],
     }
 }
 

@@ -240,7 +240,7 @@ fn check_finite(v: &[Complex64], w: usize, at: [usize; 2], what: &str) -> Result
 }
 
 /// Unnormalised 2-D DFT of H × W row-major arrays (rustfft rows, transpose, rustfft rows).
-struct Dft2 {
+pub(crate) struct Dft2 {
     h: usize,
     w: usize,
     rows: [Arc<dyn Fft<f64>>; 2],
@@ -250,7 +250,7 @@ struct Dft2 {
 }
 
 impl Dft2 {
-    fn new(h: usize, w: usize) -> Self {
+    pub(crate) fn new(h: usize, w: usize) -> Self {
         let mut pl = FftPlanner::<f64>::new();
         let rows = [pl.plan_fft_forward(w), pl.plan_fft_inverse(w)];
         let cols = [pl.plan_fft_forward(h), pl.plan_fft_inverse(h)];
@@ -259,7 +259,7 @@ impl Dft2 {
     }
 
     /// In place; forward e^{−2πi k·r}, inverse e^{+2πi k·r}, neither scaled.
-    fn run(&mut self, a: &mut [Complex64], inverse: bool) {
+    pub(crate) fn run(&mut self, a: &mut [Complex64], inverse: bool) {
         let (h, w, d) = (self.h, self.w, inverse as usize);
         self.rows[d].process_with_scratch(a, &mut self.scratch);
         for y in 0..h {
@@ -620,7 +620,7 @@ impl Problem {
 
 /// Mean phase gradients (d/dy, d/dx) of a complex [ha][wa] array, rad per pixel:
 /// arg Σ a(y+1,x)·conj a(y,x) and likewise along x.
-fn mean_gradients(a: &[Complex64], ha: usize, wa: usize) -> (f64, f64) {
+pub(crate) fn mean_gradients(a: &[Complex64], ha: usize, wa: usize) -> (f64, f64) {
     let (mut sy, mut sx) = (Complex64::default(), Complex64::default());
     for i in 0..ha {
         for j in 0..wa {
@@ -681,13 +681,7 @@ pub fn compare_files(recon: &Path, truth: &Path, truth_dataset: Option<&str>) ->
     let rf = hdf5::File::open(recon).ctx(|| rname.clone())?;
     let slices = rf.dataset("/object").map(|d| d.ndim()).unwrap_or(2).saturating_sub(1).max(1);
     let (object, oshape, opix) = read_complex_2d(&rf, &rname, "/object", true)?;
-    let pos_what = format!("{rname}:/positions_px");
-    let pos = rf.dataset("/positions_px").and_then(|d| d.read_2d::<f64>()).ctx(|| pos_what.clone())?;
-    if pos.ncols() != 2 {
-        return Err(Error::new(pos_what, format!("has shape {:?}, expected [N, 2]", pos.shape())));
-    }
-    let positions: Vec<[f64; 2]> = pos.rows().into_iter().map(|r| [r[0], r[1]]).collect();
-    let area = scan_area(&positions).map_err(|e| Error::new(pos_what.clone(), e.msg))?;
+    let (area, pos_what) = read_scan_area(&rf, &rname)?;
 
     let tf = hdf5::File::open(truth).ctx(|| tname.clone())?;
     // a multislice result is compared with the projected potential where the truth has one
@@ -899,12 +893,25 @@ fn path_exists(f: &hdf5::File, path: &str) -> bool {
     !p.is_empty()
 }
 
+/// The [`scan_area`] of a result's `/positions_px` ([N, 2] float64) and `file:/positions_px`
+/// for messages. Errors name that dataset: unreadable, not [N, 2], no or bad positions.
+pub(crate) fn read_scan_area(rf: &hdf5::File, rname: &str) -> Result<([usize; 4], String)> {
+    let pos_what = format!("{rname}:/positions_px");
+    let pos = rf.dataset("/positions_px").and_then(|d| d.read_2d::<f64>()).ctx(|| pos_what.clone())?;
+    if pos.ncols() != 2 {
+        return Err(Error::new(pos_what, format!("has shape {:?}, expected [N, 2]", pos.shape())));
+    }
+    let positions: Vec<[f64; 2]> = pos.rows().into_iter().map(|r| [r[0], r[1]]).collect();
+    let area = scan_area(&positions).map_err(|e| Error::new(pos_what.clone(), e.msg))?;
+    Ok((area, pos_what))
+}
+
 /// A complex64 2-D dataset: (values row-major, [rows, cols], its `pixel_size_m` attribute
 /// if present and a pair of numbers). With `project`, a 3-D [S, rows, cols] dataset (a
 /// multislice object) is accepted and reduced to its projection Π_s O_s, whose phase is the
 /// projected phase Σ_s arg O_s (modulo 2π, which the comparison's phase difference absorbs).
 #[allow(clippy::type_complexity)]
-fn read_complex_2d(f: &hdf5::File, fname: &str, ds: &str, project: bool) -> Result<(Vec<Complex32>, [usize; 2], Option<[f64; 2]>)> {
+pub(crate) fn read_complex_2d(f: &hdf5::File, fname: &str, ds: &str, project: bool) -> Result<(Vec<Complex32>, [usize; 2], Option<[f64; 2]>)> {
     let what = || format!("{fname}:{ds}");
     let d = f.dataset(ds).ctx(what)?;
     let mut shape = d.shape();

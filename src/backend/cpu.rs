@@ -72,7 +72,7 @@ pub struct Gradients<T: Real> {
     _t: std::marker::PhantomData<T>,
 }
 
-/// What position correction needs of one position j (docs/algorithm.md §13), in object
+/// What position correction needs of one position j (docs/algorithm.md §14), in object
 /// pixels, axes (y, x): `grad` = ∂L/∂c_j = 2 Re Σ_k Σ_r conj(t_jk) ∂P_jk/∂c_j, with
 /// t_jk = ∂L/∂P*_jk = O*_j b_jk the adjoint at the shifted probe and
 /// ∂P_jk/∂c = F⁻¹[P̂_k e_j (−2πi q)] the derivative of the Fourier shift;
@@ -187,7 +187,7 @@ pub fn gradients<T: Real>(
 /// [`gradients`] and, per position, the loss's derivative with respect to the probe centre
 /// and its curvature ([`Gradients::g_pos`], in the order of `pos`): two more row passes of
 /// M transforms per position and mode, and one more half transform per run of positions
-/// sharing their sub-pixel y-shift (docs/algorithm.md §13).
+/// sharing their sub-pixel y-shift (docs/algorithm.md §14).
 pub fn gradients_and_positions<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], pos: &[PositionGeom<T>], meas: &[f32], want_probe: bool) -> Gradients<T> {
     accumulate(k, obj, probe_hat, pos, meas, want_probe, true, Adjoint::Gradient)
 }

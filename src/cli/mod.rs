@@ -105,6 +105,18 @@ enum Cmd {
         #[arg(long)]
         truth_dataset: Option<String>,
     },
+    /// Fourier ring correlation of the objects of two results (e.g. reconstructions from the
+    /// `data.subset = "even"` and `"odd"` halves of a scan): registered, apodised, the
+    /// resolution at the ½-bit threshold; writes PREFIX.csv and PREFIX.png (docs/compare.md).
+    Frc {
+        /// The first result file.
+        a: PathBuf,
+        /// The second result file (same object grid and pixel size).
+        b: PathBuf,
+        /// Output prefix of the CSV and the plot (default: `<A's stem>_frc` beside A).
+        #[arg(long, value_name = "PREFIX")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// Benchmarks other than the single-rank breakdown.
@@ -386,6 +398,22 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let config = config.ok_or_else(|| Error::new("bench", "a config file is required"))?;
             bench::run(&Config::load(&config, &set)?, repeats).map(|_| 0)
         }
+        Cmd::Frc { a, b, output } => {
+            let r = crate::analysis::frc::frc_files(&a, &b)?;
+            let prefix = output.unwrap_or_else(|| {
+                let stem = a.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                a.with_file_name(format!("{stem}_frc"))
+            });
+            let (csv, png) = (prefix.with_extension("csv"), prefix.with_extension("png"));
+            frc_outputs(&r, &csv, &png, &[a.as_path(), b.as_path()])?;
+            let (unit, per) = crate::output::plot::length_unit(r.pixel_size_m[0]);
+            let res = r.resolution_m().map_or("not reached: the FRC stays above the ½-bit threshold up to Nyquist (2 pixels)".to_string(), |m| format!("{:.4} {unit}", m / per));
+            crate::cli::outln!(
+                "FRC ½-bit resolution: {res} (pixel {:.4} {unit}; area {:?}; shift of B {:.3}, {:.3} px)\n{}\n{}",
+                r.pixel_size_m[0] / per, r.area, r.shift_px[0], r.shift_px[1], csv.display(), png.display()
+            );
+            Ok(0)
+        }
         Cmd::Compare { recon, truth, truth_dataset } => {
             let r = crate::analysis::compare::compare_files(&recon, &truth, truth_dataset.as_deref())?;
             crate::cli::outln!("{r}");
@@ -434,4 +462,32 @@ fn one_line(text: &str) -> String {
 /// Quote a string as a TOML basic string.
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
+}
+
+/// Write the FRC table `csv` (columns: spatial frequency in 1/unit and cycles per pixel,
+/// FRC, ½-bit threshold, ring pixels) and its plot `png`, atomically; neither may be one of
+/// the `inputs`. Errors name the file.
+fn frc_outputs(r: &crate::analysis::frc::FrcReport, csv: &std::path::Path, png: &std::path::Path, inputs: &[&std::path::Path]) -> Result<()> {
+    use crate::analysis::frc::half_bit;
+    for p in [csv, png] {
+        if inputs.iter().any(|i| std::path::absolute(i).ok() == std::path::absolute(p).ok()) {
+            return Err(Error::new(p.display().to_string(), "is an input: choose another --output"));
+        }
+    }
+    let (unit, per) = crate::output::plot::length_unit(r.pixel_size_m[0]);
+    let pix = r.pixel_size_m[0].max(r.pixel_size_m[1]) / per;
+    let rr = &r.rings;
+    let thr: Vec<f64> = rr.pixels.iter().map(|&n| half_bit(n)).collect();
+    let freq: Vec<f64> = rr.freq_per_px.iter().map(|q| q / pix).collect();
+    let mut text = format!("frequency_per_{},frequency_per_pixel,frc,half_bit_threshold,ring_pixels\n", if unit == "Å" { "angstrom" } else { unit });
+    for i in 0..freq.len() {
+        text += &format!("{:.6},{:.6},{:.6},{:.6},{}\n", freq[i], rr.freq_per_px[i], rr.frc[i], thr[i], rr.pixels[i]);
+    }
+    if let Some(d) = csv.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| Error::new(d.display().to_string(), e.to_string()))?;
+    }
+    crate::output::write_atomic(csv, text.as_bytes())?;
+    // the mean ring (0) is left out of the plot
+    let img = crate::output::plot::frc_plot(&freq[1..], &rr.frc[1..], &thr[1..], r.crossing_per_px.map(|q| q / pix), unit)?;
+    img.write_atomic(png)
 }

@@ -15,6 +15,7 @@
 use crate::backend::cpu::Kernel;
 use crate::comm::{self, Comm};
 use crate::config::{Config, ParallelMode};
+use crate::data::select::{self, Selection};
 use crate::data::DataFile;
 use crate::cli::signals::StopFlags;
 use crate::engine::snapshot::{self, NamedArray, Snapshot};
@@ -34,28 +35,37 @@ use xxhash_rust::xxh3::xxh3_64;
 /// Per-iteration callback on rank 0: (iteration, loss per pattern, seconds, positions).
 pub type Progress<'a> = &'a (dyn Fn(usize, f64, f64, usize) + Sync);
 
-/// The job's decomposition: the tile plan for `ranks` ranks (tiled), or every rank holding
-/// the whole object and the positions j with j mod ranks = rank (replicated).
+/// The job's decomposition of the patterns `sel` uses: the tile plan for `ranks` ranks
+/// (tiled), or every rank holding the whole object and the used positions j with
+/// j mod ranks = rank (replicated). Left-out patterns belong to no rank, so they add nothing
+/// to any sum on any tiling (weight 0), and the object grid stays that of all positions.
 ///
 /// Errors: `parallel.tiles` whose product is not the rank count, or that the object cannot hold.
-pub fn job_plan(cfg: &Config, df: &DataFile, ranks: usize) -> Result<TilePlan> {
+pub fn job_plan(cfg: &Config, df: &DataFile, ranks: usize, sel: &Selection) -> Result<TilePlan> {
+    // plan over the used positions, then name them by their indices in the file
+    let index: Vec<usize> = (0..df.n).filter(|&j| sel.used[j]).collect();
+    let centres: Vec<[f64; 2]> = index.iter().map(|&j| df.centres[j]).collect();
+    let renamed = |mut plan: TilePlan| {
+        plan.ranks.iter_mut().for_each(|r| r.positions.iter_mut().for_each(|j| *j = index[*j]));
+        plan
+    };
     match cfg.parallel.mode {
         ParallelMode::Tiled => {
             let tiles = cfg.parallel.tiles.unwrap_or_else(|| tiling::tiles_for(ranks, df.object_shape));
             if tiles[0] * tiles[1] != ranks {
                 return Err(Error::new("parallel.tiles", format!("{}x{} tiles for {ranks} ranks: the product must equal the rank count", tiles[0], tiles[1])));
             }
-            tiling::plan(&df.centres, df.m, df.object_shape, tiles)
+            tiling::plan(&centres, df.m, df.object_shape, tiles).map(renamed)
         }
         ParallelMode::Replicated => {
-            let whole = tiling::plan(&df.centres, df.m, df.object_shape, [1, 1])?;
+            let whole = renamed(tiling::plan(&centres, df.m, df.object_shape, [1, 1])?);
             let r0 = &whole.ranks[0];
             let ranks = (0..ranks)
                 .map(|r| RankPlan {
                     rank: r,
                     tile: r0.tile,
                     field: r0.field,
-                    positions: (0..df.n).filter(|j| j % ranks == r).collect(),
+                    positions: index.iter().copied().filter(|j| j % ranks == r).collect(),
                     n_halo_positions: 0,
                     sends: Vec::new(),
                     recvs: Vec::new(),
@@ -64,6 +74,29 @@ pub fn job_plan(cfg: &Config, df: &DataFile, ranks: usize) -> Result<TilePlan> {
             Ok(TilePlan { ranks, ..whole })
         }
     }
+}
+
+/// The patterns this job uses ([`select::select`] of `[data]`): with `exclude_outliers`,
+/// the patterns' total counts are read first, each rank reading an even share of the file
+/// (contiguous, `comm`'s rank r of R reads N·r/R .. N·(r+1)/R) and the totals all-reduced, so
+/// every rank applies the rule to the same numbers; without `comm` (thread ranks, one
+/// process) this process reads them all.
+///
+/// Errors: read failures; those of [`select::select`].
+pub fn selection(cfg: &Config, df: &DataFile, comm: Option<&mut dyn Comm>) -> Result<Selection> {
+    let totals = if cfg.data.exclude_outliers {
+        let (r, nr, n) = comm.as_ref().map_or((0, 1, df.n), |c| (c.rank(), c.size(), df.n));
+        let (a, b) = (n * r / nr, n * (r + 1) / nr);
+        let mut t = vec![0f64; n];
+        t[a..b].copy_from_slice(&df.pattern_totals(a, b - a)?);
+        if let Some(c) = comm {
+            c.allreduce_sum(&mut t)?;
+        }
+        Some(t)
+    } else {
+        None
+    };
+    select::select(&cfg.data, &df.centres, totals.as_deref())
 }
 
 /// Bytes one rank holds: (measurements, object + gradient buffers).
@@ -295,9 +328,10 @@ pub fn run_with(cfg: &Config, opts: RunOptions, progress: Progress) -> Result<Ou
             // one tile plan for all thread ranks of this process (each rank computing its own
             // would hold R plans of O(R) each: 6.5 GB at 1024 ranks, docs/scaling.md)
             let df = DataFile::open(cfg)?;
-            let plan = job_plan(cfg, &df, cfg.parallel.ranks)?;
+            let sel = selection(cfg, &df, None)?;
+            let plan = job_plan(cfg, &df, cfg.parallel.ranks, &sel)?;
             check_memory(cfg, &df, memory_estimate(cfg, &df, &plan.ranks.iter().collect::<Vec<_>>(), true))?;
-            let mut results = comm::run_threads(cfg.parallel.ranks, |mut c| rank_run(cfg, &mut c, opts, progress, Some(&plan)))?;
+            let mut results = comm::run_threads(cfg.parallel.ranks, |mut c| rank_run(cfg, &mut c, opts, progress, Some((&plan, &sel))))?;
             Ok(results.swap_remove(0))
         }
     }
@@ -464,18 +498,21 @@ pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progre
     rank_run(cfg, c, ro, progress, None)
 }
 
-/// [`run_rank`] with the job's tile plan computed by the caller (`shared`, the same for
-/// every rank of the job) or, if `None`, by this rank.
-fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, shared: Option<&TilePlan>) -> Result<Outcome> {
+/// [`run_rank`] with the job's tile plan and pattern selection computed by the caller
+/// (`shared`, the same for every rank of the job) or, if `None`, by this rank.
+fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, shared: Option<(&TilePlan, &Selection)>) -> Result<Outcome> {
     let df = DataFile::open(cfg)?;
-    let own;
-    let plan = match shared {
-        Some(p) if p.n_ranks() == c.size() => p,
+    let (own, own_sel);
+    let (plan, sel) = match shared {
+        Some((p, s)) if p.n_ranks() == c.size() => (p, s),
         _ => {
-            own = job_plan(cfg, &df, c.size())?;
-            &own
+            own_sel = selection(cfg, &df, Some(&mut *c))?;
+            own = job_plan(cfg, &df, c.size(), &own_sel)?;
+            (&own, &own_sel)
         }
     };
+    let n_used = sel.n_used();
+    let excluded = sel.excluded();
     let rp = &plan.ranks[c.rank()];
     if shared.is_none() {
         // one process per rank (MPI): this rank's own estimate
@@ -487,6 +524,15 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
             df.path.display(), df.n, df.m, df.m, df.object_shape[0], df.object_shape[1],
             df.experiment.pixel_size_m[0] * 1e10, df.experiment.wavelength_m * 1e10, c.size(), plan.tiles[0], plan.tiles[1]
         );
+        if !excluded.is_empty() {
+            tracing::warn!(
+                "{}: {} of {} patterns left out of the likelihood: {} with total counts far from the scan's median {:?}, {} by data.exclude {:?}",
+                df.intensities_what, excluded.len(), df.n, sel.outliers.len(), sel.outliers, sel.manual.len(), sel.manual
+            );
+        }
+        if let Some(s) = cfg.data.subset {
+            tracing::info!("data.subset = {s:?}: {n_used} of {} patterns used", df.n);
+        }
     }
     let (meas_b, field_b) = rank_bytes(cfg, &df, rp);
     tracing::info!(
@@ -541,7 +587,7 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
             }
             let t = Instant::now();
             let st = engine::iterate(&problem, &mut carry.state, &mut carry.engines, it, &settings, &mut rank)?;
-            let l = st.loss / df.n as f64;
+            let l = st.loss / n_used.max(1) as f64;
             if !l.is_finite() {
                 return Err(Error::new("reconstruction", format!("loss became {l} at iteration {it}")));
             }
@@ -549,7 +595,7 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
             iter_s.push(t.elapsed().as_secs_f64());
             split.push([st.compute_s, st.comm_s, st.wait_s]);
             if rank.comm.rank() == 0 {
-                progress(it, l, t.elapsed().as_secs_f64(), df.n);
+                progress(it, l, t.elapsed().as_secs_f64(), n_used);
             }
             // iteration boundary: do all ranks agree on a checkpoint or a stop?
             let done = it + 1;
@@ -667,6 +713,9 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
         ("halo_bytes_sent_total".into(), tot[1]),
         ("halo_messages_sent_total".into(), tot[2]),
     ];
+    attrs.push(("patterns_used".into(), n_used as f64));
+    attrs.push(("excluded_outlier_count".into(), sel.outliers.len() as f64));
+    attrs.push(("excluded_manual_count".into(), sel.manual.len() as f64));
     if ro.resume.is_some() {
         attrs.push(("resumed_from_iteration".into(), start as f64));
     }
@@ -683,5 +732,6 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
         loss,
         config_toml: cfg.to_toml(),
         attrs,
+        excluded,
     })))
 }

@@ -241,24 +241,6 @@ fn write_csv(path: &Path, runs: &[Run]) -> Result<()> {
     crate::output::write_atomic(path, s.as_bytes())
 }
 
-/// A font for the plot's labels: DejaVu Sans or Liberation Sans from the usual system
-/// folders, registered with plotters once. Without one the plot has no text.
-fn font() -> bool {
-    static FONT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FONT.get_or_init(|| {
-        let candidates = [
-            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/TTF/DejaVuSans.ttf",
-            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-        ];
-        candidates.iter().find_map(|p| std::fs::read(p).ok()).is_some_and(|bytes| {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok()
-        })
-    })
-}
-
 /// Plot width and height in pixels.
 pub const PLOT_SIZE: (u32, u32) = (1100, 460);
 
@@ -268,7 +250,7 @@ pub fn plot(runs: &[Run]) -> Result<Image> {
     use plotters::prelude::*;
     let (w, h) = PLOT_SIZE;
     let mut buf = vec![255u8; (w * h * 3) as usize];
-    let text = font();
+    let text = crate::output::plot::font();
     let err = |e: String| Error::new("scaling.png", e);
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();

@@ -10,6 +10,7 @@
 pub mod cxi;
 pub mod inspect;
 pub mod npy;
+pub mod select;
 pub mod stem4d;
 
 use crate::config::{Beam, Config, DataFormat, ExperimentConfig, Geometry, PositionsUnit, ZeroFrequency};
@@ -180,15 +181,50 @@ impl DataFile {
                 if let Some(bad) = &self.bad_pixels {
                     pat.iter_mut().zip(bad).filter(|(_, b)| **b).for_each(|(v, _)| *v = 0.0);
                 }
-                if let Some(bad) = pat.iter().find(|v| !v.is_finite() || **v < 0.0) {
-                    let kind = if bad.is_nan() { "NaN" } else if bad.is_infinite() { "infinite" } else { "negative" };
-                    return Err(Error::new(&self.intensities_what, format!("{kind} intensity in pattern {j}")));
-                }
+                self.check_pattern(pat, j)?;
                 to_kernel_layout(pat, m, self.zero_frequency, &mut dst[(i + b) * mm..(i + b + 1) * mm]);
             }
             i += len;
         }
         Ok(out)
+    }
+
+    /// Total counts Σ_k I_j(k) (f64) of patterns `start..start + len`, bad pixels
+    /// ([`DataFile::bad_pixels`]) left out, read in chunks of at most [`READ_CHUNK_BYTES`];
+    /// the input of [`select::outliers`].
+    ///
+    /// Errors: NaN, infinite or negative intensities as in [`DataFile::read_intensities`]
+    /// (so a corrupt pattern is an error, not an outlier left out), read failures, a range
+    /// beyond N.
+    pub fn pattern_totals(&self, start: usize, len: usize) -> Result<Vec<f64>> {
+        let mm = self.m * self.m;
+        let max_len = (READ_CHUNK_BYTES / (4 * mm).max(1)).max(1);
+        let mut out = Vec::with_capacity(len);
+        let mut j = start;
+        while j < start + len {
+            let l = max_len.min(start + len - j);
+            for (b, pat) in self.read_raw(j, l)?.chunks_mut(mm).enumerate() {
+                if let Some(bad) = &self.bad_pixels {
+                    pat.iter_mut().zip(bad).filter(|(_, b)| **b).for_each(|(v, _)| *v = 0.0);
+                }
+                self.check_pattern(pat, j + b)?;
+                out.push(pat.iter().map(|v| *v as f64).sum());
+            }
+            j += l;
+        }
+        Ok(out)
+    }
+
+    /// Error naming the intensities and pattern `j` if `pat` holds a NaN, infinite or
+    /// negative value (bad pixels must be zeroed first).
+    fn check_pattern(&self, pat: &[f32], j: usize) -> Result<()> {
+        match pat.iter().find(|v| !v.is_finite() || **v < 0.0) {
+            None => Ok(()),
+            Some(bad) => {
+                let kind = if bad.is_nan() { "NaN" } else if bad.is_infinite() { "infinite" } else { "negative" };
+                Err(Error::new(&self.intensities_what, format!("{kind} intensity in pattern {j}")))
+            }
+        }
     }
 
     /// Patterns `start..start + len` as stored ([len, M(ky), M(kx)], zero frequency as

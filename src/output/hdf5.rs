@@ -4,7 +4,8 @@
 //! entrance) with attribute `pixel_size_m` float64 [2] (y, x);
 //! `/probe` complex64 [K, M, M]; `/positions_px` float64 [N, 2] (y, x); `/loss` float64
 //! [iterations]; root attributes `ptytile_version` and `config` (variable-length UTF-8
-//! strings) and one float64 scalar per entry of [`ReconResult::attrs`].
+//! strings), one float64 scalar per entry of [`ReconResult::attrs`], and `excluded_patterns`
+//! uint64 [E] (the [`ReconResult::excluded`] patterns, absent when none).
 
 use super::ReconResult;
 use crate::error::{Context, Error, Result};
@@ -20,6 +21,8 @@ use std::str::FromStr;
 pub const ATTR_VERSION: &str = "ptytile_version";
 /// Root attribute holding the configuration TOML.
 pub const ATTR_CONFIG: &str = "config";
+/// Root attribute holding the indices of the patterns left out of the likelihood.
+pub const ATTR_EXCLUDED: &str = "excluded_patterns";
 
 /// Check that `r` is self-consistent (array lengths match the shapes, attribute names are
 /// unique and not reserved) before anything is written to `path`.
@@ -47,7 +50,7 @@ pub(super) fn check(path: &Path, r: &ReconResult) -> Result<()> {
         ));
     }
     for (i, (name, _)) in r.attrs.iter().enumerate() {
-        if name.is_empty() || name == ATTR_VERSION || name == ATTR_CONFIG {
+        if name.is_empty() || name == ATTR_VERSION || name == ATTR_CONFIG || name == ATTR_EXCLUDED {
             return Err(Error::new(what("/"), format!("attribute name {name:?} is reserved")));
         }
         if r.attrs[..i].iter().any(|(n, _)| n == name) {
@@ -112,6 +115,14 @@ pub(super) fn write_h5(path: &Path, r: &ReconResult) -> Result<()> {
             .create(name.as_str())
             .and_then(|a| a.write_scalar(v))
             .ctx(|| format!("{p}:/ attribute {name}"))?;
+    }
+    if !r.excluded.is_empty() {
+        let e: Vec<u64> = r.excluded.iter().map(|&j| j as u64).collect();
+        file.new_attr::<u64>()
+            .shape(e.len())
+            .create(ATTR_EXCLUDED)
+            .and_then(|a| a.write_raw(&e))
+            .ctx(|| format!("{p}:/ attribute {ATTR_EXCLUDED}"))?;
     }
     file.close().ctx(|| p.clone())
 }
@@ -263,7 +274,13 @@ pub(super) fn read_h5(path: &Path) -> Result<ReconResult> {
         .or_else(|_| file.attr_names())
         .ctx(|| p.clone())?;
     let mut attrs = Vec::new();
+    let mut excluded = Vec::new();
     for name in names {
+        if name == ATTR_EXCLUDED {
+            let what = || format!("{p}:/ attribute {name}");
+            excluded = file.attr(&name).and_then(|a| a.read_raw::<u64>()).ctx(what)?.into_iter().map(|j| j as usize).collect();
+            continue;
+        }
         if name == ATTR_VERSION || name == ATTR_CONFIG {
             continue;
         }
@@ -289,5 +306,6 @@ pub(super) fn read_h5(path: &Path) -> Result<ReconResult> {
         loss,
         config_toml,
         attrs,
+        excluded,
     })
 }

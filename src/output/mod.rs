@@ -26,11 +26,16 @@ pub struct ReconResult {
     pub config_toml: String,
     /// Further scalar attributes of the root group (name, value), e.g. timings.
     pub attrs: Vec<(String, f64)>,
+    /// Indices (ascending, the data file's order) of the patterns left out of the
+    /// likelihood as outliers or by `[data] exclude` (`data::select`); root attribute
+    /// `excluded_patterns` (uint64 [E], absent when empty).
+    pub excluded: Vec<usize>,
 }
 
 pub mod checkpoint;
 pub mod hdf5;
 pub mod initial;
+pub mod plot;
 pub mod png;
 pub mod safety;
 
@@ -74,7 +79,7 @@ pub fn write_result_checked(path: &Path, r: &ReconResult, png: bool, inputs: &sa
     let mut jobs: Vec<(PathBuf, Box<dyn Fn(&Path) -> Result<()> + '_>)> =
         vec![(path.to_path_buf(), Box::new(|p: &Path| self::hdf5::write_h5(p, r)))];
     if png {
-        for (suffix, img) in self::png::images(r) {
+        for (suffix, img) in self::png::images(r)? {
             let target = dir.join(png_name(stem, suffix));
             inputs.check_output("output.path", &target)?;
             jobs.push((target, Box::new(move |p: &Path| img.write(p))));
@@ -219,6 +224,7 @@ mod tests {
             loss: vec![10.0, 3.5, 1.25, 0.5],
             config_toml: "[data]\nfile = \"a.h5\"\n# ünïcode Å\n".into(),
             attrs: vec![("time_s".into(), 12.5), ("a_first_by_name".into(), -3.0), ("dose".into(), 1e5)],
+            excluded: vec![3, 17],
         }
     }
 
@@ -239,6 +245,7 @@ mod tests {
         assert_eq!(back.positions_px, r.positions_px);
         assert_eq!(back.loss, vec![10.0, 3.5, 1.25, 0.5]);
         assert_eq!(back.config_toml, r.config_toml);
+        assert_eq!(back.excluded, vec![3, 17]);
         assert_eq!(back.attrs, r.attrs, "attrs keep their order");
         assert_eq!(back, r);
         // Only the result is left in the directory: no temporary files.
@@ -277,10 +284,11 @@ mod tests {
             let i = rd.info();
             (i.width, i.height, i.color_type)
         };
-        assert_eq!(dims(&written[1]), (7, 5, ::png::ColorType::Grayscale));
-        assert_eq!(dims(&written[2]), (7, 5, ::png::ColorType::Grayscale));
-        assert_eq!(dims(&written[3]), (2 * 4 + 2, 4, ::png::ColorType::Grayscale));
-        assert_eq!(dims(&written[4]), (480, 320, ::png::ColorType::Rgb));
+        // objects enlarged ×4 (the most), probe modes ×2 under a label strip
+        assert_eq!(dims(&written[1]), (4 * 7, 4 * 5, ::png::ColorType::Grayscale));
+        assert_eq!(dims(&written[2]), (4 * 7, 4 * 5, ::png::ColorType::Grayscale));
+        assert_eq!(dims(&written[3]), (2 * (2 * 4 + 2), 2 * 4 + 26, ::png::ColorType::Rgb));
+        assert_eq!(dims(&written[4]), (640, 400, ::png::ColorType::Rgb));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5);
     }
 
