@@ -11,7 +11,13 @@ use ptytile::output::{read_result, write_result};
 
 /// Zero the patterns of scan rows and columns `r0..r0 + side` in `dir/NAME.h5`, a `scan` ×
 /// `scan` cut written by `common::pbtio3_cut`; returns their indices (ascending).
-fn zero_block(dir: &std::path::Path, name: &str, scan: usize, r0: usize, side: usize) -> Vec<usize> {
+fn zero_block(
+    dir: &std::path::Path,
+    name: &str,
+    scan: usize,
+    r0: usize,
+    side: usize,
+) -> Vec<usize> {
     let f = hdf5::File::open_rw(dir.join(format!("{name}.h5"))).unwrap();
     let ds = f.dataset("/data/intensities_poisson_dose1e05").unwrap();
     let m = ds.shape()[1];
@@ -19,7 +25,8 @@ fn zero_block(dir: &std::path::Path, name: &str, scan: usize, r0: usize, side: u
     let mut idx = Vec::new();
     for iy in r0..r0 + side {
         let j = iy * scan + r0;
-        ds.write_slice(&zeros, ndarray::s![j..j + side, .., ..]).unwrap();
+        ds.write_slice(&zeros, ndarray::s![j..j + side, .., ..])
+            .unwrap();
         idx.extend(j..j + side);
     }
     idx
@@ -73,7 +80,10 @@ fn excluded_patterns_keep_tiled_equal_to_single_rank() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::pbtio3_cut(dir.path(), "crop", 20, 128);
     let zeros = zero_block(dir.path(), "crop", 20, 6, 5);
-    let set = ["reconstruction.iterations=10".to_string(), "data.exclude=[0, 1, 399, 137]".into()];
+    let set = [
+        "reconstruction.iterations=10".to_string(),
+        "data.exclude=[0, 1, 399, 137]".into(),
+    ];
     let one = common::recon_tiles(&cfg, [1, 1], &set);
     let mut want: Vec<usize> = zeros.iter().copied().chain([0, 1, 137, 399]).collect();
     want.sort_unstable();
@@ -86,7 +96,10 @@ fn excluded_patterns_keep_tiled_equal_to_single_rank() {
             common::rel_l2(&r.probe, &one.probe),
         );
         eprintln!("tiles {t:?}: object {eo:.2e}, probe {ep:.2e}");
-        assert!(eo <= 1e-6 && ep <= 1e-6, "tiles {t:?}: object {eo:.2e}, probe {ep:.2e}");
+        assert!(
+            eo <= 1e-6 && ep <= 1e-6,
+            "tiles {t:?}: object {eo:.2e}, probe {ep:.2e}"
+        );
         assert_eq!(r.excluded, want);
     }
     let c = ptytile::config::Config::load(&cfg, &["data.exclude=[400]".into()]).unwrap();

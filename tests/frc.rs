@@ -22,7 +22,10 @@ fn halves_and_frc_command() {
         let r = common::recon_tiles(
             &cfg,
             [2, 2],
-            &[format!("data.subset=\"{s}\""), "reconstruction.iterations=5".into()],
+            &[
+                format!("data.subset=\"{s}\""),
+                "reconstruction.iterations=5".into(),
+            ],
         );
         let attr = |n: &str| r.attrs.iter().find(|a| a.0 == n).unwrap().1;
         assert_eq!(attr("patterns_used"), 200.0, "{s}");
@@ -32,9 +35,17 @@ fn halves_and_frc_command() {
         files.push(out);
     }
     let same = frc_files(&files[0], &files[0]).unwrap();
-    assert!(same.crossing_per_px.is_none() && same.rings.frc[1..].iter().all(|f| (f - 1.0).abs() < 1e-9));
+    assert!(
+        same.crossing_per_px.is_none()
+            && same.rings.frc[1..].iter().all(|f| (f - 1.0).abs() < 1e-9)
+    );
     let o = Command::new(BIN)
-        .args(["frc", files[0].to_str().unwrap(), files[1].to_str().unwrap(), "--output"])
+        .args([
+            "frc",
+            files[0].to_str().unwrap(),
+            files[1].to_str().unwrap(),
+            "--output",
+        ])
         .arg(dir.path().join("f"))
         .output()
         .unwrap();
@@ -48,13 +59,19 @@ fn halves_and_frc_command() {
         "frequency_per_angstrom,frequency_per_pixel,frc,half_bit_threshold,ring_pixels"
     );
     let rep = frc_files(&files[0], &files[1]).unwrap();
-    assert_eq!((lines.len() - 1, rep.area[1] - rep.area[0]), (rep.rings.frc.len(), 42));
+    assert_eq!(
+        (lines.len() - 1, rep.area[1] - rep.area[0]),
+        (rep.rings.frc.len(), 42)
+    );
     let row: Vec<f64> = lines[3].split(',').map(|v| v.parse().unwrap()).collect();
     assert!(
         (row[3] - half_bit(row[4] as usize)).abs() < 1e-6 && (row[1] - 2.0 / 42.0).abs() < 1e-6,
         "{row:?}"
     );
-    assert!((row[0] - row[1] / 0.1828125).abs() < 1e-4, "1/Å = (1/px) / 0.1828 Å");
+    assert!(
+        (row[0] - row[1] / 0.1828125).abs() < 1e-4,
+        "1/Å = (1/px) / 0.1828 Å"
+    );
     assert!(
         rep.rings.frc[1] > 0.9,
         "the halves agree at the lowest frequency: {}",
@@ -67,13 +84,26 @@ fn halves_and_frc_command() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!((o.status.code(), err.lines().count()), (Some(2), 1), "{err}");
+    assert_eq!(
+        (o.status.code(), err.lines().count()),
+        (Some(2), 1),
+        "{err}"
+    );
     assert!(err.contains("/nonexistent/b.h5"), "{err}");
     let o = Command::new(BIN)
-        .args(["reconstruct", cfg.to_str().unwrap(), "--set", "data.subset=\"diagonal\""])
+        .args([
+            "reconstruct",
+            cfg.to_str().unwrap(),
+            "--set",
+            "data.subset=\"diagonal\"",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!((o.status.code(), err.lines().count()), (Some(2), 1), "{err}");
+    assert_eq!(
+        (o.status.code(), err.lines().count()),
+        (Some(2), 1),
+        "{err}"
+    );
     assert!(err.contains("subset"), "{err}");
 }

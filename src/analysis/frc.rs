@@ -43,14 +43,23 @@ pub fn rings(a: &[f64], b: &[f64], [h, w]: [usize; 2]) -> Result<Rings> {
     if h < 2 || w < 2 || a.len() != h * w || b.len() != h * w {
         return Err(Error::new(
             "images",
-            format!("need two {h}x{w} images of at least 2x2, have {} and {} values", a.len(), b.len()),
+            format!(
+                "need two {h}x{w} images of at least 2x2, have {} and {} values",
+                a.len(),
+                b.len()
+            ),
         ));
     }
     let mut dft = Dft2::new(h, w);
     let (fa, fb) = (spectrum(a, &mut dft), spectrum(b, &mut dft));
     let side = h.max(w);
     let nr = side / 2 + 1;
-    let (mut ab, mut aa, mut bb, mut pixels) = (vec![0f64; nr], vec![0f64; nr], vec![0f64; nr], vec![0usize; nr]);
+    let (mut ab, mut aa, mut bb, mut pixels) = (
+        vec![0f64; nr],
+        vec![0f64; nr],
+        vec![0f64; nr],
+        vec![0usize; nr],
+    );
     for ky in 0..h {
         for kx in 0..w {
             let q = radial(ky, kx, [h, w]);
@@ -106,7 +115,9 @@ fn spectrum(v: &[f64], dft: &mut Dft2) -> Vec<Complex64> {
 /// 0 (the mean) is skipped. `None` when it never falls below (the resolution is then at
 /// least the Nyquist limit, 2 pixels).
 pub fn crossing(r: &Rings) -> Option<f64> {
-    let d: Vec<f64> = (0..r.frc.len()).map(|i| r.frc[i] - half_bit(r.pixels[i])).collect();
+    let d: Vec<f64> = (0..r.frc.len())
+        .map(|i| r.frc[i] - half_bit(r.pixels[i]))
+        .collect();
     let i = (1..d.len()).find(|&i| d[i] < 0.0)?;
     if i == 1 {
         return Some(r.freq_per_px[1]);
@@ -139,8 +150,13 @@ pub fn tukey(n: usize, alpha: f64) -> Vec<f64> {
 pub fn apodise(v: &[f64], [h, w]: [usize; 2]) -> Vec<f64> {
     let (wy, wx) = (tukey(h, TUKEY_ALPHA), tukey(w, TUKEY_ALPHA));
     let wsum: f64 = wy.iter().sum::<f64>() * wx.iter().sum::<f64>();
-    let mean = (0..h * w).map(|i| v[i] * wy[i / w] * wx[i % w]).sum::<f64>() / wsum.max(f64::MIN_POSITIVE);
-    (0..h * w).map(|i| (v[i] - mean) * wy[i / w] * wx[i % w]).collect()
+    let mean = (0..h * w)
+        .map(|i| v[i] * wy[i / w] * wx[i % w])
+        .sum::<f64>()
+        / wsum.max(f64::MIN_POSITIVE);
+    (0..h * w)
+        .map(|i| (v[i] - mean) * wy[i / w] * wx[i % w])
+        .collect()
 }
 
 /// The shift s (y, x), pixels, that best aligns `b` to `a` ([h][w]): b(r − s) ≈ a(r). The
@@ -148,11 +164,16 @@ pub fn apodise(v: &[f64], [h, w]: [usize; 2]) -> Vec<f64> {
 /// parabola through the peak and its two neighbours along each axis (sub-pixel).
 pub fn register(a: &[f64], b: &[f64], [h, w]: [usize; 2]) -> [f64; 2] {
     let mut dft = Dft2::new(h, w);
-    let (fa, fb) = (spectrum(&apodise(a, [h, w]), &mut dft), spectrum(&apodise(b, [h, w]), &mut dft));
+    let (fa, fb) = (
+        spectrum(&apodise(a, [h, w]), &mut dft),
+        spectrum(&apodise(b, [h, w]), &mut dft),
+    );
     let mut c: Vec<Complex64> = fa.iter().zip(&fb).map(|(x, y)| x * y.conj()).collect();
     dft.run(&mut c, true);
     let cc: Vec<f64> = c.iter().map(|z| z.re).collect();
-    let p = (0..h * w).max_by(|&i, &j| cc[i].total_cmp(&cc[j])).unwrap_or(0);
+    let p = (0..h * w)
+        .max_by(|&i, &j| cc[i].total_cmp(&cc[j]))
+        .unwrap_or(0);
     let (py, px) = (p / w, p % w);
     let at = |y: usize, x: usize| cc[(y % h) * w + x % w];
     let vertex = |m: f64, c0: f64, p: f64| {
@@ -165,7 +186,13 @@ pub fn register(a: &[f64], b: &[f64], [h, w]: [usize; 2]) -> [f64; 2] {
     };
     let dy = vertex(at(py + h - 1, px), at(py, px), at(py + 1, px));
     let dx = vertex(at(py, px + w - 1), at(py, px), at(py, px + 1));
-    let signed = |k: usize, n: usize| if k <= n / 2 { k as f64 } else { k as f64 - n as f64 };
+    let signed = |k: usize, n: usize| {
+        if k <= n / 2 {
+            k as f64
+        } else {
+            k as f64 - n as f64
+        }
+    };
     [signed(py, h) + dy, signed(px, w) + dx]
 }
 
@@ -219,7 +246,8 @@ impl FrcReport {
     /// The ½-bit resolution in m: the pixel size over the crossing frequency (the larger
     /// pixel side for non-square pixels); `None` when the FRC never falls below the threshold.
     pub fn resolution_m(&self) -> Option<f64> {
-        self.crossing_per_px.map(|q| self.pixel_size_m[0].max(self.pixel_size_m[1]) / q)
+        self.crossing_per_px
+            .map(|q| self.pixel_size_m[0].max(self.pixel_size_m[1]) / q)
     }
 }
 
@@ -276,7 +304,9 @@ pub fn frc_files(a: &Path, b: &Path) -> Result<FrcReport> {
     if ashape != bshape {
         return Err(Error::new(
             format!("{bn}:/object"),
-            format!("shape {bshape:?}, {an} has {ashape:?}: compare reconstructions of the same scan"),
+            format!(
+                "shape {bshape:?}, {an} has {ashape:?}: compare reconstructions of the same scan"
+            ),
         ));
     }
     if (0..2).any(|i| (apix[i] - bpix[i]).abs() > 1e-3 * apix[i].abs()) {
@@ -290,7 +320,9 @@ pub fn frc_files(a: &Path, b: &Path) -> Result<FrcReport> {
     if y1 > ashape[0] || x1 > ashape[1] || y1 - y0 < 8 || x1 - x0 < 8 {
         return Err(Error::new(
             pos_what,
-            format!("scanned area {area:?} is outside the {ashape:?} object or smaller than 8x8 pixels"),
+            format!(
+                "scanned area {area:?} is outside the {ashape:?} object or smaller than 8x8 pixels"
+            ),
         ));
     }
     let shape = [y1 - y0, x1 - x0];
@@ -305,7 +337,10 @@ pub fn frc_files(a: &Path, b: &Path) -> Result<FrcReport> {
     };
     let (pa, pb) = (flat_phase(&cut(ao), shape), flat_phase(&cut(bo), shape));
     if pa.iter().chain(&pb).any(|v| !v.is_finite()) {
-        return Err(Error::new(format!("{an} vs {bn}"), "non-finite values in an object's scanned area"));
+        return Err(Error::new(
+            format!("{an} vs {bn}"),
+            "non-finite values in an object's scanned area",
+        ));
     }
     let (rings, shift_px) = frc_images(&pa, &pb, shape)?;
     Ok(FrcReport {
@@ -357,7 +392,10 @@ mod tests {
         let a = band_limited(shape, 0.3, 1);
         let r = rings(&a, &a, shape).unwrap();
         assert!(
-            r.frc.iter().zip(&r.pixels).all(|(f, n)| *n == 0 || (f - 1.0).abs() < 1e-12),
+            r.frc
+                .iter()
+                .zip(&r.pixels)
+                .all(|(f, n)| *n == 0 || (f - 1.0).abs() < 1e-12),
             "{:?}",
             r.frc
         );
@@ -386,7 +424,10 @@ mod tests {
             .fold(0f64, f64::max);
         let mean = r.frc[2..].iter().sum::<f64>() / (r.frc.len() - 2) as f64;
         eprintln!("registered noise: worst |FRC|·√(n/2) {worst:.3}, mean {mean:.4}");
-        assert!(worst < 4.5 && mean.abs() < 0.06, "worst {worst}, mean {mean}");
+        assert!(
+            worst < 4.5 && mean.abs() < 0.06,
+            "worst {worst}, mean {mean}"
+        );
     }
 
     #[test]
@@ -401,14 +442,23 @@ mod tests {
             let n = noise(128 * 128, seed);
             let pn = n.iter().map(|v| v * v).sum::<f64>();
             let k = (0.1 * ps / pn).sqrt();
-            s.iter().zip(&n).map(|(a, b)| a + k * b).collect::<Vec<f64>>()
+            s.iter()
+                .zip(&n)
+                .map(|(a, b)| a + k * b)
+                .collect::<Vec<f64>>()
         };
         let a = noisy(8);
         let b = shift(&noisy(9), shape, [0.3, -0.7]);
         let (r, sh) = frc_images(&a, &b, shape).unwrap();
-        assert!((sh[0] + 0.3).abs() < 0.05 && (sh[1] - 0.7).abs() < 0.05, "shift {sh:?}");
+        assert!(
+            (sh[0] + 0.3).abs() < 0.05 && (sh[1] - 0.7).abs() < 0.05,
+            "shift {sh:?}"
+        );
         let q = crossing(&r).unwrap();
-        assert!((q - 0.25).abs() < 0.015, "crossing at {q} cycles/px, the band edge is 0.25");
+        assert!(
+            (q - 0.25).abs() < 0.015,
+            "crossing at {q} cycles/px, the band edge is 0.25"
+        );
         let mid = r.frc[10..28].iter().fold(1f64, |m, f| m.min(*f));
         assert!(mid > 0.85, "FRC below the edge {mid}");
     }
@@ -422,9 +472,13 @@ mod tests {
         // full-band noise (Nyquist rows included): no shift is the identity, a whole-pixel
         // shift a circular roll
         let n = noise(32 * 40, 5);
-        assert!(n.iter().zip(shift(&n, shape, [0.0, 0.0])).all(|(x, y)| (x - y).abs() < 1e-12));
+        assert!(n
+            .iter()
+            .zip(shift(&n, shape, [0.0, 0.0]))
+            .all(|(x, y)| (x - y).abs() < 1e-12));
         let rolled = shift(&n, shape, [3.0, -1.0]);
-        assert!((0..32 * 40).all(|i| (rolled[i] - n[((i / 40 + 29) % 32) * 40 + (i % 40 + 1) % 40]).abs() < 1e-12));
+        assert!((0..32 * 40)
+            .all(|i| (rolled[i] - n[((i / 40 + 29) % 32) * 40 + (i % 40 + 1) % 40]).abs() < 1e-12));
         let t = tukey(9, 0.5);
         assert_eq!((t[0], t[4], t[8]), (0.0, 1.0, 0.0));
         assert!((t[1] - 0.5).abs() < 1e-12 && (t[2] - 1.0).abs() < 1e-12);

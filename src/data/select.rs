@@ -37,7 +37,9 @@ pub fn outliers(totals: &[f64]) -> Vec<usize> {
     }
     let sigma = 1.4826 * median(totals.iter().map(|t| (t - med).abs()).collect());
     let limit = (OUTLIER_Z * sigma).max(OUTLIER_MIN_REL * med);
-    (0..totals.len()).filter(|&j| !((totals[j] - med).abs() <= limit)).collect()
+    (0..totals.len())
+        .filter(|&j| !((totals[j] - med).abs() <= limit))
+        .collect()
 }
 
 /// The median of `v` (the upper one for even lengths); NaN sorts last.
@@ -81,11 +83,22 @@ pub fn scan_step(centres: &[[f64; 2]]) -> f64 {
         return 1.0;
     }
     let lo = [0, 1].map(|a| centres.iter().map(|c| c[a]).fold(f64::INFINITY, f64::min));
-    let hi = [0, 1].map(|a| centres.iter().map(|c| c[a]).fold(f64::NEG_INFINITY, f64::max));
+    let hi = [0, 1].map(|a| {
+        centres
+            .iter()
+            .map(|c| c[a])
+            .fold(f64::NEG_INFINITY, f64::max)
+    });
     let area = ((hi[0] - lo[0]).max(1.0)) * ((hi[1] - lo[1]).max(1.0));
     let cell = (area / n as f64).sqrt().max(1e-6);
-    let key = |c: &[f64; 2]| [((c[0] - lo[0]) / cell) as i64, ((c[1] - lo[1]) / cell) as i64];
-    let mut grid: std::collections::HashMap<[i64; 2], Vec<usize>> = std::collections::HashMap::new();
+    let key = |c: &[f64; 2]| {
+        [
+            ((c[0] - lo[0]) / cell) as i64,
+            ((c[1] - lo[1]) / cell) as i64,
+        ]
+    };
+    let mut grid: std::collections::HashMap<[i64; 2], Vec<usize>> =
+        std::collections::HashMap::new();
     for (j, c) in centres.iter().enumerate() {
         grid.entry(key(c)).or_default().push(j);
     }
@@ -98,7 +111,10 @@ pub fn scan_step(centres: &[[f64; 2]]) -> f64 {
         while r < 1 << 20 {
             for dy in -r..=r {
                 for dx in -r..=r {
-                    for &i in grid.get(&[k[0] + dy, k[1] + dx]).map_or(&[][..], |v| &v[..]) {
+                    for &i in grid
+                        .get(&[k[0] + dy, k[1] + dx])
+                        .map_or(&[][..], |v| &v[..])
+                    {
                         let d = (centres[i][0] - c[0]).hypot(centres[i][1] - c[1]);
                         if i != j && d > 1e-9 {
                             best = best.min(d);
@@ -163,7 +179,11 @@ impl Selection {
 /// allowed only with `exclude_outliers = false`).
 ///
 /// Errors (naming `data.exclude` or `data.subset`): an index ≥ N; no pattern left.
-pub fn select(data: &DataConfig, centres: &[[f64; 2]], totals: Option<&[f64]>) -> Result<Selection> {
+pub fn select(
+    data: &DataConfig,
+    centres: &[[f64; 2]],
+    totals: Option<&[f64]>,
+) -> Result<Selection> {
     let n = centres.len();
     let mut sel = Selection::all(n);
     if let Some(&j) = data.exclude.iter().find(|&&j| j >= n) {
@@ -190,8 +210,15 @@ pub fn select(data: &DataConfig, centres: &[[f64; 2]], totals: Option<&[f64]>) -
         }
     }
     if sel.n_used() == 0 {
-        let key = if data.subset.is_some() { "data.subset" } else { "data.exclude" };
-        return Err(Error::new(key, format!("leaves none of the {n} patterns to reconstruct from")));
+        let key = if data.subset.is_some() {
+            "data.subset"
+        } else {
+            "data.exclude"
+        };
+        return Err(Error::new(
+            key,
+            format!("leaves none of the {n} patterns to reconstruct from"),
+        ));
     }
     Ok(sel)
 }
@@ -209,7 +236,9 @@ mod tests {
     #[test]
     fn outliers_find_zero_saturated_and_truncated_frames() {
         // Poisson-like spread of ~1 % around 16 000 counts
-        let mut t: Vec<f64> = (0..400).map(|j| 16_000.0 + 160.0 * ((j * 37 % 101) as f64 / 50.0 - 1.0)).collect();
+        let mut t: Vec<f64> = (0..400)
+            .map(|j| 16_000.0 + 160.0 * ((j * 37 % 101) as f64 / 50.0 - 1.0))
+            .collect();
         t[7] = 0.0;
         t[100] = 30_000.0; // saturated: far more
         t[250] = 9_000.0; // truncated: lost its second half
@@ -232,10 +261,17 @@ mod tests {
     fn checkerboard_halves_are_disjoint_and_cover_the_scan() {
         for (sy, sx, step) in [(7, 9, 2.2), (58, 58, 2.207), (1, 5, 3.0)] {
             let c = raster(sy, sx, step);
-            let (e, o) = (checkerboard(&c, Subset::Even), checkerboard(&c, Subset::Odd));
+            let (e, o) = (
+                checkerboard(&c, Subset::Even),
+                checkerboard(&c, Subset::Odd),
+            );
             for j in 0..c.len() {
                 assert!(e[j] != o[j], "position {j}: exactly one half");
-                assert_eq!(e[j], (j / sx + j % sx) % 2 == 0, "position {j}: (row + column) parity");
+                assert_eq!(
+                    e[j],
+                    (j / sx + j % sx) % 2 == 0,
+                    "position {j}: (row + column) parity"
+                );
             }
         }
         // positions jittered by ±0.05 px (±1.7 % of the step) keep the parity of their grid point
@@ -262,7 +298,12 @@ mod tests {
         let mut d: DataConfig = toml::from_str("file = \"a.h5\"\nexclude = [9, 2, 9]").unwrap();
         let s = select(&d, &c, Some(&t)).unwrap();
         assert_eq!(
-            (s.outliers.clone(), s.manual.clone(), s.excluded(), s.n_used()),
+            (
+                s.outliers.clone(),
+                s.manual.clone(),
+                s.excluded(),
+                s.n_used()
+            ),
             (vec![5], vec![2, 9], vec![2, 5, 9], 13)
         );
         d.exclude_outliers = false;

@@ -56,10 +56,20 @@ pub fn regularise<T: Real>(
 
 /// The slice count S, the pixels per slice and the local indices of the tile's pixels in
 /// slice 0, or `None` when R vanishes (S = 1 or μ = 0).
-fn tile_slices<'a, V>(obj: &'a Field<V>, tile: &'a Rect, mu: f64) -> Option<(usize, usize, impl Iterator<Item = usize> + 'a)> {
+fn tile_slices<'a, V>(
+    obj: &'a Field<V>,
+    tile: &'a Rect,
+    mu: f64,
+) -> Option<(usize, usize, impl Iterator<Item = usize> + 'a)> {
     let planes = obj.planes();
     // tile_indices lists slice 0 first
-    (planes > 1 && mu != 0.0).then(|| (planes, obj.plane_len(), super::exchange::tile_indices(obj, tile).take(tile.area())))
+    (planes > 1 && mu != 0.0).then(|| {
+        (
+            planes,
+            obj.plane_len(),
+            super::exchange::tile_indices(obj, tile).take(tile.area()),
+        )
+    })
 }
 
 /// Whether this rank adds its R to the loss before the all-reduce: every rank of a tiled

@@ -25,10 +25,18 @@ pub fn font() -> bool {
             "/usr/share/fonts/TTF/DejaVuSans.ttf",
             "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
         ];
-        candidates.iter().find_map(|p| std::fs::read(p).ok()).is_some_and(|bytes| {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok()
-        })
+        candidates
+            .iter()
+            .find_map(|p| std::fs::read(p).ok())
+            .is_some_and(|bytes| {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                plotters::style::register_font(
+                    "sans-serif",
+                    plotters::style::FontStyle::Normal,
+                    bytes,
+                )
+                .is_ok()
+            })
     })
 }
 
@@ -91,10 +99,20 @@ pub fn loss_plot(loss: &[f64]) -> Result<Image> {
         .collect();
     let (lo, hi) = pts
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.1), b.max(p.1))
+        });
     // a margin of 5 % of the span (at least 0.05 decades) above and below
-    let pad = if pts.is_empty() { 0.0 } else { (0.05 * (hi - lo)).max(0.05) };
-    let (lo, hi) = if pts.is_empty() { (0.0, 1.0) } else { (lo - pad, hi + pad) };
+    let pad = if pts.is_empty() {
+        0.0
+    } else {
+        (0.05 * (hi - lo)).max(0.05)
+    };
+    let (lo, hi) = if pts.is_empty() {
+        (0.0, 1.0)
+    } else {
+        (lo - pad, hi + pad)
+    };
     let xmax = (loss.len().max(2) - 1) as f64;
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
@@ -105,7 +123,9 @@ pub fn loss_plot(loss: &[f64]) -> Result<Image> {
         if text {
             b.caption("loss per diffraction pattern", ("sans-serif", 20));
         }
-        let mut chart = b.build_cartesian_2d(0f64..xmax, lo..hi).map_err(|x| e(x.to_string()))?;
+        let mut chart = b
+            .build_cartesian_2d(0f64..xmax, lo..hi)
+            .map_err(|x| e(x.to_string()))?;
         let mut mesh = chart.configure_mesh();
         mesh.light_line_style(RGBColor(235, 235, 235));
         if text {
@@ -118,7 +138,10 @@ pub fn loss_plot(loss: &[f64]) -> Result<Image> {
         }
         mesh.draw().map_err(|x| e(x.to_string()))?;
         chart
-            .draw_series(std::iter::once(PathElement::new(pts.clone(), DATA_RGB.stroke_width(2))))
+            .draw_series(std::iter::once(PathElement::new(
+                pts.clone(),
+                DATA_RGB.stroke_width(2),
+            )))
             .map_err(|x| e(x.to_string()))?;
         chart
             .draw_series(pts.iter().map(|p| Circle::new(*p, 2, DATA_RGB.filled())))
@@ -134,7 +157,13 @@ pub fn loss_plot(loss: &[f64]) -> Result<Image> {
 ///
 /// Errors (what = "FRC plot"): lengths of `freq`, `frc`, `threshold` that differ, or a
 /// plotters drawing failure.
-pub fn frc_plot(freq: &[f64], frc: &[f64], threshold: &[f64], crossing: Option<f64>, unit: &str) -> Result<Image> {
+pub fn frc_plot(
+    freq: &[f64],
+    frc: &[f64],
+    threshold: &[f64],
+    crossing: Option<f64>,
+    unit: &str,
+) -> Result<Image> {
     let e = err("FRC plot");
     if freq.len() != frc.len() || freq.len() != threshold.len() || freq.is_empty() {
         return Err(e(format!(
@@ -147,8 +176,18 @@ pub fn frc_plot(freq: &[f64], frc: &[f64], threshold: &[f64], crossing: Option<f
     let (w, h) = PLOT_WH;
     let mut buf = vec![255u8; (w * h * 3) as usize];
     let text = font();
-    let xmax = freq.iter().copied().fold(0.0, f64::max).max(f64::MIN_POSITIVE);
-    let ymin = frc.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::min).max(-1.0) - 0.05;
+    let xmax = freq
+        .iter()
+        .copied()
+        .fold(0.0, f64::max)
+        .max(f64::MIN_POSITIVE);
+    let ymin = frc
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::min)
+        .max(-1.0)
+        - 0.05;
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         let mut b = ChartBuilder::on(&root);
@@ -156,46 +195,74 @@ pub fn frc_plot(freq: &[f64], frc: &[f64], threshold: &[f64], crossing: Option<f
             .x_label_area_size(if text { 44 } else { 5 })
             .y_label_area_size(if text { 56 } else { 5 });
         if text {
-            let res = crossing.map_or("not reached (≥ Nyquist)".to_string(), |q| format!("{:.3} {unit}", 1.0 / q));
-            b.caption(format!("Fourier ring correlation, ½-bit resolution {res}"), ("sans-serif", 18));
+            let res = crossing.map_or("not reached (≥ Nyquist)".to_string(), |q| {
+                format!("{:.3} {unit}", 1.0 / q)
+            });
+            b.caption(
+                format!("Fourier ring correlation, ½-bit resolution {res}"),
+                ("sans-serif", 18),
+            );
         }
-        let mut chart = b.build_cartesian_2d(0f64..xmax, ymin..1.05f64).map_err(|x| e(x.to_string()))?;
+        let mut chart = b
+            .build_cartesian_2d(0f64..xmax, ymin..1.05f64)
+            .map_err(|x| e(x.to_string()))?;
         let mut mesh = chart.configure_mesh();
         mesh.light_line_style(RGBColor(235, 235, 235));
         if text {
-            mesh.x_desc(format!("spatial frequency (1/{unit})")).y_desc("FRC");
+            mesh.x_desc(format!("spatial frequency (1/{unit})"))
+                .y_desc("FRC");
         } else {
             mesh.x_labels(0).y_labels(0);
         }
         mesh.draw().map_err(|x| e(x.to_string()))?;
         let frc_line = std::iter::once(PathElement::new(
-            freq.iter().zip(frc).map(|(q, f)| (*q, *f)).collect::<Vec<_>>(),
+            freq.iter()
+                .zip(frc)
+                .map(|(q, f)| (*q, *f))
+                .collect::<Vec<_>>(),
             DATA_RGB.stroke_width(2),
         ));
         let thr_line = std::iter::once(PathElement::new(
-            freq.iter().zip(threshold).map(|(q, t)| (*q, *t)).collect::<Vec<_>>(),
+            freq.iter()
+                .zip(threshold)
+                .map(|(q, t)| (*q, *t))
+                .collect::<Vec<_>>(),
             THRESHOLD_RGB.stroke_width(2),
         ));
         let a = chart.draw_series(frc_line).map_err(|x| e(x.to_string()))?;
         if text {
-            a.label("FRC")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], DATA_RGB.stroke_width(2)));
+            a.label("FRC").legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], DATA_RGB.stroke_width(2))
+            });
         }
         let t = chart.draw_series(thr_line).map_err(|x| e(x.to_string()))?;
         if text {
-            t.label("½-bit threshold")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], THRESHOLD_RGB.stroke_width(2)));
+            t.label("½-bit threshold").legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], THRESHOLD_RGB.stroke_width(2))
+            });
         }
         chart
-            .draw_series(std::iter::once(PathElement::new(vec![(0.0, 0.0), (xmax, 0.0)], BLACK.mix(0.4))))
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(0.0, 0.0), (xmax, 0.0)],
+                BLACK.mix(0.4),
+            )))
             .map_err(|x| e(x.to_string()))?;
         if let Some(q) = crossing {
             chart
-                .draw_series(std::iter::once(PathElement::new(vec![(q, ymin), (q, 1.05)], BLACK.stroke_width(1))))
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(q, ymin), (q, 1.05)],
+                    BLACK.stroke_width(1),
+                )))
                 .map_err(|x| e(x.to_string()))?;
             if text {
-                let label = Text::new(format!("{:.3} {unit}", 1.0 / q), (q + 0.01 * xmax, 0.9), ("sans-serif", 15));
-                chart.draw_series(std::iter::once(label)).map_err(|x| e(x.to_string()))?;
+                let label = Text::new(
+                    format!("{:.3} {unit}", 1.0 / q),
+                    (q + 0.01 * xmax, 0.9),
+                    ("sans-serif", 15),
+                );
+                chart
+                    .draw_series(std::iter::once(label))
+                    .map_err(|x| e(x.to_string()))?;
             }
         }
         if text {
@@ -223,7 +290,10 @@ mod tests {
     #[test]
     fn plots_draw_their_curves() {
         let img = loss_plot(&[100.0, 50.0, 20.0, 15.0, f64::NAN, 12.0]).unwrap();
-        assert_eq!((img.width, img.height, img.data.len()), (640, 400, 640 * 400 * 3));
+        assert_eq!(
+            (img.width, img.height, img.data.len()),
+            (640, 400, 640 * 400 * 3)
+        );
         assert!(has(&img, DATA_RGB) > 100);
         assert!(has(&loss_plot(&[]).unwrap(), DATA_RGB) == 0);
         let q: Vec<f64> = (0..50).map(|i| i as f64 * 0.05).collect();
