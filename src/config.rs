@@ -272,6 +272,66 @@ pub struct ReconstructionConfig {
     pub axial_regularization: f64,
 }
 
+/// `[position_correction]`: refinement of the scan positions by the loss's gradient with
+/// respect to each probe centre (docs/algorithm.md §14–§15). Positions are in object pixels
+/// (px), per axis (y, x).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PositionCorrectionConfig {
+    /// Refine the positions (gd and mlcg, cpu backend).
+    #[serde(default)]
+    pub enabled: bool,
+    /// First iteration (0-based, counted over all stages) whose gradient pass moves the
+    /// positions; earlier iterations let the object form first.
+    #[serde(default = "pc_start")]
+    pub start_iteration: usize,
+    /// Largest move of a position per iteration, px per axis.
+    #[serde(default = "pc_step")]
+    pub max_step_px: f64,
+    /// Largest displacement of a position from where the data file puts it, px per axis.
+    /// The object grid and every rank's field grow by ⌈max_shift_px⌉ on each side, so a
+    /// moved window stays inside the field its rank sums into (tiled == single rank).
+    #[serde(default = "pc_shift")]
+    pub max_shift_px: f64,
+    /// Fit a global affine map (scale, rotation, shear) to the displacements at every
+    /// update and keep only its residual, bounded by `max_error_px`, as each position's free
+    /// part; the global shift is always removed (it belongs to the object).
+    #[serde(default = "yes")]
+    pub affine: bool,
+    /// Largest free (non-affine) displacement of a position with `affine`, px per axis.
+    #[serde(default = "pc_error")]
+    pub max_error_px: f64,
+}
+
+fn pc_start() -> usize { 5 }
+fn pc_step() -> f64 { 0.5 }
+fn pc_shift() -> f64 { 8.0 }
+fn pc_error() -> f64 { 4.0 }
+
+impl Default for PositionCorrectionConfig {
+    fn default() -> Self {
+        PositionCorrectionConfig { enabled: false, start_iteration: pc_start(), max_step_px: pc_step(), max_shift_px: pc_shift(), affine: true, max_error_px: pc_error() }
+    }
+}
+
+impl PositionCorrectionConfig {
+    /// Whether every key has its default value (the section is then not serialised).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Pixels by which the object grid and each window's reach grow on every side: ⌈`max_shift_px`⌉ when
+    /// enabled, else 0 (the grid and tile plan are then those of a run without the section).
+    pub fn margin_px(&self) -> usize {
+        if self.enabled { self.max_shift_px.ceil() as usize } else { 0 }
+    }
+
+    /// Whether the gradient pass of (global) iteration `it` moves the positions.
+    pub fn at(&self, it: usize) -> bool {
+        self.enabled && it >= self.start_iteration
+    }
+}
+
 /// `[dm]`: difference map.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -563,6 +623,10 @@ pub struct Config {
     /// `[rpie]` (defaults [`RPIE_DEFAULTS`])
     #[serde(default)]
     pub rpie: PieConfig,
+    /// `[position_correction]` (off by default; not written when left at its defaults, so
+    /// configs, results and checkpoint identities without it are unchanged)
+    #[serde(default, skip_serializing_if = "PositionCorrectionConfig::is_default")]
+    pub position_correction: PositionCorrectionConfig,
     /// `[[schedule]]`: stages run in order (e.g. 20 DM, then 30 ML-CG); empty = one stage of
     /// `reconstruction.engine` for `reconstruction.iterations`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -727,6 +791,20 @@ impl Config {
             }
             if self.parallel.backend != BackendKind::Cpu {
                 return Err(Error::new("reconstruction.slices", format!("{}: the multislice model runs on the cpu backend only (not {})", r.slices, self.parallel.backend.name())));
+            }
+        }
+        let pc = &self.position_correction;
+        if pc.enabled {
+            if let Some(st) = self.stages().iter().find(|s| !matches!(s.engine, Engine::Gd | Engine::Mlcg)) {
+                return Err(Error::new("position_correction.enabled", format!("engine {} does not refine positions (gd, mlcg do)", st.engine.name())));
+            }
+            if self.parallel.backend != BackendKind::Cpu {
+                return Err(Error::new("position_correction.enabled", format!("positions are refined on the cpu backend only (not {})", self.parallel.backend.name())));
+            }
+        }
+        for (key, v, hi) in [("position_correction.max_step_px", pc.max_step_px, 64.0), ("position_correction.max_shift_px", pc.max_shift_px, 256.0), ("position_correction.max_error_px", pc.max_error_px, 256.0)] {
+            if !(v.is_finite() && v > 0.0 && v <= hi) {
+                return Err(Error::new(key, format!("must be a number in (0, {hi}] px")));
             }
         }
         if !(r.axial_regularization.is_finite() && r.axial_regularization >= 0.0) {
@@ -1028,6 +1106,33 @@ mod tests {
         assert_eq!(set(&[ok[0], "reconstruction.slice_thickness_m=-1e-10"]).unwrap_err().what, "reconstruction.slice_thickness_m");
         assert_eq!(set(&["reconstruction.axial_regularization=-0.1"]).unwrap_err().what, "reconstruction.axial_regularization");
         assert_eq!(set(&["reconstruction.specimen_tilt_mrad=[1.0, 1e9]"]).unwrap_err().what, "reconstruction.specimen_tilt_mrad");
+    }
+
+    #[test]
+    fn position_correction_is_checked_and_off_by_default() {
+        let c = Config::from_toml(MIN, &[]).unwrap();
+        assert!(!c.position_correction.enabled && c.position_correction.margin_px() == 0);
+        // not written out when left alone: configs and checkpoint identities read as before
+        assert!(!c.to_toml().contains("position_correction"), "{}", c.to_toml());
+        let set = |v: &[&str]| Config::from_toml(MIN, &v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let on = "position_correction.enabled=true";
+        let c = set(&[on, "position_correction.max_shift_px=5.5"]).unwrap();
+        assert_eq!(c.position_correction.margin_px(), 6);
+        assert!(c.position_correction.at(5) && !c.position_correction.at(4));
+        assert!(c.to_toml().contains("[position_correction]"), "{}", c.to_toml());
+        assert!(set(&[on, "reconstruction.engine=\"mlcg\""]).is_ok());
+        for engine in ["dm", "epie", "rpie"] {
+            let e = set(&[on, &format!("reconstruction.engine=\"{engine}\"")]).unwrap_err();
+            assert_eq!(e.what, "position_correction.enabled", "{e}");
+            assert!(e.msg.contains(engine), "{e}");
+        }
+        assert_eq!(set(&[on, "parallel.backend=\"hip\""]).unwrap_err().what, "position_correction.enabled");
+        for key in ["max_step_px", "max_shift_px", "max_error_px"] {
+            for bad in ["0.0", "-1.0", "1e9", "nan"] {
+                let e = set(&[&format!("position_correction.{key}={bad}")]).unwrap_err();
+                assert_eq!(e.what, format!("position_correction.{key}"), "{bad}: {e}");
+            }
+        }
     }
 
     #[test]

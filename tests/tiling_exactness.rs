@@ -162,7 +162,7 @@ fn tiled_gradient_equals_serial_f64() {
             let s = State { object, probe: probe.clone() };
             let mut st = Default::default();
             let mut rank = Rank::new(rp, &mut c, Decomposition::Tiled);
-            let g = gd::sum_gradients(&problem, &s, 0, 1, true, true, &mut rank, &mut st)?;
+            let g = gd::sum_gradients(&problem, &s, 0, 1, true, false, true, &mut rank, &mut st)?;
             Ok((rp.tile, gd::extract(&g.g_obj, &rp.tile), gd::extract(&g.d_obj, &rp.tile), g.g_probe_hat, g.loss))
         })
         .unwrap();

@@ -76,8 +76,10 @@ pub struct Gradients<T: Real> {
 /// pixels, axes (y, x): `grad` = ∂L/∂c_j = 2 Re Σ_k Σ_r conj(t_jk) ∂P_jk/∂c_j, with
 /// t_jk = ∂L/∂P*_jk = O*_j b_jk the adjoint at the shifted probe and
 /// ∂P_jk/∂c = F⁻¹[P̂_k e_j (−2πi q)] the derivative of the Fourier shift;
-/// `curv` = Σ_k Σ_r |O_j ∂P_jk/∂c|² per axis, the Gauss–Newton curvature of the exit wave
-/// (multislice: the entrance slice O_0). Each position's terms come from its own window
+/// `curv` = Σ_k Σ_r |P_jk|² |∂_a O_j|² per axis a (central differences of the object in the
+/// window), the Gauss–Newton curvature of the exit wave for a move of the probe relative
+/// to the object (multislice: the entrance slice O_0; see `shift_curvature` for why not
+/// Σ|O ∂P/∂c|²). Each position's terms come from its own window
 /// only, so they are the same under any tiling.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PositionGradient {
@@ -85,7 +87,7 @@ pub struct PositionGradient {
     pub index: usize,
     /// ∂L/∂c (y, x), loss per object pixel.
     pub grad: [f64; 2],
-    /// Σ_k |O ∂P_k/∂c|² (y, x), per object pixel².
+    /// Σ_k Σ_r |P_k|² |∂_a O|² (a = y, x), per object pixel².
     pub curv: [f64; 2],
 }
 
@@ -599,10 +601,11 @@ fn slab<T: Real>(
                             T::cmul(dst, src, rx);
                         }
                         k.fft.rows_inverse_raw(&mut dpos, &mut w.scratch);
-                        let (gr, cv) = position_terms(&dpos, &w.w1, &orow, m);
-                        pg.grad[axis] += gr;
-                        pg.curv[axis] += cv;
+                        pg.grad[axis] += position_gradient(&dpos, &w.w1, m);
                     }
+                    let cv = shift_curvature(pj, &orow, m);
+                    pg.curv[0] += cv[0];
+                    pg.curv[1] += cv[1];
                 }
                 if !want_probe {
                     continue;
@@ -635,17 +638,46 @@ fn shift_derivative<T: Real>(ramp: &[Complex<T>]) -> Vec<Complex<T>> {
         .collect()
 }
 
-/// One axis of a [`PositionGradient`]: (2 Re Σ conj(t) dP, Σ |O dP|²) over the window, with
-/// `dp` = ∂P/∂c ([M][M]), `t` = ∂L/∂P* ([M][M]) and `orow(y)` the object's window row y; f64.
-fn position_terms<'o, T: Real>(dp: &[Complex<T>], t: &[Complex<T>], orow: &dyn Fn(usize) -> &'o [Complex<T>], m: usize) -> (f64, f64) {
-    let (mut g, mut c) = (0.0, 0.0);
-    for (y, (dr, tr)) in dp.chunks_exact(m).zip(t.chunks_exact(m)).enumerate() {
-        for ((d, t), o) in dr.iter().zip(tr).zip(orow(y)) {
+/// One axis of a [`PositionGradient`]'s gradient: 2 Re Σ conj(t) dP over the window, with
+/// `dp` = ∂P/∂c ([M][M]) and `t` = ∂L/∂P* ([M][M]); f64.
+fn position_gradient<T: Real>(dp: &[Complex<T>], t: &[Complex<T>], m: usize) -> f64 {
+    let mut g = 0.0;
+    for (dr, tr) in dp.chunks_exact(m).zip(t.chunks_exact(m)) {
+        for (d, t) in dr.iter().zip(tr) {
             g += t.re.f64() * d.re.f64() + t.im.f64() * d.im.f64();
-            c += (*o * *d).norm_sqr().f64();
         }
     }
-    (2.0 * g, c)
+    2.0 * g
+}
+
+/// A [`PositionGradient`]'s curvature for one mode: Σ_r |P(r)|² |∂_a O(r)|² per axis
+/// a = (y, x), with `p` the shifted probe ([M][M]) and ∂_a O the central difference of the
+/// object's window (one-sided at the window's edges); f64. This is the Gauss–Newton
+/// curvature of the exit wave for a move of the probe *relative to the object*
+/// (docs/algorithm.md §14): the exit wave's own derivative O ∂P/∂c also holds a shift of
+/// the whole wave, which moves only the far field's phase and no intensity, and with a
+/// defocused probe (large phase gradients) it dominates Σ|O ∂P/∂c|² by orders of magnitude.
+fn shift_curvature<'o, T: Real>(p: &[Complex<T>], orow: &dyn Fn(usize) -> &'o [Complex<T>], m: usize) -> [f64; 2] {
+    let mut c = [0.0f64; 2];
+    if m < 2 {
+        return c;
+    }
+    let diff = |a: Complex<T>, b: Complex<T>, h: f64| {
+        let (re, im) = (a.re.f64() - b.re.f64(), a.im.f64() - b.im.f64());
+        (re * re + im * im) / (h * h)
+    };
+    for y in 0..m {
+        let (ya, yb) = (y.saturating_sub(1), (y + 1).min(m - 1));
+        let (ra, rb, r) = (orow(ya), orow(yb), orow(y));
+        let hy = (yb - ya) as f64;
+        for x in 0..m {
+            let (xa, xb) = (x.saturating_sub(1), (x + 1).min(m - 1));
+            let w = p[y * m + x].norm_sqr().f64();
+            c[0] += w * diff(rb[x], ra[x], hy);
+            c[1] += w * diff(r[xb], r[xa], (xb - xa) as f64);
+        }
+    }
+    c
 }
 
 /// Runs of consecutive positions with the same sub-pixel y-shift (rows of a raster scan),

@@ -3,7 +3,7 @@
 
 use super::cpu::{self, Gradients, Kernel};
 use super::{Compute, Selection};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::physics::fft::Real;
 use crate::physics::model::{Field, PositionGeom};
 use num_complex::Complex;
@@ -53,6 +53,21 @@ impl<T: Real> Compute<T> for Host<T> {
         let (pos, meas) = self.select(&sel)?;
         super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
         Ok(cpu::gradients(&self.kernel, obj, probe_hat, &pos, &meas, want_probe))
+    }
+
+    fn gradients_and_positions(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection, want_probe: bool) -> Result<Gradients<T>> {
+        let (pos, meas) = self.select(&sel)?;
+        super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
+        Ok(cpu::gradients_and_positions(&self.kernel, obj, probe_hat, &pos, &meas, want_probe))
+    }
+
+    fn set_positions(&mut self, positions: Arc<[PositionGeom<T>]>) -> Result<()> {
+        let same = positions.len() == self.positions.len() && positions.iter().zip(self.positions.iter()).all(|(a, b)| a.index == b.index);
+        if !same {
+            return Err(Error::new("backend", "refined positions must keep the rank's positions and their order"));
+        }
+        self.positions = positions;
+        Ok(())
     }
 
     fn loss(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection) -> Result<f64> {

@@ -82,6 +82,28 @@ pub trait Compute<T: Real>: Send + Sync {
     /// driver failure (one line naming the backend).
     fn gradients(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection, want_probe: bool) -> Result<Gradients<T>>;
 
+    /// [`Compute::gradients`] with, in `g_pos`, each selected position's loss gradient with
+    /// respect to its probe centre and its Gauss–Newton curvature
+    /// ([`cpu::gradients_and_positions`], docs/algorithm.md §14); the other sums are those of
+    /// [`Compute::gradients`] bit for bit.
+    ///
+    /// Errors: those of [`Compute::gradients`]; a backend without the position terms (the
+    /// default: one line naming `position_correction.enabled`).
+    fn gradients_and_positions(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection, want_probe: bool) -> Result<Gradients<T>> {
+        let _ = (obj, probe_hat, sel, want_probe);
+        Err(Error::new("position_correction.enabled", format!("the {} backend does not refine positions (cpu does)", self.name())))
+    }
+
+    /// Replace the rank's positions by `positions` (the same global indices in the same
+    /// order, with refined centres: new windows and shift ramps); the intensities stay.
+    ///
+    /// Errors: a different count or order of positions; a backend that keeps positions
+    /// fixed (the default: one line naming `position_correction.enabled`).
+    fn set_positions(&mut self, positions: Arc<[PositionGeom<T>]>) -> Result<()> {
+        let _ = positions;
+        Err(Error::new("position_correction.enabled", format!("the {} backend does not refine positions (cpu does)", self.name())))
+    }
+
     /// Model intensities I_j = Σ_k |F S_j P_k O_j|² (unitary) of the selected positions,
     /// [n][kx][ky] (see [`cpu::model_intensities`]).
     fn model_intensities(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection) -> Result<Vec<T>>;

@@ -19,6 +19,7 @@ use crate::data::select::{self, Selection};
 use crate::data::DataFile;
 use crate::cli::signals::StopFlags;
 use crate::engine::snapshot::{self, NamedArray, Snapshot};
+use crate::engine::positions::Refiner;
 use crate::engine::{self, gd, Carry, Decomposition, EngineState, Problem, Rank, Settings, State};
 use crate::error::{Error, Result};
 use crate::output::checkpoint::{self, Job, RankSnapshot};
@@ -45,6 +46,8 @@ pub fn job_plan(cfg: &Config, df: &DataFile, ranks: usize, sel: &Selection) -> R
     // plan over the used positions, then name them by their indices in the file
     let index: Vec<usize> = (0..df.n).filter(|&j| sel.used[j]).collect();
     let centres: Vec<[f64; 2]> = index.iter().map(|&j| df.centres[j]).collect();
+    // room for refined positions ([position_correction]; 0 without)
+    let margin = cfg.position_correction.margin_px();
     let renamed = |mut plan: TilePlan| {
         plan.ranks.iter_mut().for_each(|r| r.positions.iter_mut().for_each(|j| *j = index[*j]));
         plan
@@ -55,10 +58,10 @@ pub fn job_plan(cfg: &Config, df: &DataFile, ranks: usize, sel: &Selection) -> R
             if tiles[0] * tiles[1] != ranks {
                 return Err(Error::new("parallel.tiles", format!("{}x{} tiles for {ranks} ranks: the product must equal the rank count", tiles[0], tiles[1])));
             }
-            tiling::plan(&centres, df.m, df.object_shape, tiles).map(renamed)
+            tiling::plan_with_margin(&centres, df.m, df.object_shape, tiles, margin).map(renamed)
         }
         ParallelMode::Replicated => {
-            let whole = renamed(tiling::plan(&centres, df.m, df.object_shape, [1, 1])?);
+            let whole = renamed(tiling::plan_with_margin(&centres, df.m, df.object_shape, [1, 1], margin)?);
             let r0 = &whole.ranks[0];
             let ranks = (0..ranks)
                 .map(|r| RankPlan {
@@ -460,12 +463,13 @@ fn rect4(r: &tiling::Rect) -> [i64; 4] {
 }
 
 /// Load this rank's part of the checkpoint in `dir` into `state`; returns the completed
-/// iterations and the loss history.
+/// iterations, the loss history and the rank's arrays (for what the driver keeps itself:
+/// refined positions).
 ///
 /// Errors (one line, naming the manifest or file): a job that differs from the one that
 /// wrote the checkpoint, a corrupt file, other diffraction patterns on this rank, or more
 /// iterations already done than `iterations`.
-fn resume(dir: &Path, job: &Job, rp: &RankPlan, data_xxh3: u64, iterations: usize, state: &mut dyn Snapshot) -> Result<(usize, Vec<f64>)> {
+fn resume(dir: &Path, job: &Job, rp: &RankPlan, data_xxh3: u64, iterations: usize, state: &mut dyn Snapshot) -> Result<(usize, Vec<f64>, Vec<NamedArray>)> {
     let m = checkpoint::read_manifest(dir)?;
     checkpoint::check_job(dir, &m, job)?;
     let s = checkpoint::read_rank(dir, &m, rp.rank)?;
@@ -482,7 +486,7 @@ fn resume(dir: &Path, job: &Job, rp: &RankPlan, data_xxh3: u64, iterations: usiz
     }
     state.restore(&s.arrays)?;
     let loss = snapshot::find(&s.arrays, "loss")?.values::<f64>(&[done])?;
-    Ok((done, loss))
+    Ok((done, loss, s.arrays))
 }
 
 /// Peak resident memory of this process in bytes (VmHWM), if the OS tells.
@@ -539,7 +543,13 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
         "rank {}: {} positions, {} measurement bytes, field {}x{} ({} object/gradient bytes), {} halo peers",
         c.rank(), rp.positions.len(), meas_b, rp.field.shape()[0], rp.field.shape()[1], field_b, rp.sends.len()
     );
-    let (problem, state) = setup(cfg, &df, rp, c)?;
+    let (mut problem, state) = setup(cfg, &df, rp, c)?;
+    // refined scan positions ([position_correction]; collective set-up)
+    let pc = &cfg.position_correction;
+    let mut refiner = match pc.enabled {
+        true => Some(Refiner::new(pc, cfg.reconstruction.noise_model, &problem.positions, df.m, &mut *c)?),
+        false => None,
+    };
     let mut carry = Carry { state, engines: EngineState::default() };
     let settings = Settings::from(cfg);
     let iterations = settings.total_iterations();
@@ -551,9 +561,20 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     let job = job_identity(cfg, &df, &plan, &label)?;
     // hash of this rank's patterns, only when a checkpoint is read or written
     let data_hash = std::cell::OnceCell::new();
-    let data_xxh3 = || *data_hash.get_or_init(|| xxh3_64(bytemuck::cast_slice(&problem.intensities)));
+    let intensities = problem.intensities.clone();
+    let data_xxh3 = || *data_hash.get_or_init(|| xxh3_64(bytemuck::cast_slice(&intensities)));
     let (start, mut loss) = match ro.resume {
-        Some(dir) => resume(dir, &job, rp, data_xxh3(), iterations, &mut carry)?,
+        Some(dir) => {
+            let (done, loss, arrays) = resume(dir, &job, rp, data_xxh3(), iterations, &mut carry)?;
+            if let Some(r) = refiner.as_mut() {
+                // refined positions (absent when no update had run yet: the file's)
+                if let Some(a) = arrays.iter().find(|a| a.name == "positions_px") {
+                    r.restore(&a.values::<f64>(&[problem.positions.len(), 2])?, &dir.display().to_string())?;
+                    problem.set_positions(r.geometry())?;
+                }
+            }
+            (done, loss)
+        }
         None => (0, Vec::with_capacity(iterations)),
     };
     let exit_len = problem.positions.len() * problem.kernel.modes * df.m * df.m;
@@ -587,6 +608,16 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
             }
             let t = Instant::now();
             let st = engine::iterate(&problem, &mut carry.state, &mut carry.engines, it, &settings, &mut rank)?;
+            if let Some(r) = refiner.as_mut().filter(|_| pc.at(it)) {
+                // the positions move by the gradients of this iteration's pass; the next
+                // iteration sees them
+                r.update(&st.positions, &mut *rank.comm)?;
+                problem.set_positions(r.geometry())?;
+                if rank.comm.rank() == 0 {
+                    let b = r.affine;
+                    tracing::debug!("iteration {it}: positions moved {:.4} px RMS; affine part [[{:.5}, {:.5}], [{:.5}, {:.5}]]", r.rms_move_px, b[0], b[1], b[2], b[3]);
+                }
+            }
             let l = st.loss / n_used.max(1) as f64;
             if !l.is_finite() {
                 return Err(Error::new("reconstruction", format!("loss became {l} at iteration {it}")));
@@ -609,6 +640,10 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
                 let t = Instant::now();
                 let mut arrays = carry.save();
                 arrays.push(NamedArray::new("loss", &[loss.len()], &loss));
+                if let Some(r) = &refiner {
+                    let flat: Vec<f64> = r.centres().iter().flatten().copied().collect();
+                    arrays.push(NamedArray::new("positions_px", &[r.centres().len(), 2], &flat));
+                }
                 let snap = RankSnapshot {
                     rank: rp.rank as u64,
                     iteration: done as u64,
@@ -665,10 +700,25 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     let mut steady_s = iter_s[skip..].to_vec();
     steady_s.sort_by(|a, b| a.total_cmp(b));
     let median_s = steady_s.get(steady_s.len() / 2).copied().unwrap_or(0.0);
+    // refined positions on rank 0: (index, y, x) per position of every rank
+    let refined = match &refiner {
+        Some(r) => {
+            let words: Vec<f64> = r.indices().iter().zip(r.centres()).flat_map(|(&j, c)| [j as f64, c[0], c[1]]).collect();
+            c.gather(bytemuck::cast_slice(&words).to_vec())?
+        }
+        None => None,
+    };
     // gather the owned tiles on rank 0
     let tile = gd::extract(&carry.state.object, &rp.tile);
     let tiles = c.gather(bytemuck::cast_slice(&tile).to_vec())?;
     let Some(tiles) = tiles else { return Ok(Outcome::Finished(None)) };
+    let mut positions_px = df.centres.clone();
+    for bytes in refined.iter().flatten() {
+        let words: Vec<f64> = bytemuck::pod_collect_to_vec(bytes);
+        for w in words.chunks_exact(3) {
+            positions_px[w[0] as usize] = [w[1], w[2]];
+        }
+    }
     let slices = carry.state.object.planes();
     let mut object = Field::stack([0, 0], df.object_shape, slices, Complex32::new(1.0, 0.0));
     for (r, bytes) in tiles.iter().enumerate() {
@@ -722,13 +772,22 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     if slices > 1 {
         attrs.push(("slice_thickness_m".into(), cfg.reconstruction.slice_thickness_m.unwrap_or(0.0)));
     }
+    if let Some(r) = &refiner {
+        // d = B x: the scan's distortion fitted at the last update (identity + B)
+        for (name, v) in ["yy", "yx", "xy", "xx"].iter().zip(r.affine) {
+            attrs.push((format!("position_affine_{name}"), v));
+        }
+        attrs.push(("position_margin_px".into(), cfg.position_correction.margin_px() as f64));
+        let rms = df.centres.iter().zip(&positions_px).map(|(a, b)| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sum::<f64>() / df.n.max(1) as f64;
+        attrs.push(("position_rms_displacement_px".into(), rms.sqrt()));
+    }
     Ok(Outcome::Finished(Some(ReconResult {
         object,
         pixel_size_m: df.experiment.pixel_size_m,
         probe: carry.state.probe,
         modes: cfg.reconstruction.probe_modes,
         m: df.m,
-        positions_px: df.centres.clone(),
+        positions_px,
         loss,
         config_toml: cfg.to_toml(),
         attrs,

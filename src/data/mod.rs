@@ -146,7 +146,21 @@ impl DataFile {
                 format!("absurd size: {} patterns of {}x{} (at most {MAX_POSITIONS} of at most {MAX_DETECTOR_SIDE}x{MAX_DETECTOR_SIDE})", df.n, df.m, df.m),
             ));
         }
-        Ok(DataFile { format, ..df })
+        let mut df = DataFile { format, ..df };
+        df.pad_object(cfg.position_correction.margin_px());
+        Ok(df)
+    }
+
+    /// Grow the object grid by `margin` pixels on every side, moving every probe centre by
+    /// (`margin`, `margin`): room for refined positions (`[position_correction]`
+    /// max_shift_px), whose windows then stay inside the object. 0 changes nothing.
+    pub fn pad_object(&mut self, margin: usize) {
+        if margin == 0 {
+            return;
+        }
+        let d = margin as f64;
+        self.centres.iter_mut().for_each(|c| *c = [c[0] + d, c[1] + d]);
+        self.object_shape = [self.object_shape[0] + 2 * margin, self.object_shape[1] + 2 * margin];
     }
 
     /// Read the patterns of the given global position indices (ascending or not), in that

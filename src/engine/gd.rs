@@ -57,12 +57,20 @@ pub struct Options {
     pub batches: usize,
     /// Step in units of the Fisher-scoring step.
     pub step: f64,
+    /// First iteration whose gradient pass also returns the position gradients
+    /// (`[position_correction]` enabled: its `start_iteration`); `None`: never.
+    pub positions_from: Option<usize>,
 }
 
 impl Options {
     /// Whether the probe is refined at (global) iteration `it`.
     pub fn probe_at(&self, it: usize) -> bool {
         self.update_probe && it >= self.probe_update_start
+    }
+
+    /// Whether the gradient pass of (global) iteration `it` returns the position gradients.
+    pub fn positions_at(&self, it: usize) -> bool {
+        self.positions_from.is_some_and(|s| it >= s)
     }
 }
 
@@ -74,6 +82,7 @@ impl From<&ReconstructionConfig> for Options {
             probe_update_start: r.probe_update_start,
             batches: r.batches,
             step: r.step,
+            positions_from: None,
         }
     }
 }
@@ -87,8 +96,9 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &
     let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
     let shares = batch_shares(p, o.batches, rank, &mut st)?;
     for (b, &share) in shares.iter().enumerate() {
-        let g = sum_gradients(p, s, b, o.batches, update_probe, true, rank, &mut st)?;
+        let mut g = sum_gradients(p, s, b, o.batches, update_probe, o.positions_at(iteration), true, rank, &mut st)?;
         st.loss += g.loss;
+        st.positions.append(&mut g.g_pos);
         // global max of the object preconditioner over the owned pixels
         let dmax = global_max_in(&g.d_obj, rank, &mut st)?;
         let mut t = Instant::now();
@@ -124,7 +134,9 @@ pub fn batch_shares<T: Real>(p: &Problem<T>, batches: usize, rank: &mut Rank, st
 /// return `g_obj`/`d_obj` hold the complete sums on the rank's tile (halo pixels hold only
 /// partial sums), and the probe sums and the loss are global. The axial regulariser of a
 /// multislice object is in the object sums; its value R joins the loss when `axial_loss`
-/// (ML-CG keeps the data loss apart for its line search).
+/// (ML-CG keeps the data loss apart for its line search). With `want_positions`, `g_pos`
+/// holds this rank's positions' gradients with respect to their centres (not reduced:
+/// each position's terms are its own).
 #[allow(clippy::too_many_arguments)]
 pub fn sum_gradients<T: Real>(
     p: &Problem<T>,
@@ -132,6 +144,7 @@ pub fn sum_gradients<T: Real>(
     b: usize,
     batches: usize,
     want_probe: bool,
+    want_positions: bool,
     axial_loss: bool,
     rank: &mut Rank,
     st: &mut IterStats,
@@ -143,13 +156,17 @@ pub fn sum_gradients<T: Real>(
         rank,
         st,
         |range| {
+            let run = |sel: Selection| match want_positions {
+                true => p.compute.gradients_and_positions(&s.object, &ph, sel, want_probe),
+                false => p.compute.gradients(&s.object, &ph, sel, want_probe),
+            };
             if batches == 1 {
                 // contiguous ranges of plan order (borrowed, not copied, on the CPU)
-                return p.compute.gradients(&s.object, &ph, Selection::Range(range), want_probe);
+                return run(Selection::Range(range));
             }
             // this batch's positions of the range, keeping plan order
             let idx: Vec<usize> = range.filter(|&j| p.positions[j].index % batches == b).collect();
-            p.compute.gradients(&s.object, &ph, Selection::Indices(&idx), want_probe)
+            run(Selection::Indices(&idx))
         },
         |g| {
             // the axial regulariser of a multislice object, on the tile (weighted by the

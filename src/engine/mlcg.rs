@@ -64,7 +64,8 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
     let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
     let m = p.kernel.fft.size();
     let kmm = p.kernel.modes * m * m;
-    let g = sum_gradients(p, s, 0, 1, update_probe, false, rank, &mut st)?;
+    let mut g = sum_gradients(p, s, 0, 1, update_probe, o.positions_at(iteration), false, rank, &mut st)?;
+    st.positions = std::mem::take(&mut g.g_pos);
     // the data loss (exact under any tiling, as the line search below needs); the axial
     // regulariser's value R(x) of a multislice object joins the tiles' inner products
     let l0_data = g.loss;

@@ -20,6 +20,7 @@ pub mod exchange;
 pub mod gd;
 pub mod mlcg;
 pub mod pie;
+pub mod positions;
 pub mod snapshot;
 
 use crate::backend::cpu::{DmStep, Kernel};
@@ -166,6 +167,19 @@ impl<T: Real> Problem<T> {
     }
 }
 
+impl<T: Real> Problem<T> {
+    /// Move this rank's positions to refined centres ([`positions`]): the same positions in
+    /// the same (plan) order, new windows and shift ramps, here and in the backend.
+    ///
+    /// Errors: a backend that keeps positions fixed, a changed count or order.
+    pub fn set_positions(&mut self, positions: Vec<PositionGeom<T>>) -> Result<()> {
+        let positions: Arc<[PositionGeom<T>]> = positions.into();
+        self.compute.set_positions(positions.clone())?;
+        self.positions = positions;
+        Ok(())
+    }
+}
+
 impl<T: Real> std::fmt::Debug for Problem<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Problem")
@@ -197,11 +211,15 @@ impl<'a> Rank<'a> {
 }
 
 /// What one iteration reports.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct IterStats {
     /// Loss summed over all positions of all ranks, at the state before the update
     /// (epie/rpie: accumulated during the sweep).
     pub loss: f64,
+    /// This rank's positions' loss gradients with respect to their centres, from the
+    /// iteration's gradient pass(es), when `[position_correction]` is active at this
+    /// iteration (gd, mlcg); empty otherwise. [`positions::Refiner`] turns them into moves.
+    pub positions: Vec<crate::backend::cpu::PositionGradient>,
     /// Whether the probe was updated.
     pub probe_updated: bool,
     /// Seconds computing: kernels over positions and the updates.
@@ -235,7 +253,7 @@ impl From<&Config> for Settings {
     fn from(c: &Config) -> Self {
         Settings {
             stages: c.stages(),
-            gd: gd::Options::from(&c.reconstruction),
+            gd: gd::Options { positions_from: c.position_correction.enabled.then_some(c.position_correction.start_iteration), ..gd::Options::from(&c.reconstruction) },
             dm: c.dm.clone(),
             mlcg: c.mlcg.clone(),
             epie: c.epie_params(),

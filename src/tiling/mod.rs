@@ -233,6 +233,20 @@ fn find_band(cuts: &[i64], v: i64) -> usize {
 /// Errors (`parallel.tiles`) when Ty or Tx is 0 or exceeds the object's pixels along its
 /// axis, and when a centre is not finite or its window does not lie inside the object.
 pub fn plan(centres: &[[f64; 2]], m: usize, object_shape: [usize; 2], tiles: [usize; 2]) -> Result<TilePlan> {
+    plan_with_margin(centres, m, object_shape, tiles, 0)
+}
+
+/// [`plan`] for positions that may move by up to `margin` pixels per axis (refined scan
+/// positions, `[position_correction]`): every window is grown by `margin` on each side
+/// before the fields, the halo/interior split and the transfers are formed. A centre moved
+/// by at most `margin` px per axis moves its window's top-left floor(c) − M/2 by at most
+/// `margin` px, so the moved window stays inside its rank's field, and an interior
+/// position's inside its tile. Ownership is
+/// still decided by the initial centres. `margin` = 0 is [`plan`].
+///
+/// Errors: those of [`plan`]; a grown window must also lie inside the object (the data
+/// reader pads the object by the margin, `DataFile::pad_object`).
+pub fn plan_with_margin(centres: &[[f64; 2]], m: usize, object_shape: [usize; 2], tiles: [usize; 2], margin: usize) -> Result<TilePlan> {
     let what = "parallel.tiles";
     for a in 0..2 {
         let axis = ["y (rows)", "x (columns)"][a];
@@ -256,12 +270,14 @@ pub fn plan(centres: &[[f64; 2]], m: usize, object_shape: [usize; 2], tiles: [us
             return Err(Error::new(what, format!("probe centre {j} is not finite: ({}, {})", c[0], c[1])));
         }
         let (n, _) = placement(*c, m);
-        let win = Rect::from_origin_shape(n, [m, m]);
+        let g = margin as i64;
+        let win = Rect::from_origin_shape([n[0] - g, n[1] - g], [m + 2 * margin, m + 2 * margin]);
         if !object.contains_rect(&win) {
             return Err(Error::new(
                 what,
                 format!(
-                    "the {m}-pixel window of position {j} (centre ({:.3}, {:.3})) leaves the {}x{} object",
+                    "the {m}-pixel window{} of position {j} (centre ({:.3}, {:.3})) leaves the {}x{} object",
+                    if margin > 0 { format!(" grown by the {margin}-pixel position-correction margin") } else { String::new() },
                     c[0], c[1], object_shape[0], object_shape[1]
                 ),
             ));
