@@ -572,6 +572,9 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
                     r.restore(&a.values::<f64>(&[problem.positions.len(), 2])?, &dir.display().to_string())?;
                     problem.set_positions(r.geometry())?;
                 }
+                if let Some(a) = arrays.iter().find(|a| a.name == "position_affine_rates") {
+                    r.restore_rates(&a.values::<f64>(&[8])?, &dir.display().to_string())?;
+                }
             }
             (done, loss)
         }
@@ -643,6 +646,7 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
                 if let Some(r) = &refiner {
                     let flat: Vec<f64> = r.centres().iter().flatten().copied().collect();
                     arrays.push(NamedArray::new("positions_px", &[r.centres().len(), 2], &flat));
+                    arrays.push(NamedArray::new("position_affine_rates", &[8], &r.rates()));
                 }
                 let snap = RankSnapshot {
                     rank: rp.rank as u64,

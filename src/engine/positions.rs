@@ -54,7 +54,22 @@ pub struct Refiner {
     pub affine: [f64; 4],
     /// RMS length of the last update's moves over the job's positions, px.
     pub rms_move_px: f64,
+    /// Largest |x_y|, |x_x| over the job (px): bounds the affine step at the scan's edge.
+    xmax: [f64; 2],
+    /// Per entry of B: the acceleration γ of its step and its previous Newton step
+    /// (module docs); checkpointed ([`Refiner::rates`]).
+    rate: [f64; 4],
+    last: [f64; 4],
 }
+
+/// Growth (×) of an affine entry's acceleration while its Newton steps keep their sign, and
+/// its cap: the affine part of the scan is a slow mode (the object forms at the scale the
+/// positions impose and follows them), so its Newton step, taken with the curvature at a
+/// fixed object, is far too short; consistent steps are lengthened, a sign change halves
+/// the factor (Rprop, Riedmiller & Braun 1993).
+pub const AFFINE_RATE_GROWTH: f64 = 1.5;
+/// See [`AFFINE_RATE_GROWTH`].
+pub const AFFINE_RATE_MAX: f64 = 64.0;
 
 impl Refiner {
     /// A refiner for the rank's `positions` (plan order; their centres are the file's);
@@ -71,14 +86,16 @@ impl Refiner {
     ) -> Result<Self> {
         let index: Vec<usize> = positions.iter().map(|p| p.index).collect();
         let c0: Vec<[f64; 2]> = positions.iter().map(|p| p.centre).collect();
-        let mut s = [0.0f64; 3];
-        for c in &c0 {
-            s[0] += c[0];
-            s[1] += c[1];
-            s[2] += 1.0;
-        }
-        comm.allreduce_sum(&mut s)?;
+        let parts: Vec<[f64; 3]> = c0.iter().map(|c| [c[0], c[1], 1.0]).collect();
+        let s = exact_sums(&parts, comm)?;
         let n = s[2].max(1.0);
+        let mean0 = [s[0] / n, s[1] / n];
+        let mut xmax = [0.0f64; 2];
+        for c in &c0 {
+            xmax[0] = xmax[0].max((c[0] - mean0[0]).abs());
+            xmax[1] = xmax[1].max((c[1] - mean0[1]).abs());
+        }
+        comm.allreduce_max(&mut xmax)?;
         let slot = index.iter().enumerate().map(|(k, &j)| (j, k)).collect();
         Ok(Refiner {
             cfg: cfg.clone(),
@@ -88,9 +105,12 @@ impl Refiner {
             c: c0.clone(),
             c0,
             slot,
-            mean0: [s[0] / n, s[1] / n],
+            mean0,
             affine: [0.0; 4],
             rms_move_px: 0.0,
+            xmax,
+            rate: [1.0; 4],
+            last: [0.0; 4],
         })
     }
 
@@ -131,6 +151,31 @@ impl Refiner {
         Ok(())
     }
 
+    /// The affine step's accelerations and previous steps ([γ; 4], [ΔB; 4]), for a
+    /// checkpoint.
+    pub fn rates(&self) -> [f64; 8] {
+        let (r, l) = (self.rate, self.last);
+        [r[0], r[1], r[2], r[3], l[0], l[1], l[2], l[3]]
+    }
+
+    /// Restore [`Refiner::rates`] from a checkpoint (`what` names it in errors).
+    ///
+    /// Errors: not 8 finite values with accelerations in [1, [`AFFINE_RATE_MAX`]].
+    pub fn restore_rates(&mut self, v: &[f64], what: &str) -> Result<()> {
+        let ok = v.len() == 8
+            && v.iter().all(|x| x.is_finite())
+            && v[..4].iter().all(|r| (1.0..=AFFINE_RATE_MAX).contains(r));
+        if !ok {
+            return Err(Error::new(
+                what,
+                "position_affine_rates: not 4 accelerations in [1, 64] and 4 steps",
+            ));
+        }
+        self.rate.copy_from_slice(&v[..4]);
+        self.last.copy_from_slice(&v[4..]);
+        Ok(())
+    }
+
     /// Move the positions by the gradients `g` of this rank's positions (any order; from
     /// the iteration's gradient pass), then apply the global constraints (module docs).
     /// Collective: every rank calls it at the same iteration (two all-reduces).
@@ -138,13 +183,8 @@ impl Refiner {
     /// Errors: a gradient for a position this rank does not own, a failed transport.
     pub fn update(&mut self, g: &[PositionGradient], comm: &mut dyn Comm) -> Result<()> {
         // mean curvature over the job
-        let mut hs = [0.0f64; 3];
-        for p in g {
-            hs[0] += p.curv[0];
-            hs[1] += p.curv[1];
-            hs[2] += 1.0;
-        }
-        comm.allreduce_sum(&mut hs)?;
+        let parts: Vec<[f64; 3]> = g.iter().map(|p| [p.curv[0], p.curv[1], 1.0]).collect();
+        let hs = exact_sums(&parts, comm)?;
         let hbar = [hs[0] / hs[2].max(1.0), hs[1] / hs[2].max(1.0)];
         let mut moved = vec![[0.0f64; 2]; self.c.len()];
         for p in g {
@@ -179,22 +219,27 @@ impl Refiner {
             .collect();
         // normal equations of d ≈ t + B x per axis: moments of x (n, Σx_y, Σx_x, Σx_y²,
         // Σx_y x_x, Σx_x²) and right-hand sides (Σd_a, Σx_y d_a, Σx_x d_a)
-        let mut s = [0.0f64; 12];
-        for (c0, dj) in self.c0.iter().zip(&d) {
+        // and (18..) those of the Newton steps alone (Σm_a, Σx_y m_a, Σx_x m_a)
+        let mut parts = vec![[0.0f64; 18]; d.len()];
+        for (k, (c0, dj)) in self.c0.iter().zip(&d).enumerate() {
             let x = [c0[0] - self.mean0[0], c0[1] - self.mean0[1]];
+            let s = &mut parts[k];
             for (i, v) in [1.0, x[0], x[1], x[0] * x[0], x[0] * x[1], x[1] * x[1]]
                 .into_iter()
                 .enumerate()
             {
-                s[i] += v;
+                s[i] = v;
             }
             for a in 0..2 {
-                s[6 + 3 * a] += dj[a];
-                s[7 + 3 * a] += x[0] * dj[a];
-                s[8 + 3 * a] += x[1] * dj[a];
+                s[6 + 3 * a] = dj[a];
+                s[7 + 3 * a] = x[0] * dj[a];
+                s[8 + 3 * a] = x[1] * dj[a];
+                s[12 + 3 * a] = moved[k][a];
+                s[13 + 3 * a] = x[0] * moved[k][a];
+                s[14 + 3 * a] = x[1] * moved[k][a];
             }
         }
-        comm.allreduce_sum(&mut s)?;
+        let s = exact_sums(&parts, comm)?;
         let n = s[0].max(1.0);
         let normal = [[s[0], s[1], s[2]], [s[1], s[3], s[4]], [s[2], s[4], s[5]]];
         // per axis: (t_a, B_a,y, B_a,x); translation only where B is not determined (a line
@@ -208,7 +253,42 @@ impl Refiner {
             };
             affine.unwrap_or([rhs[0] / n, 0.0, 0.0])
         });
-        self.affine = [fit[0][1], fit[0][2], fit[1][1], fit[1][2]];
+        // the affine part of the Newton steps alone, ΔB, and of the displacements before
+        // them, B₀ = B − ΔB (linearity of the fit)
+        let step_fit: [[f64; 3]; 2] = std::array::from_fn(|a| {
+            let rhs = [s[12 + 3 * a], s[13 + 3 * a], s[14 + 3 * a]];
+            if self.cfg.affine {
+                solve3(normal, rhs)
+            } else {
+                None
+            }
+            .unwrap_or([rhs[0] / n, 0.0, 0.0])
+        });
+        let db = [
+            step_fit[0][1],
+            step_fit[0][2],
+            step_fit[1][1],
+            step_fit[1][2],
+        ];
+        let mut b = [0.0; 4];
+        for e in 0..4 {
+            let b0 = [fit[0][1], fit[0][2], fit[1][1], fit[1][2]][e] - db[e];
+            if self.cfg.affine {
+                let prod = db[e] * self.last[e];
+                self.rate[e] = if prod > 0.0 {
+                    (self.rate[e] * AFFINE_RATE_GROWTH).min(AFFINE_RATE_MAX)
+                } else if prod < 0.0 {
+                    (self.rate[e] * 0.5).max(1.0)
+                } else {
+                    self.rate[e]
+                };
+                self.last[e] = db[e];
+            }
+            // at most half the per-iteration bound at the scan's edge from each entry
+            let cap = 0.5 * self.cfg.max_step_px / self.xmax[e % 2].max(1.0);
+            b[e] = b0 + (self.rate[e] * db[e]).clamp(-cap, cap);
+        }
+        self.affine = b;
         let (lim, free) = (
             self.cfg.max_shift_px,
             if self.cfg.affine {
@@ -222,9 +302,11 @@ impl Refiner {
             let x = [self.c0[k][0] - self.mean0[0], self.c0[k][1] - self.mean0[1]];
             let mut c = [0.0; 2];
             for a in 0..2 {
-                let lin = fit[a][1] * x[0] + fit[a][2] * x[1];
-                let f = (d[k][a] - fit[a][0] - lin).clamp(-free, free);
-                let step = (self.c0[k][a] + lin + f - self.c[k][a]).clamp(-self.cfg.max_step_px, self.cfg.max_step_px);
+                let f =
+                    (d[k][a] - fit[a][0] - fit[a][1] * x[0] - fit[a][2] * x[1]).clamp(-free, free);
+                let lin = b[2 * a] * x[0] + b[2 * a + 1] * x[1];
+                let step = (self.c0[k][a] + lin + f - self.c[k][a])
+                    .clamp(-self.cfg.max_step_px, self.cfg.max_step_px);
                 c[a] = self.c0[k][a] + (self.c[k][a] + step - self.c0[k][a]).clamp(-lim, lim);
             }
             sq[0] += (c[0] - self.c[k][0]).powi(2) + (c[1] - self.c[k][1]).powi(2);
@@ -245,6 +327,56 @@ impl Refiner {
             .map(|(&j, &c)| PositionGeom::new(j, c, self.m))
             .collect()
     }
+}
+
+/// Fraction bits of [`exact_sums`]: each term is rounded to a multiple of 2⁻⁵⁰ of its
+/// quantity's largest magnitude (rounded up to a power of 2).
+const EXACT_BITS: i32 = 50;
+/// Limb width of [`exact_sums`]: terms are split into integers below 2²⁵ (low limb) and the
+/// rest (high limb, below 2²⁵ in magnitude), so that the limb sums of up to 2²⁷ positions
+/// ([`crate::data::MAX_POSITIONS`] = 2²⁶) stay below 2⁵³ and every f64 addition is exact.
+const LIMB_BITS: i32 = 25;
+
+/// Σ over all positions of all ranks of `parts` (one row of K quantities per position of
+/// this rank), the same bits whatever the split of the positions over ranks and their
+/// order: each term is rounded to a fixed point (2⁻⁵⁰ of its quantity's job-wide largest
+/// magnitude, an all-reduced maximum) and the integers are summed in two limbs of exactly
+/// representable f64 (one all-reduce). Floating-point sums depend on the grouping, and a
+/// last-bit difference in the affine fit must not let a tiled run's positions drift from
+/// the single-rank run's (nor flip the sign tests of the affine acceleration).
+///
+/// Errors: a failed transport.
+pub fn exact_sums<const K: usize>(parts: &[[f64; K]], comm: &mut dyn Comm) -> Result<[f64; K]> {
+    let mut max = [0.0f64; K];
+    for row in parts {
+        for (m, v) in max.iter_mut().zip(row) {
+            if v.is_finite() {
+                *m = m.max(v.abs());
+            }
+        }
+    }
+    comm.allreduce_max(&mut max)?;
+    let unit: [f64; K] = std::array::from_fn(|k| {
+        if max[k] > 0.0 {
+            2f64.powi(max[k].log2().ceil() as i32)
+        } else {
+            1.0
+        }
+    });
+    let (frac, limb) = (2f64.powi(EXACT_BITS), 1i64 << LIMB_BITS);
+    let mut limbs = vec![0.0f64; 2 * K];
+    for row in parts {
+        for k in 0..K {
+            let v = if row[k].is_finite() { row[k] } else { 0.0 };
+            let q = (v / unit[k] * frac).round() as i64;
+            limbs[2 * k] += q.div_euclid(limb) as f64;
+            limbs[2 * k + 1] += q.rem_euclid(limb) as f64;
+        }
+    }
+    comm.allreduce_sum(&mut limbs)?;
+    Ok(std::array::from_fn(|k| {
+        (limbs[2 * k] * limb as f64 + limbs[2 * k + 1]) / frac * unit[k]
+    }))
 }
 
 /// The solution of the symmetric 3 × 3 system `a` x = `b` by Cramer's rule, or `None` when
@@ -274,6 +406,46 @@ fn solve3(a: [[f64; 3]; 3], b: [f64; 3]) -> Option<[f64; 3]> {
 mod tests {
     use super::*;
     use crate::comm::threads::run_threads;
+
+    #[test]
+    fn exact_sums_do_not_depend_on_the_split_over_ranks() {
+        // terms of very different sizes, whose f64 sum depends on the order
+        let terms: Vec<[f64; 2]> = (0..1000)
+            .map(|j| {
+                [
+                    1e6 * ((j * 37 % 101) as f64 - 50.0) + 1e-7 * j as f64,
+                    0.1 * (j as f64).sin(),
+                ]
+            })
+            .collect();
+        let run = |ranks: usize| {
+            run_threads(ranks, |mut comm| {
+                let mine: Vec<[f64; 2]> = terms
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| j % ranks == comm.rank())
+                    .map(|(_, t)| *t)
+                    .rev()
+                    .collect();
+                exact_sums(&mine, &mut comm)
+            })
+            .unwrap()
+        };
+        let one = run(1)[0];
+        for ranks in [2, 3, 7] {
+            for r in run(ranks) {
+                assert_eq!(r.map(f64::to_bits), one.map(f64::to_bits), "{ranks} ranks");
+            }
+        }
+        let plain: f64 = terms.iter().map(|t| t[1]).sum();
+        assert!((one[1] - plain).abs() < 1e-12, "{} vs {plain}", one[1]);
+        let plain0: f64 = terms.iter().map(|t| t[0]).sum();
+        assert!(
+            (one[0] - plain0).abs() < 1e-6 * 5e7,
+            "{} vs {plain0}",
+            one[0]
+        );
+    }
 
     #[test]
     fn solve3_solves_and_refuses_singular() {
