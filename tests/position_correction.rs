@@ -126,6 +126,26 @@ fn position_error(pos: &[[f64; 2]], truth: &[[f64; 2]], pixel_a: f64) -> (f64, f
     (shift_only, (r2 / n).sqrt())
 }
 
+/// [`position_error`] of the perturbed positions that `dir/crop.h5` gave the run (their
+/// grid differs from the result's by a shift) and of the result's refined ones.
+fn errors_before_and_after(
+    dir: &Path,
+    r: &ReconResult,
+    truth: &[[f64; 2]],
+) -> ((f64, f64), (f64, f64)) {
+    let pixel_a = r.pixel_size_m[0] * 1e10;
+    let f = hdf5::File::open(dir.join("crop.h5")).unwrap();
+    let perturbed_a: Vec<f64> = f.dataset("/data/positions_A").unwrap().read_raw().unwrap();
+    let initial: Vec<[f64; 2]> = perturbed_a
+        .chunks(2)
+        .map(|c| [c[0] / pixel_a, c[1] / pixel_a])
+        .collect();
+    (
+        position_error(&initial, truth, pixel_a),
+        position_error(&r.positions_px, truth, pixel_a),
+    )
+}
+
 /// Largest |a − b| over the positions, px.
 fn max_position_difference(a: &ReconResult, b: &ReconResult) -> f64 {
     a.positions_px
@@ -249,16 +269,7 @@ fn refined_positions_approach_the_true_ones() {
     ]
     .map(String::from);
     let r = common::recon_tiles(&cfg, [2, 2], &set);
-    // the perturbed positions in pixels (their grid differs from the result's by a shift)
-    let pixel_a = r.pixel_size_m[0] * 1e10;
-    let f = hdf5::File::open(dir.path().join("crop.h5")).unwrap();
-    let perturbed_a: Vec<f64> = f.dataset("/data/positions_A").unwrap().read_raw().unwrap();
-    let initial: Vec<[f64; 2]> = perturbed_a
-        .chunks(2)
-        .map(|c| [c[0] / pixel_a, c[1] / pixel_a])
-        .collect();
-    let (e0, r0) = position_error(&initial, &truth, pixel_a);
-    let (e1, r1) = position_error(&r.positions_px, &truth, pixel_a);
+    let ((e0, r0), (e1, r1)) = errors_before_and_after(dir.path(), &r, &truth);
     eprintln!(
         "position error (px RMS, shift removed): {e0:.3} → {e1:.3}; random part {r0:.3} → {r1:.3}"
     );
@@ -289,15 +300,7 @@ fn whole_scan_with_random_position_errors_is_corrected() {
     let corr = ptytile::analysis::compare::compare_files(&out, &common::pbtio3_thin(), None)
         .unwrap()
         .phase_correlation;
-    let pixel_a = r.pixel_size_m[0] * 1e10;
-    let f = hdf5::File::open(dir.path().join("crop.h5")).unwrap();
-    let perturbed_a: Vec<f64> = f.dataset("/data/positions_A").unwrap().read_raw().unwrap();
-    let initial: Vec<[f64; 2]> = perturbed_a
-        .chunks(2)
-        .map(|c| [c[0] / pixel_a, c[1] / pixel_a])
-        .collect();
-    let (e0, _) = position_error(&initial, &truth, pixel_a);
-    let (e1, r1) = position_error(&r.positions_px, &truth, pixel_a);
+    let ((e0, _), (e1, r1)) = errors_before_and_after(dir.path(), &r, &truth);
     eprintln!("whole scan: phase correlation {corr:.4}; position error {e0:.3} → {e1:.3} px RMS (random part {r1:.3})");
     assert!(corr >= 0.92, "phase correlation {corr:.4}");
     assert!(
