@@ -112,6 +112,15 @@ pub struct DataConfig {
     /// frame of the diffraction patterns' rows and columns (docs/format.md).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub scan_rotation_deg: f64,
+    /// Transpose every diffraction pattern (swap detector rows and columns) as it is read,
+    /// before anything else uses it: I'(ky, kx) = I(kx, ky) with both indices counted from
+    /// the zero frequency. A detector mounted mirrored against the scan needs this (a
+    /// rotation alone cannot express a reflection); `scan_rotation_deg` and the positions
+    /// then refer to the transposed patterns' rows and columns. Every format; default false
+    /// (not written out when false, so configs and checkpoints without it read as before).
+    /// `ptytile calibrate` measures it (docs/algorithm.md §14).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub detector_transpose: bool,
     /// A previous ptytile result file whose object and probe start this reconstruction
     /// (the object placed on the new object grid by matching scan positions). Relative
     /// paths are relative to the config file's directory.
@@ -144,6 +153,10 @@ pub enum Subset {
 
 fn is_true(v: &bool) -> bool {
     *v
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -1028,6 +1041,19 @@ mod tests {
         assert_eq!(set(&[ok[0], "reconstruction.slice_thickness_m=-1e-10"]).unwrap_err().what, "reconstruction.slice_thickness_m");
         assert_eq!(set(&["reconstruction.axial_regularization=-0.1"]).unwrap_err().what, "reconstruction.axial_regularization");
         assert_eq!(set(&["reconstruction.specimen_tilt_mrad=[1.0, 1e9]"]).unwrap_err().what, "reconstruction.specimen_tilt_mrad");
+    }
+
+    #[test]
+    fn detector_transpose_defaults_to_false_and_is_not_written_then() {
+        let c = Config::from_toml(MIN, &[]).unwrap();
+        assert!(!c.data.detector_transpose);
+        // left out of the config text stored in results and checkpoint identities
+        assert!(!c.to_toml().contains("detector_transpose"), "{}", c.to_toml());
+        let c = Config::from_toml(MIN, &["data.detector_transpose=true".into()]).unwrap();
+        assert!(c.data.detector_transpose && c.to_toml().contains("detector_transpose = true"));
+        assert_eq!(Config::from_toml(&c.to_toml(), &[]).unwrap(), c);
+        let e = Config::from_toml(MIN, &["data.detector_transpose=3".into()]).unwrap_err();
+        assert_eq!(e.what, "config: data.detector_transpose", "{e}");
     }
 
     #[test]
