@@ -118,7 +118,7 @@ pub struct DataConfig {
     /// rotation alone cannot express a reflection); `scan_rotation_deg` and the positions
     /// then refer to the transposed patterns' rows and columns. Every format; default false
     /// (not written out when false, so configs and checkpoints without it read as before).
-    /// `ptytile calibrate` measures it (docs/algorithm.md §14).
+    /// `ptytile calibrate` measures it (docs/algorithm.md §15).
     #[serde(default, skip_serializing_if = "is_false")]
     pub detector_transpose: bool,
     /// A previous ptytile result file whose object and probe start this reconstruction

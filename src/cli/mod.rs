@@ -20,6 +20,7 @@ pub(crate) use {out, outln};
 
 pub mod bench;
 pub mod bench_gpu;
+pub mod calibrate;
 pub mod jobs;
 pub mod reconstruct;
 pub mod scaling;
@@ -63,6 +64,17 @@ enum Cmd {
         /// Override parallel.backend: where the gradient kernel runs (docs/gpu.md).
         #[arg(long, value_enum)]
         backend: Option<crate::config::BackendKind>,
+    },
+    /// Measure from a 4D-STEM scan the scan–detector rotation and transpose (centre-of-mass
+    /// curl fit), the convergence semi-angle (bright-field disk) and the defocus (bright-field
+    /// parallax); print them as TOML lines with uncertainties and draw the centre-of-mass
+    /// field beside output.path (docs/algorithm.md §15). Exit code 2 when a fit fails.
+    Calibrate {
+        /// Config file (its [data] and [experiment]; the measured keys' values are ignored).
+        config: PathBuf,
+        /// Override any config key: --set section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Simulate a dataset with a known object (Poisson counts at a chosen dose); writes the
     /// HDF5 file and a ready-to-use config `<stem>.toml` beside it.
@@ -374,6 +386,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Calibrate { config, set } => calibrate::run(&Config::load(&config, &set)?),
         Cmd::Inspect { file } => {
             crate::cli::out!("{}", crate::data::inspect::inspect(&file)?);
             Ok(0)

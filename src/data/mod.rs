@@ -7,6 +7,7 @@
 //! grid [Ny, Nx] = [⌊max c_y⌋ + M/2, ⌊max c_x⌋ + M/2]; intensities are stored per position
 //! in the transposed, corner-centred layout `[kx][ky]` of `physics::fft`.
 
+pub mod calibrate;
 pub mod cxi;
 pub mod inspect;
 pub mod npy;
