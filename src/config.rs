@@ -377,6 +377,15 @@ pub struct OutputConfig {
     pub png: bool,
 }
 
+/// The keys that may be `"auto"` (section, key): measured from the data by `ptytile
+/// calibrate` (docs/algorithm.md §15) when a reconstruction starts ([`Config::auto`]).
+pub const AUTO_KEYS: [(&str, &str); 4] = [
+    ("data", "detector_transpose"),
+    ("data", "scan_rotation_deg"),
+    ("experiment", "convergence_semiangle_mrad"),
+    ("experiment", "defocus_m"),
+];
+
 /// Iterations of a run without `[[schedule]]` and without `reconstruction.iterations`.
 pub const DEFAULT_ITERATIONS: usize = 20;
 fn one() -> usize { 1 }
@@ -583,6 +592,12 @@ pub struct Config {
     /// The config file this was loaded from ([`Config::load`]; not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The keys of [`AUTO_KEYS`] given as `"auto"` (dotted, e.g. `data.scan_rotation_deg`):
+    /// to be measured from the data before the data are read (`cli::calibrate::resolve_auto`,
+    /// which `ptytile reconstruct` runs). Not written out: a resolved config holds the values
+    /// found instead.
+    #[serde(skip)]
+    pub auto: Vec<String>,
 }
 
 impl Config {
@@ -660,10 +675,21 @@ impl Config {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let cfg: Config = toml::Value::Table(table.clone()).try_into().map_err(|e: toml::de::Error| {
+        // "auto" keys leave the table (their fields take the defaults) and are listed
+        let mut auto = Vec::new();
+        for (section, key) in AUTO_KEYS {
+            if let Some(toml::Value::Table(t)) = table.get_mut(section) {
+                if t.get(key).and_then(|v| v.as_str()) == Some("auto") {
+                    t.remove(key);
+                    auto.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        let mut cfg: Config = toml::Value::Table(table.clone()).try_into().map_err(|e: toml::de::Error| {
             let what = key_of_error(&table).map_or_else(|| "config".to_string(), |k| format!("config: {k}"));
             Error::new(what, e.message().to_string())
         })?;
+        cfg.auto = auto;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -1054,6 +1080,22 @@ mod tests {
         assert_eq!(Config::from_toml(&c.to_toml(), &[]).unwrap(), c);
         let e = Config::from_toml(MIN, &["data.detector_transpose=3".into()]).unwrap_err();
         assert_eq!(e.what, "config: data.detector_transpose", "{e}");
+    }
+
+    #[test]
+    fn auto_keys_are_listed_and_left_out() {
+        let text = format!("{MIN}scan_rotation_deg = 'auto'\ndetector_transpose = 'auto'\n[experiment]\ndefocus_m = 'auto'\nconvergence_semiangle_mrad = 20.0\n");
+        let c = Config::from_toml(&text, &[]).unwrap();
+        assert_eq!(c.auto, ["data.detector_transpose", "data.scan_rotation_deg", "experiment.defocus_m"]);
+        assert_eq!((c.data.scan_rotation_deg, c.experiment.defocus_m, c.experiment.convergence_semiangle_mrad), (0.0, None, Some(20.0)));
+        let text = c.to_toml();
+        assert!(!text.contains("scan_rotation_deg") && !text.contains("detector_transpose") && !text.contains("defocus_m"), "{text}");
+        let c = Config::from_toml(MIN, &["experiment.convergence_semiangle_mrad=auto".into()]).unwrap();
+        assert_eq!(c.auto, ["experiment.convergence_semiangle_mrad"]);
+        // any other string is still a type error naming the key
+        let e = Config::from_toml(MIN, &["data.scan_rotation_deg=automatic".into()]).unwrap_err();
+        assert_eq!(e.what, "config: data.scan_rotation_deg", "{e}");
+        assert!(Config::from_toml(MIN, &[]).unwrap().auto.is_empty());
     }
 
     #[test]

@@ -86,9 +86,9 @@ fn turned(src: &[f32], phi_deg: f64, transpose: bool) -> Vec<f32> {
 
 /// `dir/NAME.h5`: a 4D-STEM dataset `/scan/data` [S, S, M, M] of `data` whose `/meta` holds
 /// only the energy (300 keV) and the angular sampling (mrad); `dir/NAME.toml` reading it with
-/// the scan step `step_a` (Å) and writing beside `dir/out/recon.h5` (`png`); then `ptytile
-/// calibrate` run on it: its output.
-fn calibrate_file(
+/// the scan step `step_a` (Å), writing `dir/out/recon.h5` (`png`), then the lines `extra`;
+/// returns the config's path.
+fn scan_file(
     dir: &std::path::Path,
     name: &str,
     data: &[f32],
@@ -96,7 +96,8 @@ fn calibrate_file(
     dtheta_mrad: f64,
     step_a: f64,
     png: bool,
-) -> std::process::Output {
+    extra: &str,
+) -> std::path::PathBuf {
     {
         // every handle closed before the command opens the file
         let f = hdf5::File::create(dir.join(format!("{name}.h5"))).unwrap();
@@ -120,10 +121,15 @@ fn calibrate_file(
     }
     let cfg = dir.join(format!("{name}.toml"));
     let out = dir.join("out/recon.h5");
-    std::fs::write(&cfg, format!("[data]\nfile = \"{name}.h5\"\nintensities = \"/scan/data\"\nscan_step_angstrom = {step_a}\n[output]\npath = \"{}\"\npng = {png}\n", out.display())).unwrap();
+    std::fs::write(&cfg, format!("[data]\nfile = \"{name}.h5\"\nintensities = \"/scan/data\"\nscan_step_angstrom = {step_a}\n[output]\npath = \"{}\"\npng = {png}\n{extra}", out.display())).unwrap();
+    cfg
+}
+
+/// `ptytile COMMAND CONFIG`: its output.
+fn ptytile(command: &str, cfg: &std::path::Path) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_ptytile"))
-        .arg("calibrate")
-        .arg(&cfg)
+        .arg(command)
+        .arg(cfg)
         .output()
         .unwrap()
 }
@@ -232,7 +238,7 @@ fn orientation_angle_and_defocus_of_turned_and_transposed_patterns() {
 fn command_line_on_a_4dstem_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = turned(patterns(), 17.0, true);
-    let out = calibrate_file(
+    let cfg = scan_file(
         dir.path(),
         "scan",
         &data,
@@ -240,8 +246,9 @@ fn command_line_on_a_4dstem_file() {
         DTHETA_MRAD,
         STEP_A,
         true,
+        "",
     );
-    let cfg = dir.path().join("scan.toml");
+    let out = ptytile("calibrate", &cfg);
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0));
@@ -353,7 +360,8 @@ fn failed_fits_name_the_keys_and_exit_2() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let out = calibrate_file(dir.path(), "flat", &flat, [s, m], 1.0, 0.5, false);
+    let cfg = scan_file(dir.path(), "flat", &flat, [s, m], 1.0, 0.5, false, "");
+    let out = ptytile("calibrate", &cfg);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
     assert_eq!(out.status.code(), Some(2));
@@ -375,4 +383,124 @@ fn failed_fits_name_the_keys_and_exit_2() {
         .unwrap();
     let e = ptytile::cli::calibrate::measure(&c).unwrap_err();
     assert_eq!(e.what, "data.format", "{e}");
+}
+
+/// Must show 1, end to end: the whole file (128 × 128 patterns) with every detector pattern
+/// transposed, the four keys "auto": `ptytile reconstruct` (gd, 20 iterations, 2 thread
+/// ranks) measures them first, logs them, stores them in the result's config and reaches a
+/// phase correlation ≥ 0.975 with the ground truth (the reader's frame is the file's here,
+/// A = T·T = 1, so no turn back is needed). Values the user gives are not touched, and
+/// `"auto"` where the data are read without a calibration is an error naming the key.
+#[test]
+fn reconstruct_with_auto_keys_reaches_0975() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = hdf5::File::open(common::pbtio3_thin()).unwrap();
+    let all: Vec<f32> = f
+        .dataset("/data/intensities_poisson_dose1e05")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    let m = 128;
+    let mut data = vec![0f32; all.len()];
+    for (o, p) in data.chunks_mut(m * m).zip(all.chunks(m * m)) {
+        for y in 0..m {
+            for x in 0..m {
+                // transposed about the zero frequency at [64, 64] (the diagonal through it)
+                o[y * m + x] = p[x * m + y];
+            }
+        }
+    }
+    drop(all);
+    let extra = "[reconstruction]\niterations = 20\n[parallel]\nranks = 2\n";
+    let cfg = scan_file(
+        dir.path(),
+        "scan",
+        &data,
+        [SCAN, m],
+        DTHETA_MRAD,
+        STEP_A,
+        false,
+        extra,
+    );
+    drop(data);
+    // the four keys "auto" (as --set overrides, which is how a user can also ask for them)
+    let set = [
+        "data.detector_transpose=auto",
+        "data.scan_rotation_deg=auto",
+        "experiment.convergence_semiangle_mrad=auto",
+        "experiment.defocus_m=auto",
+    ];
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ptytile"));
+    cmd.arg("reconstruct").arg(&cfg);
+    for s in set {
+        cmd.arg("--set").arg(s);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for key in [
+        "data.detector_transpose = true",
+        "data.scan_rotation_deg =",
+        "experiment.convergence_semiangle_mrad =",
+        "experiment.defocus_m =",
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("calibrated {key}"))),
+            "{key}: {stderr}"
+        );
+    }
+    let result = dir.path().join("out/recon.h5");
+    let rep =
+        ptytile::analysis::compare::compare_files(&result, &common::pbtio3_thin(), None).unwrap();
+    eprintln!(
+        "phase correlation with the keys measured: {:.4}",
+        rep.phase_correlation
+    );
+    assert!(rep.phase_correlation >= 0.975, "{}", rep.phase_correlation);
+    let stored: String = hdf5::File::open(&result)
+        .unwrap()
+        .attr("config")
+        .unwrap()
+        .read_scalar::<hdf5::types::VarLenUnicode>()
+        .unwrap()
+        .to_string();
+    let stored = ptytile::config::Config::from_toml(&stored, &[]).unwrap();
+    assert!(stored.data.detector_transpose && stored.auto.is_empty());
+    assert!(
+        stored.data.scan_rotation_deg.abs() < 0.5
+            && stored.experiment.defocus_m.is_some()
+            && stored.experiment.convergence_semiangle_mrad.is_some()
+    );
+
+    // a value the user gives stays: the defocus set, the rest measured
+    let c = ptytile::config::Config::load(
+        &cfg,
+        &[
+            "data.scan_rotation_deg=auto".into(),
+            "data.detector_transpose=auto".into(),
+            "experiment.defocus_m=1e-8".into(),
+            "experiment.convergence_semiangle_mrad=21".into(),
+        ],
+    )
+    .unwrap();
+    let mut r = c.clone();
+    let lines = ptytile::cli::calibrate::resolve_auto(&mut r).unwrap();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        (
+            r.experiment.defocus_m,
+            r.experiment.convergence_semiangle_mrad
+        ),
+        (Some(1e-8), Some(21.0))
+    );
+    // the rotation measured for the other transpose than the one set is refused
+    let c = ptytile::config::Config::load(&cfg, &["data.scan_rotation_deg=auto".into()]).unwrap();
+    let e = ptytile::cli::calibrate::resolve_auto(&mut c.clone()).unwrap_err();
+    assert_eq!(e.what, "data.scan_rotation_deg", "{e}");
+    // "auto" left unresolved where the data are opened: an error naming the key
+    let e = ptytile::data::DataFile::open(&c).unwrap_err();
+    assert_eq!(e.what, "data.scan_rotation_deg", "{e}");
 }

@@ -25,6 +25,9 @@ pub fn scan_step_m(cfg: &Config) -> Result<f64> {
 ///
 /// Errors: the data cannot be opened or read, it is not a raster scan (`data.format`).
 pub fn measure(cfg: &Config) -> Result<Calibration> {
+    let mut cfg = cfg.clone();
+    cfg.auto.clear();
+    let cfg = &cfg;
     let df = DataFile::open(cfg)?;
     crate::data::calibrate::scan_shape(&df)?;
     let setup = Setup {
@@ -32,6 +35,58 @@ pub fn measure(cfg: &Config) -> Result<Calibration> {
         dtheta_rad: df.experiment.dtheta_rad,
     };
     calibrate(&df, setup)
+}
+
+/// Replace the keys of `cfg` given as `"auto"` ([`Config::auto`]) by the values measured
+/// from its data ([`measure`]); keys the user gave are never touched. Returns one line per
+/// key set (`key = value ± sigma`), for the log; the resolved config (and so the result's
+/// stored `config` attribute and the checkpoint identity) holds the values.
+///
+/// Errors: those of [`measure`]; a fit that failed (naming its key, "set it by hand");
+/// `data.scan_rotation_deg` measured for the other `data.detector_transpose` than the one
+/// the config sets.
+pub fn resolve_auto(cfg: &mut Config) -> Result<Vec<String>> {
+    if cfg.auto.is_empty() {
+        return Ok(Vec::new());
+    }
+    let c = measure(cfg)?;
+    let mut lines = Vec::new();
+    let auto = std::mem::take(&mut cfg.auto);
+    let given_transpose = !auto.iter().any(|k| k == "data.detector_transpose");
+    for key in &auto {
+        match key.as_str() {
+            "data.detector_transpose" => {
+                let t = c.detector_transpose.clone()?;
+                cfg.data.detector_transpose = t;
+                lines.push(format!("{key} = {t}"));
+            }
+            "data.scan_rotation_deg" => {
+                let t = c.detector_transpose.clone()?;
+                if given_transpose && t != cfg.data.detector_transpose {
+                    return Err(Error::new(
+                        key,
+                        format!("the data say data.detector_transpose = {t}, the config sets {}: make that \"auto\" too, or set the rotation by hand", cfg.data.detector_transpose),
+                    ));
+                }
+                let r = c.scan_rotation_deg.clone()?;
+                cfg.data.scan_rotation_deg = r.value;
+                lines.push(format!("{key} = {:.3} ± {:.3}", r.value, r.sigma));
+            }
+            "experiment.convergence_semiangle_mrad" => {
+                let a = c.convergence_semiangle_mrad.clone()?;
+                cfg.experiment.convergence_semiangle_mrad = Some(a.value);
+                lines.push(format!("{key} = {:.3} ± {:.3}", a.value, a.sigma));
+            }
+            "experiment.defocus_m" => {
+                let d = c.defocus_m.clone()?;
+                cfg.experiment.defocus_m = Some(d.value);
+                lines.push(format!("{key} = {:.4e} ± {:.1e}", d.value, d.sigma));
+            }
+            other => return Err(Error::new(other, "cannot be \"auto\"")),
+        }
+    }
+    cfg.validate()?;
+    Ok(lines)
 }
 
 /// The TOML lines of `c` (values with their uncertainty as a comment) and the errors of the

@@ -350,9 +350,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if let Some(o) = output {
                 set.push(format!("output.path={}", toml_string(&o.display().to_string())));
             }
-            let cfg = Config::load(&config, &set)?;
+            let mut cfg = Config::load(&config, &set)?;
             // a GPU backend that cannot run here fails now, before any data is read
             crate::backend::available(cfg.parallel.backend)?;
+            // keys given as "auto" are measured from the data first (docs/algorithm.md §15)
+            for line in calibrate::resolve_auto(&mut cfg)? {
+                tracing::info!("calibrated {line}");
+                if crate::comm::launcher_env().is_none_or(|l| l.rank == 0) {
+                    eprintln!("calibrated {line}");
+                }
+            }
             let n = cfg.total_iterations();
             let bar = indicatif::ProgressBar::new(n as u64);
             bar.set_style(

@@ -113,7 +113,8 @@ impl DataFile {
     /// dataset, wrong rank/shape/dtype, non-square or empty patterns, count mismatch between
     /// intensities and positions, non-finite positions, a field of view larger than
     /// [`MAX_OBJECT_SIDE`], more than [`MAX_POSITIONS`] patterns or patterns wider than
-    /// [`MAX_DETECTOR_SIDE`], missing or absurd metadata, near-field data.
+    /// [`MAX_DETECTOR_SIDE`], missing or absurd metadata, near-field data, a key still
+    /// `"auto"` ([`Config::auto`]: resolve it first).
     pub fn open(cfg: &Config) -> Result<DataFile> {
         let path = cfg.data.file.clone();
         let pname = path.display().to_string();
@@ -124,6 +125,9 @@ impl DataFile {
             return Err(Error::new(&pname, "no such file"));
         }
         crate::output::safety::check_input(&path)?;
+        if let Some(key) = cfg.auto.first() {
+            return Err(Error::new(key, "\"auto\" is measured when `ptytile reconstruct` starts; here give the value (`ptytile calibrate` prints it)"));
+        }
         if cfg.experiment.geometry == Geometry::NearField {
             return Err(Error::new(
                 &pname,
