@@ -112,6 +112,15 @@ pub struct DataConfig {
     /// frame of the diffraction patterns' rows and columns (docs/format.md).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub scan_rotation_deg: f64,
+    /// Transpose every diffraction pattern (swap detector rows and columns) as it is read,
+    /// before anything else uses it: I'(ky, kx) = I(kx, ky) with both indices counted from
+    /// the zero frequency. A detector mounted mirrored against the scan needs this (a
+    /// rotation alone cannot express a reflection); `scan_rotation_deg` and the positions
+    /// then refer to the transposed patterns' rows and columns. Every format; default false
+    /// (not written out when false, so configs and checkpoints without it read as before).
+    /// `ptytile calibrate` measures it (docs/algorithm.md §16).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub detector_transpose: bool,
     /// A previous ptytile result file whose object and probe start this reconstruction
     /// (the object placed on the new object grid by matching scan positions). Relative
     /// paths are relative to the config file's directory.
@@ -144,6 +153,10 @@ pub enum Subset {
 
 fn is_true(v: &bool) -> bool {
     *v
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -424,6 +437,15 @@ pub struct OutputConfig {
     pub png: bool,
 }
 
+/// The keys that may be `"auto"` (section, key): measured from the data by `ptytile
+/// calibrate` (docs/algorithm.md §16) when a reconstruction starts ([`Config::auto`]).
+pub const AUTO_KEYS: [(&str, &str); 4] = [
+    ("data", "detector_transpose"),
+    ("data", "scan_rotation_deg"),
+    ("experiment", "convergence_semiangle_mrad"),
+    ("experiment", "defocus_m"),
+];
+
 /// Iterations of a run without `[[schedule]]` and without `reconstruction.iterations`.
 pub const DEFAULT_ITERATIONS: usize = 20;
 fn one() -> usize { 1 }
@@ -634,6 +656,12 @@ pub struct Config {
     /// The config file this was loaded from ([`Config::load`]; not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The keys of [`AUTO_KEYS`] given as `"auto"` (dotted, e.g. `data.scan_rotation_deg`):
+    /// to be measured from the data before the data are read (`cli::calibrate::resolve_auto`,
+    /// which `ptytile reconstruct` runs). Not written out: a resolved config holds the values
+    /// found instead.
+    #[serde(skip)]
+    pub auto: Vec<String>,
 }
 
 impl Config {
@@ -711,10 +739,21 @@ impl Config {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let cfg: Config = toml::Value::Table(table.clone()).try_into().map_err(|e: toml::de::Error| {
+        // "auto" keys leave the table (their fields take the defaults) and are listed
+        let mut auto = Vec::new();
+        for (section, key) in AUTO_KEYS {
+            if let Some(toml::Value::Table(t)) = table.get_mut(section) {
+                if t.get(key).and_then(|v| v.as_str()) == Some("auto") {
+                    t.remove(key);
+                    auto.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        let mut cfg: Config = toml::Value::Table(table.clone()).try_into().map_err(|e: toml::de::Error| {
             let what = key_of_error(&table).map_or_else(|| "config".to_string(), |k| format!("config: {k}"));
             Error::new(what, e.message().to_string())
         })?;
+        cfg.auto = auto;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -1133,6 +1172,35 @@ mod tests {
                 assert_eq!(e.what, format!("position_correction.{key}"), "{bad}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn detector_transpose_defaults_to_false_and_is_not_written_then() {
+        let c = Config::from_toml(MIN, &[]).unwrap();
+        assert!(!c.data.detector_transpose);
+        // left out of the config text stored in results and checkpoint identities
+        assert!(!c.to_toml().contains("detector_transpose"), "{}", c.to_toml());
+        let c = Config::from_toml(MIN, &["data.detector_transpose=true".into()]).unwrap();
+        assert!(c.data.detector_transpose && c.to_toml().contains("detector_transpose = true"));
+        assert_eq!(Config::from_toml(&c.to_toml(), &[]).unwrap(), c);
+        let e = Config::from_toml(MIN, &["data.detector_transpose=3".into()]).unwrap_err();
+        assert_eq!(e.what, "config: data.detector_transpose", "{e}");
+    }
+
+    #[test]
+    fn auto_keys_are_listed_and_left_out() {
+        let text = format!("{MIN}scan_rotation_deg = 'auto'\ndetector_transpose = 'auto'\n[experiment]\ndefocus_m = 'auto'\nconvergence_semiangle_mrad = 20.0\n");
+        let c = Config::from_toml(&text, &[]).unwrap();
+        assert_eq!(c.auto, ["data.detector_transpose", "data.scan_rotation_deg", "experiment.defocus_m"]);
+        assert_eq!((c.data.scan_rotation_deg, c.experiment.defocus_m, c.experiment.convergence_semiangle_mrad), (0.0, None, Some(20.0)));
+        let text = c.to_toml();
+        assert!(!text.contains("scan_rotation_deg") && !text.contains("detector_transpose") && !text.contains("defocus_m"), "{text}");
+        let c = Config::from_toml(MIN, &["experiment.convergence_semiangle_mrad=auto".into()]).unwrap();
+        assert_eq!(c.auto, ["experiment.convergence_semiangle_mrad"]);
+        // any other string is still a type error naming the key
+        let e = Config::from_toml(MIN, &["data.scan_rotation_deg=automatic".into()]).unwrap_err();
+        assert_eq!(e.what, "config: data.scan_rotation_deg", "{e}");
+        assert!(Config::from_toml(MIN, &[]).unwrap().auto.is_empty());
     }
 
     #[test]

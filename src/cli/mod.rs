@@ -20,6 +20,7 @@ pub(crate) use {out, outln};
 
 pub mod bench;
 pub mod bench_gpu;
+pub mod calibrate;
 pub mod jobs;
 pub mod reconstruct;
 pub mod scaling;
@@ -63,6 +64,17 @@ enum Cmd {
         /// Override parallel.backend: where the gradient kernel runs (docs/gpu.md).
         #[arg(long, value_enum)]
         backend: Option<crate::config::BackendKind>,
+    },
+    /// Measure from a 4D-STEM scan the scan–detector rotation and transpose (centre-of-mass
+    /// curl fit), the convergence semi-angle (bright-field disk) and the defocus (bright-field
+    /// parallax); print them as TOML lines with uncertainties and draw the centre-of-mass
+    /// field beside output.path (docs/algorithm.md §16). Exit code 2 when a fit fails.
+    Calibrate {
+        /// Config file (its [data] and [experiment]; the measured keys' values are ignored).
+        config: PathBuf,
+        /// Override any config key: --set section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Simulate a dataset with a known object (Poisson counts at a chosen dose); writes the
     /// HDF5 file and a ready-to-use config `<stem>.toml` beside it.
@@ -338,9 +350,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if let Some(o) = output {
                 set.push(format!("output.path={}", toml_string(&o.display().to_string())));
             }
-            let cfg = Config::load(&config, &set)?;
+            let mut cfg = Config::load(&config, &set)?;
             // a GPU backend that cannot run here fails now, before any data is read
             crate::backend::available(cfg.parallel.backend)?;
+            // keys given as "auto" are measured from the data first (docs/algorithm.md §16)
+            for line in calibrate::resolve_auto(&mut cfg)? {
+                tracing::info!("calibrated {line}");
+                if crate::comm::launcher_env().is_none_or(|l| l.rank == 0) {
+                    eprintln!("calibrated {line}");
+                }
+            }
             let n = cfg.total_iterations();
             let bar = indicatif::ProgressBar::new(n as u64);
             bar.set_style(
@@ -374,6 +393,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Calibrate { config, set } => calibrate::run(&Config::load(&config, &set)?),
         Cmd::Inspect { file } => {
             crate::cli::out!("{}", crate::data::inspect::inspect(&file)?);
             Ok(0)

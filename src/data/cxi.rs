@@ -231,6 +231,7 @@ pub(super) fn open(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFi
         intensities_what: what(&cxi.data),
         source: Source::Stack { file, dataset: cxi.data.clone() },
         zero_frequency: cfg.data.zero_frequency,
+        detector_transpose: cfg.data.detector_transpose,
         format: DataFormat::Cxi,
         experiment,
         n,

@@ -7,6 +7,7 @@
 //! grid [Ny, Nx] = [⌊max c_y⌋ + M/2, ⌊max c_x⌋ + M/2]; intensities are stored per position
 //! in the transposed, corner-centred layout `[kx][ky]` of `physics::fft`.
 
+pub mod calibrate;
 pub mod cxi;
 pub mod inspect;
 pub mod npy;
@@ -55,6 +56,8 @@ pub struct DataFile {
     /// `file:dataset` of the intensities, for messages.
     pub intensities_what: String,
     zero_frequency: ZeroFrequency,
+    /// `data.detector_transpose`: patterns are transposed as they are read.
+    pub detector_transpose: bool,
     /// The resolved format.
     pub format: DataFormat,
     /// Physics of the experiment (SI units).
@@ -110,7 +113,8 @@ impl DataFile {
     /// dataset, wrong rank/shape/dtype, non-square or empty patterns, count mismatch between
     /// intensities and positions, non-finite positions, a field of view larger than
     /// [`MAX_OBJECT_SIDE`], more than [`MAX_POSITIONS`] patterns or patterns wider than
-    /// [`MAX_DETECTOR_SIDE`], missing or absurd metadata, near-field data.
+    /// [`MAX_DETECTOR_SIDE`], missing or absurd metadata, near-field data, a key still
+    /// `"auto"` ([`Config::auto`]: resolve it first).
     pub fn open(cfg: &Config) -> Result<DataFile> {
         let path = cfg.data.file.clone();
         let pname = path.display().to_string();
@@ -121,6 +125,9 @@ impl DataFile {
             return Err(Error::new(&pname, "no such file"));
         }
         crate::output::safety::check_input(&path)?;
+        if let Some(key) = cfg.auto.first() {
+            return Err(Error::new(key, "\"auto\" is measured when `ptytile reconstruct` starts; here give the value (`ptytile calibrate` prints it)"));
+        }
         if cfg.experiment.geometry == Geometry::NearField {
             return Err(Error::new(
                 &pname,
@@ -196,7 +203,7 @@ impl DataFile {
                     pat.iter_mut().zip(bad).filter(|(_, b)| **b).for_each(|(v, _)| *v = 0.0);
                 }
                 self.check_pattern(pat, j)?;
-                to_kernel_layout(pat, m, self.zero_frequency, &mut dst[(i + b) * mm..(i + b + 1) * mm]);
+                to_kernel_layout_oriented(pat, m, self.zero_frequency, self.detector_transpose, &mut dst[(i + b) * mm..(i + b + 1) * mm]);
             }
             i += len;
         }
@@ -281,7 +288,7 @@ impl DataFile {
         let bad = self.bad_pixels.as_ref()?;
         let w: Vec<f32> = bad.iter().map(|b| if *b { 0.0 } else { 1.0 }).collect();
         let mut out = vec![0f32; w.len()];
-        to_kernel_layout(&w, self.m, self.zero_frequency, &mut out);
+        to_kernel_layout_oriented(&w, self.m, self.zero_frequency, self.detector_transpose, &mut out);
         Some(out)
     }
 }
@@ -343,6 +350,7 @@ fn open_hdf5(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFile> {
         intensities_what: what(&cfg.data.intensities),
         source: Source::Stack { file, dataset: cfg.data.intensities.clone() },
         zero_frequency: cfg.data.zero_frequency,
+        detector_transpose: cfg.data.detector_transpose,
         format: DataFormat::Hdf5,
         experiment,
         n,
@@ -397,13 +405,23 @@ fn to_pixels(pm: &[[f64; 2]], e: &Experiment) -> Vec<[f64; 2]> {
 /// Convert one pattern [ky][kx] (zero frequency as stored) to the kernel layout [kx][ky]
 /// with zero frequency at [0, 0].
 pub fn to_kernel_layout(pat: &[f32], m: usize, zf: ZeroFrequency, out: &mut [f32]) {
+    to_kernel_layout_oriented(pat, m, zf, false, out)
+}
+
+/// [`to_kernel_layout`], the pattern first transposed when `transpose`
+/// (`data.detector_transpose`): `pat` [M(ky), M(kx)] as stored, `out` [M(kx'), M(ky')] of the
+/// transposed pattern I'(ky', kx') = I(kx', ky'), i.e. `out[ky * M + kx]` holds stored pixel
+/// (ky, kx). The transposition is about the zero frequency, so for `Center` data it is the
+/// swap of the indices relative to pixel [M/2, M/2].
+pub fn to_kernel_layout_oriented(pat: &[f32], m: usize, zf: ZeroFrequency, transpose: bool, out: &mut [f32]) {
     let h = match zf {
         ZeroFrequency::Center => m / 2,
         ZeroFrequency::Corner => 0,
     };
     for ky in 0..m {
         for kx in 0..m {
-            out[kx * m + ky] = pat[((ky + h) % m) * m + (kx + h) % m];
+            let o = if transpose { ky * m + kx } else { kx * m + ky };
+            out[o] = pat[((ky + h) % m) * m + (kx + h) % m];
         }
     }
 }
@@ -658,7 +676,26 @@ fn experiment(e: &ExperimentConfig, meta: &Meta, m: usize) -> Result<Experiment>
 
 #[cfg(test)]
 mod tests {
-    use super::object_grid;
+    use super::{object_grid, to_kernel_layout, to_kernel_layout_oriented};
+    use crate::config::ZeroFrequency;
+
+    #[test]
+    fn transpose_swaps_detector_rows_and_columns_about_the_zero_frequency() {
+        let m = 4;
+        let pat: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        for zf in [ZeroFrequency::Center, ZeroFrequency::Corner] {
+            let (mut a, mut b) = (vec![0f32; 16], vec![0f32; 16]);
+            to_kernel_layout(&pat, m, zf, &mut a);
+            to_kernel_layout_oriented(&pat, m, zf, true, &mut b);
+            // the transposed pattern in the kernel layout [kx][ky] is the plain one's [ky][kx]
+            for ky in 0..m {
+                for kx in 0..m {
+                    assert_eq!(b[kx * m + ky], a[ky * m + kx]);
+                }
+            }
+            assert_eq!(a[0], b[0], "the zero frequency stays put");
+        }
+    }
 
     #[test]
     fn positions_not_finite_in_pixels_are_refused() {

@@ -88,6 +88,7 @@ pub(super) fn open(cfg: &Config, path: &Path, file: Option<hdf5::File>) -> Resul
         source,
         intensities_what: what,
         zero_frequency: cfg.data.zero_frequency,
+        detector_transpose: cfg.data.detector_transpose,
         format: DataFormat::Stem4d,
         experiment,
         n: sy * sx,
