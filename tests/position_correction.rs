@@ -256,6 +256,22 @@ fn stopped_and_resumed_run_keeps_the_refined_positions() {
         "object and probe after resuming"
     );
     assert_eq!(resumed.loss, full.loss);
+    // other correction settings are another job: refused, naming the key
+    let mut other = set.clone();
+    other.push("position_correction.max_step_px=0.25".to_string());
+    let e = reconstruct::run_with(
+        &Config::load(&cfg, &other).unwrap(),
+        RunOptions {
+            resume: Some(&ck),
+            signals: None,
+        },
+        &|_, _, _, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("position_correction.max_step_px"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -442,6 +442,11 @@ pub fn job_identity(cfg: &Config, df: &DataFile, plan: &TilePlan, engine: &str) 
         let stages = cfg.schedule.iter().map(|s| table(s, "schedule").map(toml::Value::Table)).collect::<Result<Vec<_>>>()?;
         t.insert("schedule".into(), toml::Value::Array(stages));
     }
+    if !cfg.position_correction.is_default() {
+        // the refinement's settings decide every later position (absent when left alone, so
+        // the identities of runs without it are as before)
+        t.insert("position_correction".into(), table(&cfg.position_correction, "position_correction")?.into());
+    }
     t.insert("experiment".into(), table(&cfg.experiment, "experiment")?.into());
     t.insert("data".into(), data.into());
     t.insert("parallel".into(), par.into());
