@@ -44,12 +44,14 @@ fn config(cfg: &Path, ranks: usize, extra: &[String]) -> Config {
 }
 
 /// In-process: uninterrupted N iterations; stopped (as by SIGTERM) after k and resumed;
-/// the stop leaves a complete checkpoint at exactly k.
-fn stop_and_resume_in_process(ranks: usize) {
+/// the stop leaves a complete checkpoint at exactly k, holding the engine arrays `arrays`.
+fn stop_and_resume_in_process(ranks: usize, extra: &[String], arrays: &[&str]) {
     let (dir, cfg) = dataset();
     let (n, k) = (9, 4);
     let ck = dir.path().join("ck");
-    let c = config(&cfg, ranks, &[format!("reconstruction.iterations={n}"), format!("checkpoint.dir={:?}", ck.display().to_string())]);
+    let mut set = vec![format!("reconstruction.iterations={n}"), format!("checkpoint.dir={:?}", ck.display().to_string())];
+    set.extend_from_slice(extra);
+    let c = config(&cfg, ranks, &set);
     let full = reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap();
     assert_eq!(full.loss.len(), n);
 
@@ -66,6 +68,10 @@ fn stop_and_resume_in_process(ranks: usize) {
     }
     let m = checkpoint::verify(&ck).unwrap();
     assert_eq!((m.iteration, m.ranks, m.engine.as_str()), (k as u64, ranks, "gd"));
+    let names: Vec<String> = checkpoint::read_rank(&ck, &m, 0).unwrap().arrays.iter().map(|a| a.name.clone()).collect();
+    for a in arrays {
+        assert!(names.contains(&a.to_string()), "{a} missing from {names:?}");
+    }
 
     let resumed = match reconstruct::run_with(&c, RunOptions { resume: Some(&ck), signals: None }, &|_, _, _, _| {}).unwrap() {
         Outcome::Finished(r) => r.unwrap(),
@@ -74,7 +80,8 @@ fn stop_and_resume_in_process(ranks: usize) {
     assert_eq!(resumed.attrs.iter().find(|a| a.0 == "resumed_from_iteration").map(|a| a.1), Some(k as f64));
     assert_same_bits(&resumed, &full, &format!("{ranks} rank(s), resumed at {k}"));
     // a checkpoint at the last iteration resumes to the same result with no iteration left
-    let c_last = config(&cfg, ranks, &[format!("reconstruction.iterations={n}"), format!("checkpoint.dir={:?}", ck.display().to_string()), format!("checkpoint.every={n}")]);
+    set.push(format!("checkpoint.every={n}"));
+    let c_last = config(&cfg, ranks, &set);
     assert_same_bits(&reconstruct::run(&c_last, &|_, _, _, _| {}).unwrap().unwrap(), &full, "run writing checkpoints");
     let again = reconstruct::run_with(&c, RunOptions { resume: Some(&ck), signals: None }, &|_, _, _, _| {}).unwrap();
     let Outcome::Finished(Some(again)) = again else { panic!("no result") };
@@ -120,12 +127,20 @@ fn schedule_resume_bit_exact_in_every_stage() {
 
 #[test]
 fn resume_bit_exact_one_rank() {
-    stop_and_resume_in_process(1);
+    stop_and_resume_in_process(1, &[], &[]);
 }
 
 #[test]
 fn resume_bit_exact_four_thread_ranks() {
-    stop_and_resume_in_process(4);
+    stop_and_resume_in_process(4, &[], &[]);
+}
+
+/// gd with mini-batches keeps the previous pass's object preconditioner between iterations
+/// (src/engine/gd.rs `GdState`): it travels in the checkpoint and the resumed run ends with
+/// the uninterrupted run's bits.
+#[test]
+fn resume_bit_exact_gd_mini_batches() {
+    stop_and_resume_in_process(4, &["reconstruction.batches=3".into()], &["gd_d_obj", "gd_d_max"]);
 }
 
 /// `ptytile reconstruct` with arguments, HDF5 locking off (forked test processes).

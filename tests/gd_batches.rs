@@ -4,6 +4,8 @@
 //! the shared probe's step grew with the batch count; each batch is now preconditioned for
 //! its share of the positions (src/engine/gd.rs `apply`, docs/algorithm.md §4).
 
+mod common;
+
 use ptytile::analysis::compare::compare_files;
 use ptytile::cli::reconstruct;
 use ptytile::config::Config;
@@ -59,5 +61,34 @@ fn every_batch_count_converges() {
                 "batches {batches}, probe {probe}: phase correlation {corr}"
             );
         }
+    }
+}
+
+/// The shipped PbTiO3 data (the whole 58 × 58 scan, patterns cut to their central 100 × 100
+/// pixels for speed, 20 gd iterations, 2 × 2 tiles): every batch count B in 1, 3, 16, 64,
+/// 256 reaches phase correlation ≥ 0.98 and ends within 0.3 % of the full batch's loss.
+/// Before the mini-batch object step divided by the previous pass's full preconditioner
+/// (src/engine/gd.rs `apply`) it divided by the batch's own D_O and fitted each batch's
+/// noise: 0.9720 with 64 batches, 0.9460 with 256, 0.9188 with one position per batch
+/// (128 × 128 patterns, 2026-12-01); with it 0.9830, 0.9828, 0.9818. Figures are printed
+/// per case.
+#[test]
+fn pbtio3_every_batch_count_reaches_098() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::pbtio3_cut(dir.path(), "det100", 58, 100);
+    let mut full = f64::NAN;
+    for batches in [1, 3, 16, 64, 256] {
+        let r = common::recon_tiles(&cfg, [2, 2], &[format!("reconstruction.batches={batches}")]);
+        let out = dir.path().join(format!("b{batches}.h5"));
+        write_result(&out, &r, false).unwrap();
+        let corr = compare_files(&out, &common::pbtio3_thin(), None).unwrap().phase_correlation;
+        let last = *r.loss.last().unwrap();
+        eprintln!("PbTiO3, batches {batches:3}: loss {:.1} -> {last:.1}, phase correlation {corr:.4}", r.loss[0]);
+        assert!(r.loss.iter().all(|l| l.is_finite()), "batches {batches}: {:?}", r.loss);
+        if batches == 1 {
+            full = last;
+        }
+        assert!(last <= 1.003 * full, "batches {batches}: final loss {last}, full batch {full}");
+        assert!(corr >= 0.98, "batches {batches}: phase correlation {corr}");
     }
 }

@@ -47,8 +47,9 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
     let mut failed = None;
     let full = {
         let mut rank = gd::Rank::new(rp, c, gd::Decomposition::Tiled);
+        let mut gs = gd::GdState::default();
         time(&mut || {
-            if let Err(e) = gd::iterate(&problem, &mut state, it.max(opts.probe_update_start), &opts, &mut rank) {
+            if let Err(e) = gd::iterate(&problem, &mut state, &mut gs, it.max(opts.probe_update_start), &opts, &mut rank) {
                 failed = Some(e);
             }
             it += 1;

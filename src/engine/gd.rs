@@ -35,7 +35,7 @@ use crate::backend::Selection;
 use crate::config::{NoiseModel, ReconstructionConfig};
 use crate::error::Result;
 use crate::physics::fft::Real;
-use crate::physics::model::fisher_scale;
+use crate::physics::model::{fisher_scale, Field};
 use crate::tiling::Rect;
 use num_complex::Complex;
 use std::time::Instant;
@@ -87,14 +87,37 @@ impl From<&ReconstructionConfig> for Options {
     }
 }
 
+/// What gd keeps between iterations when it runs mini-batches: the previous pass's
+/// object preconditioner D̄_O = Σ_b D_O,b (the full-batch one, one pass old) on the rank's
+/// field ([planes, rows, cols] row-major, complete on the tile) and its global maximum over
+/// the owned pixels; empty with one batch. The first pass of a gd stage forms it from one
+/// extra pass over all positions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GdState {
+    /// Σ_b D_O,b of the previous pass, the layout of the object field.
+    pub d_obj: Vec<f64>,
+    /// Its global maximum over the owned pixels.
+    pub d_max: f64,
+}
+
 /// One iteration on one rank: for each mini-batch, sum this rank's contributions, complete
-/// the sums across ranks, update the tile and the probe, refresh the halo.
+/// the sums across ranks, update the tile and the probe, refresh the halo. With more than
+/// one batch, `gs` carries the object preconditioner of the previous pass (see [`apply`]);
+/// when it is empty (the first iteration of a gd stage) one extra pass forms it.
 ///
 /// Errors: a failed peer or transport (naming the peer rank).
-pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &Options, rank: &mut Rank) -> Result<IterStats> {
+pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, gs: &mut GdState, iteration: usize, o: &Options, rank: &mut Rank) -> Result<IterStats> {
     let update_probe = o.probe_at(iteration);
     let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
     let shares = batch_shares(p, o.batches, rank, &mut st)?;
+    if o.batches > 1 && gs.d_obj.is_empty() {
+        // the first pass of a gd stage: the full preconditioner from one pass over all
+        // positions (its other sums are not used)
+        let g = sum_gradients(p, s, 0, 1, false, false, false, rank, &mut st)?;
+        gs.d_max = global_max_in(&g.d_obj, rank, &mut st)?;
+        gs.d_obj = g.d_obj.data;
+    }
+    let mut pass_d: Option<Field<f64>> = None;
     for (b, &share) in shares.iter().enumerate() {
         let mut g = sum_gradients(p, s, b, o.batches, update_probe, o.positions_at(iteration), true, rank, &mut st)?;
         st.loss += g.loss;
@@ -102,10 +125,19 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &
         // global max of the object preconditioner over the owned pixels
         let dmax = global_max_in(&g.d_obj, rank, &mut st)?;
         let mut t = Instant::now();
-        apply(p, s, &g, o, &rank.plan.tile, dmax, share);
+        let previous = (gs.d_obj.len() == g.d_obj.data.len()).then_some((&gs.d_obj[..], gs.d_max));
+        apply(p, s, &g, o, &rank.plan.tile, dmax, share, previous);
+        if o.batches > 1 {
+            let acc = pass_d.get_or_insert_with(|| Field::like(&g.d_obj, 0.0));
+            acc.data.iter_mut().zip(&g.d_obj.data).for_each(|(a, d)| *a += *d);
+        }
         st.compute_s += lap(&mut t);
         refresh_halo(&mut s.object, rank, TAG_OBJECT, &mut st)?;
         finish_sends(rank, &mut st)?;
+    }
+    if let Some(d) = pass_d {
+        gs.d_max = global_max_in(&d, rank, &mut st)?;
+        gs.d_obj = d.data;
     }
     Ok(st)
 }
@@ -181,22 +213,33 @@ pub fn sum_gradients<T: Real>(
 
 /// Step 6: update the owned tile and the probe from complete sums; `dmax` is the global
 /// maximum of D_O, `share` the batch's share s of all positions ([`batch_shares`], 1 for the
-/// full batch).
+/// full batch), `previous` the previous pass's full object preconditioner D̄_O and its
+/// maximum ([`GdState`]; `None` for the full batch, which uses its own D_O and `dmax`).
 ///
-/// A mini-batch is preconditioned for its share of the data (docs/algorithm.md §4, "Mini-batches"): its sums
-/// D_O and D_P cover only its own positions, so (i) where its windows do not overlap, D_O
+/// A mini-batch is preconditioned for its share of the data (docs/algorithm.md §4, "Mini-batches"). Its own
+/// sums D_O and D_P cover only its positions, so (i) where its windows do not overlap, D_O
 /// falls to the probe's tails and the plain regulariser δ·max D_O would let the object step
 /// there grow a thousandfold, and (ii) the probe, shared by all positions, would take a full
 /// Fisher step towards fitting only the batch's patterns; with one position per batch, gd
-/// diverged to NaN. So the regulariser is (δ + 1 − s)·max D (max D alone, the ePIE
-/// denominator, for one position; δ·max D for the full batch) and the probe step is scaled
-/// by s, so that one pass over the batches moves the probe about one full-batch step.
+/// diverged to NaN. So the probe step is scaled by s (one pass over the batches moves the
+/// probe about one full-batch step), and the object step divides by the previous pass's
+/// full preconditioner, g_O / (D̄_O + δ max D̄_O): one pass then moves each pixel about one
+/// full-batch step, with the later batches seeing the earlier ones' updates. Dividing by
+/// the batch's own D_O instead (a Fisher step towards fitting the batch's few patterns,
+/// ePIE's step with one position per batch) fits each batch's Poisson noise: the loss
+/// stalls above the full batch's and the phase correlation with it (PbTiO3, 20 iterations:
+/// 0.972 with 64 batches, 0.919 with one position per batch). The probe's regulariser is
+/// (δ + 1 − s)·max D_P (δ·max D_P for the full batch).
 ///
 /// The step is formed in f64 from the f64 sums and added to the working-precision values.
-pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Options, tile: &Rect, dmax: f64, share: f64) {
+#[allow(clippy::too_many_arguments)]
+pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Options, tile: &Rect, dmax: f64, share: f64, previous: Option<(&[f64], f64)>) {
     let alpha = o.step / fisher_scale(o.noise);
     let delta = PRECONDITIONER_DELTA + (1.0 - share);
-    let reg = delta * dmax + f64::MIN_POSITIVE;
+    let (d_obj, reg) = match previous {
+        Some((d, mx)) => (d, PRECONDITIONER_DELTA * mx + f64::MIN_POSITIVE),
+        None => (&g.d_obj.data[..], delta * dmax + f64::MIN_POSITIVE),
+    };
     // x ← x − α g / (d + reg), the step rounded to T and subtracted in T
     let step = |x: &mut Complex<T>, g: Complex<f64>, d: f64, reg: f64| {
         let u = g * (alpha / (d + reg));
@@ -207,7 +250,7 @@ pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Op
     // each slice takes 1/S of it (docs/algorithm.md §12)
     let planes = s.object.planes() as f64;
     for i in tile_indices(&s.object, tile) {
-        step(&mut s.object.data[i], g.g_obj.data[i] / planes, g.d_obj.data[i], reg);
+        step(&mut s.object.data[i], g.g_obj.data[i] / planes, d_obj[i], reg);
     }
     if !g.g_probe_hat.is_empty() {
         // the probe gradient's inverse FFT in f64: g_P = F⁻¹ ĝ_P per mode

@@ -49,6 +49,8 @@ pub struct State<T> {
 /// schedule moves to a different engine.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineState<T> {
+    /// gd with mini-batches: the previous pass's object preconditioner.
+    pub gd: gd::GdState,
     /// Difference map: this rank's exit waves.
     pub dm: dm::DmState<T>,
     /// ML-CG: previous gradient, direction, step.
@@ -62,14 +64,15 @@ pub struct EngineState<T> {
 pub struct Carry<T> {
     /// Object and probe.
     pub state: State<T>,
-    /// Exit waves (dm), conjugate-gradient memory (mlcg).
+    /// gd's mini-batch preconditioner, exit waves (dm), conjugate-gradient memory (mlcg).
     pub engines: EngineState<T>,
 }
 
 /// Checkpoint arrays: `object` ([rows, cols] of the rank's field, tile + halo, complex of
 /// T; [S, rows, cols] for S > 1 slices), `probe` ([K·M·M]); `exit_waves` ([n·K·M·M], complex of T) once dm has run;
 /// `cg_gradient`, `cg_direction` ([tile pixels + K·M·M], complex f64) and `cg_scalars`
-/// ([⟨g₋, z₋⟩, step, loss], f64) once mlcg has run. No engine keeps random numbers, so
+/// ([⟨g₋, z₋⟩, step, loss], f64) once mlcg has run; `gd_d_obj` (the layout of `object`,
+/// f64) and `gd_d_max` ([1], f64) once gd has run a pass of mini-batches. No engine keeps random numbers, so
 /// these arrays and the iteration number determine the rest of the run.
 impl<T: Real> Snapshot for Carry<T>
 where
@@ -83,6 +86,10 @@ where
         ];
         if !e.dm.exit_waves.is_empty() {
             v.push(NamedArray::new("exit_waves", &[e.dm.exit_waves.len()], &e.dm.exit_waves));
+        }
+        if !e.gd.d_obj.is_empty() {
+            v.push(NamedArray::new("gd_d_obj", &object_dims(&s.object), &e.gd.d_obj));
+            v.push(NamedArray::new("gd_d_max", &[1], &[e.gd.d_max]));
         }
         let cg = &e.mlcg;
         if cg != &mlcg::CgState::default() {
@@ -100,6 +107,12 @@ where
         let len = |name: &str| arrays.iter().find(|a| a.name == name).map(|a| a.shape.iter().product::<u64>() as usize);
         if let Some(n) = len("exit_waves") {
             engines.dm.exit_waves = find(arrays, "exit_waves")?.values(&[n])?;
+        }
+        if len("gd_d_obj").is_some() {
+            engines.gd = gd::GdState {
+                d_obj: find(arrays, "gd_d_obj")?.values(&object_dims(&s.object))?,
+                d_max: find(arrays, "gd_d_max")?.values::<f64>(&[1])?[0],
+            };
         }
         if let (Some(ng), Some(nd)) = (len("cg_gradient"), len("cg_direction")) {
             let c = find(arrays, "cg_scalars")?.values::<f64>(&[3])?;
@@ -330,7 +343,7 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, es: &mut EngineState<T
         *es = EngineState::default();
     }
     match engine {
-        Engine::Gd => gd::iterate(p, s, iteration, &set.gd, rank),
+        Engine::Gd => gd::iterate(p, s, &mut es.gd, iteration, &set.gd, rank),
         Engine::Dm => {
             let step = DmStep { beta: set.dm.beta, gamma: set.dm.gamma, error_reduction: set.error_reduction_at(iteration) };
             dm::iterate(p, s, &mut es.dm, iteration, &set.gd, step, rank)
