@@ -318,11 +318,12 @@ fn run_xray(cfg: &Config) -> Result<i32> {
     }
     crate::cli::outln!("[experiment]");
     crate::cli::outln!(
-        "defocus_m = {:.4e}   # ± {:.1e}; positive = underfocus; {} candidates {:.2e} m apart, {} iterations in all",
+        "defocus_m = {:.4e}   # ± {:.1e}; positive = underfocus; {} candidates {:.2e} m apart, {} refined, {} iterations in all",
         s.defocus_m.value,
         s.defocus_m.sigma,
-        s.coarse.len() + s.fine.len(),
+        s.coarse.len(),
         s.step_m,
+        s.fine.len(),
         s.iterations
     );
     Ok(0)
