@@ -117,11 +117,13 @@ pub fn defocus_line(s: &DefocusSearch) -> String {
 }
 
 /// Replace the keys of `cfg` given as `"auto"` ([`Config::auto`]) by the values measured
-/// from its data ([`measure`]); keys the user gave are never touched. Returns one line per
+/// from its data ([`measure`]; with `experiment.beam = "xray"`, `experiment.defocus_m` by
+/// [`measure_defocus`] instead); keys the user gave are never touched. Returns one line per
 /// key set (`key = value ± sigma`), for the log; the resolved config (and so the result's
 /// stored `config` attribute and the checkpoint identity) holds the values.
 ///
-/// Errors: those of [`measure`]; a fit that failed (naming its key, "set it by hand");
+/// Errors: those of [`measure`] and [`measure_defocus`]; a fit that failed (naming its key,
+/// "set it by hand");
 /// `data.scan_rotation_deg` measured for the other `data.detector_transpose` than the one
 /// the config sets.
 pub fn resolve_auto(cfg: &mut Config) -> Result<Vec<String>> {
