@@ -10,9 +10,19 @@
 //! `/probe/probe_real` complex64 [K, M, M]; `/ground_truth/object` complex64 [H, W];
 //! attributes of `/meta`: energy_eV, convergence_semiangle_mrad, defocus_m,
 //! angular_sampling_mrad, pixel_size_m, dose_counts_per_pattern, seed, mode_powers.
+//!
+//! X-ray (`beam = Xray`, docs/algorithm.md §16): λ = hc/E, the probe a zone-plate-like
+//! pupil (a disk of semi-angle α, optionally with a central stop) defocused by `defocus_m`.
+//! Like a beamline's CXI file, `/meta` then holds only what the geometry gives:
+//! energy_eV, detector_distance_m and detector_pixel_size_m (a 75 µm pixel at the distance
+//! that makes Δθ = λ / (M Δx)), pixel_size_m, dose_counts_per_pattern, seed, mode_powers;
+//! the pupil's semi-angle, central stop and defocus are attributes of `/probe/probe_real`
+//! (`pupil_semiangle_mrad`, `central_stop`, `defocus_m`), where no reader looks, so the
+//! written config starts without a probe guess (add `data.probe = "/probe/probe_real"` to
+//! start from the true probe).
 
 use crate::backend::cpu::{model_intensities, probe_spectrum, Kernel};
-use crate::config::NoiseModel;
+use crate::config::{Beam, NoiseModel};
 use crate::error::{Context, Error, Result};
 use crate::physics::fft::Fft2;
 use crate::physics::model::{Field, PositionGeom};
@@ -22,6 +32,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Poisson};
 use std::path::{Path, PathBuf};
+
+/// Detector pixel (m) written for X-ray simulations (a 75 µm hybrid pixel detector); the
+/// distance follows from the sampling.
+pub const XRAY_DETECTOR_PIXEL_M: f64 = 75e-6;
 
 /// What to simulate. Units as named.
 #[derive(Debug, Clone)]
@@ -34,10 +48,15 @@ pub struct SimParams {
     pub step_px: f64,
     /// Uniform random jitter of each position, ± this many pixels (sub-pixel positions).
     pub jitter_px: f64,
-    /// Beam energy in eV (electrons).
+    /// Radiation: electrons (default) or X-rays (λ = hc/E; a zone-plate-like probe and a
+    /// CXI-like `/meta`, see the module docs).
+    pub beam: Beam,
+    /// Beam energy in eV (electron accelerating energy or photon energy).
     pub energy_ev: f64,
-    /// Convergence semi-angle in mrad.
+    /// Convergence semi-angle in mrad (X-ray: the zone plate's outer semi-angle, NA).
     pub semiangle_mrad: f64,
+    /// Central stop: the fraction of the pupil radius blocked, in [0, 1); 0 = none.
+    pub central_stop: f64,
     /// Defocus in m (positive = underfocus).
     pub defocus_m: f64,
     /// Object pixel size in m; sets the angular sampling Δθ = λ / (M Δx).
@@ -61,8 +80,10 @@ impl Default for SimParams {
             scan: [16, 16],
             step_px: 3.0,
             jitter_px: 0.3,
+            beam: Beam::Electron,
             energy_ev: 300e3,
             semiangle_mrad: 25.0,
+            central_stop: 0.0,
             defocus_m: 50e-10,
             pixel_size_m: 0.2e-10,
             dose: Some(1e5),
@@ -107,12 +128,18 @@ pub fn simulate(p: &SimParams) -> Result<Simulated> {
             return Err(Error::new("--dose", format!("must be a positive number, got {d}")));
         }
     }
+    if !(0.0..1.0).contains(&p.central_stop) {
+        return Err(Error::new("--central-stop", format!("must be a fraction of the pupil radius in [0, 1), got {}", p.central_stop)));
+    }
     if p.mode_powers.is_empty() || p.mode_powers.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
         return Err(Error::new("--mode-powers", "must be positive numbers"));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
     let m = p.m;
-    let wavelength = physics::electron_wavelength_m(p.energy_ev);
+    let wavelength = match p.beam {
+        Beam::Electron => physics::electron_wavelength_m(p.energy_ev),
+        Beam::Xray => physics::xray_wavelength_m(p.energy_ev),
+    };
     let exp = Experiment {
         wavelength_m: wavelength,
         pixel_size_m: [p.pixel_size_m; 2],
@@ -149,7 +176,7 @@ pub fn simulate(p: &SimParams) -> Result<Simulated> {
     // probe modes with the requested powers; total power = dose (or 1e4 when noise-free)
     let total = p.dose.unwrap_or(1e4);
     let k = p.mode_powers.len();
-    let p0 = probe::form_probe(&exp, total)?;
+    let p0 = probe::form_probe_stopped(&exp, total, p.central_stop)?;
     let mut modes = probe::initial_modes(&p0, m, k);
     let wsum: f64 = p.mode_powers.iter().sum();
     for (j, mode) in modes.chunks_mut(m * m).enumerate() {
@@ -258,22 +285,29 @@ pub fn write(path: &Path, s: &Simulated, p: &SimParams) -> Result<(PathBuf, Path
         data.new_dataset_builder().with_data(&arr).create("positions_px")?;
         let k = s.probe.len() / (m * m);
         let arr = ndarray::ArrayView3::from_shape((k, m, m), &s.probe).map_err(|e| hdf5::Error::from(e.to_string().as_str()))?;
-        f.create_group("probe")?.new_dataset_builder().with_data(&arr).create("probe_real")?;
+        let probe_ds = f.create_group("probe")?.new_dataset_builder().with_data(&arr).create("probe_real")?;
         let arr = ndarray::ArrayView2::from_shape((s.object.shape[0], s.object.shape[1]), &s.object.data)
             .map_err(|e| hdf5::Error::from(e.to_string().as_str()))?;
         f.create_group("ground_truth")?.new_dataset_builder().with_data(&arr).create("object")?;
         let meta = f.create_group("meta")?;
         let e = &s.experiment;
-        for (name, v) in [
-            ("energy_eV", p.energy_ev),
-            ("convergence_semiangle_mrad", p.semiangle_mrad),
-            ("defocus_m", p.defocus_m),
-            ("angular_sampling_mrad", e.dtheta_rad * 1e3),
-            ("pixel_size_m", p.pixel_size_m),
-            ("dose_counts_per_pattern", p.dose.unwrap_or(0.0)),
-            ("seed", p.seed as f64),
-        ] {
+        let common = [("energy_eV", p.energy_ev), ("pixel_size_m", p.pixel_size_m), ("dose_counts_per_pattern", p.dose.unwrap_or(0.0)), ("seed", p.seed as f64)];
+        let (described, hidden): (Vec<(&str, f64)>, Vec<(&str, f64)>) = match p.beam {
+            Beam::Electron => (
+                vec![("convergence_semiangle_mrad", p.semiangle_mrad), ("defocus_m", p.defocus_m), ("angular_sampling_mrad", e.dtheta_rad * 1e3)],
+                vec![],
+            ),
+            // a beamline file: the geometry only; the probe's making beside the probe
+            Beam::Xray => (
+                vec![("detector_distance_m", XRAY_DETECTOR_PIXEL_M / e.dtheta_rad), ("detector_pixel_size_m", XRAY_DETECTOR_PIXEL_M)],
+                vec![("pupil_semiangle_mrad", p.semiangle_mrad), ("central_stop", p.central_stop), ("defocus_m", p.defocus_m)],
+            ),
+        };
+        for (name, v) in common.into_iter().chain(described) {
             meta.new_attr::<f64>().create(name)?.write_scalar(&v)?;
+        }
+        for (name, v) in hidden {
+            probe_ds.new_attr::<f64>().create(name)?.write_scalar(&v)?;
         }
         let w: f64 = p.mode_powers.iter().sum();
         let powers: Vec<f64> = p.mode_powers.iter().map(|x| x / w).collect();
@@ -292,10 +326,18 @@ pub fn write(path: &Path, s: &Simulated, p: &SimParams) -> Result<(PathBuf, Path
     let cfg = format!(
         "# written by `ptytile simulate` (seed {seed}); metadata are read from the file's /meta attributes\n\
          [data]\nfile = \"{fname}\"\nintensities = \"/data/intensities\"\npositions = \"/data/positions_px\"\n\
-         positions_unit = \"px\"\nzero_frequency = \"center\"\n\n[experiment]\nbeam = \"electron\"\n\n\
+         positions_unit = \"px\"\nzero_frequency = \"center\"\n{probe_hint}\n[experiment]\nbeam = \"{beam}\"\n\n\
          [reconstruction]\niterations = 20\nnoise_model = \"{noise}\"\nprobe_modes = {k}\nupdate_probe = true\n\n\
          [output]\npath = \"{stem}_recon/recon.h5\"\n",
         seed = p.seed,
+        beam = match p.beam {
+            Beam::Electron => "electron",
+            Beam::Xray => "xray",
+        },
+        probe_hint = match p.beam {
+            Beam::Electron => "",
+            Beam::Xray => "# no probe guess: the first probe is formed from the mean pattern (set experiment.defocus_m = \"auto\"\n# to search its defocus); data.probe = \"/probe/probe_real\" starts from the true probe\n",
+        },
         noise = if p.dose.is_some() { "poisson" } else { "amplitude" },
         k = p.mode_powers.len(),
     );

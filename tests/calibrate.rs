@@ -460,14 +460,7 @@ fn reconstruct_with_auto_keys_reaches_0975() {
         rep.phase_correlation
     );
     assert!(rep.phase_correlation >= 0.975, "{}", rep.phase_correlation);
-    let stored: String = hdf5::File::open(&result)
-        .unwrap()
-        .attr("config")
-        .unwrap()
-        .read_scalar::<hdf5::types::VarLenUnicode>()
-        .unwrap()
-        .to_string();
-    let stored = ptytile::config::Config::from_toml(&stored, &[]).unwrap();
+    let stored = common::stored_config(&result);
     assert!(stored.data.detector_transpose && stored.auto.is_empty());
     assert!(
         stored.data.scan_rotation_deg.abs() < 0.5

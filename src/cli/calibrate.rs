@@ -4,9 +4,16 @@
 //! the curl fit beside the result path (`<stem>_calibrate_com.png`,
 //! `<stem>_calibrate_fit.png`). A fit that fails prints one line naming the key to set by
 //! hand and makes the exit code 2.
+//!
+//! X-ray data (`experiment.beam = "xray"`) have no bright-field parallax to read: there
+//! the defocus is found by a search over quadratic-phase candidates, each scored by the loss
+//! after a few iterations of the configured reconstruction ([`measure_defocus`],
+//! docs/algorithm.md §16).
 
-use crate::config::Config;
-use crate::data::calibrate::{calibrate, Calibration, Estimate, Setup};
+use crate::config::{Beam, Config};
+use crate::data::calibrate::{
+    calibrate, fit_disk, mean_pattern, search_defocus, Calibration, DefocusSearch, Estimate, Setup,
+};
 use crate::data::DataFile;
 use crate::error::{Error, Result, EXIT_USAGE};
 use crate::output::png::{Image, Pixels};
@@ -37,20 +44,102 @@ pub fn measure(cfg: &Config) -> Result<Calibration> {
     calibrate(&df, setup)
 }
 
+/// The defocus of `cfg`'s data by the quadratic-phase search ([`search_defocus`]): the
+/// pupil's outer semi-angle α is `experiment.convergence_semiangle_mrad` when known, else
+/// the radius of the mean pattern's bright disk ([`fit_disk`]); each candidate Δf is scored
+/// by the loss after a few iterations of `cfg`'s reconstruction (its engine, noise model,
+/// probe modes and probe update; a `[[schedule]]` dropped; nothing written) from the probe
+/// formed with `experiment.defocus_m = Δf` (√ of the mean pattern, or the aperture, times
+/// exp(−iχ)). The config's own defocus is ignored.
+///
+/// Errors (`experiment.defocus_m`, "set it by hand"): a first probe that a defocus does not
+/// change (`data.probe` or `data.initial` given), an MPI launch (the search runs in one
+/// process: run `ptytile calibrate` first), no bright pupil in the mean pattern, those of
+/// [`search_defocus`]; and the data's own errors (unreadable file, bad metadata).
+pub fn measure_defocus(cfg: &Config) -> Result<DefocusSearch> {
+    let key = "experiment.defocus_m";
+    if cfg.data.probe.is_some() || cfg.data.initial.is_some() {
+        return Err(Error::new(
+            key,
+            "data.probe or data.initial gives the first probe, so the defocus changes nothing: give a value or leave the key out",
+        ));
+    }
+    if crate::comm::launcher_env().is_some_and(|l| l.size > 1) {
+        return Err(Error::new(
+            key,
+            "the defocus search runs in one process, not under an MPI launcher: run `ptytile calibrate` first and set the value it prints",
+        ));
+    }
+    let mut c = cfg.clone();
+    c.auto.clear();
+    let (wavelength, alpha, radius) = {
+        let df = DataFile::open(&c)?;
+        let e = &df.experiment;
+        match e.convergence_semiangle_rad {
+            Some(a) => (e.wavelength_m, a, a / e.dtheta_rad),
+            None => {
+                let mean = mean_pattern(&df, df.n, df.m)?;
+                let d = fit_disk(&mean, df.m).map_err(|x| {
+                    Error::new(
+                        key,
+                        format!("no pupil in the mean pattern ({}): set it by hand", x.msg),
+                    )
+                })?;
+                let r = d.radius_px.value;
+                (e.wavelength_m, r * e.dtheta_rad, r)
+            }
+        }
+    };
+    // the scoring runs: the configured reconstruction, shortened, writing nothing
+    c.schedule.clear();
+    c.checkpoint.every = 0;
+    let mut score = |d: f64, n: usize| -> Result<f64> {
+        c.experiment.defocus_m = Some(d);
+        c.reconstruction.iterations = Some(n);
+        let r = crate::cli::reconstruct::run(&c, &|_, _, _, _| {})?;
+        r.and_then(|r| r.loss.last().copied())
+            .ok_or_else(|| Error::new(key, "a scoring run returned no loss"))
+    };
+    search_defocus(wavelength, alpha, radius, &mut score)
+}
+
+/// One line for the log: the defocus found by `s` and how.
+pub fn defocus_line(s: &DefocusSearch) -> String {
+    format!(
+        "experiment.defocus_m = {:.4e} ± {:.1e} (quadratic-phase search: {} candidates {:.2e} m apart, {} refined; {} iterations)",
+        s.defocus_m.value,
+        s.defocus_m.sigma,
+        s.coarse.len(),
+        s.step_m,
+        s.fine.len(),
+        s.iterations
+    )
+}
+
 /// Replace the keys of `cfg` given as `"auto"` ([`Config::auto`]) by the values measured
-/// from its data ([`measure`]); keys the user gave are never touched. Returns one line per
+/// from its data ([`measure`]; with `experiment.beam = "xray"`, `experiment.defocus_m` by
+/// [`measure_defocus`] instead); keys the user gave are never touched. Returns one line per
 /// key set (`key = value ± sigma`), for the log; the resolved config (and so the result's
 /// stored `config` attribute and the checkpoint identity) holds the values.
 ///
-/// Errors: those of [`measure`]; a fit that failed (naming its key, "set it by hand");
+/// Errors: those of [`measure`] and [`measure_defocus`]; a fit that failed (naming its key,
+/// "set it by hand");
 /// `data.scan_rotation_deg` measured for the other `data.detector_transpose` than the one
 /// the config sets.
 pub fn resolve_auto(cfg: &mut Config) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    if cfg.experiment.beam == Beam::Xray && cfg.auto.iter().any(|k| k == "experiment.defocus_m") {
+        // X-ray: no bright-field parallax; the quadratic-phase search (§16)
+        cfg.auto.retain(|k| k != "experiment.defocus_m");
+        let s = measure_defocus(cfg)?;
+        cfg.experiment.defocus_m = Some(s.defocus_m.value);
+        lines.push(defocus_line(&s));
+        cfg.validate()?;
+    }
     if cfg.auto.is_empty() {
-        return Ok(Vec::new());
+        return Ok(lines);
     }
     let c = measure(cfg)?;
-    let mut lines = Vec::new();
     let auto = std::mem::take(&mut cfg.auto);
     let given_transpose = !auto.iter().any(|k| k == "data.detector_transpose");
     for key in &auto {
@@ -181,6 +270,9 @@ pub fn report(c: &Calibration) -> (String, Vec<Error>) {
 /// `ptytile calibrate`: print the report, write the pictures (when `output.png`); exit code
 /// 0, or [`EXIT_USAGE`] when a fit failed (each named on stderr).
 pub fn run(cfg: &Config) -> Result<i32> {
+    if cfg.experiment.beam == Beam::Xray {
+        return run_xray(cfg);
+    }
     let c = measure(cfg)?;
     let (text, errors) = report(&c);
     crate::cli::outln!(
@@ -201,6 +293,42 @@ pub fn run(cfg: &Config) -> Result<i32> {
         eprintln!("error: {e}");
     }
     Ok(if errors.is_empty() { 0 } else { EXIT_USAGE })
+}
+
+/// `ptytile calibrate` on X-ray data: the defocus by the quadratic-phase search
+/// ([`measure_defocus`]) as a TOML line, with every candidate's loss as comments. Exit code
+/// 0; a failed search is an error naming `experiment.defocus_m` (exit code 2).
+fn run_xray(cfg: &Config) -> Result<i32> {
+    let s = measure_defocus(cfg)?;
+    crate::cli::outln!(
+        "# ptytile calibrate {}: X-ray data, defocus by a quadratic-phase search",
+        cfg.data.file.display()
+    );
+    crate::cli::outln!(
+        "# coarse: loss after {} iterations",
+        crate::data::calibrate::DEFOCUS_COARSE_ITERATIONS
+    );
+    for (d, l) in &s.coarse {
+        crate::cli::outln!("#   defocus {d:+.4e} m: {l:.6e}");
+    }
+    crate::cli::outln!(
+        "# refined: loss after {} iterations",
+        crate::data::calibrate::DEFOCUS_FINE_ITERATIONS
+    );
+    for (d, l) in &s.fine {
+        crate::cli::outln!("#   defocus {d:+.4e} m: {l:.6e}");
+    }
+    crate::cli::outln!("[experiment]");
+    crate::cli::outln!(
+        "defocus_m = {:.4e}   # ± {:.1e}; positive = underfocus; {} candidates {:.2e} m apart, {} refined, {} iterations in all",
+        s.defocus_m.value,
+        s.defocus_m.sigma,
+        s.coarse.len(),
+        s.step_m,
+        s.fine.len(),
+        s.iterations
+    );
+    Ok(0)
 }
 
 /// Write `<stem>_calibrate_com.png` (the COM field in scan coordinates: hue = direction,

@@ -247,12 +247,19 @@ struct SimArgs {
     /// Random position jitter, ± px.
     #[arg(long, default_value_t = 0.3)]
     jitter_px: f64,
+    /// Radiation: electron, or xray (λ = hc/E, a zone-plate-like probe, and a file that
+    /// like a beamline's holds no probe guess; docs/algorithm.md §16).
+    #[arg(long, value_enum, default_value = "electron")]
+    beam: SimBeam,
     /// Beam energy (eV).
     #[arg(long, default_value_t = 300e3)]
     energy_ev: f64,
-    /// Convergence semi-angle (mrad).
+    /// Convergence semi-angle (mrad; X-ray: the zone plate's outer semi-angle).
     #[arg(long, default_value_t = 25.0)]
     semiangle_mrad: f64,
+    /// Central stop: the blocked fraction of the pupil radius, in [0, 1).
+    #[arg(long, default_value_t = 0.0)]
+    central_stop: f64,
     /// Defocus (m, positive = underfocus).
     #[arg(long, default_value_t = 50e-10)]
     defocus_m: f64,
@@ -273,6 +280,15 @@ struct SimArgs {
     seed: u64,
 }
 
+/// `--beam` of `ptytile simulate`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum SimBeam {
+    /// Electrons.
+    Electron,
+    /// X-ray photons.
+    Xray,
+}
+
 impl SimArgs {
     fn params(&self) -> Result<crate::simulate::SimParams> {
         let scan: Vec<usize> = self.scan.split('x').map(|v| v.trim().parse::<usize>()).collect::<std::result::Result<_, _>>()
@@ -287,8 +303,13 @@ impl SimArgs {
             scan: [scan[0], scan[1]],
             step_px: self.step_px,
             jitter_px: self.jitter_px,
+            beam: match self.beam {
+                SimBeam::Electron => crate::config::Beam::Electron,
+                SimBeam::Xray => crate::config::Beam::Xray,
+            },
             energy_ev: self.energy_ev,
             semiangle_mrad: self.semiangle_mrad,
+            central_stop: self.central_stop,
             defocus_m: self.defocus_m,
             pixel_size_m: self.pixel_size_m,
             dose: if self.noise_free { None } else { Some(self.dose) },

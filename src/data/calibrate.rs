@@ -320,8 +320,10 @@ pub fn calibrate(src: &dyn ScanPatterns, setup: Setup) -> Result<Calibration> {
     })
 }
 
-/// Mean of up to [`MEAN_PATTERNS`] patterns spread over the scan, [M·M] (f64).
-fn mean_pattern(src: &dyn ScanPatterns, n: usize, m: usize) -> Result<Vec<f64>> {
+/// Mean of up to [`MEAN_PATTERNS`] of the `n` patterns of `src`, spread over them, [M·M]
+/// (f64, the stored layout with the zero frequency at [M/2, M/2]). Any source of `n`
+/// patterns will do (the scan shape is not used). Errors: those of `src.read`.
+pub fn mean_pattern(src: &dyn ScanPatterns, n: usize, m: usize) -> Result<Vec<f64>> {
     let k = n.min(MEAN_PATTERNS);
     let mut mean = vec![0f64; m * m];
     for i in 0..k {
@@ -1043,6 +1045,148 @@ fn oriented_field(
     (g, div)
 }
 
+/// Iterations of the configured reconstruction that score a coarse defocus candidate
+/// ([`search_defocus`]).
+pub const DEFOCUS_COARSE_ITERATIONS: usize = 5;
+/// Iterations that score a candidate while refining ([`search_defocus`]).
+pub const DEFOCUS_FINE_ITERATIONS: usize = 10;
+
+/// The defocus found by the quadratic-phase search ([`search_defocus`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefocusSearch {
+    /// `experiment.defocus_m` (m, positive = underfocus); `sigma` is the resolution of the
+    /// last refinement (a quarter of its spacing), not a statistical error.
+    pub defocus_m: Estimate,
+    /// Spacing of the coarse candidates, λ / (2 α²), in m: the defocus that changes the
+    /// quadratic phase at the pupil's edge by π/2.
+    pub step_m: f64,
+    /// The coarse candidates are k · `step_m` for |k| ≤ this (the widest makes a probe as
+    /// wide as the window).
+    pub half_range: usize,
+    /// (defocus in m, loss after [`DEFOCUS_COARSE_ITERATIONS`]) of every coarse candidate.
+    pub coarse: Vec<(f64, f64)>,
+    /// (defocus in m, loss after [`DEFOCUS_FINE_ITERATIONS`]) of every refinement candidate,
+    /// in the order tried.
+    pub fine: Vec<(f64, f64)>,
+    /// Reconstruction iterations run in all.
+    pub iterations: usize,
+}
+
+/// The defocus of a probe P(k) = A(k) exp(−iχ(k)), χ = −(π/λ) Δf θ², whose pupil A is known
+/// (from the mean pattern or the aperture) but whose phase is not: a search over
+/// quadratic-phase candidates, each scored by the loss after a few iterations of the
+/// reconstruction started from that probe (docs/algorithm.md §16, "X-ray: the defocus by
+/// a search").
+///
+/// `score(Δf, iterations)` runs the reconstruction from the probe of defocus Δf (m) and
+/// returns its loss after `iterations`; `wavelength_m` λ; `alpha_rad` the pupil's outer
+/// semi-angle α; `radius_px` the same in detector pixels (α / Δθ). Coarse: Δf = k·δ,
+/// δ = λ / (2α²), |k| ≤ ⌈radius_px⌉ (2α·Δf up to the window M·Δx), scored after
+/// [`DEFOCUS_COARSE_ITERATIONS`]. Refinement after [`DEFOCUS_FINE_ITERATIONS`]: three
+/// candidates δ/2 apart about the best, walked downhill (at most four steps) until the middle
+/// is the least, a parabola's vertex through them; then again δ/4 apart about that vertex.
+///
+/// Errors (`experiment.defocus_m`, "set it by hand"): a wavelength, angle or radius that is
+/// not positive; a score that is not finite; the least coarse loss at the edge of the range
+/// (the probe would be wider than the window); those of `score`.
+pub fn search_defocus(
+    wavelength_m: f64,
+    alpha_rad: f64,
+    radius_px: f64,
+    score: &mut dyn FnMut(f64, usize) -> Result<f64>,
+) -> Result<DefocusSearch> {
+    let key = "experiment.defocus_m";
+    if !(wavelength_m > 0.0 && alpha_rad > 0.0 && radius_px >= 1.0 && radius_px.is_finite()) {
+        return Err(Error::new(
+            key,
+            format!("no pupil to search a defocus for (wavelength {wavelength_m} m, semi-angle {alpha_rad} rad, radius {radius_px} px): set it by hand"),
+        ));
+    }
+    let step = wavelength_m / (2.0 * alpha_rad * alpha_rad);
+    let half = radius_px.ceil() as usize;
+    let mut iterations = 0;
+    let mut eval = |d: f64, n: usize, iterations: &mut usize| -> Result<f64> {
+        let l = score(d, n)?;
+        *iterations += n;
+        if !l.is_finite() {
+            return Err(Error::new(
+                key,
+                format!("the loss from a probe of defocus {d:.4e} m is {l}: set it by hand"),
+            ));
+        }
+        Ok(l)
+    };
+    let mut coarse = Vec::with_capacity(2 * half + 1);
+    for k in -(half as i64)..=half as i64 {
+        let d = k as f64 * step;
+        coarse.push((d, eval(d, DEFOCUS_COARSE_ITERATIONS, &mut iterations)?));
+    }
+    let (kb, _) = coarse
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
+        .expect("at least three candidates");
+    if kb == 0 || kb == coarse.len() - 1 {
+        return Err(Error::new(
+            key,
+            format!(
+                "the loss is least at the edge of the searched range ±{:.3e} m, where the probe is as wide as the window: set it by hand",
+                half as f64 * step
+            ),
+        ));
+    }
+    let mut fine = Vec::new();
+    let mut centre = coarse[kb].0;
+    let mut h = step / 2.0;
+    for _ in 0..2 {
+        let mut f = |d: f64, fine: &mut Vec<(f64, f64)>, it: &mut usize| -> Result<f64> {
+            let l = eval(d, DEFOCUS_FINE_ITERATIONS, it)?;
+            fine.push((d, l));
+            Ok(l)
+        };
+        let mut y = [
+            f(centre - h, &mut fine, &mut iterations)?,
+            f(centre, &mut fine, &mut iterations)?,
+            f(centre + h, &mut fine, &mut iterations)?,
+        ];
+        for _ in 0..4 {
+            if y[0] < y[1] && y[0] <= y[2] {
+                centre -= h;
+                y = [f(centre - h, &mut fine, &mut iterations)?, y[0], y[1]];
+            } else if y[2] < y[1] {
+                centre += h;
+                y = [y[1], y[2], f(centre + h, &mut fine, &mut iterations)?];
+            } else {
+                break;
+            }
+        }
+        centre += h * parabola_vertex(y);
+        h /= 2.0;
+    }
+    Ok(DefocusSearch {
+        defocus_m: Estimate {
+            value: centre,
+            sigma: h / 2.0,
+        },
+        step_m: step,
+        half_range: half,
+        coarse,
+        fine,
+        iterations,
+    })
+}
+
+/// Vertex of the parabola through (−1, y₀), (0, y₁), (1, y₂), clamped to [−1, 1]; 0 when
+/// the three do not curve upwards (then the middle is kept).
+pub fn parabola_vertex(y: [f64; 3]) -> f64 {
+    let curv = y[0] - 2.0 * y[1] + y[2];
+    if curv > 0.0 {
+        (0.5 * (y[0] - y[2]) / curv).clamp(-1.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1115,6 +1259,37 @@ mod tests {
         );
         let e = fit_disk(&vec![1.0; m * m], m).unwrap_err();
         assert_eq!(e.what, "experiment.convergence_semiangle_mrad");
+    }
+
+    #[test]
+    fn defocus_search_finds_the_least_of_a_bowl_and_names_its_key() {
+        // a loss with its least at 37.3 µm inside a rugged floor, as the reconstruction's is
+        let (l, a, r) = (2e-10, 2.5e-3, 16.0);
+        let truth = 37.3e-6;
+        let mut calls = 0;
+        let mut bowl = |d: f64, _n: usize| -> Result<f64> {
+            calls += 1;
+            let u = (d - truth) / 16e-6;
+            let bowl = (-u * u).exp();
+            Ok(2000.0 - 800.0 * bowl + 30.0 * (1.0 - bowl) * (d * 3e5).sin())
+        };
+        let s = search_defocus(l, a, r, &mut bowl).unwrap();
+        assert_eq!((s.step_m, s.half_range, s.coarse.len()), (16e-6, 16, 33));
+        assert!((s.defocus_m.value - truth).abs() < 2e-6, "{s:?}");
+        assert_eq!(calls, s.coarse.len() + s.fine.len());
+        // least at the edge: an error naming the key
+        let mut edge = |d: f64, _n: usize| -> Result<f64> { Ok(-d) };
+        let e = search_defocus(l, a, r, &mut edge).unwrap_err();
+        assert_eq!(e.what, "experiment.defocus_m");
+        assert!(e.msg.contains("set it by hand"), "{}", e.msg);
+        let mut nan = |_d: f64, _n: usize| -> Result<f64> { Ok(f64::NAN) };
+        assert_eq!(
+            search_defocus(l, a, r, &mut nan).unwrap_err().what,
+            "experiment.defocus_m"
+        );
+        assert!(search_defocus(l, 0.0, r, &mut nan).is_err());
+        assert_eq!(parabola_vertex([3.0, 1.0, 2.0]), 1.0 / 6.0);
+        assert_eq!(parabola_vertex([1.0, 1.0, 1.0]), 0.0);
     }
 
     #[test]

@@ -20,10 +20,18 @@ pub fn chi(theta: f64, wavelength_m: f64, defocus_m: f64, c30_m: f64) -> f64 {
 /// Errors: no convergence semi-angle known (`experiment.convergence_semiangle_mrad`), or an
 /// aperture that covers no detector pixel.
 pub fn form_probe(exp: &Experiment, power: f64) -> Result<Vec<C32>> {
+    form_probe_stopped(exp, power, 0.0)
+}
+
+/// [`form_probe`] with a central stop, as a Fresnel zone plate's probe: A = 1 for
+/// `stop`·α < θ ≤ α. `stop` is the blocked fraction of the pupil radius, in [0, 1); 0 gives
+/// [`form_probe`]'s probe. Returns [M, M] complex, row-major [y][x]; errors as
+/// [`form_probe`] (an annulus that covers no detector pixel names the semi-angle too).
+pub fn form_probe_stopped(exp: &Experiment, power: f64, stop: f64) -> Result<Vec<C32>> {
     let alpha = exp
         .convergence_semiangle_rad
         .ok_or_else(|| Error::new("experiment.convergence_semiangle_mrad", "missing: needed to form the probe (or give data.probe)"))?;
-    let p = from_pupil(exp, power, |_, _, theta| if theta <= alpha { 1.0 } else { 0.0 });
+    let p = from_pupil(exp, power, |_, _, theta| if theta <= alpha && (stop <= 0.0 || theta > stop * alpha) { 1.0 } else { 0.0 });
     p.ok_or_else(|| Error::new("experiment.convergence_semiangle_mrad", "aperture covers no detector pixel"))
 }
 

@@ -135,3 +135,9 @@ pub fn recon_tiles(cfg: &std::path::Path, tiles: [usize; 2], set: &[String]) -> 
     let c = Config::load(cfg, &set).unwrap();
     reconstruct::run(&c, &|_, _, _, _| {}).unwrap().expect("rank 0 returns the result")
 }
+
+/// The configuration a result file records (its root attribute `config`, TOML), parsed.
+pub fn stored_config(result: &std::path::Path) -> Config {
+    let text: String = hdf5::File::open(result).unwrap().attr("config").unwrap().read_scalar::<hdf5::types::VarLenUnicode>().unwrap().to_string();
+    Config::from_toml(&text, &[]).unwrap()
+}
