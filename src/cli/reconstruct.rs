@@ -535,8 +535,8 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
         );
         if !excluded.is_empty() {
             tracing::warn!(
-                "{}: {} of {} patterns left out of the likelihood: {} with total counts far from the scan's median {:?}, {} by data.exclude {:?}",
-                df.intensities_what, excluded.len(), df.n, sel.outliers.len(), sel.outliers, sel.manual.len(), sel.manual
+                "{}: {} of {} patterns left out of the likelihood: {} with total counts far from the scan's median {}, {} by data.exclude {}",
+                df.intensities_what, excluded.len(), df.n, sel.outliers.len(), first_indices(&sel.outliers), sel.manual.len(), first_indices(&sel.manual)
             );
         }
         if let Some(s) = cfg.data.subset {
@@ -802,4 +802,30 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
         attrs,
         excluded,
     })))
+}
+
+/// At most the first 20 of `v` for a log line, `[a, b, …]`, with how many more there are
+/// (the result's `@excluded_patterns` holds them all).
+fn first_indices(v: &[usize]) -> String {
+    const SHOWN: usize = 20;
+    let head: Vec<String> = v.iter().take(SHOWN).map(|j| j.to_string()).collect();
+    match v.len().saturating_sub(SHOWN) {
+        0 => format!("[{}]", head.join(", ")),
+        more => format!("[{}, … and {more} more, all in the result's @excluded_patterns]", head.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_indices;
+
+    #[test]
+    fn log_lists_at_most_twenty_indices() {
+        assert_eq!(first_indices(&[]), "[]");
+        assert_eq!(first_indices(&[3, 7]), "[3, 7]");
+        let v: Vec<usize> = (100..125).collect();
+        let s = first_indices(&v);
+        assert!(s.starts_with("[100, 101, ") && s.contains("119, … and 5 more"), "{s}");
+        assert!(!s.contains("120"), "{s}");
+    }
 }
