@@ -320,10 +320,10 @@ fn failed_fits_name_the_keys_and_exit_2() {
         c.scan_rotation_deg.unwrap_err().what,
         "data.scan_rotation_deg"
     );
-    assert_eq!(
-        c.detector_transpose.unwrap_err().what,
-        "data.detector_transpose"
-    );
+    let t = c.detector_transpose.unwrap_err();
+    assert_eq!(t.what, "data.detector_transpose");
+    // said once (the centre-of-mass fit's error already names the keys)
+    assert_eq!(t.msg.matches("by hand").count(), 1, "{}", t.msg);
     // a 1 × 1 scan and a zero scan: errors, no panic
     let one = vec![1f32; m * m];
     assert!(calibrate(
