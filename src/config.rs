@@ -316,14 +316,29 @@ pub struct PositionCorrectionConfig {
     pub max_error_px: f64,
 }
 
-fn pc_start() -> usize { 5 }
-fn pc_step() -> f64 { 0.5 }
-fn pc_shift() -> f64 { 8.0 }
-fn pc_error() -> f64 { 4.0 }
+fn pc_start() -> usize {
+    5
+}
+fn pc_step() -> f64 {
+    0.5
+}
+fn pc_shift() -> f64 {
+    8.0
+}
+fn pc_error() -> f64 {
+    4.0
+}
 
 impl Default for PositionCorrectionConfig {
     fn default() -> Self {
-        PositionCorrectionConfig { enabled: false, start_iteration: pc_start(), max_step_px: pc_step(), max_shift_px: pc_shift(), affine: true, max_error_px: pc_error() }
+        PositionCorrectionConfig {
+            enabled: false,
+            start_iteration: pc_start(),
+            max_step_px: pc_step(),
+            max_shift_px: pc_shift(),
+            affine: true,
+            max_error_px: pc_error(),
+        }
     }
 }
 
@@ -336,7 +351,11 @@ impl PositionCorrectionConfig {
     /// Pixels by which the object grid and each window's reach grow on every side: ⌈`max_shift_px`⌉ when
     /// enabled, else 0 (the grid and tile plan are then those of a run without the section).
     pub fn margin_px(&self) -> usize {
-        if self.enabled { self.max_shift_px.ceil() as usize } else { 0 }
+        if self.enabled {
+            self.max_shift_px.ceil() as usize
+        } else {
+            0
+        }
     }
 
     /// Whether the gradient pass of (global) iteration `it` moves the positions.
@@ -411,7 +430,11 @@ pub struct PieConfig {
 impl PieConfig {
     /// [α, β, γ], absent keys from `defaults`.
     fn params(&self, defaults: [f64; 3]) -> [f64; 3] {
-        [self.alpha.unwrap_or(defaults[0]), self.beta.unwrap_or(defaults[1]), self.gamma.unwrap_or(defaults[2])]
+        [
+            self.alpha.unwrap_or(defaults[0]),
+            self.beta.unwrap_or(defaults[1]),
+            self.gamma.unwrap_or(defaults[2]),
+        ]
     }
 }
 
@@ -448,17 +471,35 @@ pub const AUTO_KEYS: [(&str, &str); 4] = [
 
 /// Iterations of a run without `[[schedule]]` and without `reconstruction.iterations`.
 pub const DEFAULT_ITERATIONS: usize = 20;
-fn one() -> usize { 1 }
-fn is_one(v: &usize) -> bool { *v == 1 }
-fn is_zero2(v: &[f64; 2]) -> bool { v == &[0.0, 0.0] }
+fn one() -> usize {
+    1
+}
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+fn is_zero2(v: &[f64; 2]) -> bool {
+    v == &[0.0, 0.0]
+}
 /// Default `[reconstruction] axial_regularization`.
 pub const AXIAL_REGULARIZATION: f64 = 0.05;
-fn axial_default() -> f64 { AXIAL_REGULARIZATION }
-fn is_axial_default(v: &f64) -> bool { *v == AXIAL_REGULARIZATION }
-fn yes() -> bool { true }
-fn unit_step() -> f64 { 1.0 }
-fn dm_gamma() -> f64 { DM_GAMMA }
-fn dm_er_iterations() -> usize { DM_ER_ITERATIONS }
+fn axial_default() -> f64 {
+    AXIAL_REGULARIZATION
+}
+fn is_axial_default(v: &f64) -> bool {
+    *v == AXIAL_REGULARIZATION
+}
+fn yes() -> bool {
+    true
+}
+fn unit_step() -> f64 {
+    1.0
+}
+fn dm_gamma() -> f64 {
+    DM_GAMMA
+}
+fn dm_er_iterations() -> usize {
+    DM_ER_ITERATIONS
+}
 
 /// Default `[dm] gamma`.
 pub const DM_GAMMA: f64 = 0.2;
@@ -468,7 +509,9 @@ pub const DM_ER_ITERATIONS: usize = 5;
 pub const EPIE_DEFAULTS: [f64; 3] = [1.0, 1.0, 0.01];
 /// Defaults `[rpie]` α, β, γ.
 pub const RPIE_DEFAULTS: [f64; 3] = [0.1, 1.0, 0.005];
-fn default_output() -> PathBuf { PathBuf::from("ptytile_out/recon.h5") }
+fn default_output() -> PathBuf {
+    PathBuf::from("ptytile_out/recon.h5")
+}
 
 impl Default for ReconstructionConfig {
     fn default() -> Self {
@@ -563,7 +606,14 @@ impl ParallelConfig {
     /// Errors (`parallel.memory_limit`): not a positive integer or a number with a unit of
     /// B, kB, MB, GB, TB, KiB, MiB, GiB or TiB.
     pub fn memory_limit_bytes(&self) -> Result<Option<u64>> {
-        let bad = |v: &dyn std::fmt::Display| Error::new("parallel.memory_limit", format!("{v} is not a size: give bytes (an integer) or e.g. \"16 GiB\", \"500 MB\""));
+        let bad = |v: &dyn std::fmt::Display| {
+            Error::new(
+                "parallel.memory_limit",
+                format!(
+                    "{v} is not a size: give bytes (an integer) or e.g. \"16 GiB\", \"500 MB\""
+                ),
+            )
+        };
         let v = match &self.memory_limit {
             None => return Ok(None),
             Some(toml::Value::Integer(i)) if *i > 0 => return Ok(Some(*i as u64)),
@@ -674,10 +724,13 @@ impl Config {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
         crate::output::safety::check_input(path)?;
         let text = std::fs::read_to_string(path).ctx(|| path.display().to_string())?;
-        let mut cfg = Self::from_toml(&text, overrides).map_err(|e| match e.what.strip_prefix("config") {
-            Some(rest) if rest.is_empty() || rest.starts_with(':') => Error::new(format!("{}{rest}", path.display()), e.msg),
-            _ => e,
-        })?;
+        let mut cfg =
+            Self::from_toml(&text, overrides).map_err(|e| match e.what.strip_prefix("config") {
+                Some(rest) if rest.is_empty() || rest.starts_with(':') => {
+                    Error::new(format!("{}{rest}", path.display()), e.msg)
+                }
+                _ => e,
+            })?;
         if cfg.data.file.is_relative() {
             if let Some(dir) = path.parent() {
                 let candidate = dir.join(&cfg.data.file);
@@ -695,7 +748,10 @@ impl Config {
         cfg.source = Some(path.to_path_buf());
         let out = &cfg.output.path;
         if out.is_dir() {
-            return Err(Error::new("output.path", format!("{} is a directory, not a file name", out.display())));
+            return Err(Error::new(
+                "output.path",
+                format!("{} is a directory, not a file name", out.display()),
+            ));
         }
         cfg.check_outputs()?;
         Ok(cfg)
@@ -721,20 +777,42 @@ impl Config {
         let out = &self.output.path;
         inputs.check_output("output.path", out)?;
         if self.output.png {
-            let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = out
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             for suffix in crate::output::png::SUFFIXES {
-                inputs.check_output("output.path", &out.with_file_name(crate::output::png_name(&stem, suffix)))?;
+                inputs.check_output(
+                    "output.path",
+                    &out.with_file_name(crate::output::png_name(&stem, suffix)),
+                )?;
             }
         }
-        let key = if self.checkpoint.dir.is_some() { "checkpoint.dir" } else { "output.path" };
+        let key = if self.checkpoint.dir.is_some() {
+            "checkpoint.dir"
+        } else {
+            "output.path"
+        };
         inputs.check_checkpoint_dir(key, &self.checkpoint_dir())
     }
 
     /// Parse TOML text, apply overrides, validate.
     pub fn from_toml(text: &str, overrides: &[String]) -> Result<Config> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let at = e.span().map(|s| format!("line {}: ", text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1));
-            Error::new("config", format!("{}{}", at.unwrap_or_default(), e.message()))
+            let at = e.span().map(|s| {
+                format!(
+                    "line {}: ",
+                    text.as_bytes()[..s.start.min(text.len())]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1
+                )
+            });
+            Error::new(
+                "config",
+                format!("{}{}", at.unwrap_or_default(), e.message()),
+            )
         })?;
         for o in overrides {
             apply_override(&mut table, o)?;
@@ -749,10 +827,14 @@ impl Config {
                 }
             }
         }
-        let mut cfg: Config = toml::Value::Table(table.clone()).try_into().map_err(|e: toml::de::Error| {
-            let what = key_of_error(&table).map_or_else(|| "config".to_string(), |k| format!("config: {k}"));
-            Error::new(what, e.message().to_string())
-        })?;
+        let mut cfg: Config =
+            toml::Value::Table(table.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    let what = key_of_error(&table)
+                        .map_or_else(|| "config".to_string(), |k| format!("config: {k}"));
+                    Error::new(what, e.message().to_string())
+                })?;
         cfg.auto = auto;
         cfg.validate()?;
         Ok(cfg)
@@ -774,29 +856,50 @@ impl Config {
             counts.push(("parallel.tiles", t[1], 1));
         }
         for (key, v, min) in counts {
-            let max = LIMITS.iter().find(|l| l.0 == key).map_or(usize::MAX, |l| l.1);
+            let max = LIMITS
+                .iter()
+                .find(|l| l.0 == key)
+                .map_or(usize::MAX, |l| l.1);
             if v < min {
-                let which = if key == "parallel.tiles" { "each of [Ty, Tx] " } else { "" };
+                let which = if key == "parallel.tiles" {
+                    "each of [Ty, Tx] "
+                } else {
+                    ""
+                };
                 return Err(Error::new(key, format!("{which}must be at least {min}")));
             }
             if v > max {
                 return Err(Error::new(key, format!("{v} is beyond the limit of {max}")));
             }
         }
-        for (key, v) in [("data.file", self.data.file.as_os_str()), ("output.path", self.output.path.as_os_str())] {
+        for (key, v) in [
+            ("data.file", self.data.file.as_os_str()),
+            ("output.path", self.output.path.as_os_str()),
+        ] {
             if v.is_empty() {
                 return Err(Error::new(key, "is empty"));
             }
         }
         self.parallel.memory_limit_bytes()?;
         if !(r.step.is_finite() && r.step > 0.0) {
-            return Err(Error::new("reconstruction.step", "must be a positive number"));
+            return Err(Error::new(
+                "reconstruction.step",
+                "must be a positive number",
+            ));
         }
-        if self.checkpoint.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+        if self
+            .checkpoint
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
             return Err(Error::new("checkpoint.dir", "must not be empty"));
         }
         if !self.schedule.is_empty() && r.iterations.is_some() {
-            return Err(Error::new("reconstruction.iterations", "not allowed with [[schedule]], whose stages set the iterations"));
+            return Err(Error::new(
+                "reconstruction.iterations",
+                "not allowed with [[schedule]], whose stages set the iterations",
+            ));
         }
         if self.schedule.iter().any(|s| s.iterations == 0) {
             return Err(Error::new("schedule.iterations", "must be at least 1"));
@@ -813,7 +916,11 @@ impl Config {
             }
         }
         if self.parallel.backend != BackendKind::Cpu {
-            if let Some(st) = self.stages().iter().find(|s| !matches!(s.engine, Engine::Gd | Engine::Mlcg)) {
+            if let Some(st) = self
+                .stages()
+                .iter()
+                .find(|s| !matches!(s.engine, Engine::Gd | Engine::Mlcg))
+            {
                 return Err(Error::new(
                     "parallel.backend",
                     format!("{}: engine {} runs on the cpu backend only (the GPU kernels cover gd and mlcg)", self.parallel.backend.name(), st.engine.name()),
@@ -822,41 +929,95 @@ impl Config {
         }
         if r.slices > 1 {
             let Some(dz) = r.slice_thickness_m else {
-                return Err(Error::new("reconstruction.slice_thickness_m", format!("needed with reconstruction.slices = {}", r.slices)));
+                return Err(Error::new(
+                    "reconstruction.slice_thickness_m",
+                    format!("needed with reconstruction.slices = {}", r.slices),
+                ));
             };
             check_positive("reconstruction.slice_thickness_m", Some(dz))?;
-            if let Some(st) = self.stages().iter().find(|s| !matches!(s.engine, Engine::Gd | Engine::Mlcg)) {
-                return Err(Error::new("reconstruction.slices", format!("{}: engine {} runs the single-slice model only (multislice: gd, mlcg)", r.slices, st.engine.name())));
+            if let Some(st) = self
+                .stages()
+                .iter()
+                .find(|s| !matches!(s.engine, Engine::Gd | Engine::Mlcg))
+            {
+                return Err(Error::new(
+                    "reconstruction.slices",
+                    format!(
+                        "{}: engine {} runs the single-slice model only (multislice: gd, mlcg)",
+                        r.slices,
+                        st.engine.name()
+                    ),
+                ));
             }
             if self.parallel.backend != BackendKind::Cpu {
-                return Err(Error::new("reconstruction.slices", format!("{}: the multislice model runs on the cpu backend only (not {})", r.slices, self.parallel.backend.name())));
+                return Err(Error::new(
+                    "reconstruction.slices",
+                    format!(
+                        "{}: the multislice model runs on the cpu backend only (not {})",
+                        r.slices,
+                        self.parallel.backend.name()
+                    ),
+                ));
             }
         }
         let pc = &self.position_correction;
         if pc.enabled {
-            if let Some(st) = self.stages().iter().find(|s| !matches!(s.engine, Engine::Gd | Engine::Mlcg)) {
-                return Err(Error::new("position_correction.enabled", format!("engine {} does not refine positions (gd, mlcg do)", st.engine.name())));
+            if let Some(st) = self
+                .stages()
+                .iter()
+                .find(|s| !matches!(s.engine, Engine::Gd | Engine::Mlcg))
+            {
+                return Err(Error::new(
+                    "position_correction.enabled",
+                    format!(
+                        "engine {} does not refine positions (gd, mlcg do)",
+                        st.engine.name()
+                    ),
+                ));
             }
             if self.parallel.backend != BackendKind::Cpu {
-                return Err(Error::new("position_correction.enabled", format!("positions are refined on the cpu backend only (not {})", self.parallel.backend.name())));
+                return Err(Error::new(
+                    "position_correction.enabled",
+                    format!(
+                        "positions are refined on the cpu backend only (not {})",
+                        self.parallel.backend.name()
+                    ),
+                ));
             }
         }
-        for (key, v, hi) in [("position_correction.max_step_px", pc.max_step_px, 64.0), ("position_correction.max_shift_px", pc.max_shift_px, 256.0), ("position_correction.max_error_px", pc.max_error_px, 256.0)] {
+        for (key, v, hi) in [
+            ("position_correction.max_step_px", pc.max_step_px, 64.0),
+            ("position_correction.max_shift_px", pc.max_shift_px, 256.0),
+            ("position_correction.max_error_px", pc.max_error_px, 256.0),
+        ] {
             if !(v.is_finite() && v > 0.0 && v <= hi) {
                 return Err(Error::new(key, format!("must be a number in (0, {hi}] px")));
             }
         }
         if !(r.axial_regularization.is_finite() && r.axial_regularization >= 0.0) {
-            return Err(Error::new("reconstruction.axial_regularization", "must be a number ≥ 0"));
+            return Err(Error::new(
+                "reconstruction.axial_regularization",
+                "must be a number ≥ 0",
+            ));
         }
-        if !r.specimen_tilt_mrad.iter().all(|t| t.is_finite() && t.abs() < 500.0) {
-            return Err(Error::new("reconstruction.specimen_tilt_mrad", "must be finite and below 500 mrad"));
+        if !r
+            .specimen_tilt_mrad
+            .iter()
+            .all(|t| t.is_finite() && t.abs() < 500.0)
+        {
+            return Err(Error::new(
+                "reconstruction.specimen_tilt_mrad",
+                "must be finite and below 500 mrad",
+            ));
         }
         let e = &self.experiment;
         for (key, v) in [
             ("experiment.energy_ev", e.energy_ev),
             ("experiment.angular_sampling_mrad", e.angular_sampling_mrad),
-            ("experiment.convergence_semiangle_mrad", e.convergence_semiangle_mrad),
+            (
+                "experiment.convergence_semiangle_mrad",
+                e.convergence_semiangle_mrad,
+            ),
             ("experiment.detector_distance_m", e.detector_distance_m),
             ("experiment.detector_pixel_size_m", e.detector_pixel_size_m),
             ("data.scan_step_m", self.data.scan_step_m),
@@ -865,12 +1026,24 @@ impl Config {
             check_positive(key, v)?;
         }
         if !self.data.scan_rotation_deg.is_finite() {
-            return Err(Error::new("data.scan_rotation_deg", "must be a finite number"));
+            return Err(Error::new(
+                "data.scan_rotation_deg",
+                "must be a finite number",
+            ));
         }
         if self.data.scan_step_m.is_some() && self.data.scan_step_angstrom.is_some() {
-            return Err(Error::new("data.scan_step_angstrom", "give either data.scan_step_m or data.scan_step_angstrom, not both"));
+            return Err(Error::new(
+                "data.scan_step_angstrom",
+                "give either data.scan_step_m or data.scan_step_angstrom, not both",
+            ));
         }
-        for (key, v) in [("experiment.defocus_m", e.defocus_m), ("experiment.spherical_aberration_m", e.spherical_aberration_m)] {
+        for (key, v) in [
+            ("experiment.defocus_m", e.defocus_m),
+            (
+                "experiment.spherical_aberration_m",
+                e.spherical_aberration_m,
+            ),
+        ] {
             if let Some(x) = v {
                 if !x.is_finite() {
                     return Err(Error::new(key, "must be a finite number"));
@@ -887,8 +1060,14 @@ impl Config {
             return d.clone();
         }
         let p = &self.output.path;
-        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recon".into());
-        p.with_file_name(format!("{}_checkpoint", crate::output::safety::fit_name(&stem, crate::output::safety::NAME_MAX - 11)))
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "recon".into());
+        p.with_file_name(format!(
+            "{}_checkpoint",
+            crate::output::safety::fit_name(&stem, crate::output::safety::NAME_MAX - 11)
+        ))
     }
 
     /// The run's stages: `[[schedule]]`, or one stage of `reconstruction.engine` for
@@ -896,7 +1075,10 @@ impl Config {
     pub fn stages(&self) -> Vec<Stage> {
         if self.schedule.is_empty() {
             let r = &self.reconstruction;
-            vec![Stage { engine: r.engine, iterations: r.iterations.unwrap_or(DEFAULT_ITERATIONS) }]
+            vec![Stage {
+                engine: r.engine,
+                iterations: r.iterations.unwrap_or(DEFAULT_ITERATIONS),
+            }]
         } else {
             self.schedule.clone()
         }
@@ -914,7 +1096,9 @@ impl Config {
 
     /// Total iterations of the run (over all stages).
     pub fn total_iterations(&self) -> usize {
-        self.stages().iter().fold(0usize, |a, s| a.saturating_add(s.iterations))
+        self.stages()
+            .iter()
+            .fold(0usize, |a, s| a.saturating_add(s.iterations))
     }
 
     /// The configuration as TOML text (stored in the output file).
@@ -947,9 +1131,10 @@ fn check_unit_interval(key: &str, v: f64) -> Result<()> {
 /// Metadata values must be finite and > 0 (energy, samplings, distances).
 pub fn check_positive(key: &str, v: Option<f64>) -> Result<()> {
     match v {
-        Some(x) if !(x.is_finite() && x > 0.0) => {
-            Err(Error::new(key, format!("must be a positive number, got {x}")))
-        }
+        Some(x) if !(x.is_finite() && x > 0.0) => Err(Error::new(
+            key,
+            format!("must be a positive number, got {x}"),
+        )),
         _ => Ok(()),
     }
 }
@@ -966,9 +1151,22 @@ fn key_of_error(table: &toml::Table) -> Option<String> {
     }
     let start = span.start.min(text.len());
     let bytes = text.as_bytes();
-    let line_start = bytes[..start].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let line = String::from_utf8_lossy(&bytes[line_start..]).lines().next().unwrap_or("").trim().to_string();
-    let header = |l: &str| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')).map(|l| l.trim().to_string());
+    let line_start = bytes[..start]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = String::from_utf8_lossy(&bytes[line_start..])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let header = |l: &str| {
+        l.trim()
+            .strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+            .map(|l| l.trim().to_string())
+    };
     if let Some(section) = header(&line) {
         return Some(section);
     }
@@ -983,13 +1181,19 @@ fn key_of_error(table: &toml::Table) -> Option<String> {
 /// Apply one `section.key=value` override. The value is parsed as a TOML value
 /// (number, bool, quoted string, array); anything that does not parse is taken as a string.
 fn apply_override(table: &mut toml::Table, o: &str) -> Result<()> {
-    let (key, value) = o
-        .split_once('=')
-        .ok_or_else(|| Error::new("--set", format!("'{o}' is not of the form section.key=value")))?;
+    let (key, value) = o.split_once('=').ok_or_else(|| {
+        Error::new(
+            "--set",
+            format!("'{o}' is not of the form section.key=value"),
+        )
+    })?;
     let key = key.trim();
     let parts: Vec<&str> = key.split('.').collect();
     if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
-        return Err(Error::new("--set", format!("'{key}' is not of the form section.key")));
+        return Err(Error::new(
+            "--set",
+            format!("'{key}' is not of the form section.key"),
+        ));
     }
     let value = value.trim();
     let parsed: toml::Value = format!("v = {value}")
@@ -1005,7 +1209,10 @@ fn apply_override(table: &mut toml::Table, o: &str) -> Result<()> {
             t.insert(parts[1].to_string(), parsed);
             Ok(())
         }
-        _ => Err(Error::new("--set", format!("'{}' is not a section", parts[0]))),
+        _ => Err(Error::new(
+            "--set",
+            format!("'{}' is not a section", parts[0]),
+        )),
     }
 }
 
@@ -1017,7 +1224,14 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let c = Config::from_toml(MIN, &["reconstruction.iterations=7".into(), "output.path=x/y.h5".into()]).unwrap();
+        let c = Config::from_toml(
+            MIN,
+            &[
+                "reconstruction.iterations=7".into(),
+                "output.path=x/y.h5".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.reconstruction.iterations, Some(7));
         assert_eq!(c.total_iterations(), 7);
         assert_eq!(c.reconstruction.noise_model, NoiseModel::Poisson);
@@ -1032,20 +1246,31 @@ mod tests {
         let c = Config::from_toml(MIN, &["output.path=\"out/r.h5\"".into()]).unwrap();
         assert_eq!(c.checkpoint.every, 0);
         assert_eq!(c.checkpoint_dir(), PathBuf::from("out/r_checkpoint"));
-        let c = Config::from_toml(MIN, &["checkpoint.every=5".into(), "checkpoint.dir=\"ck\"".into()]).unwrap();
-        assert_eq!((c.checkpoint.every, c.checkpoint_dir()), (5, PathBuf::from("ck")));
+        let c = Config::from_toml(
+            MIN,
+            &["checkpoint.every=5".into(), "checkpoint.dir=\"ck\"".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.checkpoint.every, c.checkpoint_dir()),
+            (5, PathBuf::from("ck"))
+        );
         assert_eq!(Config::from_toml(&c.to_toml(), &[]).unwrap(), c);
         let e = Config::from_toml(MIN, &["checkpoint.dir=\"\"".into()]).unwrap_err();
         assert_eq!(e.what, "checkpoint.dir");
         let e = Config::from_toml(MIN, &["checkpoint.every=-1".into()]).unwrap_err();
-        assert!(e.to_string().contains("every") || e.to_string().contains("-1"), "{e}");
+        assert!(
+            e.to_string().contains("every") || e.to_string().contains("-1"),
+            "{e}"
+        );
         let e = Config::from_toml(MIN, &["checkpoint.evry=1".into()]).unwrap_err();
         assert!(e.msg.contains("evry"), "{e}");
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::from_toml(&format!("{MIN}[reconstruction]\niterationz=3\n"), &[]).unwrap_err();
+        let e =
+            Config::from_toml(&format!("{MIN}[reconstruction]\niterationz=3\n"), &[]).unwrap_err();
         assert!(e.msg.contains("iterationz"), "{e}");
         let e = Config::from_toml(MIN, &["reconstruction.noise_model=gauss".into()]).unwrap_err();
         assert!(e.msg.contains("gauss"), "{e}");
@@ -1056,20 +1281,23 @@ mod tests {
         let e = Config::from_toml(&format!("{MIN}[parallel]\nranks = 'four'\n"), &[]).unwrap_err();
         assert_eq!(e.what, "config: parallel.ranks", "{e}");
         assert!(e.msg.contains("four"), "{e}");
-        let e = Config::from_toml(&format!("{MIN}[experiment]\nenergy_kev = 3\n"), &[]).unwrap_err();
+        let e =
+            Config::from_toml(&format!("{MIN}[experiment]\nenergy_kev = 3\n"), &[]).unwrap_err();
         assert_eq!(e.what, "config: experiment.energy_kev", "{e}");
         let e = Config::from_toml("[output]\npng = true\n", &[]).unwrap_err();
         assert_eq!(e.what, "config", "{e}");
         // a [data] table without `file` (intensities and positions may be absent: CXI and
         // 4D-STEM files need neither)
-        let e = Config::from_toml("[data]\nintensities = '/i'\n[output]\npng = true\n", &[]).unwrap_err();
+        let e = Config::from_toml("[data]\nintensities = '/i'\n[output]\npng = true\n", &[])
+            .unwrap_err();
         assert_eq!(e.what, "config: data", "{e}");
         assert!(Config::from_toml("[data]\nfile = 'a.cxi'\n", &[]).is_ok());
         let e = Config::from_toml(&format!("{MIN}[solver]\nkind = 1\n"), &[]).unwrap_err();
         assert!(e.to_string().contains("solver"), "{e}");
         let e = Config::from_toml("[data]\nfile = 'a'\nintensities = '/i\n", &[]).unwrap_err();
         assert!(e.msg.starts_with("line 3: "), "{e}");
-        let e = Config::from_toml(MIN, &["reconstruction.iterations=10000000000".into()]).unwrap_err();
+        let e =
+            Config::from_toml(MIN, &["reconstruction.iterations=10000000000".into()]).unwrap_err();
         assert_eq!(e.what, "reconstruction.iterations");
         let e = Config::from_toml(MIN, &["parallel.ranks=5000".into()]).unwrap_err();
         assert_eq!(e.what, "parallel.ranks");
@@ -1077,8 +1305,18 @@ mod tests {
 
     #[test]
     fn engines_and_schedule() {
-        let c = Config::from_toml(&format!("{MIN}[reconstruction]\nengine='dm'\n[dm]\nbeta=0.8\n"), &[]).unwrap();
-        assert_eq!(c.stages(), vec![Stage { engine: Engine::Dm, iterations: DEFAULT_ITERATIONS }]);
+        let c = Config::from_toml(
+            &format!("{MIN}[reconstruction]\nengine='dm'\n[dm]\nbeta=0.8\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.stages(),
+            vec![Stage {
+                engine: Engine::Dm,
+                iterations: DEFAULT_ITERATIONS
+            }]
+        );
         assert_eq!(c.dm.beta, 0.8);
         let text = format!("{MIN}[mlcg]\ndirection='dai-yuan'\n[[schedule]]\nengine='dm'\niterations=20\n[[schedule]]\nengine='mlcg'\niterations=30\n");
         let c = Config::from_toml(&text, &[]).unwrap();
@@ -1103,10 +1341,25 @@ mod tests {
                 assert_eq!(e.what, key, "{bad}");
             }
         }
-        let c = Config::from_toml(MIN, &["dm.gamma=0.2".into(), "epie.gamma=0.3".into(), "rpie.gamma=1".into()]).unwrap();
-        assert_eq!((c.dm.gamma, c.epie_params()[2], c.rpie_params()[2]), (0.2, 0.3, 1.0));
+        let c = Config::from_toml(
+            MIN,
+            &[
+                "dm.gamma=0.2".into(),
+                "epie.gamma=0.3".into(),
+                "rpie.gamma=1".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.dm.gamma, c.epie_params()[2], c.rpie_params()[2]),
+            (0.2, 0.3, 1.0)
+        );
         assert_eq!(Config::from_toml(&c.to_toml(), &[]).unwrap(), c);
-        let e = Config::from_toml(&format!("{MIN}[[schedule]]\nengine='gd'\niterations=0\n"), &[]).unwrap_err();
+        let e = Config::from_toml(
+            &format!("{MIN}[[schedule]]\nengine='gd'\niterations=0\n"),
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(e.what, "schedule.iterations");
     }
 
@@ -1114,7 +1367,8 @@ mod tests {
     fn absurd_values_are_named() {
         let e = Config::from_toml(MIN, &["experiment.energy_ev=0".into()]).unwrap_err();
         assert_eq!(e.what, "experiment.energy_ev");
-        let e = Config::from_toml(MIN, &["experiment.angular_sampling_mrad=-1".into()]).unwrap_err();
+        let e =
+            Config::from_toml(MIN, &["experiment.angular_sampling_mrad=-1".into()]).unwrap_err();
         assert_eq!(e.what, "experiment.angular_sampling_mrad");
         let e = Config::from_toml(MIN, &["iterations=3".into()]).unwrap_err();
         assert_eq!(e.what, "--set");
@@ -1123,28 +1377,59 @@ mod tests {
     #[test]
     fn multislice_options_are_checked_and_default_to_one_slice() {
         let c = Config::from_toml(MIN, &[]).unwrap();
-        assert_eq!((c.reconstruction.slices, c.reconstruction.slice_thickness_m), (1, None));
+        assert_eq!(
+            (c.reconstruction.slices, c.reconstruction.slice_thickness_m),
+            (1, None)
+        );
         // the defaults are not written out: a single-slice config (and its checkpoint job
         // identity) reads as before
-        assert!(!c.to_toml().contains("slices") && !c.to_toml().contains("axial"), "{}", c.to_toml());
-        let set = |v: &[&str]| Config::from_toml(MIN, &v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(
+            !c.to_toml().contains("slices") && !c.to_toml().contains("axial"),
+            "{}",
+            c.to_toml()
+        );
+        let set = |v: &[&str]| {
+            Config::from_toml(MIN, &v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
         let e = set(&["reconstruction.slices=4"]).unwrap_err();
         assert_eq!(e.what, "reconstruction.slice_thickness_m", "{e}");
-        let ok = ["reconstruction.slices=4", "reconstruction.slice_thickness_m=2e-10"];
+        let ok = [
+            "reconstruction.slices=4",
+            "reconstruction.slice_thickness_m=2e-10",
+        ];
         let c = set(&ok).unwrap();
         assert!(c.to_toml().contains("slices = 4"), "{}", c.to_toml());
         assert!(set(&[ok[0], ok[1], "reconstruction.engine=\"mlcg\""]).is_ok());
         for engine in ["dm", "epie", "rpie"] {
-            let e = set(&[ok[0], ok[1], &format!("reconstruction.engine=\"{engine}\"")]).unwrap_err();
+            let e =
+                set(&[ok[0], ok[1], &format!("reconstruction.engine=\"{engine}\"")]).unwrap_err();
             assert_eq!(e.what, "reconstruction.slices", "{e}");
             assert!(e.msg.contains(engine), "{e}");
         }
         let e = set(&[ok[0], ok[1], "parallel.backend=\"cuda\""]).unwrap_err();
         assert_eq!(e.what, "reconstruction.slices", "{e}");
-        assert_eq!(set(&["reconstruction.slices=0"]).unwrap_err().what, "reconstruction.slices");
-        assert_eq!(set(&[ok[0], "reconstruction.slice_thickness_m=-1e-10"]).unwrap_err().what, "reconstruction.slice_thickness_m");
-        assert_eq!(set(&["reconstruction.axial_regularization=-0.1"]).unwrap_err().what, "reconstruction.axial_regularization");
-        assert_eq!(set(&["reconstruction.specimen_tilt_mrad=[1.0, 1e9]"]).unwrap_err().what, "reconstruction.specimen_tilt_mrad");
+        assert_eq!(
+            set(&["reconstruction.slices=0"]).unwrap_err().what,
+            "reconstruction.slices"
+        );
+        assert_eq!(
+            set(&[ok[0], "reconstruction.slice_thickness_m=-1e-10"])
+                .unwrap_err()
+                .what,
+            "reconstruction.slice_thickness_m"
+        );
+        assert_eq!(
+            set(&["reconstruction.axial_regularization=-0.1"])
+                .unwrap_err()
+                .what,
+            "reconstruction.axial_regularization"
+        );
+        assert_eq!(
+            set(&["reconstruction.specimen_tilt_mrad=[1.0, 1e9]"])
+                .unwrap_err()
+                .what,
+            "reconstruction.specimen_tilt_mrad"
+        );
     }
 
     #[test]
@@ -1152,20 +1437,33 @@ mod tests {
         let c = Config::from_toml(MIN, &[]).unwrap();
         assert!(!c.position_correction.enabled && c.position_correction.margin_px() == 0);
         // not written out when left alone: configs and checkpoint identities read as before
-        assert!(!c.to_toml().contains("position_correction"), "{}", c.to_toml());
-        let set = |v: &[&str]| Config::from_toml(MIN, &v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(
+            !c.to_toml().contains("position_correction"),
+            "{}",
+            c.to_toml()
+        );
+        let set = |v: &[&str]| {
+            Config::from_toml(MIN, &v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
         let on = "position_correction.enabled=true";
         let c = set(&[on, "position_correction.max_shift_px=5.5"]).unwrap();
         assert_eq!(c.position_correction.margin_px(), 6);
         assert!(c.position_correction.at(5) && !c.position_correction.at(4));
-        assert!(c.to_toml().contains("[position_correction]"), "{}", c.to_toml());
+        assert!(
+            c.to_toml().contains("[position_correction]"),
+            "{}",
+            c.to_toml()
+        );
         assert!(set(&[on, "reconstruction.engine=\"mlcg\""]).is_ok());
         for engine in ["dm", "epie", "rpie"] {
             let e = set(&[on, &format!("reconstruction.engine=\"{engine}\"")]).unwrap_err();
             assert_eq!(e.what, "position_correction.enabled", "{e}");
             assert!(e.msg.contains(engine), "{e}");
         }
-        assert_eq!(set(&[on, "parallel.backend=\"hip\""]).unwrap_err().what, "position_correction.enabled");
+        assert_eq!(
+            set(&[on, "parallel.backend=\"hip\""]).unwrap_err().what,
+            "position_correction.enabled"
+        );
         for key in ["max_step_px", "max_shift_px", "max_error_px"] {
             for bad in ["0.0", "-1.0", "1e9", "nan"] {
                 let e = set(&[&format!("position_correction.{key}={bad}")]).unwrap_err();
@@ -1179,7 +1477,11 @@ mod tests {
         let c = Config::from_toml(MIN, &[]).unwrap();
         assert!(!c.data.detector_transpose);
         // left out of the config text stored in results and checkpoint identities
-        assert!(!c.to_toml().contains("detector_transpose"), "{}", c.to_toml());
+        assert!(
+            !c.to_toml().contains("detector_transpose"),
+            "{}",
+            c.to_toml()
+        );
         let c = Config::from_toml(MIN, &["data.detector_transpose=true".into()]).unwrap();
         assert!(c.data.detector_transpose && c.to_toml().contains("detector_transpose = true"));
         assert_eq!(Config::from_toml(&c.to_toml(), &[]).unwrap(), c);
@@ -1191,11 +1493,31 @@ mod tests {
     fn auto_keys_are_listed_and_left_out() {
         let text = format!("{MIN}scan_rotation_deg = 'auto'\ndetector_transpose = 'auto'\n[experiment]\ndefocus_m = 'auto'\nconvergence_semiangle_mrad = 20.0\n");
         let c = Config::from_toml(&text, &[]).unwrap();
-        assert_eq!(c.auto, ["data.detector_transpose", "data.scan_rotation_deg", "experiment.defocus_m"]);
-        assert_eq!((c.data.scan_rotation_deg, c.experiment.defocus_m, c.experiment.convergence_semiangle_mrad), (0.0, None, Some(20.0)));
+        assert_eq!(
+            c.auto,
+            [
+                "data.detector_transpose",
+                "data.scan_rotation_deg",
+                "experiment.defocus_m"
+            ]
+        );
+        assert_eq!(
+            (
+                c.data.scan_rotation_deg,
+                c.experiment.defocus_m,
+                c.experiment.convergence_semiangle_mrad
+            ),
+            (0.0, None, Some(20.0))
+        );
         let text = c.to_toml();
-        assert!(!text.contains("scan_rotation_deg") && !text.contains("detector_transpose") && !text.contains("defocus_m"), "{text}");
-        let c = Config::from_toml(MIN, &["experiment.convergence_semiangle_mrad=auto".into()]).unwrap();
+        assert!(
+            !text.contains("scan_rotation_deg")
+                && !text.contains("detector_transpose")
+                && !text.contains("defocus_m"),
+            "{text}"
+        );
+        let c =
+            Config::from_toml(MIN, &["experiment.convergence_semiangle_mrad=auto".into()]).unwrap();
         assert_eq!(c.auto, ["experiment.convergence_semiangle_mrad"]);
         // any other string is still a type error naming the key
         let e = Config::from_toml(MIN, &["data.scan_rotation_deg=automatic".into()]).unwrap_err();
@@ -1205,17 +1527,43 @@ mod tests {
 
     #[test]
     fn backend_parses_and_defaults_to_cpu() {
-        assert_eq!(Config::from_toml(MIN, &[]).unwrap().parallel.backend, BackendKind::Cpu);
+        assert_eq!(
+            Config::from_toml(MIN, &[]).unwrap().parallel.backend,
+            BackendKind::Cpu
+        );
         let c = Config::from_toml(&format!("{MIN}[parallel]\nbackend = 'cuda'\n"), &[]).unwrap();
         assert_eq!(c.parallel.backend, BackendKind::Cuda);
-        assert_eq!(Config::from_toml(MIN, &["parallel.backend=hip".into()]).unwrap().parallel.backend, BackendKind::Hip);
+        assert_eq!(
+            Config::from_toml(MIN, &["parallel.backend=hip".into()])
+                .unwrap()
+                .parallel
+                .backend,
+            BackendKind::Hip
+        );
         let e = Config::from_toml(MIN, &["parallel.backend=opencl".into()]).unwrap_err();
         assert_eq!(e.what, "config: parallel.backend", "{e}");
-        assert!(e.msg.contains("cpu") && e.msg.contains("cuda") && e.msg.contains("hip"), "{e}");
+        assert!(
+            e.msg.contains("cpu") && e.msg.contains("cuda") && e.msg.contains("hip"),
+            "{e}"
+        );
         // engines without GPU kernels are refused on a GPU backend, naming the option
-        let e = Config::from_toml(MIN, &["parallel.backend=cuda".into(), "reconstruction.engine=dm".into()]).unwrap_err();
+        let e = Config::from_toml(
+            MIN,
+            &[
+                "parallel.backend=cuda".into(),
+                "reconstruction.engine=dm".into(),
+            ],
+        )
+        .unwrap_err();
         assert_eq!(e.what, "parallel.backend", "{e}");
         assert!(e.msg.contains("engine dm"), "{e}");
-        assert!(Config::from_toml(MIN, &["parallel.backend=hip".into(), "reconstruction.engine=mlcg".into()]).is_ok());
+        assert!(Config::from_toml(
+            MIN,
+            &[
+                "parallel.backend=hip".into(),
+                "reconstruction.engine=mlcg".into()
+            ]
+        )
+        .is_ok());
     }
 }

@@ -20,7 +20,10 @@ pub struct Error {
 impl Error {
     /// An error about `what` (a file, dataset, key or option).
     pub fn new(what: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error { what: what.into(), msg: msg.into() }
+        Error {
+            what: what.into(),
+            msg: msg.into(),
+        }
     }
 }
 

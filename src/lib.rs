@@ -9,17 +9,17 @@
 //! `engine` (solvers) → `output` (HDF5, PNG) → `analysis` (comparison with a ground truth)
 //! → `simulate` → `cli`.
 
-pub mod error;
-pub mod config;
-pub mod physics;
-pub mod tiling;
-pub mod comm;
-pub mod data;
-pub mod backend;
-pub mod engine;
-pub mod output;
 pub mod analysis;
-pub mod simulate;
+pub mod backend;
 pub mod cli;
+pub mod comm;
+pub mod config;
+pub mod data;
+pub mod engine;
+pub mod error;
+pub mod output;
+pub mod physics;
+pub mod simulate;
+pub mod tiling;
 
 pub use error::{Error, Result};

@@ -118,18 +118,35 @@ pub fn simulate(p: &SimParams) -> Result<Simulated> {
     if p.scan[0] == 0 || p.scan[1] == 0 {
         return Err(Error::new("--scan", "needs at least one position"));
     }
-    for (opt, v) in [("--step-px", p.step_px), ("--energy-ev", p.energy_ev), ("--semiangle-mrad", p.semiangle_mrad), ("--pixel-size-m", p.pixel_size_m)] {
+    for (opt, v) in [
+        ("--step-px", p.step_px),
+        ("--energy-ev", p.energy_ev),
+        ("--semiangle-mrad", p.semiangle_mrad),
+        ("--pixel-size-m", p.pixel_size_m),
+    ] {
         if !(v.is_finite() && v > 0.0) {
-            return Err(Error::new(opt, format!("must be a positive number, got {v}")));
+            return Err(Error::new(
+                opt,
+                format!("must be a positive number, got {v}"),
+            ));
         }
     }
     if let Some(d) = p.dose {
         if !(d.is_finite() && d > 0.0) {
-            return Err(Error::new("--dose", format!("must be a positive number, got {d}")));
+            return Err(Error::new(
+                "--dose",
+                format!("must be a positive number, got {d}"),
+            ));
         }
     }
     if !(0.0..1.0).contains(&p.central_stop) {
-        return Err(Error::new("--central-stop", format!("must be a fraction of the pupil radius in [0, 1), got {}", p.central_stop)));
+        return Err(Error::new(
+            "--central-stop",
+            format!(
+                "must be a fraction of the pupil radius in [0, 1), got {}",
+                p.central_stop
+            ),
+        ));
     }
     if p.mode_powers.is_empty() || p.mode_powers.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
         return Err(Error::new("--mode-powers", "must be positive numbers"));
@@ -157,7 +174,10 @@ pub fn simulate(p: &SimParams) -> Result<Simulated> {
             let (iy, ix) = (j / p.scan[1], j % p.scan[1]);
             let jy = rng.random_range(-1.0..=1.0) * p.jitter_px;
             let jx = rng.random_range(-1.0..=1.0) * p.jitter_px;
-            [h + iy as f64 * p.step_px + jy, h + ix as f64 * p.step_px + jx]
+            [
+                h + iy as f64 * p.step_px + jy,
+                h + ix as f64 * p.step_px + jx,
+            ]
         })
         .collect();
     let shape = [
@@ -171,7 +191,10 @@ pub fn simulate(p: &SimParams) -> Result<Simulated> {
     let object = Field {
         origin: [0, 0],
         shape,
-        data: phase.iter().map(|v| Complex32::from_polar((-0.05 * v).exp() as f32, (v * p.max_phase) as f32)).collect(),
+        data: phase
+            .iter()
+            .map(|v| Complex32::from_polar((-0.05 * v).exp() as f32, (v * p.max_phase) as f32))
+            .collect(),
     };
     // probe modes with the requested powers; total power = dose (or 1e4 when noise-free)
     let total = p.dose.unwrap_or(1e4);
@@ -183,8 +206,19 @@ pub fn simulate(p: &SimParams) -> Result<Simulated> {
         probe::normalise(mode, total * p.mode_powers[j] / wsum);
     }
     let fft = Fft2::<f32>::new(m);
-    let kernel = Kernel { fft: fft.clone(), modes: k, noise: NoiseModel::Poisson, eps: 0.0, weights: None, propagator: Vec::new() };
-    let geom: Vec<PositionGeom<f32>> = positions_px.iter().enumerate().map(|(j, c)| PositionGeom::new(j, *c, m)).collect();
+    let kernel = Kernel {
+        fft: fft.clone(),
+        modes: k,
+        noise: NoiseModel::Poisson,
+        eps: 0.0,
+        weights: None,
+        propagator: Vec::new(),
+    };
+    let geom: Vec<PositionGeom<f32>> = positions_px
+        .iter()
+        .enumerate()
+        .map(|(j, c)| PositionGeom::new(j, *c, m))
+        .collect();
     let ideal = model_intensities(&kernel, &object, &probe_spectrum(&fft, &modes), &geom);
     let mm = m * m;
     let mut intensities = vec![0f32; ideal.len()];
@@ -202,7 +236,13 @@ pub fn simulate(p: &SimParams) -> Result<Simulated> {
             }
         }
     }
-    Ok(Simulated { intensities, positions_px, probe: modes, object, experiment: exp })
+    Ok(Simulated {
+        intensities,
+        positions_px,
+        probe: modes,
+        object,
+        experiment: exp,
+    })
 }
 
 /// Built-in object: Gaussian "atoms" (σ = 1.2 px) on a square lattice of 8 px with random
@@ -215,10 +255,18 @@ fn lattice_phase(shape: [usize; 2], rng: &mut ChaCha8Rng) -> Vec<f64> {
     for iy in 0..ny {
         for ix in 0..nx {
             let cy = iy as f64 * a + rng.random_range(-0.9..0.9);
-            let cx = ix as f64 * a + rng.random_range(-0.9..0.9) + if iy % 2 == 1 { a / 2.0 } else { 0.0 };
+            let cx = ix as f64 * a
+                + rng.random_range(-0.9..0.9)
+                + if iy % 2 == 1 { a / 2.0 } else { 0.0 };
             let s = rng.random_range(0.5..1.0);
-            let (y0, y1) = ((cy - 4.0 * sigma).floor().max(0.0) as usize, ((cy + 4.0 * sigma).ceil() as usize).min(shape[0]));
-            let (x0, x1) = ((cx - 4.0 * sigma).floor().max(0.0) as usize, ((cx + 4.0 * sigma).ceil() as usize).min(shape[1]));
+            let (y0, y1) = (
+                (cy - 4.0 * sigma).floor().max(0.0) as usize,
+                ((cy + 4.0 * sigma).ceil() as usize).min(shape[0]),
+            );
+            let (x0, x1) = (
+                (cx - 4.0 * sigma).floor().max(0.0) as usize,
+                ((cx + 4.0 * sigma).ceil() as usize).min(shape[1]),
+            );
             for y in y0..y1 {
                 for x in x0..x1 {
                     let r2 = (y as f64 - cy).powi(2) + (x as f64 - cx).powi(2);
@@ -239,7 +287,12 @@ fn image_phase(path: &Path, shape: [usize; 2]) -> Result<Vec<f64>> {
     let mut dec = png::Decoder::new(std::io::BufReader::new(file));
     dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = dec.read_info().ctx(what)?;
-    let mut buf = vec![0u8; reader.output_buffer_size().ok_or_else(|| Error::new(what(), "image too large"))?];
+    let mut buf = vec![
+        0u8;
+        reader
+            .output_buffer_size()
+            .ok_or_else(|| Error::new(what(), "image too large"))?
+    ];
     let info = reader.next_frame(&mut buf).ctx(what)?;
     let ch = info.color_type.samples();
     let (w, h) = (info.width as usize, info.height as usize);
@@ -248,7 +301,11 @@ fn image_phase(path: &Path, shape: [usize; 2]) -> Result<Vec<f64>> {
     }
     let gray = |y: usize, x: usize| -> f64 {
         let px = &buf[(y * w + x) * ch..][..ch];
-        let c = if ch >= 3 { (px[0] as f64 + px[1] as f64 + px[2] as f64) / 3.0 } else { px[0] as f64 };
+        let c = if ch >= 3 {
+            (px[0] as f64 + px[1] as f64 + px[2] as f64) / 3.0
+        } else {
+            px[0] as f64
+        };
         c / 255.0
     };
     let mut out = vec![0f64; shape[0] * shape[1]];
@@ -259,7 +316,8 @@ fn image_phase(path: &Path, shape: [usize; 2]) -> Result<Vec<f64>> {
             let (y0, x0) = (fy.floor() as usize, fx.floor() as usize);
             let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
             let (ty, tx) = (fy - y0 as f64, fx - x0 as f64);
-            out[y * shape[1] + x] = (1.0 - ty) * ((1.0 - tx) * gray(y0, x0) + tx * gray(y0, x1)) + ty * ((1.0 - tx) * gray(y1, x0) + tx * gray(y1, x1));
+            out[y * shape[1] + x] = (1.0 - ty) * ((1.0 - tx) * gray(y0, x0) + tx * gray(y0, x1))
+                + ty * ((1.0 - tx) * gray(y1, x0) + tx * gray(y1, x1));
         }
     }
     Ok(out)
@@ -278,29 +336,60 @@ pub fn write(path: &Path, s: &Simulated, p: &SimParams) -> Result<(PathBuf, Path
         let m = p.m;
         let n = s.positions_px.len();
         let data = f.create_group("data")?;
-        let arr = ndarray::ArrayView3::from_shape((n, m, m), &s.intensities).map_err(|e| hdf5::Error::from(e.to_string().as_str()))?;
-        data.new_dataset_builder().with_data(&arr).create("intensities")?;
-        let pos: Vec<f64> = s.positions_px.iter().flat_map(|c| [c[0], c[1]]).collect();
-        let arr = ndarray::ArrayView2::from_shape((n, 2), &pos).map_err(|e| hdf5::Error::from(e.to_string().as_str()))?;
-        data.new_dataset_builder().with_data(&arr).create("positions_px")?;
-        let k = s.probe.len() / (m * m);
-        let arr = ndarray::ArrayView3::from_shape((k, m, m), &s.probe).map_err(|e| hdf5::Error::from(e.to_string().as_str()))?;
-        let probe_ds = f.create_group("probe")?.new_dataset_builder().with_data(&arr).create("probe_real")?;
-        let arr = ndarray::ArrayView2::from_shape((s.object.shape[0], s.object.shape[1]), &s.object.data)
+        let arr = ndarray::ArrayView3::from_shape((n, m, m), &s.intensities)
             .map_err(|e| hdf5::Error::from(e.to_string().as_str()))?;
-        f.create_group("ground_truth")?.new_dataset_builder().with_data(&arr).create("object")?;
+        data.new_dataset_builder()
+            .with_data(&arr)
+            .create("intensities")?;
+        let pos: Vec<f64> = s.positions_px.iter().flat_map(|c| [c[0], c[1]]).collect();
+        let arr = ndarray::ArrayView2::from_shape((n, 2), &pos)
+            .map_err(|e| hdf5::Error::from(e.to_string().as_str()))?;
+        data.new_dataset_builder()
+            .with_data(&arr)
+            .create("positions_px")?;
+        let k = s.probe.len() / (m * m);
+        let arr = ndarray::ArrayView3::from_shape((k, m, m), &s.probe)
+            .map_err(|e| hdf5::Error::from(e.to_string().as_str()))?;
+        let probe_ds = f
+            .create_group("probe")?
+            .new_dataset_builder()
+            .with_data(&arr)
+            .create("probe_real")?;
+        let arr =
+            ndarray::ArrayView2::from_shape((s.object.shape[0], s.object.shape[1]), &s.object.data)
+                .map_err(|e| hdf5::Error::from(e.to_string().as_str()))?;
+        f.create_group("ground_truth")?
+            .new_dataset_builder()
+            .with_data(&arr)
+            .create("object")?;
         let meta = f.create_group("meta")?;
         let e = &s.experiment;
-        let common = [("energy_eV", p.energy_ev), ("pixel_size_m", p.pixel_size_m), ("dose_counts_per_pattern", p.dose.unwrap_or(0.0)), ("seed", p.seed as f64)];
+        let common = [
+            ("energy_eV", p.energy_ev),
+            ("pixel_size_m", p.pixel_size_m),
+            ("dose_counts_per_pattern", p.dose.unwrap_or(0.0)),
+            ("seed", p.seed as f64),
+        ];
         let (described, hidden): (Vec<(&str, f64)>, Vec<(&str, f64)>) = match p.beam {
             Beam::Electron => (
-                vec![("convergence_semiangle_mrad", p.semiangle_mrad), ("defocus_m", p.defocus_m), ("angular_sampling_mrad", e.dtheta_rad * 1e3)],
+                vec![
+                    ("convergence_semiangle_mrad", p.semiangle_mrad),
+                    ("defocus_m", p.defocus_m),
+                    ("angular_sampling_mrad", e.dtheta_rad * 1e3),
+                ],
                 vec![],
             ),
             // a beamline file: the geometry only; the probe's making beside the probe
             Beam::Xray => (
-                vec![("detector_distance_m", XRAY_DETECTOR_PIXEL_M / e.dtheta_rad), ("detector_pixel_size_m", XRAY_DETECTOR_PIXEL_M)],
-                vec![("pupil_semiangle_mrad", p.semiangle_mrad), ("central_stop", p.central_stop), ("defocus_m", p.defocus_m)],
+                vec![
+                    ("detector_distance_m", XRAY_DETECTOR_PIXEL_M / e.dtheta_rad),
+                    ("detector_pixel_size_m", XRAY_DETECTOR_PIXEL_M),
+                ],
+                vec![
+                    ("pupil_semiangle_mrad", p.semiangle_mrad),
+                    ("central_stop", p.central_stop),
+                    ("defocus_m", p.defocus_m),
+                ],
             ),
         };
         for (name, v) in common.into_iter().chain(described) {
@@ -311,7 +400,10 @@ pub fn write(path: &Path, s: &Simulated, p: &SimParams) -> Result<(PathBuf, Path
         }
         let w: f64 = p.mode_powers.iter().sum();
         let powers: Vec<f64> = p.mode_powers.iter().map(|x| x / w).collect();
-        meta.new_attr::<f64>().shape(powers.len()).create("mode_powers")?.write_raw(&powers)?;
+        meta.new_attr::<f64>()
+            .shape(powers.len())
+            .create("mode_powers")?
+            .write_raw(&powers)?;
         f.flush()?;
         Ok(())
     })();
@@ -321,8 +413,14 @@ pub fn write(path: &Path, s: &Simulated, p: &SimParams) -> Result<(PathBuf, Path
     }
     std::fs::rename(&tmp, path).ctx(what)?;
     let toml_path = path.with_extension("toml");
-    let fname = path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-    let stem = path.file_stem().map(|f| f.to_string_lossy().to_string()).unwrap_or_else(|| "sim".into());
+    let fname = path
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_else(|| "sim".into());
     let cfg = format!(
         "# written by `ptytile simulate` (seed {seed}); metadata are read from the file's /meta attributes\n\
          [data]\nfile = \"{fname}\"\nintensities = \"/data/intensities\"\npositions = \"/data/positions_px\"\n\

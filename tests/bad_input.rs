@@ -18,7 +18,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_ptytile");
 /// unrelated opens fail.
 fn ptytile() -> Command {
     let mut c = Command::new(BIN);
-    c.env("HDF5_USE_FILE_LOCKING", "FALSE").env_remove("RUST_LOG");
+    c.env("HDF5_USE_FILE_LOCKING", "FALSE")
+        .env_remove("RUST_LOG");
     c
 }
 
@@ -27,7 +28,15 @@ fn valid_bytes() -> &'static [u8] {
     static B: OnceLock<Vec<u8>> = OnceLock::new();
     B.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let p = SimParams { m: 16, scan: [3, 3], step_px: 2.0, semiangle_mrad: 40.0, pixel_size_m: 0.3e-10, dose: Some(1e4), ..Default::default() };
+        let p = SimParams {
+            m: 16,
+            scan: [3, 3],
+            step_px: 2.0,
+            semiangle_mrad: 40.0,
+            pixel_size_m: 0.3e-10,
+            dose: Some(1e4),
+            ..Default::default()
+        };
         let f = dir.path().join("d.h5");
         write(&f, &simulate(&p).unwrap(), &p).unwrap();
         std::fs::read(f).unwrap()
@@ -67,16 +76,27 @@ fn config(dir: &Path, data: &str, extra: &str) -> PathBuf {
 }
 
 /// Replace dataset `path` by one of `shape` holding `data`.
-fn rewrite<T: hdf5::H5Type>(f: &hdf5::File, path: &str, shape: &[usize], data: &[T]) -> hdf5::Result<()> {
+fn rewrite<T: hdf5::H5Type>(
+    f: &hdf5::File,
+    path: &str,
+    shape: &[usize],
+    data: &[T],
+) -> hdf5::Result<()> {
     f.unlink(path)?;
-    f.new_dataset::<T>().shape(shape).create(path)?.write_raw(data)
+    f.new_dataset::<T>()
+        .shape(shape)
+        .create(path)?
+        .write_raw(data)
 }
 
 /// Replace attribute `name` of /meta by `values` (shape [len]).
 fn meta_attr(f: &hdf5::File, name: &str, values: &[f64]) -> hdf5::Result<()> {
     let g = f.group("meta")?;
     let _ = g.delete_attr(name);
-    g.new_attr::<f64>().shape(values.len()).create(name)?.write_raw(values)
+    g.new_attr::<f64>()
+        .shape(values.len())
+        .create(name)?
+        .write_raw(values)
 }
 
 /// Intensities with one value changed.
@@ -88,14 +108,19 @@ fn poke_intensity(f: &hdf5::File, at: usize, v: f32) -> hdf5::Result<()> {
 
 /// Positions with one value changed (row-major [9, 2]).
 fn poke_position(f: &hdf5::File, at: usize, v: f64) -> hdf5::Result<()> {
-    let mut p: Vec<f64> = (0..18).map(|i| (i / 2) as f64 * 2.0 + (i % 2) as f64).collect();
+    let mut p: Vec<f64> = (0..18)
+        .map(|i| (i / 2) as f64 * 2.0 + (i % 2) as f64)
+        .collect();
     p[at] = v;
     rewrite(f, "/data/positions_px", &[9, 2], &p)
 }
 
 /// A probe dataset at /probe_in.
 fn probe<T: hdf5::H5Type>(f: &hdf5::File, shape: &[usize], data: &[T]) -> hdf5::Result<()> {
-    f.new_dataset::<T>().shape(shape).create("/probe_in")?.write_raw(data)
+    f.new_dataset::<T>()
+        .shape(shape)
+        .create("/probe_in")?
+        .write_raw(data)
 }
 
 /// What a case runs: config, extra arguments.
@@ -105,11 +130,17 @@ struct Run {
 }
 
 fn run(config: PathBuf) -> Run {
-    Run { config, args: Vec::new() }
+    Run {
+        config,
+        args: Vec::new(),
+    }
 }
 
 fn run_with(config: PathBuf, args: &[&str]) -> Run {
-    Run { config, args: args.iter().map(|s| s.to_string()).collect() }
+    Run {
+        config,
+        args: args.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 /// One hostile input: a name, how to build it in a directory holding the valid `d.h5`, and
@@ -124,7 +155,11 @@ type C32 = num_complex::Complex32;
 
 const CASES: &[Case] = &[
     // ---- the data file itself
-    Case { name: "missing file", make: |d| run(config(d, "nope.h5", "")), needles: &["nope.h5", "no such file"] },
+    Case {
+        name: "missing file",
+        make: |d| run(config(d, "nope.h5", "")),
+        needles: &["nope.h5", "no such file"],
+    },
     Case {
         name: "data path is a directory",
         make: |d| {
@@ -179,7 +214,12 @@ const CASES: &[Case] = &[
     // ---- intensities
     Case {
         name: "missing intensities dataset",
-        make: |d| run_with(config(d, "d.h5", ""), &["--set", "data.intensities=/data/nothing"]),
+        make: |d| {
+            run_with(
+                config(d, "d.h5", ""),
+                &["--set", "data.intensities=/data/nothing"],
+            )
+        },
         needles: &["d.h5:/data/nothing", "no such dataset"],
     },
     Case {
@@ -194,22 +234,54 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "intensities of rank 2",
-        make: |d| run(config(d, variant(d, |h| rewrite(h, "/data/intensities", &[9, 256], &[1f32; 9 * 256])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| {
+                    rewrite(h, "/data/intensities", &[9, 256], &[1f32; 9 * 256])
+                }),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/intensities", "rank 3"],
     },
     Case {
         name: "non-square patterns",
-        make: |d| run(config(d, variant(d, |h| rewrite(h, "/data/intensities", &[9, 16, 8], &[1f32; 9 * 128])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| {
+                    rewrite(h, "/data/intensities", &[9, 16, 8], &[1f32; 9 * 128])
+                }),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/intensities", "square"],
     },
     Case {
         name: "zero-size intensities",
-        make: |d| run(config(d, variant(d, |h| rewrite::<f32>(h, "/data/intensities", &[0, 16, 16], &[])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| {
+                    rewrite::<f32>(h, "/data/intensities", &[0, 16, 16], &[])
+                }),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/intensities", "empty"],
     },
     Case {
         name: "one-pixel patterns",
-        make: |d| run(config(d, variant(d, |h| rewrite(h, "/data/intensities", &[9, 1, 1], &[1f32; 9])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| {
+                    rewrite(h, "/data/intensities", &[9, 1, 1], &[1f32; 9])
+                }),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/intensities", "empty"],
     },
     Case {
@@ -219,7 +291,11 @@ const CASES: &[Case] = &[
                 d,
                 variant(d, |h| {
                     h.unlink("/data/intensities")?;
-                    h.new_dataset::<f32>().shape([9, 16384, 16384]).chunk([1, 256, 256]).create("/data/intensities").map(|_| ())
+                    h.new_dataset::<f32>()
+                        .shape([9, 16384, 16384])
+                        .chunk([1, 256, 256])
+                        .create("/data/intensities")
+                        .map(|_| ())
                 }),
                 "",
             ))
@@ -228,69 +304,159 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "complex intensities",
-        make: |d| run(config(d, variant(d, |h| rewrite(h, "/data/intensities", &[9, 16, 16], &[C32::new(1.0, 0.0); 9 * 256])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| {
+                    rewrite(
+                        h,
+                        "/data/intensities",
+                        &[9, 16, 16],
+                        &[C32::new(1.0, 0.0); 9 * 256],
+                    )
+                }),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/intensities", "dtype"],
     },
     Case {
         name: "string intensities",
         make: |d| {
             let s: VarLenUnicode = "1.0".parse().unwrap();
-            run(config(d, variant(d, |h| rewrite(h, "/data/intensities", &[9, 16, 16], &vec![s.clone(); 9 * 256])), ""))
+            run(config(
+                d,
+                variant(d, |h| {
+                    rewrite(
+                        h,
+                        "/data/intensities",
+                        &[9, 16, 16],
+                        &vec![s.clone(); 9 * 256],
+                    )
+                }),
+                "",
+            ))
         },
         needles: &["v.h5:/data/intensities", "dtype"],
     },
     Case {
         name: "NaN intensity",
-        make: |d| run(config(d, variant(d, |h| poke_intensity(h, 5 * 256 + 7, f32::NAN)), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| poke_intensity(h, 5 * 256 + 7, f32::NAN)),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/intensities", "NaN", "pattern 5"],
     },
     Case {
         name: "infinite intensity",
-        make: |d| run(config(d, variant(d, |h| poke_intensity(h, 8 * 256 + 255, f32::INFINITY)), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| poke_intensity(h, 8 * 256 + 255, f32::INFINITY)),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/intensities", "infinite", "pattern 8"],
     },
     Case {
         name: "negative intensity",
-        make: |d| run(config(d, variant(d, |h| poke_intensity(h, 2 * 256, -3.0)), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| poke_intensity(h, 2 * 256, -3.0)),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/intensities", "negative", "pattern 2"],
     },
     Case {
         name: "all intensities zero",
-        make: |d| run(config(d, variant(d, |h| rewrite(h, "/data/intensities", &[9, 16, 16], &[0u8; 9 * 256])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| {
+                    rewrite(h, "/data/intensities", &[9, 16, 16], &[0u8; 9 * 256])
+                }),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/intensities", "all intensities are zero"],
     },
     // ---- positions
     Case {
         name: "positions of shape [N, 3]",
-        make: |d| run(config(d, variant(d, |h| rewrite(h, "/data/positions_px", &[9, 3], &[1f64; 27])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| {
+                    rewrite(h, "/data/positions_px", &[9, 3], &[1f64; 27])
+                }),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/positions_px", "[N, 2]"],
     },
     Case {
         name: "fewer positions than patterns",
-        make: |d| run(config(d, variant(d, |h| rewrite(h, "/data/positions_px", &[8, 2], &[1f64; 16])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| {
+                    rewrite(h, "/data/positions_px", &[8, 2], &[1f64; 16])
+                }),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/positions_px", "8 positions but 9"],
     },
     Case {
         name: "zero-size positions",
-        make: |d| run(config(d, variant(d, |h| rewrite::<f64>(h, "/data/positions_px", &[0, 2], &[])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| rewrite::<f64>(h, "/data/positions_px", &[0, 2], &[])),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/positions_px", "0 positions but 9"],
     },
     Case {
         name: "string positions",
         make: |d| {
             let s: VarLenUnicode = "1.0".parse().unwrap();
-            run(config(d, variant(d, |h| rewrite(h, "/data/positions_px", &[9, 2], &vec![s.clone(); 18])), ""))
+            run(config(
+                d,
+                variant(d, |h| {
+                    rewrite(h, "/data/positions_px", &[9, 2], &vec![s.clone(); 18])
+                }),
+                "",
+            ))
         },
         needles: &["v.h5:/data/positions_px", "dtype"],
     },
     Case {
         name: "infinite position",
-        make: |d| run(config(d, variant(d, |h| poke_position(h, 4, f64::INFINITY)), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| poke_position(h, 4, f64::INFINITY)),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/positions_px", "non-finite", "position 2"],
     },
     Case {
         name: "NaN position",
-        make: |d| run(config(d, variant(d, |h| poke_position(h, 15, f64::NAN)), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| poke_position(h, 15, f64::NAN)),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/positions_px", "non-finite", "position 7"],
     },
     Case {
@@ -300,7 +466,15 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "all positions identical",
-        make: |d| run(config(d, variant(d, |h| rewrite(h, "/data/positions_px", &[9, 2], &[5f64; 18])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| {
+                    rewrite(h, "/data/positions_px", &[9, 2], &[5f64; 18])
+                }),
+                "",
+            ))
+        },
         needles: &["v.h5:/data/positions_px", "within 1e-3 px"],
     },
     // ---- initial probe
@@ -311,12 +485,24 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "probe of the wrong size",
-        make: |d| run(config(d, variant(d, |h| probe(h, &[8, 8], &[C32::new(1.0, 0.0); 64])), "probe = '/probe_in'")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| probe(h, &[8, 8], &[C32::new(1.0, 0.0); 64])),
+                "probe = '/probe_in'",
+            ))
+        },
         needles: &["v.h5:/probe_in", "M = 16"],
     },
     Case {
         name: "real-valued probe",
-        make: |d| run(config(d, variant(d, |h| probe(h, &[16, 16], &[1f32; 256])), "probe = '/probe_in'")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| probe(h, &[16, 16], &[1f32; 256])),
+                "probe = '/probe_in'",
+            ))
+        },
         needles: &["v.h5:/probe_in", "not complex"],
     },
     Case {
@@ -336,7 +522,13 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "zero probe",
-        make: |d| run(config(d, variant(d, |h| probe(h, &[2, 16, 16], &[C32::new(0.0, 0.0); 512])), "probe = '/probe_in'")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| probe(h, &[2, 16, 16], &[C32::new(0.0, 0.0); 512])),
+                "probe = '/probe_in'",
+            ))
+        },
         needles: &["v.h5:/probe_in", "zero everywhere"],
     },
     // ---- metadata (file attributes and [experiment])
@@ -347,22 +539,50 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "negative sampling override",
-        make: |d| run_with(config(d, "d.h5", ""), &["--set", "experiment.angular_sampling_mrad=-0.5"]),
+        make: |d| {
+            run_with(
+                config(d, "d.h5", ""),
+                &["--set", "experiment.angular_sampling_mrad=-0.5"],
+            )
+        },
         needles: &["experiment.angular_sampling_mrad", "positive"],
     },
     Case {
         name: "negative energy attribute",
-        make: |d| run(config(d, variant(d, |h| meta_attr(h, "energy_eV", &[-5.0])), "")),
-        needles: &["v.h5:/meta@energy_eV", "experiment.energy_ev", "positive", "-5"],
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| meta_attr(h, "energy_eV", &[-5.0])),
+                "",
+            ))
+        },
+        needles: &[
+            "v.h5:/meta@energy_eV",
+            "experiment.energy_ev",
+            "positive",
+            "-5",
+        ],
     },
     Case {
         name: "NaN sampling attribute",
-        make: |d| run(config(d, variant(d, |h| meta_attr(h, "angular_sampling_mrad", &[f64::NAN])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| meta_attr(h, "angular_sampling_mrad", &[f64::NAN])),
+                "",
+            ))
+        },
         needles: &["v.h5:/meta@angular_sampling_mrad", "NaN"],
     },
     Case {
         name: "infinite defocus attribute",
-        make: |d| run(config(d, variant(d, |h| meta_attr(h, "defocus_m", &[f64::INFINITY])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| meta_attr(h, "defocus_m", &[f64::INFINITY])),
+                "",
+            ))
+        },
         needles: &["v.h5:/meta@defocus_m", "finite"],
     },
     Case {
@@ -373,7 +593,9 @@ const CASES: &[Case] = &[
                 variant(d, |h| {
                     let g = h.group("meta")?;
                     g.delete_attr("energy_eV")?;
-                    g.new_attr::<VarLenUnicode>().create("energy_eV")?.write_scalar(&"300 kV".parse::<VarLenUnicode>().unwrap())
+                    g.new_attr::<VarLenUnicode>()
+                        .create("energy_eV")?
+                        .write_scalar(&"300 kV".parse::<VarLenUnicode>().unwrap())
                 }),
                 "",
             ))
@@ -382,26 +604,54 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "empty energy attribute",
-        make: |d| run(config(d, variant(d, |h| meta_attr(h, "energy_eV", &[])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| meta_attr(h, "energy_eV", &[])),
+                "",
+            ))
+        },
         needles: &["v.h5:/meta@energy_eV", "empty attribute"],
     },
     Case {
         name: "anisotropic sampling attribute",
-        make: |d| run(config(d, variant(d, |h| meta_attr(h, "angular_sampling_mrad", &[0.5, 0.7])), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| meta_attr(h, "angular_sampling_mrad", &[0.5, 0.7])),
+                "",
+            ))
+        },
         needles: &["v.h5:/meta@angular_sampling_mrad", "anisotropic"],
     },
     Case {
         name: "energy missing everywhere",
-        make: |d| run(config(d, variant(d, |h| h.group("meta")?.delete_attr("energy_eV")), "")),
+        make: |d| {
+            run(config(
+                d,
+                variant(d, |h| h.group("meta")?.delete_attr("energy_eV")),
+                "",
+            ))
+        },
         needles: &["experiment.energy_ev", "missing"],
     },
     Case {
         name: "X-ray data without a detector distance",
-        make: |d| run(config(d, "d.h5", "[experiment]\nbeam = 'xray'\ndetector_pixel_size_m = 75e-6")),
+        make: |d| {
+            run(config(
+                d,
+                "d.h5",
+                "[experiment]\nbeam = 'xray'\ndetector_pixel_size_m = 75e-6",
+            ))
+        },
         needles: &["experiment.detector_distance_m", "missing"],
     },
     // ---- the config file and command line
-    Case { name: "missing config", make: |d| run(d.join("none.toml")), needles: &["none.toml"] },
+    Case {
+        name: "missing config",
+        make: |d| run(d.join("none.toml")),
+        needles: &["none.toml"],
+    },
     Case {
         name: "config path is a directory",
         make: |d| {
@@ -421,7 +671,11 @@ const CASES: &[Case] = &[
     Case {
         name: "TOML syntax error",
         make: |d| {
-            std::fs::write(d.join("c.toml"), "[data]\nfile = 'd.h5'\nintensities = '/data/intensities\n").unwrap();
+            std::fs::write(
+                d.join("c.toml"),
+                "[data]\nfile = 'd.h5'\nintensities = '/data/intensities\n",
+            )
+            .unwrap();
             run(d.join("c.toml"))
         },
         needles: &["c.toml", "line 3"],
@@ -434,13 +688,34 @@ const CASES: &[Case] = &[
         },
         needles: &["c.toml", "data"],
     },
-    Case { name: "unknown key", make: |d| run(config(d, "d.h5", "[experiment]\nenergy_kev = 300")), needles: &["c.toml", "energy_kev"] },
-    Case { name: "unknown section", make: |d| run(config(d, "d.h5", "[solver]\nkind = 'dm'")), needles: &["c.toml", "solver"] },
-    Case { name: "mistyped value", make: |d| run(config(d, "d.h5", "[parallel]\nranks = 'four'")), needles: &["c.toml", "four"] },
-    Case { name: "negative iterations", make: |d| run_with(config(d, "d.h5", ""), &["--iterations", "-1"]), needles: &["-1"] },
+    Case {
+        name: "unknown key",
+        make: |d| run(config(d, "d.h5", "[experiment]\nenergy_kev = 300")),
+        needles: &["c.toml", "energy_kev"],
+    },
+    Case {
+        name: "unknown section",
+        make: |d| run(config(d, "d.h5", "[solver]\nkind = 'dm'")),
+        needles: &["c.toml", "solver"],
+    },
+    Case {
+        name: "mistyped value",
+        make: |d| run(config(d, "d.h5", "[parallel]\nranks = 'four'")),
+        needles: &["c.toml", "four"],
+    },
+    Case {
+        name: "negative iterations",
+        make: |d| run_with(config(d, "d.h5", ""), &["--iterations", "-1"]),
+        needles: &["-1"],
+    },
     Case {
         name: "absurd iteration count",
-        make: |d| run_with(config(d, "d.h5", ""), &["--set", "reconstruction.iterations=1000000000000"]),
+        make: |d| {
+            run_with(
+                config(d, "d.h5", ""),
+                &["--set", "reconstruction.iterations=1000000000000"],
+            )
+        },
         needles: &["reconstruction.iterations", "limit"],
     },
     Case {
@@ -450,10 +725,19 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "zero probe modes",
-        make: |d| run_with(config(d, "d.h5", ""), &["--set", "reconstruction.probe_modes=0"]),
+        make: |d| {
+            run_with(
+                config(d, "d.h5", ""),
+                &["--set", "reconstruction.probe_modes=0"],
+            )
+        },
         needles: &["reconstruction.probe_modes", "at least 1"],
     },
-    Case { name: "NaN step", make: |d| run_with(config(d, "d.h5", ""), &["--set", "reconstruction.step=nan"]), needles: &["reconstruction.step"] },
+    Case {
+        name: "NaN step",
+        make: |d| run_with(config(d, "d.h5", ""), &["--set", "reconstruction.step=nan"]),
+        needles: &["reconstruction.step"],
+    },
     Case {
         name: "zero tiles",
         make: |d| run_with(config(d, "d.h5", ""), &["--set", "parallel.tiles=[0, 2]"]),
@@ -461,26 +745,53 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "tiles that do not match the ranks",
-        make: |d| run_with(config(d, "d.h5", "[parallel]\nranks = 3\ntiles = [2, 2]"), &[]),
+        make: |d| {
+            run_with(
+                config(d, "d.h5", "[parallel]\nranks = 3\ntiles = [2, 2]"),
+                &[],
+            )
+        },
         needles: &["parallel.tiles", "3 ranks"],
     },
     Case {
         name: "unknown enum value in an override",
-        make: |d| run_with(config(d, "d.h5", ""), &["--set", "reconstruction.noise_model=gaussian"]),
+        make: |d| {
+            run_with(
+                config(d, "d.h5", ""),
+                &["--set", "reconstruction.noise_model=gaussian"],
+            )
+        },
         needles: &["gaussian"],
     },
-    Case { name: "override without '='", make: |d| run_with(config(d, "d.h5", ""), &["--set", "reconstruction.iterations"]), needles: &["--set", "section.key=value"] },
+    Case {
+        name: "override without '='",
+        make: |d| {
+            run_with(
+                config(d, "d.h5", ""),
+                &["--set", "reconstruction.iterations"],
+            )
+        },
+        needles: &["--set", "section.key=value"],
+    },
     Case {
         name: "output path is a directory",
         make: |d| {
             std::fs::create_dir_all(d.join("out")).unwrap();
-            run_with(config(d, "d.h5", ""), &["--output", d.join("out").to_str().unwrap()])
+            run_with(
+                config(d, "d.h5", ""),
+                &["--output", d.join("out").to_str().unwrap()],
+            )
         },
         needles: &["output.path", "directory"],
     },
     Case {
         name: "output path is the data file",
-        make: |d| run_with(config(d, "d.h5", ""), &["--output", d.join("d.h5").to_str().unwrap()]),
+        make: |d| {
+            run_with(
+                config(d, "d.h5", ""),
+                &["--output", d.join("d.h5").to_str().unwrap()],
+            )
+        },
         needles: &["output.path", "data file"],
     },
 ];
@@ -490,7 +801,12 @@ fn check(case: &Case) -> Result<String, String> {
     let (dir, data) = valid();
     let r = (case.make)(dir.path());
     let before = std::fs::read(&data).unwrap();
-    let out = ptytile().arg("reconstruct").arg(&r.config).args(&r.args).output().unwrap();
+    let out = ptytile()
+        .arg("reconstruct")
+        .arg(&r.config)
+        .args(&r.args)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     if out.status.code() != Some(2) {
         return Err(format!("exit code {:?}, stderr: {err}", out.status.code()));
@@ -500,12 +816,17 @@ fn check(case: &Case) -> Result<String, String> {
     }
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     if lines.len() != 1 {
-        return Err(format!("expected one line on stderr, got {}: {err}", lines.len()));
+        return Err(format!(
+            "expected one line on stderr, got {}: {err}",
+            lines.len()
+        ));
     }
     if let Some(n) = case.needles.iter().find(|n| !lines[0].contains(*n)) {
         return Err(format!("'{n}' not in: {}", lines[0]));
     }
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("out")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("out"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     if !left.is_empty() {
         return Err(format!("output left behind: {left:?}"));
     }
@@ -531,23 +852,49 @@ fn corpus_all_cases() {
     names.sort();
     names.dedup();
     assert_eq!(names.len(), CASES.len(), "case names must be distinct");
-    eprintln!("{} of {} malformed-input cases pass", CASES.len() - failed.len(), CASES.len());
+    eprintln!(
+        "{} of {} malformed-input cases pass",
+        CASES.len() - failed.len(),
+        CASES.len()
+    );
     assert!(failed.is_empty(), "failing cases: {failed:?}");
-    assert!(CASES.len() >= 30, "the corpus must hold at least 30 cases, has {}", CASES.len());
+    assert!(
+        CASES.len() >= 30,
+        "the corpus must hold at least 30 cases, has {}",
+        CASES.len()
+    );
 }
 
 #[test]
 fn valid_dataset_runs() {
     let (dir, _) = valid();
-    let out = ptytile().arg("reconstruct").arg(config(dir.path(), "d.h5", "")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ptytile()
+        .arg("reconstruct")
+        .arg(config(dir.path(), "d.h5", ""))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dir.path().join("out/r.h5").exists());
 }
 
 #[test]
 fn integer_counts_are_accepted() {
     let (dir, _) = valid();
-    let v = variant(dir.path(), |h| rewrite(h, "/data/intensities", &[9, 16, 16], &[3u16; 9 * 256]));
-    let out = ptytile().arg("reconstruct").arg(config(dir.path(), v, "")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = variant(dir.path(), |h| {
+        rewrite(h, "/data/intensities", &[9, 16, 16], &[3u16; 9 * 256])
+    });
+    let out = ptytile()
+        .arg("reconstruct")
+        .arg(config(dir.path(), v, ""))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -22,17 +22,37 @@ const BIN: &str = env!("CARGO_BIN_EXE_ptytile");
 
 fn dataset() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let p = SimParams { m: 32, scan: [12, 12], step_px: 2.5, jitter_px: 0.4, semiangle_mrad: 30.0, pixel_size_m: 0.25e-10, dose: Some(1e5), seed: 11, ..Default::default() };
+    let p = SimParams {
+        m: 32,
+        scan: [12, 12],
+        step_px: 2.5,
+        jitter_px: 0.4,
+        semiangle_mrad: 30.0,
+        pixel_size_m: 0.25e-10,
+        dose: Some(1e5),
+        seed: 11,
+        ..Default::default()
+    };
     let (_, cfg) = write(&dir.path().join("sim.h5"), &simulate(&p).unwrap(), &p).unwrap();
     (dir, cfg)
 }
 
 /// Object, probe and loss equal bit for bit (NaN-safe: compares the bits).
 fn assert_same_bits(a: &ReconResult, b: &ReconResult, what: &str) {
-    let bits32 = |v: &[num_complex::Complex32]| v.iter().flat_map(|c| [c.re.to_bits(), c.im.to_bits()]).collect::<Vec<_>>();
+    let bits32 = |v: &[num_complex::Complex32]| {
+        v.iter()
+            .flat_map(|c| [c.re.to_bits(), c.im.to_bits()])
+            .collect::<Vec<_>>()
+    };
     assert_eq!(a.object.shape, b.object.shape, "{what}: object shape");
-    assert!(bits32(&a.object.data) == bits32(&b.object.data), "{what}: object differs");
-    assert!(bits32(&a.probe) == bits32(&b.probe), "{what}: probe differs");
+    assert!(
+        bits32(&a.object.data) == bits32(&b.object.data),
+        "{what}: object differs"
+    );
+    assert!(
+        bits32(&a.probe) == bits32(&b.probe),
+        "{what}: probe differs"
+    );
     let l = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(l(&a.loss), l(&b.loss), "{what}: loss history differs");
 }
@@ -49,7 +69,10 @@ fn stop_and_resume_in_process(ranks: usize, extra: &[String], arrays: &[&str]) {
     let (dir, cfg) = dataset();
     let (n, k) = (9, 4);
     let ck = dir.path().join("ck");
-    let mut set = vec![format!("reconstruction.iterations={n}"), format!("checkpoint.dir={:?}", ck.display().to_string())];
+    let mut set = vec![
+        format!("reconstruction.iterations={n}"),
+        format!("checkpoint.dir={:?}", ck.display().to_string()),
+    ];
     set.extend_from_slice(extra);
     let c = config(&cfg, ranks, &set);
     let full = reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap();
@@ -61,30 +84,80 @@ fn stop_and_resume_in_process(ranks: usize, extra: &[String], arrays: &[&str]) {
             flags.stop.store(true, Ordering::SeqCst);
         }
     };
-    let out = reconstruct::run_with(&c, RunOptions { resume: None, signals: Some(&flags) }, &stop_at).unwrap();
+    let out = reconstruct::run_with(
+        &c,
+        RunOptions {
+            resume: None,
+            signals: Some(&flags),
+        },
+        &stop_at,
+    )
+    .unwrap();
     match out {
-        Outcome::Stopped { iteration, dir } => assert_eq!((iteration, dir.as_path()), (k, ck.as_path())),
+        Outcome::Stopped { iteration, dir } => {
+            assert_eq!((iteration, dir.as_path()), (k, ck.as_path()))
+        }
         Outcome::Finished(_) => panic!("did not stop"),
     }
     let m = checkpoint::verify(&ck).unwrap();
-    assert_eq!((m.iteration, m.ranks, m.engine.as_str()), (k as u64, ranks, "gd"));
-    let names: Vec<String> = checkpoint::read_rank(&ck, &m, 0).unwrap().arrays.iter().map(|a| a.name.clone()).collect();
+    assert_eq!(
+        (m.iteration, m.ranks, m.engine.as_str()),
+        (k as u64, ranks, "gd")
+    );
+    let names: Vec<String> = checkpoint::read_rank(&ck, &m, 0)
+        .unwrap()
+        .arrays
+        .iter()
+        .map(|a| a.name.clone())
+        .collect();
     for a in arrays {
         assert!(names.contains(&a.to_string()), "{a} missing from {names:?}");
     }
 
-    let resumed = match reconstruct::run_with(&c, RunOptions { resume: Some(&ck), signals: None }, &|_, _, _, _| {}).unwrap() {
+    let resumed = match reconstruct::run_with(
+        &c,
+        RunOptions {
+            resume: Some(&ck),
+            signals: None,
+        },
+        &|_, _, _, _| {},
+    )
+    .unwrap()
+    {
         Outcome::Finished(r) => r.unwrap(),
         Outcome::Stopped { .. } => panic!("stopped"),
     };
-    assert_eq!(resumed.attrs.iter().find(|a| a.0 == "resumed_from_iteration").map(|a| a.1), Some(k as f64));
+    assert_eq!(
+        resumed
+            .attrs
+            .iter()
+            .find(|a| a.0 == "resumed_from_iteration")
+            .map(|a| a.1),
+        Some(k as f64)
+    );
     assert_same_bits(&resumed, &full, &format!("{ranks} rank(s), resumed at {k}"));
     // a checkpoint at the last iteration resumes to the same result with no iteration left
     set.push(format!("checkpoint.every={n}"));
     let c_last = config(&cfg, ranks, &set);
-    assert_same_bits(&reconstruct::run(&c_last, &|_, _, _, _| {}).unwrap().unwrap(), &full, "run writing checkpoints");
-    let again = reconstruct::run_with(&c, RunOptions { resume: Some(&ck), signals: None }, &|_, _, _, _| {}).unwrap();
-    let Outcome::Finished(Some(again)) = again else { panic!("no result") };
+    assert_same_bits(
+        &reconstruct::run(&c_last, &|_, _, _, _| {})
+            .unwrap()
+            .unwrap(),
+        &full,
+        "run writing checkpoints",
+    );
+    let again = reconstruct::run_with(
+        &c,
+        RunOptions {
+            resume: Some(&ck),
+            signals: None,
+        },
+        &|_, _, _, _| {},
+    )
+    .unwrap();
+    let Outcome::Finished(Some(again)) = again else {
+        panic!("no result")
+    };
     assert_same_bits(&again, &full, "resumed from the final checkpoint");
 }
 
@@ -95,29 +168,73 @@ fn stop_and_resume_in_process(ranks: usize, extra: &[String], arrays: &[&str]) {
 fn schedule_resume_bit_exact_in_every_stage() {
     let (dir, cfg) = dataset();
     // the stages set the iterations: drop the simulated config's reconstruction.iterations
-    let mut text: String = std::fs::read_to_string(&cfg).unwrap().lines().filter(|l| !l.trim_start().starts_with("iterations")).map(|l| format!("{l}\n")).collect();
+    let mut text: String = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("iterations"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     text.push_str("\n[[schedule]]\nengine = \"dm\"\niterations = 3\n[[schedule]]\nengine = \"mlcg\"\niterations = 4\n[[schedule]]\nengine = \"epie\"\niterations = 2\n");
     std::fs::write(&cfg, text).unwrap();
     let ck = dir.path().join("ck");
-    let c = config(&cfg, 4, &[format!("checkpoint.dir={:?}", ck.display().to_string())]);
+    let c = config(
+        &cfg,
+        4,
+        &[format!("checkpoint.dir={:?}", ck.display().to_string())],
+    );
     let full = reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap();
     assert_eq!(full.loss.len(), 9);
-    for (k, stage, arrays) in [(2, 0, vec!["exit_waves"]), (5, 1, vec!["cg_gradient", "cg_direction", "cg_scalars"]), (8, 2, vec![])] {
+    for (k, stage, arrays) in [
+        (2, 0, vec!["exit_waves"]),
+        (5, 1, vec!["cg_gradient", "cg_direction", "cg_scalars"]),
+        (8, 2, vec![]),
+    ] {
         let flags = StopFlags::new();
         let stop_at = |it: usize, _: f64, _: f64, _: usize| {
             if it + 1 == k {
                 flags.stop.store(true, Ordering::SeqCst);
             }
         };
-        let out = reconstruct::run_with(&c, RunOptions { resume: None, signals: Some(&flags) }, &stop_at).unwrap();
-        assert!(matches!(out, Outcome::Stopped { iteration, .. } if iteration == k), "did not stop at {k}");
+        let out = reconstruct::run_with(
+            &c,
+            RunOptions {
+                resume: None,
+                signals: Some(&flags),
+            },
+            &stop_at,
+        )
+        .unwrap();
+        assert!(
+            matches!(out, Outcome::Stopped { iteration, .. } if iteration == k),
+            "did not stop at {k}"
+        );
         let m = checkpoint::verify(&ck).unwrap();
-        assert_eq!((m.iteration, m.engine.as_str(), m.stage), (k as u64, "dm:3,mlcg:4,epie:2", stage));
-        let names: Vec<String> = checkpoint::read_rank(&ck, &m, 0).unwrap().arrays.iter().map(|a| a.name.clone()).collect();
+        assert_eq!(
+            (m.iteration, m.engine.as_str(), m.stage),
+            (k as u64, "dm:3,mlcg:4,epie:2", stage)
+        );
+        let names: Vec<String> = checkpoint::read_rank(&ck, &m, 0)
+            .unwrap()
+            .arrays
+            .iter()
+            .map(|a| a.name.clone())
+            .collect();
         for a in &arrays {
-            assert!(names.contains(&a.to_string()), "stop at {k}: {a} missing from {names:?}");
+            assert!(
+                names.contains(&a.to_string()),
+                "stop at {k}: {a} missing from {names:?}"
+            );
         }
-        let resumed = match reconstruct::run_with(&c, RunOptions { resume: Some(&ck), signals: None }, &|_, _, _, _| {}).unwrap() {
+        let resumed = match reconstruct::run_with(
+            &c,
+            RunOptions {
+                resume: Some(&ck),
+                signals: None,
+            },
+            &|_, _, _, _| {},
+        )
+        .unwrap()
+        {
             Outcome::Finished(r) => r.unwrap(),
             Outcome::Stopped { .. } => panic!("stopped"),
         };
@@ -140,7 +257,11 @@ fn resume_bit_exact_four_thread_ranks() {
 /// the uninterrupted run's bits.
 #[test]
 fn resume_bit_exact_gd_mini_batches() {
-    stop_and_resume_in_process(4, &["reconstruction.batches=3".into()], &["gd_d_obj", "gd_d_max"]);
+    stop_and_resume_in_process(
+        4,
+        &["reconstruction.batches=3".into()],
+        &["gd_d_obj", "gd_d_max"],
+    );
 }
 
 /// `ptytile reconstruct` with arguments, HDF5 locking off (forked test processes).
@@ -153,18 +274,33 @@ fn cmd<S: AsRef<std::ffi::OsStr>>(launcher: Option<&str>, cfg: &Path, args: &[S]
         }
         None => Command::new(BIN),
     };
-    c.env("HDF5_USE_FILE_LOCKING", "FALSE").arg("reconstruct").arg(cfg).args(["--set", "output.png=false"]).args(args);
+    c.env("HDF5_USE_FILE_LOCKING", "FALSE")
+        .arg("reconstruct")
+        .arg(cfg)
+        .args(["--set", "output.png=false"])
+        .args(args);
     c
 }
 
 fn run_ok(mut c: Command) -> std::process::Output {
     let o = c.output().unwrap();
-    assert!(o.status.success(), "{:?}: {}", o.status, String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{:?}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
     o
 }
 
 fn mpirun() -> Option<&'static str> {
-    ["mpirun.mpich", "mpirun"].into_iter().find(|m| Command::new(m).arg("--version").output().map(|o| o.status.success()).unwrap_or(false))
+    ["mpirun.mpich", "mpirun"].into_iter().find(|m| {
+        Command::new(m)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
 }
 
 /// The 'different node count' case: the same 4 ranks and 2×2 tiles, once as threads of one
@@ -178,19 +314,66 @@ fn resume_across_launchers_threads_and_mpirun() {
     let (dir, cfg) = dataset();
     let d = |s: &str| dir.path().join(s).display().to_string();
     let tiles = "parallel.tiles=[2, 2]";
-    run_ok(cmd(None, &cfg, &["--ranks", "4", "--iterations", "10", "--output", &d("full.h5"), "--set", tiles]));
+    run_ok(cmd(
+        None,
+        &cfg,
+        &[
+            "--ranks",
+            "4",
+            "--iterations",
+            "10",
+            "--output",
+            &d("full.h5"),
+            "--set",
+            tiles,
+        ],
+    ));
     let full = read_result(Path::new(&d("full.h5"))).unwrap();
-    for (first, second, name) in [(None, Some(mpi), "threads-to-mpirun"), (Some(mpi), None, "mpirun-to-threads")] {
+    for (first, second, name) in [
+        (None, Some(mpi), "threads-to-mpirun"),
+        (Some(mpi), None, "mpirun-to-threads"),
+    ] {
         let ck = d(&format!("ck-{name}"));
         let ck_set = format!("checkpoint.dir={ck:?}");
-        let part = ["--ranks", "4", "--iterations", "4", "--output", &d("part.h5"), "--set", tiles, "--set", "checkpoint.every=4", "--set", &ck_set];
+        let part = [
+            "--ranks",
+            "4",
+            "--iterations",
+            "4",
+            "--output",
+            &d("part.h5"),
+            "--set",
+            tiles,
+            "--set",
+            "checkpoint.every=4",
+            "--set",
+            &ck_set,
+        ];
         run_ok(cmd(first, &cfg, &part));
         let m = checkpoint::verify(Path::new(&ck)).unwrap();
         assert_eq!((m.iteration, m.ranks), (4, 4));
         let out = d(&format!("resumed-{name}.h5"));
-        run_ok(cmd(second, &cfg, &["--ranks", "4", "--iterations", "10", "--output", &out, "--set", tiles, "--resume", &ck]));
+        run_ok(cmd(
+            second,
+            &cfg,
+            &[
+                "--ranks",
+                "4",
+                "--iterations",
+                "10",
+                "--output",
+                &out,
+                "--set",
+                tiles,
+                "--resume",
+                &ck,
+            ],
+        ));
         let r = read_result(Path::new(&out)).unwrap();
-        assert_eq!(r.attrs.iter().find(|a| a.0 == "ranks").map(|a| a.1), Some(4.0));
+        assert_eq!(
+            r.attrs.iter().find(|a| a.0 == "ranks").map(|a| a.1),
+            Some(4.0)
+        );
         assert_same_bits(&r, &full, name);
     }
 }
@@ -203,7 +386,9 @@ struct Watched {
 }
 
 fn spawn(mut c: Command) -> Watched {
-    c.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+    c.env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     let err = child.stderr.take().unwrap();
     let (tx, lines) = mpsc::channel();
@@ -214,7 +399,11 @@ fn spawn(mut c: Command) -> Watched {
             }
         }
     });
-    Watched { child, lines, seen: Vec::new() }
+    Watched {
+        child,
+        lines,
+        seen: Vec::new(),
+    }
 }
 
 impl Watched {
@@ -243,7 +432,10 @@ impl Watched {
                 }
                 return (s, self.seen);
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "did not exit in 60 s");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "did not exit in 60 s"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -253,13 +445,25 @@ impl Watched {
 fn done(lines: &[String]) -> usize {
     lines
         .iter()
-        .filter_map(|l| l.split("iteration ").nth(1)?.split(':').next()?.trim().parse::<usize>().ok())
+        .filter_map(|l| {
+            l.split("iteration ")
+                .nth(1)?
+                .split(':')
+                .next()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
         .max()
         .map_or(0, |it| it + 1)
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill {sig} failed");
 }
 
@@ -280,7 +484,11 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
-        if p.is_dir() { v.extend(walk(&p)) } else { v.push(p) }
+        if p.is_dir() {
+            v.extend(walk(&p))
+        } else {
+            v.push(p)
+        }
     }
     v
 }
@@ -296,17 +504,44 @@ fn kill_9_leaves_complete_checkpoints_and_resume_is_bit_exact() {
     let d = |s: &str| dir.path().join(s).display().to_string();
     let ck = d("ck");
     let run = |extra: &[&str], out: &str| {
-        let mut v: Vec<String> = vec!["--ranks".into(), "4".into(), "--iterations".into(), n.to_string(), "--output".into(), d(out)];
-        v.extend(["--set".into(), format!("checkpoint.every={every}"), "--set".into(), format!("checkpoint.dir={ck:?}")]);
+        let mut v: Vec<String> = vec![
+            "--ranks".into(),
+            "4".into(),
+            "--iterations".into(),
+            n.to_string(),
+            "--output".into(),
+            d(out),
+        ];
+        v.extend([
+            "--set".into(),
+            format!("checkpoint.every={every}"),
+            "--set".into(),
+            format!("checkpoint.dir={ck:?}"),
+        ]);
         v.extend(extra.iter().map(|s| s.to_string()));
         cmd(None, &cfg, &v)
     };
-    run_ok(cmd(None, &cfg, &["--ranks", "4", "--iterations", &n.to_string(), "--output", &d("full.h5")]));
+    run_ok(cmd(
+        None,
+        &cfg,
+        &[
+            "--ranks",
+            "4",
+            "--iterations",
+            &n.to_string(),
+            "--output",
+            &d("full.h5"),
+        ],
+    ));
     let full = read_result(Path::new(&d("full.h5"))).unwrap();
 
     let mut last = 0u64;
     for (round, delay_ms) in [0u64, 2, 5, 11, 23, 41].into_iter().enumerate() {
-        let extra: Vec<&str> = if round == 0 { vec![] } else { vec!["--resume", &ck] };
+        let extra: Vec<&str> = if round == 0 {
+            vec![]
+        } else {
+            vec!["--resume", &ck]
+        };
         let w = spawn(run(&extra, "part.h5"));
         // wait for a checkpoint newer than the one this round started from, then a bit more
         let t = Instant::now();
@@ -316,7 +551,10 @@ fn kill_9_leaves_complete_checkpoints_and_resume_is_bit_exact() {
                     break;
                 }
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "no new checkpoint in 60 s (round {round})");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no new checkpoint in 60 s (round {round})"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         std::thread::sleep(Duration::from_millis(delay_ms));
@@ -324,16 +562,35 @@ fn kill_9_leaves_complete_checkpoints_and_resume_is_bit_exact() {
         let (status, lines) = w.finish();
         let done = done(&lines);
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(9), "round {round}: the run ended before the kill ({status:?})");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "round {round}: the run ended before the kill ({status:?})"
+        );
         let m = checkpoint::verify(Path::new(&ck)).unwrap_or_else(|e| panic!("round {round}: {e}"));
-        assert!(m.iteration > last && (m.iteration as usize) < n, "round {round}: checkpoint at {}", m.iteration);
-        assert!(done <= m.iteration as usize + every, "round {round}: {done} iterations logged, checkpoint at {}: lost more than {every}", m.iteration);
+        assert!(
+            m.iteration > last && (m.iteration as usize) < n,
+            "round {round}: checkpoint at {}",
+            m.iteration
+        );
+        assert!(
+            done <= m.iteration as usize + every,
+            "round {round}: {done} iterations logged, checkpoint at {}: lost more than {every}",
+            m.iteration
+        );
         eprintln!("round {round}: killed after {done} logged iterations; checkpoint at {}; unnamed files {:?}", m.iteration, unnamed(Path::new(&ck), &m));
         last = m.iteration;
     }
-    assert!(!Path::new(&d("part.h5")).exists(), "a killed run wrote a result");
+    assert!(
+        !Path::new(&d("part.h5")).exists(),
+        "a killed run wrote a result"
+    );
     run_ok(run(&["--resume", &ck], "resumed.h5"));
-    assert_same_bits(&read_result(Path::new(&d("resumed.h5"))).unwrap(), &full, "after 6 kills");
+    assert_same_bits(
+        &read_result(Path::new(&d("resumed.h5"))).unwrap(),
+        &full,
+        "after 6 kills",
+    );
 }
 
 /// SIGUSR1 writes a checkpoint and the run goes on; SIGTERM writes one at the next
@@ -347,32 +604,97 @@ fn sigusr1_continues_sigterm_checkpoints_and_stops() {
     let ck = d("ck");
     let ck_set = format!("checkpoint.dir={ck:?}");
     let iters = n.to_string();
-    let mut w = spawn(cmd(None, &cfg, &["--ranks", "4", "--iterations", &iters, "--output", &d("part.h5"), "--set", &ck_set]));
+    let mut w = spawn(cmd(
+        None,
+        &cfg,
+        &[
+            "--ranks",
+            "4",
+            "--iterations",
+            &iters,
+            "--output",
+            &d("part.h5"),
+            "--set",
+            &ck_set,
+        ],
+    ));
     w.wait_line("iteration 2:");
     signal(&w.child, "-USR1");
     w.wait_line("checkpoint after iteration");
     let m1 = checkpoint::verify(Path::new(&ck)).unwrap();
     assert!(m1.iteration >= 3, "{}", m1.iteration);
     w.wait_line(&format!("iteration {}:", m1.iteration + 2));
-    assert!(w.child.try_wait().unwrap().is_none(), "SIGUSR1 stopped the run");
+    assert!(
+        w.child.try_wait().unwrap().is_none(),
+        "SIGUSR1 stopped the run"
+    );
     let t = Instant::now();
     signal(&w.child, "-TERM");
     let (status, lines) = w.finish();
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(status.code(), Some(EXIT_CHECKPOINTED), "{lines:?}");
     assert!(secs < 10.0, "took {secs} s to stop");
-    let stop_line = lines.iter().find(|l| l.starts_with("stopped by SIGTERM after iteration ")).unwrap_or_else(|| panic!("{lines:?}"));
-    let k: u64 = stop_line["stopped by SIGTERM after iteration ".len()..].split(':').next().unwrap().parse().unwrap();
+    let stop_line = lines
+        .iter()
+        .find(|l| l.starts_with("stopped by SIGTERM after iteration "))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let k: u64 = stop_line["stopped by SIGTERM after iteration ".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let m = checkpoint::verify(Path::new(&ck)).unwrap();
-    assert_eq!(m.iteration, k, "the checkpoint is of the iteration the run stopped at");
+    assert_eq!(
+        m.iteration, k,
+        "the checkpoint is of the iteration the run stopped at"
+    );
     assert!(k > m1.iteration && (k as usize) < n, "stopped at {k}");
-    assert!(unnamed(Path::new(&ck), &m).is_empty(), "{:?}", unnamed(Path::new(&ck), &m));
-    assert!(!Path::new(&d("part.h5")).exists(), "a stopped run wrote a result");
-    eprintln!("SIGUSR1 checkpoint at {}, SIGTERM stop at {k} in {secs:.2} s", m1.iteration);
+    assert!(
+        unnamed(Path::new(&ck), &m).is_empty(),
+        "{:?}",
+        unnamed(Path::new(&ck), &m)
+    );
+    assert!(
+        !Path::new(&d("part.h5")).exists(),
+        "a stopped run wrote a result"
+    );
+    eprintln!(
+        "SIGUSR1 checkpoint at {}, SIGTERM stop at {k} in {secs:.2} s",
+        m1.iteration
+    );
 
-    run_ok(cmd(None, &cfg, &["--ranks", "4", "--iterations", &iters, "--output", &d("resumed.h5"), "--resume", &ck]));
-    run_ok(cmd(None, &cfg, &["--ranks", "4", "--iterations", &iters, "--output", &d("full.h5")]));
-    assert_same_bits(&read_result(Path::new(&d("resumed.h5"))).unwrap(), &read_result(Path::new(&d("full.h5"))).unwrap(), "SIGTERM + resume");
+    run_ok(cmd(
+        None,
+        &cfg,
+        &[
+            "--ranks",
+            "4",
+            "--iterations",
+            &iters,
+            "--output",
+            &d("resumed.h5"),
+            "--resume",
+            &ck,
+        ],
+    ));
+    run_ok(cmd(
+        None,
+        &cfg,
+        &[
+            "--ranks",
+            "4",
+            "--iterations",
+            &iters,
+            "--output",
+            &d("full.h5"),
+        ],
+    ));
+    assert_same_bits(
+        &read_result(Path::new(&d("resumed.h5"))).unwrap(),
+        &read_result(Path::new(&d("full.h5"))).unwrap(),
+        "SIGTERM + resume",
+    );
 }
 
 /// Missing directory, directory without manifest, corrupt manifest, corrupt rank file,
@@ -383,10 +705,34 @@ fn bad_resume_directories_are_refused() {
     let d = |s: &str| dir.path().join(s).display().to_string();
     let ck = d("ck");
     let ck_set = format!("checkpoint.dir={ck:?}");
-    run_ok(cmd(None, &cfg, &["--ranks", "2", "--iterations", "2", "--output", &d("a.h5"), "--set", "checkpoint.every=2", "--set", &ck_set]));
+    run_ok(cmd(
+        None,
+        &cfg,
+        &[
+            "--ranks",
+            "2",
+            "--iterations",
+            "2",
+            "--output",
+            &d("a.h5"),
+            "--set",
+            "checkpoint.every=2",
+            "--set",
+            &ck_set,
+        ],
+    ));
     let refused_with = |ranks: &str, resume: &str, extra: &[&str], want: &str| {
         let out = d("b.h5");
-        let mut args = vec!["--ranks", ranks, "--iterations", "4", "--output", &out, "--resume", resume];
+        let mut args = vec![
+            "--ranks",
+            ranks,
+            "--iterations",
+            "4",
+            "--output",
+            &out,
+            "--resume",
+            resume,
+        ];
         args.extend_from_slice(extra);
         let o = cmd(None, &cfg, &args).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
@@ -401,7 +747,11 @@ fn bad_resume_directories_are_refused() {
     refused(&d("empty"), &[], "manifest.toml: missing");
     refused_with("4", &ck, &[], "written by 2 ranks, this job has 4");
     refused(&ck, &["--set", "reconstruction.noise_model=\"amplitude\""], "reconstruction.noise_model was \"poisson\" when the checkpoint was written, now \"amplitude\"");
-    refused(&ck, &["--set", "parallel.tiles=[2, 1]"], "written with 1x2 tiles, this job has 2x1");
+    refused(
+        &ck,
+        &["--set", "parallel.tiles=[2, 1]"],
+        "written with 1x2 tiles, this job has 2x1",
+    );
 
     // a flipped byte in a rank file
     let m = checkpoint::read_manifest(Path::new(&ck)).unwrap();
@@ -413,7 +763,15 @@ fn bad_resume_directories_are_refused() {
     std::fs::write(&f, &bad).unwrap();
     refused(&ck, &[], "checksum mismatch");
     std::fs::write(&f, &good[..good.len() - 100]).unwrap();
-    refused(&ck, &[], &format!("{} bytes, the manifest says {}", good.len() - 100, good.len()));
+    refused(
+        &ck,
+        &[],
+        &format!(
+            "{} bytes, the manifest says {}",
+            good.len() - 100,
+            good.len()
+        ),
+    );
     std::fs::write(&f, &good).unwrap();
 
     // a corrupt manifest
@@ -426,7 +784,17 @@ fn bad_resume_directories_are_refused() {
     std::fs::write(&mpath, &text).unwrap();
 
     // other diffraction patterns (same shapes and positions)
-    let p = SimParams { m: 32, scan: [12, 12], step_px: 2.5, jitter_px: 0.4, semiangle_mrad: 30.0, pixel_size_m: 0.25e-10, dose: Some(1e5), seed: 11, ..Default::default() };
+    let p = SimParams {
+        m: 32,
+        scan: [12, 12],
+        step_px: 2.5,
+        jitter_px: 0.4,
+        semiangle_mrad: 30.0,
+        pixel_size_m: 0.25e-10,
+        dose: Some(1e5),
+        seed: 11,
+        ..Default::default()
+    };
     let mut sim = simulate(&p).unwrap();
     sim.intensities[5] += 1.0;
     write(&dir.path().join("sim.h5"), &sim, &p).unwrap();
@@ -448,18 +816,74 @@ fn sigterm_under_mpirun_then_resume_on_threads() {
     let ck = d("ck");
     let ck_set = format!("checkpoint.dir={ck:?}");
     let tiles = "parallel.tiles=[2, 2]";
-    let mut w = spawn(cmd(Some(mpi), &cfg, &["--iterations", n, "--output", &d("part.h5"), "--set", tiles, "--set", &ck_set]));
+    let mut w = spawn(cmd(
+        Some(mpi),
+        &cfg,
+        &[
+            "--iterations",
+            n,
+            "--output",
+            &d("part.h5"),
+            "--set",
+            tiles,
+            "--set",
+            &ck_set,
+        ],
+    ));
     w.wait_line("iteration 2:");
     signal(&w.child, "-TERM");
     let (status, lines) = w.finish();
     assert_eq!(status.code(), Some(EXIT_CHECKPOINTED), "{lines:?}");
-    let stops: Vec<&String> = lines.iter().filter(|l| l.starts_with("stopped by SIGTERM")).collect();
+    let stops: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("stopped by SIGTERM"))
+        .collect();
     assert_eq!(stops.len(), 1, "one line from rank 0: {lines:?}");
     let m = checkpoint::verify(Path::new(&ck)).unwrap();
     assert_eq!(m.ranks, 4);
-    assert!(stops[0].starts_with(&format!("stopped by SIGTERM after iteration {}:", m.iteration)), "{} vs {}", stops[0], m.iteration);
+    assert!(
+        stops[0].starts_with(&format!(
+            "stopped by SIGTERM after iteration {}:",
+            m.iteration
+        )),
+        "{} vs {}",
+        stops[0],
+        m.iteration
+    );
     assert!(!Path::new(&d("part.h5")).exists());
-    run_ok(cmd(None, &cfg, &["--ranks", "4", "--iterations", n, "--output", &d("resumed.h5"), "--set", tiles, "--resume", &ck]));
-    run_ok(cmd(None, &cfg, &["--ranks", "4", "--iterations", n, "--output", &d("full.h5"), "--set", tiles]));
-    assert_same_bits(&read_result(Path::new(&d("resumed.h5"))).unwrap(), &read_result(Path::new(&d("full.h5"))).unwrap(), "mpirun SIGTERM → threads");
+    run_ok(cmd(
+        None,
+        &cfg,
+        &[
+            "--ranks",
+            "4",
+            "--iterations",
+            n,
+            "--output",
+            &d("resumed.h5"),
+            "--set",
+            tiles,
+            "--resume",
+            &ck,
+        ],
+    ));
+    run_ok(cmd(
+        None,
+        &cfg,
+        &[
+            "--ranks",
+            "4",
+            "--iterations",
+            n,
+            "--output",
+            &d("full.h5"),
+            "--set",
+            tiles,
+        ],
+    ));
+    assert_same_bits(
+        &read_result(Path::new(&d("resumed.h5"))).unwrap(),
+        &read_result(Path::new(&d("full.h5"))).unwrap(),
+        "mpirun SIGTERM → threads",
+    );
 }

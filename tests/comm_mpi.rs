@@ -10,7 +10,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_ptytile_comm_selftest");
 fn mpirun() -> Option<&'static str> {
     // Prefer MPICH's launcher by name (the binary is built against whatever `mpicc` is).
     for cand in ["mpirun.mpich", "mpirun"] {
-        if Command::new(cand).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+        if Command::new(cand)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+        {
             return Some(cand);
         }
     }
@@ -47,39 +53,61 @@ fn run(n: usize, mode: &str, limit: Duration) -> Option<(Output, Duration)> {
 
 #[test]
 fn mpi_selftest_4_ranks() {
-    let Some((out, _)) = run(4, "checks", Duration::from_secs(120)) else { return };
+    let Some((out, _)) = run(4, "checks", Duration::from_secs(120)) else {
+        return;
+    };
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("selftest ok on 4 ranks"));
 }
 
 #[test]
 fn mpi_rank_error_aborts_job_quickly() {
-    let Some((out, dt)) = run(4, "fail-error", Duration::from_secs(60)) else { return };
+    let Some((out, dt)) = run(4, "fail-error", Duration::from_secs(60)) else {
+        return;
+    };
     assert!(!out.status.success());
-    assert_ne!(out.status.code(), Some(124), "job hung until killed by timeout(1)");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("rank 1: tile 3: deliberate failure on rank 1"));
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "job hung until killed by timeout(1)"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("rank 1: tile 3: deliberate failure on rank 1"));
     assert!(dt < Duration::from_secs(10), "took {dt:?}");
 }
 
 #[test]
 fn mpi_rank_panic_aborts_job_quickly() {
-    let Some((out, dt)) = run(4, "fail-panic", Duration::from_secs(60)) else { return };
+    let Some((out, dt)) = run(4, "fail-panic", Duration::from_secs(60)) else {
+        return;
+    };
     assert!(!out.status.success());
-    assert_ne!(out.status.code(), Some(124), "job hung until killed by timeout(1)");
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "job hung until killed by timeout(1)"
+    );
     assert!(dt < Duration::from_secs(10), "took {dt:?}");
 }
 
 #[test]
 fn mpi_launcher_env_seen() {
-    let Some((out, _)) = run(2, "launch-info", Duration::from_secs(60)) else { return };
+    let Some((out, _)) = run(2, "launch-info", Duration::from_secs(60)) else {
+        return;
+    };
     assert!(out.status.success());
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("rank 1 of 2: Some(LaunchInfo { rank: 1, size: 2"), "{s}");
+    assert!(
+        s.contains("rank 1 of 2: Some(LaunchInfo { rank: 1, size: 2"),
+        "{s}"
+    );
 }
 
 #[test]
 fn mpi_selftest_5_ranks() {
-    let Some((out, _)) = run(5, "checks", Duration::from_secs(120)) else { return };
+    let Some((out, _)) = run(5, "checks", Duration::from_secs(120)) else {
+        return;
+    };
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("selftest ok on 5 ranks"));
 }
@@ -91,14 +119,19 @@ fn tree_input(rank: usize, i: usize) -> f64 {
 }
 
 fn bits_hex(v: &[f64]) -> String {
-    v.iter().map(|x| format!("{:016x}", x.to_bits())).collect::<Vec<_>>().join(" ")
+    v.iter()
+        .map(|x| format!("{:016x}", x.to_bits()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// MPI processes and thread ranks give bit-identical all-reduce results (same tree order).
 #[test]
 fn mpi_allreduce_bits_equal_threads() {
     for n in [4usize, 5] {
-        let Some((out, _)) = run(n, "sum-bits", Duration::from_secs(60)) else { return };
+        let Some((out, _)) = run(n, "sum-bits", Duration::from_secs(60)) else {
+            return;
+        };
         assert!(out.status.success());
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let threads = ptytile::comm::run_threads(n, |mut c| {
@@ -111,8 +144,15 @@ fn mpi_allreduce_bits_equal_threads() {
         })
         .unwrap();
         let (s, m) = &threads[0];
-        assert!(stdout.contains(&format!("sum {}\n", bits_hex(s))), "{n} ranks: MPI sum differs from threads'\nthreads: {}\n{stdout}", bits_hex(s));
-        assert!(stdout.contains(&format!("max {}\n", bits_hex(m))), "{n} ranks: MPI max differs from threads'\n{stdout}");
+        assert!(
+            stdout.contains(&format!("sum {}\n", bits_hex(s))),
+            "{n} ranks: MPI sum differs from threads'\nthreads: {}\n{stdout}",
+            bits_hex(s)
+        );
+        assert!(
+            stdout.contains(&format!("max {}\n", bits_hex(m))),
+            "{n} ranks: MPI max differs from threads'\n{stdout}"
+        );
     }
 }
 
@@ -120,10 +160,19 @@ fn mpi_allreduce_bits_equal_threads() {
 /// peer, and the job ends — no hang.
 #[test]
 fn mpi_allreduce_silent_peer_is_named() {
-    let Some((out, dt)) = run(4, "allreduce-silent", Duration::from_secs(60)) else { return };
+    let Some((out, dt)) = run(4, "allreduce-silent", Duration::from_secs(60)) else {
+        return;
+    };
     assert!(!out.status.success());
-    assert_ne!(out.status.code(), Some(124), "job hung until killed by timeout(1)");
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "job hung until killed by timeout(1)"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("allreduce with rank") && err.contains("no message from rank"), "{err}");
+    assert!(
+        err.contains("allreduce with rank") && err.contains("no message from rank"),
+        "{err}"
+    );
     assert!(dt < Duration::from_secs(10), "took {dt:?}");
 }

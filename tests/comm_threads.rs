@@ -8,7 +8,9 @@ use ptytile::Error;
 
 /// Deterministic per-rank test values (not trivially summable in any order).
 fn values(rank: usize, n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i * 7919 + rank * 104729) % 1000) as f32 * 0.001 + rank as f32).collect()
+    (0..n)
+        .map(|i| ((i * 7919 + rank * 104729) % 1000) as f32 * 0.001 + rank as f32)
+        .collect()
 }
 
 fn ring(n_floats: usize) {
@@ -26,7 +28,11 @@ fn ring(n_floats: usize) {
         assert_eq!(s.messages_sent, 1);
         assert_eq!(s.bytes_sent, 4 * n_floats as u64);
     }
-    eprintln!("ring of {} bytes on 4 ranks: {:?}", 4 * n_floats, t.elapsed());
+    eprintln!(
+        "ring of {} bytes on 4 ranks: {:?}",
+        4 * n_floats,
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -55,7 +61,10 @@ fn out_of_order_tags_are_buffered() {
             assert_eq!(c.recv(0, 3)?, vec![3, 3, 3]);
             assert_eq!(c.recv(0, 1)?, vec![1]);
             assert_eq!(bytes_to_f64s(&c.recv(0, 5)?)?, vec![1.0, 2.0]);
-            assert_eq!(bytes_to_c32s(&c.recv(0, 5)?)?, vec![Complex32::new(1.0, -1.0)]);
+            assert_eq!(
+                bytes_to_c32s(&c.recv(0, 5)?)?,
+                vec![Complex32::new(1.0, -1.0)]
+            );
         }
         c.wait_sends()
     })
@@ -64,7 +73,12 @@ fn out_of_order_tags_are_buffered() {
 
 fn sum_input(rank: usize) -> Vec<f64> {
     // Values whose sum depends on the order of addition.
-    vec![1e16 * if rank % 2 == 0 { 1.0 } else { -1.0 }, 0.1 * (rank + 1) as f64, 1.0 / (rank + 3) as f64, -0.0]
+    vec![
+        1e16 * if rank % 2 == 0 { 1.0 } else { -1.0 },
+        0.1 * (rank + 1) as f64,
+        1.0 / (rank + 3) as f64,
+        -0.0,
+    ]
 }
 
 /// The documented all-reduce order, computed directly: the sum over ranks `a..b` is
@@ -102,7 +116,10 @@ fn allreduce_sum_is_tree_ordered_and_identical() {
             .chain((0..4).map(|i| (0..n).map(|r| sum_input(r)[i]).collect()))
             .collect();
         let want: Vec<u64> = cols.iter().map(|c| tree_sum(c).to_bits()).collect();
-        let linear: Vec<u64> = cols.iter().map(|c| c.iter().skip(1).fold(c[0], |a, &x| a + x).to_bits()).collect();
+        let linear: Vec<u64> = cols
+            .iter()
+            .map(|c| c.iter().skip(1).fold(c[0], |a, &x| a + x).to_bits())
+            .collect();
         differs_from_rank_order += want.iter().zip(&linear).filter(|(a, b)| a != b).count();
         for (r, v) in out.iter().enumerate() {
             let bits: Vec<u64> = v.iter().map(|x| x.to_bits()).collect();
@@ -110,7 +127,10 @@ fn allreduce_sum_is_tree_ordered_and_identical() {
         }
     }
     // The inputs are order-sensitive: the test would catch a rank-order sum.
-    eprintln!("tree order differs from rank order in {differs_from_rank_order} of {} sums", 17 * (k + 4));
+    eprintln!(
+        "tree order differs from rank order in {differs_from_rank_order} of {} sums",
+        17 * (k + 4)
+    );
     assert!(differs_from_rank_order > 20, "{differs_from_rank_order}");
 }
 
@@ -120,7 +140,12 @@ fn allreduce_max_nan_and_tree_order() {
         let out = run_threads(n, |mut c| {
             let r = c.rank();
             // Element 2: NaN on the last rank only; element 3: -0 on even ranks, +0 on odd.
-            let mut v = vec![r as f64, -(r as f64), if r + 1 == n { f64::NAN } else { r as f64 }, if r % 2 == 0 { -0.0 } else { 0.0 }];
+            let mut v = vec![
+                r as f64,
+                -(r as f64),
+                if r + 1 == n { f64::NAN } else { r as f64 },
+                if r % 2 == 0 { -0.0 } else { 0.0 },
+            ];
             c.allreduce_max(&mut v)?;
             Ok(v)
         })
@@ -131,7 +156,10 @@ fn allreduce_max_nan_and_tree_order() {
             assert!(v[2].is_nan(), "{n} ranks: {v:?}");
             // Ties keep the lower ranks' value, so rank 0's -0 wins.
             assert_eq!(v[3].to_bits(), (-0.0f64).to_bits(), "{n} ranks");
-            assert_eq!(v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), out[0].iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+            assert_eq!(
+                v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                out[0].iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
         }
     }
 }
@@ -226,7 +254,10 @@ fn rank_panic_is_reported_promptly() {
         None
     });
     eprintln!("panic detected in {dt:?}: {err}");
-    assert_eq!(err.to_string(), "rank 1 panicked: deliberate panic on rank 1");
+    assert_eq!(
+        err.to_string(),
+        "rank 1 panicked: deliberate panic on rank 1"
+    );
     assert!(dt < Duration::from_secs(5), "took {dt:?}");
 }
 
@@ -245,7 +276,11 @@ fn recv_times_out_naming_the_peer() {
     .unwrap_err();
     let dt = t.elapsed();
     eprintln!("timeout reported in {dt:?}: {err}");
-    assert!(err.to_string().starts_with("rank 1: recv from rank 0 tag 4: no message from rank 0"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("rank 1: recv from rank 0 tag 4: no message from rank 0"),
+        "{err}"
+    );
     assert!(dt < Duration::from_secs(3));
 }
 

@@ -33,7 +33,10 @@ fn config(file: &PathBuf, zf: &str) -> Config {
 
 fn pearson(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len() as f64;
-    let (ma, mb) = (a.iter().map(|v| *v as f64).sum::<f64>() / n, b.iter().map(|v| *v as f64).sum::<f64>() / n);
+    let (ma, mb) = (
+        a.iter().map(|v| *v as f64).sum::<f64>() / n,
+        b.iter().map(|v| *v as f64).sum::<f64>() / n,
+    );
     let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
     for (x, y) in a.iter().zip(b) {
         let (x, y) = (*x as f64 - ma, *y as f64 - mb);
@@ -49,9 +52,17 @@ fn metadata_fallback_and_probe_from_metadata() {
     let Some(file) = dataset() else { return };
     let df = DataFile::open(&config(&file, "center")).unwrap();
     let e = &df.experiment;
-    assert!((e.wavelength_m * 1e10 - 0.019_687_49).abs() < 1e-7, "{}", e.wavelength_m);
+    assert!(
+        (e.wavelength_m * 1e10 - 0.019_687_49).abs() < 1e-7,
+        "{}",
+        e.wavelength_m
+    );
     assert!((e.pixel_size_m[0] * 1e10 - 0.182_812_5).abs() < 1e-6);
-    assert!((e.defocus_m - 150e-10).abs() < 1e-15, "defocus {}", e.defocus_m);
+    assert!(
+        (e.defocus_m - 150e-10).abs() < 1e-15,
+        "defocus {}",
+        e.defocus_m
+    );
     assert_eq!(df.n, 3364);
     assert_eq!(df.object_shape, [253, 253]);
     // the probe formed from the metadata overlaps the stored true probe (README: 0.996)
@@ -71,7 +82,11 @@ fn metadata_fallback_and_probe_from_metadata() {
 fn forward_model_matches_measured_patterns() {
     let Some(file) = dataset() else { return };
     let h5 = hdf5::File::open(&file).unwrap();
-    let truth: Vec<Complex32> = h5.dataset("/ground_truth/transmission_recon").unwrap().read_raw().unwrap();
+    let truth: Vec<Complex32> = h5
+        .dataset("/ground_truth/transmission_recon")
+        .unwrap()
+        .read_raw()
+        .unwrap();
     let probe: Vec<Complex32> = h5.dataset("/probe/probe_real").unwrap().read_raw().unwrap();
     let idx: Vec<usize> = vec![0, 57, 1000, 1681, 2522, 3363];
     let run = |zf: &str, conj: bool| -> f64 {
@@ -85,15 +100,35 @@ fn forward_model_matches_measured_patterns() {
                 .map(|i| {
                     let (y, x) = (i / df.object_shape[1], i % df.object_shape[1]);
                     let v = truth[((y + 128 - 64) % 128) * 128 + (x + 128 - 64) % 128];
-                    if conj { v.conj() } else { v }
+                    if conj {
+                        v.conj()
+                    } else {
+                        v
+                    }
                 })
                 .collect(),
         };
-        let mean: f64 = df.read_intensities(&idx).unwrap().iter().map(|v| *v as f64).sum::<f64>() / idx.len() as f64;
+        let mean: f64 = df
+            .read_intensities(&idx)
+            .unwrap()
+            .iter()
+            .map(|v| *v as f64)
+            .sum::<f64>()
+            / idx.len() as f64;
         let mut p = probe.clone();
         ptytile::physics::probe::normalise(&mut p, mean);
-        let k = Kernel { fft: Fft2::new(m), modes: 1, noise: NoiseModel::Poisson, eps: 0.0, weights: None, propagator: Vec::new() };
-        let pos: Vec<PositionGeom<f32>> = idx.iter().map(|&j| PositionGeom::new(j, df.centres[j], m)).collect();
+        let k = Kernel {
+            fft: Fft2::new(m),
+            modes: 1,
+            noise: NoiseModel::Poisson,
+            eps: 0.0,
+            weights: None,
+            propagator: Vec::new(),
+        };
+        let pos: Vec<PositionGeom<f32>> = idx
+            .iter()
+            .map(|&j| PositionGeom::new(j, df.centres[j], m))
+            .collect();
         let model = model_intensities(&k, &obj, &probe_spectrum(&k.fft, &p), &pos);
         let meas = df.read_intensities(&idx).unwrap();
         pearson(&model, &meas)

@@ -9,7 +9,17 @@ use ptytile::output::{read_result, write_result};
 use ptytile::simulate::{simulate, write, SimParams};
 
 fn params() -> SimParams {
-    SimParams { m: 32, scan: [12, 12], step_px: 2.5, jitter_px: 0.4, semiangle_mrad: 30.0, pixel_size_m: 0.25e-10, dose: Some(1e5), seed: 42, ..Default::default() }
+    SimParams {
+        m: 32,
+        scan: [12, 12],
+        step_px: 2.5,
+        jitter_px: 0.4,
+        semiangle_mrad: 30.0,
+        pixel_size_m: 0.25e-10,
+        dose: Some(1e5),
+        seed: 42,
+        ..Default::default()
+    }
 }
 
 /// Simulate, reconstruct `iterations` with `noise`, write and read back; returns
@@ -29,7 +39,9 @@ fn run(noise: &str, iterations: usize) -> (f64, Vec<f64>) {
         ],
     )
     .unwrap();
-    let res = reconstruct::run(&cfg, &|_, _, _, _| {}).unwrap().expect("rank 0 returns the result");
+    let res = reconstruct::run(&cfg, &|_, _, _, _| {})
+        .unwrap()
+        .expect("rank 0 returns the result");
     let written = write_result(&out, &res, true).unwrap();
     assert_eq!(written.len(), 5, "HDF5 + 4 PNGs: {written:?}");
     let back = read_result(&out).unwrap();
@@ -47,7 +59,10 @@ fn poisson_reconstruction_quality_and_golden_loss() {
     assert!(loss[14] < 0.5 * loss[0], "{loss:?}");
     let golden = [GOLDEN_POISSON_0, GOLDEN_POISSON_14];
     for (got, want) in [loss[0], loss[14]].iter().zip(golden) {
-        assert!(((got - want) / want).abs() < 1e-4, "loss {got} vs golden {want}");
+        assert!(
+            ((got - want) / want).abs() < 1e-4,
+            "loss {got} vs golden {want}"
+        );
     }
 }
 

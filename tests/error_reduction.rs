@@ -20,12 +20,24 @@ use ptytile::simulate::{simulate, write, SimParams};
 
 fn run(set: &[&str]) -> ReconResult {
     let dir = tempfile::tempdir().unwrap();
-    let p = SimParams { m: 32, scan: [10, 10], step_px: 3.0, jitter_px: 0.4, semiangle_mrad: 30.0, pixel_size_m: 0.25e-10, dose: Some(1e4), seed: 7, ..Default::default() };
+    let p = SimParams {
+        m: 32,
+        scan: [10, 10],
+        step_px: 3.0,
+        jitter_px: 0.4,
+        semiangle_mrad: 30.0,
+        pixel_size_m: 0.25e-10,
+        dose: Some(1e4),
+        seed: 7,
+        ..Default::default()
+    };
     let sim = simulate(&p).unwrap();
     let (_, cfg_path) = write(&dir.path().join("sim.h5"), &sim, &p).unwrap();
     let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
     let cfg = Config::load(&cfg_path, &set).unwrap();
-    reconstruct::run(&cfg, &|_, _, _, _| {}).unwrap().expect("rank 0 returns the result")
+    reconstruct::run(&cfg, &|_, _, _, _| {})
+        .unwrap()
+        .expect("rank 0 returns the result")
 }
 
 const ITERATIONS: &str = "reconstruction.iterations=1";
@@ -33,18 +45,45 @@ const ITERATIONS: &str = "reconstruction.iterations=1";
 #[test]
 fn error_reduction_is_the_fisher_scoring_gd_step() {
     for noise in ["poisson", "amplitude"] {
-        let common = [ITERATIONS, "reconstruction.update_probe=false", "parallel.ranks=1"];
+        let common = [
+            ITERATIONS,
+            "reconstruction.update_probe=false",
+            "parallel.ranks=1",
+        ];
         let nm = format!("reconstruction.noise_model=\"{noise}\"");
-        let er = run(&[&common[..], &["reconstruction.engine=\"dm\"", "dm.er_iterations=3", &nm]].concat());
-        let gd = run(&[&common[..], &["reconstruction.engine=\"gd\"", "reconstruction.step=1", &nm]].concat());
+        let er = run(&[
+            &common[..],
+            &["reconstruction.engine=\"dm\"", "dm.er_iterations=3", &nm],
+        ]
+        .concat());
+        let gd = run(&[
+            &common[..],
+            &["reconstruction.engine=\"gd\"", "reconstruction.step=1", &nm],
+        ]
+        .concat());
         assert_eq!(er.object.shape, gd.object.shape);
         let scale = gd.object.data.iter().fold(0f32, |a, v| a.max(v.norm()));
-        let diff = er.object.data.iter().zip(&gd.object.data).fold(0f32, |a, (x, y)| a.max((x - y).norm()));
+        let diff = er
+            .object
+            .data
+            .iter()
+            .zip(&gd.object.data)
+            .fold(0f32, |a, (x, y)| a.max((x - y).norm()));
         // the object starts at 1 everywhere
-        let moved = gd.object.data.iter().fold(0f32, |a, x| a.max((x - num_complex::Complex32::new(1.0, 0.0)).norm()));
-        eprintln!("{noise}: max |O_er − O_gd| / max |O| = {:.2e}; the object moved by {:.2e}", diff / scale, moved / scale);
+        let moved = gd.object.data.iter().fold(0f32, |a, x| {
+            a.max((x - num_complex::Complex32::new(1.0, 0.0)).norm())
+        });
+        eprintln!(
+            "{noise}: max |O_er − O_gd| / max |O| = {:.2e}; the object moved by {:.2e}",
+            diff / scale,
+            moved / scale
+        );
         assert!(moved / scale > 1e-2, "{noise}: the three steps hardly moved the object ({moved:e}): the comparison says nothing");
-        assert!(diff / scale < 1e-5, "{noise}: error reduction and gd differ by {:.2e} (relative)", diff / scale);
+        assert!(
+            diff / scale < 1e-5,
+            "{noise}: error reduction and gd differ by {:.2e} (relative)",
+            diff / scale
+        );
     }
 }
 
@@ -54,5 +93,8 @@ mod common;
 fn error_reduction_finish_lowers_dm_loss_at_low_dose() {
     let (_, without) = common::low_dose_phase_correlation("dm", &["dm.er_iterations=0".into()]);
     let (_, with) = common::low_dose_phase_correlation("dm", &[]);
-    assert!(with < 0.99 * without, "dm's loss with its error-reduction finish {with:.1}, without {without:.1}");
+    assert!(
+        with < 0.99 * without,
+        "dm's loss with its error-reduction finish {with:.1}, without {without:.1}"
+    );
 }

@@ -20,8 +20,15 @@ use std::sync::OnceLock;
 
 /// `PROPTEST_CASES` if set, else `default` cases.
 fn cases(default: u32) -> ProptestConfig {
-    let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
+    let n = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    ProptestConfig {
+        cases: n,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 /// HDF5 file locking off (tests of this binary open files from several threads).
@@ -77,9 +84,51 @@ mode = "tiled"
 
 /// Tokens worth splicing into TOML: syntax, special numbers, huge and negative values.
 const TOKENS: &[&str] = &[
-    "=", "[", "]", "[[", "]]", "{", "}", ",", ".", "\"", "'", "'''", "\"\"\"", "\n", "#", "\\", "\\u0000", "\u{0}", "é", "\u{feff}",
-    "nan", "-nan", "inf", "-inf", "0", "-1", "1e400", "-0.0", "18446744073709551616", "99999999999999999999", "1_000", "0x10", "true",
-    "[]", "[0, 0]", "[1e9, 1e9]", "{}", "1979-05-27T07:32:00Z", "data", "experiment", "parallel", "tiles", "ranks", "file", "beam",
+    "=",
+    "[",
+    "]",
+    "[[",
+    "]]",
+    "{",
+    "}",
+    ",",
+    ".",
+    "\"",
+    "'",
+    "'''",
+    "\"\"\"",
+    "\n",
+    "#",
+    "\\",
+    "\\u0000",
+    "\u{0}",
+    "é",
+    "\u{feff}",
+    "nan",
+    "-nan",
+    "inf",
+    "-inf",
+    "0",
+    "-1",
+    "1e400",
+    "-0.0",
+    "18446744073709551616",
+    "99999999999999999999",
+    "1_000",
+    "0x10",
+    "true",
+    "[]",
+    "[0, 0]",
+    "[1e9, 1e9]",
+    "{}",
+    "1979-05-27T07:32:00Z",
+    "data",
+    "experiment",
+    "parallel",
+    "tiles",
+    "ranks",
+    "file",
+    "beam",
 ];
 
 #[derive(Debug, Clone)]
@@ -138,7 +187,13 @@ fn overrides() -> impl Strategy<Value = Vec<String>> {
         2 => (0..TOKENS.len()).prop_map(|t| TOKENS[t].to_string()),
         1 => ".{0,12}",
     ];
-    let set = (keys, values, prop::bool::weighted(0.9)).prop_map(|(k, v, eq)| if eq { format!("{k}={v}") } else { format!("{k}{v}") });
+    let set = (keys, values, prop::bool::weighted(0.9)).prop_map(|(k, v, eq)| {
+        if eq {
+            format!("{k}={v}")
+        } else {
+            format!("{k}{v}")
+        }
+    });
     prop_oneof![1 => Just(Vec::new()), 1 => prop::collection::vec(set, 1..3)]
 }
 
@@ -160,7 +215,13 @@ fn config_case(edits: &[Edit], sets: &[String]) -> Result<bool, TestCaseError> {
         Ok(c) => {
             prop_assert!(c.validate().is_ok());
             let again = Config::from_toml(&c.to_toml(), &[]);
-            prop_assert_eq!(again.as_ref().ok(), Some(&c), "round trip of {:?}: {:?}", c.to_toml(), again);
+            prop_assert_eq!(
+                again.as_ref().ok(),
+                Some(&c),
+                "round trip of {:?}: {:?}",
+                c.to_toml(),
+                again
+            );
             Ok(true)
         }
         Err(e) => {
@@ -176,7 +237,15 @@ fn small_dataset() -> &'static [u8] {
     B.get_or_init(|| {
         no_locking();
         let dir = tempfile::tempdir().unwrap();
-        let p = SimParams { m: 8, scan: [2, 2], step_px: 2.0, semiangle_mrad: 60.0, pixel_size_m: 0.3e-10, dose: Some(1e3), ..Default::default() };
+        let p = SimParams {
+            m: 8,
+            scan: [2, 2],
+            step_px: 2.0,
+            semiangle_mrad: 60.0,
+            pixel_size_m: 0.3e-10,
+            dose: Some(1e3),
+            ..Default::default()
+        };
         let f = dir.path().join("d.h5");
         write(&f, &simulate(&p).unwrap(), &p).unwrap();
         std::fs::read(f).unwrap()
@@ -184,7 +253,9 @@ fn small_dataset() -> &'static [u8] {
 }
 
 fn data_config(file: &Path, probe: Option<&str>) -> Config {
-    let probe = probe.map(|p| format!("probe = {p:?}\n")).unwrap_or_default();
+    let probe = probe
+        .map(|p| format!("probe = {p:?}\n"))
+        .unwrap_or_default();
     Config::from_toml(
         &format!("[data]\nfile = {:?}\nintensities = '/data/intensities'\npositions = '/data/positions_px'\n{probe}", file.display().to_string()),
         &[],
@@ -199,7 +270,10 @@ fn open_and_read(cfg: &Config) -> Result<bool, TestCaseError> {
         Ok(df) => {
             prop_assert!(df.n > 0 && df.m >= 2);
             prop_assert_eq!(df.centres.len(), df.n);
-            prop_assert!(df.centres.iter().all(|c| c[0].is_finite() && c[1].is_finite()));
+            prop_assert!(df
+                .centres
+                .iter()
+                .all(|c| c[0].is_finite() && c[1].is_finite()));
             let read = match df.read_intensities(&(0..df.n).collect::<Vec<_>>()) {
                 Ok(v) => {
                     prop_assert_eq!(v.len(), df.n * df.m * df.m);
@@ -237,7 +311,11 @@ fn bytes_case(edits: &[Edit], probe: bool) -> Result<bool, TestCaseError> {
     no_locking();
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("c.h5");
-    let edits: Vec<Edit> = edits.iter().filter(|e| !matches!(e, Edit::Insert(..))).cloned().collect();
+    let edits: Vec<Edit> = edits
+        .iter()
+        .filter(|e| !matches!(e, Edit::Insert(..)))
+        .cloned()
+        .collect();
     std::fs::write(&f, apply(small_dataset().to_vec(), &edits)).unwrap();
     open_and_read(&data_config(&f, probe.then_some("/probe/probe_real")))
 }
@@ -301,19 +379,48 @@ fn write_ds(loc: &hdf5::Group, name: &str, d: &Ds) -> hdf5::Result<()> {
     let v = |i: usize| d.values[i % d.values.len()];
     let shape = d.shape.clone();
     match d.ty {
-        Ty::F32 => loc.new_dataset::<f32>().shape(shape).create(name)?.write_raw(&(0..n).map(|i| v(i) as f32).collect::<Vec<_>>()),
-        Ty::F64 => loc.new_dataset::<f64>().shape(shape).create(name)?.write_raw(&(0..n).map(v).collect::<Vec<_>>()),
-        Ty::U8 => loc.new_dataset::<u8>().shape(shape).create(name)?.write_raw(&(0..n).map(|i| v(i) as u8).collect::<Vec<_>>()),
-        Ty::I16 => loc.new_dataset::<i16>().shape(shape).create(name)?.write_raw(&(0..n).map(|i| v(i) as i16).collect::<Vec<_>>()),
-        Ty::I64 => loc.new_dataset::<i64>().shape(shape).create(name)?.write_raw(&(0..n).map(|i| v(i) as i64).collect::<Vec<_>>()),
+        Ty::F32 => loc
+            .new_dataset::<f32>()
+            .shape(shape)
+            .create(name)?
+            .write_raw(&(0..n).map(|i| v(i) as f32).collect::<Vec<_>>()),
+        Ty::F64 => loc
+            .new_dataset::<f64>()
+            .shape(shape)
+            .create(name)?
+            .write_raw(&(0..n).map(v).collect::<Vec<_>>()),
+        Ty::U8 => loc
+            .new_dataset::<u8>()
+            .shape(shape)
+            .create(name)?
+            .write_raw(&(0..n).map(|i| v(i) as u8).collect::<Vec<_>>()),
+        Ty::I16 => loc
+            .new_dataset::<i16>()
+            .shape(shape)
+            .create(name)?
+            .write_raw(&(0..n).map(|i| v(i) as i16).collect::<Vec<_>>()),
+        Ty::I64 => loc
+            .new_dataset::<i64>()
+            .shape(shape)
+            .create(name)?
+            .write_raw(&(0..n).map(|i| v(i) as i64).collect::<Vec<_>>()),
         Ty::C64 => loc
             .new_dataset::<num_complex::Complex32>()
             .shape(shape)
             .create(name)?
-            .write_raw(&(0..n).map(|i| num_complex::Complex32::new(v(i) as f32, v(i + 1) as f32)).collect::<Vec<_>>()),
+            .write_raw(
+                &(0..n)
+                    .map(|i| num_complex::Complex32::new(v(i) as f32, v(i + 1) as f32))
+                    .collect::<Vec<_>>(),
+            ),
         Ty::Str => {
-            let s: Vec<VarLenUnicode> = (0..n).map(|i| format!("{}", v(i)).parse().unwrap()).collect();
-            loc.new_dataset::<VarLenUnicode>().shape(shape).create(name)?.write_raw(&s)
+            let s: Vec<VarLenUnicode> = (0..n)
+                .map(|i| format!("{}", v(i)).parse().unwrap())
+                .collect();
+            loc.new_dataset::<VarLenUnicode>()
+                .shape(shape)
+                .create(name)?
+                .write_raw(&s)
         }
     }
 }
@@ -322,8 +429,15 @@ fn write_attr(loc: &hdf5::Group, name: &str, d: &Ds) -> hdf5::Result<()> {
     let n = d.shape.iter().product::<usize>().min(4);
     let v: Vec<f64> = (0..n).map(|i| d.values[i % d.values.len()]).collect();
     match d.ty {
-        Ty::Str => loc.new_attr::<VarLenUnicode>().create(name)?.write_scalar(&format!("{v:?}").parse::<VarLenUnicode>().unwrap()),
-        Ty::U8 | Ty::I16 | Ty::I64 => loc.new_attr::<i64>().shape(n).create(name)?.write_raw(&v.iter().map(|x| *x as i64).collect::<Vec<_>>()),
+        Ty::Str => loc
+            .new_attr::<VarLenUnicode>()
+            .create(name)?
+            .write_scalar(&format!("{v:?}").parse::<VarLenUnicode>().unwrap()),
+        Ty::U8 | Ty::I16 | Ty::I64 => loc
+            .new_attr::<i64>()
+            .shape(n)
+            .create(name)?
+            .write_raw(&v.iter().map(|x| *x as i64).collect::<Vec<_>>()),
         _ => loc.new_attr::<f64>().shape(n).create(name)?.write_raw(&v),
     }
 }
@@ -339,18 +453,36 @@ struct Parts {
     unit: usize,
 }
 
-const ATTRS: [&str; 5] = ["energy_eV", "angular_sampling_mrad", "convergence_semiangle_mrad", "defocus_m", "C30_m"];
+const ATTRS: [&str; 5] = [
+    "energy_eV",
+    "angular_sampling_mrad",
+    "convergence_semiangle_mrad",
+    "defocus_m",
+    "C30_m",
+];
 const UNITS: [&str; 4] = ["px", "m", "nm", "angstrom"];
 
 fn parts() -> impl Strategy<Value = Parts> {
     (
         ds(vec![4, 6, 6]),
         ds(vec![4, 2]),
-        prop::option::weighted(0.3, (ds(vec![6, 6]), prop::bool::weighted(0.75)).prop_map(|(d, c)| Ds { ty: if c { Ty::C64 } else { d.ty }, ..d })),
+        prop::option::weighted(
+            0.3,
+            (ds(vec![6, 6]), prop::bool::weighted(0.75)).prop_map(|(d, c)| Ds {
+                ty: if c { Ty::C64 } else { d.ty },
+                ..d
+            }),
+        ),
         prop::collection::vec((0..ATTRS.len(), ds(vec![1])), 0..4),
         prop_oneof![3 => Just(0usize), 1 => 0..UNITS.len()],
     )
-        .prop_map(|(intensities, positions, probe, attrs, unit)| Parts { intensities, positions, probe, attrs, unit })
+        .prop_map(|(intensities, positions, probe, attrs, unit)| Parts {
+            intensities,
+            positions,
+            probe,
+            attrs,
+            unit,
+        })
 }
 
 proptest! {
@@ -386,7 +518,11 @@ fn random_case(p: &Parts) -> Result<bool, TestCaseError> {
             // the required metadata, sane, where no random value was written
             for (name, v) in [("energy_eV", 300e3), ("angular_sampling_mrad", 20.0)] {
                 if meta.attr(name).is_err() {
-                    meta.new_attr::<f64>().create(name).unwrap().write_scalar(&v).unwrap();
+                    meta.new_attr::<f64>()
+                        .create(name)
+                        .unwrap()
+                        .write_scalar(&v)
+                        .unwrap();
                 }
             }
         }
@@ -409,18 +545,32 @@ fn fuzzers_reach_accept_and_reject() {
         assert!(ok > 0 && ok < n, "{name}: {ok} of {n} accepted");
     };
     count("config", 1000, &mut |r| {
-        let (e, s) = (edits(BASE.len()), overrides()).new_tree(r).unwrap().current();
+        let (e, s) = (edits(BASE.len()), overrides())
+            .new_tree(r)
+            .unwrap()
+            .current();
         config_case(&e, &s).unwrap()
     });
     count("corrupted bytes", 100, &mut |r| {
-        let (e, p) = (edits(small_dataset().len()), any::<bool>()).new_tree(r).unwrap().current();
+        let (e, p) = (edits(small_dataset().len()), any::<bool>())
+            .new_tree(r)
+            .unwrap()
+            .current();
         bytes_case(&e, p).unwrap()
     });
-    count("random datasets", 300, &mut |r| random_case(&parts().new_tree(r).unwrap().current()).unwrap());
+    count("random datasets", 300, &mut |r| {
+        random_case(&parts().new_tree(r).unwrap().current()).unwrap()
+    });
 }
 
 fn toml_unit(u: &str) -> ptytile::config::PositionsUnit {
-    Config::from_toml(&format!("[data]\nfile='a'\nintensities='/i'\npositions='/p'\npositions_unit='{u}'\n"), &[]).unwrap().data.positions_unit
+    Config::from_toml(
+        &format!("[data]\nfile='a'\nintensities='/i'\npositions='/p'\npositions_unit='{u}'\n"),
+        &[],
+    )
+    .unwrap()
+    .data
+    .positions_unit
 }
 
 proptest! {

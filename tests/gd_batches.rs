@@ -81,14 +81,26 @@ fn pbtio3_every_batch_count_reaches_098() {
         let r = common::recon_tiles(&cfg, [2, 2], &[format!("reconstruction.batches={batches}")]);
         let out = dir.path().join(format!("b{batches}.h5"));
         write_result(&out, &r, false).unwrap();
-        let corr = compare_files(&out, &common::pbtio3_thin(), None).unwrap().phase_correlation;
+        let corr = compare_files(&out, &common::pbtio3_thin(), None)
+            .unwrap()
+            .phase_correlation;
         let last = *r.loss.last().unwrap();
-        eprintln!("PbTiO3, batches {batches:3}: loss {:.1} -> {last:.1}, phase correlation {corr:.4}", r.loss[0]);
-        assert!(r.loss.iter().all(|l| l.is_finite()), "batches {batches}: {:?}", r.loss);
+        eprintln!(
+            "PbTiO3, batches {batches:3}: loss {:.1} -> {last:.1}, phase correlation {corr:.4}",
+            r.loss[0]
+        );
+        assert!(
+            r.loss.iter().all(|l| l.is_finite()),
+            "batches {batches}: {:?}",
+            r.loss
+        );
         if batches == 1 {
             full = last;
         }
-        assert!(last <= 1.003 * full, "batches {batches}: final loss {last}, full batch {full}");
+        assert!(
+            last <= 1.003 * full,
+            "batches {batches}: final loss {last}, full batch {full}"
+        );
         assert!(corr >= 0.98, "batches {batches}: phase correlation {corr}");
     }
 }

@@ -15,7 +15,10 @@ use std::sync::Arc;
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32) / (1u64 << 24) as f32
     }
 }
@@ -34,7 +37,13 @@ fn case(m: usize, modes: usize, rows: usize, noise: NoiseModel, masked: bool, se
     let mut r = Lcg(seed);
     let shape = [m + 3 * rows + 4, m + 3 * 6 + 4];
     let origin = [5, -7];
-    let obj = Field { origin, shape, data: (0..shape[0] * shape[1]).map(|_| C::from_polar(0.7 + 0.5 * r.next(), 2.0 * r.next() - 1.0)).collect() };
+    let obj = Field {
+        origin,
+        shape,
+        data: (0..shape[0] * shape[1])
+            .map(|_| C::from_polar(0.7 + 0.5 * r.next(), 2.0 * r.next() - 1.0))
+            .collect(),
+    };
     let c = (m as f32 - 1.0) / 2.0;
     let probe: Vec<C> = (0..modes * m * m)
         .map(|i| {
@@ -48,7 +57,11 @@ fn case(m: usize, modes: usize, rows: usize, noise: NoiseModel, masked: bool, se
         modes,
         noise,
         eps: 1e-3,
-        weights: masked.then(|| (0..m * m).map(|i| if i % 37 == 5 { 0.0 } else { 1.0 }).collect()),
+        weights: masked.then(|| {
+            (0..m * m)
+                .map(|i| if i % 37 == 5 { 0.0 } else { 1.0 })
+                .collect()
+        }),
         propagator: Vec::new(),
     };
     let probe_hat = probe_spectrum(&k.fft, &probe);
@@ -56,15 +69,28 @@ fn case(m: usize, modes: usize, rows: usize, noise: NoiseModel, masked: bool, se
         .map(|j| {
             let dy = 0.1 + 0.8 * ((j / 6) as f64 / rows as f64);
             let cy = origin[0] as f64 + (m / 2) as f64 + 1.0 + 3.0 * (j / 6) as f64 + dy;
-            let cx = origin[1] as f64 + (m / 2) as f64 + 1.0 + 3.0 * (j % 6) as f64 + r.next() as f64;
+            let cx =
+                origin[1] as f64 + (m / 2) as f64 + 1.0 + 3.0 * (j % 6) as f64 + r.next() as f64;
             PositionGeom::new(j, [cy, cx], m)
         })
         .collect();
     let mut truth = obj.clone();
-    truth.data.iter_mut().for_each(|z| *z *= C::from_polar(1.0 + 0.1 * r.next(), 0.3 * r.next()));
+    truth
+        .data
+        .iter_mut()
+        .for_each(|z| *z *= C::from_polar(1.0 + 0.1 * r.next(), 0.3 * r.next()));
     let ideal = model_intensities(&k, &truth, &probe_hat, &pos);
-    let meas: Vec<f32> = ideal.iter().map(|v| (v * 40.0 + r.next()).floor()).collect();
-    Case { k, obj, probe_hat, pos: pos.into(), meas: meas.into() }
+    let meas: Vec<f32> = ideal
+        .iter()
+        .map(|v| (v * 40.0 + r.next()).floor())
+        .collect();
+    Case {
+        k,
+        obj,
+        probe_hat,
+        pos: pos.into(),
+        meas: meas.into(),
+    }
 }
 
 /// ‖a − b‖ / ‖b‖ over complex or real f64 slices given as (re, im) pairs.
@@ -86,20 +112,39 @@ fn r64(v: &[f64]) -> impl Iterator<Item = (f64, f64)> + '_ {
 
 /// Largest relative difference over the five sums of two gradient sets.
 fn grad_diff(a: &Gradients<f32>, b: &Gradients<f32>) -> [f64; 5] {
-    assert_eq!((a.g_obj.origin, a.g_obj.shape), (b.g_obj.origin, b.g_obj.shape));
-    assert_eq!((a.g_probe_hat.len(), a.d_probe.len()), (b.g_probe_hat.len(), b.d_probe.len()));
+    assert_eq!(
+        (a.g_obj.origin, a.g_obj.shape),
+        (b.g_obj.origin, b.g_obj.shape)
+    );
+    assert_eq!(
+        (a.g_probe_hat.len(), a.d_probe.len()),
+        (b.g_probe_hat.len(), b.d_probe.len())
+    );
     [
         rel(c64(&a.g_obj.data), c64(&b.g_obj.data)),
         rel(r64(&a.d_obj.data), r64(&b.d_obj.data)),
-        if b.g_probe_hat.is_empty() { 0.0 } else { rel(c64(&a.g_probe_hat), c64(&b.g_probe_hat)) },
-        if b.d_probe.is_empty() { 0.0 } else { rel(r64(&a.d_probe), r64(&b.d_probe)) },
+        if b.g_probe_hat.is_empty() {
+            0.0
+        } else {
+            rel(c64(&a.g_probe_hat), c64(&b.g_probe_hat))
+        },
+        if b.d_probe.is_empty() {
+            0.0
+        } else {
+            rel(r64(&a.d_probe), r64(&b.d_probe))
+        },
         ((a.loss - b.loss) / b.loss.abs().max(1e-300)).abs(),
     ]
 }
 
 fn gather(c: &Case, ix: &[usize]) -> (Vec<PositionGeom<f32>>, Vec<f32>) {
     let mm = c.k.fft.size().pow(2);
-    (ix.iter().map(|&j| c.pos[j].clone()).collect(), ix.iter().flat_map(|&j| c.meas[j * mm..(j + 1) * mm].iter().copied()).collect())
+    (
+        ix.iter().map(|&j| c.pos[j].clone()).collect(),
+        ix.iter()
+            .flat_map(|&j| c.meas[j * mm..(j + 1) * mm].iter().copied())
+            .collect(),
+    )
 }
 
 #[test]
@@ -111,31 +156,60 @@ fn host_compute_equals_cpu_gradients_on_ranges_and_index_subsets() {
     let mm = 16 * 16;
     for want in [false, true] {
         // a range borrows: bit-identical to the kernel on the same slice
-        let got = host.gradients(&c.obj, &c.probe_hat, Selection::Range(4..n - 2), want).unwrap();
+        let got = host
+            .gradients(&c.obj, &c.probe_hat, Selection::Range(4..n - 2), want)
+            .unwrap();
         let r = n - 2;
-        let want_g = cpu::gradients(&c.k, &c.obj, &c.probe_hat, &c.pos[4..r], &c.meas[4 * mm..r * mm], want);
+        let want_g = cpu::gradients(
+            &c.k,
+            &c.obj,
+            &c.probe_hat,
+            &c.pos[4..r],
+            &c.meas[4 * mm..r * mm],
+            want,
+        );
         assert_eq!(got.g_obj.data, want_g.g_obj.data);
         assert_eq!(got.d_probe, want_g.d_probe);
         assert_eq!(got.loss.to_bits(), want_g.loss.to_bits());
         // indices gather, in the order given
         let ix = [7, 2, 11, 3];
-        let got = host.gradients(&c.obj, &c.probe_hat, Selection::Indices(&ix), want).unwrap();
+        let got = host
+            .gradients(&c.obj, &c.probe_hat, Selection::Indices(&ix), want)
+            .unwrap();
         let (p, m) = gather(&c, &ix);
         let want_g = cpu::gradients(&c.k, &c.obj, &c.probe_hat, &p, &m, want);
         assert_eq!(got.g_obj.data, want_g.g_obj.data);
         assert_eq!(got.g_probe_hat, want_g.g_probe_hat);
         assert_eq!(got.loss.to_bits(), want_g.loss.to_bits());
     }
-    let got = host.model_intensities(&c.obj, &c.probe_hat, Selection::Indices(&[5, 1])).unwrap();
+    let got = host
+        .model_intensities(&c.obj, &c.probe_hat, Selection::Indices(&[5, 1]))
+        .unwrap();
     let (p, _) = gather(&c, &[5, 1]);
     assert_eq!(got, model_intensities(&c.k, &c.obj, &c.probe_hat, &p));
     // errors, not panics
-    let e = host.gradients(&c.obj, &c.probe_hat, Selection::Indices(&[0, n]), true).unwrap_err();
+    let e = host
+        .gradients(&c.obj, &c.probe_hat, Selection::Indices(&[0, n]), true)
+        .unwrap_err();
     assert!(e.msg.contains("out of range"), "{e}");
-    let small = Field { origin: c.obj.origin, shape: [10, 10], data: vec![C::default(); 100] };
-    let e = host.gradients(&small, &c.probe_hat, Selection::Range(0..n), false).unwrap_err();
+    let small = Field {
+        origin: c.obj.origin,
+        shape: [10, 10],
+        data: vec![C::default(); 100],
+    };
+    let e = host
+        .gradients(&small, &c.probe_hat, Selection::Range(0..n), false)
+        .unwrap_err();
     assert!(e.msg.contains("outside the object field"), "{e}");
-    let e = backend::open(BackendKind::Cpu, &c.k, c.pos.clone(), c.meas[..mm].to_vec().into(), None).err().unwrap();
+    let e = backend::open(
+        BackendKind::Cpu,
+        &c.k,
+        c.pos.clone(),
+        c.meas[..mm].to_vec().into(),
+        None,
+    )
+    .err()
+    .unwrap();
     assert!(e.msg.contains("intensities"), "{e}");
 }
 
@@ -154,17 +228,35 @@ fn kernels_compile_with_nvrtc() {
     let version = cuda::nvrtc_version().unwrap();
     println!("{version}");
     // CUDA 13 dropped targets below compute capability 7.5
-    let oldest = if version.starts_with("nvrtc 12.") { "compute_60" } else { "compute_75" };
+    let oldest = if version.starts_with("nvrtc 12.") {
+        "compute_60"
+    } else {
+        "compute_75"
+    };
     for arch in [oldest, "compute_80", "compute_90"] {
         let ptx = cuda::compile(arch).unwrap_or_else(|e| panic!("{e}"));
         let text = String::from_utf8_lossy(&ptx);
-        assert!(text.contains(&format!(".target sm_{}", &arch[8..])), "{arch}: {}", &text[..300.min(text.len())]);
+        assert!(
+            text.contains(&format!(".target sm_{}", &arch[8..])),
+            "{arch}: {}",
+            &text[..300.min(text.len())]
+        );
         for k in KERNELS {
-            assert!(text.contains(&format!(".entry {k}(")), "{arch}: kernel {k} missing from the PTX");
+            assert!(
+                text.contains(&format!(".entry {k}(")),
+                "{arch}: kernel {k} missing from the PTX"
+            );
         }
         // f64 atomics compiled to native instructions, not a CAS loop
-        assert!(text.contains("atom.global.add.f64") || text.contains("red.global.add.f64"), "{arch}: no f64 atomic add");
-        println!("{arch}: {} bytes of PTX, {} kernels", ptx.len(), KERNELS.len());
+        assert!(
+            text.contains("atom.global.add.f64") || text.contains("red.global.add.f64"),
+            "{arch}: no f64 atomic add"
+        );
+        println!(
+            "{arch}: {} bytes of PTX, {} kernels",
+            ptx.len(),
+            KERNELS.len()
+        );
         // the backend loads a CUBIN for the device's real architecture: an ELF image
         let sm = arch.replace("compute_", "sm_");
         let cubin = cuda::compile(&sm).unwrap_or_else(|e| panic!("{e}"));
@@ -188,7 +280,10 @@ type Opener = dyn Fn(&Case) -> Box<dyn Compute<f32>>;
 
 /// `open` of backend `kind` for the first local rank.
 fn opener(kind: BackendKind) -> Box<Opener> {
-    Box::new(move |c: &Case| backend::open(kind, &c.k, c.pos.clone(), c.meas.clone(), Some(0)).unwrap_or_else(|e| panic!("{e}")))
+    Box::new(move |c: &Case| {
+        backend::open(kind, &c.k, c.pos.clone(), c.meas.clone(), Some(0))
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
 }
 
 /// GPU vs CPU: gradients (ranges and index subsets, with and without the probe gradient,
@@ -200,27 +295,47 @@ fn gpu_matches_cpu(kind: BackendKind) {
 }
 
 fn matches_cpu(open: &Opener, label: &str) {
-    for (m, modes, noise, masked) in [(32, 1, NoiseModel::Poisson, false), (64, 2, NoiseModel::Amplitude, true), (32, 3, NoiseModel::Poisson, true)] {
+    for (m, modes, noise, masked) in [
+        (32, 1, NoiseModel::Poisson, false),
+        (64, 2, NoiseModel::Amplitude, true),
+        (32, 3, NoiseModel::Poisson, true),
+    ] {
         let c = case(m, modes, 4, noise, masked, 11);
         // small batches so that several batches and FFT pieces run
         std::env::set_var("PTYTILE_GPU_BATCH", "5");
         let gpu = open(&c);
         std::env::remove_var("PTYTILE_GPU_BATCH");
-        let host = backend::open(BackendKind::Cpu, &c.k, c.pos.clone(), c.meas.clone(), None).unwrap();
+        let host =
+            backend::open(BackendKind::Cpu, &c.k, c.pos.clone(), c.meas.clone(), None).unwrap();
         let n = c.pos.len();
         let ix: Vec<usize> = (0..n).rev().step_by(2).collect();
         for want in [false, true] {
-            for sel in [Selection::Range(0..n), Selection::Range(3..n - 1), Selection::Indices(&ix)] {
-                let a = gpu.gradients(&c.obj, &c.probe_hat, sel.clone(), want).unwrap_or_else(|e| panic!("{e}"));
-                let b = host.gradients(&c.obj, &c.probe_hat, sel.clone(), want).unwrap();
+            for sel in [
+                Selection::Range(0..n),
+                Selection::Range(3..n - 1),
+                Selection::Indices(&ix),
+            ] {
+                let a = gpu
+                    .gradients(&c.obj, &c.probe_hat, sel.clone(), want)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let b = host
+                    .gradients(&c.obj, &c.probe_hat, sel.clone(), want)
+                    .unwrap();
                 let d = grad_diff(&a, &b);
                 println!("{label} M={m} K={modes} {noise:?} masked={masked} probe={want} {sel:?}: rel diff g_O {:.1e} D_O {:.1e} g_P {:.1e} D_P {:.1e} loss {:.1e}", d[0], d[1], d[2], d[3], d[4]);
                 assert!(d.iter().all(|v| *v < 1e-4), "{d:?}");
             }
         }
-        let a = gpu.model_intensities(&c.obj, &c.probe_hat, Selection::Indices(&ix)).unwrap();
-        let b = host.model_intensities(&c.obj, &c.probe_hat, Selection::Indices(&ix)).unwrap();
-        let d = rel(a.iter().map(|v| (*v as f64, 0.0)), b.iter().map(|v| (*v as f64, 0.0)));
+        let a = gpu
+            .model_intensities(&c.obj, &c.probe_hat, Selection::Indices(&ix))
+            .unwrap();
+        let b = host
+            .model_intensities(&c.obj, &c.probe_hat, Selection::Indices(&ix))
+            .unwrap();
+        let d = rel(
+            a.iter().map(|v| (*v as f64, 0.0)),
+            b.iter().map(|v| (*v as f64, 0.0)),
+        );
         assert!(d < 1e-5, "model intensities differ by {d:.2e}");
     }
 }
@@ -239,7 +354,9 @@ fn iterations_match_cpu(open: &Opener, label: &str) {
         let (mut obj, mut ph) = (c.obj.clone(), c.probe_hat.clone());
         let n = c.pos.len();
         for it in 0..10 {
-            let g = be.gradients(&obj, &ph, Selection::Range(0..n), it >= 2).unwrap_or_else(|e| panic!("{e}"));
+            let g = be
+                .gradients(&obj, &ph, Selection::Range(0..n), it >= 2)
+                .unwrap_or_else(|e| panic!("{e}"));
             let dmax = g.d_obj.data.iter().cloned().fold(0.0, f64::max);
             for ((o, gz), d) in obj.data.iter_mut().zip(&g.g_obj.data).zip(&g.d_obj.data) {
                 let s = 0.5 / (d + 0.1 * dmax);
@@ -258,10 +375,20 @@ fn iterations_match_cpu(open: &Opener, label: &str) {
     let host = backend::open(BackendKind::Cpu, &c.k, c.pos.clone(), c.meas.clone(), None).unwrap();
     let (oa, pa) = run(gpu.as_ref());
     let (ob, pb) = run(host.as_ref());
-    let f = |v: &[C]| v.iter().map(|z| (z.re as f64, z.im as f64)).collect::<Vec<_>>();
-    let (d_o, d_p) = (rel(f(&oa.data).into_iter(), f(&ob.data).into_iter()), rel(f(&pa).into_iter(), f(&pb).into_iter()));
+    let f = |v: &[C]| {
+        v.iter()
+            .map(|z| (z.re as f64, z.im as f64))
+            .collect::<Vec<_>>()
+    };
+    let (d_o, d_p) = (
+        rel(f(&oa.data).into_iter(), f(&ob.data).into_iter()),
+        rel(f(&pa).into_iter(), f(&pb).into_iter()),
+    );
     println!("{label} after 10 iterations: object rel diff {d_o:.2e}, probe rel diff {d_p:.2e}");
-    assert!(d_o < 1e-4 && d_p < 1e-4, "object {d_o:.2e}, probe {d_p:.2e}");
+    assert!(
+        d_o < 1e-4 && d_p < 1e-4,
+        "object {d_o:.2e}, probe {d_p:.2e}"
+    );
 }
 
 #[test]
@@ -290,16 +417,33 @@ fn hip_ten_iterations_match_cpu() {
 fn gpu_backends_fail_cleanly_without_a_gpu() {
     let c = case(16, 1, 1, NoiseModel::Poisson, false, 1);
     for kind in [BackendKind::Cuda, BackendKind::Hip] {
-        let k64 = Kernel { fft: Fft2::<f64>::new(16), modes: 1, noise: NoiseModel::Poisson, eps: 1e-3, weights: None, propagator: Vec::new() };
+        let k64 = Kernel {
+            fft: Fft2::<f64>::new(16),
+            modes: 1,
+            noise: NoiseModel::Poisson,
+            eps: 1e-3,
+            weights: None,
+            propagator: Vec::new(),
+        };
         let p64: Arc<[PositionGeom<f64>]> = vec![PositionGeom::new(0, [10.0, 10.0], 16)].into();
-        let e = backend::open(kind, &k64, p64, vec![0f32; 256].into(), None).err().unwrap();
-        assert!(e.what.starts_with(&format!("--backend {}", kind.name())) && e.msg.contains("f32"), "{e}");
+        let e = backend::open(kind, &k64, p64, vec![0f32; 256].into(), None)
+            .err()
+            .unwrap();
+        assert!(
+            e.what.starts_with(&format!("--backend {}", kind.name())) && e.msg.contains("f32"),
+            "{e}"
+        );
         if backend::available(kind).is_ok() {
             println!("skipped for {kind:?}: a GPU is present");
             continue;
         }
-        let e = backend::open(kind, &c.k, c.pos.clone(), c.meas.clone(), None).err().unwrap();
-        assert_eq!(e.what, format!("--backend {} ([parallel] backend)", kind.name()));
+        let e = backend::open(kind, &c.k, c.pos.clone(), c.meas.clone(), None)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.what,
+            format!("--backend {} ([parallel] backend)", kind.name())
+        );
         assert!(!e.to_string().contains('\n'), "{e}");
         println!("{kind:?}: {e}");
     }
@@ -311,15 +455,27 @@ fn gpu_backends_fail_cleanly_without_a_gpu() {
 fn cli_backend_without_gpu_exits_2() {
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/datasets/pbtio3_thin.toml");
     for kind in ["cuda", "hip"] {
-        if backend::available(if kind == "cuda" { BackendKind::Cuda } else { BackendKind::Hip }).is_ok() {
+        if backend::available(if kind == "cuda" {
+            BackendKind::Cuda
+        } else {
+            BackendKind::Hip
+        })
+        .is_ok()
+        {
             println!("skipped for {kind}: a GPU is present");
             continue;
         }
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptytile")).args(["reconstruct", cfg, "--backend", kind, "--iterations", "1"]).output().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptytile"))
+            .args(["reconstruct", cfg, "--backend", kind, "--iterations", "1"])
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-        assert!(err.starts_with(&format!("error: --backend {kind}")), "{err}");
+        assert!(
+            err.starts_with(&format!("error: --backend {kind}")),
+            "{err}"
+        );
         println!("{kind}: {}", err.trim_end());
     }
 }
@@ -349,8 +505,14 @@ mod emu {
     /// Compile the emulation library with g++; `Err(reason)` when g++ is missing or fails.
     pub fn open() -> std::result::Result<Emu, String> {
         // embedded, so that the test binary also runs away from the source tree (a GPU host)
-        let (shim, launch) = (include_str!("../kernels/emu/shim.h"), include_str!("../kernels/emu/launch.h"));
-        let src = format!("{shim}\n{}\n{launch}", kernel_source().replace("#pragma once", ""));
+        let (shim, launch) = (
+            include_str!("../kernels/emu/shim.h"),
+            include_str!("../kernels/emu/launch.h"),
+        );
+        let src = format!(
+            "{shim}\n{}\n{launch}",
+            kernel_source().replace("#pragma once", "")
+        );
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let (cpp, so) = (dir.path().join("emu.cpp"), dir.path().join("libemu.so"));
         std::fs::write(&cpp, src).map_err(|e| e.to_string())?;
@@ -361,13 +523,24 @@ mod emu {
             .output()
             .map_err(|e| format!("g++ not available: {e}"))?;
         if !out.status.success() {
-            return Err(format!("g++ failed: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "g++ failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         // SAFETY: our own library; emu_launch has the Launch signature (kernels/emu/launch.h).
         unsafe {
             let lib = libloading::Library::new(&so).map_err(|e| e.to_string())?;
-            let launch = *lib.get::<Launch>(b"emu_launch\0").map_err(|e| e.to_string())?;
-            Ok(Emu { _dir: dir, _lib: lib, launch, allocs: HashMap::new(), plans: HashMap::new() })
+            let launch = *lib
+                .get::<Launch>(b"emu_launch\0")
+                .map_err(|e| e.to_string())?;
+            Ok(Emu {
+                _dir: dir,
+                _lib: lib,
+                launch,
+                allocs: HashMap::new(),
+                plans: HashMap::new(),
+            })
         }
     }
 
@@ -393,7 +566,9 @@ mod emu {
         fn free(&mut self, p: DPtr) {
             if let Some(words) = self.allocs.remove(&p) {
                 // SAFETY: allocated by `alloc` with this length, freed once.
-                drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p as *mut u64, words)) });
+                drop(unsafe {
+                    Box::from_raw(std::ptr::slice_from_raw_parts_mut(p as *mut u64, words))
+                });
             }
         }
         fn upload(&mut self, dst: DPtr, src: &[u8]) -> Result<()> {
@@ -427,7 +602,11 @@ mod emu {
                 .entry((m, inverse))
                 .or_insert_with(|| {
                     let mut p = rustfft::FftPlanner::<f32>::new();
-                    if inverse { p.plan_fft_inverse(m) } else { p.plan_fft_forward(m) }
+                    if inverse {
+                        p.plan_fft_inverse(m)
+                    } else {
+                        p.plan_fft_forward(m)
+                    }
                 })
                 .clone();
             let mut t = vec![C::default(); m * m];
@@ -472,7 +651,10 @@ fn emu_opener() -> Option<Box<Opener>> {
         }
         Ok(_) => Some(Box::new(|c: &Case| {
             let dev = emu::open().unwrap();
-            Box::new(ptytile::backend::gpu::Gpu::new("emu", dev, &c.k, c.pos.clone(), c.meas.clone()).unwrap_or_else(|e| panic!("{e}"))) as Box<dyn Compute<f32>>
+            Box::new(
+                ptytile::backend::gpu::Gpu::new("emu", dev, &c.k, c.pos.clone(), c.meas.clone())
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ) as Box<dyn Compute<f32>>
         })),
     }
 }

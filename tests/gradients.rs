@@ -2,7 +2,9 @@
 //! and two probe modes, and adjoint identities of the shift operator. docs/algorithm.md §3–4.
 
 use num_complex::Complex64 as C;
-use ptytile::backend::cpu::{gradients, gradients_and_positions, model_intensities, probe_spectrum, Gradients, Kernel};
+use ptytile::backend::cpu::{
+    gradients, gradients_and_positions, model_intensities, probe_spectrum, Gradients, Kernel,
+};
 use ptytile::config::NoiseModel;
 use ptytile::physics::fft::Fft2;
 use ptytile::physics::model::{shift_ramps, Field, PositionGeom};
@@ -13,7 +15,10 @@ const M: usize = 16;
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
 }
@@ -39,7 +44,9 @@ fn case_with(noise: NoiseModel, modes: usize, raster: bool, m: usize) -> Case {
     let obj = Field {
         origin: [-2, 3],
         shape,
-        data: (0..shape[0] * shape[1]).map(|_| C::from_polar(0.8 + 0.4 * r.next(), 2.0 * r.next() - 1.0)).collect(),
+        data: (0..shape[0] * shape[1])
+            .map(|_| C::from_polar(0.8 + 0.4 * r.next(), 2.0 * r.next() - 1.0))
+            .collect(),
     };
     let probe: Vec<C> = (0..modes * m * m)
         .map(|i| {
@@ -53,21 +60,50 @@ fn case_with(noise: NoiseModel, modes: usize, raster: bool, m: usize) -> Case {
         .map(|j| {
             let dy = if raster { 0.27 } else { r.next() };
             let h = (m / 2) as f64;
-            let c = [obj.origin[0] as f64 + h + 3.3 * (j / 3) as f64 + dy, obj.origin[1] as f64 + h + 4.1 * (j % 3) as f64 + r.next()];
+            let c = [
+                obj.origin[0] as f64 + h + 3.3 * (j / 3) as f64 + dy,
+                obj.origin[1] as f64 + h + 4.1 * (j % 3) as f64 + r.next(),
+            ];
             PositionGeom::new(j, c, m)
         })
         .collect();
-    let k = Kernel { fft: Fft2::new(m), modes, noise, eps: 1e-9, weights: None, propagator: Vec::new() };
+    let k = Kernel {
+        fft: Fft2::new(m),
+        modes,
+        noise,
+        eps: 1e-9,
+        weights: None,
+        propagator: Vec::new(),
+    };
     // "measurements": the model of a perturbed object, scaled, plus deterministic noise
     let mut truth = obj.clone();
-    truth.data.iter_mut().for_each(|z| *z *= C::from_polar(1.0 + 0.1 * r.next(), 0.3 * r.next()));
+    truth
+        .data
+        .iter_mut()
+        .for_each(|z| *z *= C::from_polar(1.0 + 0.1 * r.next(), 0.3 * r.next()));
     let ideal = model_intensities(&k, &truth, &probe_spectrum(&k.fft, &probe), &pos);
-    let meas = ideal.iter().map(|v| ((v * 1.3) + 0.2 * r.next()).round() as f32).collect();
-    Case { k, obj, probe, pos, meas }
+    let meas = ideal
+        .iter()
+        .map(|v| ((v * 1.3) + 0.2 * r.next()).round() as f32)
+        .collect();
+    Case {
+        k,
+        obj,
+        probe,
+        pos,
+        meas,
+    }
 }
 
 fn eval(c: &Case, obj: &Field<C>, probe: &[C]) -> Gradients<f64> {
-    gradients(&c.k, obj, &probe_spectrum(&c.k.fft, probe), &c.pos, &c.meas, true)
+    gradients(
+        &c.k,
+        obj,
+        &probe_spectrum(&c.k.fft, probe),
+        &c.pos,
+        &c.meas,
+        true,
+    )
 }
 
 /// Central difference of the loss along `dir` at one complex entry: returns (∂L/∂Re, ∂L/∂Im),
@@ -78,7 +114,10 @@ fn fd(c: &Case, perturb: &dyn Fn(C) -> (Field<C>, Vec<C>)) -> (f64, f64) {
         let (o, p) = perturb(d);
         eval(c, &o, &p).loss
     };
-    ((l(C::new(h, 0.0)) - l(C::new(-h, 0.0))) / (2.0 * h), (l(C::new(0.0, h)) - l(C::new(0.0, -h))) / (2.0 * h))
+    (
+        (l(C::new(h, 0.0)) - l(C::new(-h, 0.0))) / (2.0 * h),
+        (l(C::new(0.0, h)) - l(C::new(0.0, -h))) / (2.0 * h),
+    )
 }
 
 fn check(noise: NoiseModel, modes: usize) {
@@ -91,7 +130,11 @@ fn check_case(c: Case, noise: NoiseModel, modes: usize) {
     // object: pixels in the middle, near a window edge, and one no window touches
     let mut worst: f64 = 0.0;
     let planes = c.obj.planes();
-    for (s, &(y, x)) in (0..planes).flat_map(|s| [(12usize, 14usize), (3, 5), (20, 9), (28, 33)].iter().map(move |p| (s, p))) {
+    for (s, &(y, x)) in (0..planes).flat_map(|s| {
+        [(12usize, 14usize), (3, 5), (20, 9), (28, 33)]
+            .iter()
+            .map(move |p| (s, p))
+    }) {
         let i = s * c.obj.plane_len() + y * c.obj.shape[1] + x;
         let (dre, dim) = fd(&c, &|d| {
             let mut o = c.obj.clone();
@@ -120,7 +163,8 @@ fn check_case(c: Case, noise: NoiseModel, modes: usize) {
                 (c.obj.clone(), p)
             });
             let want = 2.0 * gp[i];
-            let err = ((dre - want.re).powi(2) + (dim - want.im).powi(2)).sqrt() / want.norm().max(1e-9);
+            let err =
+                ((dre - want.re).powi(2) + (dim - want.im).powi(2)).sqrt() / want.norm().max(1e-9);
             assert!(err < 1e-5, "{noise:?} K={modes} S={planes} probe mode {mode} ({y},{x}): FD ({dre:.6e},{dim:.6e}) vs 2g {want:.6e}");
         }
     }
@@ -138,18 +182,35 @@ fn multislice_case(noise: NoiseModel, modes: usize, slices: usize) -> Case {
     let mut obj = c.obj.clone();
     obj.data = Vec::new();
     for _ in 0..slices {
-        obj.data.extend(c.obj.data.iter().map(|z| C::from_polar(z.norm().powf(0.5), z.arg() * (0.3 + r.next()))));
+        obj.data.extend(
+            c.obj
+                .data
+                .iter()
+                .map(|z| C::from_polar(z.norm().powf(0.5), z.arg() * (0.3 + r.next()))),
+        );
     }
     let mut truth = obj.clone();
-    truth.data.iter_mut().for_each(|z| *z *= C::from_polar(1.0 + 0.1 * r.next(), 0.3 * r.next()));
+    truth
+        .data
+        .iter_mut()
+        .for_each(|z| *z *= C::from_polar(1.0 + 0.1 * r.next(), 0.3 * r.next()));
     let ideal = model_intensities(&k, &truth, &probe_spectrum(&k.fft, &c.probe), &c.pos);
-    let meas = ideal.iter().map(|v| ((v * 1.3) + 0.2 * r.next()).round() as f32).collect();
+    let meas = ideal
+        .iter()
+        .map(|v| ((v * 1.3) + 0.2 * r.next()).round() as f32)
+        .collect();
     Case { k, obj, meas, ..c }
 }
 
 #[test]
 fn gradient_fd_multislice_one_two_four_slices() {
-    for (noise, modes, slices) in [(NoiseModel::Poisson, 1, 1), (NoiseModel::Poisson, 1, 2), (NoiseModel::Amplitude, 2, 2), (NoiseModel::Poisson, 2, 4), (NoiseModel::Amplitude, 1, 4)] {
+    for (noise, modes, slices) in [
+        (NoiseModel::Poisson, 1, 1),
+        (NoiseModel::Poisson, 1, 2),
+        (NoiseModel::Amplitude, 2, 2),
+        (NoiseModel::Poisson, 2, 4),
+        (NoiseModel::Amplitude, 1, 4),
+    ] {
         check_case(multislice_case(noise, modes, slices), noise, modes);
     }
 }
@@ -158,8 +219,24 @@ fn gradient_fd_multislice_one_two_four_slices() {
 fn multislice_of_one_slice_is_the_single_slice_model_bit_for_bit() {
     // S = 1 with a propagator set: the propagator is not used, the sums are today's
     let c = case(NoiseModel::Poisson, 2);
-    let k = c.k.clone().with_propagator(&multislice::fresnel_propagator(M, [0.2e-10; 2], 1.9687e-12, 2e-10, [0.0, 0.0]));
-    let (a, b) = (eval(&c, &c.obj, &c.probe), gradients(&k, &c.obj, &probe_spectrum(&k.fft, &c.probe), &c.pos, &c.meas, true));
+    let k = c.k.clone().with_propagator(&multislice::fresnel_propagator(
+        M,
+        [0.2e-10; 2],
+        1.9687e-12,
+        2e-10,
+        [0.0, 0.0],
+    ));
+    let (a, b) = (
+        eval(&c, &c.obj, &c.probe),
+        gradients(
+            &k,
+            &c.obj,
+            &probe_spectrum(&k.fft, &c.probe),
+            &c.pos,
+            &c.meas,
+            true,
+        ),
+    );
     assert_eq!(a.loss.to_bits(), b.loss.to_bits());
     assert_eq!(a.g_obj.data, b.g_obj.data);
     assert_eq!(a.g_probe_hat, b.g_probe_hat);
@@ -172,13 +249,24 @@ fn multislice_with_vacuum_slices_equals_one_slice_propagated() {
     // propagated by the same distance — H is unitary and commutes with nothing else here
     let c = case(NoiseModel::Poisson, 1);
     let dz = 2e-10;
-    let k = c.k.clone().with_propagator(&multislice::fresnel_propagator(M, [0.2e-10; 2], 1.9687e-12, dz, [0.0, 0.0]));
+    let k = c.k.clone().with_propagator(&multislice::fresnel_propagator(
+        M,
+        [0.2e-10; 2],
+        1.9687e-12,
+        dz,
+        [0.0, 0.0],
+    ));
     let mut obj = c.obj.clone();
-    obj.data.extend(std::iter::repeat(C::new(1.0, 0.0)).take(2 * c.obj.data.len()));
+    obj.data
+        .extend(std::iter::repeat(C::new(1.0, 0.0)).take(2 * c.obj.data.len()));
     let ms = model_intensities(&k, &obj, &probe_spectrum(&k.fft, &c.probe), &c.pos);
     let single = model_intensities(&c.k, &c.obj, &probe_spectrum(&c.k.fft, &c.probe), &c.pos);
     // free-space propagation after the last slice changes the phase of the far field only
-    let worst = ms.iter().zip(&single).map(|(a, b)| (a - b).abs()).fold(0.0f64, f64::max);
+    let worst = ms
+        .iter()
+        .zip(&single)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f64, f64::max);
     let scale = single.iter().fold(0.0f64, |a, b| a.max(*b));
     assert!(worst < 1e-9 * scale, "{worst} vs {scale}");
 }
@@ -202,11 +290,19 @@ fn gradient_fd_poisson_two_modes() {
 
 #[test]
 fn gradient_fd_poisson_two_modes_raster() {
-    check_case(case_with(NoiseModel::Poisson, 2, true, M), NoiseModel::Poisson, 2);
+    check_case(
+        case_with(NoiseModel::Poisson, 2, true, M),
+        NoiseModel::Poisson,
+        2,
+    );
 }
 #[test]
 fn gradient_fd_amplitude_one_mode_raster() {
-    check_case(case_with(NoiseModel::Amplitude, 1, true, M), NoiseModel::Amplitude, 1);
+    check_case(
+        case_with(NoiseModel::Amplitude, 1, true, M),
+        NoiseModel::Amplitude,
+        1,
+    );
 }
 
 /// Issue 18: detector sides that are not multiples of 4 (M ≡ 2 mod 4 panicked in the
@@ -235,10 +331,27 @@ fn shared_runs_equal_per_position_sums() {
         let mm = M * M;
         let mut one = Gradients::<f64>::zeros(c.obj.origin, c.obj.shape, 1, Some((modes, mm)));
         for j in 0..c.pos.len() {
-            let g = gradients(&c.k, &c.obj, &ph, &c.pos[j..j + 1], &c.meas[j * mm..(j + 1) * mm], true);
-            one.g_obj.data.iter_mut().zip(&g.g_obj.data).for_each(|(a, b)| *a += *b);
-            one.g_probe_hat.iter_mut().zip(&g.g_probe_hat).for_each(|(a, b)| *a += *b);
-            one.d_probe.iter_mut().zip(&g.d_probe).for_each(|(a, b)| *a += *b);
+            let g = gradients(
+                &c.k,
+                &c.obj,
+                &ph,
+                &c.pos[j..j + 1],
+                &c.meas[j * mm..(j + 1) * mm],
+                true,
+            );
+            one.g_obj
+                .data
+                .iter_mut()
+                .zip(&g.g_obj.data)
+                .for_each(|(a, b)| *a += *b);
+            one.g_probe_hat
+                .iter_mut()
+                .zip(&g.g_probe_hat)
+                .for_each(|(a, b)| *a += *b);
+            one.d_probe
+                .iter_mut()
+                .zip(&g.d_probe)
+                .for_each(|(a, b)| *a += *b);
             one.loss += g.loss;
         }
         let rel = |a: &[C], b: &[C]| {
@@ -246,8 +359,14 @@ fn shared_runs_equal_per_position_sums() {
             let n: f64 = b.iter().map(|y| y.norm_sqr()).sum();
             (d / n).sqrt()
         };
-        let (eo, ep) = (rel(&all.g_obj.data, &one.g_obj.data), rel(&all.g_probe_hat, &one.g_probe_hat));
-        assert!(eo < 1e-13 && ep < 1e-13, "K={modes}: object {eo:e}, probe {ep:e}");
+        let (eo, ep) = (
+            rel(&all.g_obj.data, &one.g_obj.data),
+            rel(&all.g_probe_hat, &one.g_probe_hat),
+        );
+        assert!(
+            eo < 1e-13 && ep < 1e-13,
+            "K={modes}: object {eo:e}, probe {ep:e}"
+        );
         assert!(((all.loss - one.loss) / one.loss).abs() < 1e-13);
     }
 }
@@ -263,7 +382,11 @@ fn preconditioner_is_illumination() {
     // total illumination = N Σ_k Σ|P_k|² (shifts are unitary)
     let p2: f64 = c.probe.iter().map(|z| z.norm_sqr()).sum();
     let d: f64 = g.d_obj.data.iter().sum();
-    assert!((d - c.pos.len() as f64 * p2).abs() < 1e-9 * d, "{d} vs {}", c.pos.len() as f64 * p2);
+    assert!(
+        (d - c.pos.len() as f64 * p2).abs() < 1e-9 * d,
+        "{d} vs {}",
+        c.pos.len() as f64 * p2
+    );
 }
 
 /// S_f = F⁻¹ diag(e^{−2πi q·f}) F: ⟨S a, b⟩ = ⟨a, S^H b⟩ with S^H the shift by −f, and S is
@@ -272,8 +395,12 @@ fn preconditioner_is_illumination() {
 fn shift_operator_adjoint() {
     let mut r = Lcg(3);
     let f = Fft2::<f64>::new(M);
-    let a: Vec<C> = (0..M * M).map(|_| C::new(r.next() - 0.5, r.next() - 0.5)).collect();
-    let b: Vec<C> = (0..M * M).map(|_| C::new(r.next() - 0.5, r.next() - 0.5)).collect();
+    let a: Vec<C> = (0..M * M)
+        .map(|_| C::new(r.next() - 0.5, r.next() - 0.5))
+        .collect();
+    let b: Vec<C> = (0..M * M)
+        .map(|_| C::new(r.next() - 0.5, r.next() - 0.5))
+        .collect();
     let shift = |v: &[C], s: [f64; 2]| -> Vec<C> {
         let (ey, ex) = shift_ramps::<f64>(s, M);
         let mut w = v.to_vec();
@@ -313,8 +440,18 @@ fn exit_wave_operator_adjoint() {
     // no intensity floor: w = 1 exactly where Î = 0 (with ε > 0 it is 1 − √ε/√(I + ε))
     c.k.eps = 0.0;
     let g = eval(&c, &c.obj, &c.probe);
-    let inner: C = c.obj.data.iter().zip(&g.g_obj.data).map(|(o, g)| o.conj() * g).sum();
-    assert!((inner.re - g.loss).abs() < 1e-10 * g.loss, "{inner} vs {}", g.loss);
+    let inner: C = c
+        .obj
+        .data
+        .iter()
+        .zip(&g.g_obj.data)
+        .map(|(o, g)| o.conj() * g)
+        .sum();
+    assert!(
+        (inner.re - g.loss).abs() < 1e-10 * g.loss,
+        "{inner} vs {}",
+        g.loss
+    );
     assert!(inner.im.abs() < 1e-10 * g.loss);
 }
 
@@ -328,10 +465,22 @@ fn exit_wave_operator_adjoint() {
 fn position_gradient_fd() {
     let cases = [
         ("poisson K=1", case_with(NoiseModel::Poisson, 1, false, M)),
-        ("amplitude K=2", case_with(NoiseModel::Amplitude, 2, false, M)),
-        ("poisson K=2 raster", case_with(NoiseModel::Poisson, 2, true, M)),
-        ("amplitude K=1 M=18", case_with(NoiseModel::Amplitude, 1, false, 18)),
-        ("poisson K=1 S=3", multislice_case(NoiseModel::Poisson, 1, 3)),
+        (
+            "amplitude K=2",
+            case_with(NoiseModel::Amplitude, 2, false, M),
+        ),
+        (
+            "poisson K=2 raster",
+            case_with(NoiseModel::Poisson, 2, true, M),
+        ),
+        (
+            "amplitude K=1 M=18",
+            case_with(NoiseModel::Amplitude, 1, false, 18),
+        ),
+        (
+            "poisson K=1 S=3",
+            multislice_case(NoiseModel::Poisson, 1, 3),
+        ),
     ];
     for (name, c) in cases {
         let m = c.k.fft.size();
@@ -346,7 +495,10 @@ fn position_gradient_fd() {
         let h = 1e-5;
         let mut worst: f64 = 0.0;
         for (j, pg) in g.g_pos.iter().enumerate() {
-            assert_eq!(pg.index, c.pos[j].index, "{name}: order of the position terms");
+            assert_eq!(
+                pg.index, c.pos[j].index,
+                "{name}: order of the position terms"
+            );
             for axis in 0..2 {
                 let l = |d: f64| {
                     let mut pos = c.pos.clone();
@@ -359,8 +511,15 @@ fn position_gradient_fd() {
                 let want = pg.grad[axis];
                 let err = (fd - want).abs() / want.abs().max(1e-6 * g.loss.abs());
                 worst = worst.max(err);
-                assert!(err < 1e-6, "{name}: position {j} axis {axis}: FD {fd:.6e} vs {want:.6e}");
-                assert!(pg.curv[axis].is_finite() && pg.curv[axis] > 0.0, "{name}: curvature {:?}", pg.curv);
+                assert!(
+                    err < 1e-6,
+                    "{name}: position {j} axis {axis}: FD {fd:.6e} vs {want:.6e}"
+                );
+                assert!(
+                    pg.curv[axis].is_finite() && pg.curv[axis] > 0.0,
+                    "{name}: curvature {:?}",
+                    pg.curv
+                );
             }
         }
         eprintln!("{name}: worst position-gradient relative error {worst:.2e}");

@@ -33,7 +33,9 @@ const XRAY_EV: f64 = 8000.0;
 const DET_PIXEL_M: f64 = 75e-6;
 
 fn shared(name: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/datasets")
+        .join(name);
     if p.exists() {
         Some(p)
     } else {
@@ -58,7 +60,9 @@ fn block() -> Option<Block> {
     let mut patterns = Vec::with_capacity(SIDE * SIDE * M * M);
     let mut pos_a = Vec::new();
     for iy in 0..SIDE {
-        let b = ds.read_slice::<f32, _, ndarray::Ix3>(ndarray::s![iy * 58..iy * 58 + SIDE, .., ..]).unwrap();
+        let b = ds
+            .read_slice::<f32, _, ndarray::Ix3>(ndarray::s![iy * 58..iy * 58 + SIDE, .., ..])
+            .unwrap();
         patterns.extend(b.iter().copied());
         for ix in 0..SIDE {
             let j = iy * 58 + ix;
@@ -68,21 +72,45 @@ fn block() -> Option<Block> {
     let step_a = pos_a[1][1] - pos_a[0][1];
     // the block is a regular raster with that step (row-major, y = row)
     for (j, p) in pos_a.iter().enumerate() {
-        let want = [pos_a[0][0] + (j / SIDE) as f64 * step_a, pos_a[0][1] + (j % SIDE) as f64 * step_a];
-        assert!((p[0] - want[0]).abs() < 1e-6 && (p[1] - want[1]).abs() < 1e-6, "position {j}: {p:?} vs {want:?}");
+        let want = [
+            pos_a[0][0] + (j / SIDE) as f64 * step_a,
+            pos_a[0][1] + (j % SIDE) as f64 * step_a,
+        ];
+        assert!(
+            (p[0] - want[0]).abs() < 1e-6 && (p[1] - want[1]).abs() < 1e-6,
+            "position {j}: {p:?} vs {want:?}"
+        );
     }
-    let truth = f.dataset("/ground_truth/transmission_recon").unwrap().read_raw().unwrap();
-    Some(Block { patterns, pos_a, step_a, truth })
+    let truth = f
+        .dataset("/ground_truth/transmission_recon")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    Some(Block {
+        patterns,
+        pos_a,
+        step_a,
+        truth,
+    })
 }
 
 fn load(dir: &Path, toml: &str, iterations: usize) -> Config {
     let c = dir.join("c.toml");
     std::fs::write(&c, toml).unwrap();
-    Config::load(&c, &[format!("reconstruction.iterations={iterations}"), "output.png=false".into()]).unwrap()
+    Config::load(
+        &c,
+        &[
+            format!("reconstruction.iterations={iterations}"),
+            "output.png=false".into(),
+        ],
+    )
+    .unwrap()
 }
 
 fn run(cfg: &Config) -> ReconResult {
-    reconstruct::run(cfg, &|_, _, _, _| {}).unwrap().expect("rank 0 returns the result")
+    reconstruct::run(cfg, &|_, _, _, _| {})
+        .unwrap()
+        .expect("rank 0 returns the result")
 }
 
 /// Phase correlation of a result with the (transformed) truth over the scanned area.
@@ -94,11 +122,21 @@ fn correlation(r: &ReconResult, truth: &[Complex32]) -> f64 {
 }
 
 fn create<T: hdf5::H5Type>(f: &hdf5::File, path: &str, shape: &[usize], data: &[T]) {
-    f.new_dataset::<T>().shape(shape).create(path).unwrap().write_raw(data).unwrap();
+    f.new_dataset::<T>()
+        .shape(shape)
+        .create(path)
+        .unwrap()
+        .write_raw(data)
+        .unwrap();
 }
 
 fn scalar(f: &hdf5::File, path: &str, v: f64) {
-    f.new_dataset::<f64>().shape(()).create(path).unwrap().write_scalar(&v).unwrap();
+    f.new_dataset::<f64>()
+        .shape(())
+        .create(path)
+        .unwrap()
+        .write_scalar(&v)
+        .unwrap();
 }
 
 fn groups(f: &hdf5::File, paths: &[&str]) {
@@ -110,7 +148,9 @@ fn groups(f: &hdf5::File, paths: &[&str]) {
 /// Bad pixels of the test mask: 40 pixels within ±20 px of the centre (inside the
 /// bright-field disk), alternately hot (1e6 counts) and dead (0).
 fn bad_pixels() -> Vec<(usize, usize)> {
-    (0..40).map(|i| (64 + (i * 13) % 41 - 20, 64 + (i * 29) % 41 - 20)).collect()
+    (0..40)
+        .map(|i| (64 + (i * 13) % 41 - 20, 64 + (i * 29) % 41 - 20))
+        .collect()
 }
 
 /// Writes a far-field CXI file from the block. `energy_in_joule`: source_1/energy (J) and
@@ -126,7 +166,16 @@ fn write_cxi(b: &Block, path: &Path, energy_in_joule: bool) -> String {
     let n = SIDE * SIDE;
     let f = hdf5::File::create(path).unwrap();
     create(&f, "cxi_version", &[], &[150i64]);
-    groups(&f, &["entry_1", "entry_1/instrument_1", "entry_1/instrument_1/detector_1", "entry_1/instrument_1/source_1", "entry_1/data_1"]);
+    groups(
+        &f,
+        &[
+            "entry_1",
+            "entry_1/instrument_1",
+            "entry_1/instrument_1/detector_1",
+            "entry_1/instrument_1/source_1",
+            "entry_1/data_1",
+        ],
+    );
     let det = "entry_1/instrument_1/detector_1";
     let mut counts: Vec<i32> = b.patterns.iter().map(|v| v.round() as i32).collect();
     let mut t = Vec::with_capacity(3 * n);
@@ -152,7 +201,12 @@ fn write_cxi(b: &Block, path: &Path, energy_in_joule: bool) -> String {
         create(&f, "entry_1/data_1/data", &[n, M, M], &counts);
         scalar(&f, "entry_1/instrument_1/source_1/wavelength", lambda);
         // (3, 2): columns are the row (slow) and column (fast) axes: −y and −x
-        create(&f, &format!("{det}/basis_vectors"), &[3, 2], &[0.0, -DET_PIXEL_M, -DET_PIXEL_M, 0.0, 0.0, 0.0]);
+        create(
+            &f,
+            &format!("{det}/basis_vectors"),
+            &[3, 2],
+            &[0.0, -DET_PIXEL_M, -DET_PIXEL_M, 0.0, 0.0, 0.0],
+        );
         // with both detector axes reversed, the probe position in the detector frame is +t
         for p in &b.pos_a {
             t.extend([p[1] * 1e-10 * SCALE, p[0] * 1e-10 * SCALE, 0.0]);
@@ -181,20 +235,38 @@ fn cxi_run(energy_in_joule: bool, name: &str, probe_keys: bool, threshold: f64) 
     let file = dir.path().join(name);
     let exp = write_cxi(&b, &file, energy_in_joule);
     // without the aperture: only the defocus (the pupil then comes from the mean pattern)
-    let exp = if probe_keys { exp } else { exp.lines().filter(|l| !l.starts_with("convergence")).map(|l| format!("{l}\n")).collect() };
-    let cfg = load(dir.path(), &format!("[data]\nfile = {name:?}\n{exp}[output]\npath = \"r.h5\"\n"), 15);
+    let exp = if probe_keys {
+        exp
+    } else {
+        exp.lines()
+            .filter(|l| !l.starts_with("convergence"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let cfg = load(
+        dir.path(),
+        &format!("[data]\nfile = {name:?}\n{exp}[output]\npath = \"r.h5\"\n"),
+        15,
+    );
     let df = DataFile::open(&cfg).unwrap();
     assert_eq!(df.format, ptytile::config::DataFormat::Cxi);
     let dx = df.experiment.pixel_size_m[0];
-    let want = SCALE * pixel_size_from_angular_m(electron_wavelength_m(ENERGY_EV), M, DTHETA_MRAD * 1e-3);
-    assert!((dx / want - 1.0).abs() < 1e-9, "object pixel {dx} vs {want}");
+    let want =
+        SCALE * pixel_size_from_angular_m(electron_wavelength_m(ENERGY_EV), M, DTHETA_MRAD * 1e-3);
+    assert!(
+        (dx / want - 1.0).abs() < 1e-9,
+        "object pixel {dx} vs {want}"
+    );
     if energy_in_joule {
         let bad = df.bad_pixels.as_ref().unwrap();
         assert_eq!(bad.iter().filter(|b| **b).count(), 40);
         assert!(!bad[10 * M + 10], "0x1000 marks a good pixel");
         let p = df.read_intensities(&[0]).unwrap();
         let w = df.kernel_weights().unwrap();
-        assert!(p.iter().zip(&w).all(|(v, w)| *w == 1.0 || *v == 0.0), "bad pixels read as 0");
+        assert!(
+            p.iter().zip(&w).all(|(v, w)| *w == 1.0 || *v == 0.0),
+            "bad pixels read as 0"
+        );
     }
     let r = run(&cfg);
     let corr = correlation(&r, &b.truth);
@@ -226,11 +298,23 @@ fn cxi_wavelength_and_basis_vectors() {
 fn masked_pixels_do_not_count() {
     let m = 16;
     let mm = m * m;
-    let obj = Field { origin: [0, 0], shape: [24, 24], data: (0..576).map(|i| Complex32::from_polar(1.0, (i as f32 * 0.37).sin())).collect() };
-    let probe: Vec<Complex32> = (0..mm).map(|i| Complex32::from_polar(((i % m) as f32 * 0.2).cos().abs() + 0.1, i as f32 * 0.05)).collect();
-    let pos: Vec<PositionGeom<f32>> = (0..4).map(|j| PositionGeom::new(j, [8.0 + 2.3 * j as f64, 9.0 + 1.7 * j as f64], m)).collect();
+    let obj = Field {
+        origin: [0, 0],
+        shape: [24, 24],
+        data: (0..576)
+            .map(|i| Complex32::from_polar(1.0, (i as f32 * 0.37).sin()))
+            .collect(),
+    };
+    let probe: Vec<Complex32> = (0..mm)
+        .map(|i| Complex32::from_polar(((i % m) as f32 * 0.2).cos().abs() + 0.1, i as f32 * 0.05))
+        .collect();
+    let pos: Vec<PositionGeom<f32>> = (0..4)
+        .map(|j| PositionGeom::new(j, [8.0 + 2.3 * j as f64, 9.0 + 1.7 * j as f64], m))
+        .collect();
     let meas: Vec<f32> = (0..4 * mm).map(|i| ((i * 7919) % 97) as f32).collect();
-    let weights: Vec<f32> = (0..mm).map(|i| if i % 11 == 3 { 0.0 } else { 1.0 }).collect();
+    let weights: Vec<f32> = (0..mm)
+        .map(|i| if i % 11 == 3 { 0.0 } else { 1.0 })
+        .collect();
     let mut garbage = meas.clone();
     for (i, v) in garbage.iter_mut().enumerate() {
         if weights[i % mm] == 0.0 {
@@ -238,7 +322,14 @@ fn masked_pixels_do_not_count() {
         }
     }
     for noise in [NoiseModel::Poisson, NoiseModel::Amplitude] {
-        let k = |w: Option<Vec<f32>>| Kernel { fft: Fft2::new(m), modes: 1, noise, eps: 1e-3, weights: w, propagator: Vec::new() };
+        let k = |w: Option<Vec<f32>>| Kernel {
+            fft: Fft2::new(m),
+            modes: 1,
+            noise,
+            eps: 1e-3,
+            weights: w,
+            propagator: Vec::new(),
+        };
         let masked = k(Some(weights.clone()));
         let ph = probe_spectrum(&masked.fft, &probe);
         let a = gradients(&masked, &obj, &ph, &pos, &meas, true);
@@ -247,7 +338,12 @@ fn masked_pixels_do_not_count() {
         assert_eq!(a.g_obj.data, b.g_obj.data, "{noise:?}");
         assert_eq!(a.g_probe_hat, b.g_probe_hat, "{noise:?}");
         let c = gradients(&k(None), &obj, &ph, &pos, &garbage, true);
-        assert!((c.loss - b.loss).abs() > 1e-3 * b.loss.abs(), "{noise:?}: unmasked {} vs masked {}", c.loss, b.loss);
+        assert!(
+            (c.loss - b.loss).abs() > 1e-3 * b.loss.abs(),
+            "{noise:?}: unmasked {} vs masked {}",
+            c.loss,
+            b.loss
+        );
         // all-ones weights equal no weights
         let d = gradients(&k(Some(vec![1.0; mm])), &obj, &ph, &pos, &meas, true);
         let e = gradients(&k(None), &obj, &ph, &pos, &meas, true);
@@ -263,7 +359,11 @@ fn rotate_patterns(p: &[f32], sign: i32) -> Vec<f32> {
     for (src, dst) in p.chunks(M * M).zip(out.chunks_mut(M * M)) {
         for ky in 0..M {
             for kx in 0..M {
-                let (y, x) = if sign > 0 { (kx, (2 * c + M - ky) % M) } else { ((2 * c + M - kx) % M, ky) };
+                let (y, x) = if sign > 0 {
+                    (kx, (2 * c + M - ky) % M)
+                } else {
+                    ((2 * c + M - kx) % M, ky)
+                };
                 dst[y * M + x] = src[ky * M + kx];
             }
         }
@@ -278,7 +378,11 @@ fn rotate_truth(t: &[Complex32], sign: i32) -> Vec<Complex32> {
     for y in 0..h {
         for x in 0..h {
             // Q⁻¹(y, x) = (−x, y) for sign +1, (x, −y) for sign −1
-            let (sy, sx) = if sign > 0 { ((h - x) % h, y) } else { (x, (h - y) % h) };
+            let (sy, sx) = if sign > 0 {
+                ((h - x) % h, y)
+            } else {
+                (x, (h - y) % h)
+            };
             out[y * h + x] = t[sy * h + sx];
         }
     }
@@ -313,14 +417,31 @@ fn stem4d_npy_with_scan_rotation() {
 fn stem4d_hdf5_with_scan_rotation_and_restart() {
     let Some(b) = block() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let rot: Vec<u16> = rotate_patterns(&b.patterns, 1).iter().map(|v| v.round() as u16).collect();
+    let rot: Vec<u16> = rotate_patterns(&b.patterns, 1)
+        .iter()
+        .map(|v| v.round() as u16)
+        .collect();
     {
         let f = hdf5::File::create(dir.path().join("scan.h5")).unwrap();
         f.create_group("scan").unwrap();
-        let ds = f.new_dataset::<u16>().shape([SIDE, SIDE, M, M]).chunk([1, 8, M, M]).create("scan/data").unwrap();
+        let ds = f
+            .new_dataset::<u16>()
+            .shape([SIDE, SIDE, M, M])
+            .chunk([1, 8, M, M])
+            .create("scan/data")
+            .unwrap();
         ds.write_raw(&rot).unwrap();
-        for (k, v) in [("energy_eV", ENERGY_EV), ("convergence_semiangle_mrad", ALPHA_MRAD), ("defocus_m", DEFOCUS_M), ("angular_sampling_mrad", DTHETA_MRAD)] {
-            ds.new_attr::<f64>().create(k).unwrap().write_scalar(&v).unwrap();
+        for (k, v) in [
+            ("energy_eV", ENERGY_EV),
+            ("convergence_semiangle_mrad", ALPHA_MRAD),
+            ("defocus_m", DEFOCUS_M),
+            ("angular_sampling_mrad", DTHETA_MRAD),
+        ] {
+            ds.new_attr::<f64>()
+                .create(k)
+                .unwrap()
+                .write_scalar(&v)
+                .unwrap();
         }
     }
     let toml = format!("[data]\nfile = \"scan.h5\"\nintensities = \"/scan/data\"\nscan_step_m = {}\nscan_rotation_deg = 90.0\n", b.step_a * 1e-10);
@@ -333,12 +454,23 @@ fn stem4d_hdf5_with_scan_rotation_and_restart() {
     let first = run(&load(dir.path(), &toml, 8));
     let out = dir.path().join("first.h5");
     ptytile::output::write_result(&out, &first, false).unwrap();
-    let second = run(&load(dir.path(), &format!("{toml}initial = \"first.h5\"\n"), 8));
-    eprintln!("continuous {:?}\nfirst {:?}\nsecond {:?}", full.loss, first.loss, second.loss);
+    let second = run(&load(
+        dir.path(),
+        &format!("{toml}initial = \"first.h5\"\n"),
+        8,
+    ));
+    eprintln!(
+        "continuous {:?}\nfirst {:?}\nsecond {:?}",
+        full.loss, first.loss, second.loss
+    );
     // the restart begins exactly where the first run stopped: same object (placed on the
     // same grid), same probe, so the same loss as the continuous run at iteration 8
     let l8 = full.loss[8];
-    assert!(((second.loss[0] - l8) / l8).abs() < 1e-5, "restart loss {} vs continuous {l8}", second.loss[0]);
+    assert!(
+        ((second.loss[0] - l8) / l8).abs() < 1e-5,
+        "restart loss {} vs continuous {l8}",
+        second.loss[0]
+    );
     let c2 = correlation(&second, &truth);
     assert!(c2 > corr - 0.02, "restarted {c2} vs continuous {corr}");
 }
@@ -347,7 +479,15 @@ fn stem4d_hdf5_with_scan_rotation_and_restart() {
 #[test]
 fn initial_from_another_scan_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let p = ptytile::simulate::SimParams { m: 16, scan: [3, 3], step_px: 2.0, semiangle_mrad: 40.0, pixel_size_m: 0.3e-10, dose: Some(1e4), ..Default::default() };
+    let p = ptytile::simulate::SimParams {
+        m: 16,
+        scan: [3, 3],
+        step_px: 2.0,
+        semiangle_mrad: 40.0,
+        pixel_size_m: 0.3e-10,
+        dose: Some(1e4),
+        ..Default::default()
+    };
     let sim = ptytile::simulate::simulate(&p).unwrap();
     let (_, cfg_path) = ptytile::simulate::write(&dir.path().join("d.h5"), &sim, &p).unwrap();
     let cfg = Config::load(&cfg_path, &["reconstruction.iterations=1".into()]).unwrap();
@@ -356,9 +496,19 @@ fn initial_from_another_scan_is_refused() {
     short.positions_px.truncate(5);
     let bad = dir.path().join("short.h5");
     ptytile::output::write_result(&bad, &short, false).unwrap();
-    let cfg = Config::load(&cfg_path, &["reconstruction.iterations=1".into(), format!("data.initial={:?}", bad.display().to_string())]).unwrap();
+    let cfg = Config::load(
+        &cfg_path,
+        &[
+            "reconstruction.iterations=1".into(),
+            format!("data.initial={:?}", bad.display().to_string()),
+        ],
+    )
+    .unwrap();
     let e = reconstruct::run(&cfg, &|_, _, _, _| {}).unwrap_err();
-    assert!(e.to_string().contains("short.h5") && e.msg.contains("5 scan positions"), "{e}");
+    assert!(
+        e.to_string().contains("short.h5") && e.msg.contains("5 scan positions"),
+        "{e}"
+    );
 }
 
 fn ptytile() -> Command {
@@ -371,11 +521,19 @@ fn ptytile() -> Command {
 /// with one line naming the file.
 #[test]
 fn near_field_cxi_is_explained_and_refused() {
-    let Some(file) = shared("PETRAIII_P25_Near_Field_Ptycho.cxi") else { return };
+    let Some(file) = shared("PETRAIII_P25_Near_Field_Ptycho.cxi") else {
+        return;
+    };
     let out = ptytile().arg("inspect").arg(&file).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["a CXI file: 200 diffraction patterns of 100x100", "12658.0 eV", "5 bad pixels", "from basis_vectors", "NEAR FIELD"] {
+    for needle in [
+        "a CXI file: 200 diffraction patterns of 100x100",
+        "12658.0 eV",
+        "5 bad pixels",
+        "from basis_vectors",
+        "NEAR FIELD",
+    ] {
         assert!(text.contains(needle), "'{needle}' not in:\n{text}");
     }
     // the far-field window λz/p = 9.795e-11 · 1.12 / 55e-6 = 1.995e-6 m
@@ -383,12 +541,24 @@ fn near_field_cxi_is_explained_and_refused() {
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, format!("[data]\nfile = {:?}\n[output]\npath = {:?}\n", file.display().to_string(), dir.path().join("out/r.h5").display().to_string())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\nfile = {:?}\n[output]\npath = {:?}\n",
+            file.display().to_string(),
+            dir.path().join("out/r.h5").display().to_string()
+        ),
+    )
+    .unwrap();
     let out = ptytile().arg("reconstruct").arg(&cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].contains("PETRAIII_P25_Near_Field_Ptycho.cxi") && lines[0].contains("near-field ptychography is not supported"), "{err}");
+    assert!(
+        lines[0].contains("PETRAIII_P25_Near_Field_Ptycho.cxi")
+            && lines[0].contains("near-field ptychography is not supported"),
+        "{err}"
+    );
     assert!(!dir.path().join("out").exists());
 }

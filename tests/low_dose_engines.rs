@@ -16,11 +16,24 @@ const BAR: f64 = 0.7;
 fn relaxed_beats_plain(engine: &str) {
     // dm without its final error-reduction iterations: this compares the Fourier steps
     // (tests/error_reduction.rs covers the finish)
-    let base: Vec<String> = if engine == "dm" { vec!["dm.er_iterations=0".into()] } else { vec![] };
+    let base: Vec<String> = if engine == "dm" {
+        vec!["dm.er_iterations=0".into()]
+    } else {
+        vec![]
+    };
     let relaxed = phase_correlation(engine, &base);
-    let plain = phase_correlation(engine, &[base.clone(), vec![format!("{engine}.gamma=1")]].concat());
-    assert!(relaxed > BAR, "{engine} default γ: phase correlation {relaxed:.4} ≤ {BAR}");
-    assert!(plain < BAR, "{engine} γ = 1: phase correlation {plain:.4} ≥ {BAR} (the test no longer separates)");
+    let plain = phase_correlation(
+        engine,
+        &[base.clone(), vec![format!("{engine}.gamma=1")]].concat(),
+    );
+    assert!(
+        relaxed > BAR,
+        "{engine} default γ: phase correlation {relaxed:.4} ≤ {BAR}"
+    );
+    assert!(
+        plain < BAR,
+        "{engine} γ = 1: phase correlation {plain:.4} ≥ {BAR} (the test no longer separates)"
+    );
 }
 
 #[test]

@@ -16,7 +16,18 @@ const TRUTH: [f64; 3] = [0.6, 0.3, 0.1];
 fn recovered_fractions(extra: &[&str]) -> Vec<f64> {
     let dir = tempfile::tempdir().unwrap();
     // 16 × 16 = 256 positions, 32-px window, noise-free intensities
-    let p = SimParams { m: 32, scan: [16, 16], step_px: 2.5, jitter_px: 0.4, semiangle_mrad: 30.0, pixel_size_m: 0.25e-10, dose: None, mode_powers: TRUTH.to_vec(), seed: 11, ..Default::default() };
+    let p = SimParams {
+        m: 32,
+        scan: [16, 16],
+        step_px: 2.5,
+        jitter_px: 0.4,
+        semiangle_mrad: 30.0,
+        pixel_size_m: 0.25e-10,
+        dose: None,
+        mode_powers: TRUTH.to_vec(),
+        seed: 11,
+        ..Default::default()
+    };
     let sim = simulate(&p).unwrap();
     let truth = mode_powers(&sim.probe, 3);
     let total: f64 = truth.iter().sum();
@@ -31,25 +42,39 @@ fn recovered_fractions(extra: &[&str]) -> Vec<f64> {
     let pw = mode_powers(&r.probe, 3);
     let total: f64 = pw.iter().sum();
     let f: Vec<f64> = pw.iter().map(|v| v / total).collect();
-    eprintln!("{extra:?}: mode power fractions {f:?} (truth {TRUTH:?}), loss {:.3e} → {:.3e}", r.loss[0], r.loss[r.loss.len() - 1]);
+    eprintln!(
+        "{extra:?}: mode power fractions {f:?} (truth {TRUTH:?}), loss {:.3e} → {:.3e}",
+        r.loss[0],
+        r.loss[r.loss.len() - 1]
+    );
     f
 }
 
 fn assert_powers(f: &[f64], what: &str) {
     for (k, (got, want)) in f.iter().zip(TRUTH).enumerate() {
-        assert!(((got - want) / want).abs() <= 0.05, "{what}: mode {k} power {got:.4} vs {want} (all {f:?})");
+        assert!(
+            ((got - want) / want).abs() <= 0.05,
+            "{what}: mode {k} power {got:.4} vs {want} (all {f:?})"
+        );
     }
 }
 
 #[test]
 fn dm_recovers_mode_powers() {
     // noise-free data: the plain modulus projection (γ = 1), not the low-dose default
-    let f = recovered_fractions(&["reconstruction.engine=\"dm\"", "reconstruction.iterations=600", "dm.gamma=1"]);
+    let f = recovered_fractions(&[
+        "reconstruction.engine=\"dm\"",
+        "reconstruction.iterations=600",
+        "dm.gamma=1",
+    ]);
     assert_powers(&f, "dm");
 }
 
 #[test]
 fn mlcg_recovers_mode_powers() {
-    let f = recovered_fractions(&["reconstruction.engine=\"mlcg\"", "reconstruction.iterations=250"]);
+    let f = recovered_fractions(&[
+        "reconstruction.engine=\"mlcg\"",
+        "reconstruction.iterations=250",
+    ]);
     assert_powers(&f, "mlcg");
 }

@@ -70,10 +70,17 @@ struct Buf {
 
 impl Buf {
     fn new(rect: Rect, v: f64) -> Buf {
-        Buf { rect, data: vec![v; rect.area()] }
+        Buf {
+            rect,
+            data: vec![v; rect.area()],
+        }
     }
     fn idx(&self, y: i64, x: i64) -> usize {
-        assert!(self.rect.contains(y, x), "pixel ({y}, {x}) outside {:?}", self.rect);
+        assert!(
+            self.rect.contains(y, x),
+            "pixel ({y}, {x}) outside {:?}",
+            self.rect
+        );
         ((y - self.rect.y0) as usize) * self.rect.shape()[1] + (x - self.rect.x0) as usize
     }
     /// Add the M×M patch of position j at window `w`.
@@ -113,14 +120,30 @@ impl Buf {
 fn check_structure(p: &TilePlan, centres: &[[f64; 2]], m: usize, shape: [usize; 2]) {
     let [ty, tx] = p.tiles;
     assert_eq!(p.ranks.len(), ty * tx);
-    assert_eq!(p.object, Rect { y0: 0, y1: shape[0] as i64, x0: 0, x1: shape[1] as i64 });
+    assert_eq!(
+        p.object,
+        Rect {
+            y0: 0,
+            y1: shape[0] as i64,
+            x0: 0,
+            x1: shape[1] as i64
+        }
+    );
     // Tiles partition the object: every pixel owned exactly once, and the grid layout holds.
     let mut owners = vec![0u32; shape[0] * shape[1]];
     for (r, rp) in p.ranks.iter().enumerate() {
         assert_eq!(rp.rank, r);
         assert!(!rp.tile.is_empty(), "rank {r} has an empty tile");
         let (a, b) = (r / tx, r % tx);
-        assert_eq!(rp.tile, Rect { y0: p.cuts[0][a], y1: p.cuts[0][a + 1], x0: p.cuts[1][b], x1: p.cuts[1][b + 1] });
+        assert_eq!(
+            rp.tile,
+            Rect {
+                y0: p.cuts[0][a],
+                y1: p.cuts[0][a + 1],
+                x0: p.cuts[1][b],
+                x1: p.cuts[1][b + 1]
+            }
+        );
         for y in rp.tile.y0..rp.tile.y1 {
             for x in rp.tile.x0..rp.tile.x1 {
                 owners[y as usize * shape[1] + x as usize] += 1;
@@ -128,7 +151,10 @@ fn check_structure(p: &TilePlan, centres: &[[f64; 2]], m: usize, shape: [usize; 
             }
         }
     }
-    assert!(owners.iter().all(|&c| c == 1), "tiles do not partition the object");
+    assert!(
+        owners.iter().all(|&c| c == 1),
+        "tiles do not partition the object"
+    );
     // Every position owned by exactly one rank, the one whose tile holds floor(centre).
     let mut owner_of = vec![usize::MAX; centres.len()];
     for rp in &p.ranks {
@@ -139,7 +165,10 @@ fn check_structure(p: &TilePlan, centres: &[[f64; 2]], m: usize, shape: [usize; 
             assert!(rp.tile.contains(c[0].floor() as i64, c[1].floor() as i64));
         }
     }
-    assert!(owner_of.iter().all(|&o| o != usize::MAX), "a position has no owner");
+    assert!(
+        owner_of.iter().all(|&o| o != usize::MAX),
+        "a position has no owner"
+    );
     for rp in &p.ranks {
         // Windows inside the field; field = tile ∪ bbox(windows), inside the object.
         let mut bbox = rp.tile;
@@ -152,15 +181,22 @@ fn check_structure(p: &TilePlan, centres: &[[f64; 2]], m: usize, shape: [usize; 
         assert!(p.object.contains_rect(&rp.field));
         // Halo first, each group ascending.
         let (halo, interior) = rp.positions.split_at(rp.n_halo_positions);
-        assert!(halo.iter().all(|&j| !rp.tile.contains_rect(&window(centres[j], m))));
-        assert!(interior.iter().all(|&j| rp.tile.contains_rect(&window(centres[j], m))));
+        assert!(halo
+            .iter()
+            .all(|&j| !rp.tile.contains_rect(&window(centres[j], m))));
+        assert!(interior
+            .iter()
+            .all(|&j| rp.tile.contains_rect(&window(centres[j], m))));
         assert!(halo.windows(2).all(|w| w[0] < w[1]));
         assert!(interior.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(rp.halo_positions(), halo);
         assert_eq!(rp.interior_positions(), interior);
         assert_eq!(rp.field_pixels(), rp.field.area());
     }
-    assert_eq!(p.max_field_pixels(), p.ranks.iter().map(|r| r.field.area()).max().unwrap());
+    assert_eq!(
+        p.max_field_pixels(),
+        p.ranks.iter().map(|r| r.field.area()).max().unwrap()
+    );
 }
 
 /// Test 2: r sends R to q ⇔ q receives R from r; sorted, no self, non-empty; the sends
@@ -168,22 +204,36 @@ fn check_structure(p: &TilePlan, centres: &[[f64; 2]], m: usize, shape: [usize; 
 fn check_symmetry(p: &TilePlan) {
     for rp in &p.ranks {
         for list in [&rp.sends, &rp.recvs] {
-            assert!(list.windows(2).all(|w| w[0].peer < w[1].peer), "not sorted by peer");
+            assert!(
+                list.windows(2).all(|w| w[0].peer < w[1].peer),
+                "not sorted by peer"
+            );
             assert!(list.iter().all(|t| t.peer != rp.rank && !t.rect.is_empty()));
         }
         for s in &rp.sends {
             assert_eq!(s.rect, rp.field.intersect(&p.ranks[s.peer].tile).unwrap());
-            let back: Vec<_> = p.ranks[s.peer].recvs.iter().filter(|t| t.peer == rp.rank).collect();
+            let back: Vec<_> = p.ranks[s.peer]
+                .recvs
+                .iter()
+                .filter(|t| t.peer == rp.rank)
+                .collect();
             assert_eq!(back.len(), 1);
             assert_eq!(back[0].rect, s.rect);
         }
         for t in &rp.recvs {
             assert_eq!(t.rect, p.ranks[t.peer].field.intersect(&rp.tile).unwrap());
-            assert!(p.ranks[t.peer].sends.iter().any(|s| s.peer == rp.rank && s.rect == t.rect));
+            assert!(p.ranks[t.peer]
+                .sends
+                .iter()
+                .any(|s| s.peer == rp.rank && s.rect == t.rect));
         }
         // Geometry, not a stencil: every other rank whose tile meets the field is a peer.
-        let expect: Vec<usize> =
-            p.ranks.iter().filter(|q| q.rank != rp.rank && q.tile.intersect(&rp.field).is_some()).map(|q| q.rank).collect();
+        let expect: Vec<usize> = p
+            .ranks
+            .iter()
+            .filter(|q| q.rank != rp.rank && q.tile.intersect(&rp.field).is_some())
+            .map(|q| q.rank)
+            .collect();
         assert_eq!(rp.sends.iter().map(|t| t.peer).collect::<Vec<_>>(), expect);
         let covered: usize = rp.sends.iter().map(|t| t.rect.area()).sum::<usize>() + rp.tile.area();
         assert_eq!(covered, rp.field.area());
@@ -208,7 +258,9 @@ fn check_exchange(p: &TilePlan, centres: &[[f64; 2]], m: usize, global: &Buf, se
     let mut msgs: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     for rp in &p.ranks {
         for s in &rp.sends {
-            assert!(msgs.insert((rp.rank, s.peer), fields[rp.rank].extract(s.rect)).is_none());
+            assert!(msgs
+                .insert((rp.rank, s.peer), fields[rp.rank].extract(s.rect))
+                .is_none());
         }
     }
     let mut scale = 0f64;
@@ -217,7 +269,9 @@ fn check_exchange(p: &TilePlan, centres: &[[f64; 2]], m: usize, global: &Buf, se
         let mut tile = Buf::new(rp.tile, 0.0);
         tile.apply(rp.tile, &fields[rp.rank].extract(rp.tile), false);
         for t in &rp.recvs {
-            let v = msgs.remove(&(t.peer, rp.rank)).expect("message from a peer with no send");
+            let v = msgs
+                .remove(&(t.peer, rp.rank))
+                .expect("message from a peer with no send");
             tile.apply(t.rect, &v, true);
         }
         for y in rp.tile.y0..rp.tile.y1 {
@@ -230,7 +284,11 @@ fn check_exchange(p: &TilePlan, centres: &[[f64; 2]], m: usize, global: &Buf, se
     }
     assert!(msgs.is_empty(), "{} messages never received", msgs.len());
     let rel = err / scale;
-    assert!(rel <= 1e-12, "tiles {:?}: tiled sum differs from the global sum by {rel:.3e} (relative)", p.tiles);
+    assert!(
+        rel <= 1e-12,
+        "tiles {:?}: tiled sum differs from the global sum by {rel:.3e} (relative)",
+        p.tiles
+    );
 
     // Object direction: owners send their recvs rects back; ranks fill their sends rects.
     let object = |y: i64, x: i64| patch(seed ^ 0xABCD, 0, (y as usize) << 20 | x as usize);
@@ -262,7 +320,12 @@ fn check_exchange(p: &TilePlan, centres: &[[f64; 2]], m: usize, global: &Buf, se
         }
         for y in rp.field.y0..rp.field.y1 {
             for x in rp.field.x0..rp.field.x1 {
-                assert_eq!(f.data[f.idx(y, x)].to_bits(), object(y, x).to_bits(), "rank {} field pixel ({y}, {x})", rp.rank);
+                assert_eq!(
+                    f.data[f.idx(y, x)].to_bits(),
+                    object(y, x).to_bits(),
+                    "rank {} field pixel ({y}, {x})",
+                    rp.rank
+                );
             }
         }
     }
@@ -271,7 +334,15 @@ fn check_exchange(p: &TilePlan, centres: &[[f64; 2]], m: usize, global: &Buf, se
 }
 
 fn global_sum(centres: &[[f64; 2]], m: usize, shape: [usize; 2], seed: u64) -> Buf {
-    let mut g = Buf::new(Rect { y0: 0, y1: shape[0] as i64, x0: 0, x1: shape[1] as i64 }, 0.0);
+    let mut g = Buf::new(
+        Rect {
+            y0: 0,
+            y1: shape[0] as i64,
+            x0: 0,
+            x1: shape[1] as i64,
+        },
+        0.0,
+    );
     for (j, c) in centres.iter().enumerate() {
         g.add_patch(seed, j, window(*c, m), m);
     }
@@ -280,7 +351,12 @@ fn global_sum(centres: &[[f64; 2]], m: usize, shape: [usize; 2], seed: u64) -> B
 
 fn summary(p: &TilePlan) -> String {
     let counts: Vec<usize> = p.ranks.iter().map(|r| r.positions.len()).collect();
-    let max_peers = p.ranks.iter().map(|r| r.sends.len().max(r.recvs.len())).max().unwrap();
+    let max_peers = p
+        .ranks
+        .iter()
+        .map(|r| r.sends.len().max(r.recvs.len()))
+        .max()
+        .unwrap();
     format!(
         "tiles {:?}: positions/rank min {} max {}, max field {} px, max peers {}",
         p.tiles,
@@ -380,7 +456,10 @@ fn one_tile_is_the_serial_case() {
 fn plan_is_deterministic() {
     let (c, shape, m) = pbtio3();
     for t in tilings() {
-        assert_eq!(plan(&c, m, shape, t).unwrap(), plan(&c, m, shape, t).unwrap());
+        assert_eq!(
+            plan(&c, m, shape, t).unwrap(),
+            plan(&c, m, shape, t).unwrap()
+        );
     }
 }
 
@@ -416,11 +495,22 @@ fn error_cases() {
     let p = plan(&c, m, shape, [shape[0], 1]).unwrap();
     assert!(p.ranks.iter().all(|r| r.tile.shape()[0] == 1));
     // A window leaving the object, and a non-finite centre.
-    assert_eq!(plan(&[[1.0, 50.0]], m, shape, [1, 1]).unwrap_err().what, "parallel.tiles");
-    assert_eq!(plan(&[[f64::NAN, 50.0]], m, shape, [1, 1]).unwrap_err().what, "parallel.tiles");
+    assert_eq!(
+        plan(&[[1.0, 50.0]], m, shape, [1, 1]).unwrap_err().what,
+        "parallel.tiles"
+    );
+    assert_eq!(
+        plan(&[[f64::NAN, 50.0]], m, shape, [1, 1])
+            .unwrap_err()
+            .what,
+        "parallel.tiles"
+    );
     // No positions at all: every field is its tile, no transfers.
     let p = plan(&[], m, shape, [3, 2]).unwrap();
-    assert!(p.ranks.iter().all(|r| r.field == r.tile && r.sends.is_empty() && r.positions.is_empty()));
+    assert!(p
+        .ranks
+        .iter()
+        .all(|r| r.field == r.tile && r.sends.is_empty() && r.positions.is_empty()));
 }
 
 #[test]
@@ -434,10 +524,21 @@ fn balance_pbtio3_16_ranks() {
     let counts: Vec<usize> = p.ranks.iter().map(|r| r.positions.len()).collect();
     assert_eq!(counts.iter().sum::<usize>(), 3364);
     let max = *counts.iter().max().unwrap();
-    eprintln!("object {shape:?}, cuts {:?}, positions per rank {counts:?}, max field {} px", p.cuts, p.max_field_pixels());
-    assert!(max as f64 <= 1.1 * 3364.0 / 16.0, "max {max} positions on a rank");
+    eprintln!(
+        "object {shape:?}, cuts {:?}, positions per rank {counts:?}, max field {} px",
+        p.cuts,
+        p.max_field_pixels()
+    );
+    assert!(
+        max as f64 <= 1.1 * 3364.0 / 16.0,
+        "max {max} positions on a rank"
+    );
     // The small raster balances too.
     let (c, shape, m) = small();
     let p = plan(&c, m, shape, [4, 4]).unwrap();
-    assert!(p.max_positions() as f64 <= 1.1 * c.len() as f64 / 16.0, "{}", summary(&p));
+    assert!(
+        p.max_positions() as f64 <= 1.1 * c.len() as f64 / 16.0,
+        "{}",
+        summary(&p)
+    );
 }

@@ -28,7 +28,12 @@ fn assert_exact_with(extra: &[&str], tail: &str, tilings: &[[usize; 2]]) {
 }
 
 /// [`assert_exact_with`] on the crop that `crop` writes (thin or thick PbTiO3).
-fn assert_exact_on(crop: fn(&std::path::Path, usize) -> std::path::PathBuf, extra: &[&str], tail: &str, tilings: &[[usize; 2]]) {
+fn assert_exact_on(
+    crop: fn(&std::path::Path, usize) -> std::path::PathBuf,
+    extra: &[&str],
+    tail: &str,
+    tilings: &[[usize; 2]],
+) {
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = crop(dir.path(), 20);
@@ -122,13 +127,23 @@ fn dm_then_mlcg_schedule_real_data() {
 
 /// Multislice, S = 3 slices of 11.07 Å (the thick file's 33.2 Å), gd and mlcg with the
 /// axial regulariser on, on a block of the thick PbTiO3 file (issue "Multislice").
-const MULTISLICE: [&str; 4] = ["reconstruction.slices=3", "reconstruction.slice_thickness_m=11.07e-10", "reconstruction.axial_regularization=0.05", "reconstruction.iterations=10"];
+const MULTISLICE: [&str; 4] = [
+    "reconstruction.slices=3",
+    "reconstruction.slice_thickness_m=11.07e-10",
+    "reconstruction.axial_regularization=0.05",
+    "reconstruction.iterations=10",
+];
 
 #[test]
 fn gd_multislice_real_data() {
     let mut extra = MULTISLICE.to_vec();
     extra.push("reconstruction.engine=\"gd\"");
-    assert_exact_on(common::pbtio3_thick_crop, &extra, "", &[[2, 2], [1, 2], [4, 4]]);
+    assert_exact_on(
+        common::pbtio3_thick_crop,
+        &extra,
+        "",
+        &[[2, 2], [1, 2], [4, 4]],
+    );
 }
 
 #[test]

@@ -54,7 +54,12 @@ impl fmt::Display for CompareReport {
             "removed phase ramp  offset {:.4} rad, d/dy {:.5} rad/px, d/dx {:.5} rad/px",
             self.ramp[0], self.ramp[1], self.ramp[2]
         )?;
-        write!(f, "area                rows {y0}..{y1}, columns {x0}..{x1} ({} × {} px)", y1 - y0, x1 - x0)
+        write!(
+            f,
+            "area                rows {y0}..{y1}, columns {x0}..{x1} ({} × {} px)",
+            y1 - y0,
+            x1 - x0
+        )
     }
 }
 
@@ -109,14 +114,42 @@ pub fn compare_objects(
 /// on e^{iφ} as in [`compare_objects`]; at each shift the residual φ_R − φ_T(r − s) is
 /// fitted by offset + ramp without wrapping, so a phase that wrapped or saturated where the
 /// truth exceeds π counts as an error. Errors as [`compare_objects`].
-pub fn compare_phases(recon_phase: &Field<f64>, area: [usize; 4], truth_phase: &[f64], truth_shape: [usize; 2]) -> Result<CompareReport> {
-    let cis = |v: &[f64]| v.iter().map(|p| Complex32::from_polar(1.0, *p as f32)).collect::<Vec<_>>();
-    let recon = Field { origin: recon_phase.origin, shape: recon_phase.shape, data: cis(&recon_phase.data) };
-    if recon_phase.data.iter().chain(truth_phase).any(|v| !v.is_finite()) {
-        let what = if recon_phase.data.iter().any(|v| !v.is_finite()) { "object" } else { "truth" };
+pub fn compare_phases(
+    recon_phase: &Field<f64>,
+    area: [usize; 4],
+    truth_phase: &[f64],
+    truth_shape: [usize; 2],
+) -> Result<CompareReport> {
+    let cis = |v: &[f64]| {
+        v.iter()
+            .map(|p| Complex32::from_polar(1.0, *p as f32))
+            .collect::<Vec<_>>()
+    };
+    let recon = Field {
+        origin: recon_phase.origin,
+        shape: recon_phase.shape,
+        data: cis(&recon_phase.data),
+    };
+    if recon_phase
+        .data
+        .iter()
+        .chain(truth_phase)
+        .any(|v| !v.is_finite())
+    {
+        let what = if recon_phase.data.iter().any(|v| !v.is_finite()) {
+            "object"
+        } else {
+            "truth"
+        };
         return Err(Error::new(what, "contains NaN or Inf phases"));
     }
-    compare_with(&recon, area, &cis(truth_phase), truth_shape, Some((recon_phase, truth_phase)))
+    compare_with(
+        &recon,
+        area,
+        &cis(truth_phase),
+        truth_shape,
+        Some((recon_phase, truth_phase)),
+    )
 }
 
 /// The work of [`compare_objects`] and, with `unwrapped` (recon phase field, true phase),
@@ -134,10 +167,16 @@ fn compare_with(
         return Err(Error::new("truth", format!("has zero size {h} × {w}")));
     }
     if truth.len() != h * w {
-        return Err(Error::new("truth", format!("has {} values but shape {h} × {w}", truth.len())));
+        return Err(Error::new(
+            "truth",
+            format!("has {} values but shape {h} × {w}", truth.len()),
+        ));
     }
     if y1 <= y0 || x1 <= x0 {
-        return Err(Error::new("area", format!("is empty: rows {y0}..{y1}, columns {x0}..{x1}")));
+        return Err(Error::new(
+            "area",
+            format!("is empty: rows {y0}..{y1}, columns {x0}..{x1}"),
+        ));
     }
     if y1 - y0 < 2 || x1 - x0 < 2 {
         return Err(Error::new(
@@ -147,7 +186,10 @@ fn compare_with(
     }
     let [ny, nx] = recon.shape;
     if recon.data.len() != ny * nx {
-        return Err(Error::new("object", format!("has {} values but shape {ny} × {nx}", recon.data.len())));
+        return Err(Error::new(
+            "object",
+            format!("has {} values but shape {ny} × {nx}", recon.data.len()),
+        ));
     }
     let [oy, ox] = recon.origin;
     let (ly0, lx0) = (y0 as i64 - oy, x0 as i64 - ox);
@@ -170,12 +212,17 @@ fn compare_with(
         o.extend(row.iter().map(|z| Complex64::new(z.re as f64, z.im as f64)));
     }
     check_finite(&o, wa, [y0, x0], "object")?;
-    let t: Vec<Complex64> = truth.iter().map(|z| Complex64::new(z.re as f64, z.im as f64)).collect();
+    let t: Vec<Complex64> = truth
+        .iter()
+        .map(|z| Complex64::new(z.re as f64, z.im as f64))
+        .collect();
     check_finite(&t, w, [0, 0], "truth")?;
 
     let mut p = Problem::new(o, [ha, wa], [y0, x0], &t, [h, w]);
     if let Some((rp, tp)) = unwrapped {
-        let phase: Vec<f64> = (0..ha).flat_map(|i| rp.data[(ly0 + i) * nx + lx0..][..wa].iter().copied()).collect();
+        let phase: Vec<f64> = (0..ha)
+            .flat_map(|i| rp.data[(ly0 + i) * nx + lx0..][..wa].iter().copied())
+            .collect();
         let mut hat: Vec<Complex64> = tp.iter().map(|v| Complex64::new(*v, 0.0)).collect();
         p.dft.run(&mut hat, false);
         p.unwrapped = Some((phase, hat, tp.to_vec()));
@@ -203,7 +250,10 @@ pub fn scan_area(positions_px: &[[f64; 2]]) -> Result<[usize; 4]> {
     let mut hi = [f64::NEG_INFINITY; 2];
     for (j, c) in positions_px.iter().enumerate() {
         if !c[0].is_finite() || !c[1].is_finite() {
-            return Err(Error::new("positions", format!("position {j} is not finite: ({}, {})", c[0], c[1])));
+            return Err(Error::new(
+                "positions",
+                format!("position {j} is not finite: ({}, {})", c[0], c[1]),
+            ));
         }
         for a in 0..2 {
             lo[a] = lo[a].min(c[a]);
@@ -214,10 +264,18 @@ pub fn scan_area(positions_px: &[[f64; 2]]) -> Result<[usize; 4]> {
     if lo[0] < 0.0 || lo[1] < 0.0 {
         return Err(Error::new(
             "positions",
-            format!("probe centres reach negative object coordinates (min ({}, {}))", lo[0], lo[1]),
+            format!(
+                "probe centres reach negative object coordinates (min ({}, {}))",
+                lo[0], lo[1]
+            ),
         ));
     }
-    Ok([a0[0] as usize, a1[0] as usize + 1, a0[1] as usize, a1[1] as usize + 1])
+    Ok([
+        a0[0] as usize,
+        a1[0] as usize + 1,
+        a0[1] as usize,
+        a1[1] as usize + 1,
+    ])
 }
 
 /// Error naming `what` if `v` (row length `w`, pixel (0,0) at global `at`) holds NaN/Inf.
@@ -228,7 +286,11 @@ fn check_finite(v: &[Complex64], w: usize, at: [usize; 2], what: &str) -> Result
         return Ok(());
     }
     let first = v.iter().position(bad).unwrap_or(0);
-    let kind = if v.iter().any(|z| z.re.is_nan() || z.im.is_nan()) { "NaN" } else { "Inf" };
+    let kind = if v.iter().any(|z| z.re.is_nan() || z.im.is_nan()) {
+        "NaN"
+    } else {
+        "Inf"
+    };
     Err(Error::new(
         what,
         format!(
@@ -254,8 +316,20 @@ impl Dft2 {
         let mut pl = FftPlanner::<f64>::new();
         let rows = [pl.plan_fft_forward(w), pl.plan_fft_inverse(w)];
         let cols = [pl.plan_fft_forward(h), pl.plan_fft_inverse(h)];
-        let n = rows.iter().chain(&cols).map(|f| f.get_inplace_scratch_len()).max().unwrap_or(0);
-        Dft2 { h, w, rows, cols, scratch: vec![Complex64::default(); n.max(1)], t: vec![Complex64::default(); h * w] }
+        let n = rows
+            .iter()
+            .chain(&cols)
+            .map(|f| f.get_inplace_scratch_len())
+            .max()
+            .unwrap_or(0);
+        Dft2 {
+            h,
+            w,
+            rows,
+            cols,
+            scratch: vec![Complex64::default(); n.max(1)],
+            t: vec![Complex64::default(); h * w],
+        }
     }
 
     /// In place; forward e^{−2πi k·r}, inverse e^{+2πi k·r}, neither scaled.
@@ -322,17 +396,31 @@ fn centred(n: usize) -> impl Iterator<Item = f64> {
 /// `v` modulo the period `n`, in [0, n).
 fn reduce(v: f64, n: usize) -> f64 {
     let r = v.rem_euclid(n as f64);
-    if r >= n as f64 { 0.0 } else { r }
+    if r >= n as f64 {
+        0.0
+    } else {
+        r
+    }
 }
 
 /// An angle wrapped to (−π, π].
 fn wrap(a: f64) -> f64 {
     let r = (a + PI).rem_euclid(2.0 * PI) - PI;
-    if r <= -PI { r + 2.0 * PI } else { r }
+    if r <= -PI {
+        r + 2.0 * PI
+    } else {
+        r
+    }
 }
 
 impl Problem {
-    fn new(o: Vec<Complex64>, [ha, wa]: [usize; 2], at: [usize; 2], truth: &[Complex64], [h, w]: [usize; 2]) -> Self {
+    fn new(
+        o: Vec<Complex64>,
+        [ha, wa]: [usize; 2],
+        at: [usize; 2],
+        truth: &[Complex64],
+        [h, w]: [usize; 2],
+    ) -> Self {
         let mut dft = Dft2::new(h, w);
         let mut truth_hat = truth.to_vec();
         dft.run(&mut truth_hat, false);
@@ -364,8 +452,12 @@ impl Problem {
         let n = (ha * wa) as f64;
         // Pre-flatten and remove the global phase offset.
         let (gy, gx) = mean_gradients(&self.o, ha, wa);
-        let ey: Vec<Complex64> = centred(ha).map(|y| Complex64::from_polar(1.0, -gy * y)).collect();
-        let ex: Vec<Complex64> = centred(wa).map(|x| Complex64::from_polar(1.0, -gx * x)).collect();
+        let ey: Vec<Complex64> = centred(ha)
+            .map(|y| Complex64::from_polar(1.0, -gy * y))
+            .collect();
+        let ex: Vec<Complex64> = centred(wa)
+            .map(|x| Complex64::from_polar(1.0, -gx * x))
+            .collect();
         let mut flat = self.o.clone();
         for i in 0..ha {
             for j in 0..wa {
@@ -394,7 +486,11 @@ impl Problem {
         }
         let mut t: Vec<Complex64> = match &self.unwrapped {
             Some((_, _, tp)) => tp.iter().map(|v| Complex64::new(*v, 0.0)).collect(),
-            None => self.truth.iter().map(|v| Complex64::new(v.arg(), 0.0)).collect(),
+            None => self
+                .truth
+                .iter()
+                .map(|v| Complex64::new(v.arg(), 0.0))
+                .collect(),
         };
         let mut t2: Vec<Complex64> = t.iter().map(|v| Complex64::new(v.re * v.re, 0.0)).collect();
         for a in [&mut pf, &mut mf, &mut t, &mut t2] {
@@ -424,7 +520,9 @@ impl Problem {
             .collect();
 
         // Best few periodic local maxima, scored with the final metric.
-        let at = |y: isize, x: isize| ncc[(y.rem_euclid(h as isize) as usize) * w + x.rem_euclid(w as isize) as usize];
+        let at = |y: isize, x: isize| {
+            ncc[(y.rem_euclid(h as isize) as usize) * w + x.rem_euclid(w as isize) as usize]
+        };
         let mut peaks: Vec<(f64, usize, usize)> = Vec::new();
         for y in 0..h as isize {
             for x in 0..w as isize {
@@ -454,7 +552,11 @@ impl Problem {
         let (yi, xi) = (y as isize, x as isize);
         let parab = |m: f64, c: f64, p: f64| {
             let den = m - 2.0 * c + p;
-            if den < 0.0 && m.is_finite() && p.is_finite() { (0.5 * (m - p) / den).clamp(-0.5, 0.5) } else { 0.0 }
+            if den < 0.0 && m.is_finite() && p.is_finite() {
+                (0.5 * (m - p) / den).clamp(-0.5, 0.5)
+            } else {
+                0.0
+            }
         };
         let c = at(yi, xi);
         let dy = parab(at(yi - 1, xi), c, at(yi + 1, xi));
@@ -469,7 +571,11 @@ impl Problem {
         for round in 0..6 {
             let prev = s;
             for axis in 0..2 {
-                let (lo, hi) = if round == 0 { (ipeak[axis] - 1.0, ipeak[axis] + 1.0) } else { (s[axis] - 0.25, s[axis] + 0.25) };
+                let (lo, hi) = if round == 0 {
+                    (ipeak[axis] - 1.0, ipeak[axis] + 1.0)
+                } else {
+                    (s[axis] - 0.25, s[axis] + 0.25)
+                };
                 s[axis] = golden(lo, hi, 1e-4, |v| {
                     let mut q = s;
                     q[axis] = v;
@@ -481,9 +587,13 @@ impl Problem {
             }
         }
         if self.truth_constant {
-            return Err(Error::new("truth", "phase is constant over the compared area: correlation undefined"));
+            return Err(Error::new(
+                "truth",
+                "phase is constant over the compared area: correlation undefined",
+            ));
         }
-        self.best.ok_or_else(|| Error::new("compare", "no finite phase correlation at any shift"))
+        self.best
+            .ok_or_else(|| Error::new("compare", "no finite phase correlation at any shift"))
     }
 
     /// Phase correlation at shift `s`, remembering the best evaluation.
@@ -492,7 +602,11 @@ impl Problem {
         if e.corr.is_finite() && self.best.is_none_or(|b| e.corr > b.corr) {
             self.best = Some(e);
         }
-        if e.corr.is_finite() { e.corr } else { f64::NEG_INFINITY }
+        if e.corr.is_finite() {
+            e.corr
+        } else {
+            f64::NEG_INFINITY
+        }
     }
 
     /// The final metric at shift `s` (step 3 of [`compare_objects`]).
@@ -500,8 +614,12 @@ impl Problem {
         let (ha, wa, h, w) = (self.ha, self.wa, self.h, self.w);
         let n = (ha * wa) as f64;
         // Truth shifted by s: T_s(r) = T(r − s), by a Fourier phase ramp.
-        let ry: Vec<Complex64> = (0..h).map(|k| Complex64::from_polar(1.0, -2.0 * PI * fftfreq(k, h) * s[0])).collect();
-        let rx: Vec<Complex64> = (0..w).map(|k| Complex64::from_polar(1.0, -2.0 * PI * fftfreq(k, w) * s[1])).collect();
+        let ry: Vec<Complex64> = (0..h)
+            .map(|k| Complex64::from_polar(1.0, -2.0 * PI * fftfreq(k, h) * s[0]))
+            .collect();
+        let rx: Vec<Complex64> = (0..w)
+            .map(|k| Complex64::from_polar(1.0, -2.0 * PI * fftfreq(k, w) * s[1]))
+            .collect();
         let scale = 1.0 / (h * w) as f64;
         for ky in 0..h {
             let f = ry[ky] * scale;
@@ -566,12 +684,21 @@ impl Problem {
         if var_t <= 1e-24 {
             self.truth_constant = true;
         }
-        let corr = if var_t > 1e-24 && var_rt > 0.0 { cov / (var_t * var_rt).sqrt() } else { f64::NAN };
+        let corr = if var_t > 1e-24 && var_rt > 0.0 {
+            cov / (var_t * var_rt).sqrt()
+        } else {
+            f64::NAN
+        };
         let rms = (srr / n).sqrt();
         let (gy, gx) = (b0 + b1, c0 + c1);
         let cy = self.at[0] as f64 + (ha as f64 - 1.0) / 2.0;
         let cx = self.at[1] as f64 + (wa as f64 - 1.0) / 2.0;
-        Eval { shift: s, corr, rms, ramp: [wrap(a0 + a1 - gy * cy - gx * cx), gy, gx] }
+        Eval {
+            shift: s,
+            corr,
+            rms,
+            ramp: [wrap(a0 + a1 - gy * cy - gx * cx), gy, gx],
+        }
     }
 
     /// With the shifted truth T_s in `self.buf`: the residual phase d = arg(O conj T_s)
@@ -581,7 +708,8 @@ impl Problem {
         let (ha, wa, w) = (self.ha, self.wa, self.w);
         // D = O conj T_s on the area (kept in self.d/phi_t after the ramp estimate).
         let tv = |i: usize, j: usize, buf: &[Complex64]| buf[self.ymap[i] * w + self.xmap[j]];
-        let dval = |i: usize, j: usize, buf: &[Complex64]| self.o[i * wa + j] * tv(i, j, buf).conj();
+        let dval =
+            |i: usize, j: usize, buf: &[Complex64]| self.o[i * wa + j] * tv(i, j, buf).conj();
         let (mut sy, mut sx) = (Complex64::default(), Complex64::default());
         for i in 0..ha {
             for j in 0..wa {
@@ -595,8 +723,12 @@ impl Problem {
             }
         }
         let (b0, c0) = (sy.arg(), sx.arg());
-        let ey: Vec<Complex64> = centred(ha).map(|y| Complex64::from_polar(1.0, -b0 * y)).collect();
-        let ex: Vec<Complex64> = centred(wa).map(|x| Complex64::from_polar(1.0, -c0 * x)).collect();
+        let ey: Vec<Complex64> = centred(ha)
+            .map(|y| Complex64::from_polar(1.0, -b0 * y))
+            .collect();
+        let ex: Vec<Complex64> = centred(wa)
+            .map(|x| Complex64::from_polar(1.0, -c0 * x))
+            .collect();
         let mut so = Complex64::default();
         for i in 0..ha {
             for j in 0..wa {
@@ -657,11 +789,19 @@ fn golden(mut lo: f64, mut hi: f64, tol: f64, mut f: impl FnMut(f64) -> f64) -> 
             fb = f(b);
         }
     }
-    if fa >= fb { a } else { b }
+    if fa >= fb {
+        a
+    } else {
+        b
+    }
 }
 
 /// Datasets tried, in order, for the truth when none is named.
-pub const TRUTH_DATASETS: [&str; 3] = ["/ground_truth/transmission_recon", "/ground_truth/object", "/object"];
+pub const TRUTH_DATASETS: [&str; 3] = [
+    "/ground_truth/transmission_recon",
+    "/ground_truth/object",
+    "/object",
+];
 
 /// Compare a ptytile result file with a ground truth file.
 ///
@@ -673,26 +813,52 @@ pub const TRUTH_DATASETS: [&str; 3] = ["/ground_truth/transmission_recon", "/gro
 /// result's by more than 0.1 %, the truth is resampled to the result's pixel size
 /// ([`resample_truth`]). The compared area is [`scan_area`] of the positions; the work
 /// is [`compare_objects`]. Errors name `file:dataset`.
-pub fn compare_files(recon: &Path, truth: &Path, truth_dataset: Option<&str>) -> Result<CompareReport> {
+pub fn compare_files(
+    recon: &Path,
+    truth: &Path,
+    truth_dataset: Option<&str>,
+) -> Result<CompareReport> {
     let rname = recon.display().to_string();
     let tname = truth.display().to_string();
     crate::output::safety::check_input(recon)?;
     crate::output::safety::check_input(truth)?;
     let rf = hdf5::File::open(recon).ctx(|| rname.clone())?;
-    let slices = rf.dataset("/object").map(|d| d.ndim()).unwrap_or(2).saturating_sub(1).max(1);
+    let slices = rf
+        .dataset("/object")
+        .map(|d| d.ndim())
+        .unwrap_or(2)
+        .saturating_sub(1)
+        .max(1);
     let (object, oshape, opix) = read_complex_2d(&rf, &rname, "/object", true)?;
     let (area, pos_what) = read_scan_area(&rf, &rname)?;
 
     let tf = hdf5::File::open(truth).ctx(|| tname.clone())?;
     // a multislice result is compared with the projected potential where the truth has one
-    let defaults: Vec<&str> = if slices > 1 { std::iter::once(PROJECTED_POTENTIAL).chain(TRUTH_DATASETS).collect() } else { TRUTH_DATASETS.to_vec() };
+    let defaults: Vec<&str> = if slices > 1 {
+        std::iter::once(PROJECTED_POTENTIAL)
+            .chain(TRUTH_DATASETS)
+            .collect()
+    } else {
+        TRUTH_DATASETS.to_vec()
+    };
     let tds = match truth_dataset {
         Some(d) => d.to_string(),
-        None => defaults.iter().find(|d| path_exists(&tf, d)).map(|d| d.to_string()).ok_or_else(|| {
-            Error::new(tname.clone(), format!("none of the truth datasets {} exists", defaults.join(", ")))
-        })?,
+        None => defaults
+            .iter()
+            .find(|d| path_exists(&tf, d))
+            .map(|d| d.to_string())
+            .ok_or_else(|| {
+                Error::new(
+                    tname.clone(),
+                    format!("none of the truth datasets {} exists", defaults.join(", ")),
+                )
+            })?,
     };
-    let real_truth = tf.dataset(&tds).and_then(|d| d.dtype()).map(|t| matches!(t.to_descriptor(), Ok(hdf5::types::TypeDescriptor::Float(_)))).unwrap_or(false);
+    let real_truth = tf
+        .dataset(&tds)
+        .and_then(|d| d.dtype())
+        .map(|t| matches!(t.to_descriptor(), Ok(hdf5::types::TypeDescriptor::Float(_))))
+        .unwrap_or(false);
     if real_truth {
         return compare_potential(&rf, &rname, &tf, &tname, &tds, area, &pos_what);
     }
@@ -704,7 +870,11 @@ pub fn compare_files(recon: &Path, truth: &Path, truth_dataset: Option<&str>) ->
             (tdata, tshape) = resample_truth(&tf, &tname, &tds, (tdata, tshape, b), a)?;
         }
     }
-    let field = Field { origin: [0, 0], shape: oshape, data: object };
+    let field = Field {
+        origin: [0, 0],
+        shape: oshape,
+        data: object,
+    };
     compare_objects(&field, area, &tdata, tshape).map_err(|e| {
         let what = match e.what.as_str() {
             "object" => format!("{rname}:/object"),
@@ -734,15 +904,30 @@ pub fn interaction_constant(energy_ev: f64) -> f64 {
 /// else [`interaction_constant`] of its `energy_eV`; the recon's phase is its projected
 /// phase Σ_s arg O_s (a single slice: arg O relative to its mean phase over the area, so
 /// it does not wrap there); [`compare_phases`] compares them.
-fn compare_potential(rf: &hdf5::File, rname: &str, tf: &hdf5::File, tname: &str, tds: &str, area: [usize; 4], pos_what: &str) -> Result<CompareReport> {
+fn compare_potential(
+    rf: &hdf5::File,
+    rname: &str,
+    tf: &hdf5::File,
+    tname: &str,
+    tds: &str,
+    area: [usize; 4],
+    pos_what: &str,
+) -> Result<CompareReport> {
     let ow = || format!("{rname}:/object");
     let d = rf.dataset("/object").ctx(ow)?;
     let shape = d.shape();
     let (oshape, plane) = match shape.as_slice() {
         [ny, nx] | [_, ny, nx] => ([*ny, *nx], ny * nx),
-        _ => return Err(Error::new(ow(), format!("has shape {shape:?}, expected [Ny, Nx] or [S, Ny, Nx]"))),
+        _ => {
+            return Err(Error::new(
+                ow(),
+                format!("has shape {shape:?}, expected [Ny, Nx] or [S, Ny, Nx]"),
+            ))
+        }
     };
-    let object = d.read_raw::<Complex32>().ctx(|| format!("{}: reading as complex64", ow()))?;
+    let object = d
+        .read_raw::<Complex32>()
+        .ctx(|| format!("{}: reading as complex64", ow()))?;
     let phase = if shape.len() == 3 {
         crate::physics::multislice::projected_phase(&object, plane)
     } else {
@@ -754,25 +939,45 @@ fn compare_potential(rf: &hdf5::File, rname: &str, tf: &hdf5::File, tname: &str,
                 mean += Complex64::new(z.re as f64, z.im as f64);
             }
         }
-        let rot = if mean.norm() > 0.0 { mean.conj() / mean.norm() } else { Complex64::new(1.0, 0.0) };
-        object.iter().map(|z| (Complex64::new(z.re as f64, z.im as f64) * rot).arg()).collect()
+        let rot = if mean.norm() > 0.0 {
+            mean.conj() / mean.norm()
+        } else {
+            Complex64::new(1.0, 0.0)
+        };
+        object
+            .iter()
+            .map(|z| (Complex64::new(z.re as f64, z.im as f64) * rot).arg())
+            .collect()
     };
     let tw = || format!("{tname}:{tds}");
     let t = tf.dataset(tds).ctx(tw)?;
     let tshape = t.shape();
     if tshape.len() != 2 {
-        return Err(Error::new(tw(), format!("has shape {tshape:?}, expected a 2-D potential")));
+        return Err(Error::new(
+            tw(),
+            format!("has shape {tshape:?}, expected a 2-D potential"),
+        ));
     }
-    let v = t.read_raw::<f64>().ctx(|| format!("{}: reading as float", tw()))?;
+    let v = t
+        .read_raw::<f64>()
+        .ctx(|| format!("{}: reading as float", tw()))?;
     let meta = tf.group("/meta").ok();
-    let attr = |name: &str| meta.as_ref().and_then(|g| g.attr(name).ok()).and_then(|a| a.read_scalar::<f64>().ok());
+    let attr = |name: &str| {
+        meta.as_ref()
+            .and_then(|g| g.attr(name).ok())
+            .and_then(|a| a.read_scalar::<f64>().ok())
+    };
     let sigma = match (attr("interaction_constant_sigma_rad_per_VA"), attr("energy_eV")) {
         (Some(s), _) => s,
         (None, Some(e)) => interaction_constant(e),
         (None, None) => return Err(Error::new(format!("{tname}:/meta"), "neither interaction_constant_sigma_rad_per_VA nor energy_eV: cannot turn the potential into a phase")),
     };
     let truth: Vec<f64> = v.iter().map(|p| p * sigma).collect();
-    let field = Field { origin: [0, 0], shape: oshape, data: phase };
+    let field = Field {
+        origin: [0, 0],
+        shape: oshape,
+        data: phase,
+    };
     compare_phases(&field, area, &truth, [tshape[0], tshape[1]]).map_err(|e| {
         let what = match e.what.as_str() {
             "object" => ow(),
@@ -813,27 +1018,56 @@ fn meta_pixel_size(f: &hdf5::File, ds: &str, shape: [usize; 2]) -> Option<[f64; 
 /// `transmission_recon` was made); else a `*_sim` sibling of `ds`, if present, or `ds` itself.
 ///
 /// Errors (naming `file:dataset`): unreadable source, or fewer than 2 pixels per period.
-fn resample_truth(f: &hdf5::File, fname: &str, ds: &str, truth: (Vec<Complex32>, [usize; 2], [f64; 2]), pix: [f64; 2]) -> Result<(Vec<Complex32>, [usize; 2])> {
+fn resample_truth(
+    f: &hdf5::File,
+    fname: &str,
+    ds: &str,
+    truth: (Vec<Complex32>, [usize; 2], [f64; 2]),
+    pix: [f64; 2],
+) -> Result<(Vec<Complex32>, [usize; 2])> {
     let (data, shape, tpix) = truth;
     let period = [shape[0] as f64 * tpix[0], shape[1] as f64 * tpix[1]];
-    let n = [(period[0] / pix[0]).round() as usize, (period[1] / pix[1]).round() as usize];
+    let n = [
+        (period[0] / pix[0]).round() as usize,
+        (period[1] / pix[1]).round() as usize,
+    ];
     if n[0] < 2 || n[1] < 2 {
-        return Err(Error::new(format!("{fname}:{ds}"), format!("one period ({period:?} m) holds fewer than 2 result pixels of {pix:?} m")));
+        return Err(Error::new(
+            format!("{fname}:{ds}"),
+            format!("one period ({period:?} m) holds fewer than 2 result pixels of {pix:?} m"),
+        ));
     }
-    let sigma = f.group("meta").and_then(|m| m.attr("interaction_constant_sigma_rad_per_VA")).and_then(|a| a.read_scalar::<f64>()).ok();
+    let sigma = f
+        .group("meta")
+        .and_then(|m| m.attr("interaction_constant_sigma_rad_per_VA"))
+        .and_then(|a| a.read_scalar::<f64>())
+        .ok();
     let potential = "/ground_truth/projected_potential_sim";
-    let sim = ds.strip_suffix("_recon").map(|p| format!("{p}_sim")).filter(|s| path_exists(f, s));
+    let sim = ds
+        .strip_suffix("_recon")
+        .map(|p| format!("{p}_sim"))
+        .filter(|s| path_exists(f, s));
     let (out, from) = match sigma {
         Some(sigma) if ds.contains("transmission") && path_exists(f, potential) => {
-            let d = f.dataset(potential).ctx(|| format!("{fname}:{potential}"))?;
+            let d = f
+                .dataset(potential)
+                .ctx(|| format!("{fname}:{potential}"))?;
             let v: Vec<f64> = d.read_raw::<f64>().ctx(|| format!("{fname}:{potential}"))?;
             let s = d.shape();
             if s.len() != 2 {
-                return Err(Error::new(format!("{fname}:{potential}"), format!("has shape {s:?}, expected 2-D")));
+                return Err(Error::new(
+                    format!("{fname}:{potential}"),
+                    format!("has shape {s:?}, expected 2-D"),
+                ));
             }
             let c: Vec<Complex64> = v.iter().map(|&x| Complex64::new(x, 0.0)).collect();
             let r = fourier_resample(&c, [s[0], s[1]], n);
-            (r.iter().map(|z| Complex32::from_polar(1.0, (sigma * z.re) as f32)).collect(), format!("exp(iσV) of {potential} ({}x{})", s[0], s[1]))
+            (
+                r.iter()
+                    .map(|z| Complex32::from_polar(1.0, (sigma * z.re) as f32))
+                    .collect(),
+                format!("exp(iσV) of {potential} ({}x{})", s[0], s[1]),
+            )
         }
         _ => {
             let (src, sshape) = match &sim {
@@ -843,9 +1077,22 @@ fn resample_truth(f: &hdf5::File, fname: &str, ds: &str, truth: (Vec<Complex32>,
                 }
                 None => (data, shape),
             };
-            let c: Vec<Complex64> = src.iter().map(|z| Complex64::new(z.re as f64, z.im as f64)).collect();
+            let c: Vec<Complex64> = src
+                .iter()
+                .map(|z| Complex64::new(z.re as f64, z.im as f64))
+                .collect();
             let r = fourier_resample(&c, sshape, n);
-            (r.iter().map(|z| Complex32::new(z.re as f32, z.im as f32)).collect(), format!("{} ({}x{})", sim.as_deref().unwrap_or(ds), sshape[0], sshape[1]))
+            (
+                r.iter()
+                    .map(|z| Complex32::new(z.re as f32, z.im as f32))
+                    .collect(),
+                format!(
+                    "{} ({}x{})",
+                    sim.as_deref().unwrap_or(ds),
+                    sshape[0],
+                    sshape[1]
+                ),
+            )
         }
     };
     tracing::info!("{fname}:{ds}: pixel size {tpix:?} m, the result's {pix:?} m: truth resampled from {from} to {}x{} px per period", n[0], n[1]);
@@ -855,11 +1102,21 @@ fn resample_truth(f: &hdf5::File, fname: &str, ds: &str, truth: (Vec<Complex32>,
 /// One period of a periodic array resampled from `[h, w]` to `[h2, w2]` samples by Fourier
 /// interpolation: the spectrum is cut to (or zero-padded to) the new grid's frequencies and
 /// transformed back, values kept (band-limited interpolation).
-pub fn fourier_resample(a: &[Complex64], [h, w]: [usize; 2], [h2, w2]: [usize; 2]) -> Vec<Complex64> {
+pub fn fourier_resample(
+    a: &[Complex64],
+    [h, w]: [usize; 2],
+    [h2, w2]: [usize; 2],
+) -> Vec<Complex64> {
     let mut spec = a.to_vec();
     Dft2::new(h, w).run(&mut spec, false);
     // signed frequency of index k on an n-point grid, and whether an n-point grid holds f
-    let freq = |k: usize, n: usize| if k < n.div_ceil(2) { k as i64 } else { k as i64 - n as i64 };
+    let freq = |k: usize, n: usize| {
+        if k < n.div_ceil(2) {
+            k as i64
+        } else {
+            k as i64 - n as i64
+        }
+    };
     let holds = |f: i64, n: usize| f >= -((n / 2) as i64) && f <= ((n - 1) / 2) as i64;
     let mut out = vec![Complex64::default(); h2 * w2];
     for ky in 0..h2 {
@@ -870,7 +1127,8 @@ pub fn fourier_resample(a: &[Complex64], [h, w]: [usize; 2], [h2, w2]: [usize; 2
         for kx in 0..w2 {
             let fx = freq(kx, w2);
             if holds(fx, w) {
-                out[ky * w2 + kx] = spec[fy.rem_euclid(h as i64) as usize * w + fx.rem_euclid(w as i64) as usize];
+                out[ky * w2 + kx] =
+                    spec[fy.rem_euclid(h as i64) as usize * w + fx.rem_euclid(w as i64) as usize];
             }
         }
     }
@@ -897,9 +1155,15 @@ fn path_exists(f: &hdf5::File, path: &str) -> bool {
 /// for messages. Errors name that dataset: unreadable, not [N, 2], no or bad positions.
 pub(crate) fn read_scan_area(rf: &hdf5::File, rname: &str) -> Result<([usize; 4], String)> {
     let pos_what = format!("{rname}:/positions_px");
-    let pos = rf.dataset("/positions_px").and_then(|d| d.read_2d::<f64>()).ctx(|| pos_what.clone())?;
+    let pos = rf
+        .dataset("/positions_px")
+        .and_then(|d| d.read_2d::<f64>())
+        .ctx(|| pos_what.clone())?;
     if pos.ncols() != 2 {
-        return Err(Error::new(pos_what, format!("has shape {:?}, expected [N, 2]", pos.shape())));
+        return Err(Error::new(
+            pos_what,
+            format!("has shape {:?}, expected [N, 2]", pos.shape()),
+        ));
     }
     let positions: Vec<[f64; 2]> = pos.rows().into_iter().map(|r| [r[0], r[1]]).collect();
     let area = scan_area(&positions).map_err(|e| Error::new(pos_what.clone(), e.msg))?;
@@ -911,14 +1175,24 @@ pub(crate) fn read_scan_area(rf: &hdf5::File, rname: &str) -> Result<([usize; 4]
 /// multislice object) is accepted and reduced to its projection Π_s O_s, whose phase is the
 /// projected phase Σ_s arg O_s (modulo 2π, which the comparison's phase difference absorbs).
 #[allow(clippy::type_complexity)]
-pub(crate) fn read_complex_2d(f: &hdf5::File, fname: &str, ds: &str, project: bool) -> Result<(Vec<Complex32>, [usize; 2], Option<[f64; 2]>)> {
+pub(crate) fn read_complex_2d(
+    f: &hdf5::File,
+    fname: &str,
+    ds: &str,
+    project: bool,
+) -> Result<(Vec<Complex32>, [usize; 2], Option<[f64; 2]>)> {
     let what = || format!("{fname}:{ds}");
     let d = f.dataset(ds).ctx(what)?;
     let mut shape = d.shape();
     if !(shape.len() == 2 || project && shape.len() == 3) {
-        return Err(Error::new(what(), format!("has shape {shape:?}, expected a 2-D complex64 array")));
+        return Err(Error::new(
+            what(),
+            format!("has shape {shape:?}, expected a 2-D complex64 array"),
+        ));
     }
-    let mut data = d.read_raw::<Complex32>().ctx(|| format!("{}: reading as complex64", what()))?;
+    let mut data = d
+        .read_raw::<Complex32>()
+        .ctx(|| format!("{}: reading as complex64", what()))?;
     if shape.len() == 3 {
         let n = shape[1] * shape[2];
         let mut proj = vec![Complex32::new(1.0, 0.0); n];
@@ -929,7 +1203,10 @@ pub(crate) fn read_complex_2d(f: &hdf5::File, fname: &str, ds: &str, project: bo
     }
     let pix = match d.attr_names() {
         Ok(names) if names.iter().any(|n| n == "pixel_size_m") => {
-            let v = d.attr("pixel_size_m").and_then(|a| a.read_raw::<f64>()).ctx(|| format!("{}@pixel_size_m", what()))?;
+            let v = d
+                .attr("pixel_size_m")
+                .and_then(|a| a.read_raw::<f64>())
+                .ctx(|| format!("{}@pixel_size_m", what()))?;
             match v.as_slice() {
                 [a, b] => Some([*a, *b]),
                 [a] => Some([*a, *a]),
@@ -957,16 +1234,24 @@ mod tests {
     }
 
     fn truth() -> Vec<Complex32> {
-        (0..P * P).map(|k| Complex32::from_polar(1.0, phase((k / P) as f64, (k % P) as f64) as f32)).collect()
+        (0..P * P)
+            .map(|k| Complex32::from_polar(1.0, phase((k / P) as f64, (k % P) as f64) as f32))
+            .collect()
     }
 
     /// Recon field with O(y, x) = exp(i(φ(y − s_y, x − s_x) + extra(y, x))), global (y, x).
-    fn recon(origin: [i64; 2], shape: [usize; 2], s: [f64; 2], extra: impl Fn(f64, f64) -> f64) -> Field<Complex32> {
+    fn recon(
+        origin: [i64; 2],
+        shape: [usize; 2],
+        s: [f64; 2],
+        extra: impl Fn(f64, f64) -> f64,
+    ) -> Field<Complex32> {
         let mut f = Field::filled(origin, shape, Complex32::default());
         for i in 0..shape[0] {
             for j in 0..shape[1] {
                 let (y, x) = ((origin[0] + i as i64) as f64, (origin[1] + j as i64) as f64);
-                f.data[i * shape[1] + j] = Complex32::from_polar(1.0, (phase(y - s[0], x - s[1]) + extra(y, x)) as f32);
+                f.data[i * shape[1] + j] =
+                    Complex32::from_polar(1.0, (phase(y - s[0], x - s[1]) + extra(y, x)) as f32);
             }
         }
         f
@@ -976,14 +1261,17 @@ mod tests {
     fn unwrapped_phases_count_whole_turns() {
         // a thick specimen's projected phase: 4 × the test phase, 0.3 … 9.3 rad
         let big = |y: f64, x: f64| 4.0 * phase(y, x) - 1.0;
-        let truth: Vec<f64> = (0..P * P).map(|k| big((k / P) as f64, (k % P) as f64)).collect();
+        let truth: Vec<f64> = (0..P * P)
+            .map(|k| big((k / P) as f64, (k % P) as f64))
+            .collect();
         let (origin, shape, s) = ([3i64, 2i64], [90usize, 80usize], [5.3, 11.6]);
         let field = |f: &dyn Fn(f64) -> f64| {
             let mut o = Field::filled(origin, shape, 0.0f64);
             for i in 0..shape[0] {
                 for j in 0..shape[1] {
                     let (y, x) = ((origin[0] + i as i64) as f64, (origin[1] + j as i64) as f64);
-                    o.data[i * shape[1] + j] = f(big(y - s[0], x - s[1])) + 0.2 + 0.003 * y - 0.002 * x;
+                    o.data[i * shape[1] + j] =
+                        f(big(y - s[0], x - s[1])) + 0.2 + 0.003 * y - 0.002 * x;
                 }
             }
             o
@@ -992,11 +1280,18 @@ mod tests {
         // the true phase (shifted, with an offset and ramp): found, correlation 1
         let r = compare_phases(&field(&|p| p), area, &truth, [P, P]).unwrap();
         assert!(r.phase_correlation > 0.999_999, "{r}");
-        assert!(cdist(r.shift_px[0], s[0], P) < 0.02 && cdist(r.shift_px[1], s[1], P) < 0.02, "{r}");
+        assert!(
+            cdist(r.shift_px[0], s[0], P) < 0.02 && cdist(r.shift_px[1], s[1], P) < 0.02,
+            "{r}"
+        );
         // the same phase wrapped to (−π, π]: equal modulo 2π, but not the projected phase
         let w = compare_phases(&field(&wrap), area, &truth, [P, P]).unwrap();
         assert!(w.phase_correlation < 0.9, "{w}");
-        assert!((interaction_constant(300e3) - 6.526161e-4).abs() < 1e-9, "{}", interaction_constant(300e3));
+        assert!(
+            (interaction_constant(300e3) - 6.526161e-4).abs() < 1e-9,
+            "{}",
+            interaction_constant(300e3)
+        );
     }
 
     /// Circular distance of a and b modulo n.
@@ -1009,10 +1304,14 @@ mod tests {
     fn gauss(n: usize, seed: u64) -> Vec<f64> {
         let mut s = seed;
         let mut u = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
         };
-        (0..n).map(|_| (-2.0 * u().ln()).sqrt() * (2.0 * PI * u()).cos()).collect()
+        (0..n)
+            .map(|_| (-2.0 * u().ln()).sqrt() * (2.0 * PI * u()).cos())
+            .collect()
     }
 
     #[test]
@@ -1027,7 +1326,13 @@ mod tests {
         assert!(r.rms_phase_error_rad < 0.01, "{}", r.rms_phase_error_rad);
         assert!(cdist(r.shift_px[0], 5.3, P) < 0.05, "{:?}", r.shift_px);
         assert!(cdist(r.shift_px[1], -7.6, P) < 0.05, "{:?}", r.shift_px);
-        assert!((r.ramp[0] - 0.7).abs() < 0.01 && (r.ramp[1] - 0.01).abs() < 1e-4 && (r.ramp[2] + 0.02).abs() < 1e-4, "{:?}", r.ramp);
+        assert!(
+            (r.ramp[0] - 0.7).abs() < 0.01
+                && (r.ramp[1] - 0.01).abs() < 1e-4
+                && (r.ramp[2] + 0.02).abs() < 1e-4,
+            "{:?}",
+            r.ramp
+        );
         assert_eq!(r.area, area);
     }
 
@@ -1038,29 +1343,56 @@ mod tests {
         let sigma = 0.3;
         let n = gauss(shape[0] * shape[1], 7);
         let w = shape[1];
-        let o = recon(origin, shape, s, |y, x| sigma * n[y as usize * w + x as usize]);
+        let o = recon(origin, shape, s, |y, x| {
+            sigma * n[y as usize * w + x as usize]
+        });
         let r = compare_objects(&o, area, &truth(), [P, P]).expect("compare");
         // Expected: √(var_s / (var_s + σ²)), var_s the truth phase variance over the area.
-        let ph: Vec<f64> =
-            (0..shape[0] * shape[1]).map(|k| phase((k / w) as f64 - s[0], (k % w) as f64 - s[1])).collect();
+        let ph: Vec<f64> = (0..shape[0] * shape[1])
+            .map(|k| phase((k / w) as f64 - s[0], (k % w) as f64 - s[1]))
+            .collect();
         let m = ph.iter().sum::<f64>() / ph.len() as f64;
         let var_s = ph.iter().map(|v| (v - m).powi(2)).sum::<f64>() / ph.len() as f64;
         let want = (var_s / (var_s + sigma * sigma)).sqrt();
         println!("{r}\n{r:?}\nexpected correlation {want:.6}");
-        assert!((r.phase_correlation - want).abs() < 0.01, "{} vs {want}", r.phase_correlation);
-        assert!((r.rms_phase_error_rad - sigma).abs() < 0.03 * sigma, "{}", r.rms_phase_error_rad);
-        assert!(cdist(r.shift_px[0], s[0], P) < 0.1 && cdist(r.shift_px[1], s[1], P) < 0.1, "{:?}", r.shift_px);
+        assert!(
+            (r.phase_correlation - want).abs() < 0.01,
+            "{} vs {want}",
+            r.phase_correlation
+        );
+        assert!(
+            (r.rms_phase_error_rad - sigma).abs() < 0.03 * sigma,
+            "{}",
+            r.rms_phase_error_rad
+        );
+        assert!(
+            cdist(r.shift_px[0], s[0], P) < 0.1 && cdist(r.shift_px[1], s[1], P) < 0.1,
+            "{:?}",
+            r.shift_px
+        );
     }
 
     #[test]
     fn identical_objects_correlate_perfectly() {
         let t = truth();
-        let o = Field { origin: [0, 0], shape: [P, P], data: t.clone() };
+        let o = Field {
+            origin: [0, 0],
+            shape: [P, P],
+            data: t.clone(),
+        };
         let r = compare_objects(&o, [0, P, 0, P], &t, [P, P]).expect("compare");
         println!("{r}\n{r:?}");
-        assert!((r.phase_correlation - 1.0).abs() < 1e-9, "{}", r.phase_correlation);
+        assert!(
+            (r.phase_correlation - 1.0).abs() < 1e-9,
+            "{}",
+            r.phase_correlation
+        );
         assert!(r.rms_phase_error_rad < 1e-6, "{}", r.rms_phase_error_rad);
-        assert!(cdist(r.shift_px[0], 0.0, P) < 1e-3 && cdist(r.shift_px[1], 0.0, P) < 1e-3, "{:?}", r.shift_px);
+        assert!(
+            cdist(r.shift_px[0], 0.0, P) < 1e-3 && cdist(r.shift_px[1], 0.0, P) < 1e-3,
+            "{:?}",
+            r.shift_px
+        );
         assert!(r.ramp.iter().all(|v| v.abs() < 1e-6), "{:?}", r.ramp);
     }
 
@@ -1071,20 +1403,31 @@ mod tests {
         let r = compare_objects(&o, [10, 50, 15, 65], &truth(), [P, P]).expect("compare");
         println!("{r:?}");
         assert!(r.phase_correlation > 0.999, "{r}");
-        assert!(cdist(r.shift_px[0], 3.4, P) < 0.05 && cdist(r.shift_px[1], -2.25, P) < 0.05, "{:?}", r.shift_px);
+        assert!(
+            cdist(r.shift_px[0], 3.4, P) < 0.05 && cdist(r.shift_px[1], -2.25, P) < 0.05,
+            "{:?}",
+            r.shift_px
+        );
     }
 
     #[test]
     fn error_cases() {
         let t = truth();
-        let o = Field { origin: [0, 0], shape: [P, P], data: t.clone() };
+        let o = Field {
+            origin: [0, 0],
+            shape: [P, P],
+            data: t.clone(),
+        };
         let e = compare_objects(&o, [5, 5, 0, 10], &t, [P, P]).unwrap_err();
         assert!(e.what == "area" && e.msg.contains("empty"), "{e}");
         let e = compare_objects(&o, [0, 1, 0, 10], &t, [P, P]).unwrap_err();
         assert_eq!(e.what, "area", "{e}");
         let e = compare_objects(&o, [0, 10, 60, 70], &t, [P, P]).unwrap_err();
         assert!(e.what == "area" && e.msg.contains("outside"), "{e}");
-        let shifted = Field { origin: [5, 0], ..o.clone() };
+        let shifted = Field {
+            origin: [5, 0],
+            ..o.clone()
+        };
         let e = compare_objects(&shifted, [0, 10, 0, 10], &t, [P, P]).unwrap_err();
         assert!(e.msg.contains("outside"), "{e}");
         let e = compare_objects(&o, [0, 10, 0, 10], &[], [0, 0]).unwrap_err();
@@ -1094,7 +1437,10 @@ mod tests {
         let mut bad = o.clone();
         bad.data[3 * P + 4] = Complex32::new(f32::NAN, 0.0);
         let e = compare_objects(&bad, [0, 10, 0, 10], &t, [P, P]).unwrap_err();
-        assert!(e.what == "object" && e.msg.contains("NaN") && e.msg.contains("(3, 4)"), "{e}");
+        assert!(
+            e.what == "object" && e.msg.contains("NaN") && e.msg.contains("(3, 4)"),
+            "{e}"
+        );
         // outside the area a NaN does not matter
         assert!(compare_objects(&bad, [10, 40, 10, 40], &t, [P, P]).is_ok());
         bad.data[3 * P + 4] = Complex32::new(f32::INFINITY, 0.0);
@@ -1111,7 +1457,10 @@ mod tests {
 
     #[test]
     fn scan_area_rounds_inward() {
-        assert_eq!(scan_area(&[[64.0, 64.2], [189.79, 70.0], [100.0, 189.0]]).unwrap(), [64, 190, 65, 190]);
+        assert_eq!(
+            scan_area(&[[64.0, 64.2], [189.79, 70.0], [100.0, 189.0]]).unwrap(),
+            [64, 190, 65, 190]
+        );
         assert!(scan_area(&[]).is_err());
         assert!(scan_area(&[[-0.5, 3.0]]).is_err());
         assert!(scan_area(&[[f64::NAN, 3.0]]).is_err());
@@ -1125,27 +1474,48 @@ mod tests {
             return;
         }
         let f = hdf5::File::open(data).expect("open dataset");
-        let t = f.dataset("/ground_truth/transmission_recon").and_then(|d| d.read_raw::<Complex32>()).expect("truth");
-        let pos = f.dataset("/data/positions_px").and_then(|d| d.read_2d::<f64>()).expect("positions");
+        let t = f
+            .dataset("/ground_truth/transmission_recon")
+            .and_then(|d| d.read_raw::<Complex32>())
+            .expect("truth");
+        let pos = f
+            .dataset("/data/positions_px")
+            .and_then(|d| d.read_2d::<f64>())
+            .expect("positions");
         let (n, off) = (254usize, 64usize);
-        let obj: Vec<Complex32> =
-            (0..n * n).map(|k| t[((k / n + 128 - off) % 128) * 128 + (k % n + 128 - off) % 128]).collect();
+        let obj: Vec<Complex32> = (0..n * n)
+            .map(|k| t[((k / n + 128 - off) % 128) * 128 + (k % n + 128 - off) % 128])
+            .collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let rp = dir.path().join("recon.h5");
         {
             let rf = hdf5::File::create(&rp).expect("create");
             // (hdf5-metno brings its own ndarray version: write raw with an explicit shape)
-            let ds = rf.new_dataset::<Complex32>().shape([n, n]).create("object").expect("object");
+            let ds = rf
+                .new_dataset::<Complex32>()
+                .shape([n, n])
+                .create("object")
+                .expect("object");
             ds.write_raw(obj.as_slice()).expect("write object");
-            ds.new_attr_builder().with_data(&[1.828125e-11f64, 1.828125e-11]).create("pixel_size_m").expect("attr");
+            ds.new_attr_builder()
+                .with_data(&[1.828125e-11f64, 1.828125e-11])
+                .create("pixel_size_m")
+                .expect("attr");
             let p = pos.mapv(|v| v + off as f64);
-            rf.new_dataset_builder().with_data(&p).create("positions_px").expect("positions");
+            rf.new_dataset_builder()
+                .with_data(&p)
+                .create("positions_px")
+                .expect("positions");
         }
         let t0 = std::time::Instant::now();
         let r = compare_files(&rp, data, None).expect("compare_files");
         println!("{r}\n{r:?}\n({:.3} s)", t0.elapsed().as_secs_f64());
         assert!(r.phase_correlation > 0.999, "{}", r.phase_correlation);
-        assert!(cdist(r.shift_px[0], 64.0, 128) < 0.05 && cdist(r.shift_px[1], 64.0, 128) < 0.05, "{:?}", r.shift_px);
+        assert!(
+            cdist(r.shift_px[0], 64.0, 128) < 0.05 && cdist(r.shift_px[1], 64.0, 128) < 0.05,
+            "{:?}",
+            r.shift_px
+        );
         assert_eq!(r.area, [64, 190, 64, 190]);
         // a named dataset that is absent is an error naming file:dataset
         let e = compare_files(&rp, data, Some("/nope")).unwrap_err();
@@ -1161,32 +1531,61 @@ mod tests {
         let o = recon([0, 0], [80, 80], [10.25, 20.5], |_, _| 0.0);
         {
             let rf = hdf5::File::create(&rp).expect("create");
-            let ds = rf.new_dataset::<Complex32>().shape([80, 80]).create("object").expect("object");
+            let ds = rf
+                .new_dataset::<Complex32>()
+                .shape([80, 80])
+                .create("object")
+                .expect("object");
             ds.write_raw(o.data.as_slice()).expect("write");
-            ds.new_attr_builder().with_data(&[1e-10f64, 1e-10]).create("pixel_size_m").expect("attr");
+            ds.new_attr_builder()
+                .with_data(&[1e-10f64, 1e-10])
+                .create("pixel_size_m")
+                .expect("attr");
             let pos: Vec<f64> = [[5.0, 6.0], [70.5, 71.2]].concat();
-            let p = rf.new_dataset::<f64>().shape([2, 2]).create("positions_px").expect("positions");
+            let p = rf
+                .new_dataset::<f64>()
+                .shape([2, 2])
+                .create("positions_px")
+                .expect("positions");
             p.write_raw(pos.as_slice()).expect("write");
             let tf = hdf5::File::create(&tp).expect("create");
-            let ds = tf.create_group("ground_truth").expect("group").new_dataset::<Complex32>().shape([P, P]).create("object").expect("truth");
+            let ds = tf
+                .create_group("ground_truth")
+                .expect("group")
+                .new_dataset::<Complex32>()
+                .shape([P, P])
+                .create("object")
+                .expect("truth");
             ds.write_raw(truth().as_slice()).expect("write");
             // 0.05 % larger pixels: within the 0.1 % tolerance, compared pixel by pixel (larger
             // differences resample the truth: tests/detector_sizes.rs)
-            ds.new_attr_builder().with_data(&[1.0005e-10f64, 1.0005e-10]).create("pixel_size_m").expect("attr");
+            ds.new_attr_builder()
+                .with_data(&[1.0005e-10f64, 1.0005e-10])
+                .create("pixel_size_m")
+                .expect("attr");
         }
         let r = compare_files(&rp, &tp, None).expect("compare_files");
         println!("{r:?}");
         assert_eq!(r.area, [5, 71, 6, 72]);
         assert!(r.phase_correlation > 0.999, "{r}");
-        assert!(cdist(r.shift_px[0], 10.25, P) < 0.05 && cdist(r.shift_px[1], 20.5, P) < 0.05, "{:?}", r.shift_px);
+        assert!(
+            cdist(r.shift_px[0], 10.25, P) < 0.05 && cdist(r.shift_px[1], 20.5, P) < 0.05,
+            "{:?}",
+            r.shift_px
+        );
         // an object with a NaN inside the area names the file and dataset
         {
             let rf = hdf5::File::open_rw(&rp).expect("open");
             let mut bad = o.data.clone();
             bad[40 * 80 + 40] = Complex32::new(f32::NAN, f32::NAN);
-            rf.dataset("object").and_then(|d| d.write_raw(bad.as_slice())).expect("write");
+            rf.dataset("object")
+                .and_then(|d| d.write_raw(bad.as_slice()))
+                .expect("write");
         }
         let e = compare_files(&rp, &tp, None).unwrap_err();
-        assert!(e.what.ends_with("r.h5:/object") && e.msg.contains("NaN"), "{e}");
+        assert!(
+            e.what.ends_with("r.h5:/object") && e.msg.contains("NaN"),
+            "{e}"
+        );
     }
 }

@@ -4,9 +4,9 @@
 //! the position count only; each slab is summed sequentially and the slabs are added in
 //! slab order. The result is therefore bit-identical for any number of threads.
 
+use super::projection::fourier_weights;
 use crate::config::NoiseModel;
 use crate::physics::fft::{Fft2, Real};
-use super::projection::fourier_weights;
 use crate::physics::model::{fisher_scale, Field, PositionGeom};
 use num_complex::Complex;
 use rayon::prelude::*;
@@ -42,7 +42,10 @@ impl<T: Real> Kernel<T> {
     /// the single-slice model.
     pub fn with_propagator(mut self, h: &[Complex<f64>]) -> Self {
         let sc2 = self.fft.scale().f64().powi(2);
-        self.propagator = h.iter().map(|v| Complex::new(T::of(v.re * sc2), T::of(v.im * sc2))).collect();
+        self.propagator = h
+            .iter()
+            .map(|v| Complex::new(T::of(v.re * sc2), T::of(v.im * sc2)))
+            .collect();
         self
     }
 }
@@ -94,11 +97,18 @@ pub struct PositionGradient {
 impl<T: Real> Gradients<T> {
     /// Zero sums on a rectangle with `planes` slices, with probe sums for K modes of M² if
     /// `probe`.
-    pub fn zeros(origin: [i64; 2], shape: [usize; 2], planes: usize, probe: Option<(usize, usize)>) -> Self {
+    pub fn zeros(
+        origin: [i64; 2],
+        shape: [usize; 2],
+        planes: usize,
+        probe: Option<(usize, usize)>,
+    ) -> Self {
         Gradients {
             g_obj: Field::stack(origin, shape, planes, Complex::default()),
             d_obj: Field::stack(origin, shape, planes, 0.0),
-            g_probe_hat: probe.map(|(k, mm)| vec![Complex::default(); k * mm]).unwrap_or_default(),
+            g_probe_hat: probe
+                .map(|(k, mm)| vec![Complex::default(); k * mm])
+                .unwrap_or_default(),
             d_probe: probe.map(|(_, mm)| vec![0.0; mm]).unwrap_or_default(),
             loss: 0.0,
             g_pos: Vec::new(),
@@ -146,7 +156,11 @@ impl<T: Real> Work<T> {
             waves: Vec::new(),
             w2: Vec::new(),
             psi: vec![z; k.modes * mm],
-            x: if dm { vec![z; k.modes * mm] } else { Vec::new() },
+            x: if dm {
+                vec![z; k.modes * mm]
+            } else {
+                Vec::new()
+            },
             w1: vec![z; mm],
             b: vec![z; mm],
             im: vec![T::zero(); mm],
@@ -183,15 +197,40 @@ pub fn gradients<T: Real>(
     meas: &[f32],
     want_probe: bool,
 ) -> Gradients<T> {
-    accumulate(k, obj, probe_hat, pos, meas, want_probe, false, Adjoint::Gradient)
+    accumulate(
+        k,
+        obj,
+        probe_hat,
+        pos,
+        meas,
+        want_probe,
+        false,
+        Adjoint::Gradient,
+    )
 }
 
 /// [`gradients`] and, per position, the loss's derivative with respect to the probe centre
 /// and its curvature ([`Gradients::g_pos`], in the order of `pos`): two more row passes of
 /// M transforms per position and mode, and one more half transform per run of positions
 /// sharing their sub-pixel y-shift (docs/algorithm.md §14).
-pub fn gradients_and_positions<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], pos: &[PositionGeom<T>], meas: &[f32], want_probe: bool) -> Gradients<T> {
-    accumulate(k, obj, probe_hat, pos, meas, want_probe, true, Adjoint::Gradient)
+pub fn gradients_and_positions<T: Real>(
+    k: &Kernel<T>,
+    obj: &Field<Complex<T>>,
+    probe_hat: &[Complex<T>],
+    pos: &[PositionGeom<T>],
+    meas: &[f32],
+    want_probe: bool,
+) -> Gradients<T> {
+    accumulate(
+        k,
+        obj,
+        probe_hat,
+        pos,
+        meas,
+        want_probe,
+        true,
+        Adjoint::Gradient,
+    )
 }
 
 /// The difference-map pass (docs/algorithm.md §7) over `pos`: for each position j and mode
@@ -226,10 +265,37 @@ pub fn difference_map<T: Real>(
     init: bool,
     step: DmStep,
 ) -> Gradients<T> {
-    assert_eq!(exit.len(), pos.len() * k.modes * k.fft.size().pow(2), "exit waves do not match positions");
-    assert_eq!(obj.planes(), 1, "the difference map runs the single-slice model");
-    let DmStep { beta, gamma, error_reduction: er } = step;
-    accumulate(k, obj, probe_hat, pos, meas, want_probe, false, Adjoint::DifferenceMap { exit, init, er, beta: T::of(beta), gamma: T::of(gamma) })
+    assert_eq!(
+        exit.len(),
+        pos.len() * k.modes * k.fft.size().pow(2),
+        "exit waves do not match positions"
+    );
+    assert_eq!(
+        obj.planes(),
+        1,
+        "the difference map runs the single-slice model"
+    );
+    let DmStep {
+        beta,
+        gamma,
+        error_reduction: er,
+    } = step;
+    accumulate(
+        k,
+        obj,
+        probe_hat,
+        pos,
+        meas,
+        want_probe,
+        false,
+        Adjoint::DifferenceMap {
+            exit,
+            init,
+            er,
+            beta: T::of(beta),
+            gamma: T::of(gamma),
+        },
+    )
 }
 
 /// Parameters of one [`difference_map`] pass.
@@ -250,7 +316,13 @@ enum Adjoint<'a, T> {
     /// b = the updated exit wave of the difference map; `exit` holds the exit waves of
     /// the positions being summed.
     /// With `er`, the error-reduction step instead (see [`dm_far_field`]).
-    DifferenceMap { exit: &'a mut [Complex<T>], init: bool, er: bool, beta: T, gamma: T },
+    DifferenceMap {
+        exit: &'a mut [Complex<T>],
+        init: bool,
+        er: bool,
+        beta: T,
+        gamma: T,
+    },
 }
 
 fn accumulate<T: Real>(
@@ -265,10 +337,18 @@ fn accumulate<T: Real>(
 ) -> Gradients<T> {
     let m = k.fft.size();
     let mm = m * m;
-    assert_eq!(meas.len(), pos.len() * mm, "intensities do not match positions");
+    assert_eq!(
+        meas.len(),
+        pos.len() * mm,
+        "intensities do not match positions"
+    );
     assert_eq!(probe_hat.len(), k.modes * mm, "probe has the wrong size");
     let n = pos.len();
-    let probe_dims = if want_probe { Some((k.modes, mm)) } else { None };
+    let probe_dims = if want_probe {
+        Some((k.modes, mm))
+    } else {
+        None
+    };
     if n == 0 {
         return Gradients::zeros(obj.origin, obj.shape, obj.planes(), probe_dims);
     }
@@ -276,12 +356,24 @@ fn accumulate<T: Real>(
     // one adjoint per slab: the exit waves are split along the slab bounds
     let ops: Vec<Adjoint<'_, T>> = match op {
         Adjoint::Gradient => bounds.iter().map(|_| Adjoint::Gradient).collect(),
-        Adjoint::DifferenceMap { mut exit, init, er, beta, gamma } => {
+        Adjoint::DifferenceMap {
+            mut exit,
+            init,
+            er,
+            beta,
+            gamma,
+        } => {
             let per = k.modes * mm;
             let mut v = Vec::with_capacity(bounds.len());
             for &(a, b) in &bounds {
                 let (head, tail) = std::mem::take(&mut exit).split_at_mut((b - a) * per);
-                v.push(Adjoint::DifferenceMap { exit: head, init, er, beta, gamma });
+                v.push(Adjoint::DifferenceMap {
+                    exit: head,
+                    init,
+                    er,
+                    beta,
+                    gamma,
+                });
                 exit = tail;
             }
             v
@@ -300,12 +392,26 @@ fn accumulate<T: Real>(
             .collect::<Vec<_>>()
             .into_par_iter()
             .zip(bs.par_iter())
-            .map(|(op, &(a, b))| slab(k, obj, probe_hat, &pos[a..b], &meas[a * mm..b * mm], want_probe, want_positions, op))
+            .map(|(op, &(a, b))| {
+                slab(
+                    k,
+                    obj,
+                    probe_hat,
+                    &pos[a..b],
+                    &meas[a * mm..b * mm],
+                    want_probe,
+                    want_positions,
+                    op,
+                )
+            })
             .collect();
         for p in &parts {
             add_field(&mut g.g_obj, &p.g);
             add_field(&mut g.d_obj, &p.d);
-            g.g_probe_hat.iter_mut().zip(&p.gp).for_each(|(a, b)| *a += *b);
+            g.g_probe_hat
+                .iter_mut()
+                .zip(&p.gp)
+                .for_each(|(a, b)| *a += *b);
             g.d_probe.iter_mut().zip(&p.dp).for_each(|(a, b)| *a += *b);
             g.loss += p.loss;
             g.g_pos.extend_from_slice(&p.gpos);
@@ -318,11 +424,20 @@ fn accumulate<T: Real>(
 /// `g_probe_hat = Σ_j conj(e_j) F(O*_j ψ_jk)` ([K][kx][ky]) and `d_probe = Σ_j |O_j|²`
 /// ([M, M]) over `pos` with exit waves `exit` ([n][K][M][M]); f64 sums, per slab and the
 /// slabs in order. One FFT per position and mode.
-pub fn probe_sums<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, pos: &[PositionGeom<T>], exit: &[Complex<T>]) -> Gradients<T> {
+pub fn probe_sums<T: Real>(
+    k: &Kernel<T>,
+    obj: &Field<Complex<T>>,
+    pos: &[PositionGeom<T>],
+    exit: &[Complex<T>],
+) -> Gradients<T> {
     let m = k.fft.size();
     let mm = m * m;
     let kmm = k.modes * mm;
-    assert_eq!(exit.len(), pos.len() * kmm, "exit waves do not match positions");
+    assert_eq!(
+        exit.len(),
+        pos.len() * kmm,
+        "exit waves do not match positions"
+    );
     let sc = k.fft.scale();
     let parts: Vec<(Vec<Complex<f64>>, Vec<f64>)> = slab_bounds(pos.len())
         .par_iter()
@@ -339,13 +454,18 @@ pub fn probe_sums<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, pos: &[Positi
                 }
                 for mode in 0..k.modes {
                     let e = &exit[(a + j) * kmm + mode * mm..][..mm];
-                    for (y, (t, er)) in w.w1.chunks_exact_mut(m).zip(e.chunks_exact(m)).enumerate() {
+                    for (y, (t, er)) in w.w1.chunks_exact_mut(m).zip(e.chunks_exact(m)).enumerate()
+                    {
                         for ((t, ev), o) in t.iter_mut().zip(er).zip(orow(y)) {
                             *t = o.conj() * *ev;
                         }
                     }
                     k.fft.forward_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
-                    for ((g, t), rx) in gp[mode * mm..(mode + 1) * mm].chunks_exact_mut(m).zip(w.b.chunks_exact(m)).zip(&p.ramp_x) {
+                    for ((g, t), rx) in gp[mode * mm..(mode + 1) * mm]
+                        .chunks_exact_mut(m)
+                        .zip(w.b.chunks_exact(m))
+                        .zip(&p.ramp_x)
+                    {
                         T::acc_cmul_conj_cscale(g, &p.ramp_y, t, rx.conj() * sc);
                     }
                 }
@@ -364,14 +484,26 @@ pub fn probe_sums<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, pos: &[Positi
 /// Contiguous slabs [a, b) of `n` positions (at most [`SLABS`], a function of n only).
 fn slab_bounds(n: usize) -> Vec<(usize, usize)> {
     let slabs = SLABS.min(n);
-    (0..slabs).map(|s| (s * n / slabs, (s + 1) * n / slabs)).collect()
+    (0..slabs)
+        .map(|s| (s * n / slabs, (s + 1) * n / slabs))
+        .collect()
 }
 
 /// Σ_j loss_j of the noise model over `pos` (forward model only; 2 FFTs per position and
 /// mode), summed per slab in f64 and the slabs in order: deterministic for any thread count.
-pub fn loss<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], pos: &[PositionGeom<T>], meas: &[f32]) -> f64 {
+pub fn loss<T: Real>(
+    k: &Kernel<T>,
+    obj: &Field<Complex<T>>,
+    probe_hat: &[Complex<T>],
+    pos: &[PositionGeom<T>],
+    meas: &[f32],
+) -> f64 {
     let mm = k.fft.size().pow(2);
-    assert_eq!(meas.len(), pos.len() * mm, "intensities do not match positions");
+    assert_eq!(
+        meas.len(),
+        pos.len() * mm,
+        "intensities do not match positions"
+    );
     let sc2 = k.fft.scale() * k.fft.scale();
     let parts: Vec<f64> = slab_bounds(pos.len())
         .par_iter()
@@ -380,7 +512,14 @@ pub fn loss<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Comple
             let mut l = 0.0;
             for (j, p) in pos[a..b].iter().enumerate() {
                 forward(k, obj, probe_hat, None, p, &mut w);
-                l += pattern_residuals(k, &meas[(a + j) * mm..(a + j + 1) * mm], &mut w.im, &mut w.wt, sc2, sc2);
+                l += pattern_residuals(
+                    k,
+                    &meas[(a + j) * mm..(a + j + 1) * mm],
+                    &mut w.im,
+                    &mut w.wt,
+                    sc2,
+                    sc2,
+                );
             }
             l
         })
@@ -398,7 +537,10 @@ pub fn add_field<V: Copy + std::ops::Add<Output = V>>(dst: &mut Field<V>, src: &
     for s in 0..src.planes().min(dst.planes()) {
         for y in 0..src.shape[0] {
             let d = &mut dst.data[s * dl + (oy + y) * dst.shape[1] + ox..][..w];
-            for (a, b) in d.iter_mut().zip(&src.data[s * sl + y * w..s * sl + (y + 1) * w]) {
+            for (a, b) in d
+                .iter_mut()
+                .zip(&src.data[s * sl + y * w..s * sl + (y + 1) * w])
+            {
                 *a = *a + *b;
             }
         }
@@ -416,12 +558,24 @@ pub fn add_field<V: Copy + std::ops::Add<Output = V>>(dst: &mut Field<V>, src: &
 /// and the loop is the unweighted one.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn residuals<T: Real, const MASKED: bool>(noise: NoiseModel, meas: &[f32], g: &[f32], im: &mut [T], wt: &mut [T], eps: T, isc: T, scale: T) -> f64 {
+fn residuals<T: Real, const MASKED: bool>(
+    noise: NoiseModel,
+    meas: &[f32],
+    g: &[f32],
+    im: &mut [T],
+    wt: &mut [T],
+    eps: T,
+    isc: T,
+    scale: T,
+) -> f64 {
     const L: usize = 8;
     let gw = |i: usize| if MASKED { T::of32(g[i]) } else { T::one() };
     let mut lanes = [T::zero(); L];
     let n = meas.len();
-    assert!(im.len() == n && wt.len() == n, "pattern, intensity and weight lengths differ");
+    assert!(
+        im.len() == n && wt.len() == n,
+        "pattern, intensity and weight lengths differ"
+    );
     // whole chunks of L (vectorised), then the last n mod L pixels (any detector side) into
     // lanes 0..n mod L; the same per-pixel arithmetic, so the result stays deterministic
     let body = n - n % L;
@@ -438,10 +592,19 @@ fn residuals<T: Real, const MASKED: bool>(noise: NoiseModel, meas: &[f32], g: &[
                 if m > 0.0 {
                     let mv = T::of32(m);
                     let lq = mv * ((i + eps) / mv).ln();
-                    *lane = if MASKED { *lane - (mv + lq) * gq } else { *lane - mv - lq };
+                    *lane = if MASKED {
+                        *lane - (mv + lq) * gq
+                    } else {
+                        *lane - mv - lq
+                    };
                 }
             };
-            for (c, ((w, m), i)) in wt[..body].chunks_exact_mut(L).zip(meas[..body].chunks_exact(L)).zip(im[..body].chunks_exact_mut(L)).enumerate() {
+            for (c, ((w, m), i)) in wt[..body]
+                .chunks_exact_mut(L)
+                .zip(meas[..body].chunks_exact(L))
+                .zip(im[..body].chunks_exact_mut(L))
+                .enumerate()
+            {
                 for q in 0..L {
                     first(&mut lanes[q], m[q], &mut i[q], &mut w[q], gw(c * L + q));
                 }
@@ -449,7 +612,11 @@ fn residuals<T: Real, const MASKED: bool>(noise: NoiseModel, meas: &[f32], g: &[
             for j in body..n {
                 first(&mut lanes[j - body], meas[j], &mut im[j], &mut wt[j], gw(j));
             }
-            for (c, (m, i)) in meas[..body].chunks_exact(L).zip(im[..body].chunks_exact(L)).enumerate() {
+            for (c, (m, i)) in meas[..body]
+                .chunks_exact(L)
+                .zip(im[..body].chunks_exact(L))
+                .enumerate()
+            {
                 for q in 0..L {
                     second(&mut lanes[q], m[q], i[q], gw(c * L + q));
                 }
@@ -466,9 +633,18 @@ fn residuals<T: Real, const MASKED: bool>(noise: NoiseModel, meas: &[f32], g: &[
                 let sm = (T::of32(m) + eps).sqrt();
                 let d = a - sm;
                 *lane = *lane + d * d * gq;
-                *w = if a > T::zero() { (T::one() - sm / a) * scale * gq } else { T::zero() };
+                *w = if a > T::zero() {
+                    (T::one() - sm / a) * scale * gq
+                } else {
+                    T::zero()
+                };
             };
-            for (c, ((w, m), i)) in wt[..body].chunks_exact_mut(L).zip(meas[..body].chunks_exact(L)).zip(im[..body].chunks_exact_mut(L)).enumerate() {
+            for (c, ((w, m), i)) in wt[..body]
+                .chunks_exact_mut(L)
+                .zip(meas[..body].chunks_exact(L))
+                .zip(im[..body].chunks_exact_mut(L))
+                .enumerate()
+            {
                 for q in 0..L {
                     one(&mut lanes[q], m[q], &mut i[q], &mut w[q], gw(c * L + q));
                 }
@@ -484,7 +660,14 @@ fn residuals<T: Real, const MASKED: bool>(noise: NoiseModel, meas: &[f32], g: &[
 /// [`residuals`] of one pattern with the kernel's noise model, Poisson floor and detector
 /// mask ([`Kernel::weights`]).
 #[inline(always)]
-pub(crate) fn pattern_residuals<T: Real>(k: &Kernel<T>, meas: &[f32], im: &mut [T], wt: &mut [T], isc: T, scale: T) -> f64 {
+pub(crate) fn pattern_residuals<T: Real>(
+    k: &Kernel<T>,
+    meas: &[f32],
+    im: &mut [T],
+    wt: &mut [T],
+    isc: T,
+    scale: T,
+) -> f64 {
     match &k.weights {
         None => residuals::<T, false>(k.noise, meas, &[], im, wt, k.eps, isc, scale),
         Some(g) => residuals::<T, true>(k.noise, meas, g, im, wt, k.eps, isc, scale),
@@ -507,16 +690,42 @@ fn slab<T: Real>(
     let sc = k.fft.scale(); // 1/M: raw transforms are M × unitary ones
     let sc2 = sc * sc;
     // bounding box of the slab's windows
-    let y0 = pos.iter().map(|p| p.window[0]).min().unwrap_or(obj.origin[0]);
-    let x0 = pos.iter().map(|p| p.window[1]).min().unwrap_or(obj.origin[1]);
-    let y1 = pos.iter().map(|p| p.window[0]).max().unwrap_or(obj.origin[0]) + m as i64;
-    let x1 = pos.iter().map(|p| p.window[1]).max().unwrap_or(obj.origin[1]) + m as i64;
+    let y0 = pos
+        .iter()
+        .map(|p| p.window[0])
+        .min()
+        .unwrap_or(obj.origin[0]);
+    let x0 = pos
+        .iter()
+        .map(|p| p.window[1])
+        .min()
+        .unwrap_or(obj.origin[1]);
+    let y1 = pos
+        .iter()
+        .map(|p| p.window[0])
+        .max()
+        .unwrap_or(obj.origin[0])
+        + m as i64;
+    let x1 = pos
+        .iter()
+        .map(|p| p.window[1])
+        .max()
+        .unwrap_or(obj.origin[1])
+        + m as i64;
     let shape = [(y1 - y0) as usize, (x1 - x0) as usize];
     let mut s = Slab {
         g: Field::stack([y0, x0], shape, obj.planes(), Complex::default()),
         d: Field::stack([y0, x0], shape, obj.planes(), 0.0),
-        gp: if want_probe { vec![Complex::default(); km * mm] } else { Vec::new() },
-        dp: if want_probe { vec![0.0; mm] } else { Vec::new() },
+        gp: if want_probe {
+            vec![Complex::default(); km * mm]
+        } else {
+            Vec::new()
+        },
+        dp: if want_probe {
+            vec![0.0; mm]
+        } else {
+            Vec::new()
+        },
         loss: 0.0,
         gpos: Vec::with_capacity(if want_positions { pos.len() } else { 0 }),
     };
@@ -532,11 +741,29 @@ fn slab<T: Real>(
     let mut cy = vec![z; km * mm];
     // position correction: the y-half of the y-derivative of the shifted probe, per run, and
     // a temporary for the derivatives
-    let (mut cyd, mut dpos) = if want_positions { (vec![z; km * mm], vec![z; mm]) } else { (Vec::new(), Vec::new()) };
-    let (mut acc, mut tmp64) = if want_probe { (vec![Complex::default(); km * mm], vec![Complex::default(); mm]) } else { (Vec::new(), Vec::new()) };
+    let (mut cyd, mut dpos) = if want_positions {
+        (vec![z; km * mm], vec![z; mm])
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let (mut acc, mut tmp64) = if want_probe {
+        (
+            vec![Complex::default(); km * mm],
+            vec![Complex::default(); mm],
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
     for run in y_runs(pos) {
         let (start, end) = (run.start, run.end);
-        y_shifted(k, probe_hat, &pos[start].ramp_y, &mut w.w1, &mut w.scratch, &mut cy);
+        y_shifted(
+            k,
+            probe_hat,
+            &pos[start].ramp_y,
+            &mut w.w1,
+            &mut w.scratch,
+            &mut cy,
+        );
         if want_positions {
             let ey = shift_derivative(&pos[start].ramp_y);
             y_shifted(k, probe_hat, &ey, &mut w.w1, &mut w.scratch, &mut cyd);
@@ -550,14 +777,37 @@ fn slab<T: Real>(
             // raw inverse FFT of w Ψ_raw gives the unitary b
             let pat = &meas[j * mm..(j + 1) * mm];
             s.loss += pattern_residuals(k, pat, &mut w.im, &mut w.wt, sc2, sc2);
-            if let Adjoint::DifferenceMap { exit, init, er, gamma, .. } = &mut op {
-                dm_far_field(k, &mut w, &mut exit[j * km * mm..(j + 1) * km * mm], *init, *er, *gamma, pat, &orow);
+            if let Adjoint::DifferenceMap {
+                exit,
+                init,
+                er,
+                gamma,
+                ..
+            } = &mut op
+            {
+                dm_far_field(
+                    k,
+                    &mut w,
+                    &mut exit[j * km * mm..(j + 1) * km * mm],
+                    *init,
+                    *er,
+                    *gamma,
+                    pat,
+                    &orow,
+                );
             }
             // adjoint: b = F⁻¹(w Ψ) (or the new exit wave); g_O += P* b, D_O += |P|²;
             // g_P̂ += conj(ramp) F(O* b)
             let (gy, gx) = ((p.window[0] - y0) as usize, (p.window[1] - x0) as usize);
-            let mut pg = PositionGradient { index: p.index, ..Default::default() };
-            let ex = if want_positions { shift_derivative(&p.ramp_x) } else { Vec::new() };
+            let mut pg = PositionGradient {
+                index: p.index,
+                ..Default::default()
+            };
+            let ex = if want_positions {
+                shift_derivative(&p.ramp_x)
+            } else {
+                Vec::new()
+            };
             for mode in 0..km {
                 match &mut op {
                     Adjoint::Gradient => {
@@ -574,30 +824,72 @@ fn slab<T: Real>(
                         k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
                         let e = &mut exit[(j * km + mode) * mm..(j * km + mode + 1) * mm];
                         let pj = &w.pj[mode * mm..(mode + 1) * mm];
-                        for (y, ((er, br), pr)) in e.chunks_exact_mut(m).zip(w.b.chunks_exact_mut(m)).zip(pj.chunks_exact(m)).enumerate() {
-                            for ((ev, bv), (pv, ov)) in er.iter_mut().zip(br.iter_mut()).zip(pr.iter().zip(orow(y))) {
-                                *ev = if reduce { *bv } else { *ev + (*bv - *pv * *ov) * beta };
+                        for (y, ((er, br), pr)) in e
+                            .chunks_exact_mut(m)
+                            .zip(w.b.chunks_exact_mut(m))
+                            .zip(pj.chunks_exact(m))
+                            .enumerate()
+                        {
+                            for ((ev, bv), (pv, ov)) in
+                                er.iter_mut().zip(br.iter_mut()).zip(pr.iter().zip(orow(y)))
+                            {
+                                *ev = if reduce {
+                                    *bv
+                                } else {
+                                    *ev + (*bv - *pv * *ov) * beta
+                                };
                                 *bv = *ev;
                             }
                         }
                     }
                 }
                 if obj.planes() > 1 {
-                    back_propagate_slices(k, obj, (oy, ox), &mut s.g, &mut s.d, (gy, gx), mode, &mut w);
+                    back_propagate_slices(
+                        k,
+                        obj,
+                        (oy, ox),
+                        &mut s.g,
+                        &mut s.d,
+                        (gy, gx),
+                        mode,
+                        &mut w,
+                    );
                 }
                 // g_O += P* b, D_O += |P|², and for the probe gradient w1 = O* b, D_P += |O|²
                 // (multislice: slice 0 and the wave incident on it, the shifted probe)
                 let pj = &w.pj[mode * mm..(mode + 1) * mm];
-                for (y, ((pr, br), t)) in pj.chunks_exact(m).zip(w.b.chunks_exact(m)).zip(w.w1.chunks_exact_mut(m)).enumerate() {
+                for (y, ((pr, br), t)) in pj
+                    .chunks_exact(m)
+                    .zip(w.b.chunks_exact(m))
+                    .zip(w.w1.chunks_exact_mut(m))
+                    .enumerate()
+                {
                     let row = (gy + y) * gw + gx;
-                    let dp = if want_probe && mode == 0 { Some(&mut s.dp[y * m..(y + 1) * m]) } else { None };
-                    T::adjoint_row(&mut s.g.data[row..row + m], &mut s.d.data[row..row + m], t, dp, pr, br, orow(y));
+                    let dp = if want_probe && mode == 0 {
+                        Some(&mut s.dp[y * m..(y + 1) * m])
+                    } else {
+                        None
+                    };
+                    T::adjoint_row(
+                        &mut s.g.data[row..row + m],
+                        &mut s.d.data[row..row + m],
+                        t,
+                        dp,
+                        pr,
+                        br,
+                        orow(y),
+                    );
                 }
                 if want_positions {
                     // ∂P/∂c_y from the run's y-derivative half, ∂P/∂c_x from the shared half
                     // times the x-derivative ramp; each a row pass of inverse transforms
-                    for (axis, (half, rx)) in [(&cyd, &p.ramp_x), (&cy, &ex)].into_iter().enumerate() {
-                        for (dst, src) in dpos.chunks_exact_mut(m).zip(half[mode * mm..(mode + 1) * mm].chunks_exact(m)) {
+                    for (axis, (half, rx)) in
+                        [(&cyd, &p.ramp_x), (&cy, &ex)].into_iter().enumerate()
+                    {
+                        for (dst, src) in dpos
+                            .chunks_exact_mut(m)
+                            .zip(half[mode * mm..(mode + 1) * mm].chunks_exact(m))
+                        {
                             T::cmul(dst, src, rx);
                         }
                         k.fft.rows_inverse_raw(&mut dpos, &mut w.scratch);
@@ -634,7 +926,12 @@ fn shift_derivative<T: Real>(ramp: &[Complex<T>]) -> Vec<Complex<T>> {
     let m = ramp.len();
     ramp.iter()
         .enumerate()
-        .map(|(i, e)| *e * Complex::new(T::zero(), T::of(-2.0 * std::f64::consts::PI * crate::physics::fft::fftfreq(i, m))))
+        .map(|(i, e)| {
+            *e * Complex::new(
+                T::zero(),
+                T::of(-2.0 * std::f64::consts::PI * crate::physics::fft::fftfreq(i, m)),
+            )
+        })
         .collect()
 }
 
@@ -657,7 +954,11 @@ fn position_gradient<T: Real>(dp: &[Complex<T>], t: &[Complex<T>], m: usize) -> 
 /// (docs/algorithm.md §14): the exit wave's own derivative O ∂P/∂c also holds a shift of
 /// the whole wave, which moves only the far field's phase and no intensity, and with a
 /// defocused probe (large phase gradients) it dominates Σ|O ∂P/∂c|² by orders of magnitude.
-fn shift_curvature<'o, T: Real>(p: &[Complex<T>], orow: &dyn Fn(usize) -> &'o [Complex<T>], m: usize) -> [f64; 2] {
+fn shift_curvature<'o, T: Real>(
+    p: &[Complex<T>],
+    orow: &dyn Fn(usize) -> &'o [Complex<T>],
+    m: usize,
+) -> [f64; 2] {
     let mut c = [0.0f64; 2];
     if m < 2 {
         return c;
@@ -687,7 +988,11 @@ pub fn y_runs<T: Real>(pos: &[PositionGeom<T>]) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let mut start = 0;
     while start < pos.len() {
-        let end = start + pos[start..].iter().take_while(|q| q.ramp_y == pos[start].ramp_y).count();
+        let end = start
+            + pos[start..]
+                .iter()
+                .take_while(|q| q.ramp_y == pos[start].ramp_y)
+                .count();
         runs.push(start..end);
         start = end;
     }
@@ -707,7 +1012,16 @@ pub fn y_runs<T: Real>(pos: &[PositionGeom<T>]) -> Vec<std::ops::Range<usize>> {
 /// modulus projection), from the gradient weights `w.wt` = (∂L/∂I)/M² that
 /// [`pattern_residuals`] left there (0 on masked pixels: f = 1 keeps the model there).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn dm_far_field<'o, T: Real>(k: &Kernel<T>, w: &mut Work<T>, exit: &mut [Complex<T>], init: bool, er: bool, gamma: T, meas: &[f32], orow: &dyn Fn(usize) -> &'o [Complex<T>]) {
+pub(crate) fn dm_far_field<'o, T: Real>(
+    k: &Kernel<T>,
+    w: &mut Work<T>,
+    exit: &mut [Complex<T>],
+    init: bool,
+    er: bool,
+    gamma: T,
+    meas: &[f32],
+    orow: &dyn Fn(usize) -> &'o [Complex<T>],
+) {
     let m = k.fft.size();
     let mm = m * m;
     if er {
@@ -722,8 +1036,14 @@ pub(crate) fn dm_far_field<'o, T: Real>(k: &Kernel<T>, w: &mut Work<T>, exit: &m
     for mode in 0..k.modes {
         let pj = &w.pj[mode * mm..(mode + 1) * mm];
         let e = &mut exit[mode * mm..(mode + 1) * mm];
-        for (y, ((er, pr), cr)) in e.chunks_exact_mut(m).zip(pj.chunks_exact(m)).zip(w.w1.chunks_exact_mut(m)).enumerate() {
-            for ((ev, cv), (pv, ov)) in er.iter_mut().zip(cr.iter_mut()).zip(pr.iter().zip(orow(y))) {
+        for (y, ((er, pr), cr)) in e
+            .chunks_exact_mut(m)
+            .zip(pj.chunks_exact(m))
+            .zip(w.w1.chunks_exact_mut(m))
+            .enumerate()
+        {
+            for ((ev, cv), (pv, ov)) in er.iter_mut().zip(cr.iter_mut()).zip(pr.iter().zip(orow(y)))
+            {
                 let po = *pv * *ov;
                 if init {
                     *ev = po;
@@ -731,7 +1051,11 @@ pub(crate) fn dm_far_field<'o, T: Real>(k: &Kernel<T>, w: &mut Work<T>, exit: &m
                 *cv = po * two - *ev;
             }
         }
-        k.fft.forward_t_raw(&mut w.w1, &mut w.x[mode * mm..(mode + 1) * mm], &mut w.scratch);
+        k.fft.forward_t_raw(
+            &mut w.w1,
+            &mut w.x[mode * mm..(mode + 1) * mm],
+            &mut w.scratch,
+        );
     }
     T::norm(&mut w.im, &w.x[..mm]);
     for mode in 1..k.modes {
@@ -739,12 +1063,26 @@ pub(crate) fn dm_far_field<'o, T: Real>(k: &Kernel<T>, w: &mut Work<T>, exit: &m
     }
     // raw intensities: the unitary ones are im/M²; weights f/M²
     let sc2 = k.fft.scale() * k.fft.scale();
-    fourier_weights(k.noise, gamma, k.eps, meas, k.weights.as_deref(), &w.im, sc2, &mut w.wt, sc2);
+    fourier_weights(
+        k.noise,
+        gamma,
+        k.eps,
+        meas,
+        k.weights.as_deref(),
+        &w.im,
+        sc2,
+        &mut w.wt,
+        sc2,
+    );
 }
 
 /// Local (row, column) of a position's window in `obj`. Panics if the window is not inside
 /// `obj` (a violated precondition: geometry is validated when it is built).
-pub(crate) fn window_offset<T>(obj: &Field<T>, p: &PositionGeom<impl Real>, m: usize) -> (usize, usize) {
+pub(crate) fn window_offset<T>(
+    obj: &Field<T>,
+    p: &PositionGeom<impl Real>,
+    m: usize,
+) -> (usize, usize) {
     let oy = p.window[0] - obj.origin[0];
     let ox = p.window[1] - obj.origin[1];
     assert!(
@@ -761,7 +1099,14 @@ pub(crate) fn window_offset<T>(obj: &Field<T>, p: &PositionGeom<impl Real>, m: u
 /// ([`y_shifted`], shared by a run of positions with the same y-shift, as along a row of a
 /// raster scan); the x-shift then costs only the second half of the inverse transform.
 #[inline(always)]
-pub(crate) fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], cy: Option<&[Complex<T>]>, p: &PositionGeom<T>, w: &mut Work<T>) {
+pub(crate) fn forward<T: Real>(
+    k: &Kernel<T>,
+    obj: &Field<Complex<T>>,
+    probe_hat: &[Complex<T>],
+    cy: Option<&[Complex<T>]>,
+    p: &PositionGeom<T>,
+    w: &mut Work<T>,
+) {
     let m = k.fft.size();
     let mm = m * m;
     let sc = k.fft.scale();
@@ -774,14 +1119,21 @@ pub(crate) fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat
         match cy {
             Some(cy) => {
                 // P_jk[y][x] = F⁻¹_kx (C_k[y][kx] · e_x[kx])
-                for (dst, src) in pj.chunks_exact_mut(m).zip(cy[mode * mm..(mode + 1) * mm].chunks_exact(m)) {
+                for (dst, src) in pj
+                    .chunks_exact_mut(m)
+                    .zip(cy[mode * mm..(mode + 1) * mm].chunks_exact(m))
+                {
                     T::cmul(dst, src, &p.ramp_x);
                 }
                 k.fft.rows_inverse_raw(pj, &mut w.scratch);
             }
             None => {
                 let ph = &probe_hat[mode * mm..(mode + 1) * mm];
-                for ((dst, src), rx) in w.w1.chunks_exact_mut(m).zip(ph.chunks_exact(m)).zip(&p.ramp_x) {
+                for ((dst, src), rx) in
+                    w.w1.chunks_exact_mut(m)
+                        .zip(ph.chunks_exact(m))
+                        .zip(&p.ramp_x)
+                {
                     T::cmul_cscale(dst, src, &p.ramp_y, *rx * sc);
                 }
                 k.fft.inverse_t_raw(&mut w.w1, pj, &mut w.scratch);
@@ -794,11 +1146,23 @@ pub(crate) fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat
         // the wave incident on the last slice (the shifted probe for a single slice) times
         // that slice, to the far field
         let last = (planes - 1) * obj.plane_len();
-        let src = if planes > 1 { &w.waves[(mode * (planes - 1) + planes - 2) * mm..][..mm] } else { &w.pj[mode * mm..(mode + 1) * mm] };
-        for (y, (dst, pr)) in w.w1.chunks_exact_mut(m).zip(src.chunks_exact(m)).enumerate() {
+        let src = if planes > 1 {
+            &w.waves[(mode * (planes - 1) + planes - 2) * mm..][..mm]
+        } else {
+            &w.pj[mode * mm..(mode + 1) * mm]
+        };
+        for (y, (dst, pr)) in
+            w.w1.chunks_exact_mut(m)
+                .zip(src.chunks_exact(m))
+                .enumerate()
+        {
             T::cmul(dst, pr, &obj.data[last + (oy + y) * ow + ox..][..m]);
         }
-        k.fft.forward_t_raw(&mut w.w1, &mut w.psi[mode * mm..(mode + 1) * mm], &mut w.scratch);
+        k.fft.forward_t_raw(
+            &mut w.w1,
+            &mut w.psi[mode * mm..(mode + 1) * mm],
+            &mut w.scratch,
+        );
     }
     // raw intensities Σ_k |Ψ_raw|² (M² × the unitary ones)
     T::norm(&mut w.im, &w.psi[..mm]);
@@ -811,11 +1175,21 @@ pub(crate) fn forward<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat
 /// the shifted probe ψ_0 = `w.pj[mode]`, the waves incident on slices 1..S−1,
 /// ψ_{s+1} = F⁻¹[H_Δz · F(ψ_s · O_s)], into `w.waves[mode]` ([S−1][M][M]); `(oy, ox)` is
 /// the window's local origin in `obj` (S planes).
-fn propagate_slices<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, (oy, ox): (usize, usize), mode: usize, w: &mut Work<T>) {
+fn propagate_slices<T: Real>(
+    k: &Kernel<T>,
+    obj: &Field<Complex<T>>,
+    (oy, ox): (usize, usize),
+    mode: usize,
+    w: &mut Work<T>,
+) {
     let m = k.fft.size();
     let mm = m * m;
     let planes = obj.planes();
-    assert_eq!(k.propagator.len(), mm, "a multislice object needs the kernel's propagator");
+    assert_eq!(
+        k.propagator.len(),
+        mm,
+        "a multislice object needs the kernel's propagator"
+    );
     let need = k.modes * (planes - 1) * mm;
     if w.waves.len() != need {
         w.waves.resize(need, Complex::default());
@@ -826,15 +1200,24 @@ fn propagate_slices<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, (oy, ox): (
     let (ow, pl) = (obj.shape[1], obj.plane_len());
     for s in 0..planes - 1 {
         let (done, rest) = w.waves.split_at_mut((mode * (planes - 1) + s) * mm);
-        let src = if s == 0 { &w.pj[mode * mm..(mode + 1) * mm] } else { &done[(mode * (planes - 1) + s - 1) * mm..][..mm] };
-        for (y, (dst, pr)) in w.w1.chunks_exact_mut(m).zip(src.chunks_exact(m)).enumerate() {
+        let src = if s == 0 {
+            &w.pj[mode * mm..(mode + 1) * mm]
+        } else {
+            &done[(mode * (planes - 1) + s - 1) * mm..][..mm]
+        };
+        for (y, (dst, pr)) in
+            w.w1.chunks_exact_mut(m)
+                .zip(src.chunks_exact(m))
+                .enumerate()
+        {
             T::cmul(dst, pr, &obj.data[s * pl + (oy + y) * ow + ox..][..m]);
         }
         k.fft.forward_t_raw(&mut w.w1, &mut w.w2, &mut w.scratch);
         for (v, h) in w.w2.iter_mut().zip(&k.propagator) {
             *v = *v * *h;
         }
-        k.fft.inverse_t_raw(&mut w.w2, &mut rest[..mm], &mut w.scratch);
+        k.fft
+            .inverse_t_raw(&mut w.w2, &mut rest[..mm], &mut w.scratch);
     }
 }
 
@@ -845,16 +1228,37 @@ fn propagate_slices<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, (oy, ox): (
 /// b_{s−1} = F⁻¹[conj(H_Δz) · F(conj(O_s) b_s)], leaving b_0 in `w.b` (what the
 /// single-slice adjoint then takes with the probe and slice 0).
 #[allow(clippy::too_many_arguments)]
-fn back_propagate_slices<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, (oy, ox): (usize, usize), g: &mut Field<Complex<f64>>, d: &mut Field<f64>, (gy, gx): (usize, usize), mode: usize, w: &mut Work<T>) {
+fn back_propagate_slices<T: Real>(
+    k: &Kernel<T>,
+    obj: &Field<Complex<T>>,
+    (oy, ox): (usize, usize),
+    g: &mut Field<Complex<f64>>,
+    d: &mut Field<f64>,
+    (gy, gx): (usize, usize),
+    mode: usize,
+    w: &mut Work<T>,
+) {
     let m = k.fft.size();
     let mm = m * m;
     let planes = obj.planes();
     let (ow, pl, gw, gpl) = (obj.shape[1], obj.plane_len(), g.shape[1], g.plane_len());
     for s in (1..planes).rev() {
         let wave = &w.waves[(mode * (planes - 1) + s - 1) * mm..][..mm];
-        for (y, (pr, (br, t))) in wave.chunks_exact(m).zip(w.b.chunks_exact(m).zip(w.w1.chunks_exact_mut(m))).enumerate() {
+        for (y, (pr, (br, t))) in wave
+            .chunks_exact(m)
+            .zip(w.b.chunks_exact(m).zip(w.w1.chunks_exact_mut(m)))
+            .enumerate()
+        {
             let row = s * gpl + (gy + y) * gw + gx;
-            T::adjoint_row(&mut g.data[row..row + m], &mut d.data[row..row + m], t, None, pr, br, &obj.data[s * pl + (oy + y) * ow + ox..][..m]);
+            T::adjoint_row(
+                &mut g.data[row..row + m],
+                &mut d.data[row..row + m],
+                t,
+                None,
+                pr,
+                br,
+                &obj.data[s * pl + (oy + y) * ow + ox..][..m],
+            );
         }
         k.fft.forward_t_raw(&mut w.w1, &mut w.w2, &mut w.scratch);
         for (v, h) in w.w2.iter_mut().zip(&k.propagator) {
@@ -868,7 +1272,14 @@ fn back_propagate_slices<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, (oy, o
 /// `out[k][y][kx] = (1/M) Σ_ky P̂_k[kx][ky] e_y[ky] e^{2πi ky y/M}`, [K][y][kx]. Multiplying
 /// a row by e_x and inverse-transforming along kx gives the shifted probe S_j P_k (the 2-D
 /// shift ramp is separable), so positions sharing `ramp_y` share this half.
-fn y_shifted<T: Real>(k: &Kernel<T>, probe_hat: &[Complex<T>], ramp_y: &[Complex<T>], tmp: &mut [Complex<T>], scratch: &mut [Complex<T>], out: &mut [Complex<T>]) {
+fn y_shifted<T: Real>(
+    k: &Kernel<T>,
+    probe_hat: &[Complex<T>],
+    ramp_y: &[Complex<T>],
+    tmp: &mut [Complex<T>],
+    scratch: &mut [Complex<T>],
+    out: &mut [Complex<T>],
+) {
     let m = k.fft.size();
     let mm = m * m;
     let sc = Complex::new(k.fft.scale(), T::zero());
@@ -884,10 +1295,19 @@ fn y_shifted<T: Real>(k: &Kernel<T>, probe_hat: &[Complex<T>], ramp_y: &[Complex
 /// Completes the probe gradient of a run of positions sharing `ramp_y`: `acc[k][y][kx]`
 /// holds Σ_j conj(e_x,j[kx]) (F_x t_j)[y][kx] / M (the x-half of each forward transform);
 /// adds conj(e_y[ky]) (F_y acc)[kx][ky] to `gp` ([K][kx][ky]) and zeroes `acc`. In f64.
-fn flush_probe_run<T: Real>(k: &Kernel<T>, ramp_y: &[Complex<T>], acc: &mut [Complex<f64>], tmp: &mut [Complex<f64>], gp: &mut [Complex<f64>]) {
+fn flush_probe_run<T: Real>(
+    k: &Kernel<T>,
+    ramp_y: &[Complex<T>],
+    acc: &mut [Complex<f64>],
+    tmp: &mut [Complex<f64>],
+    gp: &mut [Complex<f64>],
+) {
     let m = k.fft.size();
     let mm = m * m;
-    let ey: Vec<Complex<f64>> = ramp_y.iter().map(|e| Complex::new(e.re.f64(), -e.im.f64())).collect();
+    let ey: Vec<Complex<f64>> = ramp_y
+        .iter()
+        .map(|e| Complex::new(e.re.f64(), -e.im.f64()))
+        .collect();
     for (a, g) in acc.chunks_exact_mut(mm).zip(gp.chunks_exact_mut(mm)) {
         k.fft.transpose(a, tmp);
         k.fft.rows_forward_raw_f64(tmp);
@@ -902,7 +1322,12 @@ fn flush_probe_run<T: Real>(k: &Kernel<T>, ramp_y: &[Complex<T>], acc: &mut [Com
 
 /// Model intensities I_j = Σ_k |F S_j P_k · O_j|² (unitary) of each position, [n][kx][ky]
 /// (the transposed corner-centred kernel layout), for simulation and tests.
-pub fn model_intensities<T: Real>(k: &Kernel<T>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], pos: &[PositionGeom<T>]) -> Vec<T> {
+pub fn model_intensities<T: Real>(
+    k: &Kernel<T>,
+    obj: &Field<Complex<T>>,
+    probe_hat: &[Complex<T>],
+    pos: &[PositionGeom<T>],
+) -> Vec<T> {
     let sc2 = k.fft.scale() * k.fft.scale();
     pos.par_iter()
         .map(|p| {

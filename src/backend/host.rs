@@ -22,8 +22,16 @@ pub struct Host<T: Real> {
 
 impl<T: Real> Host<T> {
     /// Wrap the rank's positions and intensities ([n][kx][ky], M² values per position).
-    pub fn new(kernel: Kernel<T>, positions: Arc<[PositionGeom<T>]>, intensities: Arc<[f32]>) -> Self {
-        Host { kernel, positions, intensities }
+    pub fn new(
+        kernel: Kernel<T>,
+        positions: Arc<[PositionGeom<T>]>,
+        intensities: Arc<[f32]>,
+    ) -> Self {
+        Host {
+            kernel,
+            positions,
+            intensities,
+        }
     }
 
     /// The selected positions and their intensities: borrowed for a range, gathered for indices.
@@ -31,10 +39,17 @@ impl<T: Real> Host<T> {
         sel.check(self.positions.len())?;
         let mm = self.kernel.fft.size() * self.kernel.fft.size();
         Ok(match sel {
-            Selection::Range(r) => (Cow::Borrowed(&self.positions[r.clone()]), Cow::Borrowed(&self.intensities[r.start * mm..r.end * mm])),
+            Selection::Range(r) => (
+                Cow::Borrowed(&self.positions[r.clone()]),
+                Cow::Borrowed(&self.intensities[r.start * mm..r.end * mm]),
+            ),
             Selection::Indices(ix) => (
                 Cow::Owned(ix.iter().map(|&j| self.positions[j].clone()).collect()),
-                Cow::Owned(ix.iter().flat_map(|&j| self.intensities[j * mm..(j + 1) * mm].iter().copied()).collect()),
+                Cow::Owned(
+                    ix.iter()
+                        .flat_map(|&j| self.intensities[j * mm..(j + 1) * mm].iter().copied())
+                        .collect(),
+                ),
             ),
         })
     }
@@ -49,34 +64,77 @@ impl<T: Real> Compute<T> for Host<T> {
         format!("CPU, {} threads", rayon::current_num_threads())
     }
 
-    fn gradients(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection, want_probe: bool) -> Result<Gradients<T>> {
+    fn gradients(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        want_probe: bool,
+    ) -> Result<Gradients<T>> {
         let (pos, meas) = self.select(&sel)?;
         super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
-        Ok(cpu::gradients(&self.kernel, obj, probe_hat, &pos, &meas, want_probe))
+        Ok(cpu::gradients(
+            &self.kernel,
+            obj,
+            probe_hat,
+            &pos,
+            &meas,
+            want_probe,
+        ))
     }
 
-    fn gradients_and_positions(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection, want_probe: bool) -> Result<Gradients<T>> {
+    fn gradients_and_positions(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        want_probe: bool,
+    ) -> Result<Gradients<T>> {
         let (pos, meas) = self.select(&sel)?;
         super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
-        Ok(cpu::gradients_and_positions(&self.kernel, obj, probe_hat, &pos, &meas, want_probe))
+        Ok(cpu::gradients_and_positions(
+            &self.kernel,
+            obj,
+            probe_hat,
+            &pos,
+            &meas,
+            want_probe,
+        ))
     }
 
     fn set_positions(&mut self, positions: Arc<[PositionGeom<T>]>) -> Result<()> {
-        let same = positions.len() == self.positions.len() && positions.iter().zip(self.positions.iter()).all(|(a, b)| a.index == b.index);
+        let same = positions.len() == self.positions.len()
+            && positions
+                .iter()
+                .zip(self.positions.iter())
+                .all(|(a, b)| a.index == b.index);
         if !same {
-            return Err(Error::new("backend", "refined positions must keep the rank's positions and their order"));
+            return Err(Error::new(
+                "backend",
+                "refined positions must keep the rank's positions and their order",
+            ));
         }
         self.positions = positions;
         Ok(())
     }
 
-    fn loss(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection) -> Result<f64> {
+    fn loss(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+    ) -> Result<f64> {
         let (pos, meas) = self.select(&sel)?;
         super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
         Ok(cpu::loss(&self.kernel, obj, probe_hat, &pos, &meas))
     }
 
-    fn model_intensities(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection) -> Result<Vec<T>> {
+    fn model_intensities(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+    ) -> Result<Vec<T>> {
         let (pos, _) = self.select(&sel)?;
         super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
         Ok(cpu::model_intensities(&self.kernel, obj, probe_hat, &pos))

@@ -58,7 +58,10 @@ impl Selection<'_> {
             Selection::Indices(i) => i.iter().copied().find(|&j| j >= n),
         };
         match bad {
-            Some(j) => Err(Error::new("backend", format!("position index {j} is out of range (the rank has {n} positions)"))),
+            Some(j) => Err(Error::new(
+                "backend",
+                format!("position index {j} is out of range (the rank has {n} positions)"),
+            )),
             None => Ok(()),
         }
     }
@@ -80,7 +83,13 @@ pub trait Compute<T: Real>: Send + Sync {
     /// `obj` must contain every selected window; `probe_hat` is [`cpu::probe_spectrum`] of the
     /// probe, [K][kx][ky]. Errors: an index out of range, a window outside `obj`, a device or
     /// driver failure (one line naming the backend).
-    fn gradients(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection, want_probe: bool) -> Result<Gradients<T>>;
+    fn gradients(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        want_probe: bool,
+    ) -> Result<Gradients<T>>;
 
     /// [`Compute::gradients`] with, in `g_pos`, each selected position's loss gradient with
     /// respect to its probe centre and its Gauss–Newton curvature
@@ -89,9 +98,21 @@ pub trait Compute<T: Real>: Send + Sync {
     ///
     /// Errors: those of [`Compute::gradients`]; a backend without the position terms (the
     /// default: one line naming `position_correction.enabled`).
-    fn gradients_and_positions(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection, want_probe: bool) -> Result<Gradients<T>> {
+    fn gradients_and_positions(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        want_probe: bool,
+    ) -> Result<Gradients<T>> {
         let _ = (obj, probe_hat, sel, want_probe);
-        Err(Error::new("position_correction.enabled", format!("the {} backend does not refine positions (cpu does)", self.name())))
+        Err(Error::new(
+            "position_correction.enabled",
+            format!(
+                "the {} backend does not refine positions (cpu does)",
+                self.name()
+            ),
+        ))
     }
 
     /// Replace the rank's positions by `positions` (the same global indices in the same
@@ -101,16 +122,32 @@ pub trait Compute<T: Real>: Send + Sync {
     /// fixed (the default: one line naming `position_correction.enabled`).
     fn set_positions(&mut self, positions: Arc<[PositionGeom<T>]>) -> Result<()> {
         let _ = positions;
-        Err(Error::new("position_correction.enabled", format!("the {} backend does not refine positions (cpu does)", self.name())))
+        Err(Error::new(
+            "position_correction.enabled",
+            format!(
+                "the {} backend does not refine positions (cpu does)",
+                self.name()
+            ),
+        ))
     }
 
     /// Model intensities I_j = Σ_k |F S_j P_k O_j|² (unitary) of the selected positions,
     /// [n][kx][ky] (see [`cpu::model_intensities`]).
-    fn model_intensities(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection) -> Result<Vec<T>>;
+    fn model_intensities(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+    ) -> Result<Vec<T>>;
 
     /// Σ_j loss_j of the noise model over the selected positions (as [`cpu::loss`]); by
     /// default the loss of [`Compute::gradients`] without the probe sums.
-    fn loss(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection) -> Result<f64> {
+    fn loss(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+    ) -> Result<f64> {
         Ok(self.gradients(obj, probe_hat, sel, false)?.loss)
     }
 }
@@ -118,12 +155,22 @@ pub trait Compute<T: Real>: Send + Sync {
 /// Each selected position's window origin (row, column) relative to `obj`'s origin, for a
 /// window side `m`. Errors (naming the position's global index) when a window is not
 /// inside `obj`; the kernels rely on it.
-pub fn window_offsets<'a, T: Real, V>(obj: &Field<V>, m: usize, pos: impl Iterator<Item = &'a PositionGeom<T>>) -> Result<Vec<[i32; 2]>> {
+pub fn window_offsets<'a, T: Real, V>(
+    obj: &Field<V>,
+    m: usize,
+    pos: impl Iterator<Item = &'a PositionGeom<T>>,
+) -> Result<Vec<[i32; 2]>> {
     pos.map(|p| {
         let oy = p.window[0] - obj.origin[0];
         let ox = p.window[1] - obj.origin[1];
         if oy < 0 || ox < 0 || oy as usize + m > obj.shape[0] || ox as usize + m > obj.shape[1] {
-            return Err(Error::new("backend", format!("the window of position {} lies outside the object field", p.index)));
+            return Err(Error::new(
+                "backend",
+                format!(
+                    "the window of position {} lies outside the object field",
+                    p.index
+                ),
+            ));
         }
         Ok([oy as i32, ox as i32])
     })
@@ -144,14 +191,37 @@ pub fn option_name(kind: BackendKind) -> String {
 /// Errors (one line naming `--backend` / `[parallel] backend`): a backend this binary was
 /// built without, its libraries absent (no driver, no runtime), no device, the working
 /// precision f64 on a GPU backend (GPUs run f32), a device failure.
-pub fn open<T: Real>(kind: BackendKind, kernel: &Kernel<T>, positions: Arc<[PositionGeom<T>]>, intensities: Arc<[f32]>, local_rank: Option<usize>) -> Result<Box<dyn Compute<T>>> {
+pub fn open<T: Real>(
+    kind: BackendKind,
+    kernel: &Kernel<T>,
+    positions: Arc<[PositionGeom<T>]>,
+    intensities: Arc<[f32]>,
+    local_rank: Option<usize>,
+) -> Result<Box<dyn Compute<T>>> {
     let mm = kernel.fft.size() * kernel.fft.size();
     if intensities.len() != positions.len() * mm {
-        return Err(Error::new("backend", format!("{} intensities for {} positions of {mm} pixels", intensities.len(), positions.len())));
+        return Err(Error::new(
+            "backend",
+            format!(
+                "{} intensities for {} positions of {mm} pixels",
+                intensities.len(),
+                positions.len()
+            ),
+        ));
     }
     match kind {
-        BackendKind::Cpu => Ok(Box::new(host::Host::new(kernel.clone(), positions, intensities))),
-        BackendKind::Cuda | BackendKind::Hip => gpu::open(kind, kernel, positions, intensities, local_rank.unwrap_or(0)),
+        BackendKind::Cpu => Ok(Box::new(host::Host::new(
+            kernel.clone(),
+            positions,
+            intensities,
+        ))),
+        BackendKind::Cuda | BackendKind::Hip => gpu::open(
+            kind,
+            kernel,
+            positions,
+            intensities,
+            local_rank.unwrap_or(0),
+        ),
     }
 }
 
@@ -166,7 +236,13 @@ pub fn available(kind: BackendKind) -> Result<()> {
 
 /// Environment variables that carry a process's node-local rank, in the order they are read:
 /// Slurm, Open MPI, MPICH/Intel MPI (Hydra), PMI, LSF's jsrun.
-pub const LOCAL_RANK_VARS: [&str; 5] = ["SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "JSM_NAMESPACE_LOCAL_RANK"];
+pub const LOCAL_RANK_VARS: [&str; 5] = [
+    "SLURM_LOCALID",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "MPI_LOCALRANKID",
+    "PMI_LOCAL_RANK",
+    "JSM_NAMESPACE_LOCAL_RANK",
+];
 
 /// This process's node-local rank from the launcher's environment ([`LOCAL_RANK_VARS`],
 /// the first that is set and parses), `None` outside a launcher.
@@ -176,7 +252,9 @@ pub fn local_rank() -> Option<usize> {
 
 /// [`local_rank`] with the environment given as a lookup (for tests).
 pub fn local_rank_from(get: impl Fn(&str) -> Option<String>) -> Option<usize> {
-    LOCAL_RANK_VARS.iter().find_map(|k| get(k).and_then(|v| v.trim().parse().ok()))
+    LOCAL_RANK_VARS
+        .iter()
+        .find_map(|k| get(k).and_then(|v| v.trim().parse().ok()))
 }
 
 /// The GPU a rank uses: its node-local rank modulo the node's device count (several ranks
@@ -191,27 +269,65 @@ mod tests {
 
     #[test]
     fn local_rank_reads_launcher_variables_in_order() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
         assert_eq!(local_rank_from(env(&[])), None);
-        assert_eq!(local_rank_from(env(&[("OMPI_COMM_WORLD_LOCAL_RANK", "3")])), Some(3));
-        assert_eq!(local_rank_from(env(&[("MPI_LOCALRANKID", "2"), ("PMI_LOCAL_RANK", "5")])), Some(2));
+        assert_eq!(
+            local_rank_from(env(&[("OMPI_COMM_WORLD_LOCAL_RANK", "3")])),
+            Some(3)
+        );
+        assert_eq!(
+            local_rank_from(env(&[("MPI_LOCALRANKID", "2"), ("PMI_LOCAL_RANK", "5")])),
+            Some(2)
+        );
         // Slurm first; an unparsable value falls through to the next variable
-        assert_eq!(local_rank_from(env(&[("SLURM_LOCALID", "1"), ("OMPI_COMM_WORLD_LOCAL_RANK", "7")])), Some(1));
-        assert_eq!(local_rank_from(env(&[("SLURM_LOCALID", "x"), ("PMI_LOCAL_RANK", " 6 ")])), Some(6));
-        assert_eq!(local_rank_from(env(&[("JSM_NAMESPACE_LOCAL_RANK", "4")])), Some(4));
+        assert_eq!(
+            local_rank_from(env(&[
+                ("SLURM_LOCALID", "1"),
+                ("OMPI_COMM_WORLD_LOCAL_RANK", "7")
+            ])),
+            Some(1)
+        );
+        assert_eq!(
+            local_rank_from(env(&[("SLURM_LOCALID", "x"), ("PMI_LOCAL_RANK", " 6 ")])),
+            Some(6)
+        );
+        assert_eq!(
+            local_rank_from(env(&[("JSM_NAMESPACE_LOCAL_RANK", "4")])),
+            Some(4)
+        );
     }
 
     #[test]
     fn ranks_share_devices_round_robin() {
         assert_eq!(device_for(0, 0), None);
-        assert_eq!((0..6).map(|r| device_for(r, 4).unwrap()).collect::<Vec<_>>(), [0, 1, 2, 3, 0, 1]);
-        assert_eq!((0..4).map(|r| device_for(r, 1).unwrap()).collect::<Vec<_>>(), [0, 0, 0, 0]);
+        assert_eq!(
+            (0..6)
+                .map(|r| device_for(r, 4).unwrap())
+                .collect::<Vec<_>>(),
+            [0, 1, 2, 3, 0, 1]
+        );
+        assert_eq!(
+            (0..4)
+                .map(|r| device_for(r, 1).unwrap())
+                .collect::<Vec<_>>(),
+            [0, 0, 0, 0]
+        );
     }
 
     #[test]
     fn selection_checks_bounds() {
         assert!(Selection::Range(0..5).check(5).is_ok());
-        assert_eq!(Selection::Range(2..6).check(5).unwrap_err().msg, "position index 5 is out of range (the rank has 5 positions)");
+        assert_eq!(
+            Selection::Range(2..6).check(5).unwrap_err().msg,
+            "position index 5 is out of range (the rank has 5 positions)"
+        );
         assert!(Selection::Indices(&[4, 0, 2]).check(5).is_ok());
         assert!(Selection::Indices(&[1, 9]).check(5).is_err());
         assert_eq!(Selection::Indices(&[3, 1]).to_vec(), [3, 1]);

@@ -36,7 +36,15 @@ pub struct PieStep {
 /// `obj` (whose rectangle holds every window) and the probe spectrum `probe_hat`
 /// ([K][kx][ky], unitary) in place. Adds Σ_k |P_jk|² of every position to `illum` (same
 /// rectangle as `obj`). Returns Σ_j loss_j, each at the state when position j was visited.
-pub fn sweep<T: Real>(k: &Kernel<T>, obj: &mut Field<Complex<T>>, probe_hat: &mut [Complex<T>], pos: &[&PositionGeom<T>], meas: &[&[f32]], st: &PieStep, illum: &mut Field<f64>) -> f64 {
+pub fn sweep<T: Real>(
+    k: &Kernel<T>,
+    obj: &mut Field<Complex<T>>,
+    probe_hat: &mut [Complex<T>],
+    pos: &[&PositionGeom<T>],
+    meas: &[&[f32]],
+    st: &PieStep,
+    illum: &mut Field<f64>,
+) -> f64 {
     let m = k.fft.size();
     let mm = m * m;
     let sc = k.fft.scale();
@@ -49,7 +57,17 @@ pub fn sweep<T: Real>(k: &Kernel<T>, obj: &mut Field<Complex<T>>, probe_hat: &mu
     for (p, pat) in pos.iter().zip(meas) {
         forward(k, obj, probe_hat, None, p, &mut w);
         loss += pattern_residuals(k, pat, &mut w.im, &mut w.wt, sc2, sc2);
-        fourier_weights(k.noise, gamma, k.eps, pat, k.weights.as_deref(), &w.im, T::one(), &mut w.wt, sc2);
+        fourier_weights(
+            k.noise,
+            gamma,
+            k.eps,
+            pat,
+            k.weights.as_deref(),
+            &w.im,
+            T::one(),
+            &mut w.wt,
+            sc2,
+        );
         let (oy, ox) = window_offset(obj, p, m);
         let at = |y: usize, x: usize| (oy + y) * ow + ox + x;
         // Δψ_k = F⁻¹(f Ψ_k) − P_jk O_j into w.x; Σ_k |P_jk|² into den
@@ -68,14 +86,20 @@ pub fn sweep<T: Real>(k: &Kernel<T>, obj: &mut Field<Complex<T>>, probe_hat: &mu
             }
         }
         if st.update_probe {
-            let omax = (0..mm).map(|i| obj.data[at(i / m, i % m)].norm_sqr()).fold(T::zero(), |a, b| a.max(b));
+            let omax = (0..mm)
+                .map(|i| obj.data[at(i / m, i % m)].norm_sqr())
+                .fold(T::zero(), |a, b| a.max(b));
             let (a, s) = (T::of(st.probe_mix), T::of(st.probe_step));
             for mode in 0..k.modes {
                 let dpsi = &w.x[mode * mm..(mode + 1) * mm];
                 for (i, t) in w.w1.iter_mut().enumerate() {
                     let o = obj.data[at(i / m, i % m)];
                     let d = (T::one() - a) * o.norm_sqr() + a * omax;
-                    *t = if d > T::zero() { o.conj() * dpsi[i] * (s / d) } else { Complex::default() };
+                    *t = if d > T::zero() {
+                        o.conj() * dpsi[i] * (s / d)
+                    } else {
+                        Complex::default()
+                    };
                 }
                 // P̂_k += conj(e_j) F(ΔP)
                 k.fft.forward_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
@@ -91,7 +115,10 @@ pub fn sweep<T: Real>(k: &Kernel<T>, obj: &mut Field<Complex<T>>, probe_hat: &mu
         let dmax = den.iter().fold(T::zero(), |a, b| a.max(*b));
         let (a, s) = (T::of(st.obj_mix), T::of(st.obj_step));
         let iw = illum.shape[1];
-        let (iy, ix) = ((p.window[0] - illum.origin[0]) as usize, (p.window[1] - illum.origin[1]) as usize);
+        let (iy, ix) = (
+            (p.window[0] - illum.origin[0]) as usize,
+            (p.window[1] - illum.origin[1]) as usize,
+        );
         for i in 0..mm {
             let mut num = Complex::default();
             for mode in 0..k.modes {

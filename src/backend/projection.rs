@@ -18,8 +18,22 @@ use crate::physics::model::relaxed_modulus;
 /// with isc = 1); all three slices of length M², same layout. With s = 1/M², a raw inverse
 /// FFT of Ψ_raw · wt is the unitary F⁻¹ of the relaxed far field f Ψ.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn fourier_weights<T: Real>(noise: NoiseModel, gamma: T, eps: T, meas: &[f32], mask: Option<&[f32]>, im: &[T], isc: T, wt: &mut [T], s: T) {
+pub(crate) fn fourier_weights<T: Real>(
+    noise: NoiseModel,
+    gamma: T,
+    eps: T,
+    meas: &[f32],
+    mask: Option<&[f32]>,
+    im: &[T],
+    isc: T,
+    wt: &mut [T],
+    s: T,
+) {
     for (q, ((w, m), i)) in wt.iter_mut().zip(meas).zip(im).enumerate() {
-        *w = if mask.is_some_and(|g| g[q] == 0.0) { s } else { relaxed_modulus(noise, gamma, T::of32(*m), *i * isc, eps) * s };
+        *w = if mask.is_some_and(|g| g[q] == 0.0) {
+            s
+        } else {
+            relaxed_modulus(noise, gamma, T::of32(*m), *i * isc, eps) * s
+        };
     }
 }

@@ -14,11 +14,18 @@ use ptytile::comm::*;
 use ptytile::{Error, Result};
 
 fn values(rank: usize, n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i * 7919 + rank * 104729) % 1000) as f32 * 0.001 + rank as f32).collect()
+    (0..n)
+        .map(|i| ((i * 7919 + rank * 104729) % 1000) as f32 * 0.001 + rank as f32)
+        .collect()
 }
 
 fn sum_input(rank: usize) -> Vec<f64> {
-    vec![1e16 * if rank % 2 == 0 { 1.0 } else { -1.0 }, 0.1 * (rank + 1) as f64, 1.0 / (rank + 3) as f64, -0.0]
+    vec![
+        1e16 * if rank % 2 == 0 { 1.0 } else { -1.0 },
+        0.1 * (rank + 1) as f64,
+        1.0 / (rank + 3) as f64,
+        -0.0,
+    ]
 }
 
 /// Per-rank values of very different magnitudes, so the sum depends on the order of
@@ -39,11 +46,18 @@ fn tree_sum(xs: &[f64]) -> f64 {
 }
 
 fn bits_hex(v: &[f64]) -> String {
-    v.iter().map(|x| format!("{:016x}", x.to_bits())).collect::<Vec<_>>().join(" ")
+    v.iter()
+        .map(|x| format!("{:016x}", x.to_bits()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn ensure(ok: bool, what: &str) -> Result<()> {
-    if ok { Ok(()) } else { Err(Error::new("selftest", format!("check failed: {what}"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new("selftest", format!("check failed: {what}")))
+    }
 }
 
 fn checks(c: &mut MpiComm) -> Result<()> {
@@ -61,7 +75,10 @@ fn checks(c: &mut MpiComm) -> Result<()> {
         }
     }
     let s = c.stats();
-    ensure(s.messages_sent == 2 && s.bytes_sent == 4 * (256 + (4 << 20)), "stats after ring")?;
+    ensure(
+        s.messages_sent == 2 && s.bytes_sent == 4 * (256 + (4 << 20)),
+        "stats after ring",
+    )?;
     // Out-of-order tags, including a send to self.
     let next = (r + 1) % n;
     for tag in [3u32, 1, 2, 1] {
@@ -76,33 +93,59 @@ fn checks(c: &mut MpiComm) -> Result<()> {
     ensure(c.recv(prev, 1)? == vec![1], "tag 1 second")?;
     c.wait_sends()?;
     // Deterministic sum equal to the documented tree-order sum.
-    let expect: Vec<f64> = (0..4).map(|i| tree_sum(&(0..n).map(|q| sum_input(q)[i]).collect::<Vec<_>>())).collect();
+    let expect: Vec<f64> = (0..4)
+        .map(|i| tree_sum(&(0..n).map(|q| sum_input(q)[i]).collect::<Vec<_>>()))
+        .collect();
     let mut v = sum_input(r);
     c.allreduce_sum(&mut v)?;
-    ensure(v.iter().zip(&expect).all(|(a, b)| a.to_bits() == b.to_bits()), "allreduce_sum tree order")?;
+    ensure(
+        v.iter()
+            .zip(&expect)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "allreduce_sum tree order",
+    )?;
     let all = c.gather(bytemuck_bits(&v))?;
     if let Some(all) = &all {
-        ensure(all.iter().all(|b| b == &all[0]), "allreduce_sum bit-identical on all ranks")?;
+        ensure(
+            all.iter().all(|b| b == &all[0]),
+            "allreduce_sum bit-identical on all ranks",
+        )?;
     }
     // Large sum crossing the chunking of the reduction.
     let mut big: Vec<f64> = (0..(3 << 20)).map(|i| (i % 97) as f64 + r as f64).collect();
     c.allreduce_sum(&mut big)?;
     let ranks_sum = (n * (n - 1) / 2) as f64;
-    ensure(big.iter().enumerate().all(|(i, &x)| x == n as f64 * (i % 97) as f64 + ranks_sum), "large allreduce_sum")?;
+    ensure(
+        big.iter()
+            .enumerate()
+            .all(|(i, &x)| x == n as f64 * (i % 97) as f64 + ranks_sum),
+        "large allreduce_sum",
+    )?;
     // Max with NaN propagation.
     let mut m = vec![r as f64, -(r as f64), if r == 2 { f64::NAN } else { 0.0 }];
     c.allreduce_max(&mut m)?;
-    ensure(m[0] == (n - 1) as f64 && m[1] == 0.0 && m[2].is_nan(), "allreduce_max")?;
+    ensure(
+        m[0] == (n - 1) as f64 && m[1] == 0.0 && m[2].is_nan(),
+        "allreduce_max",
+    )?;
     // Variable-size gather.
     let g = c.gather(vec![r as u8; r * 3])?;
     match g {
-        Some(all) => ensure(all.iter().enumerate().all(|(q, b)| b == &vec![q as u8; q * 3]), "gather")?,
+        Some(all) => ensure(
+            all.iter()
+                .enumerate()
+                .all(|(q, b)| b == &vec![q as u8; q * 3]),
+            "gather",
+        )?,
         None => ensure(r != 0, "gather result only on rank 0")?,
     }
     // Timeout names the peer.
     c.set_timeout(Duration::from_millis(300));
     let e = c.recv(prev, 99).unwrap_err().to_string();
-    ensure(e.contains(&format!("no message from rank {prev}")), "timeout message")?;
+    ensure(
+        e.contains(&format!("no message from rank {prev}")),
+        "timeout message",
+    )?;
     c.set_timeout(DEFAULT_TIMEOUT);
     c.barrier()?;
     Ok(())
@@ -116,11 +159,16 @@ fn sum_bits(c: &mut MpiComm) -> Result<()> {
     let mut m = s.clone();
     c.allreduce_sum(&mut s)?;
     c.allreduce_max(&mut m)?;
-    let want: Vec<f64> = (0..16).map(|i| tree_sum(&(0..n).map(|q| tree_input(q, i)).collect::<Vec<_>>())).collect();
+    let want: Vec<f64> = (0..16)
+        .map(|i| tree_sum(&(0..n).map(|q| tree_input(q, i)).collect::<Vec<_>>()))
+        .collect();
     ensure(bits_hex(&s) == bits_hex(&want), "allreduce_sum tree order")?;
     let line = format!("sum {}\nmax {}\n", bits_hex(&s), bits_hex(&m));
     if let Some(all) = c.gather(line.clone().into_bytes())? {
-        ensure(all.iter().all(|b| b == line.as_bytes()), "all ranks got the same bits")?;
+        ensure(
+            all.iter().all(|b| b == line.as_bytes()),
+            "all ranks got the same bits",
+        )?;
         print!("{line}");
     }
     Ok(())
@@ -171,7 +219,10 @@ fn main() {
             println!("rank {} of {}: {:?}", c.rank(), c.size(), launcher_env());
             Ok(())
         }
-        other => Err(Error::new("selftest mode", format!("unknown mode '{other}'"))),
+        other => Err(Error::new(
+            "selftest mode",
+            format!("unknown mode '{other}'"),
+        )),
     };
     match result {
         Ok(()) => {

@@ -37,11 +37,15 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
     };
     let time = |f: &mut dyn FnMut()| -> f64 {
         f(); // warm-up
-        median((0..repeats.max(1)).map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        }).collect())
+        median(
+            (0..repeats.max(1))
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        )
     };
     let mut it = 1usize;
     let mut failed = None;
@@ -49,7 +53,14 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
         let mut rank = gd::Rank::new(rp, c, gd::Decomposition::Tiled);
         let mut gs = gd::GdState::default();
         time(&mut || {
-            if let Err(e) = gd::iterate(&problem, &mut state, &mut gs, it.max(opts.probe_update_start), &opts, &mut rank) {
+            if let Err(e) = gd::iterate(
+                &problem,
+                &mut state,
+                &mut gs,
+                it.max(opts.probe_update_start),
+                &opts,
+                &mut rank,
+            ) {
                 failed = Some(e);
             }
             it += 1;
@@ -60,10 +71,24 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
     }
     let ph = probe_spectrum(&k.fft, &state.probe);
     let no_probe = time(&mut || {
-        std::hint::black_box(gradients(k, &state.object, &ph, &problem.positions, &problem.intensities, false));
+        std::hint::black_box(gradients(
+            k,
+            &state.object,
+            &ph,
+            &problem.positions,
+            &problem.intensities,
+            false,
+        ));
     });
     let with_probe = time(&mut || {
-        std::hint::black_box(gradients(k, &state.object, &ph, &problem.positions, &problem.intensities, true));
+        std::hint::black_box(gradients(
+            k,
+            &state.object,
+            &ph,
+            &problem.positions,
+            &problem.intensities,
+            true,
+        ));
     });
     // every position takes half transforms for the probe shift and the probe gradient; each
     // run of positions sharing its sub-pixel y-shift (a raster row) adds the other halves
@@ -71,7 +96,13 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
     let runs = crate::backend::cpu::y_runs(&problem.positions).len();
     let ffts = time(&mut || {
         (0..n * k.modes).into_par_iter().for_each_init(
-            || (vec![Complex32::new(0.5, 0.1); m * m], vec![Complex32::default(); m * m], k.fft.scratch()),
+            || {
+                (
+                    vec![Complex32::new(0.5, 0.1); m * m],
+                    vec![Complex32::default(); m * m],
+                    k.fft.scratch(),
+                )
+            },
             |(a, b, s), _| {
                 k.fft.rows_inverse_raw(a, s);
                 k.fft.forward_t_raw(b, a, s);
@@ -90,15 +121,22 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
     let threads = rayon::current_num_threads();
     crate::cli::outln!("| what | s / iteration | share |");
     crate::cli::outln!("|---|---|---|");
-    let row = |name: &str, t: f64| crate::cli::outln!("| {name} | {t:.4} | {:.0} % |", 100.0 * t / full);
+    let row =
+        |name: &str, t: f64| crate::cli::outln!("| {name} | {t:.4} | {:.0} % |", 100.0 * t / full);
     row("full iteration (object + probe, update)", full);
     row(&format!("FFTs alone ({} 2-D transforms of {m}² per position, 2 of them halves, and 2 halves per raster run of {runs})", 4 * k.modes), ffts);
     // share of the FFT work without the probe gradient's transform: 2.5 of 3 2-D transform
     // equivalents per position, 0.5 of 1 per run
     let (pn, rn) = (n as f64, runs as f64);
     let no_probe_share = (2.5 * pn + 0.5 * rn) / (3.0 * pn + rn);
-    row("element-wise: ramps, exit waves, residuals, scatter-add", (no_probe - no_probe_share * ffts).max(0.0));
-    row("probe gradient (1 FFT + 2 passes per position)", (with_probe - no_probe).max(0.0));
+    row(
+        "element-wise: ramps, exit waves, residuals, scatter-add",
+        (no_probe - no_probe_share * ffts).max(0.0),
+    );
+    row(
+        "probe gradient (1 FFT + 2 passes per position)",
+        (with_probe - no_probe).max(0.0),
+    );
     row("update of object and probe", (full - with_probe).max(0.0));
     crate::cli::outln!();
     crate::cli::outln!(

@@ -39,8 +39,16 @@ pub struct GpuBench {
 
 /// Parse `--synthetic N,M`.
 pub fn parse_synthetic(s: &str) -> Result<(usize, usize)> {
-    let bad = || Error::new("--synthetic", format!("'{s}' is not POSITIONS,SIZE (e.g. 16632,128)"));
-    let v: Vec<usize> = s.split(',').map(|x| x.trim().parse().map_err(|_| bad())).collect::<Result<_>>()?;
+    let bad = || {
+        Error::new(
+            "--synthetic",
+            format!("'{s}' is not POSITIONS,SIZE (e.g. 16632,128)"),
+        )
+    };
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|x| x.trim().parse().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
     match v[..] {
         [n, m] if n > 0 && m >= 8 && m % 2 == 0 && m <= 4096 => Ok((n, m)),
         _ => Err(bad()),
@@ -63,10 +71,16 @@ fn problem(n: usize, m: usize, modes: usize) -> Result<Synthetic> {
     let rows = (n as f64).sqrt().floor().max(1.0) as usize;
     let cols = n.div_ceil(rows);
     let step = 2.2;
-    let shape = [(step * rows as f64) as usize + m + 8, (step * cols as f64) as usize + m + 8];
+    let shape = [
+        (step * rows as f64) as usize + m + 8,
+        (step * cols as f64) as usize + m + 8,
+    ];
     let pos: Vec<PositionGeom<f32>> = (0..n)
         .map(|j| {
-            let c = [(m / 2 + 4) as f64 + step * (j / cols) as f64, (m / 2 + 4) as f64 + step * (j % cols) as f64 + 0.37];
+            let c = [
+                (m / 2 + 4) as f64 + step * (j / cols) as f64,
+                (m / 2 + 4) as f64 + step * (j % cols) as f64 + 0.37,
+            ];
             PositionGeom::new(j, c, m)
         })
         .collect();
@@ -85,34 +99,80 @@ fn problem(n: usize, m: usize, modes: usize) -> Result<Synthetic> {
     let wl = electron_wavelength_m(300e3);
     let dtheta = 0.841_345_68e-3;
     let px = pixel_size_from_angular_m(wl, m, dtheta);
-    let exp = Experiment { wavelength_m: wl, pixel_size_m: [px, px], detector_px: m, convergence_semiangle_rad: Some(22e-3), defocus_m: 150e-10, c30_m: 0.0, dtheta_rad: dtheta };
+    let exp = Experiment {
+        wavelength_m: wl,
+        pixel_size_m: [px, px],
+        detector_px: m,
+        convergence_semiangle_rad: Some(22e-3),
+        defocus_m: 150e-10,
+        c30_m: 0.0,
+        dtheta_rad: dtheta,
+    };
     let p0 = crate::physics::probe::form_probe(&exp, 16_300.0)?;
     let probe = crate::physics::probe::initial_modes(&p0, m, modes);
-    let kernel = Kernel { fft: Fft2::new(m), modes, noise: NoiseModel::Poisson, eps: 1e-3, weights: None, propagator: Vec::new() };
-    Ok(Synthetic { kernel, obj, probe, pos })
+    let kernel = Kernel {
+        fft: Fft2::new(m),
+        modes,
+        noise: NoiseModel::Poisson,
+        eps: 1e-3,
+        weights: None,
+        propagator: Vec::new(),
+    };
+    Ok(Synthetic {
+        kernel,
+        obj,
+        probe,
+        pos,
+    })
 }
 
 /// Run the benchmark; prints a Markdown table and the summary to stdout.
 pub fn run(b: &GpuBench) -> Result<()> {
     if b.backend == BackendKind::Cpu {
-        return Err(Error::new("--backend", "bench gpu times a GPU backend: cuda or hip"));
+        return Err(Error::new(
+            "--backend",
+            "bench gpu times a GPU backend: cuda or hip",
+        ));
     }
     let (n, m, k) = (b.positions, b.m, b.modes);
     let mm = m * m;
     let t0 = Instant::now();
-    let Synthetic { kernel, obj, probe, pos } = problem(n, m, k)?;
+    let Synthetic {
+        kernel,
+        obj,
+        probe,
+        pos,
+    } = problem(n, m, k)?;
     let pos: Arc<[PositionGeom<f32>]> = pos.into();
     let lr = crate::backend::local_rank().unwrap_or(0);
     // counts: the model of the object, rounded, computed on the device itself
     let ph = probe_spectrum(&kernel.fft, &probe);
     let counts: Vec<f32> = {
-        let dev = gpu::open_profiled(b.backend, &kernel, pos.clone(), vec![0f32; n * mm].into(), lr)?;
-        dev.model_intensities(&obj, &ph, Selection::Range(0..n))?.iter().map(|v| v.round()).collect()
+        let dev = gpu::open_profiled(
+            b.backend,
+            &kernel,
+            pos.clone(),
+            vec![0f32; n * mm].into(),
+            lr,
+        )?;
+        dev.model_intensities(&obj, &ph, Selection::Range(0..n))?
+            .iter()
+            .map(|v| v.round())
+            .collect()
     };
     let dev = gpu::open_profiled(b.backend, &kernel, pos.clone(), counts.into(), lr)?;
-    crate::cli::outln!("{}: {} ({:.1} s to set up)", b.backend.name(), dev.device(), t0.elapsed().as_secs_f64());
+    crate::cli::outln!(
+        "{}: {} ({:.1} s to set up)",
+        b.backend.name(),
+        dev.device(),
+        t0.elapsed().as_secs_f64()
+    );
     // the reconstruction starts from a flat object
-    let mut o = Field { origin: obj.origin, shape: obj.shape, data: vec![C::new(1.0, 0.0); obj.data.len()] };
+    let mut o = Field {
+        origin: obj.origin,
+        shape: obj.shape,
+        data: vec![C::new(1.0, 0.0); obj.data.len()],
+    };
     let mut p_hat = ph.clone();
     let step = |o: &mut Field<C>, p_hat: &mut Vec<C>| -> Result<(f64, f64)> {
         let t = Instant::now();
@@ -130,7 +190,9 @@ pub fn run(b: &GpuBench) -> Result<()> {
         Ok((tg, t.elapsed().as_secs_f64()))
     };
     step(&mut o, &mut p_hat)?; // warm-up: plans, caches
-    let mut times: Vec<(f64, f64)> = (0..b.repeats.max(1)).map(|_| step(&mut o, &mut p_hat)).collect::<Result<_>>()?;
+    let mut times: Vec<(f64, f64)> = (0..b.repeats.max(1))
+        .map(|_| step(&mut o, &mut p_hat))
+        .collect::<Result<_>>()?;
     times.sort_by(|a, b| a.1.total_cmp(&b.1));
     let (t_grad, t_iter) = times[times.len() / 2];
     dev.set_profile(true);
@@ -140,7 +202,9 @@ pub fn run(b: &GpuBench) -> Result<()> {
     // compulsory bytes: intensities read once, object in, object sums (g complex f64, d f64) out
     let hw = obj.shape[0] * obj.shape[1];
     let bytes = n * mm * 4 + hw * 8 + hw * 24 + k * mm * 8 * 3;
-    let copy = (0..3).map(|_| dev.copy_ms(bytes)).collect::<Result<Vec<_>>>()?;
+    let copy = (0..3)
+        .map(|_| dev.copy_ms(bytes))
+        .collect::<Result<Vec<_>>>()?;
     let t_copy = copy.iter().cloned().fold(f64::INFINITY, f64::min) / 1e3;
     crate::cli::outln!();
     crate::cli::outln!("| phase (device time, one profiled iteration) | ms | share |");
@@ -151,8 +215,18 @@ pub fn run(b: &GpuBench) -> Result<()> {
     }
     crate::cli::outln!();
     let gbs = |b: f64, t: f64| b / t / 1e9;
-    crate::cli::outln!("{n} positions x {m}x{m} x {k} mode(s), batches of {}, object {}x{}", dev.batch(), obj.shape[0], obj.shape[1]);
-    crate::cli::outln!("iteration (gradients + update on the host): {:.3} ms (gradients {:.3} ms), median of {}", t_iter * 1e3, t_grad * 1e3, b.repeats.max(1));
+    crate::cli::outln!(
+        "{n} positions x {m}x{m} x {k} mode(s), batches of {}, object {}x{}",
+        dev.batch(),
+        obj.shape[0],
+        obj.shape[1]
+    );
+    crate::cli::outln!(
+        "iteration (gradients + update on the host): {:.3} ms (gradients {:.3} ms), median of {}",
+        t_iter * 1e3,
+        t_grad * 1e3,
+        b.repeats.max(1)
+    );
     crate::cli::outln!("compulsory bytes per iteration: {:.3} GB (intensities, object in, sums out) -> {:.0} GB/s achieved", bytes as f64 / 1e9, gbs(bytes as f64, t_iter));
     crate::cli::outln!(
         "device-to-device copy of the same bytes: {:.3} ms -> {:.0} GB/s counting read + write; the iteration takes {:.1} x the copy time",
@@ -162,7 +236,15 @@ pub fn run(b: &GpuBench) -> Result<()> {
     );
     if let Some(path) = &b.output {
         let mut csv = String::from("what,value,unit\n");
-        for (k2, v, u) in [("positions", n as f64, "1"), ("m", m as f64, "px"), ("modes", k as f64, "1"), ("iteration", t_iter * 1e3, "ms"), ("gradients", t_grad * 1e3, "ms"), ("compulsory_bytes", bytes as f64, "B"), ("copy", t_copy * 1e3, "ms")] {
+        for (k2, v, u) in [
+            ("positions", n as f64, "1"),
+            ("m", m as f64, "px"),
+            ("modes", k as f64, "1"),
+            ("iteration", t_iter * 1e3, "ms"),
+            ("gradients", t_grad * 1e3, "ms"),
+            ("compulsory_bytes", bytes as f64, "B"),
+            ("copy", t_copy * 1e3, "ms"),
+        ] {
             csv.push_str(&format!("{k2},{v},{u}\n"));
         }
         for (name, ms) in &phases {
@@ -183,14 +265,21 @@ mod tests {
         assert_eq!(parse_synthetic("16632,128").unwrap(), (16632, 128));
         assert_eq!(parse_synthetic(" 10 , 64 ").unwrap(), (10, 64));
         for bad in ["16632", "0,128", "10,7", "10,x", "1,2,3"] {
-            assert_eq!(parse_synthetic(bad).unwrap_err().what, "--synthetic", "{bad}");
+            assert_eq!(
+                parse_synthetic(bad).unwrap_err().what,
+                "--synthetic",
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn synthetic_problem_fits_its_object() {
         let s = problem(1000, 32, 2).unwrap();
-        assert_eq!((s.pos.len(), s.probe.len(), s.kernel.modes), (1000, 2 * 32 * 32, 2));
+        assert_eq!(
+            (s.pos.len(), s.probe.len(), s.kernel.modes),
+            (1000, 2 * 32 * 32, 2)
+        );
         // every window inside the object, as the kernels require
         crate::backend::window_offsets(&s.obj, 32, s.pos.iter()).unwrap();
     }

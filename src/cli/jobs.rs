@@ -137,7 +137,11 @@ pub fn shape(spec: &JobSpec, cfg: &Config) -> Result<Shape> {
     let nodes = spec.nodes;
     let gpus_per_node = spec.gpus_per_node.unwrap_or(dg);
     let cores_per_node = spec.cores_per_node.unwrap_or(dc);
-    for (opt, v) in [("--nodes", nodes), ("--gpus-per-node", gpus_per_node), ("--cores-per-node", cores_per_node)] {
+    for (opt, v) in [
+        ("--nodes", nodes),
+        ("--gpus-per-node", gpus_per_node),
+        ("--cores-per-node", cores_per_node),
+    ] {
         if v == 0 {
             return Err(Error::new(opt, "must be at least 1"));
         }
@@ -175,20 +179,33 @@ pub fn shape(spec: &JobSpec, cfg: &Config) -> Result<Shape> {
             ));
         }
     }
-    Ok(Shape { nodes, gpus_per_node, ranks_per_node, ranks_per_gpu: ranks_per_node / gpus_per_node, cpus_per_rank: cores_per_node / ranks_per_node, ranks })
+    Ok(Shape {
+        nodes,
+        gpus_per_node,
+        ranks_per_node,
+        ranks_per_gpu: ranks_per_node / gpus_per_node,
+        cpus_per_rank: cores_per_node / ranks_per_node,
+        ranks,
+    })
 }
 
 /// Wall-clock limit in minutes from `H:MM` or `H:MM:SS` (seconds round up).
 pub fn minutes(time: &str) -> Result<u64> {
     let bad = || Error::new("--time", format!("'{time}' is not H:MM or H:MM:SS"));
-    let parts: Vec<u64> = time.split(':').map(|p| p.trim().parse::<u64>().map_err(|_| bad())).collect::<Result<_>>()?;
+    let parts: Vec<u64> = time
+        .split(':')
+        .map(|p| p.trim().parse::<u64>().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
     let m = match parts.as_slice() {
         [h, m] if *m < 60 => h * 60 + m,
         [h, m, s] if *m < 60 && *s < 60 => h * 60 + m + s.div_ceil(60),
         _ => return Err(bad()),
     };
     if m == 0 || m > 1_000_000 {
-        return Err(Error::new("--time", format!("'{time}' must be between 1 minute and 1e6 minutes")));
+        return Err(Error::new(
+            "--time",
+            format!("'{time}' must be between 1 minute and 1e6 minutes"),
+        ));
     }
     Ok(m)
 }
@@ -196,14 +213,27 @@ pub fn minutes(time: &str) -> Result<u64> {
 /// Quote `s` for a POSIX shell: unchanged when it holds only safe characters, else in
 /// single quotes.
 pub fn shell_quote(s: &str) -> String {
-    let safe = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_./:=,+-@%".contains(c));
-    if safe { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+    let safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:=,+-@%".contains(c));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// A value that goes into a scheduler directive line: letters, digits and `_.-+:` only.
 fn directive_value(opt: &str, v: &str) -> Result<String> {
-    if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || "_.-+:".contains(c)) {
-        return Err(Error::new(opt, format!("'{v}' may hold only letters, digits and _.-+:")));
+    if v.is_empty()
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-+:".contains(c))
+    {
+        return Err(Error::new(
+            opt,
+            format!("'{v}' may hold only letters, digits and _.-+:"),
+        ));
     }
     Ok(v.to_string())
 }
@@ -218,9 +248,20 @@ pub fn script(spec: &JobSpec, cfg: &Config) -> Result<String> {
     let sh = shape(spec, cfg)?;
     let mins = minutes(&spec.time)?;
     let name = directive_value("--job-name", &spec.job_name)?;
-    let account = spec.account.as_deref().map(|a| directive_value("--account", a)).transpose()?;
-    let queue = spec.queue.as_deref().map(|q| directive_value("--partition", q)).transpose()?;
-    for (what, v) in [("--binary", &spec.binary), ("config path", &spec.config)].into_iter().chain(spec.sets.iter().map(|s| ("--set", s))) {
+    let account = spec
+        .account
+        .as_deref()
+        .map(|a| directive_value("--account", a))
+        .transpose()?;
+    let queue = spec
+        .queue
+        .as_deref()
+        .map(|q| directive_value("--partition", q))
+        .transpose()?;
+    for (what, v) in [("--binary", &spec.binary), ("config path", &spec.config)]
+        .into_iter()
+        .chain(spec.sets.iter().map(|s| ("--set", s)))
+    {
         if v.contains(['\n', '\r']) {
             return Err(Error::new(what, "must not contain a line break"));
         }
@@ -252,15 +293,22 @@ pub fn script(spec: &JobSpec, cfg: &Config) -> Result<String> {
         sh.nodes, sh.ranks_per_node, sh.ranks, sh.gpus_per_node, sh.ranks_per_gpu, sh.cpus_per_rank
     );
     let _ = writeln!(w, "# Made by: {made_by}");
-    let _ = writeln!(w, "# Submit: {submit} THIS_FILE    Check: bash -n THIS_FILE");
+    let _ = writeln!(
+        w,
+        "# Submit: {submit} THIS_FILE    Check: bash -n THIS_FILE"
+    );
     // A directive, or a commented-out placeholder when the option was not given.
-    let optional = |w: &mut String, set: &Option<String>, directive: &str, placeholder: &str, why: &str| {
-        let _ = match set {
-            Some(v) => writeln!(w, "{directive}{v}"),
-            None => writeln!(w, "#{directive}{placeholder}   # {why}"),
+    let optional =
+        |w: &mut String, set: &Option<String>, directive: &str, placeholder: &str, why: &str| {
+            let _ = match set {
+                Some(v) => writeln!(w, "{directive}{v}"),
+                None => writeln!(w, "#{directive}{placeholder}   # {why}"),
+            };
         };
-    };
-    let (site_account, site_queue) = ("if your site needs one (ptytile jobs --account)", "if not the default (ptytile jobs --partition)");
+    let (site_account, site_queue) = (
+        "if your site needs one (ptytile jobs --account)",
+        "if not the default (ptytile jobs --partition)",
+    );
     match spec.scheduler {
         Scheduler::Slurm => {
             let _ = writeln!(w, "#SBATCH --job-name={name}");
@@ -295,24 +343,34 @@ pub fn script(spec: &JobSpec, cfg: &Config) -> Result<String> {
     let _ = writeln!(w, "RANKS=$((NODES * RANKS_PER_NODE))");
     let _ = writeln!(w, "RANKS_PER_GPU=$((RANKS_PER_NODE / GPUS_PER_NODE))");
     // the vendor's GPU backend first: a `--set parallel.backend=…` of the job's own comes later and wins
-    let mut args = format!("\"$PTYTILE\" reconstruct \"$CONFIG\" --set {}", shell_quote(&format!("parallel.backend=\"{}\"", spec.vendor.backend())));
+    let mut args = format!(
+        "\"$PTYTILE\" reconstruct \"$CONFIG\" --set {}",
+        shell_quote(&format!("parallel.backend=\"{}\"", spec.vendor.backend()))
+    );
     for s in &spec.sets {
         let _ = write!(args, " --set {}", shell_quote(s));
     }
     let _ = writeln!(w, "ARGS=({args})");
     let _ = writeln!(w);
     let _ = writeln!(w, "# ---- environment ----");
-    let _ = writeln!(w, "# Site modules (edit), e.g.: module load {} hdf5 mpich", match spec.vendor {
-        GpuVendor::Nvidia => "cuda",
-        GpuVendor::Amd => "rocm",
-    });
+    let _ = writeln!(
+        w,
+        "# Site modules (edit), e.g.: module load {} hdf5 mpich",
+        match spec.vendor {
+            GpuVendor::Nvidia => "cuda",
+            GpuVendor::Amd => "rocm",
+        }
+    );
     let _ = writeln!(
         w,
         "# GPU backend: {} (parallel.backend in ARGS): each rank sums its tile's positions on the GPU\n# of its node-local rank modulo the GPUs it sees (docs/gpu.md). The gd and mlcg engines run\n# there; dm, epie and rpie are CPU-only: for them, generate with --set parallel.backend='\"cpu\"'.",
         spec.vendor.backend()
     );
     let _ = writeln!(w, "export RAYON_NUM_THREADS=\"$CPUS_PER_RANK\"   # ptytile's worker threads per rank = its bound cores");
-    let _ = writeln!(w, "export OMP_NUM_THREADS=1                     # no nested threading in libraries");
+    let _ = writeln!(
+        w,
+        "export OMP_NUM_THREADS=1                     # no nested threading in libraries"
+    );
     let _ = writeln!(w, "export HDF5_USE_FILE_LOCKING=FALSE           # all ranks read one file; locks fail on many parallel file systems");
     let _ = writeln!(w, "export RUST_LOG=\"${{RUST_LOG:-info}}\"          # per-iteration log lines in the job's output");
     let _ = writeln!(w);
@@ -322,18 +380,33 @@ pub fn script(spec: &JobSpec, cfg: &Config) -> Result<String> {
             let _ = writeln!(w, "if [ -n \"${{SLURM_JOB_NUM_NODES:-}}\" ] && [ \"$SLURM_JOB_NUM_NODES\" -ne \"$NODES\" ]; then");
             let _ = writeln!(w, "  echo \"ptytile job: Slurm gave $SLURM_JOB_NUM_NODES nodes, the script needs $NODES\" >&2; exit 2");
             let _ = writeln!(w, "fi");
-            let _ = writeln!(w, "if [ -n \"${{SLURM_NTASKS:-}}\" ] && [ \"$SLURM_NTASKS\" -ne \"$RANKS\" ]; then");
+            let _ = writeln!(
+                w,
+                "if [ -n \"${{SLURM_NTASKS:-}}\" ] && [ \"$SLURM_NTASKS\" -ne \"$RANKS\" ]; then"
+            );
             let _ = writeln!(w, "  echo \"ptytile job: Slurm gave $SLURM_NTASKS tasks, the script needs $RANKS\" >&2; exit 2");
             let _ = writeln!(w, "fi");
             let _ = writeln!(w, "cd \"${{SLURM_SUBMIT_DIR:-.}}\"");
             let _ = writeln!(w, "echo \"ptytile job ${{SLURM_JOB_ID:-}}: $RANKS ranks on $NODES nodes, $RANKS_PER_GPU per GPU, $CPUS_PER_RANK cores each, config $CONFIG\"");
             let _ = writeln!(w);
-            let _ = writeln!(w, "# Node-local rank r gets GPU r / RANKS_PER_GPU (Slurm sets {vis} to it) and");
-            let _ = writeln!(w, "# CPUS_PER_RANK cores of its own; ptytile reads its rank from srun's environment.");
+            let _ = writeln!(
+                w,
+                "# Node-local rank r gets GPU r / RANKS_PER_GPU (Slurm sets {vis} to it) and"
+            );
+            let _ = writeln!(
+                w,
+                "# CPUS_PER_RANK cores of its own; ptytile reads its rank from srun's environment."
+            );
             let _ = writeln!(w, "GPU_MAP=$(for ((r = 0; r < RANKS_PER_NODE; r++)); do printf '%d,' $((r / RANKS_PER_GPU)); done)");
             let _ = writeln!(w, "srun --nodes=\"$NODES\" --ntasks=\"$RANKS\" --ntasks-per-node=\"$RANKS_PER_NODE\" \\");
-            let _ = writeln!(w, "     --cpus-per-task=\"$CPUS_PER_RANK\" --cpu-bind=cores \\");
-            let _ = writeln!(w, "     --gpus-per-node=\"$GPUS_PER_NODE\" --gpu-bind=\"map_gpu:${{GPU_MAP%,}}\" \\");
+            let _ = writeln!(
+                w,
+                "     --cpus-per-task=\"$CPUS_PER_RANK\" --cpu-bind=cores \\"
+            );
+            let _ = writeln!(
+                w,
+                "     --gpus-per-node=\"$GPUS_PER_NODE\" --gpu-bind=\"map_gpu:${{GPU_MAP%,}}\" \\"
+            );
             let _ = writeln!(w, "     \"${{ARGS[@]}}\"");
         }
         Scheduler::Lsf => {
@@ -342,10 +415,19 @@ pub fn script(spec: &JobSpec, cfg: &Config) -> Result<String> {
             let _ = writeln!(w);
             let _ = writeln!(w, "# One resource set per GPU: RANKS_PER_GPU ranks, 1 GPU (jsrun sets CUDA_VISIBLE_DEVICES,");
             let _ = writeln!(w, "# which HIP honours too) and CPUS_PER_RANK cores bound to each rank. ptytile reads its");
-            let _ = writeln!(w, "# rank from jsrun's environment (JSM_NAMESPACE_RANK/SIZE/LOCAL_RANK).");
-            let _ = writeln!(w, "jsrun --nrs $((NODES * GPUS_PER_NODE)) --rs_per_host \"$GPUS_PER_NODE\" \\");
+            let _ = writeln!(
+                w,
+                "# rank from jsrun's environment (JSM_NAMESPACE_RANK/SIZE/LOCAL_RANK)."
+            );
+            let _ = writeln!(
+                w,
+                "jsrun --nrs $((NODES * GPUS_PER_NODE)) --rs_per_host \"$GPUS_PER_NODE\" \\"
+            );
             let _ = writeln!(w, "      --tasks_per_rs \"$RANKS_PER_GPU\" --gpu_per_rs 1 --cpu_per_rs $((RANKS_PER_GPU * CPUS_PER_RANK)) \\");
-            let _ = writeln!(w, "      --bind \"packed:$CPUS_PER_RANK\" --launch_distribution packed \\");
+            let _ = writeln!(
+                w,
+                "      --bind \"packed:$CPUS_PER_RANK\" --launch_distribution packed \\"
+            );
             let _ = writeln!(w, "      \"${{ARGS[@]}}\"");
         }
     }
@@ -357,7 +439,11 @@ mod tests {
     use super::*;
 
     fn cfg(extra: &str) -> Config {
-        Config::from_toml(&format!("[data]\nfile='a.h5'\nintensities='/i'\npositions='/p'\n{extra}"), &[]).unwrap()
+        Config::from_toml(
+            &format!("[data]\nfile='a.h5'\nintensities='/i'\npositions='/p'\n{extra}"),
+            &[],
+        )
+        .unwrap()
     }
 
     fn spec() -> JobSpec {
@@ -367,22 +453,68 @@ mod tests {
     #[test]
     fn shape_defaults_and_tiles() {
         let s = shape(&spec(), &cfg("")).unwrap();
-        assert_eq!((s.ranks, s.ranks_per_node, s.ranks_per_gpu, s.cpus_per_rank), (8, 4, 1, 16));
-        let amd = shape(&JobSpec { vendor: GpuVendor::Amd, ..spec() }, &cfg("")).unwrap();
-        assert_eq!((amd.ranks, amd.gpus_per_node, amd.cpus_per_rank), (16, 8, 7));
+        assert_eq!(
+            (s.ranks, s.ranks_per_node, s.ranks_per_gpu, s.cpus_per_rank),
+            (8, 4, 1, 16)
+        );
+        let amd = shape(
+            &JobSpec {
+                vendor: GpuVendor::Amd,
+                ..spec()
+            },
+            &cfg(""),
+        )
+        .unwrap();
+        assert_eq!(
+            (amd.ranks, amd.gpus_per_node, amd.cpus_per_rank),
+            (16, 8, 7)
+        );
         // ranks per node from the config's tiles: 4x4 over 2 nodes = 8 per node, 2 per GPU
         let t = shape(&spec(), &cfg("[parallel]\ntiles=[4, 4]")).unwrap();
-        assert_eq!((t.ranks, t.ranks_per_node, t.ranks_per_gpu, t.cpus_per_rank), (16, 8, 2, 8));
-        let e = shape(&JobSpec { ranks_per_node: Some(4), ..spec() }, &cfg("[parallel]\ntiles=[4, 4]")).unwrap_err();
+        assert_eq!(
+            (t.ranks, t.ranks_per_node, t.ranks_per_gpu, t.cpus_per_rank),
+            (16, 8, 2, 8)
+        );
+        let e = shape(
+            &JobSpec {
+                ranks_per_node: Some(4),
+                ..spec()
+            },
+            &cfg("[parallel]\ntiles=[4, 4]"),
+        )
+        .unwrap_err();
         assert_eq!(e.what, "parallel.tiles");
-        let e = shape(&JobSpec { ranks_per_node: Some(6), ..spec() }, &cfg("")).unwrap_err();
+        let e = shape(
+            &JobSpec {
+                ranks_per_node: Some(6),
+                ..spec()
+            },
+            &cfg(""),
+        )
+        .unwrap_err();
         assert_eq!(e.what, "--ranks-per-node");
-        let e = shape(&JobSpec { nodes: 3, ..spec() }, &cfg("[parallel]\ntiles=[2, 2]")).unwrap_err();
+        let e = shape(
+            &JobSpec { nodes: 3, ..spec() },
+            &cfg("[parallel]\ntiles=[2, 2]"),
+        )
+        .unwrap_err();
         assert_eq!(e.what, "parallel.tiles");
-        let e = shape(&JobSpec { cores_per_node: Some(2), ..spec() }, &cfg("")).unwrap_err();
+        let e = shape(
+            &JobSpec {
+                cores_per_node: Some(2),
+                ..spec()
+            },
+            &cfg(""),
+        )
+        .unwrap_err();
         assert_eq!(e.what, "--cores-per-node");
         // replicated mode ignores tiles
-        assert_eq!(shape(&spec(), &cfg("[parallel]\ntiles=[4, 4]\nmode='replicated'")).unwrap().ranks, 8);
+        assert_eq!(
+            shape(&spec(), &cfg("[parallel]\ntiles=[4, 4]\nmode='replicated'"))
+                .unwrap()
+                .ranks,
+            8
+        );
     }
 
     #[test]
@@ -395,20 +527,72 @@ mod tests {
         }
         assert_eq!(shell_quote("a/b.toml"), "a/b.toml");
         assert_eq!(shell_quote("it's a b"), r"'it'\''s a b'");
-        assert_eq!(shell_quote("parallel.tiles=[2, 2]"), "'parallel.tiles=[2, 2]'");
+        assert_eq!(
+            shell_quote("parallel.tiles=[2, 2]"),
+            "'parallel.tiles=[2, 2]'"
+        );
     }
 
     #[test]
     fn script_fields() {
-        let s = script(&JobSpec { account: Some("abc123".into()), sets: vec!["output.path=\"x y.h5\"".into()], ..spec() }, &cfg("")).unwrap();
-        for want in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --cpus-per-task=16", "#SBATCH --account=abc123", "#SBATCH --time=1:00:00", "--set 'output.path=\"x y.h5\"'"] {
+        let s = script(
+            &JobSpec {
+                account: Some("abc123".into()),
+                sets: vec!["output.path=\"x y.h5\"".into()],
+                ..spec()
+            },
+            &cfg(""),
+        )
+        .unwrap();
+        for want in [
+            "#SBATCH --nodes=2",
+            "#SBATCH --ntasks-per-node=4",
+            "#SBATCH --cpus-per-task=16",
+            "#SBATCH --account=abc123",
+            "#SBATCH --time=1:00:00",
+            "--set 'output.path=\"x y.h5\"'",
+        ] {
             assert!(s.contains(want), "{want} not in\n{s}");
         }
-        let l = script(&JobSpec { scheduler: Scheduler::Lsf, time: "0:30".into(), ..spec() }, &cfg("")).unwrap();
-        for want in ["#BSUB -nnodes 2", "#BSUB -W 0:30", "jsrun --nrs $((NODES * GPUS_PER_NODE))"] {
+        let l = script(
+            &JobSpec {
+                scheduler: Scheduler::Lsf,
+                time: "0:30".into(),
+                ..spec()
+            },
+            &cfg(""),
+        )
+        .unwrap();
+        for want in [
+            "#BSUB -nnodes 2",
+            "#BSUB -W 0:30",
+            "jsrun --nrs $((NODES * GPUS_PER_NODE))",
+        ] {
             assert!(l.contains(want), "{want} not in\n{l}");
         }
-        assert_eq!(script(&JobSpec { account: Some("a b".into()), ..spec() }, &cfg("")).unwrap_err().what, "--account");
-        assert_eq!(script(&JobSpec { sets: vec!["a.b=1\nrm -rf /".into()], ..spec() }, &cfg("")).unwrap_err().what, "--set");
+        assert_eq!(
+            script(
+                &JobSpec {
+                    account: Some("a b".into()),
+                    ..spec()
+                },
+                &cfg("")
+            )
+            .unwrap_err()
+            .what,
+            "--account"
+        );
+        assert_eq!(
+            script(
+                &JobSpec {
+                    sets: vec!["a.b=1\nrm -rf /".into()],
+                    ..spec()
+                },
+                &cfg("")
+            )
+            .unwrap_err()
+            .what,
+            "--set"
+        );
     }
 }

@@ -291,13 +291,32 @@ enum SimBeam {
 
 impl SimArgs {
     fn params(&self) -> Result<crate::simulate::SimParams> {
-        let scan: Vec<usize> = self.scan.split('x').map(|v| v.trim().parse::<usize>()).collect::<std::result::Result<_, _>>()
+        let scan: Vec<usize> = self
+            .scan
+            .split('x')
+            .map(|v| v.trim().parse::<usize>())
+            .collect::<std::result::Result<_, _>>()
             .map_err(|_| Error::new("--scan", format!("'{}' is not ROWSxCOLS", self.scan)))?;
         if scan.len() != 2 {
-            return Err(Error::new("--scan", format!("'{}' is not ROWSxCOLS", self.scan)));
+            return Err(Error::new(
+                "--scan",
+                format!("'{}' is not ROWSxCOLS", self.scan),
+            ));
         }
-        let mode_powers: Vec<f64> = self.mode_powers.split(',').map(|v| v.trim().parse::<f64>()).collect::<std::result::Result<_, _>>()
-            .map_err(|_| Error::new("--mode-powers", format!("'{}' is not a comma-separated list of numbers", self.mode_powers)))?;
+        let mode_powers: Vec<f64> = self
+            .mode_powers
+            .split(',')
+            .map(|v| v.trim().parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| {
+                Error::new(
+                    "--mode-powers",
+                    format!(
+                        "'{}' is not a comma-separated list of numbers",
+                        self.mode_powers
+                    ),
+                )
+            })?;
         Ok(crate::simulate::SimParams {
             m: self.probe_size,
             scan: [scan[0], scan[1]],
@@ -312,7 +331,11 @@ impl SimArgs {
             central_stop: self.central_stop,
             defocus_m: self.defocus_m,
             pixel_size_m: self.pixel_size_m,
-            dose: if self.noise_free { None } else { Some(self.dose) },
+            dose: if self.noise_free {
+                None
+            } else {
+                Some(self.dose)
+            },
             mode_powers,
             max_phase: self.max_phase,
             image: self.image.clone(),
@@ -349,14 +372,26 @@ pub fn main() -> i32 {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Run the command; returns the exit code (0, or [`signals::EXIT_CHECKPOINTED`]).
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Reconstruct { config, iterations, output, ranks, mut set, resume, backend } => {
+        Cmd::Reconstruct {
+            config,
+            iterations,
+            output,
+            ranks,
+            mut set,
+            resume,
+            backend,
+        } => {
             // first, so that SIGTERM/SIGINT end a run that blocks in start-up
             let signals = signals::install()?;
             if let Some(b) = backend {
@@ -369,7 +404,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 set.push(format!("reconstruction.iterations={n}"));
             }
             if let Some(o) = output {
-                set.push(format!("output.path={}", toml_string(&o.display().to_string())));
+                set.push(format!(
+                    "output.path={}",
+                    toml_string(&o.display().to_string())
+                ));
             }
             let mut cfg = Config::load(&config, &set)?;
             // a GPU backend that cannot run here fails now, before any data is read
@@ -389,10 +427,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
             );
             let progress = |it: usize, loss: f64, secs: f64, npos: usize| {
                 bar.set_position(it as u64 + 1);
-                bar.set_message(format!("loss {loss:.6e}  {:.0} positions/s", npos as f64 / secs.max(1e-9)));
+                bar.set_message(format!(
+                    "loss {loss:.6e}  {:.0} positions/s",
+                    npos as f64 / secs.max(1e-9)
+                ));
                 tracing::info!("iteration {it}: loss {loss:.6e}, {secs:.3} s");
             };
-            let opts = reconstruct::RunOptions { resume: resume.as_deref(), signals: Some(signals) };
+            let opts = reconstruct::RunOptions {
+                resume: resume.as_deref(),
+                signals: Some(signals),
+            };
             let res = match reconstruct::run_with(&cfg, opts, &progress)? {
                 reconstruct::Outcome::Finished(r) => r,
                 reconstruct::Outcome::Stopped { iteration, dir } => {
@@ -408,7 +452,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             };
             bar.finish();
             let Some(res) = res else { return Ok(0) };
-            let paths = crate::output::write_result_checked(&cfg.output.path, &res, cfg.output.png, &cfg.inputs())?;
+            let paths = crate::output::write_result_checked(
+                &cfg.output.path,
+                &res,
+                cfg.output.png,
+                &cfg.inputs(),
+            )?;
             for p in paths {
                 crate::cli::outln!("wrote {}", p.display());
             }
@@ -419,53 +468,121 @@ fn dispatch(cli: Cli) -> Result<i32> {
             crate::cli::out!("{}", crate::data::inspect::inspect(&file)?);
             Ok(0)
         }
-        Cmd::Bench { study: Some(BenchCmd::Scaling { config, ranks, launchers, iterations, output, mpirun, set }), .. } => {
+        Cmd::Bench {
+            study:
+                Some(BenchCmd::Scaling {
+                    config,
+                    ranks,
+                    launchers,
+                    iterations,
+                    output,
+                    mpirun,
+                    set,
+                }),
+            ..
+        } => {
             if ranks.is_empty() || ranks.contains(&0) {
                 return Err(Error::new("--ranks", "rank counts must be positive"));
             }
             // the config must load here, so that a bad one fails before any run
             Config::load(&config, &set)?;
-            let launchers = launchers.iter().map(|l| scaling::Launcher::parse(l)).collect::<Result<Vec<_>>>()?;
-            scaling::run(&scaling::Study { config, ranks, launchers, iterations, output, mpirun, set }).map(|_| 0)
+            let launchers = launchers
+                .iter()
+                .map(|l| scaling::Launcher::parse(l))
+                .collect::<Result<Vec<_>>>()?;
+            scaling::run(&scaling::Study {
+                config,
+                ranks,
+                launchers,
+                iterations,
+                output,
+                mpirun,
+                set,
+            })
+            .map(|_| 0)
         }
-        Cmd::Bench { study: Some(BenchCmd::Gpu { backend, synthetic, modes, repeats, output }), .. } => {
+        Cmd::Bench {
+            study:
+                Some(BenchCmd::Gpu {
+                    backend,
+                    synthetic,
+                    modes,
+                    repeats,
+                    output,
+                }),
+            ..
+        } => {
             let (positions, m) = bench_gpu::parse_synthetic(&synthetic)?;
             if modes == 0 {
                 return Err(Error::new("--modes", "must be at least 1"));
             }
-            bench_gpu::run(&bench_gpu::GpuBench { backend, positions, m, modes, repeats, output }).map(|_| 0)
+            bench_gpu::run(&bench_gpu::GpuBench {
+                backend,
+                positions,
+                m,
+                modes,
+                repeats,
+                output,
+            })
+            .map(|_| 0)
         }
-        Cmd::Bench { config, repeats, set, .. } => {
+        Cmd::Bench {
+            config,
+            repeats,
+            set,
+            ..
+        } => {
             let config = config.ok_or_else(|| Error::new("bench", "a config file is required"))?;
             bench::run(&Config::load(&config, &set)?, repeats).map(|_| 0)
         }
         Cmd::Frc { a, b, output } => {
             let r = crate::analysis::frc::frc_files(&a, &b)?;
             let prefix = output.unwrap_or_else(|| {
-                let stem = a.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let stem = a
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 a.with_file_name(format!("{stem}_frc"))
             });
             let (csv, png) = (prefix.with_extension("csv"), prefix.with_extension("png"));
             frc_outputs(&r, &csv, &png, &[a.as_path(), b.as_path()])?;
             let (unit, per) = crate::output::plot::length_unit(r.pixel_size_m[0]);
-            let res = r.resolution_m().map_or("not reached: the FRC stays above the ½-bit threshold up to Nyquist (2 pixels)".to_string(), |m| format!("{:.4} {unit}", m / per));
+            let res = r.resolution_m().map_or(
+                "not reached: the FRC stays above the ½-bit threshold up to Nyquist (2 pixels)"
+                    .to_string(),
+                |m| format!("{:.4} {unit}", m / per),
+            );
             crate::cli::outln!(
                 "FRC ½-bit resolution: {res} (pixel {:.4} {unit}; area {:?}; shift of B {:.3}, {:.3} px)\n{}\n{}",
                 r.pixel_size_m[0] / per, r.area, r.shift_px[0], r.shift_px[1], csv.display(), png.display()
             );
             Ok(0)
         }
-        Cmd::Compare { recon, truth, truth_dataset } => {
-            let r = crate::analysis::compare::compare_files(&recon, &truth, truth_dataset.as_deref())?;
+        Cmd::Compare {
+            recon,
+            truth,
+            truth_dataset,
+        } => {
+            let r =
+                crate::analysis::compare::compare_files(&recon, &truth, truth_dataset.as_deref())?;
             crate::cli::outln!("{r}");
             Ok(0)
         }
         Cmd::Jobs(a) => {
             let cfg = Config::load(&a.config, &a.set)?;
-            let config = std::path::absolute(&a.config).map_err(|e| Error::new(a.config.display().to_string(), e.to_string()))?;
+            let config = std::path::absolute(&a.config)
+                .map_err(|e| Error::new(a.config.display().to_string(), e.to_string()))?;
             let binary = match a.binary {
                 Some(b) => b,
-                None => std::env::current_exe().map_err(|e| Error::new("--binary", format!("cannot find this binary ({e}); give --binary")))?.display().to_string(),
+                None => std::env::current_exe()
+                    .map_err(|e| {
+                        Error::new(
+                            "--binary",
+                            format!("cannot find this binary ({e}); give --binary"),
+                        )
+                    })?
+                    .display()
+                    .to_string(),
             };
             let spec = jobs::JobSpec {
                 gpus_per_node: a.gpus_per_node,
@@ -477,7 +594,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 job_name: a.job_name,
                 binary,
                 sets: a.set,
-                ..jobs::JobSpec::new(a.scheduler, a.gpu_vendor, a.nodes, &config.display().to_string())
+                ..jobs::JobSpec::new(
+                    a.scheduler,
+                    a.gpu_vendor,
+                    a.nodes,
+                    &config.display().to_string(),
+                )
             };
             crate::cli::out!("{}", jobs::script(&spec, &cfg)?);
             Ok(0)
@@ -486,7 +608,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let p = a.params()?;
             let sim = crate::simulate::simulate(&p)?;
             let (h5, toml) = crate::simulate::write(&a.output, &sim, &p)?;
-            crate::cli::outln!("wrote {} ({} patterns of {}x{}, object {}x{})", h5.display(), sim.positions_px.len(), p.m, p.m, sim.object.shape[0], sim.object.shape[1]);
+            crate::cli::outln!(
+                "wrote {} ({} patterns of {}x{}, object {}x{})",
+                h5.display(),
+                sim.positions_px.len(),
+                p.m,
+                p.m,
+                sim.object.shape[0],
+                sim.object.shape[1]
+            );
             crate::cli::outln!("wrote {}", toml.display());
             Ok(0)
         }
@@ -508,11 +638,22 @@ fn toml_string(s: &str) -> String {
 /// Write the FRC table `csv` (columns: spatial frequency in 1/unit and cycles per pixel,
 /// FRC, ½-bit threshold, ring pixels) and its plot `png`, atomically; neither may be one of
 /// the `inputs`. Errors name the file.
-fn frc_outputs(r: &crate::analysis::frc::FrcReport, csv: &std::path::Path, png: &std::path::Path, inputs: &[&std::path::Path]) -> Result<()> {
+fn frc_outputs(
+    r: &crate::analysis::frc::FrcReport,
+    csv: &std::path::Path,
+    png: &std::path::Path,
+    inputs: &[&std::path::Path],
+) -> Result<()> {
     use crate::analysis::frc::half_bit;
     for p in [csv, png] {
-        if inputs.iter().any(|i| std::path::absolute(i).ok() == std::path::absolute(p).ok()) {
-            return Err(Error::new(p.display().to_string(), "is an input: choose another --output"));
+        if inputs
+            .iter()
+            .any(|i| std::path::absolute(i).ok() == std::path::absolute(p).ok())
+        {
+            return Err(Error::new(
+                p.display().to_string(),
+                "is an input: choose another --output",
+            ));
         }
     }
     let (unit, per) = crate::output::plot::length_unit(r.pixel_size_m[0]);
@@ -520,15 +661,28 @@ fn frc_outputs(r: &crate::analysis::frc::FrcReport, csv: &std::path::Path, png: 
     let rr = &r.rings;
     let thr: Vec<f64> = rr.pixels.iter().map(|&n| half_bit(n)).collect();
     let freq: Vec<f64> = rr.freq_per_px.iter().map(|q| q / pix).collect();
-    let mut text = format!("frequency_per_{},frequency_per_pixel,frc,half_bit_threshold,ring_pixels\n", if unit == "Å" { "angstrom" } else { unit });
+    let mut text = format!(
+        "frequency_per_{},frequency_per_pixel,frc,half_bit_threshold,ring_pixels\n",
+        if unit == "Å" { "angstrom" } else { unit }
+    );
     for i in 0..freq.len() {
-        text += &format!("{:.6},{:.6},{:.6},{:.6},{}\n", freq[i], rr.freq_per_px[i], rr.frc[i], thr[i], rr.pixels[i]);
+        text += &format!(
+            "{:.6},{:.6},{:.6},{:.6},{}\n",
+            freq[i], rr.freq_per_px[i], rr.frc[i], thr[i], rr.pixels[i]
+        );
     }
     if let Some(d) = csv.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).map_err(|e| Error::new(d.display().to_string(), e.to_string()))?;
+        std::fs::create_dir_all(d)
+            .map_err(|e| Error::new(d.display().to_string(), e.to_string()))?;
     }
     crate::output::write_atomic(csv, text.as_bytes())?;
     // the mean ring (0) is left out of the plot
-    let img = crate::output::plot::frc_plot(&freq[1..], &rr.frc[1..], &thr[1..], r.crossing_per_px.map(|q| q / pix), unit)?;
+    let img = crate::output::plot::frc_plot(
+        &freq[1..],
+        &rr.frc[1..],
+        &thr[1..],
+        r.crossing_per_px.map(|q| q / pix),
+        unit,
+    )?;
     img.write_atomic(png)
 }

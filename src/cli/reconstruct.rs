@@ -13,13 +13,13 @@
 //! ends with the same object, probe and loss bits as the uninterrupted run.
 
 use crate::backend::cpu::Kernel;
+use crate::cli::signals::StopFlags;
 use crate::comm::{self, Comm};
 use crate::config::{Config, ParallelMode};
 use crate::data::select::{self, Selection};
 use crate::data::DataFile;
-use crate::cli::signals::StopFlags;
-use crate::engine::snapshot::{self, NamedArray, Snapshot};
 use crate::engine::positions::Refiner;
+use crate::engine::snapshot::{self, NamedArray, Snapshot};
 use crate::engine::{self, gd, Carry, Decomposition, EngineState, Problem, Rank, Settings, State};
 use crate::error::{Error, Result};
 use crate::output::checkpoint::{self, Job, RankSnapshot};
@@ -49,19 +49,36 @@ pub fn job_plan(cfg: &Config, df: &DataFile, ranks: usize, sel: &Selection) -> R
     // room for refined positions ([position_correction]; 0 without)
     let margin = cfg.position_correction.margin_px();
     let renamed = |mut plan: TilePlan| {
-        plan.ranks.iter_mut().for_each(|r| r.positions.iter_mut().for_each(|j| *j = index[*j]));
+        plan.ranks
+            .iter_mut()
+            .for_each(|r| r.positions.iter_mut().for_each(|j| *j = index[*j]));
         plan
     };
     match cfg.parallel.mode {
         ParallelMode::Tiled => {
-            let tiles = cfg.parallel.tiles.unwrap_or_else(|| tiling::tiles_for(ranks, df.object_shape));
+            let tiles = cfg
+                .parallel
+                .tiles
+                .unwrap_or_else(|| tiling::tiles_for(ranks, df.object_shape));
             if tiles[0] * tiles[1] != ranks {
-                return Err(Error::new("parallel.tiles", format!("{}x{} tiles for {ranks} ranks: the product must equal the rank count", tiles[0], tiles[1])));
+                return Err(Error::new(
+                    "parallel.tiles",
+                    format!(
+                        "{}x{} tiles for {ranks} ranks: the product must equal the rank count",
+                        tiles[0], tiles[1]
+                    ),
+                ));
             }
             tiling::plan_with_margin(&centres, df.m, df.object_shape, tiles, margin).map(renamed)
         }
         ParallelMode::Replicated => {
-            let whole = renamed(tiling::plan_with_margin(&centres, df.m, df.object_shape, [1, 1], margin)?);
+            let whole = renamed(tiling::plan_with_margin(
+                &centres,
+                df.m,
+                df.object_shape,
+                [1, 1],
+                margin,
+            )?);
             let r0 = &whole.ranks[0];
             let ranks = (0..ranks)
                 .map(|r| RankPlan {
@@ -88,7 +105,9 @@ pub fn job_plan(cfg: &Config, df: &DataFile, ranks: usize, sel: &Selection) -> R
 /// Errors: read failures; those of [`select::select`].
 pub fn selection(cfg: &Config, df: &DataFile, comm: Option<&mut dyn Comm>) -> Result<Selection> {
     let totals = if cfg.data.exclude_outliers {
-        let (r, nr, n) = comm.as_ref().map_or((0, 1, df.n), |c| (c.rank(), c.size(), df.n));
+        let (r, nr, n) = comm
+            .as_ref()
+            .map_or((0, 1, df.n), |c| (c.rank(), c.size(), df.n));
         let (a, b) = (n * r / nr, n * (r + 1) / nr);
         let mut t = vec![0f64; n];
         t[a..b].copy_from_slice(&df.pattern_totals(a, b - a)?);
@@ -110,7 +129,10 @@ pub fn rank_bytes(cfg: &Config, df: &DataFile, rp: &RankPlan) -> (u64, u64) {
         ParallelMode::Replicated => df.n as u64, // the baseline loads every pattern
     };
     // object (complex f32) + gradient sums (complex f64) + preconditioner sums (f64), per slice
-    (patterns * mm * 4, rp.field_pixels() as u64 * (8 + 16 + 8) * cfg.reconstruction.slices as u64)
+    (
+        patterns * mm * 4,
+        rp.field_pixels() as u64 * (8 + 16 + 8) * cfg.reconstruction.slices as u64,
+    )
 }
 
 /// Bytes one process of this job holds at its peak, estimated before anything large is
@@ -119,7 +141,12 @@ pub fn rank_bytes(cfg: &Config, df: &DataFile, rp: &RankPlan) -> (u64, u64) {
 /// complex f32 per position and mode; mlcg: two complex f64 vectors of tile + probe), and,
 /// with `rank0`, the assembled result (the whole object, complex f32, three times: gathered
 /// tiles, assembled object, written copy). Returns (total, the parts as (name, bytes)).
-pub fn memory_estimate(cfg: &Config, df: &DataFile, ranks: &[&RankPlan], rank0: bool) -> (u64, Vec<(&'static str, u64)>) {
+pub fn memory_estimate(
+    cfg: &Config,
+    df: &DataFile,
+    ranks: &[&RankPlan],
+    rank0: bool,
+) -> (u64, Vec<(&'static str, u64)>) {
     let stages = cfg.stages();
     let uses = |e: crate::config::Engine| stages.iter().any(|s| s.engine == e);
     let kmm = (cfg.reconstruction.probe_modes * df.m * df.m) as u64;
@@ -135,8 +162,17 @@ pub fn memory_estimate(cfg: &Config, df: &DataFile, ranks: &[&RankPlan], rank0: 
             engines += 2 * (rp.tile.area() as u64 + kmm) * 16;
         }
     }
-    let result = if rank0 { 3 * (df.object_shape[0] * df.object_shape[1]) as u64 * 8 } else { 0 };
-    let parts = vec![("diffraction patterns", meas), ("object and gradient sums", field), ("engine arrays", engines), ("assembled result", result)];
+    let result = if rank0 {
+        3 * (df.object_shape[0] * df.object_shape[1]) as u64 * 8
+    } else {
+        0
+    };
+    let parts = vec![
+        ("diffraction patterns", meas),
+        ("object and gradient sums", field),
+        ("engine arrays", engines),
+        ("assembled result", result),
+    ];
     (parts.iter().map(|p| p.1).sum(), parts)
 }
 
@@ -145,8 +181,14 @@ pub fn memory_estimate(cfg: &Config, df: &DataFile, ranks: &[&RankPlan], rank0: 
 /// is not refused because other jobs happen to hold memory.) None where neither is known.
 pub fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
-    let avail = meminfo.as_deref().and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:"))).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).map(|kb| kb * 1024);
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let avail = meminfo
+        .as_deref()
+        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|kb| kb * 1024);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
     match (avail, cgroup) {
         (Some(a), Some(c)) => Some(a.min(c)),
         (a, c) => a.or(c),
@@ -156,10 +198,18 @@ pub fn available_memory() -> Option<u64> {
 /// Refuse a process whose [`memory_estimate`] exceeds `[parallel] memory_limit` or, without
 /// one, [`available_memory`]: one line naming the data file (or the key) with the estimate,
 /// its largest part and the limit.
-pub fn check_memory(cfg: &Config, df: &DataFile, estimate: (u64, Vec<(&'static str, u64)>)) -> Result<()> {
+pub fn check_memory(
+    cfg: &Config,
+    df: &DataFile,
+    estimate: (u64, Vec<(&'static str, u64)>),
+) -> Result<()> {
     let (need, parts) = estimate;
     let (limit, whose, key) = match cfg.parallel.memory_limit_bytes()? {
-        Some(l) => (l, "[parallel] memory_limit", "parallel.memory_limit".to_string()),
+        Some(l) => (
+            l,
+            "[parallel] memory_limit",
+            "parallel.memory_limit".to_string(),
+        ),
         None => match available_memory() {
             Some(a) => (a, "memory this machine has", df.path.display().to_string()),
             None => return Ok(()),
@@ -169,7 +219,11 @@ pub fn check_memory(cfg: &Config, df: &DataFile, estimate: (u64, Vec<(&'static s
         return Ok(());
     }
     let gb = |b: u64| b as f64 / 1e9;
-    let shown: Vec<String> = parts.iter().filter(|p| p.1 > 0).map(|(n, b)| format!("{n} {:.2} GB", gb(*b))).collect();
+    let shown: Vec<String> = parts
+        .iter()
+        .filter(|p| p.1 > 0)
+        .map(|(n, b)| format!("{n} {:.2} GB", gb(*b)))
+        .collect();
     Err(Error::new(
         key,
         format!(
@@ -187,7 +241,12 @@ pub fn check_memory(cfg: &Config, df: &DataFile, estimate: (u64, Vec<(&'static s
 /// and aberrations; without an aperture, √ of the mean diffraction pattern as the pupil); the mean
 /// is all-reduced so that every rank starts from the same probe. Object: from `data.initial`,
 /// else 1 on the field. Bad detector pixels (a CXI mask) get likelihood weight 0.
-pub fn setup(cfg: &Config, df: &DataFile, rp: &RankPlan, comm: &mut dyn Comm) -> Result<(Problem<f32>, State<f32>)> {
+pub fn setup(
+    cfg: &Config,
+    df: &DataFile,
+    rp: &RankPlan,
+    comm: &mut dyn Comm,
+) -> Result<(Problem<f32>, State<f32>)> {
     let m = df.m;
     let mm = m * m;
     let intensities = match cfg.parallel.mode {
@@ -195,21 +254,41 @@ pub fn setup(cfg: &Config, df: &DataFile, rp: &RankPlan, comm: &mut dyn Comm) ->
         ParallelMode::Replicated => {
             // the baseline holds every pattern; computes on its share
             let all = df.read_intensities(&(0..df.n).collect::<Vec<_>>())?;
-            rp.positions.iter().flat_map(|&j| all[j * mm..(j + 1) * mm].iter().copied()).collect::<Vec<f32>>().into()
+            rp.positions
+                .iter()
+                .flat_map(|&j| all[j * mm..(j + 1) * mm].iter().copied())
+                .collect::<Vec<f32>>()
+                .into()
         }
     };
-    let mut sums = [intensities.iter().map(|v| *v as f64).sum::<f64>(), rp.positions.len() as f64];
+    let mut sums = [
+        intensities.iter().map(|v| *v as f64).sum::<f64>(),
+        rp.positions.len() as f64,
+    ];
     comm.allreduce_sum(&mut sums)?;
     let mean_counts = sums[0] / sums[1].max(1.0);
     if !(mean_counts > 0.0) {
         return Err(Error::new(&df.intensities_what, "all intensities are zero"));
     }
     let k = cfg.reconstruction.probe_modes;
-    let initial = cfg.data.initial.as_deref().map(|p| crate::output::initial::load(p, df)).transpose()?;
-    let probe = match initial.as_ref().map(|i| &i.probe).or(df.initial_probe.as_ref()) {
+    let initial = cfg
+        .data
+        .initial
+        .as_deref()
+        .map(|p| crate::output::initial::load(p, df))
+        .transpose()?;
+    let probe = match initial
+        .as_ref()
+        .map(|i| &i.probe)
+        .or(df.initial_probe.as_ref())
+    {
         Some((kf, p)) => {
             // a previous result's probe is already in counts: keep its power
-            let power = if initial.is_some() { p.iter().map(|z| z.norm_sqr() as f64).sum() } else { mean_counts };
+            let power = if initial.is_some() {
+                p.iter().map(|z| z.norm_sqr() as f64).sum()
+            } else {
+                mean_counts
+            };
             let mut p = p.clone();
             if *kf < k {
                 let extra = probe::initial_modes(&p[..mm], m, k - kf + 1);
@@ -227,28 +306,76 @@ pub fn setup(cfg: &Config, df: &DataFile, rp: &RankPlan, comm: &mut dyn Comm) ->
             }
             comm.allreduce_sum(&mut mean)?;
             mean.iter_mut().for_each(|v| *v /= sums[1].max(1.0));
-            probe::initial_modes(&probe::probe_from_mean_pattern(&df.experiment, &mean, mean_counts)?, m, k)
+            probe::initial_modes(
+                &probe::probe_from_mean_pattern(&df.experiment, &mean, mean_counts)?,
+                m,
+                k,
+            )
         }
         None => probe::initial_modes(&probe::form_probe(&df.experiment, mean_counts)?, m, k),
     };
-    let positions: Vec<PositionGeom<f32>> = rp.positions.iter().map(|&j| PositionGeom::new(j, df.centres[j], m)).collect();
+    let positions: Vec<PositionGeom<f32>> = rp
+        .positions
+        .iter()
+        .map(|&j| PositionGeom::new(j, df.centres[j], m))
+        .collect();
     let eps = crate::physics::model::intensity_floor(mean_counts, mm) as f32;
-    let mut kernel = Kernel { fft: Fft2::new(m), modes: k, noise: cfg.reconstruction.noise_model, eps, weights: df.kernel_weights(), propagator: Vec::new() };
+    let mut kernel = Kernel {
+        fft: Fft2::new(m),
+        modes: k,
+        noise: cfg.reconstruction.noise_model,
+        eps,
+        weights: df.kernel_weights(),
+        propagator: Vec::new(),
+    };
     let r = &cfg.reconstruction;
     let slices = r.slices;
     if slices > 1 {
         let dz = r.slice_thickness_m.unwrap_or(0.0);
-        let tilt = [r.specimen_tilt_mrad[0] * 1e-3, r.specimen_tilt_mrad[1] * 1e-3];
-        kernel = kernel.with_propagator(&multislice::fresnel_propagator(m, df.experiment.pixel_size_m, df.experiment.wavelength_m, dz, tilt));
+        let tilt = [
+            r.specimen_tilt_mrad[0] * 1e-3,
+            r.specimen_tilt_mrad[1] * 1e-3,
+        ];
+        kernel = kernel.with_propagator(&multislice::fresnel_propagator(
+            m,
+            df.experiment.pixel_size_m,
+            df.experiment.wavelength_m,
+            dz,
+            tilt,
+        ));
     }
     let object = match &initial {
-        Some(i) => i.object_on(rp.field.origin(), rp.field.shape(), slices).map_err(|e| Error::new(cfg.data.initial.as_deref().unwrap_or(Path::new("")).display().to_string(), e.msg))?,
-        None => Field::stack(rp.field.origin(), rp.field.shape(), slices, Complex32::new(1.0, 0.0)),
+        Some(i) => i
+            .object_on(rp.field.origin(), rp.field.shape(), slices)
+            .map_err(|e| {
+                Error::new(
+                    cfg.data
+                        .initial
+                        .as_deref()
+                        .unwrap_or(Path::new(""))
+                        .display()
+                        .to_string(),
+                    e.msg,
+                )
+            })?,
+        None => Field::stack(
+            rp.field.origin(),
+            rp.field.shape(),
+            slices,
+            Complex32::new(1.0, 0.0),
+        ),
     };
     let state = State { object, probe };
     // the GPU a rank uses: its node-local rank under a launcher, else its thread-rank index
     let local = crate::backend::local_rank().unwrap_or(comm.rank());
-    let mut problem = Problem::new(kernel, positions, rp.n_halo_positions, intensities, cfg.parallel.backend, Some(local))?;
+    let mut problem = Problem::new(
+        kernel,
+        positions,
+        rp.n_halo_positions,
+        intensities,
+        cfg.parallel.backend,
+        Some(local),
+    )?;
     if slices > 1 {
         problem.axial = r.axial_regularization * mean_counts * scan_density(&df.centres);
     }
@@ -302,7 +429,10 @@ pub struct RunOptions<'a> {
 pub fn run(cfg: &Config, progress: Progress) -> Result<Option<ReconResult>> {
     match run_with(cfg, RunOptions::default(), progress)? {
         Outcome::Finished(r) => Ok(r),
-        Outcome::Stopped { iteration, .. } => Err(Error::new("reconstruction", format!("stopped after iteration {iteration}"))),
+        Outcome::Stopped { iteration, .. } => Err(Error::new(
+            "reconstruction",
+            format!("stopped after iteration {iteration}"),
+        )),
     }
 }
 
@@ -314,7 +444,11 @@ pub fn run_with(cfg: &Config, opts: RunOptions, progress: Progress) -> Result<Ou
     let launch = comm::launcher_env().filter(|info| info.size > 1);
     if let Some(dir) = opts.resume {
         let m = checkpoint::read_manifest(dir)?;
-        checkpoint::check_ranks(dir, &m, launch.as_ref().map_or(cfg.parallel.ranks, |l| l.size))?;
+        checkpoint::check_ranks(
+            dir,
+            &m,
+            launch.as_ref().map_or(cfg.parallel.ranks, |l| l.size),
+        )?;
     }
     match launch {
         Some(_) => {
@@ -333,8 +467,14 @@ pub fn run_with(cfg: &Config, opts: RunOptions, progress: Progress) -> Result<Ou
             let df = DataFile::open(cfg)?;
             let sel = selection(cfg, &df, None)?;
             let plan = job_plan(cfg, &df, cfg.parallel.ranks, &sel)?;
-            check_memory(cfg, &df, memory_estimate(cfg, &df, &plan.ranks.iter().collect::<Vec<_>>(), true))?;
-            let mut results = comm::run_threads(cfg.parallel.ranks, |mut c| rank_run(cfg, &mut c, opts, progress, Some((&plan, &sel))))?;
+            check_memory(
+                cfg,
+                &df,
+                memory_estimate(cfg, &df, &plan.ranks.iter().collect::<Vec<_>>(), true),
+            )?;
+            let mut results = comm::run_threads(cfg.parallel.ranks, |mut c| {
+                rank_run(cfg, &mut c, opts, progress, Some((&plan, &sel)))
+            })?;
             Ok(results.swap_remove(0))
         }
     }
@@ -346,8 +486,18 @@ pub fn run_with(cfg: &Config, opts: RunOptions, progress: Progress) -> Result<Ou
 fn job_words(cfg: &Config) -> (String, String) {
     let f = &cfg.data.file;
     let meta = std::fs::metadata(f).ok();
-    let mtime = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    let data = format!("{} ({} bytes, modified {mtime} ns)", std::path::absolute(f).unwrap_or_else(|_| f.clone()).display(), meta.map_or(0, |m| m.len()));
+    let mtime = meta
+        .as_ref()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let data = format!(
+        "{} ({} bytes, modified {mtime} ns)",
+        std::path::absolute(f)
+            .unwrap_or_else(|_| f.clone())
+            .display(),
+        meta.map_or(0, |m| m.len())
+    );
     (cfg.to_toml(), data)
 }
 
@@ -372,13 +522,22 @@ pub fn check_same_job(cfg: &Config, c: &mut dyn Comm) -> Result<()> {
             (d.to_string(), t.to_string())
         };
         let (d0, t0) = split(&all[0]);
-        let flat = |t: &str| t.parse::<toml::Table>().map(|t| checkpoint::flatten(&t)).unwrap_or_default();
+        let flat = |t: &str| {
+            t.parse::<toml::Table>()
+                .map(|t| checkpoint::flatten(&t))
+                .unwrap_or_default()
+        };
         let f0 = flat(&t0);
         for (r, b) in all.iter().enumerate().skip(1) {
             let (d, t) = split(b);
             if t != t0 {
                 let f = flat(&t);
-                let key = f0.keys().chain(f.keys()).find(|k| f0.get(*k) != f.get(*k)).cloned().unwrap_or_else(|| "the configuration".into());
+                let key = f0
+                    .keys()
+                    .chain(f.keys())
+                    .find(|k| f0.get(*k) != f.get(*k))
+                    .cloned()
+                    .unwrap_or_else(|| "the configuration".into());
                 let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "unset".into());
                 msg = Some(format!("rank {r} runs another job than rank 0: {key} is {} there, {} on rank 0; start every rank with the same config and arguments", show(f.get(&key)), show(f0.get(&key))));
             } else if d != d0 {
@@ -399,7 +558,10 @@ pub fn check_same_job(cfg: &Config, c: &mut dyn Comm) -> Result<()> {
         None => {
             // rank 0 reports and aborts the job; wait for that (bounded)
             std::thread::sleep(std::time::Duration::from_secs(60));
-            Err(Error::new("MPI job", format!("rank {} runs another job than rank 0", verdict[0])))
+            Err(Error::new(
+                "MPI job",
+                format!("rank {} runs another job than rank 0", verdict[0]),
+            ))
         }
     }
 }
@@ -417,8 +579,14 @@ pub fn job_identity(cfg: &Config, df: &DataFile, plan: &TilePlan, engine: &str) 
     let centres: Vec<f64> = df.centres.iter().flatten().copied().collect();
     data.insert("patterns".into(), (df.n as i64).into());
     data.insert("detector_px".into(), (df.m as i64).into());
-    data.insert("object_shape".into(), toml::Value::Array(df.object_shape.iter().map(|&v| (v as i64).into()).collect()));
-    data.insert("positions_xxh3".into(), format!("{:016x}", xxh3_64(bytemuck::cast_slice(&centres))).into());
+    data.insert(
+        "object_shape".into(),
+        toml::Value::Array(df.object_shape.iter().map(|&v| (v as i64).into()).collect()),
+    );
+    data.insert(
+        "positions_xxh3".into(),
+        format!("{:016x}", xxh3_64(bytemuck::cast_slice(&centres))).into(),
+    );
     let mut plan_words: Vec<i64> = Vec::new();
     for r in &plan.ranks {
         plan_words.extend(rect4(&r.tile));
@@ -427,30 +595,60 @@ pub fn job_identity(cfg: &Config, df: &DataFile, plan: &TilePlan, engine: &str) 
         plan_words.extend(r.positions.iter().map(|&j| j as i64));
     }
     let mut par = toml::Table::new();
-    par.insert("mode".into(), toml::Value::try_from(cfg.parallel.mode).map_err(|e| Error::new("parallel.mode", e.to_string()))?);
-    par.insert("tiles".into(), toml::Value::Array(plan.tiles.iter().map(|&v| (v as i64).into()).collect()));
-    par.insert("plan_xxh3".into(), format!("{:016x}", xxh3_64(bytemuck::cast_slice(&plan_words))).into());
+    par.insert(
+        "mode".into(),
+        toml::Value::try_from(cfg.parallel.mode)
+            .map_err(|e| Error::new("parallel.mode", e.to_string()))?,
+    );
+    par.insert(
+        "tiles".into(),
+        toml::Value::Array(plan.tiles.iter().map(|&v| (v as i64).into()).collect()),
+    );
+    par.insert(
+        "plan_xxh3".into(),
+        format!("{:016x}", xxh3_64(bytemuck::cast_slice(&plan_words))).into(),
+    );
     let mut t = toml::Table::new();
     t.insert("engine".into(), engine.into());
     t.insert("reconstruction".into(), rec.into());
     // the engines' own parameters and the schedule (its iterations included: they decide
     // which engine runs at which iteration)
-    for (name, v) in [("dm", table(&cfg.dm, "dm")?), ("mlcg", table(&cfg.mlcg, "mlcg")?), ("epie", table(&cfg.epie, "epie")?), ("rpie", table(&cfg.rpie, "rpie")?)] {
+    for (name, v) in [
+        ("dm", table(&cfg.dm, "dm")?),
+        ("mlcg", table(&cfg.mlcg, "mlcg")?),
+        ("epie", table(&cfg.epie, "epie")?),
+        ("rpie", table(&cfg.rpie, "rpie")?),
+    ] {
         t.insert(name.into(), v.into());
     }
     if !cfg.schedule.is_empty() {
-        let stages = cfg.schedule.iter().map(|s| table(s, "schedule").map(toml::Value::Table)).collect::<Result<Vec<_>>>()?;
+        let stages = cfg
+            .schedule
+            .iter()
+            .map(|s| table(s, "schedule").map(toml::Value::Table))
+            .collect::<Result<Vec<_>>>()?;
         t.insert("schedule".into(), toml::Value::Array(stages));
     }
     if !cfg.position_correction.is_default() {
         // the refinement's settings decide every later position (absent when left alone, so
         // the identities of runs without it are as before)
-        t.insert("position_correction".into(), table(&cfg.position_correction, "position_correction")?.into());
+        t.insert(
+            "position_correction".into(),
+            table(&cfg.position_correction, "position_correction")?.into(),
+        );
     }
-    t.insert("experiment".into(), table(&cfg.experiment, "experiment")?.into());
+    t.insert(
+        "experiment".into(),
+        table(&cfg.experiment, "experiment")?.into(),
+    );
     t.insert("data".into(), data.into());
     t.insert("parallel".into(), par.into());
-    Ok(Job { ranks: plan.ranks.len(), tiles: plan.tiles, engine: engine.into(), table: t })
+    Ok(Job {
+        ranks: plan.ranks.len(),
+        tiles: plan.tiles,
+        engine: engine.into(),
+        table: t,
+    })
 }
 
 /// A config section as a TOML table (`what` names it in errors).
@@ -474,20 +672,42 @@ fn rect4(r: &tiling::Rect) -> [i64; 4] {
 /// Errors (one line, naming the manifest or file): a job that differs from the one that
 /// wrote the checkpoint, a corrupt file, other diffraction patterns on this rank, or more
 /// iterations already done than `iterations`.
-fn resume(dir: &Path, job: &Job, rp: &RankPlan, data_xxh3: u64, iterations: usize, state: &mut dyn Snapshot) -> Result<(usize, Vec<f64>, Vec<NamedArray>)> {
+fn resume(
+    dir: &Path,
+    job: &Job,
+    rp: &RankPlan,
+    data_xxh3: u64,
+    iterations: usize,
+    state: &mut dyn Snapshot,
+) -> Result<(usize, Vec<f64>, Vec<NamedArray>)> {
     let m = checkpoint::read_manifest(dir)?;
     checkpoint::check_job(dir, &m, job)?;
     let s = checkpoint::read_rank(dir, &m, rp.rank)?;
     let file = dir.join(&m.files[rp.rank].path).display().to_string();
     if s.tile != rect4(&rp.tile) {
-        return Err(Error::new(file, format!("tile {:?}, this rank's is {:?}", s.tile, rect4(&rp.tile))));
+        return Err(Error::new(
+            file,
+            format!("tile {:?}, this rank's is {:?}", s.tile, rect4(&rp.tile)),
+        ));
     }
     if s.data_xxh3 != data_xxh3 {
-        return Err(Error::new(file, format!("rank {}'s diffraction patterns differ from those the checkpoint was written from", rp.rank)));
+        return Err(Error::new(
+            file,
+            format!(
+                "rank {}'s diffraction patterns differ from those the checkpoint was written from",
+                rp.rank
+            ),
+        ));
     }
     let done = s.iteration as usize;
     if done > iterations {
-        return Err(Error::new("reconstruction.iterations", format!("{iterations}, but the checkpoint in {} has {done} iterations done", dir.display())));
+        return Err(Error::new(
+            "reconstruction.iterations",
+            format!(
+                "{iterations}, but the checkpoint in {} has {done} iterations done",
+                dir.display()
+            ),
+        ));
     }
     state.restore(&s.arrays)?;
     let loss = snapshot::find(&s.arrays, "loss")?.values::<f64>(&[done])?;
@@ -503,13 +723,24 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// One rank's whole run (see the module docs for checkpoints and resuming).
-pub fn run_rank(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress) -> Result<Outcome> {
+pub fn run_rank(
+    cfg: &Config,
+    c: &mut dyn Comm,
+    ro: RunOptions,
+    progress: Progress,
+) -> Result<Outcome> {
     rank_run(cfg, c, ro, progress, None)
 }
 
 /// [`run_rank`] with the job's tile plan and pattern selection computed by the caller
 /// (`shared`, the same for every rank of the job) or, if `None`, by this rank.
-fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, shared: Option<(&TilePlan, &Selection)>) -> Result<Outcome> {
+fn rank_run(
+    cfg: &Config,
+    c: &mut dyn Comm,
+    ro: RunOptions,
+    progress: Progress,
+    shared: Option<(&TilePlan, &Selection)>,
+) -> Result<Outcome> {
     let df = DataFile::open(cfg)?;
     let (own, own_sel);
     let (plan, sel) = match shared {
@@ -552,10 +783,19 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     // refined scan positions ([position_correction]; collective set-up)
     let pc = &cfg.position_correction;
     let mut refiner = match pc.enabled {
-        true => Some(Refiner::new(pc, cfg.reconstruction.noise_model, &problem.positions, df.m, &mut *c)?),
+        true => Some(Refiner::new(
+            pc,
+            cfg.reconstruction.noise_model,
+            &problem.positions,
+            df.m,
+            &mut *c,
+        )?),
         false => None,
     };
-    let mut carry = Carry { state, engines: EngineState::default() };
+    let mut carry = Carry {
+        state,
+        engines: EngineState::default(),
+    };
     let settings = Settings::from(cfg);
     let iterations = settings.total_iterations();
     let mode = match cfg.parallel.mode {
@@ -574,7 +814,10 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
             if let Some(r) = refiner.as_mut() {
                 // refined positions (absent when no update had run yet: the file's)
                 if let Some(a) = arrays.iter().find(|a| a.name == "positions_px") {
-                    r.restore(&a.values::<f64>(&[problem.positions.len(), 2])?, &dir.display().to_string())?;
+                    r.restore(
+                        &a.values::<f64>(&[problem.positions.len(), 2])?,
+                        &dir.display().to_string(),
+                    )?;
                     problem.set_positions(r.geometry())?;
                 }
                 if let Some(a) = arrays.iter().find(|a| a.name == "position_affine_rates") {
@@ -588,10 +831,20 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     let exit_len = problem.positions.len() * problem.kernel.modes * df.m * df.m;
     if !carry.engines.dm.exit_waves.is_empty() && carry.engines.dm.exit_waves.len() != exit_len {
         let dir = ro.resume.unwrap_or(Path::new("")).display().to_string();
-        return Err(Error::new(dir, format!("rank {}'s exit waves do not match its {} positions", rp.rank, problem.positions.len())));
+        return Err(Error::new(
+            dir,
+            format!(
+                "rank {}'s exit waves do not match its {} positions",
+                rp.rank,
+                problem.positions.len()
+            ),
+        ));
     }
     if start > 0 && c.rank() == 0 {
-        tracing::info!("resuming from {} after iteration {start}", ro.resume.unwrap_or(Path::new("")).display());
+        tracing::info!(
+            "resuming from {} after iteration {start}",
+            ro.resume.unwrap_or(Path::new("")).display()
+        );
     }
     let ck_dir = cfg.checkpoint_dir();
     let every = cfg.checkpoint.every;
@@ -604,18 +857,34 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     struct InLoop<'a>(Option<&'a StopFlags>);
     impl Drop for InLoop<'_> {
         fn drop(&mut self) {
-            self.0.inspect(|s| s.in_loop.store(false, std::sync::atomic::Ordering::SeqCst));
+            self.0
+                .inspect(|s| s.in_loop.store(false, std::sync::atomic::Ordering::SeqCst));
         }
     }
-    let mut in_loop = InLoop(ro.signals.inspect(|s| s.in_loop.store(true, std::sync::atomic::Ordering::SeqCst)));
+    let mut in_loop = InLoop(
+        ro.signals
+            .inspect(|s| s.in_loop.store(true, std::sync::atomic::Ordering::SeqCst)),
+    );
     {
-        let mut rank = Rank { plan: rp, comm: &mut *c, mode, overlap: cfg.parallel.overlap };
+        let mut rank = Rank {
+            plan: rp,
+            comm: &mut *c,
+            mode,
+            overlap: cfg.parallel.overlap,
+        };
         for it in start..iterations {
             if rank.comm.rank() == 0 && (it == start || settings.starts_step(it)) {
                 tracing::info!("from iteration {it}: {}", settings.step_name(it));
             }
             let t = Instant::now();
-            let st = engine::iterate(&problem, &mut carry.state, &mut carry.engines, it, &settings, &mut rank)?;
+            let st = engine::iterate(
+                &problem,
+                &mut carry.state,
+                &mut carry.engines,
+                it,
+                &settings,
+                &mut rank,
+            )?;
             if let Some(r) = refiner.as_mut().filter(|_| pc.at(it)) {
                 // the positions move by the gradients of this iteration's pass; the next
                 // iteration sees them
@@ -628,7 +897,10 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
             }
             let l = st.loss / n_used.max(1) as f64;
             if !l.is_finite() {
-                return Err(Error::new("reconstruction", format!("loss became {l} at iteration {it}")));
+                return Err(Error::new(
+                    "reconstruction",
+                    format!("loss became {l} at iteration {it}"),
+                ));
             }
             loss.push(l);
             iter_s.push(t.elapsed().as_secs_f64());
@@ -650,7 +922,11 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
                 arrays.push(NamedArray::new("loss", &[loss.len()], &loss));
                 if let Some(r) = &refiner {
                     let flat: Vec<f64> = r.centres().iter().flatten().copied().collect();
-                    arrays.push(NamedArray::new("positions_px", &[r.centres().len(), 2], &flat));
+                    arrays.push(NamedArray::new(
+                        "positions_px",
+                        &[r.centres().len(), 2],
+                        &flat,
+                    ));
                     arrays.push(NamedArray::new("position_affine_rates", &[8], &r.rates()));
                 }
                 let snap = RankSnapshot {
@@ -665,7 +941,11 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
                 };
                 let manifest = checkpoint::save(&mut *rank.comm, &ck_dir, &job, &snap)?;
                 if rank.comm.rank() == 0 {
-                    tracing::info!("checkpoint after iteration {done}: {} ({:.3} s)", manifest.display(), t.elapsed().as_secs_f64());
+                    tracing::info!(
+                        "checkpoint after iteration {done}: {} ({:.3} s)",
+                        manifest.display(),
+                        t.elapsed().as_secs_f64()
+                    );
                 }
             }
             if stop && done < iterations {
@@ -675,7 +955,10 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
                 // all-reduce) must not take it for a second signal and exit before the
                 // others finish (mpirun would then kill them).
                 in_loop.0 = None;
-                return Ok(Outcome::Stopped { iteration: done, dir: ck_dir });
+                return Ok(Outcome::Stopped {
+                    iteration: done,
+                    dir: ck_dir,
+                });
             }
         }
     }
@@ -684,7 +967,13 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     // this rank's traffic per iteration (the iteration loop only: set-up and the final
     // reductions below are left out), its halo peers and its peak memory
     let (st1, its) = (c.stats(), (iterations - start).max(1) as f64);
-    let peers = rp.sends.iter().chain(&rp.recvs).map(|t| t.peer).collect::<std::collections::BTreeSet<_>>().len() as f64;
+    let peers = rp
+        .sends
+        .iter()
+        .chain(&rp.recvs)
+        .map(|t| t.peer)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as f64;
     let per_rank = [
         (st1.messages_sent - stats0.messages_sent) as f64 / its,
         (st1.bytes_sent - stats0.bytes_sent) as f64 / its,
@@ -698,12 +987,31 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     // steady state: leave out the first iteration (warm-up) when there are more
     let skip = usize::from(split.len() > 1);
     let steady = (split.len() - skip).max(1) as f64;
-    let per_it: Vec<f64> = (0..3).map(|q| split[skip..].iter().map(|v| v[q]).sum::<f64>() / steady).collect();
+    let per_it: Vec<f64> = (0..3)
+        .map(|q| split[skip..].iter().map(|v| v[q]).sum::<f64>() / steady)
+        .collect();
     let total = |q: usize| split.iter().map(|v| v[q]).sum::<f64>();
     // memory and time figures: max over ranks, mean over ranks, totals
-    let mut mx = [meas_b as f64, field_b as f64, peak_rss_bytes().unwrap_or(0) as f64, total(0), total(2), total(1), per_it[0], per_it[1], per_it[2]];
+    let mut mx = [
+        meas_b as f64,
+        field_b as f64,
+        peak_rss_bytes().unwrap_or(0) as f64,
+        total(0),
+        total(2),
+        total(1),
+        per_it[0],
+        per_it[1],
+        per_it[2],
+    ];
     c.allreduce_max(&mut mx)?;
-    let mut tot = [meas_b as f64, c.stats().bytes_sent as f64, c.stats().messages_sent as f64, per_it[0], per_it[1], per_it[2]];
+    let mut tot = [
+        meas_b as f64,
+        c.stats().bytes_sent as f64,
+        c.stats().messages_sent as f64,
+        per_it[0],
+        per_it[1],
+        per_it[2],
+    ];
     c.allreduce_sum(&mut tot)?;
     let nr = c.size() as f64;
     let mut steady_s = iter_s[skip..].to_vec();
@@ -712,7 +1020,12 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     // refined positions on rank 0: (index, y, x) per position of every rank
     let refined = match &refiner {
         Some(r) => {
-            let words: Vec<f64> = r.indices().iter().zip(r.centres()).flat_map(|(&j, c)| [j as f64, c[0], c[1]]).collect();
+            let words: Vec<f64> = r
+                .indices()
+                .iter()
+                .zip(r.centres())
+                .flat_map(|(&j, c)| [j as f64, c[0], c[1]])
+                .collect();
             c.gather(bytemuck::cast_slice(&words).to_vec())?
         }
         None => None,
@@ -720,7 +1033,9 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     // gather the owned tiles on rank 0
     let tile = gd::extract(&carry.state.object, &rp.tile);
     let tiles = c.gather(bytemuck::cast_slice(&tile).to_vec())?;
-    let Some(tiles) = tiles else { return Ok(Outcome::Finished(None)) };
+    let Some(tiles) = tiles else {
+        return Ok(Outcome::Finished(None));
+    };
     let mut positions_px = df.centres.clone();
     for bytes in refined.iter().flatten() {
         let words: Vec<f64> = bytemuck::pod_collect_to_vec(bytes);
@@ -740,7 +1055,10 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
     }
     let mut attrs = vec![
         ("wall_time_s".into(), secs),
-        ("seconds_per_iteration".into(), secs / (iterations - start).max(1) as f64),
+        (
+            "seconds_per_iteration".into(),
+            secs / (iterations - start).max(1) as f64,
+        ),
         ("wavelength_m".into(), df.experiment.wavelength_m),
         ("ranks".into(), c.size() as f64),
         ("slices".into(), slices as f64),
@@ -751,13 +1069,22 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
         ("object_gradient_bytes_max_rank".into(), mx[1]),
         ("peak_rss_bytes_max_process".into(), mx[2]),
         ("messages_per_iteration_max_rank".into(), pr_max[0]),
-        ("messages_per_iteration_mean_rank".into(), pr_sum[0] / c.size() as f64),
+        (
+            "messages_per_iteration_mean_rank".into(),
+            pr_sum[0] / c.size() as f64,
+        ),
         ("bytes_per_iteration_max_rank".into(), pr_max[1]),
-        ("bytes_per_iteration_mean_rank".into(), pr_sum[1] / c.size() as f64),
+        (
+            "bytes_per_iteration_mean_rank".into(),
+            pr_sum[1] / c.size() as f64,
+        ),
         ("peers_max_rank".into(), pr_max[2]),
         ("peers_mean_rank".into(), pr_sum[2] / c.size() as f64),
         ("allreduce_s_per_iteration_max_rank".into(), pr_max[3]),
-        ("allreduce_s_per_iteration_mean_rank".into(), pr_sum[3] / c.size() as f64),
+        (
+            "allreduce_s_per_iteration_mean_rank".into(),
+            pr_sum[3] / c.size() as f64,
+        ),
         ("allreduces_per_iteration".into(), pr_max[4]),
         ("compute_s_max_rank".into(), mx[3]),
         ("wait_s_max_rank".into(), mx[4]),
@@ -779,15 +1106,27 @@ fn rank_run(cfg: &Config, c: &mut dyn Comm, ro: RunOptions, progress: Progress, 
         attrs.push(("resumed_from_iteration".into(), start as f64));
     }
     if slices > 1 {
-        attrs.push(("slice_thickness_m".into(), cfg.reconstruction.slice_thickness_m.unwrap_or(0.0)));
+        attrs.push((
+            "slice_thickness_m".into(),
+            cfg.reconstruction.slice_thickness_m.unwrap_or(0.0),
+        ));
     }
     if let Some(r) = &refiner {
         // d = B x: the scan's distortion fitted at the last update (identity + B)
         for (name, v) in ["yy", "yx", "xy", "xx"].iter().zip(r.affine) {
             attrs.push((format!("position_affine_{name}"), v));
         }
-        attrs.push(("position_margin_px".into(), cfg.position_correction.margin_px() as f64));
-        let rms = df.centres.iter().zip(&positions_px).map(|(a, b)| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sum::<f64>() / df.n.max(1) as f64;
+        attrs.push((
+            "position_margin_px".into(),
+            cfg.position_correction.margin_px() as f64,
+        ));
+        let rms = df
+            .centres
+            .iter()
+            .zip(&positions_px)
+            .map(|(a, b)| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2))
+            .sum::<f64>()
+            / df.n.max(1) as f64;
         attrs.push(("position_rms_displacement_px".into(), rms.sqrt()));
     }
     Ok(Outcome::Finished(Some(ReconResult {
@@ -811,7 +1150,10 @@ fn first_indices(v: &[usize]) -> String {
     let head: Vec<String> = v.iter().take(SHOWN).map(|j| j.to_string()).collect();
     match v.len().saturating_sub(SHOWN) {
         0 => format!("[{}]", head.join(", ")),
-        more => format!("[{}, … and {more} more, all in the result's @excluded_patterns]", head.join(", ")),
+        more => format!(
+            "[{}, … and {more} more, all in the result's @excluded_patterns]",
+            head.join(", ")
+        ),
     }
 }
 
@@ -825,7 +1167,10 @@ mod tests {
         assert_eq!(first_indices(&[3, 7]), "[3, 7]");
         let v: Vec<usize> = (100..125).collect();
         let s = first_indices(&v);
-        assert!(s.starts_with("[100, 101, ") && s.contains("119, … and 5 more"), "{s}");
+        assert!(
+            s.starts_with("[100, 101, ") && s.contains("119, … and 5 more"),
+            "{s}"
+        );
         assert!(!s.contains("120"), "{s}");
     }
 }

@@ -56,7 +56,10 @@ impl Launcher {
         match s.trim() {
             "threads" => Ok(Launcher::Threads),
             "mpi" => Ok(Launcher::Mpi),
-            o => Err(Error::new("--launchers", format!("unknown launcher {o:?} (threads|mpi)"))),
+            o => Err(Error::new(
+                "--launchers",
+                format!("unknown launcher {o:?} (threads|mpi)"),
+            )),
         }
     }
     fn name(self) -> &'static str {
@@ -131,11 +134,20 @@ pub fn run(s: &Study) -> Result<Vec<Run>> {
     for &l in &s.launchers {
         for &n in &s.ranks {
             for overlap in [true, false] {
-                let out = runs_dir.join(format!("{}_{n}_{}.h5", l.name(), if overlap { "overlap" } else { "serial" }));
+                let out = runs_dir.join(format!(
+                    "{}_{n}_{}.h5",
+                    l.name(),
+                    if overlap { "overlap" } else { "serial" }
+                ));
                 let r = one_run(s, &exe, l, n, overlap, &out)?;
                 crate::cli::outln!(
                     "{:>7} N={n:>2} {}: {:.4} s/it (compute {:.4}, comm {:.4}, wait {:.4})",
-                    l.name(), if overlap { "overlap   " } else { "no overlap" }, r.seconds, r.compute, r.comm, r.wait
+                    l.name(),
+                    if overlap { "overlap   " } else { "no overlap" },
+                    r.seconds,
+                    r.compute,
+                    r.comm,
+                    r.wait
                 );
                 runs.push(r);
             }
@@ -144,7 +156,11 @@ pub fn run(s: &Study) -> Result<Vec<Run>> {
     write_csv(&s.output.join("scaling.csv"), &runs)?;
     let png = s.output.join("scaling.png");
     plot(&runs)?.write_atomic(&png)?;
-    crate::cli::outln!("wrote {} and {}", s.output.join("scaling.csv").display(), png.display());
+    crate::cli::outln!(
+        "wrote {} and {}",
+        s.output.join("scaling.csv").display(),
+        png.display()
+    );
     Ok(runs)
 }
 
@@ -158,13 +174,24 @@ fn one_run(s: &Study, exe: &Path, l: Launcher, n: usize, overlap: bool, out: &Pa
         }
     };
     cmd.arg("reconstruct").arg(&s.config);
-    cmd.args(["--ranks", &n.to_string(), "--iterations", &s.iterations.to_string(), "--output"]).arg(out);
-    for kv in s.set.iter().cloned().chain([format!("parallel.overlap={overlap}"), "parallel.mode=\"tiled\"".into()]) {
+    cmd.args([
+        "--ranks",
+        &n.to_string(),
+        "--iterations",
+        &s.iterations.to_string(),
+        "--output",
+    ])
+    .arg(out);
+    for kv in s.set.iter().cloned().chain([
+        format!("parallel.overlap={overlap}"),
+        "parallel.mode=\"tiled\"".into(),
+    ]) {
         cmd.args(["--set", &kv]);
     }
     // tiles follow the rank count: a config that fixes parallel.tiles fails for other N,
     // and the run's error line (naming parallel.tiles) is reported
-    cmd.env("RUST_LOG", "warn").env("HDF5_USE_FILE_LOCKING", "FALSE");
+    cmd.env("RUST_LOG", "warn")
+        .env("HDF5_USE_FILE_LOCKING", "FALSE");
     let what = format!("{} N={n}", l.name());
     let o = cmd.output().map_err(|e| match l {
         Launcher::Mpi => Error::new("--mpirun", format!("cannot start {:?}: {e}", s.mpirun)),
@@ -172,11 +199,24 @@ fn one_run(s: &Study, exe: &Path, l: Launcher, n: usize, overlap: bool, out: &Pa
     })?;
     if !o.status.success() {
         let err = String::from_utf8_lossy(&o.stderr);
-        let line = err.lines().find(|l| l.contains("error")).or(err.lines().next()).unwrap_or("no message");
-        return Err(Error::new(what, format!("run failed ({}): {line}", o.status)));
+        let line = err
+            .lines()
+            .find(|l| l.contains("error"))
+            .or(err.lines().next())
+            .unwrap_or("no message");
+        return Err(Error::new(
+            what,
+            format!("run failed ({}): {line}", o.status),
+        ));
     }
     let res = crate::output::read_result(out)?;
-    let a = |k: &str| res.attrs.iter().find(|(n, _)| n == k).map(|(_, v)| *v).ok_or_else(|| Error::new(out.display().to_string(), format!("attribute {k} missing")));
+    let a = |k: &str| {
+        res.attrs
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| Error::new(out.display().to_string(), format!("attribute {k} missing")))
+    };
     let it = s.iterations.max(1) as f64;
     Ok(Run {
         launcher: l,
@@ -212,17 +252,26 @@ fn one_run(s: &Study, exe: &Path, l: Launcher, n: usize, overlap: bool, out: &Pa
 /// (efficiency, hidden fraction) of the run `r` among `runs`: NaN when a reference run is
 /// missing, and h is NaN for a run without halo messages (one rank).
 pub fn derived(runs: &[Run], r: &Run) -> (f64, f64) {
-    let find = |n: usize, ov: bool| runs.iter().find(|q| q.launcher == r.launcher && q.ranks == n && q.overlap == ov);
-    let eff = find(1, true).map(|one| one.seconds / (r.ranks as f64 * r.seconds)).unwrap_or(f64::NAN);
+    let find = |n: usize, ov: bool| {
+        runs.iter()
+            .find(|q| q.launcher == r.launcher && q.ranks == n && q.overlap == ov)
+    };
+    let eff = find(1, true)
+        .map(|one| one.seconds / (r.ranks as f64 * r.seconds))
+        .unwrap_or(f64::NAN);
     let hidden = match (find(r.ranks, true), find(r.ranks, false)) {
-        (Some(on), Some(off)) if on.halo_messages > 0.0 && off.comm + off.wait > 0.0 => (1.0 - (on.comm + on.wait) / (off.comm + off.wait)).clamp(0.0, 1.0),
+        (Some(on), Some(off)) if on.halo_messages > 0.0 && off.comm + off.wait > 0.0 => {
+            (1.0 - (on.comm + on.wait) / (off.comm + off.wait)).clamp(0.0, 1.0)
+        }
         _ => f64::NAN,
     };
     (eff, hidden)
 }
 
 fn write_csv(path: &Path, runs: &[Run]) -> Result<()> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut s = String::from(
         "launcher,ranks,tiles_y,tiles_x,overlap,cores,s_per_iteration,compute_s,comm_s,wait_s,compute_s_max_rank,halo_bytes_per_iteration,halo_messages_per_iteration,measurement_bytes_max_rank,hidden_fraction,efficiency,\
          messages_per_iteration_max_rank,messages_per_iteration_mean_rank,bytes_per_iteration_max_rank,bytes_per_iteration_mean_rank,peers_max_rank,peers_mean_rank,\
@@ -257,58 +306,148 @@ pub fn plot(runs: &[Run]) -> Result<Image> {
         let mut launchers: Vec<Launcher> = runs.iter().map(|r| r.launcher).collect();
         launchers.dedup();
         let panels = root.split_evenly((1, launchers.len().max(1)));
-        let colours = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(150, 150, 150)];
+        let colours = [
+            RGBColor(31, 119, 180),
+            RGBColor(255, 127, 14),
+            RGBColor(150, 150, 150),
+        ];
         for (l, area) in launchers.iter().zip(&panels) {
-            let rows: Vec<&Run> = runs.iter().filter(|r| r.launcher == *l && r.overlap).collect();
-            let ymax = rows.iter().map(|r| (r.compute + r.comm + r.wait).max(r.seconds)).fold(0.0, f64::max).max(1e-6) * 1.3;
+            let rows: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.launcher == *l && r.overlap)
+                .collect();
+            let ymax = rows
+                .iter()
+                .map(|r| (r.compute + r.comm + r.wait).max(r.seconds))
+                .fold(0.0, f64::max)
+                .max(1e-6)
+                * 1.3;
             let n = rows.len();
             let mut b = ChartBuilder::on(area);
-            b.margin(12).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text { 60 } else { 5 });
+            b.margin(12)
+                .x_label_area_size(if text { 40 } else { 5 })
+                .y_label_area_size(if text { 60 } else { 5 });
             if text {
-                b.caption(format!("{}: time per iteration", l.name()), ("sans-serif", 20));
+                b.caption(
+                    format!("{}: time per iteration", l.name()),
+                    ("sans-serif", 20),
+                );
             }
-            let mut chart = b.build_cartesian_2d(-0.5f64..n as f64 - 0.5, 0f64..ymax).map_err(|e| err(e.to_string()))?;
+            let mut chart = b
+                .build_cartesian_2d(-0.5f64..n as f64 - 0.5, 0f64..ymax)
+                .map_err(|e| err(e.to_string()))?;
             let mut mesh = chart.configure_mesh();
             mesh.disable_x_mesh().light_line_style(WHITE);
             if text {
-                let labels: Vec<String> = rows.iter().map(|r| format!("N={} ({}x{})", r.ranks, r.tiles[0], r.tiles[1])).collect();
-                mesh.x_labels(n).x_label_formatter(&move |x| labels.get(x.round() as usize).filter(|_| (x - x.round()).abs() < 1e-6).cloned().unwrap_or_default())
-                    .y_desc("seconds per iteration").x_desc("ranks (tiles)").draw().map_err(|e| err(e.to_string()))?;
+                let labels: Vec<String> = rows
+                    .iter()
+                    .map(|r| format!("N={} ({}x{})", r.ranks, r.tiles[0], r.tiles[1]))
+                    .collect();
+                mesh.x_labels(n)
+                    .x_label_formatter(&move |x| {
+                        labels
+                            .get(x.round() as usize)
+                            .filter(|_| (x - x.round()).abs() < 1e-6)
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .y_desc("seconds per iteration")
+                    .x_desc("ranks (tiles)")
+                    .draw()
+                    .map_err(|e| err(e.to_string()))?;
             } else {
-                mesh.x_labels(0).y_labels(0).draw().map_err(|e| err(e.to_string()))?;
+                mesh.x_labels(0)
+                    .y_labels(0)
+                    .draw()
+                    .map_err(|e| err(e.to_string()))?;
             }
             for (i, r) in rows.iter().enumerate() {
                 let x = i as f64;
                 let mut y0 = 0.0;
                 for (v, c) in [r.compute, r.comm, r.wait].iter().zip(colours) {
-                    chart.draw_series(std::iter::once(Rectangle::new([(x - 0.35, y0), (x + 0.35, y0 + v)], c.filled()))).map_err(|e| err(e.to_string()))?;
+                    chart
+                        .draw_series(std::iter::once(Rectangle::new(
+                            [(x - 0.35, y0), (x + 0.35, y0 + v)],
+                            c.filled(),
+                        )))
+                        .map_err(|e| err(e.to_string()))?;
                     y0 += v;
                 }
                 // measured wall time per iteration
-                chart.draw_series(std::iter::once(PathElement::new(vec![(x - 0.42, r.seconds), (x + 0.42, r.seconds)], BLACK.stroke_width(2)))).map_err(|e| err(e.to_string()))?;
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(x - 0.42, r.seconds), (x + 0.42, r.seconds)],
+                        BLACK.stroke_width(2),
+                    )))
+                    .map_err(|e| err(e.to_string()))?;
                 if text {
                     let (e, hid) = derived(runs, r);
-                    let label = format!("E {:.0}%  h {}", 100.0 * e, if hid.is_nan() { "-".into() } else { format!("{:.0}%", 100.0 * hid) });
-                    chart.draw_series(std::iter::once(Text::new(label, (x - 0.4, y0.max(r.seconds) + ymax * 0.04), ("sans-serif", 13)))).map_err(|e| err(e.to_string()))?;
+                    let label = format!(
+                        "E {:.0}%  h {}",
+                        100.0 * e,
+                        if hid.is_nan() {
+                            "-".into()
+                        } else {
+                            format!("{:.0}%", 100.0 * hid)
+                        }
+                    );
+                    chart
+                        .draw_series(std::iter::once(Text::new(
+                            label,
+                            (x - 0.4, y0.max(r.seconds) + ymax * 0.04),
+                            ("sans-serif", 13),
+                        )))
+                        .map_err(|e| err(e.to_string()))?;
                 }
             }
             if text {
                 // legend in one row along the top
-                let legend = [("compute", colours[0]), ("comm", colours[1]), ("wait", colours[2])];
+                let legend = [
+                    ("compute", colours[0]),
+                    ("comm", colours[1]),
+                    ("wait", colours[2]),
+                ];
                 let (y, dy, dx) = (ymax * 0.985, ymax * 0.035, n as f64 / 5.5);
                 for (k, (name, c)) in legend.iter().enumerate() {
                     let x = -0.45 + dx * k as f64;
-                    chart.draw_series(std::iter::once(Rectangle::new([(x, y - dy), (x + 0.08, y)], c.filled()))).map_err(|e| err(e.to_string()))?;
-                    chart.draw_series(std::iter::once(Text::new(name.to_string(), (x + 0.11, y), ("sans-serif", 13)))).map_err(|e| err(e.to_string()))?;
+                    chart
+                        .draw_series(std::iter::once(Rectangle::new(
+                            [(x, y - dy), (x + 0.08, y)],
+                            c.filled(),
+                        )))
+                        .map_err(|e| err(e.to_string()))?;
+                    chart
+                        .draw_series(std::iter::once(Text::new(
+                            name.to_string(),
+                            (x + 0.11, y),
+                            ("sans-serif", 13),
+                        )))
+                        .map_err(|e| err(e.to_string()))?;
                 }
                 let x = -0.45 + dx * 3.0;
-                chart.draw_series(std::iter::once(PathElement::new(vec![(x, y - dy / 2.0), (x + 0.1, y - dy / 2.0)], BLACK.stroke_width(2)))).map_err(|e| err(e.to_string()))?;
-                chart.draw_series(std::iter::once(Text::new("wall time".to_string(), (x + 0.13, y), ("sans-serif", 13)))).map_err(|e| err(e.to_string()))?;
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(x, y - dy / 2.0), (x + 0.1, y - dy / 2.0)],
+                        BLACK.stroke_width(2),
+                    )))
+                    .map_err(|e| err(e.to_string()))?;
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        "wall time".to_string(),
+                        (x + 0.13, y),
+                        ("sans-serif", 13),
+                    )))
+                    .map_err(|e| err(e.to_string()))?;
             }
         }
         root.present().map_err(|e| err(e.to_string()))?;
     }
-    Ok(Image { width: w as usize, height: h as usize, pixels: Pixels::Rgb8, data: buf })
+    Ok(Image {
+        width: w as usize,
+        height: h as usize,
+        pixels: Pixels::Rgb8,
+        data: buf,
+    })
 }
 
 #[cfg(test)]
@@ -316,7 +455,25 @@ mod tests {
     use super::*;
 
     fn run(l: Launcher, n: usize, overlap: bool, seconds: f64, comm: f64, wait: f64) -> Run {
-        Run { launcher: l, ranks: n, tiles: [1, n], overlap, seconds, compute: seconds - comm - wait, comm, wait, compute_max: seconds, halo_bytes: 0.0, halo_messages: 0.0, meas_bytes_max: 0.0, per_rank_max: PerRank::default(), per_rank_mean: PerRank::default(), allreduces: 0.0, field_bytes_max: 0.0, peak_rss_max: 0.0 }
+        Run {
+            launcher: l,
+            ranks: n,
+            tiles: [1, n],
+            overlap,
+            seconds,
+            compute: seconds - comm - wait,
+            comm,
+            wait,
+            compute_max: seconds,
+            halo_bytes: 0.0,
+            halo_messages: 0.0,
+            meas_bytes_max: 0.0,
+            per_rank_max: PerRank::default(),
+            per_rank_mean: PerRank::default(),
+            allreduces: 0.0,
+            field_bytes_max: 0.0,
+            peak_rss_max: 0.0,
+        }
     }
 
     #[test]
@@ -335,7 +492,10 @@ mod tests {
         // no exchange at all: the hidden fraction is undefined
         assert!(derived(&runs, &runs[0]).1.is_nan());
         let img = plot(&runs).unwrap();
-        assert_eq!((img.width, img.height), (PLOT_SIZE.0 as usize, PLOT_SIZE.1 as usize));
+        assert_eq!(
+            (img.width, img.height),
+            (PLOT_SIZE.0 as usize, PLOT_SIZE.1 as usize)
+        );
         // the bars are drawn: the compute colour is present
         assert!(img.data.chunks(3).any(|p| p == [31, 119, 180]));
     }
@@ -343,6 +503,9 @@ mod tests {
     #[test]
     fn launcher_names() {
         assert_eq!(Launcher::parse("mpi").unwrap(), Launcher::Mpi);
-        assert!(Launcher::parse("slurm").unwrap_err().to_string().contains("--launchers"));
+        assert!(Launcher::parse("slurm")
+            .unwrap_err()
+            .to_string()
+            .contains("--launchers"));
     }
 }

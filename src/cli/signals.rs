@@ -37,7 +37,11 @@ pub struct StopFlags {
 impl StopFlags {
     /// Both flags clear.
     pub const fn new() -> StopFlags {
-        StopFlags { stop: AtomicBool::new(false), checkpoint: AtomicBool::new(false), in_loop: AtomicBool::new(false) }
+        StopFlags {
+            stop: AtomicBool::new(false),
+            checkpoint: AtomicBool::new(false),
+            in_loop: AtomicBool::new(false),
+        }
     }
 
     /// This rank's view, as numbers for an all-reduce (max): [stop, checkpoint]. Takes the
@@ -67,7 +71,8 @@ pub fn install() -> Result<&'static StopFlags> {
     INSTALLED
         .get_or_init(|| {
             use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
-            let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1]).map_err(|e| e.to_string())?;
+            let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])
+                .map_err(|e| e.to_string())?;
             std::thread::Builder::new()
                 .name("ptytile-signals".into())
                 .spawn(move || {
@@ -76,7 +81,9 @@ pub fn install() -> Result<&'static StopFlags> {
                             FLAGS.checkpoint.store(true, Ordering::SeqCst);
                             continue;
                         }
-                        if FLAGS.in_loop.load(Ordering::SeqCst) && !FLAGS.stop.swap(true, Ordering::SeqCst) {
+                        if FLAGS.in_loop.load(Ordering::SeqCst)
+                            && !FLAGS.stop.swap(true, Ordering::SeqCst)
+                        {
                             continue;
                         }
                         crate::output::safety::remove_registered_temps();

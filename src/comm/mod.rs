@@ -103,10 +103,18 @@ pub(crate) trait TreeLink {
 
 /// [`TreeLink::tree_recv`] of exactly `n` values: a peer that passed another length is an
 /// error naming it.
-fn tree_recv_n(link: &mut dyn TreeLink, from: usize, phase: TreePhase, n: usize) -> Result<Vec<f64>> {
+fn tree_recv_n(
+    link: &mut dyn TreeLink,
+    from: usize,
+    phase: TreePhase,
+    n: usize,
+) -> Result<Vec<f64>> {
     let v = link.tree_recv(from, phase)?;
     if v.len() != n {
-        return Err(Error::new(format!("allreduce with rank {from}"), format!("rank {from} passed {} values, this rank {n}", v.len())));
+        return Err(Error::new(
+            format!("allreduce with rank {from}"),
+            format!("rank {from} passed {} values, this rank {n}", v.len()),
+        ));
     }
     Ok(v)
 }
@@ -147,7 +155,11 @@ pub(crate) fn tree_allreduce(
         mask <<= 1;
     }
     // Rank 0 is the root of subtrees of every size below `size`; rank r > 0 of lowbit(r).
-    let top = if rank == 0 { size.next_power_of_two() } else { rank & rank.wrapping_neg() };
+    let top = if rank == 0 {
+        size.next_power_of_two()
+    } else {
+        rank & rank.wrapping_neg()
+    };
     if rank != 0 {
         let result = tree_recv_n(link, rank - top, TreePhase::Broadcast, data.len())?;
         data.copy_from_slice(&result);
@@ -185,7 +197,10 @@ fn from_bytes<T: bytemuck::Pod>(what: &str, bytes: &[u8]) -> Result<Vec<T>> {
     if bytes.len() % elem != 0 {
         return Err(Error::new(
             what,
-            format!("{} bytes is not a whole number of {elem}-byte elements", bytes.len()),
+            format!(
+                "{} bytes is not a whole number of {elem}-byte elements",
+                bytes.len()
+            ),
         ));
     }
     let mut v = vec![T::zeroed(); bytes.len() / elem];

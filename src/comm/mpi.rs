@@ -34,7 +34,10 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::{Count, Threading};
 
-use super::{max_into, sum_into, tree_allreduce, Comm, CommStats, TreeLink, TreePhase, DEFAULT_TIMEOUT, MAX_TAG};
+use super::{
+    max_into, sum_into, tree_allreduce, Comm, CommStats, TreeLink, TreePhase, DEFAULT_TIMEOUT,
+    MAX_TAG,
+};
 use crate::error::{Error, Result};
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
@@ -59,23 +62,35 @@ const WATCH_DONE: &[u8] = b"done";
 /// launchers (Slurm, OpenMPI) detect deaths by other means and get no watcher.
 fn start_rank_watch(launch: Option<&LaunchInfo>) {
     let Some(l) = launch else { return };
-    if std::env::var_os("PMI_FD").is_none() || std::env::var("PTYTILE_RANK_WATCH").map_or(false, |v| v == "0") {
+    if std::env::var_os("PMI_FD").is_none()
+        || std::env::var("PTYTILE_RANK_WATCH").map_or(false, |v| v == "0")
+    {
         return;
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "?".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
     let msg = format!(
         "error: rank {} (pid {} on {host}) ended without finishing (killed by a signal or crashed); the MPI job ends",
         l.rank,
         std::process::id()
     );
     let child = Command::new("/bin/sh")
-        .args(["-c", "m=$(cat); [ \"$m\" = done ] && exit 0; printf '%s\\n' \"$1\" >&2; exit 1", "ptytile-rank-watch", &msg])
+        .args([
+            "-c",
+            "m=$(cat); [ \"$m\" = done ] && exit 0; printf '%s\\n' \"$1\" >&2; exit 1",
+            "ptytile-rank-watch",
+            &msg,
+        ])
         .stdin(Stdio::piped())
         .spawn();
     match child {
         // The `Child` is dropped without waiting: the watcher outlives it or is reaped by init.
         Ok(mut c) => *RANK_WATCH.lock().unwrap_or_else(|e| e.into_inner()) = c.stdin.take(),
-        Err(e) => eprintln!("warning: rank {}: could not start the rank watcher (/bin/sh): {e}", l.rank),
+        Err(e) => eprintln!(
+            "warning: rank {}: could not start the rank watcher (/bin/sh): {e}",
+            l.rank
+        ),
     }
 }
 
@@ -113,16 +128,32 @@ fn env_usize(name: &str) -> Option<usize> {
 pub fn launcher_env() -> Option<LaunchInfo> {
     let info = |launcher, rank, size, local: &[&str]| {
         let local_rank = local.iter().find_map(|v| env_usize(v)).unwrap_or(0);
-        Some(LaunchInfo { rank, size, local_rank, launcher })
+        Some(LaunchInfo {
+            rank,
+            size,
+            local_rank,
+            launcher,
+        })
     };
-    if let (Some(r), Some(s)) = (env_usize("OMPI_COMM_WORLD_RANK"), env_usize("OMPI_COMM_WORLD_SIZE")) {
+    if let (Some(r), Some(s)) = (
+        env_usize("OMPI_COMM_WORLD_RANK"),
+        env_usize("OMPI_COMM_WORLD_SIZE"),
+    ) {
         return info("OpenMPI", r, s, &["OMPI_COMM_WORLD_LOCAL_RANK"]);
     }
-    if let (Some(r), Some(s)) = (env_usize("JSM_NAMESPACE_RANK"), env_usize("JSM_NAMESPACE_SIZE")) {
+    if let (Some(r), Some(s)) = (
+        env_usize("JSM_NAMESPACE_RANK"),
+        env_usize("JSM_NAMESPACE_SIZE"),
+    ) {
         return info("jsrun", r, s, &["JSM_NAMESPACE_LOCAL_RANK"]);
     }
     if let (Some(r), Some(s)) = (env_usize("PMI_RANK"), env_usize("PMI_SIZE")) {
-        return info("hydra/PMI", r, s, &["MPI_LOCALRANKID", "PMI_LOCAL_RANK", "SLURM_LOCALID"]);
+        return info(
+            "hydra/PMI",
+            r,
+            s,
+            &["MPI_LOCALRANKID", "PMI_LOCAL_RANK", "SLURM_LOCALID"],
+        );
     }
     if let (Some(r), Some(s)) = (env_usize("SLURM_PROCID"), env_usize("SLURM_STEP_NUM_TASKS")) {
         return info("Slurm", r, s, &["SLURM_LOCALID"]);
@@ -212,11 +243,18 @@ impl MpiComm {
 
     fn init_mpi(launch: Option<LaunchInfo>) -> Result<MpiComm> {
         let (universe, provided) = mpi::initialize_with_threading(Threading::Serialized)
-            .ok_or_else(|| Error::new("MPI", "MPI_Init_thread failed or MPI was already initialised"))?;
+            .ok_or_else(|| {
+                Error::new(
+                    "MPI",
+                    "MPI_Init_thread failed or MPI was already initialised",
+                )
+            })?;
         if provided < Threading::Funneled {
             return Err(Error::new(
                 "MPI",
-                format!("library granted thread level {provided:?}; ptytile needs at least Funneled"),
+                format!(
+                    "library granted thread level {provided:?}; ptytile needs at least Funneled"
+                ),
             ));
         }
         let funnel = (provided < Threading::Serialized).then(|| std::thread::current().id());
@@ -300,33 +338,66 @@ impl MpiComm {
     fn progress_sends(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         for p in pending {
-            let PendingSend { req, buf, to, tag, coll } = p;
+            let PendingSend {
+                req,
+                buf,
+                to,
+                tag,
+                coll,
+            } = p;
             match req.test() {
                 Ok(_) => {
                     // SAFETY: the request that borrowed `buf` has completed and is gone;
                     // `buf` came from Box::leak and is reclaimed exactly once.
                     drop(unsafe { Box::from_raw(buf) });
                 }
-                Err(req) => self.pending.push(PendingSend { req, buf, to, tag, coll }),
+                Err(req) => self.pending.push(PendingSend {
+                    req,
+                    buf,
+                    to,
+                    tag,
+                    coll,
+                }),
             }
         }
     }
 
     /// Hand `data` to MPI as a non-blocking send to `to` with `tag` on `comm` (world or
     /// [`MpiComm::coll`]); the buffer is owned by [`MpiComm::pending`] until complete.
-    fn post_send(pending: &mut Vec<PendingSend>, comm: &SimpleCommunicator, to: usize, tag: u32, data: Vec<u8>, coll: bool) {
+    fn post_send(
+        pending: &mut Vec<PendingSend>,
+        comm: &SimpleCommunicator,
+        to: usize,
+        tag: u32,
+        data: Vec<u8>,
+        coll: bool,
+    ) {
         let buf: *mut [u8] = Box::into_raw(data.into_boxed_slice());
         // SAFETY: `buf` stays allocated and unaliased by writers until the request that
         // borrows it has completed (`progress_sends`) or, on shutdown without completion,
         // forever (leaked), so a 'static shared borrow is valid.
         let shared: &'static [u8] = unsafe { &*buf };
-        let req = comm.process_at_rank(to as mpi::Rank).immediate_send_with_tag(StaticScope, shared, tag as mpi::Tag);
-        pending.push(PendingSend { req, buf, to, tag, coll });
+        let req = comm
+            .process_at_rank(to as mpi::Rank)
+            .immediate_send_with_tag(StaticScope, shared, tag as mpi::Tag);
+        pending.push(PendingSend {
+            req,
+            buf,
+            to,
+            tag,
+            coll,
+        });
     }
 
     /// Polled receive of the next message from `from` with `tag` on `comm`; an error naming
     /// `from` once [`MpiComm::set_timeout`]'s time has passed with no message.
-    fn recv_on(&self, comm: &SimpleCommunicator, what: &str, from: usize, tag: u32) -> Result<Vec<u8>> {
+    fn recv_on(
+        &self,
+        comm: &SimpleCommunicator,
+        what: &str,
+        from: usize,
+        tag: u32,
+    ) -> Result<Vec<u8>> {
         let src = comm.process_at_rank(from as mpi::Rank);
         let start = Instant::now();
         let mut round = 0;
@@ -355,7 +426,11 @@ impl MpiComm {
         let mut round = 0;
         loop {
             self.progress_sends();
-            let left: Vec<&PendingSend> = self.pending.iter().filter(|p| p.coll || !only_coll).collect();
+            let left: Vec<&PendingSend> = self
+                .pending
+                .iter()
+                .filter(|p| p.coll || !only_coll)
+                .collect();
             if left.is_empty() {
                 return Ok(());
             }
@@ -399,15 +474,36 @@ impl MpiComm {
 
 impl TreeLink for MpiComm {
     fn tree_send(&mut self, to: usize, phase: TreePhase, data: &[f64]) -> Result<()> {
-        let tag = if phase == TreePhase::Reduce { TAG_REDUCE } else { TAG_RESULT };
-        let coll = self.coll.as_ref().expect("all-reduce communicator lives until drop");
-        Self::post_send(&mut self.pending, coll, to, tag as u32, super::f64s_to_bytes(data), true);
+        let tag = if phase == TreePhase::Reduce {
+            TAG_REDUCE
+        } else {
+            TAG_RESULT
+        };
+        let coll = self
+            .coll
+            .as_ref()
+            .expect("all-reduce communicator lives until drop");
+        Self::post_send(
+            &mut self.pending,
+            coll,
+            to,
+            tag as u32,
+            super::f64s_to_bytes(data),
+            true,
+        );
         Ok(())
     }
 
     fn tree_recv(&mut self, from: usize, phase: TreePhase) -> Result<Vec<f64>> {
-        let tag = if phase == TreePhase::Reduce { TAG_REDUCE } else { TAG_RESULT };
-        let coll = self.coll.as_ref().expect("all-reduce communicator lives until drop");
+        let tag = if phase == TreePhase::Reduce {
+            TAG_REDUCE
+        } else {
+            TAG_RESULT
+        };
+        let coll = self
+            .coll
+            .as_ref()
+            .expect("all-reduce communicator lives until drop");
         super::bytes_to_f64s(&self.recv_on(coll, "allreduce with", from, tag as u32)?)
     }
 }
@@ -426,7 +522,11 @@ impl Comm for MpiComm {
         if data.len() > Count::MAX as usize {
             return Err(Error::new(
                 format!("rank {}: isend to rank {to}", self.rank),
-                format!("{} bytes exceeds MPI's count limit of {} bytes per message", data.len(), Count::MAX),
+                format!(
+                    "{} bytes exceeds MPI's count limit of {} bytes per message",
+                    data.len(),
+                    Count::MAX
+                ),
             ));
         }
         let n = data.len() as u64;
@@ -519,7 +619,10 @@ impl Comm for MpiComm {
                 std::mem::forget(req);
                 return Err(Error::new(
                     format!("rank {}: barrier", self.rank),
-                    format!("not all ranks arrived after {:.1} s (timeout)", self.timeout.as_secs_f64()),
+                    format!(
+                        "not all ranks arrived after {:.1} s (timeout)",
+                        self.timeout.as_secs_f64()
+                    ),
                 ));
             }
             backoff(&mut round);

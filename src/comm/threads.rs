@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
-use super::{max_into, sum_into, tree_allreduce, Comm, CommStats, TreeLink, TreePhase, DEFAULT_TIMEOUT, MAX_TAG};
+use super::{
+    max_into, sum_into, tree_allreduce, Comm, CommStats, TreeLink, TreePhase, DEFAULT_TIMEOUT,
+    MAX_TAG,
+};
 use crate::error::{Error, Result};
 
 /// How often a blocked receive wakes up to look at the abort flag.
@@ -130,7 +133,11 @@ impl ThreadComm {
                 format!("no such rank (job has {} ranks)", self.size),
             ));
         }
-        if let Some(d) = self.pending.get_mut(&(from, key)).and_then(|q| q.pop_front()) {
+        if let Some(d) = self
+            .pending
+            .get_mut(&(from, key))
+            .and_then(|q| q.pop_front())
+        {
             return Ok(d);
         }
         let start = Instant::now();
@@ -150,7 +157,10 @@ impl ThreadComm {
                             }
                             self.pending.entry((s, k)).or_default().push_back(d);
                         }
-                        return Err(self.consequential(self.what(from, key), format!("rank {from} ended without sending the message")));
+                        return Err(self.consequential(
+                            self.what(from, key),
+                            format!("rank {from} ended without sending the message"),
+                        ));
                     }
                     if start.elapsed() >= self.timeout {
                         return Err(Error::new(
@@ -203,12 +213,20 @@ impl ThreadComm {
 
 impl TreeLink for ThreadComm {
     fn tree_send(&mut self, to: usize, phase: TreePhase, data: &[f64]) -> Result<()> {
-        let key = if phase == TreePhase::Reduce { INTERNAL_REDUCE } else { INTERNAL_RESULT };
+        let key = if phase == TreePhase::Reduce {
+            INTERNAL_REDUCE
+        } else {
+            INTERNAL_RESULT
+        };
         self.send_key(to, key, super::f64s_to_bytes(data))
     }
 
     fn tree_recv(&mut self, from: usize, phase: TreePhase) -> Result<Vec<f64>> {
-        let key = if phase == TreePhase::Reduce { INTERNAL_REDUCE } else { INTERNAL_RESULT };
+        let key = if phase == TreePhase::Reduce {
+            INTERNAL_REDUCE
+        } else {
+            INTERNAL_RESULT
+        };
         super::bytes_to_f64s(&self.recv_key(from, key)?)
     }
 }
@@ -302,7 +320,8 @@ pub fn run_threads<T: Send>(
         ended: (0..n).map(|_| AtomicBool::new(false)).collect(),
     });
     // one inbox per rank; every rank holds a sender to each inbox
-    let (senders, inboxes): (Vec<Sender<Message>>, Vec<Receiver<Message>>) = (0..n).map(|_| unbounded()).unzip();
+    let (senders, inboxes): (Vec<Sender<Message>>, Vec<Receiver<Message>>) =
+        (0..n).map(|_| unbounded()).unzip();
     let comms: Vec<ThreadComm> = inboxes
         .into_iter()
         .enumerate()
@@ -335,7 +354,9 @@ pub fn run_threads<T: Send>(
                         let err = match outcome {
                             Ok(Ok(v)) => return Some(v),
                             Ok(Err(e)) => Error::new(format!("rank {rank}"), e.to_string()),
-                            Err(p) => Error::new(format!("rank {rank} panicked"), panic_message(&*p)),
+                            Err(p) => {
+                                Error::new(format!("rank {rank} panicked"), panic_message(&*p))
+                            }
                         };
                         if !shared.consequential[rank].load(Ordering::SeqCst) {
                             let _ = shared.first_failed.compare_exchange(
@@ -346,7 +367,10 @@ pub fn run_threads<T: Send>(
                             );
                         }
                         shared.abort.store(true, Ordering::SeqCst);
-                        failures.lock().unwrap_or_else(|e| e.into_inner()).push((rank, err));
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((rank, err));
                         None
                     })
                     .expect("spawn rank thread")
@@ -369,5 +393,8 @@ pub fn run_threads<T: Send>(
             .expect("non-empty");
         return Err(chosen);
     }
-    Ok(results.into_iter().map(|v| v.expect("every rank succeeded")).collect())
+    Ok(results
+        .into_iter()
+        .map(|v| v.expect("every rank succeeded"))
+        .collect())
 }

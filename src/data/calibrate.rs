@@ -899,7 +899,9 @@ fn combine(
         (Some(p), _) => Ok(p.matrix[0][0] * p.matrix[1][1] - p.matrix[0][1] * p.matrix[1][0] < 0.0),
         (None, Ok(c)) => Ok(c.transpose),
         // the centre-of-mass errors already say which keys to set by hand
-        (None, Err(e)) if e.msg.contains("by hand") => Err(Error::new("data.detector_transpose", e.msg.clone())),
+        (None, Err(e)) if e.msg.contains("by hand") => {
+            Err(Error::new("data.detector_transpose", e.msg.clone()))
+        }
         (None, Err(e)) => Err(Error::new(
             "data.detector_transpose",
             format!("{}; set data.detector_transpose by hand", e.msg),

@@ -40,9 +40,15 @@ use std::path::Path;
 /// Elementary charge, J per eV.
 pub const EV_J: f64 = 1.602_176_634e-19;
 
-const DATA: [&str; 2] = ["entry_1/data_1/data", "entry_1/instrument_1/detector_1/data"];
-const TRANSLATION: [&str; 3] =
-    ["entry_1/data_1/translation", "entry_1/sample_1/geometry_1/translation", "entry_1/instrument_1/detector_1/translation"];
+const DATA: [&str; 2] = [
+    "entry_1/data_1/data",
+    "entry_1/instrument_1/detector_1/data",
+];
+const TRANSLATION: [&str; 3] = [
+    "entry_1/data_1/translation",
+    "entry_1/sample_1/geometry_1/translation",
+    "entry_1/instrument_1/detector_1/translation",
+];
 const DET: &str = "entry_1/instrument_1/detector_1";
 const SOURCE: &str = "entry_1/instrument_1/source_1";
 
@@ -72,12 +78,17 @@ pub struct Cxi {
 impl Cxi {
     /// Photon energy in eV from the energy (J), else the wavelength.
     pub fn energy_ev(&self) -> Option<f64> {
-        self.energy_j.map(|j| j / EV_J).or(self.wavelength_m.map(|l| HC_EV_M / l))
+        self.energy_j
+            .map(|j| j / EV_J)
+            .or(self.wavelength_m.map(|l| HC_EV_M / l))
     }
 }
 
 fn first(file: &hdf5::File, places: &[&str]) -> Option<String> {
-    places.iter().find(|p| file.link_exists(p) && file.dataset(p).is_ok()).map(|p| p.to_string())
+    places
+        .iter()
+        .find(|p| file.link_exists(p) && file.dataset(p).is_ok())
+        .map(|p| p.to_string())
 }
 
 /// A scalar dataset (or one value repeated per frame); `None` when absent.
@@ -86,13 +97,27 @@ fn scalar(file: &hdf5::File, pname: &str, path: &str) -> Result<Option<f64>> {
         return Ok(None);
     }
     let what = || format!("{pname}:{path}");
-    let v: Vec<f64> = file.dataset(path).and_then(|d| d.read_raw::<f64>()).ctx(what)?;
-    let Some(&x) = v.first() else { return Err(Error::new(what(), "empty")) };
+    let v: Vec<f64> = file
+        .dataset(path)
+        .and_then(|d| d.read_raw::<f64>())
+        .ctx(what)?;
+    let Some(&x) = v.first() else {
+        return Err(Error::new(what(), "empty"));
+    };
     if v.iter().any(|y| (y - x).abs() > 1e-6 * x.abs()) {
-        return Err(Error::new(what(), format!("varies between frames ({} values); ptytile needs one value", v.len())));
+        return Err(Error::new(
+            what(),
+            format!(
+                "varies between frames ({} values); ptytile needs one value",
+                v.len()
+            ),
+        ));
     }
     if !(x.is_finite() && x > 0.0) {
-        return Err(Error::new(what(), format!("must be a positive number, got {x}")));
+        return Err(Error::new(
+            what(),
+            format!("must be a positive number, got {x}"),
+        ));
     }
     Ok(Some(x))
 }
@@ -101,14 +126,39 @@ fn scalar(file: &hdf5::File, pname: &str, path: &str) -> Result<Option<f64>> {
 /// diffraction data, no translations, unreadable values.
 pub fn read(file: &hdf5::File, pname: &str, intensities: &str) -> Result<Cxi> {
     let data = if intensities.is_empty() {
-        first(file, &DATA).ok_or_else(|| Error::new(pname, format!("CXI file without diffraction data (looked for {})", DATA.join(", "))))?
+        first(file, &DATA).ok_or_else(|| {
+            Error::new(
+                pname,
+                format!(
+                    "CXI file without diffraction data (looked for {})",
+                    DATA.join(", ")
+                ),
+            )
+        })?
     } else {
         intensities.to_string()
     };
-    let translation = first(file, &TRANSLATION)
-        .ok_or_else(|| Error::new(pname, format!("CXI file without sample translations (looked for {})", TRANSLATION.join(", "))))?;
+    let translation = first(file, &TRANSLATION).ok_or_else(|| {
+        Error::new(
+            pname,
+            format!(
+                "CXI file without sample translations (looked for {})",
+                TRANSLATION.join(", ")
+            ),
+        )
+    })?;
     let mask = format!("{DET}/mask");
-    let mask = if file.link_exists(&mask) { Some((mask.clone(), bad_pixels(file, pname, &mask)?.iter().filter(|b| **b).count())) } else { None };
+    let mask = if file.link_exists(&mask) {
+        Some((
+            mask.clone(),
+            bad_pixels(file, pname, &mask)?
+                .iter()
+                .filter(|b| **b)
+                .count(),
+        ))
+    } else {
+        None
+    };
     let px = scalar(file, pname, &format!("{DET}/x_pixel_size"))?;
     let py = scalar(file, pname, &format!("{DET}/y_pixel_size"))?;
     let pixel_size_m = match (py, px) {
@@ -148,7 +198,12 @@ fn basis(file: &hdf5::File, pname: &str) -> Result<Option<[[f64; 3]; 2]>> {
     match ds.shape().as_slice() {
         [2, 3] => (0..2).for_each(|i| (0..3).for_each(|c| a[i][c] = v[i * 3 + c])),
         [3, 2] => (0..2).for_each(|i| (0..3).for_each(|c| a[i][c] = v[c * 2 + i])),
-        s => return Err(Error::new(what(), format!("expected shape [2, 3] or [3, 2], got {s:?}"))),
+        s => {
+            return Err(Error::new(
+                what(),
+                format!("expected shape [2, 3] or [3, 2], got {s:?}"),
+            ))
+        }
     }
     for r in a.iter_mut() {
         let n = r.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -165,7 +220,10 @@ fn bad_pixels(file: &hdf5::File, pname: &str, path: &str) -> Result<Vec<bool>> {
     let what = || format!("{pname}:{path}");
     let ds = file.dataset(path).ctx(what)?;
     if ds.ndim() != 2 {
-        return Err(Error::new(what(), format!("expected a [M, M] mask, got shape {:?}", ds.shape())));
+        return Err(Error::new(
+            what(),
+            format!("expected a [M, M] mask, got shape {:?}", ds.shape()),
+        ));
     }
     let v: Vec<u64> = ds.read_raw::<u64>().ctx(what)?;
     Ok(v.iter().map(|&b| b != 0 && b != 0x1000).collect())
@@ -183,14 +241,22 @@ pub(super) fn open(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFi
     let what = |d: &str| format!("{pname}:{d}");
     let (n, m) = check_stack(&file, &pname, &cxi.data)?;
 
-    let dt = file.dataset(&cxi.translation).ctx(|| what(&cxi.translation))?;
+    let dt = file
+        .dataset(&cxi.translation)
+        .ctx(|| what(&cxi.translation))?;
     let ts = dt.shape();
     if ts.len() != 2 || ts[1] != 3 || ts[0] != n {
-        return Err(Error::new(what(&cxi.translation), format!("expected [N, 3] (x, y, z) translations with N = {n}, got {ts:?}")));
+        return Err(Error::new(
+            what(&cxi.translation),
+            format!("expected [N, 3] (x, y, z) translations with N = {n}, got {ts:?}"),
+        ));
     }
     let t: Vec<f64> = dt.read_raw::<f64>().ctx(|| what(&cxi.translation))?;
     if let Some(j) = t.iter().position(|v| !v.is_finite()) {
-        return Err(Error::new(what(&cxi.translation), format!("non-finite value at position {}", j / 3)));
+        return Err(Error::new(
+            what(&cxi.translation),
+            format!("non-finite value at position {}", j / 3),
+        ));
     }
     let [s, f] = cxi.axes;
     let dot = |a: &[f64], b: &[f64; 3]| -(a[0] * b[0] + a[1] * b[1] + a[2] * b[2]);
@@ -200,7 +266,10 @@ pub(super) fn open(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFi
         Some((p, _)) => {
             let b = bad_pixels(&file, &pname, p)?;
             if b.len() != m * m {
-                return Err(Error::new(what(p), format!("mask has {} pixels, the patterns {m}x{m}", b.len())));
+                return Err(Error::new(
+                    what(p),
+                    format!("mask has {} pixels, the patterns {m}x{m}", b.len()),
+                ));
             }
             Some(b)
         }
@@ -214,14 +283,24 @@ pub(super) fn open(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFi
     if e.detector_pixel_size_m.is_none() {
         if let Some([py, px]) = cxi.pixel_size_m {
             if (py - px).abs() > 1e-6 * px {
-                return Err(Error::new(what(&format!("{DET}/y_pixel_size")), format!("detector pixels of {py} x {px} m: anisotropic pixels are not supported")));
+                return Err(Error::new(
+                    what(&format!("{DET}/y_pixel_size")),
+                    format!(
+                        "detector pixels of {py} x {px} m: anisotropic pixels are not supported"
+                    ),
+                ));
             }
             e.detector_pixel_size_m = Some(px);
         }
     }
-    let meta = Meta { file: Some(&file), pname: &pname, intensities: &cxi.data };
+    let meta = Meta {
+        file: Some(&file),
+        pname: &pname,
+        intensities: &cxi.data,
+    };
     let experiment = experiment(&e, &meta, m)?;
-    let (centres, object_shape) = object_grid(&to_pixels(&pm, &experiment), m).map_err(|msg| Error::new(what(&cxi.translation), msg))?;
+    let (centres, object_shape) = object_grid(&to_pixels(&pm, &experiment), m)
+        .map_err(|msg| Error::new(what(&cxi.translation), msg))?;
     let initial_probe = match &cfg.data.probe {
         None => None,
         Some(p) => Some(read_probe(&file, &pname, p, m)?),
@@ -229,7 +308,10 @@ pub(super) fn open(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFi
     let df = DataFile {
         path: path.to_path_buf(),
         intensities_what: what(&cxi.data),
-        source: Source::Stack { file, dataset: cxi.data.clone() },
+        source: Source::Stack {
+            file,
+            dataset: cxi.data.clone(),
+        },
         zero_frequency: cfg.data.zero_frequency,
         detector_transpose: cfg.data.detector_transpose,
         format: DataFormat::Cxi,
@@ -294,7 +376,8 @@ pub const SHADOW_R2: f64 = 0.8;
 impl Assessment {
     /// Near field: a shadow image of an illumination wider than the far-field window.
     pub fn near_field(&self) -> bool {
-        self.shadow.is_some_and(|s| s.illuminated_m() > self.window_m)
+        self.shadow
+            .is_some_and(|s| s.illuminated_m() > self.window_m)
     }
 
     /// One line of explanation.
@@ -325,8 +408,13 @@ pub fn assess(df: &DataFile) -> Result<Assessment> {
     let m = df.m;
     let mm = m * m;
     let window_m = m as f64 * df.experiment.pixel_size_m[1];
-    let none = Assessment { window_m, shadow: None };
-    let Some(pm) = &df.positions_m else { return Ok(none) };
+    let none = Assessment {
+        window_m,
+        shadow: None,
+    };
+    let Some(pm) = &df.positions_m else {
+        return Ok(none);
+    };
     if df.n < 3 {
         return Ok(none);
     }
@@ -335,7 +423,9 @@ pub fn assess(df: &DataFile) -> Result<Assessment> {
     for i in 0..samples {
         let j = i * df.n / samples;
         let d2 = |k: usize| (pm[k][0] - pm[j][0]).powi(2) + (pm[k][1] - pm[j][1]).powi(2);
-        let k = (0..df.n).filter(|&k| k != j && d2(k) > 0.0).min_by(|&a, &b| d2(a).total_cmp(&d2(b)));
+        let k = (0..df.n)
+            .filter(|&k| k != j && d2(k) > 0.0)
+            .min_by(|&a, &b| d2(a).total_cmp(&d2(b)));
         if let Some(k) = k {
             pairs.push((j, k));
         }
@@ -346,7 +436,10 @@ pub fn assess(df: &DataFile) -> Result<Assessment> {
             if let std::collections::btree_map::Entry::Vacant(v) = pats.entry(i) {
                 let mut p = df.read_raw(i, 1)?;
                 if let Some(b) = &df.bad_pixels {
-                    p.iter_mut().zip(b).filter(|(_, b)| **b).for_each(|(x, _)| *x = 0.0);
+                    p.iter_mut()
+                        .zip(b)
+                        .filter(|(_, b)| **b)
+                        .for_each(|(x, _)| *x = 0.0);
                 }
                 v.insert(p);
             }
@@ -354,19 +447,32 @@ pub fn assess(df: &DataFile) -> Result<Assessment> {
     }
     let mut mean = vec![0f64; mm];
     for p in pats.values() {
-        mean.iter_mut().zip(p).for_each(|(a, b)| *a += *b as f64 / pats.len() as f64);
+        mean.iter_mut()
+            .zip(p)
+            .for_each(|(a, b)| *a += *b as f64 / pats.len() as f64);
     }
     let max = mean.iter().cloned().fold(0.0, f64::max);
     if !(max > 0.0) {
         return Ok(none);
     }
     let bright: Vec<bool> = mean.iter().map(|v| *v > 0.1 * max).collect();
-    let bright_px = 2.0 * (bright.iter().filter(|b| **b).count() as f64 / std::f64::consts::PI).sqrt();
+    let bright_px =
+        2.0 * (bright.iter().filter(|b| **b).count() as f64 / std::f64::consts::PI).sqrt();
     let fft = Fft2::<f64>::new(m);
     let mut scratch = fft.scratch();
     let spectrum = |p: &[f32], scratch: &mut Vec<Complex<f64>>| -> Vec<Complex<f64>> {
-        let mut a: Vec<Complex<f64>> =
-            (0..mm).map(|i| Complex::new(if bright[i] { p[i] as f64 / mean[i] - 1.0 } else { 0.0 }, 0.0)).collect();
+        let mut a: Vec<Complex<f64>> = (0..mm)
+            .map(|i| {
+                Complex::new(
+                    if bright[i] {
+                        p[i] as f64 / mean[i] - 1.0
+                    } else {
+                        0.0
+                    },
+                    0.0,
+                )
+            })
+            .collect();
         fft.forward(&mut a, scratch);
         a
     };
@@ -377,17 +483,35 @@ pub fn assess(df: &DataFile) -> Result<Assessment> {
         let b = spectrum(&pats[&k], &mut scratch);
         let mut c: Vec<Complex<f64>> = a.iter().zip(&b).map(|(x, y)| x * y.conj()).collect();
         fft.inverse(&mut c, &mut scratch);
-        let i = (0..mm).max_by(|&x, &y| c[x].re.total_cmp(&c[y].re)).unwrap_or(0);
-        let signed = |v: usize| if v > m / 2 { v as f64 - m as f64 } else { v as f64 };
+        let i = (0..mm)
+            .max_by(|&x, &y| c[x].re.total_cmp(&c[y].re))
+            .unwrap_or(0);
+        let signed = |v: usize| {
+            if v > m / 2 {
+                v as f64 - m as f64
+            } else {
+                v as f64
+            }
+        };
         ds.push([signed(i / m), signed(i % m)]);
         dd.push([pm[j][0] - pm[k][0], pm[j][1] - pm[k][1]]);
     }
-    let Some((a, r2)) = fit_linear(&dd, &ds) else { return Ok(none) };
+    let Some((a, r2)) = fit_linear(&dd, &ds) else {
+        return Ok(none);
+    };
     let det = (a[0][0] * a[1][1] - a[0][1] * a[1][0]).abs();
     if r2 < SHADOW_R2 || !(det > 0.0) {
         return Ok(none);
     }
-    Ok(Assessment { window_m, shadow: Some(Shadow { px_per_m: det.sqrt(), r2, bright_px, pairs: pairs.len() }) })
+    Ok(Assessment {
+        window_m,
+        shadow: Some(Shadow {
+            px_per_m: det.sqrt(),
+            r2,
+            bright_px,
+            pairs: pairs.len(),
+        }),
+    })
 }
 
 /// Least-squares S ≈ D·A through the origin for 2-vectors; returns (A, R² = 1 − Σ|S − DA|² / Σ|S|²),
@@ -408,7 +532,10 @@ fn fit_linear(d: &[[f64; 2]], s: &[[f64; 2]]) -> Option<([[f64; 2]; 2], f64)> {
     if !(det.abs() > 0.0) || !(total > 0.0) {
         return None;
     }
-    let inv = [[g[1][1] / det, -g[0][1] / det], [-g[1][0] / det, g[0][0] / det]];
+    let inv = [
+        [g[1][1] / det, -g[0][1] / det],
+        [-g[1][0] / det, g[0][0] / det],
+    ];
     let mut a = [[0.0; 2]; 2];
     for r in 0..2 {
         for c in 0..2 {
@@ -418,7 +545,11 @@ fn fit_linear(d: &[[f64; 2]], s: &[[f64; 2]]) -> Option<([[f64; 2]; 2], f64)> {
     let resid: f64 = d
         .iter()
         .zip(s)
-        .map(|(di, si)| (0..2).map(|c| (si[c] - di[0] * a[0][c] - di[1] * a[1][c]).powi(2)).sum::<f64>())
+        .map(|(di, si)| {
+            (0..2)
+                .map(|c| (si[c] - di[0] * a[0][c] - di[1] * a[1][c]).powi(2))
+                .sum::<f64>()
+        })
         .sum();
     Some((a, 1.0 - resid / total))
 }
@@ -426,7 +557,10 @@ fn fit_linear(d: &[[f64; 2]], s: &[[f64; 2]]) -> Option<([[f64; 2]; 2], f64)> {
 /// What `ptytile inspect` says about a CXI file: the values found and where, the derived
 /// far-field sampling, the mask, and the near-field test; or why ptytile cannot read it.
 pub fn explain(path: &Path) -> String {
-    let mut cfg = match Config::from_toml("[data]\nfile = 'x'\nformat = 'cxi'\n[experiment]\ngeometry = 'far_field'\n", &[]) {
+    let mut cfg = match Config::from_toml(
+        "[data]\nfile = 'x'\nformat = 'cxi'\n[experiment]\ngeometry = 'far_field'\n",
+        &[],
+    ) {
         Ok(c) => c,
         Err(e) => return format!("(internal: {e})"),
     };
@@ -435,7 +569,9 @@ pub fn explain(path: &Path) -> String {
         Ok(df) => df,
         Err(e) => return format!("a CXI file that ptytile cannot read as it is: {e}"),
     };
-    let Some(c) = &df.cxi else { return String::new() };
+    let Some(c) = &df.cxi else {
+        return String::new();
+    };
     let e = &df.experiment;
     let pm = df.positions_m.as_deref().unwrap_or_default();
     let span = |a: usize| {
@@ -445,7 +581,10 @@ pub fn explain(path: &Path) -> String {
     };
     let energy = match (c.energy_j, c.wavelength_m) {
         (Some(j), _) => format!("{j:.4e} J = {:.1} eV (source_1/energy)", j / EV_J),
-        (None, Some(l)) => format!("λ = {l:.4e} m (source_1/wavelength) = {:.1} eV", HC_EV_M / l),
+        (None, Some(l)) => format!(
+            "λ = {l:.4e} m (source_1/wavelength) = {:.1} eV",
+            HC_EV_M / l
+        ),
         (None, None) => "not in the file".into(),
     };
     let mut s = format!(
@@ -485,8 +624,18 @@ mod tests {
     #[test]
     fn linear_fit_recovers_a_map() {
         let a = [[2.0, -1.0], [0.5, 3.0]];
-        let d: Vec<[f64; 2]> = (0..10).map(|i| [(i as f64).sin(), (i as f64 * 0.7).cos()]).collect();
-        let s: Vec<[f64; 2]> = d.iter().map(|v| [v[0] * a[0][0] + v[1] * a[1][0], v[0] * a[0][1] + v[1] * a[1][1]]).collect();
+        let d: Vec<[f64; 2]> = (0..10)
+            .map(|i| [(i as f64).sin(), (i as f64 * 0.7).cos()])
+            .collect();
+        let s: Vec<[f64; 2]> = d
+            .iter()
+            .map(|v| {
+                [
+                    v[0] * a[0][0] + v[1] * a[1][0],
+                    v[0] * a[0][1] + v[1] * a[1][1],
+                ]
+            })
+            .collect();
         let (b, r2) = fit_linear(&d, &s).unwrap();
         assert!((r2 - 1.0).abs() < 1e-12);
         for r in 0..2 {

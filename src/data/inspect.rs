@@ -20,10 +20,14 @@ pub fn inspect(path: &Path) -> Result<String> {
         return Err(Error::new(&what, "no such file"));
     }
     crate::output::safety::check_input(path)?;
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+    {
         return Ok(npy_report(path));
     }
-    let f = hdf5::File::open(path).map_err(|e| Error::new(&what, format!("cannot open as HDF5 ({e})")))?;
+    let f = hdf5::File::open(path)
+        .map_err(|e| Error::new(&what, format!("cannot open as HDF5 ({e})")))?;
     let mut out = String::new();
     let mut datasets: Vec<(String, Vec<usize>, String)> = Vec::new();
     let _ = writeln!(out, "{what}");
@@ -32,7 +36,9 @@ pub fn inspect(path: &Path) -> Result<String> {
         seen.push(((i.fileno, i.token), "/".to_string()));
     }
     walk(&f, "/", 0, &mut out, &mut datasets, &mut seen);
-    let looks = if super::resolve_format(crate::config::DataFormat::Auto, path, Some(&f), "") == crate::config::DataFormat::Cxi {
+    let looks = if super::resolve_format(crate::config::DataFormat::Auto, path, Some(&f), "")
+        == crate::config::DataFormat::Cxi
+    {
         super::cxi::explain(path)
     } else {
         guess(&datasets)
@@ -56,14 +62,19 @@ fn npy_report(path: &Path) -> String {
 
 fn dtype_name(t: &TypeDescriptor) -> String {
     match t {
-        TypeDescriptor::Compound(c) if c.fields.len() == 2 && c.fields[0].name == "r" && c.fields[1].name == "i" => {
+        TypeDescriptor::Compound(c)
+            if c.fields.len() == 2 && c.fields[0].name == "r" && c.fields[1].name == "i" =>
+        {
             match c.size {
                 8 => "complex64".into(),
                 16 => "complex128".into(),
                 _ => "complex".into(),
             }
         }
-        TypeDescriptor::VarLenUnicode | TypeDescriptor::VarLenAscii | TypeDescriptor::FixedAscii(_) | TypeDescriptor::FixedUnicode(_) => "string".into(),
+        TypeDescriptor::VarLenUnicode
+        | TypeDescriptor::VarLenAscii
+        | TypeDescriptor::FixedAscii(_)
+        | TypeDescriptor::FixedUnicode(_) => "string".into(),
         other => other.to_string(),
     }
 }
@@ -74,10 +85,18 @@ fn attrs(loc: &hdf5::Location, indent: usize, out: &mut String) {
         let shape = a.shape();
         let n: usize = shape.iter().product();
         let val = if let Ok(v) = a.read_raw::<f64>() {
-            if n <= 8 { format!("{v:?}") } else { format!("{n} values") }
+            if n <= 8 {
+                format!("{v:?}")
+            } else {
+                format!("{n} values")
+            }
         } else if let Ok(s) = a.read_scalar::<hdf5::types::VarLenUnicode>() {
             let s = s.as_str().replace('\n', " ");
-            if s.chars().count() > 80 { format!("\"{}…\"", s.chars().take(80).collect::<String>()) } else { format!("\"{s}\"") }
+            if s.chars().count() > 80 {
+                format!("\"{}…\"", s.chars().take(80).collect::<String>())
+            } else {
+                format!("\"{s}\"")
+            }
         } else if let Ok(s) = a.read_scalar::<hdf5::types::VarLenAscii>() {
             format!("\"{}\"", s.as_str().chars().take(80).collect::<String>())
         } else {
@@ -93,14 +112,29 @@ type Seen = Vec<((u64, hdf5::LocationToken), String)>;
 /// List `g` (at `path`) and, recursively, its members. Each group is descended into once: a
 /// second link to it (a hard or soft link back up the tree, a cycle) is listed with the path
 /// it was shown under, so a file whose links form a cycle is still listed in finite time.
-fn walk(g: &hdf5::Group, path: &str, depth: usize, out: &mut String, ds: &mut Vec<(String, Vec<usize>, String)>, seen: &mut Seen) {
+fn walk(
+    g: &hdf5::Group,
+    path: &str,
+    depth: usize,
+    out: &mut String,
+    ds: &mut Vec<(String, Vec<usize>, String)>,
+    seen: &mut Seen,
+) {
     let ind = 2 * depth;
     attrs(g, ind, out);
     let Ok(names) = g.member_names() else { return };
     for name in names {
-        let full = if path == "/" { format!("/{name}") } else { format!("{path}/{name}") };
+        let full = if path == "/" {
+            format!("/{name}")
+        } else {
+            format!("{path}/{name}")
+        };
         if let Ok(d) = g.dataset(&name) {
-            let t = d.dtype().and_then(|t| t.to_descriptor()).map(|t| dtype_name(&t)).unwrap_or_else(|_| "?".into());
+            let t = d
+                .dtype()
+                .and_then(|t| t.to_descriptor())
+                .map(|t| dtype_name(&t))
+                .unwrap_or_else(|_| "?".into());
             let _ = writeln!(out, "{:ind$}{full}  {:?} {t}", "", d.shape(), ind = ind);
             attrs(&d, ind, out);
             ds.push((full, d.shape(), t));
@@ -122,18 +156,35 @@ fn walk(g: &hdf5::Group, path: &str, depth: usize, out: &mut String, ds: &mut Ve
 fn guess(ds: &[(String, Vec<usize>, String)]) -> String {
     let has = |p: &str| ds.iter().any(|d| d.0 == p);
     if has("/object") && has("/probe") && has("/positions_px") {
-        return "a ptytile result (object, probe, positions_px); compare it with `ptytile compare`".into();
+        return "a ptytile result (object, probe, positions_px); compare it with `ptytile compare`"
+            .into();
     }
-    let real = |t: &str| t.starts_with("float") || t.starts_with("int") || t.starts_with("uint") || t.starts_with('f') || t.starts_with('i') || t.starts_with('u');
-    for (p, s, t) in ds.iter().filter(|d| d.1.len() == 3 && d.1[1] == d.1[2] && real(&d.2)) {
-        if let Some((q, _, _)) = ds.iter().find(|d| d.1.len() == 2 && d.1[0] == s[0] && d.1[1] == 2) {
+    let real = |t: &str| {
+        t.starts_with("float")
+            || t.starts_with("int")
+            || t.starts_with("uint")
+            || t.starts_with('f')
+            || t.starts_with('i')
+            || t.starts_with('u')
+    };
+    for (p, s, t) in ds
+        .iter()
+        .filter(|d| d.1.len() == 3 && d.1[1] == d.1[2] && real(&d.2))
+    {
+        if let Some((q, _, _)) = ds
+            .iter()
+            .find(|d| d.1.len() == 2 && d.1[0] == s[0] && d.1[1] == 2)
+        {
             return format!(
                 "a ptychography dataset: {} diffraction patterns of {}x{} ({t}) with positions [N, 2]. Config:\n  [data]\n  intensities = \"{p}\"\n  positions = \"{q}\"",
                 s[0], s[1], s[2]
             );
         }
     }
-    if let Some((p, s, t)) = ds.iter().find(|d| d.1.len() == 4 && d.1[2] == d.1[3] && real(&d.2)) {
+    if let Some((p, s, t)) = ds
+        .iter()
+        .find(|d| d.1.len() == 4 && d.1[2] == d.1[3] && real(&d.2))
+    {
         return format!(
             "a raw 4D-STEM array: a {}x{} scan of {}x{} diffraction patterns ({t}). Config:\n  [data]\n  intensities = \"{p}\"\n  scan_step_angstrom = ...   # or scan_step_m\n  scan_rotation_deg = 0.0",
             s[0], s[1], s[2], s[3]
@@ -148,16 +199,23 @@ mod tests {
 
     #[test]
     fn pbtio3_is_recognised() {
-        let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pbtio3_thin.h5");
+        let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/datasets/pbtio3_thin.h5");
         if !p.exists() {
             eprintln!("SKIPPED: {} not found", p.display());
             return;
         }
         let r = inspect(&p).unwrap();
-        assert!(r.contains("/data/intensities_poisson_dose1e05  [3364, 128, 128]"), "{r}");
+        assert!(
+            r.contains("/data/intensities_poisson_dose1e05  [3364, 128, 128]"),
+            "{r}"
+        );
         assert!(r.contains("/probe/probe_real  [128, 128] complex64"), "{r}");
         assert!(r.contains("@energy_eV = [300000.0]"), "{r}");
-        assert!(r.contains("a ptychography dataset: 3364 diffraction patterns of 128x128"), "{r}");
+        assert!(
+            r.contains("a ptychography dataset: 3364 diffraction patterns of 128x128"),
+            "{r}"
+        );
     }
 
     #[test]

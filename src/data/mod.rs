@@ -14,7 +14,9 @@ pub mod npy;
 pub mod select;
 pub mod stem4d;
 
-use crate::config::{Beam, Config, DataFormat, ExperimentConfig, Geometry, PositionsUnit, ZeroFrequency};
+use crate::config::{
+    Beam, Config, DataFormat, ExperimentConfig, Geometry, PositionsUnit, ZeroFrequency,
+};
 use crate::error::{Context, Error, Result};
 use crate::physics::{self, Experiment};
 use hdf5::types::{FloatSize, TypeDescriptor};
@@ -41,7 +43,11 @@ enum Source {
     /// HDF5 dataset [N, M, M] (formats `hdf5`, `cxi`).
     Stack { file: hdf5::File, dataset: String },
     /// HDF5 dataset [Sy, Sx, M, M], pattern j = (j / Sx, j mod Sx) (format `stem4d`).
-    Scan { file: hdf5::File, dataset: String, sx: usize },
+    Scan {
+        file: hdf5::File,
+        dataset: String,
+        sx: usize,
+    },
     /// `.npy` array [Sy, Sx, M, M] (format `stem4d`).
     Npy(npy::NpyArray),
 }
@@ -84,16 +90,31 @@ pub struct DataFile {
 
 /// The format `cfg` names, or the one `path` looks like (`.cxi` or a `/cxi_version` dataset →
 /// CXI; `.npy` or a rank-4 `data.intensities` → 4D-STEM; else the plain HDF5 layout).
-pub fn resolve_format(format: DataFormat, path: &Path, file: Option<&hdf5::File>, intensities: &str) -> DataFormat {
+pub fn resolve_format(
+    format: DataFormat,
+    path: &Path,
+    file: Option<&hdf5::File>,
+    intensities: &str,
+) -> DataFormat {
     if format != DataFormat::Auto {
         return format;
     }
-    let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .unwrap_or_default();
     match (ext.as_str(), file) {
         ("cxi", _) => DataFormat::Cxi,
         ("npy", _) => DataFormat::Stem4d,
         (_, Some(f)) if f.link_exists("cxi_version") => DataFormat::Cxi,
-        (_, Some(f)) if !intensities.is_empty() && f.link_exists(intensities) && f.dataset(intensities).map(|d| d.ndim() == 4).unwrap_or(false) => {
+        (_, Some(f))
+            if !intensities.is_empty()
+                && f.link_exists(intensities)
+                && f.dataset(intensities)
+                    .map(|d| d.ndim() == 4)
+                    .unwrap_or(false) =>
+        {
             DataFormat::Stem4d
         }
         _ => DataFormat::Hdf5,
@@ -134,18 +155,28 @@ impl DataFile {
                 "experiment.geometry = near_field: near-field ptychography is not supported (ptytile has only a far-field propagator)",
             ));
         }
-        let is_npy = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+        let is_npy = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
         let file = if is_npy {
             None
         } else {
-            Some(hdf5::File::open(&path).map_err(|e| Error::new(&pname, format!("cannot open as HDF5 ({e})")))?)
+            Some(
+                hdf5::File::open(&path)
+                    .map_err(|e| Error::new(&pname, format!("cannot open as HDF5 ({e})")))?,
+            )
         };
         let format = resolve_format(cfg.data.format, &path, file.as_ref(), &cfg.data.intensities);
         let df = match (format, file) {
             (DataFormat::Stem4d, f) => stem4d::open(cfg, &path, f)?,
             (DataFormat::Cxi, Some(f)) => cxi::open(cfg, &path, f)?,
             (_, Some(f)) => open_hdf5(cfg, &path, f)?,
-            (_, None) => return Err(Error::new(&pname, "a .npy file holds a raw 4D-STEM array: use data.format = \"stem4d\"")),
+            (_, None) => {
+                return Err(Error::new(
+                    &pname,
+                    "a .npy file holds a raw 4D-STEM array: use data.format = \"stem4d\"",
+                ))
+            }
         };
         if df.m > MAX_DETECTOR_SIDE || df.n > MAX_POSITIONS {
             return Err(Error::new(
@@ -166,8 +197,13 @@ impl DataFile {
             return;
         }
         let d = margin as f64;
-        self.centres.iter_mut().for_each(|c| *c = [c[0] + d, c[1] + d]);
-        self.object_shape = [self.object_shape[0] + 2 * margin, self.object_shape[1] + 2 * margin];
+        self.centres
+            .iter_mut()
+            .for_each(|c| *c = [c[0] + d, c[1] + d]);
+        self.object_shape = [
+            self.object_shape[0] + 2 * margin,
+            self.object_shape[1] + 2 * margin,
+        ];
     }
 
     /// Read the patterns of the given global position indices (ascending or not), in that
@@ -186,7 +222,8 @@ impl DataFile {
         let m = self.m;
         let mm = m * m;
         // allocated once, zero-filled, then written in place (no Vec → Arc copy)
-        let mut out: std::sync::Arc<[f32]> = std::iter::repeat_n(0f32, indices.len() * mm).collect();
+        let mut out: std::sync::Arc<[f32]> =
+            std::iter::repeat_n(0f32, indices.len() * mm).collect();
         let dst = std::sync::Arc::get_mut(&mut out).expect("a new Arc is unique");
         let max_len = (READ_CHUNK_BYTES / (4 * mm).max(1)).max(1);
         let mut i = 0;
@@ -200,10 +237,19 @@ impl DataFile {
             for (b, pat) in flat.chunks_mut(mm).enumerate() {
                 let j = start + b;
                 if let Some(bad) = &self.bad_pixels {
-                    pat.iter_mut().zip(bad).filter(|(_, b)| **b).for_each(|(v, _)| *v = 0.0);
+                    pat.iter_mut()
+                        .zip(bad)
+                        .filter(|(_, b)| **b)
+                        .for_each(|(v, _)| *v = 0.0);
                 }
                 self.check_pattern(pat, j)?;
-                to_kernel_layout_oriented(pat, m, self.zero_frequency, self.detector_transpose, &mut dst[(i + b) * mm..(i + b + 1) * mm]);
+                to_kernel_layout_oriented(
+                    pat,
+                    m,
+                    self.zero_frequency,
+                    self.detector_transpose,
+                    &mut dst[(i + b) * mm..(i + b + 1) * mm],
+                );
             }
             i += len;
         }
@@ -226,7 +272,10 @@ impl DataFile {
             let l = max_len.min(start + len - j);
             for (b, pat) in self.read_raw(j, l)?.chunks_mut(mm).enumerate() {
                 if let Some(bad) = &self.bad_pixels {
-                    pat.iter_mut().zip(bad).filter(|(_, b)| **b).for_each(|(v, _)| *v = 0.0);
+                    pat.iter_mut()
+                        .zip(bad)
+                        .filter(|(_, b)| **b)
+                        .for_each(|(v, _)| *v = 0.0);
                 }
                 self.check_pattern(pat, j + b)?;
                 out.push(pat.iter().map(|v| *v as f64).sum());
@@ -242,8 +291,17 @@ impl DataFile {
         match pat.iter().find(|v| !v.is_finite() || **v < 0.0) {
             None => Ok(()),
             Some(bad) => {
-                let kind = if bad.is_nan() { "NaN" } else if bad.is_infinite() { "infinite" } else { "negative" };
-                Err(Error::new(&self.intensities_what, format!("{kind} intensity in pattern {j}")))
+                let kind = if bad.is_nan() {
+                    "NaN"
+                } else if bad.is_infinite() {
+                    "infinite"
+                } else {
+                    "negative"
+                };
+                Err(Error::new(
+                    &self.intensities_what,
+                    format!("{kind} intensity in pattern {j}"),
+                ))
             }
         }
     }
@@ -253,13 +311,23 @@ impl DataFile {
     pub fn read_raw(&self, start: usize, len: usize) -> Result<Vec<f32>> {
         let what = || self.intensities_what.clone();
         if start + len > self.n {
-            return Err(Error::new(what(), format!("position index {} out of range", start + len - 1)));
+            return Err(Error::new(
+                what(),
+                format!("position index {} out of range", start + len - 1),
+            ));
         }
-        let block = |ds: &hdf5::Dataset, sel: ndarray::SliceInfo<[ndarray::SliceInfoElem; 3], ndarray::Ix3, ndarray::Ix3>| -> Result<Vec<f32>> {
-            let b = ds.read_slice::<f32, _, ndarray::Ix3>(sel).ctx(what)?;
-            // the array's own buffer when it is already row-major (no second copy)
-            Ok(if b.is_standard_layout() { b.into_raw_vec_and_offset().0 } else { b.iter().copied().collect() })
-        };
+        let block =
+            |ds: &hdf5::Dataset,
+             sel: ndarray::SliceInfo<[ndarray::SliceInfoElem; 3], ndarray::Ix3, ndarray::Ix3>|
+             -> Result<Vec<f32>> {
+                let b = ds.read_slice::<f32, _, ndarray::Ix3>(sel).ctx(what)?;
+                // the array's own buffer when it is already row-major (no second copy)
+                Ok(if b.is_standard_layout() {
+                    b.into_raw_vec_and_offset().0
+                } else {
+                    b.iter().copied().collect()
+                })
+            };
         match &self.source {
             Source::Stack { file, dataset } => {
                 let ds = file.dataset(dataset).ctx(what)?;
@@ -272,7 +340,9 @@ impl DataFile {
                 while j < start + len {
                     let (iy, ix) = (j / sx, j % sx);
                     let run = (sx - ix).min(start + len - j);
-                    let b = ds.read_slice::<f32, _, ndarray::Ix3>(ndarray::s![iy, ix..ix + run, .., ..]).ctx(what)?;
+                    let b = ds
+                        .read_slice::<f32, _, ndarray::Ix3>(ndarray::s![iy, ix..ix + run, .., ..])
+                        .ctx(what)?;
                     out.extend(b.as_standard_layout().iter().copied());
                     j += run;
                 }
@@ -288,7 +358,13 @@ impl DataFile {
         let bad = self.bad_pixels.as_ref()?;
         let w: Vec<f32> = bad.iter().map(|b| if *b { 0.0 } else { 1.0 }).collect();
         let mut out = vec![0f32; w.len()];
-        to_kernel_layout_oriented(&w, self.m, self.zero_frequency, self.detector_transpose, &mut out);
+        to_kernel_layout_oriented(
+            &w,
+            self.m,
+            self.zero_frequency,
+            self.detector_transpose,
+            &mut out,
+        );
         Some(out)
     }
 }
@@ -297,7 +373,10 @@ impl DataFile {
 fn open_hdf5(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFile> {
     let pname = path.display().to_string();
     let what = |d: &str| format!("{pname}:{d}");
-    for (key, v) in [("data.intensities", &cfg.data.intensities), ("data.positions", &cfg.data.positions)] {
+    for (key, v) in [
+        ("data.intensities", &cfg.data.intensities),
+        ("data.positions", &cfg.data.positions),
+    ] {
         if v.trim().is_empty() {
             return Err(Error::new(key, "empty or missing: needed for data.format = \"hdf5\" (`ptytile inspect FILE` suggests it)"));
         }
@@ -308,20 +387,33 @@ fn open_hdf5(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFile> {
     let dp = dataset(&file, &pname, &cfg.data.positions)?;
     let ps = dp.shape();
     if ps.len() != 2 || ps[1] != 2 {
-        return Err(Error::new(what(&cfg.data.positions), format!("expected shape [N, 2] (y, x), got {ps:?}")));
+        return Err(Error::new(
+            what(&cfg.data.positions),
+            format!("expected shape [N, 2] (y, x), got {ps:?}"),
+        ));
     }
     check_numeric(&dp, &what(&cfg.data.positions))?;
     if ps[0] != n {
         return Err(Error::new(
             what(&cfg.data.positions),
-            format!("{} positions but {} diffraction patterns in {}", ps[0], n, cfg.data.intensities),
+            format!(
+                "{} positions but {} diffraction patterns in {}",
+                ps[0], n, cfg.data.intensities
+            ),
         ));
     }
     let raw: Vec<f64> = dp.read_raw::<f64>().ctx(|| what(&cfg.data.positions))?;
     if let Some(j) = raw.iter().position(|v| !v.is_finite()) {
-        return Err(Error::new(what(&cfg.data.positions), format!("non-finite value at position {}", j / 2)));
+        return Err(Error::new(
+            what(&cfg.data.positions),
+            format!("non-finite value at position {}", j / 2),
+        ));
     }
-    let meta = Meta { file: Some(&file), pname: &pname, intensities: &cfg.data.intensities };
+    let meta = Meta {
+        file: Some(&file),
+        pname: &pname,
+        intensities: &cfg.data.intensities,
+    };
     let experiment = experiment(&cfg.experiment, &meta, m)?;
     let unit = match cfg.data.positions_unit {
         PositionsUnit::Px => None,
@@ -339,7 +431,10 @@ fn open_hdf5(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFile> {
         }
     };
     let (centres, object_shape) = object_grid(&px, m).map_err(|msg| {
-        Error::new(what(&cfg.data.positions), format!("{msg} (positions_unit = {:?}?)", cfg.data.positions_unit))
+        Error::new(
+            what(&cfg.data.positions),
+            format!("{msg} (positions_unit = {:?}?)", cfg.data.positions_unit),
+        )
     })?;
     let initial_probe = match &cfg.data.probe {
         None => None,
@@ -348,7 +443,10 @@ fn open_hdf5(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFile> {
     Ok(DataFile {
         path: path.to_path_buf(),
         intensities_what: what(&cfg.data.intensities),
-        source: Source::Stack { file, dataset: cfg.data.intensities.clone() },
+        source: Source::Stack {
+            file,
+            dataset: cfg.data.intensities.clone(),
+        },
         zero_frequency: cfg.data.zero_frequency,
         detector_transpose: cfg.data.detector_transpose,
         format: DataFormat::Hdf5,
@@ -370,7 +468,10 @@ fn check_stack(file: &hdf5::File, pname: &str, path: &str) -> Result<(usize, usi
     let di = dataset(file, pname, path)?;
     let shape = di.shape();
     if shape.len() != 3 {
-        return Err(Error::new(&what, format!("expected rank 3 [N, M, M], got shape {shape:?}")));
+        return Err(Error::new(
+            &what,
+            format!("expected rank 3 [N, M, M], got shape {shape:?}"),
+        ));
     }
     check_numeric(&di, &what)?;
     check_patterns(&what, &shape[1..])?;
@@ -378,7 +479,10 @@ fn check_stack(file: &hdf5::File, pname: &str, path: &str) -> Result<(usize, usi
         return Err(Error::new(&what, format!("empty: shape {shape:?}")));
     }
     if shape[0] > MAX_POSITIONS {
-        return Err(Error::new(&what, format!("absurd shape {shape:?}: at most {MAX_POSITIONS} patterns")));
+        return Err(Error::new(
+            &what,
+            format!("absurd shape {shape:?}: at most {MAX_POSITIONS} patterns"),
+        ));
     }
     Ok((shape[0], shape[1]))
 }
@@ -386,20 +490,34 @@ fn check_stack(file: &hdf5::File, pname: &str, path: &str) -> Result<(usize, usi
 /// Patterns must be square and at least 2 × 2.
 fn check_patterns(what: &str, s: &[usize]) -> Result<()> {
     if s[0] != s[1] {
-        return Err(Error::new(what, format!("patterns must be square, got {}x{}", s[0], s[1])));
+        return Err(Error::new(
+            what,
+            format!("patterns must be square, got {}x{}", s[0], s[1]),
+        ));
     }
     if s[0] < 2 {
-        return Err(Error::new(what, format!("empty: patterns of {}x{}", s[0], s[1])));
+        return Err(Error::new(
+            what,
+            format!("empty: patterns of {}x{}", s[0], s[1]),
+        ));
     }
     if s[0] > MAX_DETECTOR_SIDE {
-        return Err(Error::new(what, format!("absurd shape: patterns of {}x{} (at most {MAX_DETECTOR_SIDE}x{MAX_DETECTOR_SIDE})", s[0], s[1])));
+        return Err(Error::new(
+            what,
+            format!(
+                "absurd shape: patterns of {}x{} (at most {MAX_DETECTOR_SIDE}x{MAX_DETECTOR_SIDE})",
+                s[0], s[1]
+            ),
+        ));
     }
     Ok(())
 }
 
 /// Positions (y, x) in m → object pixels.
 fn to_pixels(pm: &[[f64; 2]], e: &Experiment) -> Vec<[f64; 2]> {
-    pm.iter().map(|p| [p[0] / e.pixel_size_m[0], p[1] / e.pixel_size_m[1]]).collect()
+    pm.iter()
+        .map(|p| [p[0] / e.pixel_size_m[0], p[1] / e.pixel_size_m[1]])
+        .collect()
 }
 
 /// Convert one pattern [ky][kx] (zero frequency as stored) to the kernel layout [kx][ky]
@@ -413,7 +531,13 @@ pub fn to_kernel_layout(pat: &[f32], m: usize, zf: ZeroFrequency, out: &mut [f32
 /// transposed pattern I'(ky', kx') = I(kx', ky'), i.e. `out[ky * M + kx]` holds stored pixel
 /// (ky, kx). The transposition is about the zero frequency, so for `Center` data it is the
 /// swap of the indices relative to pixel [M/2, M/2].
-pub fn to_kernel_layout_oriented(pat: &[f32], m: usize, zf: ZeroFrequency, transpose: bool, out: &mut [f32]) {
+pub fn to_kernel_layout_oriented(
+    pat: &[f32],
+    m: usize,
+    zf: ZeroFrequency,
+    transpose: bool,
+    out: &mut [f32],
+) {
     let h = match zf {
         ZeroFrequency::Center => m / 2,
         ZeroFrequency::Corner => 0,
@@ -429,9 +553,18 @@ pub fn to_kernel_layout_oriented(pat: &[f32], m: usize, zf: ZeroFrequency, trans
 /// Probe centres in object pixels (c = p − min p + M/2) and the object grid that holds every
 /// window. Errors (as a message) when a position is not finite in pixels (finite in the
 /// file, it can overflow in the unit conversion) or the positions span an absurd field of view.
-pub fn object_grid(px: &[[f64; 2]], m: usize) -> std::result::Result<(Vec<[f64; 2]>, [usize; 2]), String> {
-    if let Some(j) = px.iter().position(|p| !(p[0].is_finite() && p[1].is_finite())) {
-        return Err(format!("position {j} is ({:e}, {:e}) px after conversion to pixels: not a finite number", px[j][0], px[j][1]));
+pub fn object_grid(
+    px: &[[f64; 2]],
+    m: usize,
+) -> std::result::Result<(Vec<[f64; 2]>, [usize; 2]), String> {
+    if let Some(j) = px
+        .iter()
+        .position(|p| !(p[0].is_finite() && p[1].is_finite()))
+    {
+        return Err(format!(
+            "position {j} is ({:e}, {:e}) px after conversion to pixels: not a finite number",
+            px[j][0], px[j][1]
+        ));
     }
     let min = |a: usize| px.iter().map(|p| p[a]).fold(f64::INFINITY, f64::min);
     let max = |a: usize| px.iter().map(|p| p[a]).fold(f64::NEG_INFINITY, f64::max);
@@ -444,13 +577,22 @@ pub fn object_grid(px: &[[f64; 2]], m: usize) -> std::result::Result<(Vec<[f64; 
         ));
     }
     if px.len() > 1 && span[0] < 1e-3 && span[1] < 1e-3 {
-        return Err(format!("all {} positions lie within 1e-3 px of each other", px.len()));
+        return Err(format!(
+            "all {} positions lie within 1e-3 px of each other",
+            px.len()
+        ));
     }
     let h = (m / 2) as f64;
-    let centres: Vec<[f64; 2]> = px.iter().map(|p| [p[0] - lo[0] + h, p[1] - lo[1] + h]).collect();
+    let centres: Vec<[f64; 2]> = px
+        .iter()
+        .map(|p| [p[0] - lo[0] + h, p[1] - lo[1] + h])
+        .collect();
     // a window spans floor(c) − M/2 .. floor(c) + M − M/2 (M/2 rounded down: one more pixel
     // after the centre than before it for odd M)
-    let shape = [(span[0] + h).floor() as usize + m.div_ceil(2), (span[1] + h).floor() as usize + m.div_ceil(2)];
+    let shape = [
+        (span[0] + h).floor() as usize + m.div_ceil(2),
+        (span[1] + h).floor() as usize + m.div_ceil(2),
+    ];
     Ok((centres, shape))
 }
 
@@ -458,21 +600,33 @@ fn dataset(file: &hdf5::File, pname: &str, path: &str) -> Result<hdf5::Dataset> 
     if !file.link_exists(path) {
         return Err(Error::new(format!("{pname}:{path}"), "no such dataset"));
     }
-    file.dataset(path).map_err(|e| Error::new(format!("{pname}:{path}"), format!("not a dataset ({e})")))
+    file.dataset(path)
+        .map_err(|e| Error::new(format!("{pname}:{path}"), format!("not a dataset ({e})")))
 }
 
 /// Integers and floats are accepted (read with conversion to f32/f64); anything else is a
 /// dtype error.
 fn check_numeric(ds: &hdf5::Dataset, what: &str) -> Result<()> {
-    let t = ds.dtype().and_then(|t| t.to_descriptor()).ctx(|| what.to_string())?;
+    let t = ds
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .ctx(|| what.to_string())?;
     match t {
         TypeDescriptor::Float(FloatSize::U4) | TypeDescriptor::Float(FloatSize::U8) => Ok(()),
         TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) => Ok(()),
-        other => Err(Error::new(what, format!("dtype {other} is not a real number type"))),
+        other => Err(Error::new(
+            what,
+            format!("dtype {other} is not a real number type"),
+        )),
     }
 }
 
-fn read_probe(file: &hdf5::File, pname: &str, path: &str, m: usize) -> Result<(usize, Vec<Complex32>)> {
+fn read_probe(
+    file: &hdf5::File,
+    pname: &str,
+    path: &str,
+    m: usize,
+) -> Result<(usize, Vec<Complex32>)> {
     let what = format!("{pname}:{path}");
     let ds = dataset(file, pname, path)?;
     let s = ds.shape();
@@ -486,13 +640,21 @@ fn read_probe(file: &hdf5::File, pname: &str, path: &str, m: usize) -> Result<(u
             ))
         }
     };
-    let t = ds.dtype().and_then(|t| t.to_descriptor()).ctx(|| what.clone())?;
+    let t = ds
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .ctx(|| what.clone())?;
     let complex = matches!(&t, TypeDescriptor::Compound(c)
         if c.fields.len() == 2 && c.fields.iter().all(|f| matches!(f.ty, TypeDescriptor::Float(_))));
     if !complex {
-        return Err(Error::new(&what, format!("dtype {t} is not complex (a compound of two floats r, i)")));
+        return Err(Error::new(
+            &what,
+            format!("dtype {t} is not complex (a compound of two floats r, i)"),
+        ));
     }
-    let p: Vec<Complex32> = ds.read_raw::<Complex32>().map_err(|e| Error::new(&what, format!("not a complex64 probe ({e})")))?;
+    let p: Vec<Complex32> = ds
+        .read_raw::<Complex32>()
+        .map_err(|e| Error::new(&what, format!("not a complex64 probe ({e})")))?;
     if p.iter().any(|z| !z.re.is_finite() || !z.im.is_finite()) {
         return Err(Error::new(&what, "probe contains non-finite values"));
     }
@@ -515,12 +677,20 @@ impl Meta<'_> {
     /// its source `file:place@name`. An attribute of that name that is not numeric is an
     /// error naming it (not silently skipped).
     fn find(&self, names: &[(&str, f64)]) -> Result<Option<(String, Vec<f64>)>> {
-        let Some(file) = self.file else { return Ok(None) };
+        let Some(file) = self.file else {
+            return Ok(None);
+        };
         let parent = match self.intensities.rfind('/') {
             Some(0) | None => "/".to_string(),
             Some(i) => self.intensities[..i].to_string(),
         };
-        let places = [self.intensities.to_string(), parent, "/".into(), "/meta".into(), "/metadata".into()];
+        let places = [
+            self.intensities.to_string(),
+            parent,
+            "/".into(),
+            "/meta".into(),
+            "/metadata".into(),
+        ];
         for place in places.iter() {
             if place != "/" && !file.link_exists(place) {
                 continue;
@@ -537,12 +707,16 @@ impl Meta<'_> {
                     let src = format!("{}:{}@{}", self.pname, place, name);
                     let numeric = matches!(
                         a.dtype().and_then(|t| t.to_descriptor()),
-                        Ok(TypeDescriptor::Float(_) | TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_))
+                        Ok(TypeDescriptor::Float(_)
+                            | TypeDescriptor::Integer(_)
+                            | TypeDescriptor::Unsigned(_))
                     );
                     if !numeric {
                         return Err(Error::new(src, "attribute is not a number"));
                     }
-                    let v = a.read_raw::<f64>().map_err(|e| Error::new(&src, e.to_string()))?;
+                    let v = a
+                        .read_raw::<f64>()
+                        .map_err(|e| Error::new(&src, e.to_string()))?;
                     return Ok(Some((src, v.iter().map(|x| x * scale).collect())));
                 }
             }
@@ -563,13 +737,31 @@ enum Valid {
 /// A scalar from the config, else from file attributes (`names`, each with the factor to
 /// SI units). Errors name the config key, or the attribute `file:place@name` it came from:
 /// missing when `required`, empty, anisotropic, or not `valid`.
-fn value(key: &str, cfg: Option<f64>, meta: &Meta, names: &[(&str, f64)], required: bool, valid: Valid) -> Result<Option<f64>> {
+fn value(
+    key: &str,
+    cfg: Option<f64>,
+    meta: &Meta,
+    names: &[(&str, f64)],
+    required: bool,
+    valid: Valid,
+) -> Result<Option<f64>> {
     let check = |what: &str, x: f64| -> Result<f64> {
         let ok = x.is_finite() && (valid == Valid::Finite || x > 0.0);
         if !ok {
-            let want = if valid == Valid::Positive { "a positive number" } else { "a finite number" };
-            let subject = if what == key { String::new() } else { format!("{key} ") };
-            return Err(Error::new(what, format!("{subject}must be {want}, got {x}")));
+            let want = if valid == Valid::Positive {
+                "a positive number"
+            } else {
+                "a finite number"
+            };
+            let subject = if what == key {
+                String::new()
+            } else {
+                format!("{key} ")
+            };
+            return Err(Error::new(
+                what,
+                format!("{subject}must be {want}, got {x}"),
+            ));
         }
         Ok(x)
     };
@@ -578,15 +770,25 @@ fn value(key: &str, cfg: Option<f64>, meta: &Meta, names: &[(&str, f64)], requir
     }
     match meta.find(names)? {
         Some((src, v)) => {
-            let x = *v.first().ok_or_else(|| Error::new(&src, "empty attribute"))?;
+            let x = *v
+                .first()
+                .ok_or_else(|| Error::new(&src, "empty attribute"))?;
             check(&src, x)?;
-            if v.iter().any(|y| !((y - x).abs() <= 1e-9 * x.abs().max(1e-300))) {
-                return Err(Error::new(&src, format!("anisotropic values {v:?} are not supported for {key}")));
+            if v.iter()
+                .any(|y| !((y - x).abs() <= 1e-9 * x.abs().max(1e-300)))
+            {
+                return Err(Error::new(
+                    &src,
+                    format!("anisotropic values {v:?} are not supported for {key}"),
+                ));
             }
             tracing::info!("{key} = {x} (from {src})");
             Ok(Some(x))
         }
-        None if required => Err(Error::new(key, "missing: not in the config and no matching attribute in the data file")),
+        None if required => Err(Error::new(
+            key,
+            "missing: not in the config and no matching attribute in the data file",
+        )),
         None => Ok(None),
     }
 }
@@ -618,7 +820,13 @@ fn experiment(e: &ExperimentConfig, meta: &Meta, m: usize) -> Result<Experiment>
         "experiment.defocus_m",
         e.defocus_m,
         meta,
-        &[("defocus_m", 1.0), ("defocus_A", 1e-10), ("defocus_A_abtem", 1e-10), ("C10_A", -1e-10), ("C10_m", -1.0)],
+        &[
+            ("defocus_m", 1.0),
+            ("defocus_A", 1e-10),
+            ("defocus_A_abtem", 1e-10),
+            ("C10_A", -1e-10),
+            ("C10_m", -1.0),
+        ],
         false,
         Finite,
     )?
@@ -634,8 +842,15 @@ fn experiment(e: &ExperimentConfig, meta: &Meta, m: usize) -> Result<Experiment>
     .unwrap_or(0.0);
     let (dtheta, pixel) = match e.beam {
         Beam::Electron => {
-            let mrad = value("experiment.angular_sampling_mrad", e.angular_sampling_mrad, meta, &[("angular_sampling_mrad", 1.0)], true, Positive)?
-                .unwrap_or_default();
+            let mrad = value(
+                "experiment.angular_sampling_mrad",
+                e.angular_sampling_mrad,
+                meta,
+                &[("angular_sampling_mrad", 1.0)],
+                true,
+                Positive,
+            )?
+            .unwrap_or_default();
             let dt = mrad * 1e-3;
             (dt, physics::pixel_size_from_angular_m(wavelength, m, dt))
         }
@@ -658,7 +873,10 @@ fn experiment(e: &ExperimentConfig, meta: &Meta, m: usize) -> Result<Experiment>
                 Positive,
             )?
             .unwrap_or_default();
-            (p / z, physics::pixel_size_from_detector_m(wavelength, m, z, p))
+            (
+                p / z,
+                physics::pixel_size_from_detector_m(wavelength, m, z, p),
+            )
         }
     };
     let exp = Experiment {
@@ -701,7 +919,10 @@ mod tests {
     fn positions_not_finite_in_pixels_are_refused() {
         // 1e300 m at 0.18 Å pixels overflows to inf: the case tests/fuzz_readers.rs found
         let e = object_grid(&[[f64::INFINITY; 2]; 4], 6).unwrap_err();
-        assert!(e.contains("position 0") && e.contains("not a finite number"), "{e}");
+        assert!(
+            e.contains("position 0") && e.contains("not a finite number"),
+            "{e}"
+        );
         let e = object_grid(&[[0.0, 0.0], [1.0, f64::NAN]], 6).unwrap_err();
         assert!(e.contains("position 1"), "{e}");
         let (c, shape) = object_grid(&[[0.0, 0.0], [1.0, 2.0]], 6).unwrap();

@@ -48,15 +48,24 @@ impl NpyArray {
     pub fn open(path: &Path) -> Result<NpyArray> {
         let what = || path.display().to_string();
         let f = std::fs::File::open(path).ctx(what)?;
-        let header = ndarray_npy::npy::header::Header::from_reader(&mut std::io::BufReader::new(&f))
-            .map_err(|e| Error::new(what(), format!("not a NumPy .npy file ({e})")))?;
+        let header =
+            ndarray_npy::npy::header::Header::from_reader(&mut std::io::BufReader::new(&f))
+                .map_err(|e| Error::new(what(), format!("not a NumPy .npy file ({e})")))?;
         // SAFETY: the map is read-only; ptytile never writes the file while it runs. A file
         // truncated by another process while mapped would fault, like any mmap reader.
         let map = unsafe { memmap2::Mmap::map(&f) }.ctx(what)?;
         let dtype = header.type_descriptor.to_string();
-        let a = NpyArray { path: path.to_path_buf(), map, shape: header.shape, dtype };
+        let a = NpyArray {
+            path: path.to_path_buf(),
+            map,
+            shape: header.shape,
+            dtype,
+        };
         if with_view!(&a.map, ndim()).is_none() {
-            let why = ArrayViewD::<f32>::view_npy(&a.map).err().map(|e| e.to_string()).unwrap_or_default();
+            let why = ArrayViewD::<f32>::view_npy(&a.map)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             return Err(Error::new(
                 what(),
                 format!("dtype {} is not supported (float32/64 or integers in native byte order): {why}", a.dtype),
@@ -79,19 +88,33 @@ fn ndim<T>(v: ArrayViewD<T>) -> usize {
     v.ndim()
 }
 
-fn copy_rows<T: AsPrimitive<f32>>(v: ArrayViewD<T>, lead: usize, start: usize, len: usize) -> Result<Vec<f32>> {
+fn copy_rows<T: AsPrimitive<f32>>(
+    v: ArrayViewD<T>,
+    lead: usize,
+    start: usize,
+    len: usize,
+) -> Result<Vec<f32>> {
     let shape = v.shape().to_vec();
     if lead > shape.len() {
-        return Err(Error::new("npy", format!("array of rank {} has fewer than {lead} axes", shape.len())));
+        return Err(Error::new(
+            "npy",
+            format!("array of rank {} has fewer than {lead} axes", shape.len()),
+        ));
     }
     let n: usize = shape[..lead].iter().product();
     if start + len > n {
-        return Err(Error::new("npy", format!("index {} out of range ({n} rows)", start + len - 1)));
+        return Err(Error::new(
+            "npy",
+            format!("index {} out of range ({n} rows)", start + len - 1),
+        ));
     }
     let rest: usize = shape[lead..].iter().product();
     if let Some(s) = v.as_slice() {
         // C order: rows are contiguous
-        return Ok(s[start * rest..(start + len) * rest].iter().map(|x| x.as_()).collect());
+        return Ok(s[start * rest..(start + len) * rest]
+            .iter()
+            .map(|x| x.as_())
+            .collect());
     }
     // Fortran (or other) order: index element by element in logical C order
     let mut out = Vec::with_capacity(len * rest);
@@ -119,8 +142,12 @@ mod tests {
     #[test]
     fn c_and_fortran_order_read_the_same_patterns() {
         let d = tempfile::tempdir().unwrap();
-        let a = Array4::from_shape_fn((2, 3, 4, 4), |(a, b, c, e)| (a * 1000 + b * 100 + c * 10 + e) as u16);
-        let f = Array4::from_shape_fn((2, 3, 4, 4).f(), |(a, b, c, e)| (a * 1000 + b * 100 + c * 10 + e) as f64);
+        let a = Array4::from_shape_fn((2, 3, 4, 4), |(a, b, c, e)| {
+            (a * 1000 + b * 100 + c * 10 + e) as u16
+        });
+        let f = Array4::from_shape_fn((2, 3, 4, 4).f(), |(a, b, c, e)| {
+            (a * 1000 + b * 100 + c * 10 + e) as f64
+        });
         ndarray_npy::write_npy(d.path().join("c.npy"), &a).unwrap();
         ndarray_npy::write_npy(d.path().join("f.npy"), &f).unwrap();
         let c = NpyArray::open(&d.path().join("c.npy")).unwrap();
@@ -132,6 +159,9 @@ mod tests {
         assert_eq!(x[16 + 3 * 4 + 1], 1231.0);
         assert!(c.read_f32(2, 5, 2).is_err());
         std::fs::write(d.path().join("x.npy"), b"nonsense").unwrap();
-        assert!(NpyArray::open(&d.path().join("x.npy")).unwrap_err().msg.contains(".npy"));
+        assert!(NpyArray::open(&d.path().join("x.npy"))
+            .unwrap_err()
+            .msg
+            .contains(".npy"));
     }
 }

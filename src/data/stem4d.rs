@@ -12,7 +12,10 @@
 //! rows (+y); θ = 90° turns the fast axis to +y and the slow one to −x.
 
 use super::npy::NpyArray;
-use super::{check_numeric, check_patterns, dataset, experiment, object_grid, read_probe, to_pixels, DataFile, Meta, Source};
+use super::{
+    check_numeric, check_patterns, dataset, experiment, object_grid, read_probe, to_pixels,
+    DataFile, Meta, Source,
+};
 use crate::config::{Config, DataFormat};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -47,14 +50,25 @@ pub(super) fn open(cfg: &Config, path: &Path, file: Option<hdf5::File>) -> Resul
     let (source, shape, what) = match file {
         Some(file) => {
             if cfg.data.intensities.is_empty() {
-                return Err(Error::new("data.intensities", "missing: HDF5 path of the [Sy, Sx, Ky, Kx] array"));
+                return Err(Error::new(
+                    "data.intensities",
+                    "missing: HDF5 path of the [Sy, Sx, Ky, Kx] array",
+                ));
             }
             let what = format!("{pname}:{}", cfg.data.intensities);
             let ds = dataset(&file, &pname, &cfg.data.intensities)?;
             check_numeric(&ds, &what)?;
             let shape = ds.shape();
             let sx = shape.get(1).copied().unwrap_or(0);
-            (Source::Scan { file, dataset: cfg.data.intensities.clone(), sx }, shape, what)
+            (
+                Source::Scan {
+                    file,
+                    dataset: cfg.data.intensities.clone(),
+                    sx,
+                },
+                shape,
+                what,
+            )
         }
         None => {
             let a = NpyArray::open(path)?;
@@ -63,7 +77,10 @@ pub(super) fn open(cfg: &Config, path: &Path, file: Option<hdf5::File>) -> Resul
         }
     };
     if shape.len() != 4 {
-        return Err(Error::new(&what, format!("expected a 4D-STEM array [Sy, Sx, Ky, Kx], got shape {shape:?}")));
+        return Err(Error::new(
+            &what,
+            format!("expected a 4D-STEM array [Sy, Sx, Ky, Kx], got shape {shape:?}"),
+        ));
     }
     check_patterns(&what, &shape[2..])?;
     let (sy, sx, m) = (shape[0], shape[1], shape[2]);
@@ -74,14 +91,24 @@ pub(super) fn open(cfg: &Config, path: &Path, file: Option<hdf5::File>) -> Resul
         Source::Scan { file, .. } => (Some(file), Some(file)),
         _ => (None, None),
     };
-    let meta = Meta { file: meta_file, pname: &pname, intensities: &cfg.data.intensities };
+    let meta = Meta {
+        file: meta_file,
+        pname: &pname,
+        intensities: &cfg.data.intensities,
+    };
     let experiment = experiment(&cfg.experiment, &meta, m)?;
     let pm = scan_positions_m(sy, sx, step, cfg.data.scan_rotation_deg);
-    let (centres, object_shape) = object_grid(&to_pixels(&pm, &experiment), m).map_err(|msg| Error::new("data.scan_step_m", msg))?;
+    let (centres, object_shape) = object_grid(&to_pixels(&pm, &experiment), m)
+        .map_err(|msg| Error::new("data.scan_step_m", msg))?;
     let initial_probe = match (&cfg.data.probe, probe_file) {
         (None, _) => None,
         (Some(p), Some(f)) => Some(read_probe(f, &pname, p, m)?),
-        (Some(_), None) => return Err(Error::new("data.probe", "an initial probe cannot be read from a .npy file (use data.initial)")),
+        (Some(_), None) => {
+            return Err(Error::new(
+                "data.probe",
+                "an initial probe cannot be read from a .npy file (use data.initial)",
+            ))
+        }
     };
     Ok(DataFile {
         path: path.to_path_buf(),
@@ -114,7 +141,15 @@ mod tests {
         assert_eq!(p[3], [1.0, 0.0]);
         // θ = 90°: fast axis along +y, slow axis along −x
         let p = scan_positions_m(2, 3, 2.0, 90.0);
-        assert!((p[1][0] - 2.0).abs() < 1e-12 && p[1][1].abs() < 1e-12, "{:?}", p[1]);
-        assert!(p[3][0].abs() < 1e-12 && (p[3][1] + 2.0).abs() < 1e-12, "{:?}", p[3]);
+        assert!(
+            (p[1][0] - 2.0).abs() < 1e-12 && p[1][1].abs() < 1e-12,
+            "{:?}",
+            p[1]
+        );
+        assert!(
+            p[3][0].abs() < 1e-12 && (p[3][1] + 2.0).abs() < 1e-12,
+            "{:?}",
+            p[3]
+        );
     }
 }

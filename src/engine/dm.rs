@@ -25,7 +25,10 @@
 //! positions first, halo sums to owners, probe sums all-reduced), so a tiled run equals
 //! the 1-rank run.
 
-use super::exchange::{add_step, allreduce_probe_sums, finish_sends, global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices, TAG_OBJECT};
+use super::exchange::{
+    add_step, allreduce_probe_sums, finish_sends, global_max_in, halo_first_sums, lap,
+    probe_from_hat, refresh_halo, tile_indices, TAG_OBJECT,
+};
 use super::gd::{Options, PRECONDITIONER_DELTA};
 use super::{IterStats, Problem, Rank, State};
 use crate::backend::cpu::{difference_map, probe_spectrum, probe_sums, DmStep, Gradients};
@@ -51,9 +54,20 @@ pub struct DmState<T> {
 /// state before the update.
 ///
 /// Errors: a failed peer or transport (naming the peer rank).
-pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, iteration: usize, o: &Options, step: DmStep, rank: &mut Rank) -> Result<IterStats> {
+pub fn iterate<T: Real>(
+    p: &Problem<T>,
+    s: &mut State<T>,
+    ds: &mut DmState<T>,
+    iteration: usize,
+    o: &Options,
+    step: DmStep,
+    rank: &mut Rank,
+) -> Result<IterStats> {
     let update_probe = o.probe_at(iteration);
-    let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
+    let mut st = IterStats {
+        probe_updated: update_probe,
+        ..Default::default()
+    };
     let mm = p.kernel.fft.size().pow(2);
     let kmm = p.kernel.modes * mm;
     let init = ds.exit_waves.is_empty();
@@ -63,10 +77,29 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, i
     let ph = probe_spectrum(&p.kernel.fft, &s.probe);
     let exit = &mut ds.exit_waves;
     let object = &s.object;
-    let g = halo_first_sums(p, rank, &mut st, |r| {
-        let (pos, meas) = (&p.positions[r.clone()], &p.intensities[r.start * mm..r.end * mm]);
-        Ok(difference_map(&p.kernel, object, &ph, pos, meas, false, &mut exit[r.start * kmm..r.end * kmm], init, step))
-    }, |_| {})?;
+    let g = halo_first_sums(
+        p,
+        rank,
+        &mut st,
+        |r| {
+            let (pos, meas) = (
+                &p.positions[r.clone()],
+                &p.intensities[r.start * mm..r.end * mm],
+            );
+            Ok(difference_map(
+                &p.kernel,
+                object,
+                &ph,
+                pos,
+                meas,
+                false,
+                &mut exit[r.start * kmm..r.end * kmm],
+                init,
+                step,
+            ))
+        },
+        |_| {},
+    )?;
     st.loss = g.loss;
     let dmax = global_max_in(&g.d_obj, rank, &mut st)?;
     let mut t = Instant::now();
@@ -89,7 +122,13 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, ds: &mut DmState<T>, i
 /// The overlap step from complete sums: object on `tile` if its sums are present (`dmax`
 /// the global maximum of D_O), probe if its sums are present.
 /// Formed in f64 and rounded once to the working precision.
-fn overlap_update<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, tile: &Rect, dmax: f64) {
+fn overlap_update<T: Real>(
+    p: &Problem<T>,
+    s: &mut State<T>,
+    g: &Gradients<T>,
+    tile: &Rect,
+    dmax: f64,
+) {
     let reg = PRECONDITIONER_DELTA * dmax + f64::MIN_POSITIVE;
     // x ← (n + r x)/(d + r), written as x + (n − d x)/(d + r)
     let ratio = |x: &mut Complex<T>, n: Complex64, d: f64, r: f64| {
@@ -102,7 +141,8 @@ fn overlap_update<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, t
     if !g.g_probe_hat.is_empty() {
         let num = probe_from_hat(p.kernel.fft.size(), &g.g_probe_hat);
         let mm = g.d_probe.len();
-        let preg = PRECONDITIONER_DELTA * g.d_probe.iter().fold(0.0f64, |a, b| a.max(*b)) + f64::MIN_POSITIVE;
+        let preg = PRECONDITIONER_DELTA * g.d_probe.iter().fold(0.0f64, |a, b| a.max(*b))
+            + f64::MIN_POSITIVE;
         for (pm, nm) in s.probe.chunks_mut(mm).zip(num.chunks(mm)) {
             for ((x, n), d) in pm.iter_mut().zip(nm).zip(&g.d_probe) {
                 ratio(x, *n, *d, preg);

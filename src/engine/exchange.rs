@@ -89,19 +89,25 @@ pub fn finish_sends(rank: &mut Rank, st: &mut IterStats) -> Result<()> {
 /// posted by the caller with [`post_halo_sums`] or [`halo_first_sums`]) or all-reduce the
 /// object sums (replicated). Blocked time goes to `st.wait_s`, unpacking and adding to
 /// `st.comm_s`.
-pub fn complete_object_sums<T: Real>(g: &mut Gradients<T>, rank: &mut Rank, st: &mut IterStats) -> Result<()> {
+pub fn complete_object_sums<T: Real>(
+    g: &mut Gradients<T>,
+    rank: &mut Rank,
+    st: &mut IterStats,
+) -> Result<()> {
     let mut t = Instant::now();
     match rank.mode {
         Decomposition::Tiled => {
             for tr in &rank.plan.recvs {
                 let bytes = rank.comm.recv(tr.peer, TAG_GRADIENT)?;
                 st.wait_s += lap(&mut t);
-                unpack_add_gradient(g, &tr.rect, &bytes).map_err(|e| Error::new(format!("rank {}", tr.peer), e.msg))?;
+                unpack_add_gradient(g, &tr.rect, &bytes)
+                    .map_err(|e| Error::new(format!("rank {}", tr.peer), e.msg))?;
                 st.comm_s += lap(&mut t);
             }
         }
         Decomposition::Replicated => {
-            rank.comm.allreduce_sum(bytemuck::cast_slice_mut(&mut g.g_obj.data))?;
+            rank.comm
+                .allreduce_sum(bytemuck::cast_slice_mut(&mut g.g_obj.data))?;
             rank.comm.allreduce_sum(&mut g.d_obj.data)?;
             st.wait_s += lap(&mut t);
         }
@@ -114,7 +120,8 @@ pub fn complete_object_sums<T: Real>(g: &mut Gradients<T>, rank: &mut Rank, st: 
 pub fn post_halo_sums<T: Real>(g: &Gradients<T>, rank: &mut Rank) -> Result<()> {
     if rank.mode == Decomposition::Tiled {
         for t in &rank.plan.sends {
-            rank.comm.isend(t.peer, TAG_GRADIENT, pack_gradient(g, &t.rect))?;
+            rank.comm
+                .isend(t.peer, TAG_GRADIENT, pack_gradient(g, &t.rect))?;
         }
     }
     Ok(())
@@ -123,7 +130,11 @@ pub fn post_halo_sums<T: Real>(g: &Gradients<T>, rank: &mut Rank) -> Result<()> 
 /// Step 5: all-reduce (fixed tree order, [`Comm::allreduce_sum`]) the probe sums and the loss
 /// in one message.
 pub fn allreduce_probe_sums<T: Real>(g: &mut Gradients<T>, comm: &mut dyn Comm) -> Result<()> {
-    let mut v: Vec<f64> = bytemuck::cast_slice(&g.g_probe_hat).iter().copied().chain(g.d_probe.iter().copied()).collect();
+    let mut v: Vec<f64> = bytemuck::cast_slice(&g.g_probe_hat)
+        .iter()
+        .copied()
+        .chain(g.d_probe.iter().copied())
+        .collect();
     v.push(g.loss);
     comm.allreduce_sum(&mut v)?;
     let np = 2 * g.g_probe_hat.len();
@@ -139,21 +150,30 @@ pub fn allreduce_probe_sums<T: Real>(g: &mut Gradients<T>, comm: &mut dyn Comm) 
 /// object (tag [`TAG_OBJECT`]) and the ML-CG direction ([`TAG_DIRECTION`]); nothing to do
 /// in the replicated mode, where every rank's tile is the whole object. Sending and copying
 /// go to `st.comm_s`, blocked receives to `st.wait_s`.
-pub fn refresh_halo<V: bytemuck::Pod>(f: &mut Field<V>, rank: &mut Rank, tag: u32, st: &mut IterStats) -> Result<()> {
+pub fn refresh_halo<V: bytemuck::Pod>(
+    f: &mut Field<V>,
+    rank: &mut Rank,
+    tag: u32,
+    st: &mut IterStats,
+) -> Result<()> {
     if rank.mode == Decomposition::Replicated {
         return Ok(());
     }
     let mut t = Instant::now();
     for tr in &rank.plan.recvs {
         let vals = extract(f, &tr.rect);
-        rank.comm.isend(tr.peer, tag, bytemuck::cast_slice(&vals).to_vec())?;
+        rank.comm
+            .isend(tr.peer, tag, bytemuck::cast_slice(&vals).to_vec())?;
     }
     st.comm_s += lap(&mut t);
     for tr in &rank.plan.sends {
         let bytes = rank.comm.recv(tr.peer, tag)?;
         st.wait_s += lap(&mut t);
         if bytes.len() != tr.rect.area() * f.planes() * std::mem::size_of::<V>() {
-            return Err(Error::new(format!("rank {}", tr.peer), "halo message of the wrong size"));
+            return Err(Error::new(
+                format!("rank {}", tr.peer),
+                "halo message of the wrong size",
+            ));
         }
         // copy into an aligned buffer (a Vec<u8> is only byte-aligned)
         let vals: Vec<V> = bytemuck::pod_collect_to_vec(&bytes);
@@ -180,7 +200,9 @@ pub fn tile_indices<V>(f: &Field<V>, tile: &Rect) -> impl Iterator<Item = usize>
 
 /// The global maximum of `f` over every rank's tile (the all-reduce goes to `st.wait_s`).
 pub fn global_max_in(f: &Field<f64>, rank: &mut Rank, st: &mut IterStats) -> Result<f64> {
-    let mut mx = [extract(f, &rank.plan.tile).iter().fold(0.0f64, |a, b| a.max(*b))];
+    let mut mx = [extract(f, &rank.plan.tile)
+        .iter()
+        .fold(0.0f64, |a, b| a.max(*b))];
     let mut t = Instant::now();
     rank.comm.allreduce_max(&mut mx)?;
     st.wait_s += lap(&mut t);
@@ -211,8 +233,14 @@ pub fn add_step<T: Real>(x: &mut Complex<T>, u: Complex64) {
 pub fn add_gradients<T: Real>(g: &mut Gradients<T>, h: &Gradients<T>) {
     add_field(&mut g.g_obj, &h.g_obj);
     add_field(&mut g.d_obj, &h.d_obj);
-    g.g_probe_hat.iter_mut().zip(&h.g_probe_hat).for_each(|(a, b)| *a += *b);
-    g.d_probe.iter_mut().zip(&h.d_probe).for_each(|(a, b)| *a += *b);
+    g.g_probe_hat
+        .iter_mut()
+        .zip(&h.g_probe_hat)
+        .for_each(|(a, b)| *a += *b);
+    g.d_probe
+        .iter_mut()
+        .zip(&h.d_probe)
+        .for_each(|(a, b)| *a += *b);
     g.loss += h.loss;
     g.g_pos.extend_from_slice(&h.g_pos);
 }
@@ -223,7 +251,9 @@ pub fn extract<V: Copy>(f: &Field<V>, r: &Rect) -> Vec<V> {
     let mut out = Vec::with_capacity(r.area() * f.planes());
     for s in 0..f.planes() {
         for y in r.y0..r.y1 {
-            let i = s * f.plane_len() + (y - f.origin[0]) as usize * f.shape[1] + (r.x0 - f.origin[1]) as usize;
+            let i = s * f.plane_len()
+                + (y - f.origin[0]) as usize * f.shape[1]
+                + (r.x0 - f.origin[1]) as usize;
             out.extend_from_slice(&f.data[i..i + (r.x1 - r.x0) as usize]);
         }
     }
@@ -237,7 +267,8 @@ pub fn write_rect<V: Copy>(f: &mut Field<V>, r: &Rect, vals: &[V]) {
     let pl = f.plane_len();
     for s in 0..f.planes() {
         for (k, y) in (r.y0..r.y1).enumerate() {
-            let i = s * pl + (y - f.origin[0]) as usize * f.shape[1] + (r.x0 - f.origin[1]) as usize;
+            let i =
+                s * pl + (y - f.origin[0]) as usize * f.shape[1] + (r.x0 - f.origin[1]) as usize;
             f.data[i..i + n].copy_from_slice(&vals[(s * rows + k) * n..(s * rows + k + 1) * n]);
         }
     }
@@ -253,12 +284,33 @@ fn pack_gradient<T: Real>(g: &Gradients<T>, r: &Rect) -> Vec<u8> {
 fn unpack_add_gradient<T: Real>(g: &mut Gradients<T>, r: &Rect, bytes: &[u8]) -> Result<()> {
     let n = r.area() * g.g_obj.planes();
     if bytes.len() != n * 24 {
-        return Err(Error::new("halo", format!("gradient message of {} bytes for a {}-pixel rectangle", bytes.len(), n)));
+        return Err(Error::new(
+            "halo",
+            format!(
+                "gradient message of {} bytes for a {}-pixel rectangle",
+                bytes.len(),
+                n
+            ),
+        ));
     }
     // copy into aligned buffers (a Vec<u8> is only byte-aligned)
     let gv: Vec<Complex<f64>> = bytemuck::pod_collect_to_vec(&bytes[..n * 16]);
     let dv: Vec<f64> = bytemuck::pod_collect_to_vec(&bytes[n * 16..]);
-    add_field(&mut g.g_obj, &Field { origin: r.origin(), shape: r.shape(), data: gv });
-    add_field(&mut g.d_obj, &Field { origin: r.origin(), shape: r.shape(), data: dv });
+    add_field(
+        &mut g.g_obj,
+        &Field {
+            origin: r.origin(),
+            shape: r.shape(),
+            data: gv,
+        },
+    );
+    add_field(
+        &mut g.d_obj,
+        &Field {
+            origin: r.origin(),
+            shape: r.shape(),
+            data: dv,
+        },
+    );
     Ok(())
 }

@@ -27,8 +27,10 @@
 //! holds the whole object and the object-sized sums are all-reduced instead.
 
 use super::axial;
-use super::exchange::{finish_sends, global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices};
 pub use super::exchange::{extract, write_rect, TAG_GRADIENT, TAG_OBJECT};
+use super::exchange::{
+    finish_sends, global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices,
+};
 pub use super::{Decomposition, IterStats, Problem, Rank, State};
 use crate::backend::cpu::{probe_spectrum, Gradients};
 use crate::backend::Selection;
@@ -106,9 +108,19 @@ pub struct GdState {
 /// when it is empty (the first iteration of a gd stage) one extra pass forms it.
 ///
 /// Errors: a failed peer or transport (naming the peer rank).
-pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, gs: &mut GdState, iteration: usize, o: &Options, rank: &mut Rank) -> Result<IterStats> {
+pub fn iterate<T: Real>(
+    p: &Problem<T>,
+    s: &mut State<T>,
+    gs: &mut GdState,
+    iteration: usize,
+    o: &Options,
+    rank: &mut Rank,
+) -> Result<IterStats> {
     let update_probe = o.probe_at(iteration);
-    let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
+    let mut st = IterStats {
+        probe_updated: update_probe,
+        ..Default::default()
+    };
     let shares = batch_shares(p, o.batches, rank, &mut st)?;
     if o.batches > 1 && gs.d_obj.is_empty() {
         // the first pass of a gd stage: the full preconditioner from one pass over all
@@ -119,7 +131,17 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, gs: &mut GdState, iter
     }
     let mut pass_d: Option<Field<f64>> = None;
     for (b, &share) in shares.iter().enumerate() {
-        let mut g = sum_gradients(p, s, b, o.batches, update_probe, o.positions_at(iteration), true, rank, &mut st)?;
+        let mut g = sum_gradients(
+            p,
+            s,
+            b,
+            o.batches,
+            update_probe,
+            o.positions_at(iteration),
+            true,
+            rank,
+            &mut st,
+        )?;
         st.loss += g.loss;
         st.positions.append(&mut g.g_pos);
         // global max of the object preconditioner over the owned pixels
@@ -129,7 +151,10 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, gs: &mut GdState, iter
         apply(p, s, &g, o, &rank.plan.tile, dmax, share, previous);
         if o.batches > 1 {
             let acc = pass_d.get_or_insert_with(|| Field::like(&g.d_obj, 0.0));
-            acc.data.iter_mut().zip(&g.d_obj.data).for_each(|(a, d)| *a += *d);
+            acc.data
+                .iter_mut()
+                .zip(&g.d_obj.data)
+                .for_each(|(a, d)| *a += *d);
         }
         st.compute_s += lap(&mut t);
         refresh_halo(&mut s.object, rank, TAG_OBJECT, &mut st)?;
@@ -147,7 +172,12 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, gs: &mut GdState, iter
 /// communication).
 ///
 /// Errors: a failed peer or transport.
-pub fn batch_shares<T: Real>(p: &Problem<T>, batches: usize, rank: &mut Rank, st: &mut IterStats) -> Result<Vec<f64>> {
+pub fn batch_shares<T: Real>(
+    p: &Problem<T>,
+    batches: usize,
+    rank: &mut Rank,
+    st: &mut IterStats,
+) -> Result<Vec<f64>> {
     if batches == 1 {
         return Ok(vec![1.0]);
     }
@@ -189,7 +219,9 @@ pub fn sum_gradients<T: Real>(
         st,
         |range| {
             let run = |sel: Selection| match want_positions {
-                true => p.compute.gradients_and_positions(&s.object, &ph, sel, want_probe),
+                true => p
+                    .compute
+                    .gradients_and_positions(&s.object, &ph, sel, want_probe),
                 false => p.compute.gradients(&s.object, &ph, sel, want_probe),
             };
             if batches == 1 {
@@ -197,13 +229,21 @@ pub fn sum_gradients<T: Real>(
                 return run(Selection::Range(range));
             }
             // this batch's positions of the range, keeping plan order
-            let idx: Vec<usize> = range.filter(|&j| p.positions[j].index % batches == b).collect();
+            let idx: Vec<usize> = range
+                .filter(|&j| p.positions[j].index % batches == b)
+                .collect();
             run(Selection::Indices(&idx))
         },
         |g| {
             // the axial regulariser of a multislice object, on the tile (weighted by the
             // batch's share of the positions, so that a pass over all batches adds it once)
-            let r = axial::regularise(&s.object, g, &tile, p.axial / batches as f64, fisher_scale(p.kernel.noise));
+            let r = axial::regularise(
+                &s.object,
+                g,
+                &tile,
+                p.axial / batches as f64,
+                fisher_scale(p.kernel.noise),
+            );
             if counted {
                 g.loss += r;
             }
@@ -233,7 +273,16 @@ pub fn sum_gradients<T: Real>(
 ///
 /// The step is formed in f64 from the f64 sums and added to the working-precision values.
 #[allow(clippy::too_many_arguments)]
-pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Options, tile: &Rect, dmax: f64, share: f64, previous: Option<(&[f64], f64)>) {
+pub fn apply<T: Real>(
+    p: &Problem<T>,
+    s: &mut State<T>,
+    g: &Gradients<T>,
+    o: &Options,
+    tile: &Rect,
+    dmax: f64,
+    share: f64,
+    previous: Option<(&[f64], f64)>,
+) {
     let alpha = o.step / fisher_scale(o.noise);
     let delta = PRECONDITIONER_DELTA + (1.0 - share);
     let (d_obj, reg) = match previous {
@@ -250,7 +299,12 @@ pub fn apply<T: Real>(p: &Problem<T>, s: &mut State<T>, g: &Gradients<T>, o: &Op
     // each slice takes 1/S of it (docs/algorithm.md §12)
     let planes = s.object.planes() as f64;
     for i in tile_indices(&s.object, tile) {
-        step(&mut s.object.data[i], g.g_obj.data[i] / planes, d_obj[i], reg);
+        step(
+            &mut s.object.data[i],
+            g.g_obj.data[i] / planes,
+            d_obj[i],
+            reg,
+        );
     }
     if !g.g_probe_hat.is_empty() {
         // the probe gradient's inverse FFT in f64: g_P = F⁻¹ ĝ_P per mode

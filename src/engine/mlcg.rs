@@ -19,7 +19,10 @@
 //! direction's halo is refreshed from the tile owners, so a tiled run equals the 1-rank run.
 
 use super::axial;
-use super::exchange::{add_step, finish_sends, global_max_in, lap, probe_from_hat, refresh_halo, tile_indices, TAG_DIRECTION};
+use super::exchange::{
+    add_step, finish_sends, global_max_in, lap, probe_from_hat, refresh_halo, tile_indices,
+    TAG_DIRECTION,
+};
 use super::gd::{sum_gradients, Options, PRECONDITIONER_DELTA};
 use super::{Decomposition, IterStats, Problem, Rank, State};
 use crate::backend::cpu::probe_spectrum;
@@ -52,19 +55,43 @@ pub struct CgState {
 
 /// Re Σ conj(a) b.
 fn dot(a: &[Complex64], b: &[Complex64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x.re * y.re + x.im * y.im).sum()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.re * y.re + x.im * y.im)
+        .sum()
 }
 
 /// One ML-CG iteration on one rank (full batch; `[reconstruction] batches` does not apply).
 /// The reported loss is the one before the update.
 ///
 /// Errors: a failed peer or transport (naming the peer rank).
-pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iteration: usize, o: &Options, c: &MlcgConfig, rank: &mut Rank) -> Result<IterStats> {
+pub fn iterate<T: Real>(
+    p: &Problem<T>,
+    s: &mut State<T>,
+    cg: &mut CgState,
+    iteration: usize,
+    o: &Options,
+    c: &MlcgConfig,
+    rank: &mut Rank,
+) -> Result<IterStats> {
     let update_probe = o.probe_at(iteration);
-    let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
+    let mut st = IterStats {
+        probe_updated: update_probe,
+        ..Default::default()
+    };
     let m = p.kernel.fft.size();
     let kmm = p.kernel.modes * m * m;
-    let mut g = sum_gradients(p, s, 0, 1, update_probe, o.positions_at(iteration), false, rank, &mut st)?;
+    let mut g = sum_gradients(
+        p,
+        s,
+        0,
+        1,
+        update_probe,
+        o.positions_at(iteration),
+        false,
+        rank,
+        &mut st,
+    )?;
     st.positions = std::mem::take(&mut g.g_pos);
     // the data loss (exact under any tiling, as the line search below needs); the axial
     // regulariser's value R(x) of a multislice object joins the tiles' inner products
@@ -80,11 +107,19 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
     let reg = PRECONDITIONER_DELTA * global_max_in(&g.d_obj, rank, &mut st)? + f64::MIN_POSITIVE;
     let mut t = Instant::now();
     let mut grad: Vec<Complex64> = idx.iter().map(|&i| g.g_obj.data[i]).collect();
-    let mut z: Vec<Complex64> = idx.iter().map(|&i| g.g_obj.data[i] / (fisher * (g.d_obj.data[i] + reg))).collect();
+    let mut z: Vec<Complex64> = idx
+        .iter()
+        .map(|&i| g.g_obj.data[i] / (fisher * (g.d_obj.data[i] + reg)))
+        .collect();
     if update_probe {
         let gp = probe_from_hat(m, &g.g_probe_hat);
-        let preg = PRECONDITIONER_DELTA * g.d_probe.iter().fold(0.0f64, |a, b| a.max(*b)) + f64::MIN_POSITIVE;
-        z.extend(gp.iter().enumerate().map(|(i, v)| v / (fisher * (g.d_probe[i % (m * m)] + preg))));
+        let preg = PRECONDITIONER_DELTA * g.d_probe.iter().fold(0.0f64, |a, b| a.max(*b))
+            + f64::MIN_POSITIVE;
+        z.extend(
+            gp.iter()
+                .enumerate()
+                .map(|(i, v)| v / (fisher * (g.d_probe[i % (m * m)] + preg))),
+        );
         grad.extend(gp);
     } else {
         grad.resize(nt + kmm, Complex64::default());
@@ -100,7 +135,12 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
         if fresh {
             [gz, 0.0, 0.0, 0.0]
         } else {
-            [gz, dot(&gp[r.clone()], &zp[r.clone()]), dot(&dp[r.clone()], &grad[r.clone()]), dot(&dp[r.clone()], &gp[r])]
+            [
+                gz,
+                dot(&gp[r.clone()], &zp[r.clone()]),
+                dot(&dp[r.clone()], &grad[r.clone()]),
+                dot(&dp[r.clone()], &gp[r]),
+            ]
         }
     };
     let p0 = parts(0..nt);
@@ -123,7 +163,10 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
     }
     if !(gz > 0.0) {
         // zero gradient: nothing to do
-        *cg = CgState { loss: l0, ..CgState::default() };
+        *cg = CgState {
+            loss: l0,
+            ..CgState::default()
+        };
         return Ok(st);
     }
     let mut beta = if restart {
@@ -139,7 +182,14 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
         beta = 0.0;
     }
     let slope = 2.0 * (-gz + beta * d1g);
-    let dir: Vec<Complex64> = if beta == 0.0 { z.iter().map(|v| -v).collect() } else { z.iter().zip(&cg.direction).map(|(v, d)| -v + d * beta).collect() };
+    let dir: Vec<Complex64> = if beta == 0.0 {
+        z.iter().map(|v| -v).collect()
+    } else {
+        z.iter()
+            .zip(&cg.direction)
+            .map(|(v, d)| -v + d * beta)
+            .collect()
+    };
 
     // the direction on the whole field (halo from the owners) and on the probe
     let mut dfield = Field::like(&s.object, Complex64::default());
@@ -149,13 +199,28 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
     st.compute_s += lap(&mut t);
     refresh_halo(&mut dfield, rank, TAG_DIRECTION, &mut st)?;
     let mut t = Instant::now();
-    let t1 = if cg.step > 0.0 { cg.step } else { c.initial_step };
+    let t1 = if cg.step > 0.0 {
+        cg.step
+    } else {
+        c.initial_step
+    };
     let trial = moved(s, &dfield, &dir[nt..], t1);
     // L(t₁) − L(0) as the data losses' difference (each exact under any tiling) plus the
     // regulariser's change summed pixel by pixel (rounding relative to the change, not to R:
     // the parabola's cancellation then does not amplify the tiles' summation order)
-    let dr = if axial::counted(rank) { axial::penalty_change(&s.object, &dfield, &tile, p.axial, t1) } else { 0.0 };
-    let mut l1 = [p.compute.loss(&trial.object, &probe_spectrum(&p.kernel.fft, &trial.probe), Selection::Range(0..p.positions.len()))?, dr];
+    let dr = if axial::counted(rank) {
+        axial::penalty_change(&s.object, &dfield, &tile, p.axial, t1)
+    } else {
+        0.0
+    };
+    let mut l1 = [
+        p.compute.loss(
+            &trial.object,
+            &probe_spectrum(&p.kernel.fft, &trial.probe),
+            Selection::Range(0..p.positions.len()),
+        )?,
+        dr,
+    ];
     st.compute_s += lap(&mut t);
     rank.comm.allreduce_sum(&mut l1)?;
     st.wait_s += lap(&mut t);
@@ -169,7 +234,13 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, cg: &mut CgState, iter
         (t1, 2.0 * t1)
     };
     *s = moved(s, &dfield, &dir[nt..], step);
-    *cg = CgState { gradient: grad, direction: dir, gz, step: next, loss: l0 };
+    *cg = CgState {
+        gradient: grad,
+        direction: dir,
+        gz,
+        step: next,
+        loss: l0,
+    };
     st.compute_s += lap(&mut t);
     finish_sends(rank, &mut st)?;
     Ok(st)
@@ -187,4 +258,3 @@ fn moved<T: Real>(s: &State<T>, d: &Field<Complex64>, dprobe: &[Complex64], t: f
     }
     out
 }
-

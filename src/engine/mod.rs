@@ -25,15 +25,15 @@ pub mod snapshot;
 
 use crate::backend::cpu::{DmStep, Kernel};
 use crate::backend::{self, BackendKind, Compute};
-use std::sync::Arc;
 use crate::comm::Comm;
 use crate::config::{Config, DmConfig, Engine, MlcgConfig, Stage};
 use crate::error::Result;
 use crate::physics::fft::Real;
-use snapshot::{find, Element, NamedArray, Snapshot};
 use crate::physics::model::{Field, PositionGeom};
 use crate::tiling::RankPlan;
 use num_complex::Complex;
+use snapshot::{find, Element, NamedArray, Snapshot};
+use std::sync::Arc;
 
 /// The unknowns on one rank: object on its field and the (replicated) probe modes.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,17 +85,37 @@ where
             NamedArray::new("probe", &[s.probe.len()], &s.probe),
         ];
         if !e.dm.exit_waves.is_empty() {
-            v.push(NamedArray::new("exit_waves", &[e.dm.exit_waves.len()], &e.dm.exit_waves));
+            v.push(NamedArray::new(
+                "exit_waves",
+                &[e.dm.exit_waves.len()],
+                &e.dm.exit_waves,
+            ));
         }
         if !e.gd.d_obj.is_empty() {
-            v.push(NamedArray::new("gd_d_obj", &object_dims(&s.object), &e.gd.d_obj));
+            v.push(NamedArray::new(
+                "gd_d_obj",
+                &object_dims(&s.object),
+                &e.gd.d_obj,
+            ));
             v.push(NamedArray::new("gd_d_max", &[1], &[e.gd.d_max]));
         }
         let cg = &e.mlcg;
         if cg != &mlcg::CgState::default() {
-            v.push(NamedArray::new("cg_gradient", &[cg.gradient.len()], &cg.gradient));
-            v.push(NamedArray::new("cg_direction", &[cg.direction.len()], &cg.direction));
-            v.push(NamedArray::new("cg_scalars", &[3], &[cg.gz, cg.step, cg.loss]));
+            v.push(NamedArray::new(
+                "cg_gradient",
+                &[cg.gradient.len()],
+                &cg.gradient,
+            ));
+            v.push(NamedArray::new(
+                "cg_direction",
+                &[cg.direction.len()],
+                &cg.direction,
+            ));
+            v.push(NamedArray::new(
+                "cg_scalars",
+                &[3],
+                &[cg.gz, cg.step, cg.loss],
+            ));
         }
         v
     }
@@ -104,7 +124,12 @@ where
         let object = find(arrays, "object")?.values(&object_dims(&s.object))?;
         let probe = find(arrays, "probe")?.values(&[s.probe.len()])?;
         let mut engines = EngineState::default();
-        let len = |name: &str| arrays.iter().find(|a| a.name == name).map(|a| a.shape.iter().product::<u64>() as usize);
+        let len = |name: &str| {
+            arrays
+                .iter()
+                .find(|a| a.name == name)
+                .map(|a| a.shape.iter().product::<u64>() as usize)
+        };
         if let Some(n) = len("exit_waves") {
             engines.dm.exit_waves = find(arrays, "exit_waves")?.values(&[n])?;
         }
@@ -173,10 +198,31 @@ impl<T: Real> Problem<T> {
     ///
     /// Errors (naming `--backend` / `[parallel] backend`): a GPU backend that cannot run here.
     /// `intensities` as an `Arc` is shared, not copied (a `Vec` is copied once into one).
-    pub fn new(kernel: Kernel<T>, positions: Vec<PositionGeom<T>>, n_halo: usize, intensities: impl Into<Arc<[f32]>>, kind: BackendKind, local_rank: Option<usize>) -> Result<Self> {
-        let (positions, intensities): (Arc<[PositionGeom<T>]>, Arc<[f32]>) = (positions.into(), intensities.into());
-        let compute = backend::open(kind, &kernel, positions.clone(), intensities.clone(), local_rank)?;
-        Ok(Problem { kernel, positions, n_halo, intensities, compute, axial: 0.0 })
+    pub fn new(
+        kernel: Kernel<T>,
+        positions: Vec<PositionGeom<T>>,
+        n_halo: usize,
+        intensities: impl Into<Arc<[f32]>>,
+        kind: BackendKind,
+        local_rank: Option<usize>,
+    ) -> Result<Self> {
+        let (positions, intensities): (Arc<[PositionGeom<T>]>, Arc<[f32]>) =
+            (positions.into(), intensities.into());
+        let compute = backend::open(
+            kind,
+            &kernel,
+            positions.clone(),
+            intensities.clone(),
+            local_rank,
+        )?;
+        Ok(Problem {
+            kernel,
+            positions,
+            n_halo,
+            intensities,
+            compute,
+            axial: 0.0,
+        })
     }
 }
 
@@ -219,7 +265,12 @@ pub struct Rank<'a> {
 impl<'a> Rank<'a> {
     /// A rank with overlapped halo exchange.
     pub fn new(plan: &'a RankPlan, comm: &'a mut dyn Comm, mode: Decomposition) -> Self {
-        Rank { plan, comm, mode, overlap: true }
+        Rank {
+            plan,
+            comm,
+            mode,
+            overlap: true,
+        }
     }
 }
 
@@ -266,7 +317,13 @@ impl From<&Config> for Settings {
     fn from(c: &Config) -> Self {
         Settings {
             stages: c.stages(),
-            gd: gd::Options { positions_from: c.position_correction.enabled.then_some(c.position_correction.start_iteration), ..gd::Options::from(&c.reconstruction) },
+            gd: gd::Options {
+                positions_from: c
+                    .position_correction
+                    .enabled
+                    .then_some(c.position_correction.start_iteration),
+                ..gd::Options::from(&c.reconstruction)
+            },
             dm: c.dm.clone(),
             mlcg: c.mlcg.clone(),
             epie: c.epie_params(),
@@ -278,7 +335,9 @@ impl From<&Config> for Settings {
 impl Settings {
     /// Total iterations over all stages.
     pub fn total_iterations(&self) -> usize {
-        self.stages.iter().fold(0usize, |a, s| a.saturating_add(s.iterations))
+        self.stages
+            .iter()
+            .fold(0usize, |a, s| a.saturating_add(s.iterations))
     }
 
     /// The schedule in words, recorded in checkpoints: the engine's name for one stage
@@ -286,7 +345,11 @@ impl Settings {
     pub fn label(&self) -> String {
         match self.stages.as_slice() {
             [one] => one.engine.name().to_string(),
-            all => all.iter().map(|s| format!("{}:{}", s.engine.name(), s.iterations)).collect::<Vec<_>>().join(","),
+            all => all
+                .iter()
+                .map(|s| format!("{}:{}", s.engine.name(), s.iterations))
+                .collect::<Vec<_>>()
+                .join(","),
         }
     }
 
@@ -305,7 +368,12 @@ impl Settings {
     /// Iterations from `it` (0-based, global) to the end of its stage, `it` included (≥ 1;
     /// past the end of the schedule, 1).
     pub fn left_in_stage(&self, it: usize) -> usize {
-        let end: usize = self.stages.iter().take(self.stage_at(it) + 1).map(|s| s.iterations).sum();
+        let end: usize = self
+            .stages
+            .iter()
+            .take(self.stage_at(it) + 1)
+            .map(|s| s.iterations)
+            .sum();
         end.saturating_sub(it).max(1)
     }
 
@@ -317,17 +385,26 @@ impl Settings {
 
     /// What iteration `it` runs, in words: its engine's name, or "dm error reduction".
     pub fn step_name(&self, it: usize) -> &'static str {
-        if self.error_reduction_at(it) { "dm error reduction" } else { self.engine_at(it).name() }
+        if self.error_reduction_at(it) {
+            "dm error reduction"
+        } else {
+            self.engine_at(it).name()
+        }
     }
 
     /// Whether iteration `it` starts a stage or dm's error-reduction finish (for the log).
     pub fn starts_step(&self, it: usize) -> bool {
-        it == 0 || self.stage_at(it) != self.stage_at(it - 1) || self.error_reduction_at(it) != self.error_reduction_at(it - 1)
+        it == 0
+            || self.stage_at(it) != self.stage_at(it - 1)
+            || self.error_reduction_at(it) != self.error_reduction_at(it - 1)
     }
 
     /// The engine of (0-based, global) iteration `it`; past the end, the last stage's.
     pub fn engine_at(&self, it: usize) -> Engine {
-        self.stages.get(self.stage_at(it)).map(|s| s.engine).unwrap_or_default()
+        self.stages
+            .get(self.stage_at(it))
+            .map(|s| s.engine)
+            .unwrap_or_default()
     }
 }
 
@@ -337,7 +414,14 @@ impl Settings {
 /// for bit.
 ///
 /// Errors: a failed peer or transport (naming the peer rank).
-pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, es: &mut EngineState<T>, iteration: usize, set: &Settings, rank: &mut Rank) -> Result<IterStats> {
+pub fn iterate<T: Real>(
+    p: &Problem<T>,
+    s: &mut State<T>,
+    es: &mut EngineState<T>,
+    iteration: usize,
+    set: &Settings,
+    rank: &mut Rank,
+) -> Result<IterStats> {
     let engine = set.engine_at(iteration);
     if iteration > 0 && set.engine_at(iteration - 1) != engine {
         *es = EngineState::default();
@@ -345,7 +429,11 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, es: &mut EngineState<T
     match engine {
         Engine::Gd => gd::iterate(p, s, &mut es.gd, iteration, &set.gd, rank),
         Engine::Dm => {
-            let step = DmStep { beta: set.dm.beta, gamma: set.dm.gamma, error_reduction: set.error_reduction_at(iteration) };
+            let step = DmStep {
+                beta: set.dm.beta,
+                gamma: set.dm.gamma,
+                error_reduction: set.error_reduction_at(iteration),
+            };
             dm::iterate(p, s, &mut es.dm, iteration, &set.gd, step, rank)
         }
         Engine::Mlcg => mlcg::iterate(p, s, &mut es.mlcg, iteration, &set.gd, &set.mlcg, rank),
@@ -375,10 +463,22 @@ mod tests {
         assert_eq!(left, [3, 2, 1, 2, 1, 4, 3, 2, 1, 1]);
         // the last 2 iterations of each dm stage, never an mlcg one
         let er: Vec<bool> = (0..9).map(|i| set.error_reduction_at(i)).collect();
-        assert_eq!(er, [false, true, true, false, false, false, false, true, true]);
+        assert_eq!(
+            er,
+            [false, true, true, false, false, false, false, true, true]
+        );
         let starts: Vec<usize> = (0..9).filter(|&i| set.starts_step(i)).collect();
         assert_eq!(starts, [0, 1, 3, 5, 7]);
         let names: Vec<&str> = starts.iter().map(|&i| set.step_name(i)).collect();
-        assert_eq!(names, ["dm", "dm error reduction", "mlcg", "dm", "dm error reduction"]);
+        assert_eq!(
+            names,
+            [
+                "dm",
+                "dm error reduction",
+                "mlcg",
+                "dm",
+                "dm error reduction"
+            ]
+        );
     }
 }

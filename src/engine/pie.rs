@@ -14,7 +14,10 @@
 //! instead of seeing each other's: unlike gd, dm and mlcg this engine depends on the tiling
 //! (measured in docs/algorithms.md).
 
-use super::exchange::{add_step, allreduce_probe_sums, complete_object_sums, finish_sends, lap, post_halo_sums, probe_from_hat, refresh_halo, tile_indices, TAG_OBJECT};
+use super::exchange::{
+    add_step, allreduce_probe_sums, complete_object_sums, finish_sends, lap, post_halo_sums,
+    probe_from_hat, refresh_halo, tile_indices, TAG_OBJECT,
+};
 use super::gd::Options;
 use super::{IterStats, Problem, Rank, State};
 use crate::backend::cpu::{probe_spectrum, Gradients};
@@ -37,12 +40,18 @@ pub struct Params {
 impl Params {
     /// ePIE from `[epie]` α, β, γ: O += α P* Δψ / max|P|², P += β O* Δψ / max|O|².
     pub fn epie([alpha, beta, gamma]: [f64; 3]) -> Self {
-        Params { mix_step: [1.0, alpha, 1.0, beta], gamma }
+        Params {
+            mix_step: [1.0, alpha, 1.0, beta],
+            gamma,
+        }
     }
     /// rPIE from `[rpie]` α, β, γ: O += P* Δψ / ((1 − α)|P|² + α max|P|²), the probe
     /// likewise with β.
     pub fn rpie([alpha, beta, gamma]: [f64; 3]) -> Self {
-        Params { mix_step: [alpha, 1.0, beta, 1.0], gamma }
+        Params {
+            mix_step: [alpha, 1.0, beta, 1.0],
+            gamma,
+        }
     }
 }
 
@@ -50,18 +59,38 @@ impl Params {
 /// reported loss is accumulated during the sweeps.
 ///
 /// Errors: a failed peer or transport (naming the peer rank).
-pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &Options, prm: &Params, rank: &mut Rank) -> Result<IterStats> {
+pub fn iterate<T: Real>(
+    p: &Problem<T>,
+    s: &mut State<T>,
+    iteration: usize,
+    o: &Options,
+    prm: &Params,
+    rank: &mut Rank,
+) -> Result<IterStats> {
     let update_probe = o.probe_at(iteration);
-    let mut st = IterStats { probe_updated: update_probe, ..Default::default() };
+    let mut st = IterStats {
+        probe_updated: update_probe,
+        ..Default::default()
+    };
     let m = p.kernel.fft.size();
     let mm = m * m;
     let mut t = Instant::now();
     let mut order: Vec<usize> = (0..p.positions.len()).collect();
     order.sort_by_key(|&j| p.positions[j].index);
     let pos: Vec<&PositionGeom<T>> = order.iter().map(|&j| &p.positions[j]).collect();
-    let meas: Vec<&[f32]> = order.iter().map(|&j| &p.intensities[j * mm..(j + 1) * mm]).collect();
+    let meas: Vec<&[f32]> = order
+        .iter()
+        .map(|&j| &p.intensities[j * mm..(j + 1) * mm])
+        .collect();
     let [a_o, s_o, a_p, s_p] = prm.mix_step;
-    let step = PieStep { obj_mix: a_o, obj_step: s_o, probe_mix: a_p, probe_step: s_p, gamma: prm.gamma, update_probe };
+    let step = PieStep {
+        obj_mix: a_o,
+        obj_step: s_o,
+        probe_mix: a_p,
+        probe_step: s_p,
+        gamma: prm.gamma,
+        update_probe,
+    };
     let mut obj = s.object.clone();
     let ph0 = probe_spectrum(&p.kernel.fft, &s.probe);
     let mut ph = ph0.clone();
@@ -75,7 +104,11 @@ pub fn iterate<T: Real>(p: &Problem<T>, s: &mut State<T>, iteration: usize, o: &
         g.d_obj.data[i] = *d;
     }
     let n = p.positions.len() as f64;
-    g.g_probe_hat = ph.iter().zip(&ph0).map(|(a, b)| Complex64::new(a.re.f64() - b.re.f64(), a.im.f64() - b.im.f64()) * n).collect();
+    g.g_probe_hat = ph
+        .iter()
+        .zip(&ph0)
+        .map(|(a, b)| Complex64::new(a.re.f64() - b.re.f64(), a.im.f64() - b.im.f64()) * n)
+        .collect();
     g.d_probe = vec![n];
     g.loss = loss;
     st.compute_s += lap(&mut t);

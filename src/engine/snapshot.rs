@@ -88,7 +88,11 @@ impl NamedArray {
     /// An array named `name` of shape `shape` holding `values` (whose length must be the
     /// product of `shape`; checked in debug builds).
     pub fn new<T: Element>(name: &str, shape: &[usize], values: &[T]) -> NamedArray {
-        debug_assert_eq!(shape.iter().product::<usize>(), values.len(), "{name}: shape and length disagree");
+        debug_assert_eq!(
+            shape.iter().product::<usize>(),
+            values.len(),
+            "{name}: shape and length disagree"
+        );
         NamedArray {
             name: name.to_string(),
             dtype: T::DTYPE,
@@ -104,15 +108,24 @@ impl NamedArray {
     pub fn values<T: Element>(&self, shape: &[usize]) -> Result<Vec<T>> {
         let what = || format!("checkpoint array '{}'", self.name);
         if self.dtype != T::DTYPE {
-            return Err(Error::new(what(), format!("is {}, expected {}", self.dtype.name(), T::DTYPE.name())));
+            return Err(Error::new(
+                what(),
+                format!("is {}, expected {}", self.dtype.name(), T::DTYPE.name()),
+            ));
         }
         let want: Vec<u64> = shape.iter().map(|&s| s as u64).collect();
         if self.shape != want {
-            return Err(Error::new(what(), format!("has shape {:?}, expected {:?}", self.shape, want)));
+            return Err(Error::new(
+                what(),
+                format!("has shape {:?}, expected {:?}", self.shape, want),
+            ));
         }
         let n: usize = shape.iter().product();
         if self.bytes.len() != n * T::DTYPE.size() {
-            return Err(Error::new(what(), format!("holds {} bytes for {n} elements", self.bytes.len())));
+            return Err(Error::new(
+                what(),
+                format!("holds {} bytes for {n} elements", self.bytes.len()),
+            ));
         }
         Ok(bytemuck::pod_collect_to_vec(&self.bytes))
     }
@@ -144,14 +157,30 @@ mod tests {
     fn values_check_type_and_shape() {
         let a = NamedArray::new("probe", &[2, 3], &[Complex::new(1.0f32, -2.0); 6]);
         assert_eq!(a.bytes.len(), 48);
-        assert_eq!(a.values::<Complex<f32>>(&[2, 3]).unwrap(), vec![Complex::new(1.0f32, -2.0); 6]);
+        assert_eq!(
+            a.values::<Complex<f32>>(&[2, 3]).unwrap(),
+            vec![Complex::new(1.0f32, -2.0); 6]
+        );
         let e = a.values::<Complex<f32>>(&[3, 2]).unwrap_err();
-        assert_eq!(e.to_string(), "checkpoint array 'probe': has shape [2, 3], expected [3, 2]");
+        assert_eq!(
+            e.to_string(),
+            "checkpoint array 'probe': has shape [2, 3], expected [3, 2]"
+        );
         let e = a.values::<f64>(&[2, 3]).unwrap_err();
-        assert_eq!(e.to_string(), "checkpoint array 'probe': is complex64, expected float64");
+        assert_eq!(
+            e.to_string(),
+            "checkpoint array 'probe': is complex64, expected float64"
+        );
         let mut b = a.clone();
         b.bytes.pop();
-        assert!(b.values::<Complex<f32>>(&[2, 3]).unwrap_err().msg.contains("47 bytes"));
-        assert_eq!(find(&[a], "object").unwrap_err().to_string(), "checkpoint array 'object': missing");
+        assert!(b
+            .values::<Complex<f32>>(&[2, 3])
+            .unwrap_err()
+            .msg
+            .contains("47 bytes"));
+        assert_eq!(
+            find(&[a], "object").unwrap_err().to_string(),
+            "checkpoint array 'object': missing"
+        );
     }
 }

@@ -140,7 +140,8 @@ fn bincode_cfg() -> bincode::config::Configuration {
 /// A rank file's bytes: magic, bincode payload, XXH3-64 trailer. Returns (bytes, checksum).
 pub fn encode(s: &RankSnapshot) -> Result<(Vec<u8>, u64)> {
     let mut b = MAGIC.to_vec();
-    bincode::encode_into_std_write(s, &mut b, bincode_cfg()).ctx(|| format!("checkpoint of rank {}", s.rank))?;
+    bincode::encode_into_std_write(s, &mut b, bincode_cfg())
+        .ctx(|| format!("checkpoint of rank {}", s.rank))?;
     let h = xxh3_64(&b);
     b.extend_from_slice(&h.to_le_bytes());
     Ok((b, h))
@@ -159,7 +160,14 @@ pub fn decode(what: &str, b: &[u8]) -> Result<(RankSnapshot, u64)> {
     let h = xxh3_64(body);
     let stored = u64::from_le_bytes(tail.try_into().expect("8 bytes"));
     if h != stored {
-        return Err(Error::new(what, format!("checksum mismatch (file {}, computed {}): corrupt or incomplete", hex(stored), hex(h))));
+        return Err(Error::new(
+            what,
+            format!(
+                "checksum mismatch (file {}, computed {}): corrupt or incomplete",
+                hex(stored),
+                hex(h)
+            ),
+        ));
     }
     let (s, used): (RankSnapshot, usize) =
         bincode::decode_from_slice(&body[MAGIC.len()..], bincode_cfg()).ctx(|| what.to_string())?;
@@ -191,15 +199,28 @@ pub fn save(comm: &mut dyn Comm, dir: &Path, job: &Job, snap: &RankSnapshot) -> 
         return Err(Error::new(file.display().to_string(), "exists and is not a ptytile checkpoint file; ptytile writes over no file it did not create"));
     }
     super::write_atomic(&file, &bytes)?;
-    let entry = FileEntry { rank: snap.rank as usize, path: rel, bytes: bytes.len() as u64, xxh3: hex(h), tile: snap.tile };
-    let enc = bincode::encode_to_vec(&entry, bincode_cfg()).ctx(|| "checkpoint entry".to_string())?;
+    let entry = FileEntry {
+        rank: snap.rank as usize,
+        path: rel,
+        bytes: bytes.len() as u64,
+        xxh3: hex(h),
+        tile: snap.tile,
+    };
+    let enc =
+        bincode::encode_to_vec(&entry, bincode_cfg()).ctx(|| "checkpoint entry".to_string())?;
     let manifest_path = dir.join(MANIFEST);
-    let Some(all) = comm.gather(enc)? else { return Ok(manifest_path) };
+    let Some(all) = comm.gather(enc)? else {
+        return Ok(manifest_path);
+    };
     let mut files = Vec::with_capacity(all.len());
     for (r, b) in all.iter().enumerate() {
-        let (e, _): (FileEntry, usize) = bincode::decode_from_slice(b, bincode_cfg()).ctx(|| format!("checkpoint entry of rank {r}"))?;
+        let (e, _): (FileEntry, usize) = bincode::decode_from_slice(b, bincode_cfg())
+            .ctx(|| format!("checkpoint entry of rank {r}"))?;
         if e.rank != r {
-            return Err(Error::new(format!("checkpoint entry of rank {r}"), format!("names rank {}", e.rank)));
+            return Err(Error::new(
+                format!("checkpoint entry of rank {r}"),
+                format!("names rank {}", e.rank),
+            ));
         }
         files.push(e);
     }
@@ -217,7 +238,10 @@ pub fn save(comm: &mut dyn Comm, dir: &Path, job: &Job, snap: &RankSnapshot) -> 
         files,
     };
     let text = toml::to_string(&m).ctx(|| manifest_path.display().to_string())?;
-    if manifest_path.exists() && !std::fs::read_to_string(&manifest_path).is_ok_and(|t| t.starts_with(&format!("format = \"{FORMAT}\""))) {
+    if manifest_path.exists()
+        && !std::fs::read_to_string(&manifest_path)
+            .is_ok_and(|t| t.starts_with(&format!("format = \"{FORMAT}\"")))
+    {
         return Err(Error::new(manifest_path.display().to_string(), "exists and is not a ptytile checkpoint manifest; ptytile writes over no file it did not create"));
     }
     super::write_atomic(&manifest_path, text.as_bytes())?;
@@ -228,7 +252,8 @@ pub fn save(comm: &mut dyn Comm, dir: &Path, job: &Job, snap: &RankSnapshot) -> 
 /// Whether `name` is one of the iteration directories [`save`] creates: `it-` and at least
 /// 8 digits.
 pub fn is_iteration_dir(name: &str) -> bool {
-    name.strip_prefix("it-").is_some_and(|d| d.len() >= 8 && d.bytes().all(|b| b.is_ascii_digit()))
+    name.strip_prefix("it-")
+        .is_some_and(|d| d.len() >= 8 && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Whether `name` is a rank file name [`save`] writes (`rank-<digits>.ckpt`), or, with
@@ -243,14 +268,19 @@ fn is_rank_name(name: &str, temp: bool) -> bool {
     } else {
         name
     };
-    base.strip_prefix("rank-").and_then(|r| r.strip_suffix(".ckpt")).is_some_and(digits)
+    base.strip_prefix("rank-")
+        .and_then(|r| r.strip_suffix(".ckpt"))
+        .is_some_and(digits)
 }
 
 /// Whether the file at `path` starts with [`MAGIC`] (a rank file ptytile wrote).
 fn has_magic(path: &Path) -> bool {
     use std::io::Read;
     let mut b = [0u8; 8];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut b)).is_ok() && &b == MAGIC
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+        && &b == MAGIC
 }
 
 /// Remove what ptytile wrote and the manifest `m` no longer names, and nothing else: in each
@@ -261,20 +291,36 @@ fn has_magic(path: &Path) -> bool {
 /// are only logged: the checkpoint in force is already complete.
 fn prune(dir: &Path, m: &Manifest) {
     let keep = iteration_dir(m.iteration);
-    let named: Vec<&str> = m.files.iter().filter_map(|f| f.path.split('/').nth(1)).collect();
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let warn = |path: &Path, err: &dyn std::fmt::Display| tracing::warn!("checkpoint {}: left {} in place: {err}", dir.display(), path.display());
+    let named: Vec<&str> = m
+        .files
+        .iter()
+        .filter_map(|f| f.path.split('/').nth(1))
+        .collect();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let warn = |path: &Path, err: &dyn std::fmt::Display| {
+        tracing::warn!(
+            "checkpoint {}: left {} in place: {err}",
+            dir.display(),
+            path.display()
+        )
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
         let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
         if is_dir && is_iteration_dir(&name) {
-            let Ok(inner) = std::fs::read_dir(&path) else { continue };
+            let Ok(inner) = std::fs::read_dir(&path) else {
+                continue;
+            };
             for f in inner.flatten() {
                 let fname = f.file_name().to_string_lossy().into_owned();
                 let fpath = f.path();
                 let is_file = f.file_type().is_ok_and(|t| t.is_file());
-                let stale_rank = is_rank_name(&fname, false) && (name != keep || !named.contains(&fname.as_str())) && has_magic(&fpath);
+                let stale_rank = is_rank_name(&fname, false)
+                    && (name != keep || !named.contains(&fname.as_str()))
+                    && has_magic(&fpath);
                 if is_file && (stale_rank || is_rank_name(&fname, true)) {
                     if let Err(err) = std::fs::remove_file(&fpath) {
                         warn(&fpath, &err);
@@ -283,10 +329,17 @@ fn prune(dir: &Path, m: &Manifest) {
             }
             if name != keep {
                 if let Err(err) = std::fs::remove_dir(&path) {
-                    warn(&path, &format!("it holds files ptytile did not write ({err})"));
+                    warn(
+                        &path,
+                        &format!("it holds files ptytile did not write ({err})"),
+                    );
                 }
             }
-        } else if !is_dir && name.strip_prefix(&format!(".{MANIFEST}.tmp-")).is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+        } else if !is_dir
+            && name
+                .strip_prefix(&format!(".{MANIFEST}.tmp-"))
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        {
             if let Err(err) = std::fs::remove_file(&path) {
                 warn(&path, &err);
             }
@@ -310,16 +363,33 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::new(what, "missing: the directory holds no complete checkpoint"))
+            return Err(Error::new(
+                what,
+                "missing: the directory holds no complete checkpoint",
+            ))
         }
         Err(e) => return Err(Error::new(what, e.to_string())),
     };
-    let m: Manifest = toml::from_str(&text).map_err(|e| Error::new(&what, format!("not a checkpoint manifest: {}", e.message())))?;
+    let m: Manifest = toml::from_str(&text)
+        .map_err(|e| Error::new(&what, format!("not a checkpoint manifest: {}", e.message())))?;
     if m.format != FORMAT || m.version != VERSION {
-        return Err(Error::new(what, format!("format '{}' version {}, expected '{FORMAT}' version {VERSION}", m.format, m.version)));
+        return Err(Error::new(
+            what,
+            format!(
+                "format '{}' version {}, expected '{FORMAT}' version {VERSION}",
+                m.format, m.version
+            ),
+        ));
     }
     if m.files.len() != m.ranks || m.files.iter().enumerate().any(|(r, f)| f.rank != r) {
-        return Err(Error::new(what, format!("lists {} files for {} ranks (one per rank, in rank order, expected)", m.files.len(), m.ranks)));
+        return Err(Error::new(
+            what,
+            format!(
+                "lists {} files for {} ranks (one per rank, in rank order, expected)",
+                m.files.len(),
+                m.ranks
+            ),
+        ));
     }
     Ok(m)
 }
@@ -330,19 +400,35 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
 /// Errors (naming the file): missing, wrong size, checksum mismatch, undecodable, or
 /// disagreeing with the manifest (rank, iteration, engine, tile, fingerprint).
 pub fn read_rank(dir: &Path, m: &Manifest, rank: usize) -> Result<RankSnapshot> {
-    let e = m.files.get(rank).ok_or_else(|| Error::new(dir.join(MANIFEST).display().to_string(), format!("no file for rank {rank}")))?;
+    let e = m.files.get(rank).ok_or_else(|| {
+        Error::new(
+            dir.join(MANIFEST).display().to_string(),
+            format!("no file for rank {rank}"),
+        )
+    })?;
     let path = dir.join(&e.path);
     let what = path.display().to_string();
     super::safety::check_input(&path)?;
     let b = std::fs::read(&path).ctx(|| what.clone())?;
     if b.len() as u64 != e.bytes {
-        return Err(Error::new(what, format!("{} bytes, the manifest says {}", b.len(), e.bytes)));
+        return Err(Error::new(
+            what,
+            format!("{} bytes, the manifest says {}", b.len(), e.bytes),
+        ));
     }
     let (s, h) = decode(&what, &b)?;
     if hex(h) != e.xxh3 {
-        return Err(Error::new(what, format!("checksum {} but the manifest says {}", hex(h), e.xxh3)));
+        return Err(Error::new(
+            what,
+            format!("checksum {} but the manifest says {}", hex(h), e.xxh3),
+        ));
     }
-    if s.rank as usize != rank || s.iteration != m.iteration || s.engine != m.engine || s.tile != e.tile || hex(s.fingerprint) != m.fingerprint {
+    if s.rank as usize != rank
+        || s.iteration != m.iteration
+        || s.engine != m.engine
+        || s.tile != e.tile
+        || hex(s.fingerprint) != m.fingerprint
+    {
         return Err(Error::new(what, "does not belong to this manifest (rank, iteration, engine, tile or fingerprint differ)"));
     }
     Ok(s)
@@ -366,21 +452,47 @@ pub fn check_job(dir: &Path, m: &Manifest, job: &Job) -> Result<()> {
     check_ranks(dir, m, job.ranks)?;
     let what = dir.join(MANIFEST).display().to_string();
     if m.tiles != job.tiles {
-        return Err(Error::new(what, format!("written with {}x{} tiles, this job has {}x{}", m.tiles[0], m.tiles[1], job.tiles[0], job.tiles[1])));
+        return Err(Error::new(
+            what,
+            format!(
+                "written with {}x{} tiles, this job has {}x{}",
+                m.tiles[0], m.tiles[1], job.tiles[0], job.tiles[1]
+            ),
+        ));
     }
     if m.engine != job.engine {
-        return Err(Error::new(what, format!("written by engine '{}', this job runs '{}'", m.engine, job.engine)));
+        return Err(Error::new(
+            what,
+            format!(
+                "written by engine '{}', this job runs '{}'",
+                m.engine, job.engine
+            ),
+        ));
     }
     let (a, b) = (flatten(&m.job), flatten(&job.table));
     for key in a.keys().chain(b.keys()) {
         let (x, y) = (a.get(key), b.get(key));
         if x != y {
             let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "unset".into());
-            return Err(Error::new(what, format!("{key} was {} when the checkpoint was written, now {}", show(x), show(y))));
+            return Err(Error::new(
+                what,
+                format!(
+                    "{key} was {} when the checkpoint was written, now {}",
+                    show(x),
+                    show(y)
+                ),
+            ));
         }
     }
     if m.fingerprint != hex(job.fingerprint()) {
-        return Err(Error::new(what, format!("job fingerprint {} differs from this job's {}", m.fingerprint, hex(job.fingerprint()))));
+        return Err(Error::new(
+            what,
+            format!(
+                "job fingerprint {} differs from this job's {}",
+                m.fingerprint,
+                hex(job.fingerprint())
+            ),
+        ));
     }
     Ok(())
 }
@@ -389,7 +501,13 @@ pub fn check_job(dir: &Path, m: &Manifest, job: &Job) -> Result<()> {
 pub fn check_ranks(dir: &Path, m: &Manifest, ranks: usize) -> Result<()> {
     if m.ranks != ranks {
         let what = dir.join(MANIFEST).display().to_string();
-        return Err(Error::new(what, format!("written by {} ranks, this job has {ranks} (resume with the same rank count)", m.ranks)));
+        return Err(Error::new(
+            what,
+            format!(
+                "written by {} ranks, this job has {ranks} (resume with the same rank count)",
+                m.ranks
+            ),
+        ));
     }
     Ok(())
 }
@@ -398,7 +516,11 @@ pub fn check_ranks(dir: &Path, m: &Manifest, ranks: usize) -> Result<()> {
 pub(crate) fn flatten(t: &toml::Table) -> BTreeMap<String, String> {
     fn walk(prefix: &str, t: &toml::Table, out: &mut BTreeMap<String, String>) {
         for (k, v) in t {
-            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
             match v {
                 toml::Value::Table(inner) => walk(&key, inner, out),
                 other => {
@@ -419,7 +541,12 @@ mod tests {
 
     fn job() -> Job {
         let table: toml::Table = "[reconstruction]\nnoise_model = \"poisson\"\nstep = 1.0\n[parallel]\nmode = \"tiled\"\n".parse().unwrap();
-        Job { ranks: 2, tiles: [1, 2], engine: "gd".into(), table }
+        Job {
+            ranks: 2,
+            tiles: [1, 2],
+            engine: "gd".into(),
+            table,
+        }
     }
 
     fn snap(rank: u64, it: u64, job: &Job) -> RankSnapshot {
@@ -432,7 +559,11 @@ mod tests {
             tile: [0, 4, 4 * rank as i64, 4 * rank as i64 + 4],
             data_xxh3: 7,
             arrays: vec![
-                NamedArray::new("object", &[2, 3], &[Complex32::new(rank as f32, it as f32); 6]),
+                NamedArray::new(
+                    "object",
+                    &[2, 3],
+                    &[Complex32::new(rank as f32, it as f32); 6],
+                ),
                 NamedArray::new("loss", &[it as usize], &vec![1.5f64; it as usize]),
             ],
         }
@@ -458,8 +589,14 @@ mod tests {
             c[i] ^= 0x40;
             assert!(decode("f", &c).is_err(), "flipped byte {i} undetected");
         }
-        assert!(decode("f", &b[..b.len() - 3]).unwrap_err().msg.contains("checksum"));
-        assert_eq!(decode("f", b"PTY").unwrap_err().to_string(), "f: not a ptytile checkpoint rank file");
+        assert!(decode("f", &b[..b.len() - 3])
+            .unwrap_err()
+            .msg
+            .contains("checksum"));
+        assert_eq!(
+            decode("f", b"PTY").unwrap_err().to_string(),
+            "f: not a ptytile checkpoint rank file"
+        );
     }
 
     #[test]
@@ -474,7 +611,10 @@ mod tests {
         let m = verify(&d).unwrap();
         assert_eq!((m.iteration, m.ranks, m.tiles), (4, 2, [1, 2]));
         assert_eq!(m.files[1].path, "it-00000004/rank-00001.ckpt");
-        let mut names: Vec<String> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, ["it-00000004", "manifest.toml"]);
         assert_eq!(std::fs::read_dir(d.join("it-00000004")).unwrap().count(), 2);
@@ -484,9 +624,18 @@ mod tests {
 
         let mut other = job();
         other.ranks = 4;
-        assert!(check_job(&d, &m, &other).unwrap_err().msg.starts_with("written by 2 ranks, this job has 4"));
+        assert!(check_job(&d, &m, &other)
+            .unwrap_err()
+            .msg
+            .starts_with("written by 2 ranks, this job has 4"));
         let mut other = job();
-        other.table.get_mut("reconstruction").unwrap().as_table_mut().unwrap().insert("noise_model".into(), "amplitude".into());
+        other
+            .table
+            .get_mut("reconstruction")
+            .unwrap()
+            .as_table_mut()
+            .unwrap()
+            .insert("noise_model".into(), "amplitude".into());
         assert_eq!(
             check_job(&d, &m, &other).unwrap_err().msg,
             "reconstruction.noise_model was \"poisson\" when the checkpoint was written, now \"amplitude\""
@@ -499,7 +648,10 @@ mod tests {
         b[n / 2] ^= 1;
         std::fs::write(&f, &b).unwrap();
         let e = verify(&d).unwrap_err();
-        assert!(e.what.ends_with("rank-00000.ckpt") && e.msg.contains("checksum"), "{e}");
+        assert!(
+            e.what.ends_with("rank-00000.ckpt") && e.msg.contains("checksum"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -508,7 +660,10 @@ mod tests {
         let e = read_manifest(&dir.path().join("nope")).unwrap_err();
         assert_eq!(e.msg, "no such checkpoint directory");
         let e = read_manifest(dir.path()).unwrap_err();
-        assert!(e.what.ends_with("manifest.toml") && e.msg.starts_with("missing"), "{e}");
+        assert!(
+            e.what.ends_with("manifest.toml") && e.msg.starts_with("missing"),
+            "{e}"
+        );
         std::fs::write(dir.path().join(MANIFEST), "format = [").unwrap();
         let e = read_manifest(dir.path()).unwrap_err();
         assert!(e.msg.starts_with("not a checkpoint manifest"), "{e}");

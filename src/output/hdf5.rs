@@ -30,10 +30,18 @@ pub(super) fn check(path: &Path, r: &ReconResult) -> Result<()> {
     let what = |ds: &str| format!("{}:{ds}", path.display());
     let [ny, nx] = r.object.shape;
     let n = r.object.data.len();
-    if if ny * nx == 0 { n != 0 } else { n == 0 || n % (ny * nx) != 0 } {
+    if if ny * nx == 0 {
+        n != 0
+    } else {
+        n == 0 || n % (ny * nx) != 0
+    } {
         return Err(Error::new(
             what("/object"),
-            format!("shape {ny}x{nx} needs a multiple of {} values, have {}", ny * nx, r.object.data.len()),
+            format!(
+                "shape {ny}x{nx} needs a multiple of {} values, have {}",
+                ny * nx,
+                r.object.data.len()
+            ),
         ));
     }
     if r.probe.len() != r.modes * r.m * r.m {
@@ -51,30 +59,45 @@ pub(super) fn check(path: &Path, r: &ReconResult) -> Result<()> {
     }
     for (i, (name, _)) in r.attrs.iter().enumerate() {
         if name.is_empty() || name == ATTR_VERSION || name == ATTR_CONFIG || name == ATTR_EXCLUDED {
-            return Err(Error::new(what("/"), format!("attribute name {name:?} is reserved")));
+            return Err(Error::new(
+                what("/"),
+                format!("attribute name {name:?} is reserved"),
+            ));
         }
         if r.attrs[..i].iter().any(|(n, _)| n == name) {
-            return Err(Error::new(what("/"), format!("attribute {name:?} given twice")));
+            return Err(Error::new(
+                what("/"),
+                format!("attribute {name:?} given twice"),
+            ));
         }
     }
     Ok(())
 }
 
 fn vlu(path: &Path, name: &str, s: &str) -> Result<VarLenUnicode> {
-    VarLenUnicode::from_str(s)
-        .ctx(|| format!("{}:/ attribute {name}", path.display()))
+    VarLenUnicode::from_str(s).ctx(|| format!("{}:/ attribute {name}", path.display()))
 }
 
 fn write_str_attr(loc: &Location, path: &Path, name: &str, s: &str) -> Result<()> {
     let v = vlu(path, name, s)?;
     let what = || format!("{}:/ attribute {name}", path.display());
-    let a = loc.new_attr::<VarLenUnicode>().shape(()).create(name).ctx(what)?;
+    let a = loc
+        .new_attr::<VarLenUnicode>()
+        .shape(())
+        .create(name)
+        .ctx(what)?;
     a.write_scalar(&v).ctx(what)
 }
 
 /// Create dataset `name` of `shape` holding `data` (row-major, `data.len()` = product of
 /// `shape`; zero-length axes allowed).
-fn write_ds<T: ::hdf5::H5Type>(file: &File, what: &str, name: &str, shape: &[usize], data: &[T]) -> Result<()> {
+fn write_ds<T: ::hdf5::H5Type>(
+    file: &File,
+    what: &str,
+    name: &str,
+    shape: &[usize],
+    data: &[T],
+) -> Result<()> {
     file.new_dataset::<T>()
         .shape(shape)
         .create(name)
@@ -94,7 +117,11 @@ pub(super) fn write_h5(path: &Path, r: &ReconResult) -> Result<()> {
 
     let [ny, nx] = r.object.shape;
     // [Ny, Nx] for one slice, [S, Ny, Nx] (slice 0 = beam entrance) for a multislice object
-    let dims: Vec<usize> = if r.object.planes() > 1 { vec![r.object.planes(), ny, nx] } else { vec![ny, nx] };
+    let dims: Vec<usize> = if r.object.planes() > 1 {
+        vec![r.object.planes(), ny, nx]
+    } else {
+        vec![ny, nx]
+    };
     write_ds(&file, &what("/object"), "object", &dims, &r.object.data)?;
     let ds = file.dataset("object").ctx(|| what("/object"))?;
     ds.new_attr::<f64>()
@@ -102,9 +129,21 @@ pub(super) fn write_h5(path: &Path, r: &ReconResult) -> Result<()> {
         .create("pixel_size_m")
         .and_then(|a| a.write_raw(&r.pixel_size_m[..]))
         .ctx(|| what("/object attribute pixel_size_m"))?;
-    write_ds(&file, &what("/probe"), "probe", &[r.modes, r.m, r.m], &r.probe)?;
+    write_ds(
+        &file,
+        &what("/probe"),
+        "probe",
+        &[r.modes, r.m, r.m],
+        &r.probe,
+    )?;
     let flat: Vec<f64> = r.positions_px.iter().flat_map(|c| [c[0], c[1]]).collect();
-    write_ds(&file, &what("/positions_px"), "positions_px", &[r.positions_px.len(), 2], &flat)?;
+    write_ds(
+        &file,
+        &what("/positions_px"),
+        "positions_px",
+        &[r.positions_px.len(), 2],
+        &flat,
+    )?;
     write_ds(&file, &what("/loss"), "loss", &[r.loss.len()], &r.loss)?;
 
     write_str_attr(&file, path, ATTR_VERSION, env!("CARGO_PKG_VERSION"))?;
@@ -151,7 +190,9 @@ pub fn open(path: &Path) -> Result<File> {
 pub(crate) fn complex_size(td: &TypeDescriptor) -> Option<usize> {
     if let TypeDescriptor::Compound(c) = td {
         if c.fields.len() == 2 && c.fields[0].name == "r" && c.fields[1].name == "i" {
-            if let (TypeDescriptor::Float(a), TypeDescriptor::Float(b)) = (&c.fields[0].ty, &c.fields[1].ty) {
+            if let (TypeDescriptor::Float(a), TypeDescriptor::Float(b)) =
+                (&c.fields[0].ty, &c.fields[1].ty)
+            {
                 if a == b {
                     return Some(c.fields[0].ty.size());
                 }
@@ -191,18 +232,27 @@ fn read_ds<T: ::hdf5::H5Type>(
     dims: &[Option<usize>],
 ) -> Result<(Vec<usize>, Vec<T>)> {
     let what = || format!("{}:/{name}", path.display());
-    let ds = file.dataset(name).map_err(|_| Error::new(what(), "dataset missing"))?;
+    let ds = file
+        .dataset(name)
+        .map_err(|_| Error::new(what(), "dataset missing"))?;
     let shape = ds.shape();
     if shape.len() != dims.len() {
         return Err(Error::new(
             what(),
-            format!("expected rank {}, got {} (shape {shape:?})", dims.len(), shape.len()),
+            format!(
+                "expected rank {}, got {} (shape {shape:?})",
+                dims.len(),
+                shape.len()
+            ),
         ));
     }
     for (ax, (want, got)) in dims.iter().zip(&shape).enumerate() {
         if let Some(w) = want {
             if w != got {
-                return Err(Error::new(what(), format!("expected {w} along axis {ax}, got shape {shape:?}")));
+                return Err(Error::new(
+                    what(),
+                    format!("expected {w} along axis {ax}, got shape {shape:?}"),
+                ));
             }
         }
     }
@@ -216,7 +266,10 @@ fn read_ds<T: ::hdf5::H5Type>(
             Kind::Complex => "complex64",
             Kind::Float => "float64",
         };
-        return Err(Error::new(what(), format!("expected {want}, got {}", dtype_name(&td))));
+        return Err(Error::new(
+            what(),
+            format!("expected {want}, got {}", dtype_name(&td)),
+        ));
     }
     let data = ds.read_raw::<T>().ctx(what)?;
     Ok((shape, data))
@@ -224,15 +277,34 @@ fn read_ds<T: ::hdf5::H5Type>(
 
 fn read_str_attr(file: &File, path: &Path, name: &str) -> Result<String> {
     let what = || format!("{}:/ attribute {name}", path.display());
-    let a = file.attr(name).map_err(|_| Error::new(what(), "attribute missing"))?;
+    let a = file
+        .attr(name)
+        .map_err(|_| Error::new(what(), "attribute missing"))?;
     let td = a.dtype().and_then(|t| t.to_descriptor()).ctx(what)?;
     if !a.is_scalar() {
-        return Err(Error::new(what(), format!("expected a scalar string, got shape {:?}", a.shape())));
+        return Err(Error::new(
+            what(),
+            format!("expected a scalar string, got shape {:?}", a.shape()),
+        ));
     }
     match td {
-        TypeDescriptor::VarLenUnicode => Ok(a.read_scalar::<VarLenUnicode>().ctx(what)?.as_str().to_owned()),
-        TypeDescriptor::VarLenAscii => Ok(a.read_scalar::<VarLenAscii>().ctx(what)?.as_str().to_owned()),
-        other => Err(Error::new(what(), format!("expected a variable-length string, got {}", dtype_name(&other)))),
+        TypeDescriptor::VarLenUnicode => Ok(a
+            .read_scalar::<VarLenUnicode>()
+            .ctx(what)?
+            .as_str()
+            .to_owned()),
+        TypeDescriptor::VarLenAscii => Ok(a
+            .read_scalar::<VarLenAscii>()
+            .ctx(what)?
+            .as_str()
+            .to_owned()),
+        other => Err(Error::new(
+            what(),
+            format!(
+                "expected a variable-length string, got {}",
+                dtype_name(&other)
+            ),
+        )),
     }
 }
 
@@ -245,7 +317,17 @@ pub(super) fn read_h5(path: &Path) -> Result<ReconResult> {
 
     // [Ny, Nx], or [S, Ny, Nx] for a multislice result
     let rank = file.dataset("object").map(|d| d.ndim()).unwrap_or(2);
-    let (shape, object) = read_ds::<Complex32>(&file, path, "object", Kind::Complex, if rank == 3 { &[None, None, None] } else { &[None, None] })?;
+    let (shape, object) = read_ds::<Complex32>(
+        &file,
+        path,
+        "object",
+        Kind::Complex,
+        if rank == 3 {
+            &[None, None, None]
+        } else {
+            &[None, None]
+        },
+    )?;
     let shape = if rank == 3 { &shape[1..] } else { &shape[..] };
     let ds = file.dataset("object").ctx(|| format!("{p}:/object"))?;
     let pw = || format!("{p}:/object attribute pixel_size_m");
@@ -259,9 +341,13 @@ pub(super) fn read_h5(path: &Path) -> Result<ReconResult> {
         .try_into()
         .map_err(|_| Error::new(pw(), format!("expected 2 values (y, x), got {}", px.len())))?;
 
-    let (pshape, probe) = read_ds::<Complex32>(&file, path, "probe", Kind::Complex, &[None, None, None])?;
+    let (pshape, probe) =
+        read_ds::<Complex32>(&file, path, "probe", Kind::Complex, &[None, None, None])?;
     if pshape[1] != pshape[2] {
-        return Err(Error::new(format!("{p}:/probe"), format!("modes must be square, got shape {pshape:?}")));
+        return Err(Error::new(
+            format!("{p}:/probe"),
+            format!("modes must be square, got shape {pshape:?}"),
+        ));
     }
     let (_, pos) = read_ds::<f64>(&file, path, "positions_px", Kind::Float, &[None, Some(2)])?;
     let (_, loss) = read_ds::<f64>(&file, path, "loss", Kind::Float, &[None])?;
@@ -278,7 +364,13 @@ pub(super) fn read_h5(path: &Path) -> Result<ReconResult> {
     for name in names {
         if name == ATTR_EXCLUDED {
             let what = || format!("{p}:/ attribute {name}");
-            excluded = file.attr(&name).and_then(|a| a.read_raw::<u64>()).ctx(what)?.into_iter().map(|j| j as usize).collect();
+            excluded = file
+                .attr(&name)
+                .and_then(|a| a.read_raw::<u64>())
+                .ctx(what)?
+                .into_iter()
+                .map(|j| j as usize)
+                .collect();
             continue;
         }
         if name == ATTR_VERSION || name == ATTR_CONFIG {
@@ -297,7 +389,11 @@ pub(super) fn read_h5(path: &Path) -> Result<ReconResult> {
     }
 
     Ok(ReconResult {
-        object: Field { origin: [0, 0], shape: [shape[0], shape[1]], data: object },
+        object: Field {
+            origin: [0, 0],
+            shape: [shape[0], shape[1]],
+            data: object,
+        },
         pixel_size_m,
         probe,
         modes: pshape[0],

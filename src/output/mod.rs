@@ -60,7 +60,12 @@ pub fn write_result(path: &Path, r: &ReconResult, png: bool) -> Result<Vec<PathB
 /// the same names are kept under `.<name>.old-<pid>` until every new file is in place, so
 /// on any error either the complete new set or the previous set is left, and no temporary
 /// file. Images that would be empty (an object or probe with a zero dimension) are skipped.
-pub fn write_result_checked(path: &Path, r: &ReconResult, png: bool, inputs: &safety::Inputs) -> Result<Vec<PathBuf>> {
+pub fn write_result_checked(
+    path: &Path,
+    r: &ReconResult,
+    png: bool,
+    inputs: &safety::Inputs,
+) -> Result<Vec<PathBuf>> {
     let what = || path.display().to_string();
     let name = path
         .file_name()
@@ -75,9 +80,14 @@ pub fn write_result_checked(path: &Path, r: &ReconResult, png: bool, inputs: &sa
     inputs.check_output("output.path", path)?;
     self::hdf5::check(path, r)?;
 
-    let stem = Path::new(name).file_stem().and_then(|s| s.to_str()).unwrap_or(name);
-    let mut jobs: Vec<(PathBuf, Box<dyn Fn(&Path) -> Result<()> + '_>)> =
-        vec![(path.to_path_buf(), Box::new(|p: &Path| self::hdf5::write_h5(p, r)))];
+    let stem = Path::new(name)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(name);
+    let mut jobs: Vec<(PathBuf, Box<dyn Fn(&Path) -> Result<()> + '_>)> = vec![(
+        path.to_path_buf(),
+        Box::new(|p: &Path| self::hdf5::write_h5(p, r)),
+    )];
     if png {
         for (suffix, img) in self::png::images(r)? {
             let target = dir.join(png_name(stem, suffix));
@@ -103,7 +113,10 @@ pub fn write_result_checked(path: &Path, r: &ReconResult, png: bool, inputs: &sa
         }
     }
     // Phase 2: commit all of them, or none.
-    let pairs: Vec<(PathBuf, PathBuf)> = temps.iter().map(|(t, p)| (t.0.clone(), p.clone())).collect();
+    let pairs: Vec<(PathBuf, PathBuf)> = temps
+        .iter()
+        .map(|(t, p)| (t.0.clone(), p.clone()))
+        .collect();
     commit(&pairs)?;
     Ok(pairs.into_iter().map(|(_, t)| t).collect())
 }
@@ -112,7 +125,10 @@ pub fn write_result_checked(path: &Path, r: &ReconResult, png: bool, inputs: &sa
 /// the stem shortened ([`safety::fit_name`]) where the name would exceed 255 bytes.
 pub fn png_name(stem: &str, suffix: &str) -> String {
     let tail = format!("_{suffix}.png");
-    format!("{}{tail}", safety::fit_name(stem, safety::NAME_MAX - tail.len()))
+    format!(
+        "{}{tail}",
+        safety::fit_name(stem, safety::NAME_MAX - tail.len())
+    )
 }
 
 /// Rename each temporary file onto its target as one unit. Existing targets are first
@@ -137,12 +153,22 @@ fn commit(pairs: &[(PathBuf, PathBuf)]) -> Result<()> {
             backups.push(None);
             continue;
         }
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let b = safety::Temp::new(target.with_file_name(safety::temp_name(&name).replacen(".tmp-", ".old-", 1)));
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let b = safety::Temp::new(
+            target.with_file_name(safety::temp_name(&name).replacen(".tmp-", ".old-", 1)),
+        );
         let _ = std::fs::remove_file(&b.0);
-        if let Err(e) = std::fs::hard_link(target, &b.0).or_else(|_| std::fs::copy(target, &b.0).map(|_| ())) {
+        if let Err(e) =
+            std::fs::hard_link(target, &b.0).or_else(|_| std::fs::copy(target, &b.0).map(|_| ()))
+        {
             drop_all(&backups, 0);
-            return Err(Error::new(target.display().to_string(), format!("cannot keep the previous file while writing the new one: {e}")));
+            return Err(Error::new(
+                target.display().to_string(),
+                format!("cannot keep the previous file while writing the new one: {e}"),
+            ));
         }
         backups.push(Some(b));
     }
@@ -155,7 +181,10 @@ fn commit(pairs: &[(PathBuf, PathBuf)]) -> Result<()> {
                 };
             }
             drop_all(&backups, i);
-            return Err(Error::new(target.display().to_string(), format!("rename failed: {e}")));
+            return Err(Error::new(
+                target.display().to_string(),
+                format!("rename failed: {e}"),
+            ));
         }
     }
     for b in backups.iter().flatten() {
@@ -173,7 +202,10 @@ pub fn read_result(path: &Path) -> Result<ReconResult> {
 /// Temporary name beside `path` for atomic writes: `.<name>.tmp-<pid>`, within 255 bytes
 /// ([`safety::temp_name`]).
 pub fn temp_path(path: &std::path::Path) -> std::path::PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "out".into());
     path.with_file_name(safety::temp_name(&name))
 }
 
@@ -211,9 +243,13 @@ mod tests {
         let object = Field {
             origin: [0, 0],
             shape: [ny, nx],
-            data: (0..ny * nx).map(|i| Complex32::from_polar(1.0 + 0.01 * i as f32, 0.1 * i as f32 - 1.5)).collect(),
+            data: (0..ny * nx)
+                .map(|i| Complex32::from_polar(1.0 + 0.01 * i as f32, 0.1 * i as f32 - 1.5))
+                .collect(),
         };
-        let probe = (0..k * m * m).map(|i| Complex32::new(i as f32 * 0.5, -(i as f32) * 0.25)).collect();
+        let probe = (0..k * m * m)
+            .map(|i| Complex32::new(i as f32 * 0.5, -(i as f32) * 0.25))
+            .collect();
         ReconResult {
             object,
             pixel_size_m: [1.828e-11, 1.9e-11],
@@ -223,7 +259,11 @@ mod tests {
             positions_px: vec![[2.5, 3.25], [2.75, 3.5], [3.0, 4.125]],
             loss: vec![10.0, 3.5, 1.25, 0.5],
             config_toml: "[data]\nfile = \"a.h5\"\n# ünïcode Å\n".into(),
-            attrs: vec![("time_s".into(), 12.5), ("a_first_by_name".into(), -3.0), ("dose".into(), 1e5)],
+            attrs: vec![
+                ("time_s".into(), 12.5),
+                ("a_first_by_name".into(), -3.0),
+                ("dose".into(), 1e5),
+            ],
             excluded: vec![3, 17],
         }
     }
@@ -249,7 +289,10 @@ mod tests {
         assert_eq!(back.attrs, r.attrs, "attrs keep their order");
         assert_eq!(back, r);
         // Only the result is left in the directory: no temporary files.
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("recon.h5")]);
     }
 
@@ -272,11 +315,19 @@ mod tests {
         let path = dir.path().join("recon.h5");
         let r = sample();
         let written = write_result(&path, &r, true).unwrap();
-        let names: Vec<String> =
-            written.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(
             names,
-            ["recon.h5", "recon_object_phase.png", "recon_object_amplitude.png", "recon_probe_modes.png", "recon_loss.png"]
+            [
+                "recon.h5",
+                "recon_object_phase.png",
+                "recon_object_amplitude.png",
+                "recon_probe_modes.png",
+                "recon_loss.png"
+            ]
         );
         let dims = |p: &Path| {
             let dec = ::png::Decoder::new(std::io::BufReader::new(std::fs::File::open(p).unwrap()));
@@ -285,9 +336,18 @@ mod tests {
             (i.width, i.height, i.color_type)
         };
         // objects enlarged ×4 (the most), probe modes ×2 under a label strip
-        assert_eq!(dims(&written[1]), (4 * 7, 4 * 5, ::png::ColorType::Grayscale));
-        assert_eq!(dims(&written[2]), (4 * 7, 4 * 5, ::png::ColorType::Grayscale));
-        assert_eq!(dims(&written[3]), (2 * (2 * 4 + 2), 2 * 4 + 26, ::png::ColorType::Rgb));
+        assert_eq!(
+            dims(&written[1]),
+            (4 * 7, 4 * 5, ::png::ColorType::Grayscale)
+        );
+        assert_eq!(
+            dims(&written[2]),
+            (4 * 7, 4 * 5, ::png::ColorType::Grayscale)
+        );
+        assert_eq!(
+            dims(&written[3]),
+            (2 * (2 * 4 + 2), 2 * 4 + 26, ::png::ColorType::Rgb)
+        );
         assert_eq!(dims(&written[4]), (640, 400, ::png::ColorType::Rgb));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5);
     }
@@ -317,8 +377,10 @@ mod tests {
         std::fs::write(dir.path().join("recon_loss.png/x"), b"x").unwrap();
         let e = write_result(&path, &sample(), true).unwrap_err();
         assert!(e.what.ends_with("recon_loss.png"), "{e}");
-        let mut names: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, vec!["recon_loss.png".to_string()]);
     }
@@ -343,18 +405,32 @@ mod tests {
         write_result(&path, &sample(), false).unwrap();
         let f = ::hdf5::File::open_rw(&path).unwrap();
         f.unlink("probe").unwrap();
-        f.new_dataset::<Complex32>().shape([4, 4]).create("probe").unwrap();
+        f.new_dataset::<Complex32>()
+            .shape([4, 4])
+            .create("probe")
+            .unwrap();
         f.unlink("loss").unwrap();
         f.new_dataset::<i32>().shape([3]).create("loss").unwrap();
         f.close().unwrap();
         let e = read_result(&path).unwrap_err();
-        assert!(e.to_string().ends_with("out.h5:/probe: expected rank 3, got 2 (shape [4, 4])"), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("out.h5:/probe: expected rank 3, got 2 (shape [4, 4])"),
+            "{e}"
+        );
         let f = ::hdf5::File::open_rw(&path).unwrap();
         f.unlink("probe").unwrap();
-        f.new_dataset::<Complex32>().shape([1, 4, 4]).create("probe").unwrap();
+        f.new_dataset::<Complex32>()
+            .shape([1, 4, 4])
+            .create("probe")
+            .unwrap();
         f.close().unwrap();
         let e = read_result(&path).unwrap_err();
-        assert!(e.to_string().ends_with("out.h5:/loss: expected float64, got int32"), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("out.h5:/loss: expected float64, got int32"),
+            "{e}"
+        );
     }
 
     #[test]

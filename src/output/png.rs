@@ -95,21 +95,50 @@ pub fn images(r: &ReconResult) -> Result<Vec<(&'static str, Image)>> {
         // product of the slices' amplitudes
         let (o, n) = (&r.object, r.object.plane_len());
         let ph = crate::physics::multislice::projected_phase(&o.data, n);
-        let amp = (0..n).map(|i| (0..o.planes()).map(|s| o.data[s * n + i].norm()).product::<f32>());
-        let proj = Field { origin: o.origin, shape: o.shape, data: ph.iter().zip(amp).map(|(p, a)| Complex32::new(*p as f32, a)).collect() };
-        out.extend(object_picture(&proj, area, r.pixel_size_m[1], |c| c.re)?.map(|i| ("object_phase", i)));
-        out.extend(object_picture(&proj, area, r.pixel_size_m[1], |c| c.im)?.map(|i| ("object_amplitude", i)));
+        let amp = (0..n).map(|i| {
+            (0..o.planes())
+                .map(|s| o.data[s * n + i].norm())
+                .product::<f32>()
+        });
+        let proj = Field {
+            origin: o.origin,
+            shape: o.shape,
+            data: ph
+                .iter()
+                .zip(amp)
+                .map(|(p, a)| Complex32::new(*p as f32, a))
+                .collect(),
+        };
+        out.extend(
+            object_picture(&proj, area, r.pixel_size_m[1], |c| c.re)?.map(|i| ("object_phase", i)),
+        );
+        out.extend(
+            object_picture(&proj, area, r.pixel_size_m[1], |c| c.im)?
+                .map(|i| ("object_amplitude", i)),
+        );
     } else {
         // phase relative to the mean phase of the scanned area, so it does not wrap at ±π there
         let mut mean = Complex32::new(0.0, 0.0);
         if let Some([y0, y1, x0, x1]) = area {
             for y in y0..y1 {
-                mean += r.object.data[y * r.object.shape[1] + x0..y * r.object.shape[1] + x1].iter().sum::<Complex32>();
+                mean += r.object.data[y * r.object.shape[1] + x0..y * r.object.shape[1] + x1]
+                    .iter()
+                    .sum::<Complex32>();
             }
         }
-        let rot = if mean.norm() > 0.0 { mean.conj() / mean.norm() } else { Complex32::new(1.0, 0.0) };
-        out.extend(object_picture(&r.object, area, r.pixel_size_m[1], |c| (c * rot).arg())?.map(|i| ("object_phase", i)));
-        out.extend(object_picture(&r.object, area, r.pixel_size_m[1], |c| c.norm())?.map(|i| ("object_amplitude", i)));
+        let rot = if mean.norm() > 0.0 {
+            mean.conj() / mean.norm()
+        } else {
+            Complex32::new(1.0, 0.0)
+        };
+        out.extend(
+            object_picture(&r.object, area, r.pixel_size_m[1], |c| (c * rot).arg())?
+                .map(|i| ("object_phase", i)),
+        );
+        out.extend(
+            object_picture(&r.object, area, r.pixel_size_m[1], |c| c.norm())?
+                .map(|i| ("object_amplitude", i)),
+        );
     }
     if let Some(i) = probe_picture(&r.probe, r.modes, r.m)? {
         out.push(("probe_modes", i));
@@ -156,8 +185,23 @@ fn scanned_area(r: &ReconResult) -> Option<[usize; 4]> {
         return None;
     }
     let [ny, nx] = r.object.shape;
-    let lo = |a: usize| r.positions_px.iter().map(|p| p[a]).fold(f64::INFINITY, f64::min).floor().max(0.0) as usize;
-    let hi = |a: usize, n: usize| (r.positions_px.iter().map(|p| p[a]).fold(f64::NEG_INFINITY, f64::max).ceil() as usize + 1).min(n);
+    let lo = |a: usize| {
+        r.positions_px
+            .iter()
+            .map(|p| p[a])
+            .fold(f64::INFINITY, f64::min)
+            .floor()
+            .max(0.0) as usize
+    };
+    let hi = |a: usize, n: usize| {
+        (r.positions_px
+            .iter()
+            .map(|p| p[a])
+            .fold(f64::NEG_INFINITY, f64::max)
+            .ceil() as usize
+            + 1)
+        .min(n)
+    };
     let a = [lo(0), hi(0, ny), lo(1), hi(1, nx)];
     (a[0] < a[1] && a[2] < a[3]).then_some(a)
 }
@@ -165,15 +209,26 @@ fn scanned_area(r: &ReconResult) -> Option<[usize; 4]> {
 /// A grey image of `f(O)` for the object, [Ny, Nx] (row = y), percentile-scaled with the
 /// percentiles taken inside `area` (the scanned region; the whole object if None), so the
 /// poorly lit border does not set the contrast; `None` when the object is empty.
-pub fn object_image(o: &Field<Complex32>, area: Option<[usize; 4]>, f: impl Fn(&Complex32) -> f32) -> Option<Image> {
+pub fn object_image(
+    o: &Field<Complex32>,
+    area: Option<[usize; 4]>,
+    f: impl Fn(&Complex32) -> f32,
+) -> Option<Image> {
     let [ny, nx] = o.shape;
     if ny == 0 || nx == 0 || o.data.len() != ny * nx {
         return None;
     }
     let vals: Vec<f32> = o.data.iter().map(f).collect();
     let [y0, y1, x0, x1] = area.unwrap_or([0, ny, 0, nx]);
-    let inside: Vec<f32> = (y0..y1).flat_map(|y| vals[y * nx + x0..y * nx + x1].iter().copied()).collect();
-    Some(Image { width: nx, height: ny, pixels: Pixels::Gray8, data: percentile_to_u8_by(&vals, &inside) })
+    let inside: Vec<f32> = (y0..y1)
+        .flat_map(|y| vals[y * nx + x0..y * nx + x1].iter().copied())
+        .collect();
+    Some(Image {
+        width: nx,
+        height: ny,
+        pixels: Pixels::Gray8,
+        data: percentile_to_u8_by(&vals, &inside),
+    })
 }
 
 /// |P_k| of `modes` probe modes of `m`×`m` pixels (`probe` is [K, M, M]) side by side,
@@ -187,17 +242,30 @@ pub fn probe_modes_image(probe: &[Complex32], modes: usize, m: usize) -> Option<
     let mut data = vec![255u8; width * m];
     for k in 0..modes {
         let mode = &probe[k * m * m..(k + 1) * m * m];
-        let max = mode.iter().map(|c| c.norm()).filter(|a| a.is_finite()).fold(0.0f32, f32::max);
+        let max = mode
+            .iter()
+            .map(|c| c.norm())
+            .filter(|a| a.is_finite())
+            .fold(0.0f32, f32::max);
         let x0 = k * (m + MODE_GAP);
         for y in 0..m {
             for x in 0..m {
                 let a = mode[y * m + x].norm();
-                let g = if max > 0.0 && a.is_finite() { (a / max * 255.0).round().clamp(0.0, 255.0) as u8 } else { 0 };
+                let g = if max > 0.0 && a.is_finite() {
+                    (a / max * 255.0).round().clamp(0.0, 255.0) as u8
+                } else {
+                    0
+                };
                 data[y * width + x0 + x] = g;
             }
         }
     }
-    Some(Image { width, height: m, pixels: Pixels::Gray8, data })
+    Some(Image {
+        width,
+        height: m,
+        pixels: Pixels::Gray8,
+        data,
+    })
 }
 
 /// `g` (grey) as RGB, each pixel repeated `s` × `s` times (nearest neighbour).
@@ -216,7 +284,12 @@ pub fn rgb_scaled(g: &Image, s: usize) -> Image {
             data[3 * (y * w + x)..3 * (y * w + x) + 3].copy_from_slice(&v);
         }
     }
-    Image { width: w, height: h, pixels: Pixels::Rgb8, data }
+    Image {
+        width: w,
+        height: h,
+        pixels: Pixels::Rgb8,
+        data,
+    }
 }
 
 /// The scale bar for an image of `width` pixels of `pixel_m` metres: (length in the unit,
@@ -243,8 +316,15 @@ pub fn scale_bar(pixel_m: f64, width: usize) -> (f64, &'static str, f64) {
 /// found). `None` when the object is empty.
 ///
 /// Errors: a plotters drawing failure.
-pub fn object_picture(o: &Field<Complex32>, area: Option<[usize; 4]>, pixel_m: f64, f: impl Fn(&Complex32) -> f32) -> Result<Option<Image>> {
-    let Some(g) = object_image(o, area, f) else { return Ok(None) };
+pub fn object_picture(
+    o: &Field<Complex32>,
+    area: Option<[usize; 4]>,
+    pixel_m: f64,
+    f: impl Fn(&Complex32) -> f32,
+) -> Result<Option<Image>> {
+    let Some(g) = object_image(o, area, f) else {
+        return Ok(None);
+    };
     let s = 400usize.div_ceil(g.width.max(g.height)).clamp(1, 4);
     let mut img = rgb_scaled(&g, s);
     if let Some([y0, y1, x0, x1]) = area {
@@ -252,7 +332,9 @@ pub fn object_picture(o: &Field<Complex32>, area: Option<[usize; 4]>, pixel_m: f
             for x in 0..img.width {
                 let inside = (y0 * s..y1 * s).contains(&y) && (x0 * s..x1 * s).contains(&x);
                 if !inside {
-                    img.data[3 * (y * img.width + x)..3 * (y * img.width + x) + 3].iter_mut().for_each(|v| *v = (*v as f32 * DIM).round() as u8);
+                    img.data[3 * (y * img.width + x)..3 * (y * img.width + x) + 3]
+                        .iter_mut()
+                        .for_each(|v| *v = (*v as f32 * DIM).round() as u8);
                 }
             }
         }
@@ -270,11 +352,28 @@ pub fn object_picture(o: &Field<Complex32>, area: Option<[usize; 4]>, pixel_m: f
         let root = BitMapBackend::with_buffer(&mut img.data, (w, h)).into_drawing_area();
         let (x0, yb) = (10i32, h as i32 - 12);
         let top = if text { yb - 30 } else { yb - 12 };
-        root.draw(&Rectangle::new([(x0 - 6, top), (x0 + bar + 6, yb + 6)], BLACK.mix(0.75).filled())).map_err(|x| e(x.to_string()))?;
-        root.draw(&Rectangle::new([(x0, yb - 6), (x0 + bar, yb)], WHITE.filled())).map_err(|x| e(x.to_string()))?;
+        root.draw(&Rectangle::new(
+            [(x0 - 6, top), (x0 + bar + 6, yb + 6)],
+            BLACK.mix(0.75).filled(),
+        ))
+        .map_err(|x| e(x.to_string()))?;
+        root.draw(&Rectangle::new(
+            [(x0, yb - 6), (x0 + bar, yb)],
+            WHITE.filled(),
+        ))
+        .map_err(|x| e(x.to_string()))?;
         if text {
-            let label = if len >= 1.0 { format!("{len:.0} {unit}") } else { format!("{len} {unit}") };
-            root.draw(&Text::new(label, (x0, top + 3), ("sans-serif", 16).into_font().color(&WHITE))).map_err(|x| e(x.to_string()))?;
+            let label = if len >= 1.0 {
+                format!("{len:.0} {unit}")
+            } else {
+                format!("{len} {unit}")
+            };
+            root.draw(&Text::new(
+                label,
+                (x0, top + 3),
+                ("sans-serif", 16).into_font().color(&WHITE),
+            ))
+            .map_err(|x| e(x.to_string()))?;
         }
         root.present().map_err(|x| e(x.to_string()))?;
     }
@@ -286,7 +385,11 @@ pub fn object_picture(o: &Field<Complex32>, area: Option<[usize; 4]>, pixel_m: f
 pub fn grey_if_grey(img: Image) -> Image {
     if img.pixels == Pixels::Rgb8 && img.data.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]) {
         let data = img.data.chunks(3).map(|p| p[0]).collect();
-        Image { pixels: Pixels::Gray8, data, ..img }
+        Image {
+            pixels: Pixels::Gray8,
+            data,
+            ..img
+        }
     } else {
         img
     }
@@ -295,9 +398,18 @@ pub fn grey_if_grey(img: Image) -> Image {
 /// Each mode's share Σ|P_k|² / Σ_l Σ|P_l|² of the probe's power (`probe` [K, M, M]); zeros
 /// for a zero probe.
 pub fn mode_fractions(probe: &[Complex32], modes: usize, m: usize) -> Vec<f64> {
-    let p: Vec<f64> = (0..modes).map(|k| probe[k * m * m..(k + 1) * m * m].iter().map(|c| c.norm_sqr() as f64).sum()).collect();
+    let p: Vec<f64> = (0..modes)
+        .map(|k| {
+            probe[k * m * m..(k + 1) * m * m]
+                .iter()
+                .map(|c| c.norm_sqr() as f64)
+                .sum()
+        })
+        .collect();
     let total: f64 = p.iter().sum();
-    p.iter().map(|v| if total > 0.0 { v / total } else { 0.0 }).collect()
+    p.iter()
+        .map(|v| if total > 0.0 { v / total } else { 0.0 })
+        .collect()
 }
 
 /// [`probe_modes_image`] as RGB, enlarged ×2 for windows under 200 pixels, with a strip of
@@ -307,21 +419,38 @@ pub fn mode_fractions(probe: &[Complex32], modes: usize, m: usize) -> Vec<f64> {
 ///
 /// Errors: a plotters drawing failure.
 pub fn probe_picture(probe: &[Complex32], modes: usize, m: usize) -> Result<Option<Image>> {
-    let Some(g) = probe_modes_image(probe, modes, m) else { return Ok(None) };
+    let Some(g) = probe_modes_image(probe, modes, m) else {
+        return Ok(None);
+    };
     let s = if m < 200 { 2 } else { 1 };
     let body = rgb_scaled(&g, s);
     let (w, h) = (body.width, body.height + LABEL_H);
     let mut data = vec![255u8; LABEL_H * w * 3];
     data.extend_from_slice(&body.data);
-    let mut img = Image { width: w, height: h, pixels: Pixels::Rgb8, data };
+    let mut img = Image {
+        width: w,
+        height: h,
+        pixels: Pixels::Rgb8,
+        data,
+    };
     if font() {
         use plotters::prelude::*;
         let e = |x: String| Error::new("probe picture", x);
-        let root = BitMapBackend::with_buffer(&mut img.data, (w as u32, h as u32)).into_drawing_area();
+        let root =
+            BitMapBackend::with_buffer(&mut img.data, (w as u32, h as u32)).into_drawing_area();
         for (k, f) in mode_fractions(probe, modes, m).iter().enumerate() {
             let x = (k * (m + MODE_GAP) * s) as i32 + 4;
-            let label = if modes == 1 { format!("probe: {:.1} % of the power", 100.0 * f) } else { format!("mode {}: {:.1} %", k + 1, 100.0 * f) };
-            root.draw(&Text::new(label, (x, 5), ("sans-serif", 15).into_font().color(&BLACK))).map_err(|x| e(x.to_string()))?;
+            let label = if modes == 1 {
+                format!("probe: {:.1} % of the power", 100.0 * f)
+            } else {
+                format!("mode {}: {:.1} %", k + 1, 100.0 * f)
+            };
+            root.draw(&Text::new(
+                label,
+                (x, 5),
+                ("sans-serif", 15).into_font().color(&BLACK),
+            ))
+            .map_err(|x| e(x.to_string()))?;
         }
         root.present().map_err(|x| e(x.to_string()))?;
     }
@@ -340,29 +469,53 @@ mod tests {
             .map(|i| {
                 let (y, x) = (i / nx, i % nx);
                 let inside = (20..80).contains(&y) && (30..90).contains(&x);
-                Complex32::from_polar(1.0, if inside { 0.01 * x as f32 } else { 50.0 * ((i * 7919 % 13) as f32 - 6.0) })
+                Complex32::from_polar(
+                    1.0,
+                    if inside {
+                        0.01 * x as f32
+                    } else {
+                        50.0 * ((i * 7919 % 13) as f32 - 6.0)
+                    },
+                )
             })
             .collect();
-        (Field { origin: [0, 0], shape: [ny, nx], data }, [20, 80, 30, 90])
+        (
+            Field {
+                origin: [0, 0],
+                shape: [ny, nx],
+                data,
+            },
+            [20, 80, 30, 90],
+        )
     }
 
     #[test]
     fn object_picture_dims_the_border_and_has_a_scale_bar() {
         let (o, area) = object();
-        let img = object_picture(&o, Some(area), 0.1828e-10, |c| c.arg()).unwrap().unwrap();
+        let img = object_picture(&o, Some(area), 0.1828e-10, |c| c.arg())
+            .unwrap()
+            .unwrap();
         // ×4: 400 / 120 rounds up to 4
         assert_eq!((img.width, img.height), (480, 400));
         assert_eq!(img.pixels, Pixels::Gray8, "all grey, stored as grey");
         let px = |y: usize, x: usize| img.data[y * img.width + x];
         // contrast from inside only: the inside ramp spans the full range
         let inside: Vec<u8> = (30 * 4..90 * 4).step_by(4).map(|x| px(50 * 4, x)).collect();
-        assert!(inside[0] <= 3 && *inside.last().unwrap() >= 252, "{inside:?}");
+        assert!(
+            inside[0] <= 3 && *inside.last().unwrap() >= 252,
+            "{inside:?}"
+        );
         // outside at most DIM of white, above the scale bar's box
         let outside_max = (0..img.width).map(|x| px(4, x)).max().unwrap();
-        assert!(outside_max <= (255.0 * DIM).round() as u8 + 1, "{outside_max}");
+        assert!(
+            outside_max <= (255.0 * DIM).round() as u8 + 1,
+            "{outside_max}"
+        );
         // scale bar: 120 px of 0.1828 Å → a fifth is 4.4 Å → 2 Å = 10.9 px × 4 = 44 white pixels
         assert_eq!(scale_bar(0.1828e-10, 120).0, 2.0);
-        let white = (0..img.width).filter(|&x| px(img.height - 14, x) == 255).count();
+        let white = (0..img.width)
+            .filter(|&x| px(img.height - 14, x) == 255)
+            .count();
         assert!((44..=46).contains(&white), "bar row: {white} white pixels");
         assert_eq!(scale_bar(8e-9, 500), (500.0, "nm", 62.5));
     }
@@ -370,13 +523,35 @@ mod tests {
     #[test]
     fn probe_picture_labels_mode_powers() {
         let m = 8;
-        let probe: Vec<Complex32> = (0..3 * m * m).map(|i| Complex32::new(if i < m * m { 3.0 } else if i < 2 * m * m { 1.0 } else { 0.0 }, 0.0)).collect();
+        let probe: Vec<Complex32> = (0..3 * m * m)
+            .map(|i| {
+                Complex32::new(
+                    if i < m * m {
+                        3.0
+                    } else if i < 2 * m * m {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                    0.0,
+                )
+            })
+            .collect();
         let f = mode_fractions(&probe, 3, m);
-        assert!((f[0] - 0.9).abs() < 1e-12 && (f[1] - 0.1).abs() < 1e-12 && f[2] == 0.0, "{f:?}");
+        assert!(
+            (f[0] - 0.9).abs() < 1e-12 && (f[1] - 0.1).abs() < 1e-12 && f[2] == 0.0,
+            "{f:?}"
+        );
         let img = probe_picture(&probe, 3, m).unwrap().unwrap();
-        assert_eq!((img.width, img.height), (2 * (3 * m + 2 * MODE_GAP), 2 * m + LABEL_H));
+        assert_eq!(
+            (img.width, img.height),
+            (2 * (3 * m + 2 * MODE_GAP), 2 * m + LABEL_H)
+        );
         // the label strip holds dark text pixels where a font was found
-        let dark = img.data[..3 * img.width * LABEL_H].chunks(3).filter(|p| p[0] < 100).count();
+        let dark = img.data[..3 * img.width * LABEL_H]
+            .chunks(3)
+            .filter(|p| p[0] < 100)
+            .count();
         assert!(!font() || dark > 20, "{dark}");
     }
 }

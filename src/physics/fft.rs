@@ -13,7 +13,17 @@ use rustfft::{Fft, FftNum, FftPlanner};
 use std::sync::Arc;
 
 /// Real scalar of the numerics: f32 in production, f64 for gradient checks.
-pub trait Real: FftNum + num_traits::Float + std::iter::Sum + Default + Send + Sync + bytemuck::Pod + crate::physics::simd::Ops + 'static {
+pub trait Real:
+    FftNum
+    + num_traits::Float
+    + std::iter::Sum
+    + Default
+    + Send
+    + Sync
+    + bytemuck::Pod
+    + crate::physics::simd::Ops
+    + 'static
+{
     /// Lossless for f64, rounded for f32.
     fn of(x: f64) -> Self;
     /// To f64.
@@ -22,16 +32,28 @@ pub trait Real: FftNum + num_traits::Float + std::iter::Sum + Default + Send + S
     fn of32(x: f32) -> Self;
 }
 impl Real for f32 {
-    fn of(x: f64) -> Self { x as f32 }
+    fn of(x: f64) -> Self {
+        x as f32
+    }
     #[inline(always)]
-    fn of32(x: f32) -> Self { x }
-    fn f64(self) -> f64 { self as f64 }
+    fn of32(x: f32) -> Self {
+        x
+    }
+    fn f64(self) -> f64 {
+        self as f64
+    }
 }
 impl Real for f64 {
-    fn of(x: f64) -> Self { x }
+    fn of(x: f64) -> Self {
+        x
+    }
     #[inline(always)]
-    fn of32(x: f32) -> Self { x as f64 }
-    fn f64(self) -> f64 { self }
+    fn of32(x: f32) -> Self {
+        x as f64
+    }
+    fn f64(self) -> f64 {
+        self
+    }
 }
 
 /// Plans for forward and inverse unitary 2-D FFTs of one size. Cheap to clone; share one
@@ -57,7 +79,13 @@ impl<T: Real> Fft2<T> {
     pub fn new(m: usize) -> Self {
         let mut planner = FftPlanner::<T>::new();
         let fwd64 = FftPlanner::<f64>::new().plan_fft_forward(m);
-        Fft2 { m, fwd: planner.plan_fft_forward(m), inv: planner.plan_fft_inverse(m), fwd64, scale: T::of(1.0 / m as f64) }
+        Fft2 {
+            m,
+            fwd: planner.plan_fft_forward(m),
+            inv: planner.plan_fft_inverse(m),
+            fwd64,
+            scale: T::of(1.0 / m as f64),
+        }
     }
 
     /// Side length M.
@@ -67,20 +95,33 @@ impl<T: Real> Fft2<T> {
 
     /// A scratch buffer large enough for either direction.
     pub fn scratch(&self) -> Vec<Complex<T>> {
-        let n = self.fwd.get_inplace_scratch_len().max(self.inv.get_inplace_scratch_len());
+        let n = self
+            .fwd
+            .get_inplace_scratch_len()
+            .max(self.inv.get_inplace_scratch_len());
         vec![Complex::default(); n.max(1)]
     }
 
     /// `out[kx][ky] = (F a)[ky][kx]`, unitary. `a` ([y][x], M²) is used as work space and
     /// left holding garbage.
-    pub fn forward_t(&self, a: &mut [Complex<T>], out: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+    pub fn forward_t(
+        &self,
+        a: &mut [Complex<T>],
+        out: &mut [Complex<T>],
+        scratch: &mut [Complex<T>],
+    ) {
         self.forward_t_raw(a, out, scratch);
         out.iter_mut().for_each(|z| *z = *z * self.scale);
     }
 
     /// `out[y][x] = (F⁻¹ A)[y][x]` for `a[kx][ky] = A[ky][kx]` (transposed layout), unitary.
     /// `a` is used as work space.
-    pub fn inverse_t(&self, a: &mut [Complex<T>], out: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+    pub fn inverse_t(
+        &self,
+        a: &mut [Complex<T>],
+        out: &mut [Complex<T>],
+        scratch: &mut [Complex<T>],
+    ) {
         self.inverse_t_raw(a, out, scratch);
         out.iter_mut().for_each(|z| *z = *z * self.scale);
     }
@@ -88,7 +129,12 @@ impl<T: Real> Fft2<T> {
     /// As [`Fft2::forward_t`] but unnormalised: the result is M × the unitary transform.
     /// Hot loops fold the 1/M into their element-wise passes.
     #[inline]
-    pub fn forward_t_raw(&self, a: &mut [Complex<T>], out: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+    pub fn forward_t_raw(
+        &self,
+        a: &mut [Complex<T>],
+        out: &mut [Complex<T>],
+        scratch: &mut [Complex<T>],
+    ) {
         self.fwd.process_with_scratch(a, scratch);
         transpose::transpose(a, out, self.m, self.m);
         self.fwd.process_with_scratch(out, scratch);
@@ -96,7 +142,12 @@ impl<T: Real> Fft2<T> {
 
     /// As [`Fft2::inverse_t`] but unnormalised: M × the unitary inverse.
     #[inline]
-    pub fn inverse_t_raw(&self, a: &mut [Complex<T>], out: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+    pub fn inverse_t_raw(
+        &self,
+        a: &mut [Complex<T>],
+        out: &mut [Complex<T>],
+        scratch: &mut [Complex<T>],
+    ) {
         self.inv.process_with_scratch(a, scratch);
         transpose::transpose(a, out, self.m, self.m);
         self.inv.process_with_scratch(out, scratch);
@@ -177,9 +228,13 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let a = ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let b = ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
                 C32::new(a, b)
             })
@@ -194,9 +249,12 @@ mod tests {
                 let mut s = num_complex::Complex64::default();
                 for y in 0..m {
                     for x in 0..m {
-                        let ph = -2.0 * std::f64::consts::PI * ((ky * y) as f64 + (kx * x) as f64) / m as f64;
-                        s += num_complex::Complex64::new(a[y * m + x].re as f64, a[y * m + x].im as f64)
-                            * num_complex::Complex64::from_polar(1.0, ph);
+                        let ph = -2.0 * std::f64::consts::PI * ((ky * y) as f64 + (kx * x) as f64)
+                            / m as f64;
+                        s += num_complex::Complex64::new(
+                            a[y * m + x].re as f64,
+                            a[y * m + x].im as f64,
+                        ) * num_complex::Complex64::from_polar(1.0, ph);
                     }
                 }
                 out[ky * m + kx] = s / m as f64;
@@ -245,9 +303,22 @@ mod tests {
         // <F a, b> = <a, F⁻¹ b>  (F unitary, adjoint = inverse)
         let (mut fib, mut w2) = (vec![C32::default(); m * m], b.clone());
         f.inverse_t(&mut w2, &mut fib, &mut s);
-        let lhs: num_complex::Complex64 = fa.iter().zip(&b).map(|(x, y)| (x.conj() * y).into()).map(|z: C32| num_complex::Complex64::new(z.re as f64, z.im as f64)).sum();
-        let rhs: num_complex::Complex64 = a.iter().zip(&fib).map(|(x, y)| x.conj() * y).map(|z| num_complex::Complex64::new(z.re as f64, z.im as f64)).sum();
-        assert!((lhs - rhs).norm() < 1e-3 * lhs.norm().max(1.0), "{lhs} vs {rhs}");
+        let lhs: num_complex::Complex64 = fa
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x.conj() * y).into())
+            .map(|z: C32| num_complex::Complex64::new(z.re as f64, z.im as f64))
+            .sum();
+        let rhs: num_complex::Complex64 = a
+            .iter()
+            .zip(&fib)
+            .map(|(x, y)| x.conj() * y)
+            .map(|z| num_complex::Complex64::new(z.re as f64, z.im as f64))
+            .sum();
+        assert!(
+            (lhs - rhs).norm() < 1e-3 * lhs.norm().max(1.0),
+            "{lhs} vs {rhs}"
+        );
     }
 
     #[test]

@@ -33,7 +33,12 @@ pub fn pixel_size_from_angular_m(wavelength_m: f64, m: usize, dtheta_rad: f64) -
 
 /// Real-space pixel size (m) for far-field X-ray geometry: Δx = λ z / (M p), with
 /// detector distance z (m) and detector pixel size p (m).
-pub fn pixel_size_from_detector_m(wavelength_m: f64, m: usize, distance_m: f64, det_pixel_m: f64) -> f64 {
+pub fn pixel_size_from_detector_m(
+    wavelength_m: f64,
+    m: usize,
+    distance_m: f64,
+    det_pixel_m: f64,
+) -> f64 {
     wavelength_m * distance_m / (m as f64 * det_pixel_m)
 }
 
@@ -61,10 +66,16 @@ impl Experiment {
     pub fn check(&self) -> Result<()> {
         let ok = |v: f64| v.is_finite() && v > 0.0;
         if !ok(self.wavelength_m) {
-            return Err(Error::new("experiment.energy_ev", "gives no valid wavelength"));
+            return Err(Error::new(
+                "experiment.energy_ev",
+                "gives no valid wavelength",
+            ));
         }
         if !ok(self.pixel_size_m[0]) || !ok(self.pixel_size_m[1]) || !ok(self.dtheta_rad) {
-            return Err(Error::new("experiment", "detector sampling gives no valid pixel size"));
+            return Err(Error::new(
+                "experiment",
+                "detector sampling gives no valid pixel size",
+            ));
         }
         Ok(())
     }

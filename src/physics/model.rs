@@ -24,7 +24,10 @@ use num_complex::Complex;
 pub fn placement(c: [f64; 2], m: usize) -> ([i64; 2], [f64; 2]) {
     let fy = c[0].floor();
     let fx = c[1].floor();
-    ([fy as i64 - (m / 2) as i64, fx as i64 - (m / 2) as i64], [c[0] - fy, c[1] - fx])
+    (
+        [fy as i64 - (m / 2) as i64, fx as i64 - (m / 2) as i64],
+        [c[0] - fy, c[1] - fx],
+    )
 }
 
 /// The separable phase ramp of a shift by `f` (pixels): `(e_y, e_x)` with
@@ -60,11 +63,22 @@ pub fn residual<T: Real>(noise: NoiseModel, meas: T, model: T, eps: T) -> (T, T)
             let a = (model + eps).sqrt();
             let sm = (meas + eps).sqrt();
             let d = a - sm;
-            (d * d, if a > T::zero() { T::one() - sm / a } else { T::zero() })
+            (
+                d * d,
+                if a > T::zero() {
+                    T::one() - sm / a
+                } else {
+                    T::zero()
+                },
+            )
         }
         NoiseModel::Poisson => {
             let den = model + eps;
-            let l = if meas > T::zero() { model - meas - meas * (den / meas).ln() } else { model };
+            let l = if meas > T::zero() {
+                model - meas - meas * (den / meas).ln()
+            } else {
+                model
+            };
             (l, T::one() - meas / den)
         }
     }
@@ -92,7 +106,9 @@ pub const FLOOR_MAX_COUNTS: f64 = 1.0;
 /// value, let a 1e-7 perturbation grow to 0.35 in 10 iterations; 0.1 cost 0.05 in phase
 /// correlation on PbTiO3).
 pub fn intensity_floor(mean_counts: f64, pixels: usize) -> f64 {
-    (FLOOR_OF_MEAN * mean_counts / pixels.max(1) as f64).min(FLOOR_MAX_COUNTS).max(1e-12)
+    (FLOOR_OF_MEAN * mean_counts / pixels.max(1) as f64)
+        .min(FLOOR_MAX_COUNTS)
+        .max(1e-12)
 }
 
 /// The relaxed Fourier step of the projection engines (docs/algorithm.md §7): the factor
@@ -155,13 +171,23 @@ mod tests {
     fn residual_weights_are_derivatives() {
         // d loss / d I = w / 1 ... check ∂L/∂Ψ* = wΨ via dL/dI · Ψ, dI/dΨ* = Ψ
         for noise in [NoiseModel::Amplitude, NoiseModel::Poisson] {
-            for (meas, model, eps) in [(3.0f64, 2.5, 1e-9), (0.0, 0.7, 1e-9), (7.0, 9.0, 1e-9), (3.0, 2.5, 0.1), (1.0, 0.001, 0.1), (0.0, 0.3, 1.0)] {
+            for (meas, model, eps) in [
+                (3.0f64, 2.5, 1e-9),
+                (0.0, 0.7, 1e-9),
+                (7.0, 9.0, 1e-9),
+                (3.0, 2.5, 0.1),
+                (1.0, 0.001, 0.1),
+                (0.0, 0.3, 1.0),
+            ] {
                 let h = 1e-6;
                 let (lp, _) = residual(noise, meas, model + h, eps);
                 let (lm, _) = residual(noise, meas, model - h, eps);
                 let (_, w) = residual(noise, meas, model, eps);
                 // ∂L/∂Ψ* = (dL/dI) Ψ  ⇒  w = dL/dI
-                assert!(((lp - lm) / (2.0 * h) - w).abs() < 1e-6, "{noise:?} {meas} {model} {eps}");
+                assert!(
+                    ((lp - lm) / (2.0 * h) - w).abs() < 1e-6,
+                    "{noise:?} {meas} {model} {eps}"
+                );
             }
         }
     }
@@ -171,15 +197,25 @@ mod tests {
         for noise in [NoiseModel::Amplitude, NoiseModel::Poisson] {
             for (meas, model) in [(3.0f64, 2.5), (0.0, 0.7), (7.0, 9.0), (1.0, 0.01)] {
                 // γ = 1: the modulus projection √(Î/I), exactly
-                assert_eq!(relaxed_modulus(noise, 1.0, meas, model, 0.0), (meas / model).sqrt(), "{noise:?}");
+                assert_eq!(
+                    relaxed_modulus(noise, 1.0, meas, model, 0.0),
+                    (meas / model).sqrt(),
+                    "{noise:?}"
+                );
                 // noise-free data: unchanged for every γ
                 for g in [0.05, 0.3, 0.9] {
                     assert!((relaxed_modulus(noise, g, model, model, 0.0) - 1.0).abs() < 1e-14);
                     assert!((relaxed_modulus(noise, g, model, model, 0.1) - 1.0).abs() < 1e-14);
                     // the amplitude lies between |Ψ| and √Î
                     let f = relaxed_modulus(noise, g, meas, model, 0.0);
-                    let (lo, hi) = (1.0f64.min((meas / model).sqrt()), 1.0f64.max((meas / model).sqrt()));
-                    assert!(f >= lo - 1e-14 && f <= hi + 1e-14, "{noise:?} {g} {meas} {model}: {f}");
+                    let (lo, hi) = (
+                        1.0f64.min((meas / model).sqrt()),
+                        1.0f64.max((meas / model).sqrt()),
+                    );
+                    assert!(
+                        f >= lo - 1e-14 && f <= hi + 1e-14,
+                        "{noise:?} {g} {meas} {model}: {f}"
+                    );
                 }
             }
             assert_eq!(relaxed_modulus(noise, 0.5, 2.0, 0.0, 0.0), 0.0);
@@ -199,9 +235,16 @@ mod tests {
                 // projection's factor are bounded by (Î + ε)/ε, so a tiny Ψ stays tiny
                 for model in [0.0f64, 1e-14, 1e-8] {
                     let (_, w) = residual(noise, meas, model, eps);
-                    assert!(w.abs() <= (meas + eps) / eps, "{noise:?} {meas} {model}: w {w}");
+                    assert!(
+                        w.abs() <= (meas + eps) / eps,
+                        "{noise:?} {meas} {model}: w {w}"
+                    );
                     let f = relaxed_modulus(noise, 1.0, meas, model, eps);
-                    assert!(f.is_finite() && f * model.sqrt() <= ((meas + eps) / eps).sqrt() * 1e-4 + 1e-300, "{noise:?} {meas} {model}: f {f}");
+                    assert!(
+                        f.is_finite()
+                            && f * model.sqrt() <= ((meas + eps) / eps).sqrt() * 1e-4 + 1e-300,
+                        "{noise:?} {meas} {model}: f {f}"
+                    );
                 }
             }
         }
@@ -217,7 +260,10 @@ mod tests {
             let a = relaxed_modulus(noise, g, meas, model, 0.0) * psi;
             let obj = |a: f64| lam * residual(noise, meas, a * a, 0.0).0 + 0.5 * (a - psi).powi(2);
             let h = 1e-6;
-            assert!(((obj(a + h) - obj(a - h)) / (2.0 * h)).abs() < 1e-7, "{noise:?}");
+            assert!(
+                ((obj(a + h) - obj(a - h)) / (2.0 * h)).abs() < 1e-7,
+                "{noise:?}"
+            );
             assert!(obj(a) < obj(a * 1.01) && obj(a) < obj(a * 0.99));
         }
     }
@@ -263,12 +309,20 @@ pub struct Field<T> {
 impl<T: Clone> Field<T> {
     /// A one-plane field filled with `v`.
     pub fn filled(origin: [i64; 2], shape: [usize; 2], v: T) -> Self {
-        Field { origin, shape, data: vec![v; shape[0] * shape[1]] }
+        Field {
+            origin,
+            shape,
+            data: vec![v; shape[0] * shape[1]],
+        }
     }
 
     /// A field of `planes` planes (slices) filled with `v`.
     pub fn stack(origin: [i64; 2], shape: [usize; 2], planes: usize, v: T) -> Self {
-        Field { origin, shape, data: vec![v; planes * shape[0] * shape[1]] }
+        Field {
+            origin,
+            shape,
+            data: vec![v; planes * shape[0] * shape[1]],
+        }
     }
 
     /// A field on the same rectangle with as many planes as `f`, filled with `v`.
@@ -315,6 +369,12 @@ impl<T: Real> PositionGeom<T> {
     pub fn new(index: usize, centre: [f64; 2], m: usize) -> Self {
         let (window, f) = placement(centre, m);
         let (ramp_y, ramp_x) = shift_ramps(f, m);
-        PositionGeom { index, centre, window, ramp_y, ramp_x }
+        PositionGeom {
+            index,
+            centre,
+            window,
+            ramp_y,
+            ramp_x,
+        }
     }
 }

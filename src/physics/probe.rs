@@ -9,7 +9,8 @@ use num_complex::Complex32 as C32;
 /// χ = (2π/λ)(½ C10 θ² + ¼ C30 θ⁴), with C10 = −defocus (positive defocus = underfocus).
 pub fn chi(theta: f64, wavelength_m: f64, defocus_m: f64, c30_m: f64) -> f64 {
     let c10 = -defocus_m;
-    2.0 * std::f64::consts::PI / wavelength_m * (0.5 * c10 * theta * theta + 0.25 * c30_m * theta.powi(4))
+    2.0 * std::f64::consts::PI / wavelength_m
+        * (0.5 * c10 * theta * theta + 0.25 * c30_m * theta.powi(4))
 }
 
 /// Form the probe on the M × M detector grid: P(k) = A(k) exp(−iχ(k)), A = 1 for
@@ -28,11 +29,25 @@ pub fn form_probe(exp: &Experiment, power: f64) -> Result<Vec<C32>> {
 /// [`form_probe`]'s probe. Returns [M, M] complex, row-major [y][x]; errors as
 /// [`form_probe`] (an annulus that covers no detector pixel names the semi-angle too).
 pub fn form_probe_stopped(exp: &Experiment, power: f64, stop: f64) -> Result<Vec<C32>> {
-    let alpha = exp
-        .convergence_semiangle_rad
-        .ok_or_else(|| Error::new("experiment.convergence_semiangle_mrad", "missing: needed to form the probe (or give data.probe)"))?;
-    let p = from_pupil(exp, power, |_, _, theta| if theta <= alpha && (stop <= 0.0 || theta > stop * alpha) { 1.0 } else { 0.0 });
-    p.ok_or_else(|| Error::new("experiment.convergence_semiangle_mrad", "aperture covers no detector pixel"))
+    let alpha = exp.convergence_semiangle_rad.ok_or_else(|| {
+        Error::new(
+            "experiment.convergence_semiangle_mrad",
+            "missing: needed to form the probe (or give data.probe)",
+        )
+    })?;
+    let p = from_pupil(exp, power, |_, _, theta| {
+        if theta <= alpha && (stop <= 0.0 || theta > stop * alpha) {
+            1.0
+        } else {
+            0.0
+        }
+    });
+    p.ok_or_else(|| {
+        Error::new(
+            "experiment.convergence_semiangle_mrad",
+            "aperture covers no detector pixel",
+        )
+    })
 }
 
 /// Form the probe from the mean diffraction pattern Ī when no aperture is known (e.g. X-ray
@@ -43,13 +58,21 @@ pub fn form_probe_stopped(exp: &Experiment, power: f64, stop: f64) -> Result<Vec
 /// Returns [M, M] complex, row-major [y][x]. Errors: an all-zero mean pattern.
 pub fn probe_from_mean_pattern(exp: &Experiment, mean: &[f64], power: f64) -> Result<Vec<C32>> {
     let m = exp.detector_px;
-    from_pupil(exp, power, |iy, ix, _| mean[ix * m + iy].max(0.0).sqrt())
-        .ok_or_else(|| Error::new("data", "mean diffraction pattern is zero: cannot form a probe"))
+    from_pupil(exp, power, |iy, ix, _| mean[ix * m + iy].max(0.0).sqrt()).ok_or_else(|| {
+        Error::new(
+            "data",
+            "mean diffraction pattern is zero: cannot form a probe",
+        )
+    })
 }
 
 /// P(k) = A(k) exp(−iχ(k)) on the detector grid → centred real-space probe of power `power`;
 /// `amp(iy, ix, θ)` gives A at corner-centred indices and angle θ. `None` when A is 0 everywhere.
-fn from_pupil(exp: &Experiment, power: f64, amp: impl Fn(usize, usize, f64) -> f64) -> Option<Vec<C32>> {
+fn from_pupil(
+    exp: &Experiment,
+    power: f64,
+    amp: impl Fn(usize, usize, f64) -> f64,
+) -> Option<Vec<C32>> {
     let m = exp.detector_px;
     let mut pk = vec![C32::default(); m * m];
     let mut lit = 0usize;
@@ -112,12 +135,19 @@ pub fn initial_modes(p: &[C32], m: usize, k: usize) -> Vec<C32> {
     let mut r2 = 0.0;
     for y in 0..m {
         for x in 0..m {
-            r2 += p[y * m + x].norm_sqr() as f64 * ((y as f64 - cy).powi(2) + (x as f64 - cx).powi(2));
+            r2 += p[y * m + x].norm_sqr() as f64
+                * ((y as f64 - cy).powi(2) + (x as f64 - cx).powi(2));
         }
     }
     let sig = (r2 / w.max(1e-300)).sqrt().max(1.0);
-    let patterns: [fn(f64, f64) -> f64; 6] =
-        [|y, _| y, |_, x| x, |y, x| y * x, |y, x| y * y - x * x, |y, x| y * y + x * x - 1.0, |y, x| y * y * x];
+    let patterns: [fn(f64, f64) -> f64; 6] = [
+        |y, _| y,
+        |_, x| x,
+        |y, x| y * x,
+        |y, x| y * y - x * x,
+        |y, x| y * y + x * x - 1.0,
+        |y, x| y * y * x,
+    ];
     for j in 1..k {
         let f = patterns[(j - 1) % patterns.len()];
         let order = 1 + (j - 1) / patterns.len();
@@ -186,7 +216,10 @@ mod tests {
             cy += z.norm_sqr() as f64 * (i / m) as f64;
             cx += z.norm_sqr() as f64 * (i % m) as f64;
         }
-        assert!((cy / pow - 64.0).abs() < 0.05 && (cx / pow - 64.0).abs() < 0.05, "{cy} {cx}");
+        assert!(
+            (cy / pow - 64.0).abs() < 0.05 && (cx / pow - 64.0).abs() < 0.05,
+            "{cy} {cx}"
+        );
         // Fourier support: nothing beyond α (22 mrad ≈ 26.1 px)
         let f = Fft2::<f32>::new(m);
         let mut q = super::super::fft::ifftshift(&p, m, false);
@@ -208,13 +241,25 @@ mod tests {
         let m = 128;
         let k = 3;
         let modes = initial_modes(&p, m, k);
-        let pw: Vec<f64> = (0..k).map(|j| modes[j * m * m..(j + 1) * m * m].iter().map(|z| z.norm_sqr() as f64).sum()).collect();
+        let pw: Vec<f64> = (0..k)
+            .map(|j| {
+                modes[j * m * m..(j + 1) * m * m]
+                    .iter()
+                    .map(|z| z.norm_sqr() as f64)
+                    .sum()
+            })
+            .collect();
         assert!((pw.iter().sum::<f64>() - 100.0).abs() < 1e-2);
         assert!((pw[0] / 100.0 - 0.9).abs() < 1e-3);
         for a in 0..k {
             for b in 0..a {
-                let d: C32 = (0..m * m).map(|i| modes[a * m * m + i].conj() * modes[b * m * m + i]).sum();
-                assert!(d.norm() < 1e-3 * (pw[a] * pw[b]).sqrt() as f32, "modes {a},{b}: {d}");
+                let d: C32 = (0..m * m)
+                    .map(|i| modes[a * m * m + i].conj() * modes[b * m * m + i])
+                    .sum();
+                assert!(
+                    d.norm() < 1e-3 * (pw[a] * pw[b]).sqrt() as f32,
+                    "modes {a},{b}: {d}"
+                );
             }
         }
     }
@@ -223,7 +268,10 @@ mod tests {
     fn missing_semiangle_is_an_error() {
         let mut e = pbtio3();
         e.convergence_semiangle_rad = None;
-        assert_eq!(form_probe(&e, 1.0).unwrap_err().what, "experiment.convergence_semiangle_mrad");
+        assert_eq!(
+            form_probe(&e, 1.0).unwrap_err().what,
+            "experiment.convergence_semiangle_mrad"
+        );
     }
 }
 
@@ -243,7 +291,10 @@ pub fn mode_powers(modes: &[C32], k: usize) -> Vec<f64> {
             let g: num_complex::Complex64 = modes[p * n..(p + 1) * n]
                 .iter()
                 .zip(&modes[q * n..(q + 1) * n])
-                .map(|(x, y)| num_complex::Complex64::new(x.re as f64, -x.im as f64) * num_complex::Complex64::new(y.re as f64, y.im as f64))
+                .map(|(x, y)| {
+                    num_complex::Complex64::new(x.re as f64, -x.im as f64)
+                        * num_complex::Complex64::new(y.re as f64, y.im as f64)
+                })
                 .sum();
             a[p][q] = g.re;
             a[p + k][q + k] = g.re;
@@ -260,7 +311,10 @@ pub fn mode_powers(modes: &[C32], k: usize) -> Vec<f64> {
 fn jacobi_eigenvalues(mut a: Vec<Vec<f64>>) -> Vec<f64> {
     let n = a.len();
     for _sweep in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i][j] * a[i][j]).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i][j] * a[i][j])
+            .sum();
         let diag: f64 = (0..n).map(|i| a[i][i] * a[i][i]).sum();
         if off <= 1e-30 * diag.max(1e-300) {
             break;
@@ -299,13 +353,20 @@ mod mode_power_tests {
     fn mode_powers_ignore_mixing() {
         // two orthogonal modes of powers 3 and 1, mixed by a unitary 2×2 with a phase
         let m = 4;
-        let a: Vec<C32> = (0..m * m).map(|i| C32::new(if i < 8 { 0.5 } else { 0.0 }, 0.0) * 3f32.sqrt() / 2f32.sqrt()).collect();
-        let b: Vec<C32> = (0..m * m).map(|i| C32::new(0.0, if i >= 8 { 0.5 } else { 0.0 }) / 2f32.sqrt()).collect();
+        let a: Vec<C32> = (0..m * m)
+            .map(|i| C32::new(if i < 8 { 0.5 } else { 0.0 }, 0.0) * 3f32.sqrt() / 2f32.sqrt())
+            .collect();
+        let b: Vec<C32> = (0..m * m)
+            .map(|i| C32::new(0.0, if i >= 8 { 0.5 } else { 0.0 }) / 2f32.sqrt())
+            .collect();
         let (c, s) = (0.6f32, 0.8f32);
         let ph = C32::from_polar(1.0, 0.7);
         let mut mixed: Vec<C32> = a.iter().zip(&b).map(|(x, y)| x * c + y * s * ph).collect();
         mixed.extend(a.iter().zip(&b).map(|(x, y)| -x * s * ph.conj() + y * c));
         let p = mode_powers(&mixed, 2);
-        assert!((p[0] - 3.0).abs() < 1e-5 && (p[1] - 1.0).abs() < 1e-5, "{p:?}");
+        assert!(
+            (p[0] - 3.0).abs() < 1e-5 && (p[1] - 1.0).abs() < 1e-5,
+            "{p:?}"
+        );
     }
 }

@@ -21,8 +21,12 @@ pub trait Ops: Sized + Copy {
     }
     /// out = (a · b) · s
     #[inline(always)]
-    fn cmul_cscale(out: &mut [Complex<Self>], a: &[Complex<Self>], b: &[Complex<Self>], s: Complex<Self>)
-    where
+    fn cmul_cscale(
+        out: &mut [Complex<Self>],
+        a: &[Complex<Self>],
+        b: &[Complex<Self>],
+        s: Complex<Self>,
+    ) where
         Self: Real,
     {
         for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
@@ -31,8 +35,12 @@ pub trait Ops: Sized + Copy {
     }
     /// g += conj(a) · (b · s), the product in `Self`, accumulated in f64
     #[inline(always)]
-    fn acc_cmul_conj_cscale(g: &mut [Complex<f64>], a: &[Complex<Self>], b: &[Complex<Self>], s: Complex<Self>)
-    where
+    fn acc_cmul_conj_cscale(
+        g: &mut [Complex<f64>],
+        a: &[Complex<Self>],
+        b: &[Complex<Self>],
+        s: Complex<Self>,
+    ) where
         Self: Real,
     {
         for ((g, a), b) in g.iter_mut().zip(a).zip(b) {
@@ -64,8 +72,15 @@ pub trait Ops: Sized + Copy {
     /// `dp` is given, dp += |o|². Products in `Self`; the sums g, d, dp in f64, so that
     /// any grouping of positions (slabs, tiles, ranks) gives the same sums to ~1e-16.
     #[inline(always)]
-    fn adjoint_row(g: &mut [Complex<f64>], d: &mut [f64], t: &mut [Complex<Self>], dp: Option<&mut [f64]>, p: &[Complex<Self>], b: &[Complex<Self>], o: &[Complex<Self>])
-    where
+    fn adjoint_row(
+        g: &mut [Complex<f64>],
+        d: &mut [f64],
+        t: &mut [Complex<Self>],
+        dp: Option<&mut [f64]>,
+        p: &[Complex<Self>],
+        b: &[Complex<Self>],
+        o: &[Complex<Self>],
+    ) where
         Self: Real,
     {
         for i in 0..g.len() {
@@ -111,7 +126,12 @@ impl Ops for f32 {
         }
     }
     #[inline(always)]
-    fn cmul_cscale(out: &mut [Complex<f32>], a: &[Complex<f32>], b: &[Complex<f32>], s: Complex<f32>) {
+    fn cmul_cscale(
+        out: &mut [Complex<f32>],
+        a: &[Complex<f32>],
+        b: &[Complex<f32>],
+        s: Complex<f32>,
+    ) {
         if avx2() {
             // SAFETY: as above.
             unsafe { avx::cmul_cscale(out, a, b, s) }
@@ -122,7 +142,12 @@ impl Ops for f32 {
         }
     }
     #[inline(always)]
-    fn acc_cmul_conj_cscale(g: &mut [Complex<f64>], a: &[Complex<f32>], b: &[Complex<f32>], s: Complex<f32>) {
+    fn acc_cmul_conj_cscale(
+        g: &mut [Complex<f64>],
+        a: &[Complex<f32>],
+        b: &[Complex<f32>],
+        s: Complex<f32>,
+    ) {
         if avx2() {
             // SAFETY: as above.
             unsafe { avx::acc_cmul_conj_cscale(g, a, b, s) }
@@ -156,7 +181,15 @@ impl Ops for f32 {
         }
     }
     #[inline(always)]
-    fn adjoint_row(g: &mut [Complex<f64>], d: &mut [f64], t: &mut [Complex<f32>], dp: Option<&mut [f64]>, p: &[Complex<f32>], b: &[Complex<f32>], o: &[Complex<f32>]) {
+    fn adjoint_row(
+        g: &mut [Complex<f64>],
+        d: &mut [f64],
+        t: &mut [Complex<f32>],
+        dp: Option<&mut [f64]>,
+        p: &[Complex<f32>],
+        b: &[Complex<f32>],
+        o: &[Complex<f32>],
+    ) {
         if avx2() {
             // SAFETY: as above.
             unsafe { avx::adjoint_row(g, d, t, dp, p, b, o) }
@@ -222,10 +255,17 @@ mod avx {
     pub unsafe fn cmul(out: &mut [Complex<f32>], a: &[Complex<f32>], b: &[Complex<f32>]) {
         let n = out.len();
         assert!(a.len() == n && b.len() == n);
-        let (o, pa, pb) = (out.as_mut_ptr() as *mut f32, a.as_ptr() as *const f32, b.as_ptr() as *const f32);
+        let (o, pa, pb) = (
+            out.as_mut_ptr() as *mut f32,
+            a.as_ptr() as *const f32,
+            b.as_ptr() as *const f32,
+        );
         let mut i = 0;
         while i + 4 <= n {
-            let r = mul4::<false>(_mm256_loadu_ps(pa.add(2 * i)), _mm256_loadu_ps(pb.add(2 * i)));
+            let r = mul4::<false>(
+                _mm256_loadu_ps(pa.add(2 * i)),
+                _mm256_loadu_ps(pb.add(2 * i)),
+            );
             _mm256_storeu_ps(o.add(2 * i), r);
             i += 4;
         }
@@ -235,14 +275,26 @@ mod avx {
     }
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn cmul_cscale(out: &mut [Complex<f32>], a: &[Complex<f32>], b: &[Complex<f32>], s: Complex<f32>) {
+    pub unsafe fn cmul_cscale(
+        out: &mut [Complex<f32>],
+        a: &[Complex<f32>],
+        b: &[Complex<f32>],
+        s: Complex<f32>,
+    ) {
         let n = out.len();
         assert!(a.len() == n && b.len() == n);
-        let (o, pa, pb) = (out.as_mut_ptr() as *mut f32, a.as_ptr() as *const f32, b.as_ptr() as *const f32);
+        let (o, pa, pb) = (
+            out.as_mut_ptr() as *mut f32,
+            a.as_ptr() as *const f32,
+            b.as_ptr() as *const f32,
+        );
         let s4 = _mm256_setr_ps(s.re, s.im, s.re, s.im, s.re, s.im, s.re, s.im);
         let mut i = 0;
         while i + 4 <= n {
-            let r = mul4::<false>(_mm256_loadu_ps(pa.add(2 * i)), _mm256_loadu_ps(pb.add(2 * i)));
+            let r = mul4::<false>(
+                _mm256_loadu_ps(pa.add(2 * i)),
+                _mm256_loadu_ps(pb.add(2 * i)),
+            );
             _mm256_storeu_ps(o.add(2 * i), mul4::<false>(r, s4));
             i += 4;
         }
@@ -261,15 +313,27 @@ mod avx {
     }
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn acc_cmul_conj_cscale(g: &mut [Complex<f64>], a: &[Complex<f32>], b: &[Complex<f32>], s: Complex<f32>) {
+    pub unsafe fn acc_cmul_conj_cscale(
+        g: &mut [Complex<f64>],
+        a: &[Complex<f32>],
+        b: &[Complex<f32>],
+        s: Complex<f32>,
+    ) {
         let n = g.len();
         assert!(a.len() == n && b.len() == n);
-        let (pg, pa, pb) = (g.as_mut_ptr() as *mut f64, a.as_ptr() as *const f32, b.as_ptr() as *const f32);
+        let (pg, pa, pb) = (
+            g.as_mut_ptr() as *mut f64,
+            a.as_ptr() as *const f32,
+            b.as_ptr() as *const f32,
+        );
         let s4 = _mm256_setr_ps(s.re, s.im, s.re, s.im, s.re, s.im, s.re, s.im);
         let mut i = 0;
         while i + 4 <= n {
             let bs = mul4::<false>(_mm256_loadu_ps(pb.add(2 * i)), s4);
-            acc_f64(pg.add(2 * i), mul4::<true>(_mm256_loadu_ps(pa.add(2 * i)), bs));
+            acc_f64(
+                pg.add(2 * i),
+                mul4::<true>(_mm256_loadu_ps(pa.add(2 * i)), bs),
+            );
             i += 4;
         }
         for j in i..n {
@@ -293,12 +357,20 @@ mod avx {
             // hadd pairs: [re²+im²] per complex, lanes interleaved by 128-bit halves
             let h = _mm256_hadd_ps(s0, s1); // (0,1,4,5 | 2,3,6,7)
             let h = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(h), 0b1101_1000)); // 0..7
-            let h = if ACC { _mm256_add_ps(_mm256_loadu_ps(pd.add(i)), h) } else { h };
+            let h = if ACC {
+                _mm256_add_ps(_mm256_loadu_ps(pd.add(i)), h)
+            } else {
+                h
+            };
             _mm256_storeu_ps(pd.add(i), h);
             i += 8;
         }
         for j in i..n {
-            d[j] = if ACC { d[j] + a[j].norm_sqr() } else { a[j].norm_sqr() };
+            d[j] = if ACC {
+                d[j] + a[j].norm_sqr()
+            } else {
+                a[j].norm_sqr()
+            };
         }
     }
 
@@ -323,12 +395,25 @@ mod avx {
         assert!(d.len() == n && t.len() == n && p.len() == n && b.len() == n && o.len() == n);
         assert!(dp.as_ref().is_none_or(|v| v.len() == n));
         let (pg, pt) = (g.as_mut_ptr() as *mut f64, t.as_mut_ptr() as *mut f32);
-        let (pp, pb, po) = (p.as_ptr() as *const f32, b.as_ptr() as *const f32, o.as_ptr() as *const f32);
+        let (pp, pb, po) = (
+            p.as_ptr() as *const f32,
+            b.as_ptr() as *const f32,
+            o.as_ptr() as *const f32,
+        );
         let mut i = 0;
         while i + 8 <= n {
-            let (p0, p1) = (_mm256_loadu_ps(pp.add(2 * i)), _mm256_loadu_ps(pp.add(2 * i + 8)));
-            let (b0, b1) = (_mm256_loadu_ps(pb.add(2 * i)), _mm256_loadu_ps(pb.add(2 * i + 8)));
-            let (o0, o1) = (_mm256_loadu_ps(po.add(2 * i)), _mm256_loadu_ps(po.add(2 * i + 8)));
+            let (p0, p1) = (
+                _mm256_loadu_ps(pp.add(2 * i)),
+                _mm256_loadu_ps(pp.add(2 * i + 8)),
+            );
+            let (b0, b1) = (
+                _mm256_loadu_ps(pb.add(2 * i)),
+                _mm256_loadu_ps(pb.add(2 * i + 8)),
+            );
+            let (o0, o1) = (
+                _mm256_loadu_ps(po.add(2 * i)),
+                _mm256_loadu_ps(po.add(2 * i + 8)),
+            );
             acc_f64(pg.add(2 * i), mul4::<true>(p0, b0));
             acc_f64(pg.add(2 * i + 8), mul4::<true>(p1, b1));
             _mm256_storeu_ps(pt.add(2 * i), mul4::<true>(o0, b0));
@@ -361,7 +446,10 @@ mod avx {
             let lo = _mm_unpacklo_ps(w4, w4); // w0 w0 w1 w1
             let hi = _mm_unpackhi_ps(w4, w4); // w2 w2 w3 w3
             let ww = _mm256_set_m128(hi, lo);
-            _mm256_storeu_ps(o.add(2 * i), _mm256_mul_ps(_mm256_loadu_ps(pa.add(2 * i)), ww));
+            _mm256_storeu_ps(
+                o.add(2 * i),
+                _mm256_mul_ps(_mm256_loadu_ps(pa.add(2 * i)), ww),
+            );
             i += 4;
         }
         for j in i..n {
@@ -376,7 +464,14 @@ mod tests {
     type C = Complex<f32>;
 
     fn data(n: usize, s: u32) -> Vec<C> {
-        (0..n).map(|i| C::new(((i as u32 * 2654435761u32 ^ s) % 1000) as f32 / 77.0 - 6.0, ((i as u32 * 40503 + s) % 997) as f32 / 91.0 - 5.0)).collect()
+        (0..n)
+            .map(|i| {
+                C::new(
+                    ((i as u32 * 2654435761u32 ^ s) % 1000) as f32 / 77.0 - 6.0,
+                    ((i as u32 * 40503 + s) % 997) as f32 / 91.0 - 5.0,
+                )
+            })
+            .collect()
     }
 
     /// The f32 kernels (AVX2 where present) equal the scalar reference bit for bit, tails included.
@@ -387,7 +482,12 @@ mod tests {
             let w: Vec<f32> = data(n, 3).iter().map(|z| z.re).collect();
             let mut o = vec![C::default(); n];
             f32::cmul(&mut o, &a, &b);
-            assert!(o.iter().zip(a.iter().zip(&b)).all(|(o, (a, b))| *o == a * b), "cmul n={n}");
+            assert!(
+                o.iter()
+                    .zip(a.iter().zip(&b))
+                    .all(|(o, (a, b))| *o == a * b),
+                "cmul n={n}"
+            );
             let mut d: Vec<f32> = w.clone();
             f32::norm(&mut d, &a);
             assert!((0..n).all(|i| d[i] == a[i].norm_sqr()), "norm n={n}");
@@ -396,15 +496,25 @@ mod tests {
             assert!((0..n).all(|i| d[i] == w[i] + a[i].norm_sqr()), "norm n={n}");
             let sc = C::new(0.3, -1.7);
             f32::cmul_cscale(&mut o, &a, &b, sc);
-            assert!((0..n).all(|i| o[i] == (a[i] * b[i]) * sc), "cmul_cscale n={n}");
+            assert!(
+                (0..n).all(|i| o[i] == (a[i] * b[i]) * sc),
+                "cmul_cscale n={n}"
+            );
             let w64 = |v: C| num_complex::Complex64::new(v.re as f64, v.im as f64);
             let mut g: Vec<num_complex::Complex64> = data(n, 5).into_iter().map(w64).collect();
             let g0 = g.clone();
             f32::acc_cmul_conj_cscale(&mut g, &a, &b, sc);
-            assert!((0..n).all(|i| g[i] == g0[i] + w64(a[i].conj() * (b[i] * sc))), "acc_cscale n={n}");
+            assert!(
+                (0..n).all(|i| g[i] == g0[i] + w64(a[i].conj() * (b[i] * sc))),
+                "acc_cscale n={n}"
+            );
             let w64v: Vec<f64> = w.iter().map(|v| *v as f64).collect();
-            let (mut g, mut d, mut t, mut dp): (Vec<num_complex::Complex64>, _, _, _) =
-                (data(n, 6).into_iter().map(w64).collect(), w64v.clone(), vec![C::default(); n], w64v.clone());
+            let (mut g, mut d, mut t, mut dp): (Vec<num_complex::Complex64>, _, _, _) = (
+                data(n, 6).into_iter().map(w64).collect(),
+                w64v.clone(),
+                vec![C::default(); n],
+                w64v.clone(),
+            );
             let (g0, d0) = (g.clone(), d.clone());
             let c = data(n, 7);
             f32::adjoint_row(&mut g, &mut d, &mut t, Some(&mut dp), &a, &b, &c);

@@ -48,7 +48,12 @@ impl Rect {
     /// The rectangle with top-left `origin` (y, x) and `shape` [rows, cols] — the global
     /// extent of a [`crate::physics::model::Field`] with that origin and shape.
     pub fn from_origin_shape(origin: [i64; 2], shape: [usize; 2]) -> Rect {
-        Rect { y0: origin[0], y1: origin[0] + shape[0] as i64, x0: origin[1], x1: origin[1] + shape[1] as i64 }
+        Rect {
+            y0: origin[0],
+            y1: origin[0] + shape[0] as i64,
+            x0: origin[1],
+            x1: origin[1] + shape[1] as i64,
+        }
     }
 
     /// Top-left corner (y, x): the global pixel of local pixel (0, 0) of a buffer over this
@@ -79,7 +84,12 @@ impl Rect {
 
     /// The common pixels, or `None` when there are none.
     pub fn intersect(&self, o: &Rect) -> Option<Rect> {
-        let r = Rect { y0: self.y0.max(o.y0), y1: self.y1.min(o.y1), x0: self.x0.max(o.x0), x1: self.x1.min(o.x1) };
+        let r = Rect {
+            y0: self.y0.max(o.y0),
+            y1: self.y1.min(o.y1),
+            x0: self.x0.max(o.x0),
+            x1: self.x1.min(o.x1),
+        };
         (!r.is_empty()).then_some(r)
     }
 
@@ -101,7 +111,12 @@ impl Rect {
         if self.is_empty() {
             return *o;
         }
-        Rect { y0: self.y0.min(o.y0), y1: self.y1.max(o.y1), x0: self.x0.min(o.x0), x1: self.x1.max(o.x1) }
+        Rect {
+            y0: self.y0.min(o.y0),
+            y1: self.y1.max(o.y1),
+            x0: self.x0.min(o.x0),
+            x1: self.x1.max(o.x1),
+        }
     }
 }
 
@@ -196,12 +211,20 @@ impl TilePlan {
     /// The largest field (tile + halo) over the ranks, in pixels: the per-rank memory of one
     /// object or gradient buffer.
     pub fn max_field_pixels(&self) -> usize {
-        self.ranks.iter().map(RankPlan::field_pixels).max().unwrap_or(0)
+        self.ranks
+            .iter()
+            .map(RankPlan::field_pixels)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The most positions any rank owns (the per-rank measurement count).
     pub fn max_positions(&self) -> usize {
-        self.ranks.iter().map(|r| r.positions.len()).max().unwrap_or(0)
+        self.ranks
+            .iter()
+            .map(|r| r.positions.len())
+            .max()
+            .unwrap_or(0)
     }
 
     /// The rank owning object pixel (y, x), or `None` outside the object.
@@ -232,7 +255,12 @@ fn find_band(cuts: &[i64], v: i64) -> usize {
 ///
 /// Errors (`parallel.tiles`) when Ty or Tx is 0 or exceeds the object's pixels along its
 /// axis, and when a centre is not finite or its window does not lie inside the object.
-pub fn plan(centres: &[[f64; 2]], m: usize, object_shape: [usize; 2], tiles: [usize; 2]) -> Result<TilePlan> {
+pub fn plan(
+    centres: &[[f64; 2]],
+    m: usize,
+    object_shape: [usize; 2],
+    tiles: [usize; 2],
+) -> Result<TilePlan> {
     plan_with_margin(centres, m, object_shape, tiles, 0)
 }
 
@@ -246,28 +274,48 @@ pub fn plan(centres: &[[f64; 2]], m: usize, object_shape: [usize; 2], tiles: [us
 ///
 /// Errors: those of [`plan`]; a grown window must also lie inside the object (the data
 /// reader pads the object by the margin, `DataFile::pad_object`).
-pub fn plan_with_margin(centres: &[[f64; 2]], m: usize, object_shape: [usize; 2], tiles: [usize; 2], margin: usize) -> Result<TilePlan> {
+pub fn plan_with_margin(
+    centres: &[[f64; 2]],
+    m: usize,
+    object_shape: [usize; 2],
+    tiles: [usize; 2],
+    margin: usize,
+) -> Result<TilePlan> {
     let what = "parallel.tiles";
     for a in 0..2 {
         let axis = ["y (rows)", "x (columns)"][a];
         if tiles[a] == 0 {
-            return Err(Error::new(what, format!("0 tiles along {axis}; need at least 1")));
+            return Err(Error::new(
+                what,
+                format!("0 tiles along {axis}; need at least 1"),
+            ));
         }
         if tiles[a] > object_shape[a] {
             return Err(Error::new(
                 what,
-                format!("{} tiles along {axis} but the object has only {} pixels there", tiles[a], object_shape[a]),
+                format!(
+                    "{} tiles along {axis} but the object has only {} pixels there",
+                    tiles[a], object_shape[a]
+                ),
             ));
         }
     }
-    let object = Rect { y0: 0, y1: object_shape[0] as i64, x0: 0, x1: object_shape[1] as i64 };
+    let object = Rect {
+        y0: 0,
+        y1: object_shape[0] as i64,
+        x0: 0,
+        x1: object_shape[1] as i64,
+    };
 
     // Windows and floor(centre) of every position; all windows must lie in the object.
     let mut floors = Vec::with_capacity(centres.len());
     let mut windows = Vec::with_capacity(centres.len());
     for (j, c) in centres.iter().enumerate() {
         if !(c[0].is_finite() && c[1].is_finite()) {
-            return Err(Error::new(what, format!("probe centre {j} is not finite: ({}, {})", c[0], c[1])));
+            return Err(Error::new(
+                what,
+                format!("probe centre {j} is not finite: ({}, {})", c[0], c[1]),
+            ));
         }
         let (n, _) = placement(*c, m);
         let g = margin as i64;
@@ -297,8 +345,21 @@ pub fn plan_with_margin(centres: &[[f64; 2]], m: usize, object_shape: [usize; 2]
     let mut ranks: Vec<RankPlan> = (0..n_ranks)
         .map(|r| {
             let (ty, tx) = (r / tx_n, r % tx_n);
-            let tile = Rect { y0: cuts[0][ty], y1: cuts[0][ty + 1], x0: cuts[1][tx], x1: cuts[1][tx + 1] };
-            RankPlan { rank: r, tile, field: tile, positions: Vec::new(), n_halo_positions: 0, sends: Vec::new(), recvs: Vec::new() }
+            let tile = Rect {
+                y0: cuts[0][ty],
+                y1: cuts[0][ty + 1],
+                x0: cuts[1][tx],
+                x1: cuts[1][tx + 1],
+            };
+            RankPlan {
+                rank: r,
+                tile,
+                field: tile,
+                positions: Vec::new(),
+                n_halo_positions: 0,
+                sends: Vec::new(),
+                recvs: Vec::new(),
+            }
         })
         .collect();
     let mut owned: Vec<Vec<usize>> = vec![Vec::new(); n_ranks];
@@ -332,7 +393,12 @@ pub fn plan_with_margin(centres: &[[f64; 2]], m: usize, object_shape: [usize; 2]
                 if q == rp.rank {
                     continue;
                 }
-                let tq = Rect { y0: cuts[0][ty], y1: cuts[0][ty + 1], x0: cuts[1][tx], x1: cuts[1][tx + 1] };
+                let tq = Rect {
+                    y0: cuts[0][ty],
+                    y1: cuts[0][ty + 1],
+                    x0: cuts[1][tx],
+                    x1: cuts[1][tx + 1],
+                };
                 if let Some(rect) = f.intersect(&tq) {
                     rp.sends.push(Transfer { peer: q, rect });
                 }
@@ -348,7 +414,13 @@ pub fn plan_with_margin(centres: &[[f64; 2]], m: usize, object_shape: [usize; 2]
         }
     }
 
-    Ok(TilePlan { tiles, object, m, cuts, ranks })
+    Ok(TilePlan {
+        tiles,
+        object,
+        m,
+        cuts,
+        ranks,
+    })
 }
 
 /// Boundaries [0, b_1, …, len] of `t` bands along one axis of `len` pixels, balancing the
@@ -405,7 +477,10 @@ pub fn tiles_for(ranks: usize, object_shape: [usize; 2]) -> [usize; 2] {
     if ranks == 0 {
         return [0, 0];
     }
-    let (ny, nx) = (object_shape[0].max(1) as u128, object_shape[1].max(1) as u128);
+    let (ny, nx) = (
+        object_shape[0].max(1) as u128,
+        object_shape[1].max(1) as u128,
+    );
     // Tile aspect (Ny/Ty) / (Nx/Tx) = (Ny·Tx) / (Nx·Ty) as the fraction max/min ≥ 1.
     let badness = |ty: usize, tx: usize| -> (bool, u128, u128) {
         let (a, b) = (ny * tx as u128, nx * ty as u128);
@@ -434,19 +509,71 @@ mod tests {
 
     #[test]
     fn rect_ops() {
-        let a = Rect { y0: 0, y1: 4, x0: 0, x1: 5 };
-        let b = Rect { y0: 2, y1: 6, x0: 3, x1: 9 };
+        let a = Rect {
+            y0: 0,
+            y1: 4,
+            x0: 0,
+            x1: 5,
+        };
+        let b = Rect {
+            y0: 2,
+            y1: 6,
+            x0: 3,
+            x1: 9,
+        };
         assert_eq!(a.area(), 20);
         assert_eq!(a.shape(), [4, 5]);
-        assert_eq!(a.intersect(&b), Some(Rect { y0: 2, y1: 4, x0: 3, x1: 5 }));
-        assert_eq!(a.intersect(&Rect { y0: 4, y1: 6, x0: 0, x1: 5 }), None);
-        assert_eq!(a.union_bbox(&b), Rect { y0: 0, y1: 6, x0: 0, x1: 9 });
-        assert!(a.contains_rect(&Rect { y0: 1, y1: 2, x0: 1, x1: 5 }));
+        assert_eq!(
+            a.intersect(&b),
+            Some(Rect {
+                y0: 2,
+                y1: 4,
+                x0: 3,
+                x1: 5
+            })
+        );
+        assert_eq!(
+            a.intersect(&Rect {
+                y0: 4,
+                y1: 6,
+                x0: 0,
+                x1: 5
+            }),
+            None
+        );
+        assert_eq!(
+            a.union_bbox(&b),
+            Rect {
+                y0: 0,
+                y1: 6,
+                x0: 0,
+                x1: 9
+            }
+        );
+        assert!(a.contains_rect(&Rect {
+            y0: 1,
+            y1: 2,
+            x0: 1,
+            x1: 5
+        }));
         assert!(!a.contains_rect(&b));
-        let e = Rect { y0: 3, y1: 3, x0: 0, x1: 9 };
+        let e = Rect {
+            y0: 3,
+            y1: 3,
+            x0: 0,
+            x1: 9,
+        };
         assert!(e.is_empty() && e.area() == 0 && e.shape() == [0, 0]);
         assert_eq!(a.union_bbox(&e), a);
-        assert_eq!(Rect::from_origin_shape([-2, 3], [4, 5]), Rect { y0: -2, y1: 2, x0: 3, x1: 8 });
+        assert_eq!(
+            Rect::from_origin_shape([-2, 3], [4, 5]),
+            Rect {
+                y0: -2,
+                y1: 2,
+                x0: 3,
+                x1: 8
+            }
+        );
     }
 
     #[test]

@@ -26,21 +26,34 @@ pub fn low_dose_phase_correlation(engine: &str, extra: &[String]) -> (f64, f64) 
     let sim = simulate(&p).unwrap();
     let (data, cfg_path) = write(&dir.path().join("sim.h5"), &sim, &p).unwrap();
     let out = dir.path().join("recon.h5");
-    let mut set = vec![format!("reconstruction.engine=\"{engine}\""), "reconstruction.iterations=20".into()];
+    let mut set = vec![
+        format!("reconstruction.engine=\"{engine}\""),
+        "reconstruction.iterations=20".into(),
+    ];
     set.extend_from_slice(extra);
     let cfg = Config::load(&cfg_path, &set).unwrap();
-    let res = reconstruct::run(&cfg, &|_, _, _, _| {}).unwrap().expect("rank 0 returns the result");
+    let res = reconstruct::run(&cfg, &|_, _, _, _| {})
+        .unwrap()
+        .expect("rank 0 returns the result");
     write_result(&out, &res, false).unwrap();
     let rep = compare_files(&out, &data, None).unwrap();
-    eprintln!("{engine} {extra:?}: phase correlation {:.4}, loss {:.1} → {:.1}", rep.phase_correlation, res.loss[0], res.loss[19]);
+    eprintln!(
+        "{engine} {extra:?}: phase correlation {:.4}, loss {:.1} → {:.1}",
+        rep.phase_correlation, res.loss[0], res.loss[19]
+    );
     (rep.phase_correlation, res.loss[19])
 }
 
 /// The shipped PbTiO3 file (`../shared/datasets/pbtio3_thin.h5`). The real-data tests need
 /// it (CI has ../shared beside the clone): a missing file fails the test, it is not skipped.
 pub fn pbtio3_thin() -> std::path::PathBuf {
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pbtio3_thin.h5");
-    assert!(p.exists(), "{} not found: the real-data tests need ../shared beside the repository", p.display());
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/datasets/pbtio3_thin.h5");
+    assert!(
+        p.exists(),
+        "{} not found: the real-data tests need ../shared beside the repository",
+        p.display()
+    );
     p
 }
 
@@ -48,8 +61,13 @@ pub fn pbtio3_thin() -> std::path::PathBuf {
 /// slices); like [`pbtio3_thin`], a missing file fails the test.
 #[allow(dead_code)]
 pub fn pbtio3_thick() -> std::path::PathBuf {
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pbtio3_thick_dev.h5");
-    assert!(p.exists(), "{} not found: the real-data tests need ../shared beside the repository", p.display());
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/datasets/pbtio3_thick_dev.h5");
+    assert!(
+        p.exists(),
+        "{} not found: the real-data tests need ../shared beside the repository",
+        p.display()
+    );
     p
 }
 
@@ -66,7 +84,14 @@ pub fn pbtio3_crop(dir: &std::path::Path, side: usize) -> std::path::PathBuf {
 /// shipped multislice config (datasets/pbtio3_thick.toml).
 #[allow(dead_code)]
 pub fn pbtio3_thick_crop(dir: &std::path::Path, side: usize) -> std::path::PathBuf {
-    cut(dir, "crop", side, 128, &pbtio3_thick(), "datasets/pbtio3_thick.toml")
+    cut(
+        dir,
+        "crop",
+        side,
+        128,
+        &pbtio3_thick(),
+        "datasets/pbtio3_thick.toml",
+    )
 }
 
 /// Scan rows and columns `0..scan` of the PbTiO3 raster (58: all 3364 positions; dose 1e5)
@@ -74,13 +99,32 @@ pub fn pbtio3_thick_crop(dir: &std::path::Path, side: usize) -> std::path::PathB
 /// pixel det/2, as in the file; the object pixel grows to λ / (det · angular sampling)),
 /// written to `dir/NAME.h5`, with the shipped config's settings in `dir/NAME.toml` (returned).
 #[allow(dead_code)]
-pub fn pbtio3_cut(dir: &std::path::Path, name: &str, scan: usize, det: usize) -> std::path::PathBuf {
-    cut(dir, name, scan, det, &pbtio3_thin(), "datasets/pbtio3_thin.toml")
+pub fn pbtio3_cut(
+    dir: &std::path::Path,
+    name: &str,
+    scan: usize,
+    det: usize,
+) -> std::path::PathBuf {
+    cut(
+        dir,
+        name,
+        scan,
+        det,
+        &pbtio3_thin(),
+        "datasets/pbtio3_thin.toml",
+    )
 }
 
 /// [`pbtio3_cut`] of the 58 × 58 raster in `file`, with the shipped config `toml` (relative to
 /// the repository) pointed at it.
-fn cut(dir: &std::path::Path, name: &str, scan: usize, det: usize, file: &std::path::Path, toml: &str) -> std::path::PathBuf {
+fn cut(
+    dir: &std::path::Path,
+    name: &str,
+    scan: usize,
+    det: usize,
+    file: &std::path::Path,
+    toml: &str,
+) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let f = hdf5::File::open(file).unwrap();
     let ds = f.dataset("/data/intensities_poisson_dose1e05").unwrap();
@@ -89,7 +133,13 @@ fn cut(dir: &std::path::Path, name: &str, scan: usize, det: usize, file: &std::p
     let mut patterns: Vec<f32> = Vec::with_capacity(scan * scan * det * det);
     let mut pos = Vec::with_capacity(2 * scan * scan);
     for iy in 0..scan {
-        let b = ds.read_slice::<f32, _, ndarray::Ix3>(ndarray::s![iy * 58..iy * 58 + scan, a..a + det, a..a + det]).unwrap();
+        let b = ds
+            .read_slice::<f32, _, ndarray::Ix3>(ndarray::s![
+                iy * 58..iy * 58 + scan,
+                a..a + det,
+                a..a + det
+            ])
+            .unwrap();
         patterns.extend(b.iter().copied());
         for ix in 0..scan {
             pos.extend_from_slice(&all_pos[2 * (iy * 58 + ix)..2 * (iy * 58 + ix) + 2]);
@@ -98,15 +148,27 @@ fn cut(dir: &std::path::Path, name: &str, scan: usize, det: usize, file: &std::p
     let out = hdf5::File::create(dir.join(format!("{name}.h5"))).unwrap();
     out.create_group("data").unwrap();
     let n = scan * scan;
-    out.new_dataset::<f32>().shape([n, det, det]).create("/data/intensities_poisson_dose1e05").unwrap().write_raw(&patterns).unwrap();
-    out.new_dataset::<f64>().shape([n, 2]).create("/data/positions_A").unwrap().write_raw(&pos).unwrap();
+    out.new_dataset::<f32>()
+        .shape([n, det, det])
+        .create("/data/intensities_poisson_dose1e05")
+        .unwrap()
+        .write_raw(&patterns)
+        .unwrap();
+    out.new_dataset::<f64>()
+        .shape([n, 2])
+        .create("/data/positions_A")
+        .unwrap()
+        .write_raw(&pos)
+        .unwrap();
     shipped_config(dir, name, toml)
 }
 
 /// `dir/NAME.toml`: the shipped config `toml` reading `NAME.h5` (beside it) and writing
 /// `recon.h5`; returns its path.
 fn shipped_config(dir: &std::path::Path, name: &str, toml: &str) -> std::path::PathBuf {
-    let shipped = std::fs::read_to_string(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(toml)).unwrap();
+    let shipped =
+        std::fs::read_to_string(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(toml))
+            .unwrap();
     let toml: Vec<String> = shipped
         .lines()
         .map(|l| match l {
@@ -122,22 +184,42 @@ fn shipped_config(dir: &std::path::Path, name: &str, toml: &str) -> std::path::P
 
 /// Relative L2 difference ‖a − b‖ / ‖b‖ of two complex f32 arrays (accumulated in f64).
 pub fn rel_l2(a: &[num_complex::Complex32], b: &[num_complex::Complex32]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).norm_sqr() as f64).sum();
+    let d: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).norm_sqr() as f64)
+        .sum();
     let n: f64 = b.iter().map(|x| x.norm_sqr() as f64).sum();
     (d / n).sqrt()
 }
 
 /// Reconstruct the config `cfg` on `tiles[0] × tiles[1]` thread ranks (that many tiles),
 /// with the overrides `set` and no PNGs; the result of rank 0.
-pub fn recon_tiles(cfg: &std::path::Path, tiles: [usize; 2], set: &[String]) -> ptytile::output::ReconResult {
+pub fn recon_tiles(
+    cfg: &std::path::Path,
+    tiles: [usize; 2],
+    set: &[String],
+) -> ptytile::output::ReconResult {
     let mut set = set.to_vec();
-    set.extend([format!("parallel.ranks={}", tiles[0] * tiles[1]), format!("parallel.tiles=[{}, {}]", tiles[0], tiles[1]), "output.png=false".into()]);
+    set.extend([
+        format!("parallel.ranks={}", tiles[0] * tiles[1]),
+        format!("parallel.tiles=[{}, {}]", tiles[0], tiles[1]),
+        "output.png=false".into(),
+    ]);
     let c = Config::load(cfg, &set).unwrap();
-    reconstruct::run(&c, &|_, _, _, _| {}).unwrap().expect("rank 0 returns the result")
+    reconstruct::run(&c, &|_, _, _, _| {})
+        .unwrap()
+        .expect("rank 0 returns the result")
 }
 
 /// The configuration a result file records (its root attribute `config`, TOML), parsed.
 pub fn stored_config(result: &std::path::Path) -> Config {
-    let text: String = hdf5::File::open(result).unwrap().attr("config").unwrap().read_scalar::<hdf5::types::VarLenUnicode>().unwrap().to_string();
+    let text: String = hdf5::File::open(result)
+        .unwrap()
+        .attr("config")
+        .unwrap()
+        .read_scalar::<hdf5::types::VarLenUnicode>()
+        .unwrap()
+        .to_string();
     Config::from_toml(&text, &[]).unwrap()
 }

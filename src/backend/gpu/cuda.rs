@@ -2,7 +2,7 @@
 //! loaded at run time (libcuda.so.1; libnvrtc and libcufft of CUDA 13 or 12, whichever the
 //! library path offers first; docs/gpu.md).
 
-use super::{cache_key, cached, kernel_source, DPtr, Device, Args, BLOCK, KERNELS};
+use super::{cache_key, cached, kernel_source, Args, DPtr, Device, BLOCK, KERNELS};
 use crate::error::{Error, Result};
 use cudarc::cufft::{result as fr, sys as fs};
 use cudarc::driver::{result as dr, sys as ds};
@@ -19,7 +19,10 @@ pub fn available() -> Result<()> {
     libraries()?;
     let n = device_count()?;
     if n == 0 {
-        return Err(Error::new("backend", "the CUDA driver reports no GPU on this machine"));
+        return Err(Error::new(
+            "backend",
+            "the CUDA driver reports no GPU on this machine",
+        ));
     }
     Ok(())
 }
@@ -55,7 +58,9 @@ fn device_count() -> Result<usize> {
 pub fn nvrtc_version() -> Result<String> {
     let (mut a, mut b) = (0, 0);
     // SAFETY: two valid out-pointers.
-    unsafe { ns::nvrtcVersion(&mut a, &mut b) }.result().map_err(|e| err("nvrtcVersion", e))?;
+    unsafe { ns::nvrtcVersion(&mut a, &mut b) }
+        .result()
+        .map_err(|e| err("nvrtcVersion", e))?;
     Ok(format!("nvrtc {a}.{b}"))
 }
 
@@ -67,20 +72,36 @@ pub fn compile(arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
     nvrtc_present()?;
     let src = kernel_source();
     let cubin = arch.starts_with("sm_");
-    let opts = vec![format!("--gpu-architecture={arch}"), "--std=c++14".to_string()];
+    let opts = vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++14".to_string(),
+    ];
     let key = cache_key(&src, &opts, arch, &nvrtc_version()?);
     cached(key, if cubin { "cubin" } else { "ptx" }, || {
         let csrc = CString::new(src.clone()).map_err(|e| err("kernel source", e))?;
         let name = CString::new("ptycho.cu").expect("no NUL");
-        let prog = nr::create_program(&csrc, Some(&name)).map_err(|e| err("nvrtcCreateProgram", e))?;
+        let prog =
+            nr::create_program(&csrc, Some(&name)).map_err(|e| err("nvrtcCreateProgram", e))?;
         // SAFETY: prog is a live program; destroyed below on every path.
         let res = unsafe { nr::compile_program(prog, &opts) };
         let out = match res {
             Ok(()) if cubin => unsafe { get_cubin(prog) },
-            Ok(()) => unsafe { nr::get_ptx(prog) }.map_err(|e| err("nvrtcGetPTX", e)).map(|p| p.iter().map(|&c| c as u8).collect::<Vec<u8>>()),
+            Ok(()) => unsafe { nr::get_ptx(prog) }
+                .map_err(|e| err("nvrtcGetPTX", e))
+                .map(|p| p.iter().map(|&c| c as u8).collect::<Vec<u8>>()),
             Err(e) => {
-                let log = unsafe { nr::get_program_log(prog) }.map(|l| l.iter().take_while(|&&c| c != 0).map(|&c| c as u8 as char).collect::<String>()).unwrap_or_default();
-                Err(Error::new("kernels/ptycho.cu", format!("NVRTC ({arch}) failed: {e:?}: {}", log.trim())))
+                let log = unsafe { nr::get_program_log(prog) }
+                    .map(|l| {
+                        l.iter()
+                            .take_while(|&&c| c != 0)
+                            .map(|&c| c as u8 as char)
+                            .collect::<String>()
+                    })
+                    .unwrap_or_default();
+                Err(Error::new(
+                    "kernels/ptycho.cu",
+                    format!("NVRTC ({arch}) failed: {e:?}: {}", log.trim()),
+                ))
             }
         };
         // SAFETY: prog is not used after this.
@@ -92,9 +113,13 @@ pub fn compile(arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
 /// The CUBIN of a program compiled for a real architecture.
 unsafe fn get_cubin(prog: ns::nvrtcProgram) -> Result<Vec<u8>> {
     let mut n = 0usize;
-    ns::nvrtcGetCUBINSize(prog, &mut n).result().map_err(|e| err("nvrtcGetCUBINSize", e))?;
+    ns::nvrtcGetCUBINSize(prog, &mut n)
+        .result()
+        .map_err(|e| err("nvrtcGetCUBINSize", e))?;
     let mut v = vec![0u8; n];
-    ns::nvrtcGetCUBIN(prog, v.as_mut_ptr() as *mut _).result().map_err(|e| err("nvrtcGetCUBIN", e))?;
+    ns::nvrtcGetCUBIN(prog, v.as_mut_ptr() as *mut _)
+        .result()
+        .map_err(|e| err("nvrtcGetCUBIN", e))?;
     Ok(v)
 }
 
@@ -120,12 +145,17 @@ impl Cuda {
     pub fn open(local_rank: usize) -> Result<Cuda> {
         libraries()?;
         let count = device_count()?;
-        let ordinal = super::super::device_for(local_rank, count).ok_or_else(|| Error::new("backend", "the CUDA driver reports no GPU on this machine"))?;
+        let ordinal = super::super::device_for(local_rank, count).ok_or_else(|| {
+            Error::new("backend", "the CUDA driver reports no GPU on this machine")
+        })?;
         let dev = dr::device::get(ordinal as i32).map_err(|e| err("cuDeviceGet", e))?;
         // SAFETY: dev is a valid device; the context is released in Drop.
-        let ctx = unsafe { dr::primary_ctx::retain(dev) }.map_err(|e| err("cuDevicePrimaryCtxRetain", e))?;
+        let ctx = unsafe { dr::primary_ctx::retain(dev) }
+            .map_err(|e| err("cuDevicePrimaryCtxRetain", e))?;
         unsafe { dr::ctx::set_current(ctx) }.map_err(|e| err("cuCtxSetCurrent", e))?;
-        let attr = |a| unsafe { dr::device::get_attribute(dev, a) }.map_err(|e| err("cuDeviceGetAttribute", e));
+        let attr = |a| {
+            unsafe { dr::device::get_attribute(dev, a) }.map_err(|e| err("cuDeviceGetAttribute", e))
+        };
         let major = attr(ds::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
         let minor = attr(ds::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
         if major < 6 {
@@ -134,16 +164,31 @@ impl Cuda {
         let name = dr::device::get_name(dev).unwrap_or_else(|_| "CUDA device".into());
         let cubin = compile(&format!("sm_{major}{minor}"))?;
         // SAFETY: a CUBIN for this device; the module is unloaded in Drop.
-        let module = unsafe { dr::module::load_data(cubin.as_ptr() as *const _) }.map_err(|e| err("cuModuleLoadData", e))?;
+        let module = unsafe { dr::module::load_data(cubin.as_ptr() as *const _) }
+            .map_err(|e| err("cuModuleLoadData", e))?;
         let mut funcs = HashMap::new();
         for k in KERNELS {
             let cname = CString::new(k).expect("no NUL");
-            let f = unsafe { dr::module::get_function(module, cname) }.map_err(|e| err(&format!("cuModuleGetFunction({k})"), e))?;
+            let f = unsafe { dr::module::get_function(module, cname) }
+                .map_err(|e| err(&format!("cuModuleGetFunction({k})"), e))?;
             funcs.insert(k, f);
         }
-        let stream = dr::stream::create(dr::stream::StreamKind::NonBlocking).map_err(|e| err("cuStreamCreate", e))?;
-        let describe = format!("{name} (CUDA device {ordinal} of {count}, sm_{major}{minor}, {})", nvrtc_version()?);
-        Ok(Cuda { dev, ctx, stream, module, funcs, plans: HashMap::new(), events: Vec::new(), describe })
+        let stream = dr::stream::create(dr::stream::StreamKind::NonBlocking)
+            .map_err(|e| err("cuStreamCreate", e))?;
+        let describe = format!(
+            "{name} (CUDA device {ordinal} of {count}, sm_{major}{minor}, {})",
+            nvrtc_version()?
+        );
+        Ok(Cuda {
+            dev,
+            ctx,
+            stream,
+            module,
+            funcs,
+            plans: HashMap::new(),
+            events: Vec::new(),
+            describe,
+        })
     }
 
     fn plan(&mut self, m: usize, count: usize) -> Result<fs::cufftHandle> {
@@ -152,9 +197,24 @@ impl Cuda {
         }
         let mut n = [m as i32, m as i32];
         // SAFETY: n outlives the call; null embeds mean contiguous arrays.
-        let plan = unsafe { fr::plan_many(2, n.as_mut_ptr(), std::ptr::null_mut(), 1, (m * m) as i32, std::ptr::null_mut(), 1, (m * m) as i32, fs::cufftType::CUFFT_C2C, count as i32) }
-            .map_err(|e| err(&format!("cufftPlanMany({m}x{m} x {count})"), e))?;
-        unsafe { fs::cufftSetStream(plan, self.stream as _) }.result().map_err(|e| err("cufftSetStream", e))?;
+        let plan = unsafe {
+            fr::plan_many(
+                2,
+                n.as_mut_ptr(),
+                std::ptr::null_mut(),
+                1,
+                (m * m) as i32,
+                std::ptr::null_mut(),
+                1,
+                (m * m) as i32,
+                fs::cufftType::CUFFT_C2C,
+                count as i32,
+            )
+        }
+        .map_err(|e| err(&format!("cufftPlanMany({m}x{m} x {count})"), e))?;
+        unsafe { fs::cufftSetStream(plan, self.stream as _) }
+            .result()
+            .map_err(|e| err("cufftSetStream", e))?;
         self.plans.insert((m, count), plan);
         Ok(plan)
     }
@@ -172,7 +232,8 @@ impl Device for Cuda {
 
     fn alloc(&mut self, bytes: usize) -> Result<DPtr> {
         // SAFETY: plain allocation; freed by `free`.
-        unsafe { dr::malloc_sync(bytes.max(1)) }.map_err(|e| err(&format!("cuMemAlloc({bytes} bytes)"), e))
+        unsafe { dr::malloc_sync(bytes.max(1)) }
+            .map_err(|e| err(&format!("cuMemAlloc({bytes} bytes)"), e))
     }
 
     fn free(&mut self, p: DPtr) {
@@ -184,29 +245,46 @@ impl Device for Cuda {
     fn upload(&mut self, dst: DPtr, src: &[u8]) -> Result<()> {
         // SAFETY: dst holds at least src.len() bytes (callers size buffers); pageable source
         // memory makes the copy complete before the call returns.
-        unsafe { dr::memcpy_htod_async(dst, src, self.stream) }.map_err(|e| err("cuMemcpyHtoDAsync", e))?;
+        unsafe { dr::memcpy_htod_async(dst, src, self.stream) }
+            .map_err(|e| err("cuMemcpyHtoDAsync", e))?;
         self.sync()
     }
 
     fn download(&mut self, dst: &mut [u8], src: DPtr) -> Result<()> {
-        unsafe { dr::memcpy_dtoh_async(dst, src, self.stream) }.map_err(|e| err("cuMemcpyDtoHAsync", e))?;
+        unsafe { dr::memcpy_dtoh_async(dst, src, self.stream) }
+            .map_err(|e| err("cuMemcpyDtoHAsync", e))?;
         self.sync()
     }
 
     fn zero(&mut self, p: DPtr, bytes: usize) -> Result<()> {
-        unsafe { dr::memset_d8_async(p, 0, bytes, self.stream) }.map_err(|e| err("cuMemsetD8Async", e))
+        unsafe { dr::memset_d8_async(p, 0, bytes, self.stream) }
+            .map_err(|e| err("cuMemsetD8Async", e))
     }
 
     fn copy(&mut self, dst: DPtr, src: DPtr, bytes: usize) -> Result<()> {
-        unsafe { dr::memcpy_dtod_async(dst, src, bytes, self.stream) }.map_err(|e| err("cuMemcpyDtoDAsync", e))
+        unsafe { dr::memcpy_dtod_async(dst, src, bytes, self.stream) }
+            .map_err(|e| err("cuMemcpyDtoDAsync", e))
     }
 
     fn launch(&mut self, name: &'static str, blocks: usize, mut args: Args) -> Result<()> {
-        let f = *self.funcs.get(name).ok_or_else(|| Error::new("backend", format!("kernel {name} not loaded")))?;
+        let f = *self
+            .funcs
+            .get(name)
+            .ok_or_else(|| Error::new("backend", format!("kernel {name} not loaded")))?;
         let mut ptrs = args.pointers();
         // SAFETY: the argument slots match the kernel's parameters (kernels/ptycho.cu) and
         // outlive the call, which copies them.
-        unsafe { dr::launch_kernel(f, (blocks as u32, 1, 1), (BLOCK, 1, 1), 0, self.stream, &mut ptrs) }.map_err(|e| err(&format!("launch of {name}"), e))
+        unsafe {
+            dr::launch_kernel(
+                f,
+                (blocks as u32, 1, 1),
+                (BLOCK, 1, 1),
+                0,
+                self.stream,
+                &mut ptrs,
+            )
+        }
+        .map_err(|e| err(&format!("launch of {name}"), e))
     }
 
     fn fft(&mut self, data: DPtr, m: usize, count: usize, inverse: bool) -> Result<()> {
@@ -222,7 +300,8 @@ impl Device for Cuda {
     }
 
     fn record(&mut self) -> Result<usize> {
-        let ev = dr::event::create(ds::CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| err("cuEventCreate", e))?;
+        let ev = dr::event::create(ds::CUevent_flags::CU_EVENT_DEFAULT)
+            .map_err(|e| err("cuEventCreate", e))?;
         unsafe { dr::event::record(ev, self.stream) }.map_err(|e| err("cuEventRecord", e))?;
         self.events.push(ev);
         Ok(self.events.len() - 1)

@@ -13,7 +13,10 @@ fn check(what: &str, code: h::hipError_t) -> Result<()> {
     if code == h::HIP_SUCCESS as h::hipError_t {
         Ok(())
     } else {
-        Err(Error::new("backend", format!("{what} failed: HIP error {code}")))
+        Err(Error::new(
+            "backend",
+            format!("{what} failed: HIP error {code}"),
+        ))
     }
 }
 
@@ -21,7 +24,10 @@ fn check(what: &str, code: h::hipError_t) -> Result<()> {
 pub fn available() -> Result<()> {
     libraries()?;
     if device_count()? == 0 {
-        return Err(Error::new("backend", "the HIP runtime reports no GPU on this machine"));
+        return Err(Error::new(
+            "backend",
+            "the HIP runtime reports no GPU on this machine",
+        ));
     }
     Ok(())
 }
@@ -42,7 +48,19 @@ fn device_count() -> Result<usize> {
     Ok(n.max(0) as usize)
 }
 
-type PlanMany = unsafe extern "C" fn(*mut *mut c_void, c_int, *mut c_int, *mut c_int, c_int, c_int, *mut c_int, c_int, c_int, c_int, c_int) -> c_int;
+type PlanMany = unsafe extern "C" fn(
+    *mut *mut c_void,
+    c_int,
+    *mut c_int,
+    *mut c_int,
+    c_int,
+    c_int,
+    *mut c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+) -> c_int;
 type SetStream = unsafe extern "C" fn(*mut c_void, h::hipStream_t) -> c_int;
 type ExecC2C = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void, c_int) -> c_int;
 type Destroy = unsafe extern "C" fn(*mut c_void) -> c_int;
@@ -63,17 +81,41 @@ fn hipfft() -> Result<&'static HipFft> {
     static LIB: OnceLock<std::result::Result<HipFft, String>> = OnceLock::new();
     LIB.get_or_init(|| {
         let mut names: Vec<std::path::PathBuf> = Vec::new();
-        for dir in ["ROCM_PATH", "HIP_PATH"].iter().filter_map(std::env::var_os) {
+        for dir in ["ROCM_PATH", "HIP_PATH"]
+            .iter()
+            .filter_map(std::env::var_os)
+        {
             let d = std::path::PathBuf::from(dir).join("lib");
             names.extend(["libhipfft.so", "libhipfft.so.0"].map(|n| d.join(n)));
         }
-        names.extend(["libhipfft.so", "libhipfft.so.0", "/opt/rocm/lib/libhipfft.so"].map(std::path::PathBuf::from));
+        names.extend(
+            [
+                "libhipfft.so",
+                "libhipfft.so.0",
+                "/opt/rocm/lib/libhipfft.so",
+            ]
+            .map(std::path::PathBuf::from),
+        );
         // SAFETY: loading hipFFT runs its initialisers only; the symbols are typed as in hipfft.h.
         unsafe {
-            let lib = names.iter().find_map(|n| libloading::Library::new(n).ok()).ok_or_else(|| "cannot load hipFFT (libhipfft.so of ROCm 6); install hipfft or set ROCM_PATH".to_string())?;
-            fn sym<F: Copy>(lib: &libloading::Library, name: &[u8]) -> std::result::Result<F, String> {
+            let lib = names
+                .iter()
+                .find_map(|n| libloading::Library::new(n).ok())
+                .ok_or_else(|| {
+                    "cannot load hipFFT (libhipfft.so of ROCm 6); install hipfft or set ROCM_PATH"
+                        .to_string()
+                })?;
+            fn sym<F: Copy>(
+                lib: &libloading::Library,
+                name: &[u8],
+            ) -> std::result::Result<F, String> {
                 // SAFETY: F is the symbol's C signature from hipfft.h.
-                unsafe { lib.get::<F>(name) }.map(|s| *s).map_err(|e| format!("hipFFT lacks {}: {e}", String::from_utf8_lossy(&name[..name.len() - 1])))
+                unsafe { lib.get::<F>(name) }.map(|s| *s).map_err(|e| {
+                    format!(
+                        "hipFFT lacks {}: {e}",
+                        String::from_utf8_lossy(&name[..name.len() - 1])
+                    )
+                })
             }
             Ok(HipFft {
                 plan_many: sym::<PlanMany>(&lib, b"hipfftPlanMany\0")?,
@@ -105,19 +147,37 @@ pub fn compile(arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
     let src = kernel_source();
     // -munsafe-fp-atomics: native f64 atomic adds (a CAS loop otherwise, seen on gfx90a); safe
     // on hipMalloc'd (coarse-grained) device memory, the only memory the kernels write
-    let opts = vec![format!("--offload-arch={arch}"), "-std=c++14".to_string(), "-munsafe-fp-atomics".to_string()];
+    let opts = vec![
+        format!("--offload-arch={arch}"),
+        "-std=c++14".to_string(),
+        "-munsafe-fp-atomics".to_string(),
+    ];
     let key = cache_key(&src, &opts, arch, &hiprtc_version()?);
     cached(key, "hsaco", || {
-        let csrc = CString::new(src.clone()).map_err(|e| Error::new("kernels/ptycho.cu", e.to_string()))?;
+        let csrc = CString::new(src.clone())
+            .map_err(|e| Error::new("kernels/ptycho.cu", e.to_string()))?;
         let name = CString::new("ptycho.cu").expect("no NUL");
-        let copts: Vec<CString> = opts.iter().map(|o| CString::new(o.as_str()).expect("no NUL")).collect();
+        let copts: Vec<CString> = opts
+            .iter()
+            .map(|o| CString::new(o.as_str()).expect("no NUL"))
+            .collect();
         let popts: Vec<*const c_char> = copts.iter().map(|o| o.as_ptr()).collect();
         let mut prog: h::hiprtcProgram = std::ptr::null_mut();
         // SAFETY: valid C strings that outlive the calls; prog destroyed below.
         unsafe {
-            let r = h::hiprtcCreateProgram(&mut prog, csrc.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null());
+            let r = h::hiprtcCreateProgram(
+                &mut prog,
+                csrc.as_ptr(),
+                name.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            );
             if r != h::hiprtcResult_HIPRTC_SUCCESS {
-                return Err(Error::new("backend", format!("hiprtcCreateProgram failed: {r}")));
+                return Err(Error::new(
+                    "backend",
+                    format!("hiprtcCreateProgram failed: {r}"),
+                ));
             }
             let r = h::hiprtcCompileProgram(prog, popts.len() as c_int, popts.as_ptr());
             let out = if r == h::hiprtcResult_HIPRTC_SUCCESS {
@@ -131,8 +191,13 @@ pub fn compile(arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
                 h::hiprtcGetProgramLogSize(prog, &mut n);
                 let mut log = vec![0u8; n.max(1)];
                 h::hiprtcGetProgramLog(prog, log.as_mut_ptr() as *mut c_char);
-                let log = CStr::from_bytes_until_nul(&log).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
-                Err(Error::new("kernels/ptycho.cu", format!("hiprtc ({arch}) failed: {r}: {}", log.trim())))
+                let log = CStr::from_bytes_until_nul(&log)
+                    .map(|c| c.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Err(Error::new(
+                    "kernels/ptycho.cu",
+                    format!("hiprtc ({arch}) failed: {r}: {}", log.trim()),
+                ))
             };
             h::hiprtcDestroyProgram(&mut prog);
             out
@@ -160,12 +225,17 @@ impl Hip {
     pub fn open(local_rank: usize) -> Result<Hip> {
         libraries()?;
         let count = device_count()?;
-        let ordinal = super::super::device_for(local_rank, count).ok_or_else(|| Error::new("backend", "the HIP runtime reports no GPU on this machine"))? as c_int;
+        let ordinal = super::super::device_for(local_rank, count).ok_or_else(|| {
+            Error::new("backend", "the HIP runtime reports no GPU on this machine")
+        })? as c_int;
         // SAFETY: ordinal < count; prop is plain data filled by the runtime.
         let (name, arch) = unsafe {
             check("hipSetDevice", h::hipSetDevice(ordinal))?;
             let mut prop: h::hipDeviceProp_tR0600 = std::mem::zeroed();
-            check("hipGetDeviceProperties", h::hipGetDevicePropertiesR0600(&mut prop, ordinal))?;
+            check(
+                "hipGetDeviceProperties",
+                h::hipGetDevicePropertiesR0600(&mut prop, ordinal),
+            )?;
             let s = |v: &[c_char]| CStr::from_ptr(v.as_ptr()).to_string_lossy().into_owned();
             (s(&prop.name), s(&prop.gcnArchName))
         };
@@ -177,17 +247,37 @@ impl Hip {
         let mut stream: h::hipStream_t = std::ptr::null_mut();
         // SAFETY: code is a code object for this device; handles released in Drop.
         unsafe {
-            check("hipModuleLoadData", h::hipModuleLoadData(&mut module, code.as_ptr() as *const c_void))?;
+            check(
+                "hipModuleLoadData",
+                h::hipModuleLoadData(&mut module, code.as_ptr() as *const c_void),
+            )?;
             for k in KERNELS {
                 let cname = CString::new(k).expect("no NUL");
                 let mut f: h::hipFunction_t = std::ptr::null_mut();
-                check(&format!("hipModuleGetFunction({k})"), h::hipModuleGetFunction(&mut f, module, cname.as_ptr()))?;
+                check(
+                    &format!("hipModuleGetFunction({k})"),
+                    h::hipModuleGetFunction(&mut f, module, cname.as_ptr()),
+                )?;
                 funcs.insert(k, f);
             }
-            check("hipStreamCreate", h::hipStreamCreateWithFlags(&mut stream, 1))?;
+            check(
+                "hipStreamCreate",
+                h::hipStreamCreateWithFlags(&mut stream, 1),
+            )?;
         }
-        let describe = format!("{name} (HIP device {ordinal} of {count}, {arch}, {})", hiprtc_version()?);
-        Ok(Hip { ordinal, stream, module, funcs, plans: HashMap::new(), events: Vec::new(), describe })
+        let describe = format!(
+            "{name} (HIP device {ordinal} of {count}, {arch}, {})",
+            hiprtc_version()?
+        );
+        Ok(Hip {
+            ordinal,
+            stream,
+            module,
+            funcs,
+            plans: HashMap::new(),
+            events: Vec::new(),
+            describe,
+        })
     }
 
     fn plan(&mut self, m: usize, count: usize) -> Result<*mut c_void> {
@@ -199,13 +289,33 @@ impl Hip {
         let mut plan: *mut c_void = std::ptr::null_mut();
         let mm = (m * m) as c_int;
         // SAFETY: n outlives the call; null embeds mean contiguous arrays.
-        let r = unsafe { (f.plan_many)(&mut plan, 2, n.as_mut_ptr(), std::ptr::null_mut(), 1, mm, std::ptr::null_mut(), 1, mm, HIPFFT_C2C, count as c_int) };
+        let r = unsafe {
+            (f.plan_many)(
+                &mut plan,
+                2,
+                n.as_mut_ptr(),
+                std::ptr::null_mut(),
+                1,
+                mm,
+                std::ptr::null_mut(),
+                1,
+                mm,
+                HIPFFT_C2C,
+                count as c_int,
+            )
+        };
         if r != 0 {
-            return Err(Error::new("backend", format!("hipfftPlanMany({m}x{m} x {count}) failed: {r}")));
+            return Err(Error::new(
+                "backend",
+                format!("hipfftPlanMany({m}x{m} x {count}) failed: {r}"),
+            ));
         }
         let r = unsafe { (f.set_stream)(plan, self.stream) };
         if r != 0 {
-            return Err(Error::new("backend", format!("hipfftSetStream failed: {r}")));
+            return Err(Error::new(
+                "backend",
+                format!("hipfftSetStream failed: {r}"),
+            ));
         }
         self.plans.insert((m, count), plan);
         Ok(plan)
@@ -223,7 +333,9 @@ impl Device for Hip {
 
     fn alloc(&mut self, bytes: usize) -> Result<DPtr> {
         let mut p: *mut c_void = std::ptr::null_mut();
-        check(&format!("hipMalloc({bytes} bytes)"), unsafe { h::hipMalloc(&mut p, bytes.max(1)) })?;
+        check(&format!("hipMalloc({bytes} bytes)"), unsafe {
+            h::hipMalloc(&mut p, bytes.max(1))
+        })?;
         Ok(p as DPtr)
     }
 
@@ -233,28 +345,63 @@ impl Device for Hip {
     }
 
     fn upload(&mut self, dst: DPtr, src: &[u8]) -> Result<()> {
-        check("hipMemcpyHtoDAsync", unsafe { h::hipMemcpyHtoDAsync(dst as _, src.as_ptr() as *const c_void, src.len(), self.stream) })?;
+        check("hipMemcpyHtoDAsync", unsafe {
+            h::hipMemcpyHtoDAsync(
+                dst as _,
+                src.as_ptr() as *const c_void,
+                src.len(),
+                self.stream,
+            )
+        })?;
         self.sync()
     }
 
     fn download(&mut self, dst: &mut [u8], src: DPtr) -> Result<()> {
-        check("hipMemcpyDtoHAsync", unsafe { h::hipMemcpyDtoHAsync(dst.as_mut_ptr() as *mut c_void, src as _, dst.len(), self.stream) })?;
+        check("hipMemcpyDtoHAsync", unsafe {
+            h::hipMemcpyDtoHAsync(
+                dst.as_mut_ptr() as *mut c_void,
+                src as _,
+                dst.len(),
+                self.stream,
+            )
+        })?;
         self.sync()
     }
 
     fn zero(&mut self, p: DPtr, bytes: usize) -> Result<()> {
-        check("hipMemsetD8Async", unsafe { h::hipMemsetD8Async(p as _, 0, bytes, self.stream) })
+        check("hipMemsetD8Async", unsafe {
+            h::hipMemsetD8Async(p as _, 0, bytes, self.stream)
+        })
     }
 
     fn copy(&mut self, dst: DPtr, src: DPtr, bytes: usize) -> Result<()> {
-        check("hipMemcpyDtoDAsync", unsafe { h::hipMemcpyDtoDAsync(dst as _, src as _, bytes, self.stream) })
+        check("hipMemcpyDtoDAsync", unsafe {
+            h::hipMemcpyDtoDAsync(dst as _, src as _, bytes, self.stream)
+        })
     }
 
     fn launch(&mut self, name: &'static str, blocks: usize, mut args: Args) -> Result<()> {
-        let f = *self.funcs.get(name).ok_or_else(|| Error::new("backend", format!("kernel {name} not loaded")))?;
+        let f = *self
+            .funcs
+            .get(name)
+            .ok_or_else(|| Error::new("backend", format!("kernel {name} not loaded")))?;
         let mut ptrs = args.pointers();
         // SAFETY: argument slots match the kernel's parameters and outlive the call.
-        let r = unsafe { h::hipModuleLaunchKernel(f, blocks as u32, 1, 1, BLOCK, 1, 1, 0, self.stream, ptrs.as_mut_ptr(), std::ptr::null_mut()) };
+        let r = unsafe {
+            h::hipModuleLaunchKernel(
+                f,
+                blocks as u32,
+                1,
+                1,
+                BLOCK,
+                1,
+                1,
+                0,
+                self.stream,
+                ptrs.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
         check(&format!("launch of {name}"), r)
     }
 
@@ -271,21 +418,29 @@ impl Device for Hip {
     }
 
     fn sync(&mut self) -> Result<()> {
-        check("hipStreamSynchronize", unsafe { h::hipStreamSynchronize(self.stream) })
+        check("hipStreamSynchronize", unsafe {
+            h::hipStreamSynchronize(self.stream)
+        })
     }
 
     fn record(&mut self) -> Result<usize> {
         let mut e: h::hipEvent_t = std::ptr::null_mut();
         check("hipEventCreate", unsafe { h::hipEventCreate(&mut e) })?;
-        check("hipEventRecord", unsafe { h::hipEventRecord(e, self.stream) })?;
+        check("hipEventRecord", unsafe {
+            h::hipEventRecord(e, self.stream)
+        })?;
         self.events.push(e);
         Ok(self.events.len() - 1)
     }
 
     fn elapsed_ms(&mut self, a: usize, b: usize) -> Result<f32> {
         let mut ms = 0f32;
-        check("hipEventSynchronize", unsafe { h::hipEventSynchronize(self.events[b]) })?;
-        check("hipEventElapsedTime", unsafe { h::hipEventElapsedTime(&mut ms, self.events[a], self.events[b]) })?;
+        check("hipEventSynchronize", unsafe {
+            h::hipEventSynchronize(self.events[b])
+        })?;
+        check("hipEventElapsedTime", unsafe {
+            h::hipEventElapsedTime(&mut ms, self.events[a], self.events[b])
+        })?;
         Ok(ms)
     }
 
@@ -298,7 +453,9 @@ impl Device for Hip {
 
     fn free_memory(&self) -> Result<usize> {
         let (mut free, mut total) = (0usize, 0usize);
-        check("hipMemGetInfo", unsafe { h::hipMemGetInfo(&mut free, &mut total) })?;
+        check("hipMemGetInfo", unsafe {
+            h::hipMemGetInfo(&mut free, &mut total)
+        })?;
         Ok(free)
     }
 }

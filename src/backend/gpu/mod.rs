@@ -31,7 +31,17 @@ pub const COMPAT_H: &str = include_str!("../../../kernels/compat.h");
 /// kernels/ptycho.cu.
 pub const PTYCHO_CU: &str = include_str!("../../../kernels/ptycho.cu");
 /// The kernels of kernels/ptycho.cu that the backend loads.
-pub const KERNELS: [&str; 9] = ["shift_probe", "exit_wave", "residual", "adjoint", "probe_grad", "probe_density", "intensities", "transpose_c", "transpose_d"];
+pub const KERNELS: [&str; 9] = [
+    "shift_probe",
+    "exit_wave",
+    "residual",
+    "adjoint",
+    "probe_grad",
+    "probe_density",
+    "intensities",
+    "transpose_c",
+    "transpose_d",
+];
 
 /// Threads per block of every launch (`residual` assumes exactly this many).
 pub const BLOCK: u32 = 256;
@@ -67,7 +77,10 @@ impl Args {
     }
     /// Pointers to the slots, as `cuLaunchKernel`/`hipModuleLaunchKernel` want them.
     pub fn pointers(&mut self) -> Vec<*mut std::ffi::c_void> {
-        self.0.iter_mut().map(|v| v as *mut u64 as *mut std::ffi::c_void).collect()
+        self.0
+            .iter_mut()
+            .map(|v| v as *mut u64 as *mut std::ffi::c_void)
+            .collect()
     }
 }
 
@@ -119,7 +132,13 @@ pub fn available(kind: BackendKind) -> Result<()> {
 }
 
 fn not_built(kind: BackendKind) -> Error {
-    Error::new(option_name(kind), format!("this ptytile was built without the `{}` feature (cargo build --features {0})", kind.name()))
+    Error::new(
+        option_name(kind),
+        format!(
+            "this ptytile was built without the `{}` feature (cargo build --features {0})",
+            kind.name()
+        ),
+    )
 }
 
 /// Run `f`, turning a panic inside a vendor library binding (a symbol missing from an old
@@ -131,20 +150,47 @@ fn guarded<R>(kind: BackendKind, f: impl FnOnce() -> Result<R>) -> Result<R> {
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(hook);
     match res {
-        Ok(r) => r.map_err(|e| if e.what == "backend" { Error::new(option_name(kind), e.msg) } else { e }),
+        Ok(r) => r.map_err(|e| {
+            if e.what == "backend" {
+                Error::new(option_name(kind), e.msg)
+            } else {
+                e
+            }
+        }),
         Err(p) => {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "the GPU library failed".into());
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the GPU library failed".into());
             Err(Error::new(option_name(kind), msg))
         }
     }
 }
 
 /// Open a GPU backend for the rank with node-local rank `local_rank`.
-pub fn open<T: Real>(kind: BackendKind, kernel: &Kernel<T>, positions: Arc<[PositionGeom<T>]>, intensities: Arc<[f32]>, local_rank: usize) -> Result<Box<dyn Compute<T>>> {
+pub fn open<T: Real>(
+    kind: BackendKind,
+    kernel: &Kernel<T>,
+    positions: Arc<[PositionGeom<T>]>,
+    intensities: Arc<[f32]>,
+    local_rank: usize,
+) -> Result<Box<dyn Compute<T>>> {
     if std::mem::size_of::<T>() != 4 {
-        return Err(Error::new(option_name(kind), "GPU backends compute in f32; f64 runs only with --backend cpu"));
+        return Err(Error::new(
+            option_name(kind),
+            "GPU backends compute in f32; f64 runs only with --backend cpu",
+        ));
     }
-    guarded(kind, || Ok(Box::new(Gpu::new(kind.name(), open_device(kind, local_rank)?, kernel, positions, intensities)?) as Box<dyn Compute<T>>))
+    guarded(kind, || {
+        Ok(Box::new(Gpu::new(
+            kind.name(),
+            open_device(kind, local_rank)?,
+            kernel,
+            positions,
+            intensities,
+        )?) as Box<dyn Compute<T>>)
+    })
 }
 
 /// The device of backend `kind` for node-local rank `local_rank`.
@@ -167,7 +213,10 @@ const BYTES_PER_POSITION_MODE: usize = 16;
 /// Positions per batch: `PTYTILE_GPU_BATCH` if set, else as many as fit `budget` bytes of
 /// batch buffers (2 × K × M² complex f32 per position), at least 1, at most `n`.
 pub fn batch_size(n: usize, m: usize, modes: usize, budget: usize) -> usize {
-    let env = std::env::var("PTYTILE_GPU_BATCH").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&b| b > 0);
+    let env = std::env::var("PTYTILE_GPU_BATCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&b| b > 0);
     let per = BYTES_PER_POSITION_MODE * modes * m * m;
     env.unwrap_or(budget / per.max(1)).clamp(1, n.max(1))
 }
@@ -182,7 +231,11 @@ pub fn fft_pieces(count: usize, full: usize) -> Vec<usize> {
     let mut left = count;
     let mut out = Vec::new();
     while left > 0 {
-        let p = if left >= full { full } else { 1 << (usize::BITS - 1 - left.leading_zeros()) };
+        let p = if left >= full {
+            full
+        } else {
+            1 << (usize::BITS - 1 - left.leading_zeros())
+        };
         out.push(p);
         left -= p;
     }
@@ -226,7 +279,13 @@ impl<D: Device> State<D> {
         }
         self.work.remove(name);
         let ptr = self.dev.alloc(bytes.max(1))?;
-        self.work.insert(name, Buf { ptr, bytes: bytes.max(1) });
+        self.work.insert(
+            name,
+            Buf {
+                ptr,
+                bytes: bytes.max(1),
+            },
+        );
         Ok(ptr)
     }
 
@@ -238,7 +297,14 @@ impl<D: Device> State<D> {
         Ok(())
     }
 
-    fn fft(&mut self, data: DPtr, m: usize, count: usize, full: usize, inverse: bool) -> Result<()> {
+    fn fft(
+        &mut self,
+        data: DPtr,
+        m: usize,
+        count: usize,
+        full: usize,
+        inverse: bool,
+    ) -> Result<()> {
         let mut at = data;
         for piece in fft_pieces(count, full) {
             self.dev.fft(at, m, piece, inverse)?;
@@ -284,7 +350,13 @@ fn bytes_of<V: bytemuck::Pod>(v: &[V]) -> &[u8] {
 impl<T: Real, D: Device> Gpu<T, D> {
     /// Upload the positions' shift ramps and intensities and allocate the batch buffers.
     /// `T` must be f32 (checked by [`open`]).
-    pub fn new(name: &'static str, dev: D, kernel: &Kernel<T>, positions: Arc<[PositionGeom<T>]>, intensities: Arc<[f32]>) -> Result<Self> {
+    pub fn new(
+        name: &'static str,
+        dev: D,
+        kernel: &Kernel<T>,
+        positions: Arc<[PositionGeom<T>]>,
+        intensities: Arc<[f32]>,
+    ) -> Result<Self> {
         dev.bind()?;
         let m = kernel.fft.size();
         let n = positions.len();
@@ -292,9 +364,25 @@ impl<T: Real, D: Device> Gpu<T, D> {
         let budget = BATCH_BUDGET.min(dev.free_memory()? / 4);
         let batch = batch_size(n, m, modes, budget);
         let describe = dev.describe();
-        let mut st = State { dev, ramp_y: Buf::default(), ramp_x: Buf::default(), meas: Buf::default(), weights: None, p: Buf::default(), psi: Buf::default(), work: HashMap::new(), prof: None };
-        let ry: Vec<Complex<T>> = positions.iter().flat_map(|p| p.ramp_y.iter().copied()).collect();
-        let rx: Vec<Complex<T>> = positions.iter().flat_map(|p| p.ramp_x.iter().copied()).collect();
+        let mut st = State {
+            dev,
+            ramp_y: Buf::default(),
+            ramp_x: Buf::default(),
+            meas: Buf::default(),
+            weights: None,
+            p: Buf::default(),
+            psi: Buf::default(),
+            work: HashMap::new(),
+            prof: None,
+        };
+        let ry: Vec<Complex<T>> = positions
+            .iter()
+            .flat_map(|p| p.ramp_y.iter().copied())
+            .collect();
+        let rx: Vec<Complex<T>> = positions
+            .iter()
+            .flat_map(|p| p.ramp_x.iter().copied())
+            .collect();
         st.ramp_y = upload(&mut st.dev, bytes_of(&ry))?;
         st.ramp_x = upload(&mut st.dev, bytes_of(&rx))?;
         st.meas = upload(&mut st.dev, bytes_of(&intensities))?;
@@ -302,11 +390,27 @@ impl<T: Real, D: Device> Gpu<T, D> {
             st.weights = Some(upload(&mut st.dev, bytes_of(w))?);
         }
         let bb = batch * modes * m * m * 8;
-        st.p = Buf { ptr: st.dev.alloc(bb)?, bytes: bb };
-        st.psi = Buf { ptr: st.dev.alloc(bb)?, bytes: bb };
+        st.p = Buf {
+            ptr: st.dev.alloc(bb)?,
+            bytes: bb,
+        };
+        st.psi = Buf {
+            ptr: st.dev.alloc(bb)?,
+            bytes: bb,
+        };
         st.dev.sync()?;
         tracing::info!("{name}: {describe}, {n} positions, batches of {batch}");
-        Ok(Gpu { name, describe, m, modes, noise: kernel.noise, eps: kernel.eps.f64() as f32, batch, positions, state: Mutex::new(st) })
+        Ok(Gpu {
+            name,
+            describe,
+            m,
+            modes,
+            noise: kernel.noise,
+            eps: kernel.eps.f64() as f32,
+            batch,
+            positions,
+            state: Mutex::new(st),
+        })
     }
 
     /// Positions per batch.
@@ -316,17 +420,33 @@ impl<T: Real, D: Device> Gpu<T, D> {
 
     /// Lock the device state and make the device current on this thread.
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State<D>>> {
-        let st = self.state.lock().map_err(|_| Error::new(self.name, "a previous call on this device panicked"))?;
+        let st = self
+            .state
+            .lock()
+            .map_err(|_| Error::new(self.name, "a previous call on this device panicked"))?;
         st.dev.bind()?;
         Ok(st)
     }
 
     /// Upload the object transposed ([x][y]), the probe spectrum and the selection's indices
     /// and window offsets; returns (objT, probe, idx, win) device pointers.
-    fn stage(&self, st: &mut State<D>, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: &Selection) -> Result<[DPtr; 4]> {
+    fn stage(
+        &self,
+        st: &mut State<D>,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: &Selection,
+    ) -> Result<[DPtr; 4]> {
         let mm = self.m * self.m;
         if probe_hat.len() != self.modes * mm {
-            return Err(Error::new(self.name, format!("probe spectrum has {} values, expected {}", probe_hat.len(), self.modes * mm)));
+            return Err(Error::new(
+                self.name,
+                format!(
+                    "probe spectrum has {} values, expected {}",
+                    probe_hat.len(),
+                    self.modes * mm
+                ),
+            ));
         }
         sel.check(self.positions.len())?;
         let ix = sel.to_vec();
@@ -335,7 +455,11 @@ impl<T: Real, D: Device> Gpu<T, D> {
         let stage = st.buf("obj_stage", h * w * 8)?;
         st.dev.upload(stage, bytes_of(&obj.data))?;
         let obj_t = st.buf("obj_t", h * w * 8)?;
-        st.dev.launch("transpose_c", blocks(h * w), Args::default().p(obj_t).p(stage).i(h).i(w))?;
+        st.dev.launch(
+            "transpose_c",
+            blocks(h * w),
+            Args::default().p(obj_t).p(stage).i(h).i(w),
+        )?;
         let ph = st.buf("probe_hat", probe_hat.len() * 8)?;
         st.dev.upload(ph, bytes_of(probe_hat))?;
         let idx: Vec<i32> = ix.iter().map(|&j| j as i32).collect();
@@ -348,27 +472,70 @@ impl<T: Real, D: Device> Gpu<T, D> {
 
     /// Shifted probes into P and far fields Ψ_raw into ψ for positions `s..s+nb` of the
     /// staged selection.
-    fn forward(&self, st: &mut State<D>, staged: [DPtr; 4], h: usize, s: usize, nb: usize) -> Result<()> {
+    fn forward(
+        &self,
+        st: &mut State<D>,
+        staged: [DPtr; 4],
+        h: usize,
+        s: usize,
+        nb: usize,
+    ) -> Result<()> {
         let [obj_t, ph, idx, win] = staged;
         let (m, k) = (self.m, self.modes);
         let n = nb * k * m * m;
         let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
         let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
         let sc = 1.0 / m as f32;
-        st.dev.launch("shift_probe", blocks(n), Args::default().p(p).p(ph).p(st.ramp_y.ptr).p(st.ramp_x.ptr).p(idx_b).i(m).i(k).i(nb).f(sc))?;
+        st.dev.launch(
+            "shift_probe",
+            blocks(n),
+            Args::default()
+                .p(p)
+                .p(ph)
+                .p(st.ramp_y.ptr)
+                .p(st.ramp_x.ptr)
+                .p(idx_b)
+                .i(m)
+                .i(k)
+                .i(nb)
+                .f(sc),
+        )?;
         st.mark("shift_probe: probe spectrum x ramps")?;
         st.fft(p, m, nb * k, full, true)?;
         st.mark("FFT: shifted probes")?;
-        st.dev.launch("exit_wave", blocks(n), Args::default().p(psi).p(p).p(obj_t).p(win_b).i(h).i(m).i(k).i(nb))?;
+        st.dev.launch(
+            "exit_wave",
+            blocks(n),
+            Args::default()
+                .p(psi)
+                .p(p)
+                .p(obj_t)
+                .p(win_b)
+                .i(h)
+                .i(m)
+                .i(k)
+                .i(nb),
+        )?;
         st.mark("exit_wave: probe x object window")?;
         st.fft(psi, m, nb * k, full, false)?;
         st.mark("FFT: far fields")
     }
 
     /// Download `len` f64 of a [rows][cols][comps] device array transposed to [cols][rows][comps].
-    fn download_t(&self, st: &mut State<D>, src: DPtr, rows: usize, cols: usize, comps: usize) -> Result<Vec<f64>> {
+    fn download_t(
+        &self,
+        st: &mut State<D>,
+        src: DPtr,
+        rows: usize,
+        cols: usize,
+        comps: usize,
+    ) -> Result<Vec<f64>> {
         let out = st.buf("transposed", rows * cols * comps * 8)?;
-        st.dev.launch("transpose_d", blocks(rows * cols), Args::default().p(out).p(src).i(rows).i(cols).i(comps))?;
+        st.dev.launch(
+            "transpose_d",
+            blocks(rows * cols),
+            Args::default().p(out).p(src).i(rows).i(cols).i(comps),
+        )?;
         let mut v = vec![0f64; rows * cols * comps];
         st.dev.download(bytemuck::cast_slice_mut(&mut v), out)?;
         Ok(v)
@@ -377,7 +544,13 @@ impl<T: Real, D: Device> Gpu<T, D> {
     /// Run `f` on the device state, rendering errors with the backend's name.
     fn with<R>(&self, f: impl FnOnce(&mut State<D>) -> Result<R>) -> Result<R> {
         let mut st = self.lock()?;
-        f(&mut st).map_err(|e| if e.what == "backend" { Error::new(self.name, e.msg) } else { e })
+        f(&mut st).map_err(|e| {
+            if e.what == "backend" {
+                Error::new(self.name, e.msg)
+            } else {
+                e
+            }
+        })
     }
 }
 
@@ -385,7 +558,10 @@ impl<T: Real, D: Device> Gpu<T, D> {
 fn upload<D: Device>(dev: &mut D, data: &[u8]) -> Result<Buf> {
     let ptr = dev.alloc(data.len().max(1))?;
     dev.upload(ptr, data)?;
-    Ok(Buf { ptr, bytes: data.len().max(1) })
+    Ok(Buf {
+        ptr,
+        bytes: data.len().max(1),
+    })
 }
 
 impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
@@ -397,7 +573,13 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
         format!("{}, batches of {} positions", self.describe, self.batch)
     }
 
-    fn gradients(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection, want_probe: bool) -> Result<Gradients<T>> {
+    fn gradients(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        want_probe: bool,
+    ) -> Result<Gradients<T>> {
         let (m, k) = (self.m, self.modes);
         let mm = m * m;
         let probe_dims = want_probe.then_some((k, mm));
@@ -437,31 +619,72 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
                 let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
                 let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
                 self.forward(st, staged, h, s, nb)?;
-                let args = Args::default().p(psi).p(loss + 8 * s as u64).p(st.meas.ptr).p(g).p(idx_b).i(m).i(k).i(noise).f(self.eps).f(sc2).f(sc2);
+                let args = Args::default()
+                    .p(psi)
+                    .p(loss + 8 * s as u64)
+                    .p(st.meas.ptr)
+                    .p(g)
+                    .p(idx_b)
+                    .i(m)
+                    .i(k)
+                    .i(noise)
+                    .f(self.eps)
+                    .f(sc2)
+                    .f(sc2);
                 st.dev.launch("residual", nb, args)?;
                 st.mark("residual: noise model, loss")?;
                 st.fft(psi, m, nb * k, full, true)?;
                 st.mark("FFT: back-propagation")?;
-                let args = Args::default().p(psi).p(p).p(obj_t).p(win_b).p(g_t).p(d_t).i(h).i(m).i(k).i(nb).i(want_probe as usize);
+                let args = Args::default()
+                    .p(psi)
+                    .p(p)
+                    .p(obj_t)
+                    .p(win_b)
+                    .p(g_t)
+                    .p(d_t)
+                    .i(h)
+                    .i(m)
+                    .i(k)
+                    .i(nb)
+                    .i(want_probe as usize);
                 st.dev.launch("adjoint", blocks(n), args)?;
                 st.mark("adjoint: scatter-add into object sums (f64 atomics)")?;
                 if want_probe {
                     st.fft(psi, m, nb * k, full, false)?;
                     st.mark("FFT: probe gradient")?;
-                    let args = Args::default().p(gp).p(psi).p(st.ramp_y.ptr).p(st.ramp_x.ptr).p(idx_b).i(m).i(k).i(nb).f(sc);
+                    let args = Args::default()
+                        .p(gp)
+                        .p(psi)
+                        .p(st.ramp_y.ptr)
+                        .p(st.ramp_x.ptr)
+                        .p(idx_b)
+                        .i(m)
+                        .i(k)
+                        .i(nb)
+                        .f(sc);
                     st.dev.launch("probe_grad", blocks(k * mm), args)?;
-                    st.dev.launch("probe_density", blocks(mm), Args::default().p(dp_t).p(obj_t).p(win_b).i(h).i(m).i(nb))?;
+                    st.dev.launch(
+                        "probe_density",
+                        blocks(mm),
+                        Args::default().p(dp_t).p(obj_t).p(win_b).i(h).i(m).i(nb),
+                    )?;
                     st.mark("probe_grad, probe_density: probe sums")?;
                 }
             }
             let mut out = Gradients::zeros(obj.origin, obj.shape, 1, probe_dims);
             let gv = self.download_t(st, g_t, w, h, 2)?;
-            out.g_obj.data = gv.chunks_exact(2).map(|c| Complex::new(c[0], c[1])).collect();
+            out.g_obj.data = gv
+                .chunks_exact(2)
+                .map(|c| Complex::new(c[0], c[1]))
+                .collect();
             out.d_obj.data = self.download_t(st, d_t, w, h, 1)?;
             if want_probe {
                 let mut gpv = vec![0f64; k * mm * 2];
                 st.dev.download(bytemuck::cast_slice_mut(&mut gpv), gp)?;
-                out.g_probe_hat = gpv.chunks_exact(2).map(|c| Complex::new(c[0], c[1])).collect();
+                out.g_probe_hat = gpv
+                    .chunks_exact(2)
+                    .map(|c| Complex::new(c[0], c[1]))
+                    .collect();
                 out.d_probe = self.download_t(st, dp_t, m, m, 1)?;
             }
             let mut lv = vec![0f64; ns];
@@ -472,7 +695,12 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
         })
     }
 
-    fn model_intensities(&self, obj: &Field<Complex<T>>, probe_hat: &[Complex<T>], sel: Selection) -> Result<Vec<T>> {
+    fn model_intensities(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+    ) -> Result<Vec<T>> {
         let (m, k) = (self.m, self.modes);
         let mm = m * m;
         if sel.is_empty() {
@@ -487,7 +715,13 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
             for s in (0..ns).step_by(self.batch) {
                 let nb = self.batch.min(ns - s);
                 self.forward(st, staged, h, s, nb)?;
-                let args = Args::default().p(out + (s * mm * 4) as u64).p(st.psi.ptr).i(m).i(k).i(nb).f(sc * sc);
+                let args = Args::default()
+                    .p(out + (s * mm * 4) as u64)
+                    .p(st.psi.ptr)
+                    .i(m)
+                    .i(k)
+                    .i(nb)
+                    .f(sc * sc);
                 st.dev.launch("intensities", blocks(nb * mm), args)?;
             }
             let mut v = vec![T::zero(); ns * mm];
@@ -560,8 +794,22 @@ impl<D: Device> Profiled for Gpu<f32, D> {
 }
 
 /// Open a GPU backend in f32 with [`Profiled`]'s timing hooks (`ptytile bench gpu`).
-pub fn open_profiled(kind: BackendKind, kernel: &Kernel<f32>, positions: Arc<[PositionGeom<f32>]>, intensities: Arc<[f32]>, local_rank: usize) -> Result<Box<dyn Profiled>> {
-    guarded(kind, || Ok(Box::new(Gpu::new(kind.name(), open_device(kind, local_rank)?, kernel, positions, intensities)?) as Box<dyn Profiled>))
+pub fn open_profiled(
+    kind: BackendKind,
+    kernel: &Kernel<f32>,
+    positions: Arc<[PositionGeom<f32>]>,
+    intensities: Arc<[f32]>,
+    local_rank: usize,
+) -> Result<Box<dyn Profiled>> {
+    guarded(kind, || {
+        Ok(Box::new(Gpu::new(
+            kind.name(),
+            open_device(kind, local_rank)?,
+            kernel,
+            positions,
+            intensities,
+        )?) as Box<dyn Profiled>)
+    })
 }
 
 /// Devices behind a box (the backend picks the vendor at run time).
@@ -643,19 +891,32 @@ pub fn cache_key(source: &str, options: &[String], arch: &str, compiler: &str) -
 /// Compiled code for `key`: from this process's memory, else from the disk cache
 /// ([`cache_dir`]), else from `compile` (then stored in both). Disk-cache failures only cost
 /// a recompilation.
-pub fn cached(key: u64, ext: &str, compile: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+pub fn cached(
+    key: u64,
+    ext: &str,
+    compile: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<Arc<Vec<u8>>> {
     cached_in(cache_dir().as_deref(), key, ext, compile)
 }
 
 /// [`cached`] with the disk-cache folder given (`None`: memory only).
-pub fn cached_in(dir: Option<&std::path::Path>, key: u64, ext: &str, compile: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+pub fn cached_in(
+    dir: Option<&std::path::Path>,
+    key: u64,
+    ext: &str,
+    compile: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<Arc<Vec<u8>>> {
     static MEM: OnceLock<Mutex<HashMap<u64, Arc<Vec<u8>>>>> = OnceLock::new();
     let mem = MEM.get_or_init(Default::default);
     if let Some(c) = mem.lock().ok().and_then(|m| m.get(&key).cloned()) {
         return Ok(c);
     }
     let file = dir.map(|d| d.join(format!("{key:016x}.{ext}")));
-    let code = match file.as_ref().and_then(|f| std::fs::read(f).ok()).filter(|c| !c.is_empty()) {
+    let code = match file
+        .as_ref()
+        .and_then(|f| std::fs::read(f).ok())
+        .filter(|c| !c.is_empty())
+    {
         Some(c) => c,
         None => {
             let c = compile()?;
@@ -679,7 +940,13 @@ pub fn cached_in(dir: Option<&std::path::Path>, key: u64, ext: &str, compile: im
 fn store(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("kernel"), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("kernel"),
+        std::process::id()
+    ));
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
 }
@@ -691,17 +958,26 @@ mod tests {
     #[test]
     fn source_has_every_kernel_and_no_include() {
         let s = kernel_source();
-        assert!(!s.lines().any(|l| l.trim_start().starts_with("#include")), "an #include is left");
+        assert!(
+            !s.lines().any(|l| l.trim_start().starts_with("#include")),
+            "an #include is left"
+        );
         assert!(s.contains("typedef float2 cf;"), "compat.h not pasted");
         for k in KERNELS {
-            assert!(s.contains(&format!("PTY_KERNEL void {k}(")), "{k} missing from kernels/ptycho.cu");
+            assert!(
+                s.contains(&format!("PTY_KERNEL void {k}(")),
+                "{k} missing from kernels/ptycho.cu"
+            );
         }
     }
 
     #[test]
     fn fft_pieces_cover_the_count_with_few_sizes() {
         assert_eq!(fft_pieces(10, 4), [4, 4, 2]);
-        assert_eq!(fft_pieces(4096 * 4 + 248, 4096), [4096, 4096, 4096, 4096, 128, 64, 32, 16, 8]);
+        assert_eq!(
+            fft_pieces(4096 * 4 + 248, 4096),
+            [4096, 4096, 4096, 4096, 128, 64, 32, 16, 8]
+        );
         assert_eq!(fft_pieces(7, 16), [4, 2, 1]);
         assert!(fft_pieces(0, 16).is_empty());
         for (c, f) in [(1000, 64), (12345, 4096), (3, 1)] {
@@ -723,8 +999,15 @@ mod tests {
 
     #[test]
     fn args_pack_little_endian_slots() {
-        let mut a = Args::default().p(0x1234_5678_9abc).i(7).f(1.5).i(usize::MAX);
-        assert_eq!(a.0, [0x1234_5678_9abc, 7, 1.5f32.to_bits() as u64, 0xffff_ffff]);
+        let mut a = Args::default()
+            .p(0x1234_5678_9abc)
+            .i(7)
+            .f(1.5)
+            .i(usize::MAX);
+        assert_eq!(
+            a.0,
+            [0x1234_5678_9abc, 7, 1.5f32.to_bits() as u64, 0xffff_ffff]
+        );
         assert_eq!(a.pointers().len(), 4);
     }
 
@@ -743,10 +1026,20 @@ mod tests {
         let a = cached_in(Some(dir.path()), key, "bin", || Ok(b"one".to_vec())).unwrap();
         let b = cached_in(Some(dir.path()), key, "bin", || panic!("compiled twice")).unwrap();
         assert_eq!((a.as_slice(), b.as_slice()), (&b"one"[..], &b"one"[..]));
-        assert_eq!(std::fs::read(dir.path().join(format!("{key:016x}.bin"))).unwrap(), b"one");
+        assert_eq!(
+            std::fs::read(dir.path().join(format!("{key:016x}.bin"))).unwrap(),
+            b"one"
+        );
         // a fresh key finds the file written by another process
         let key2 = key ^ 1;
         store(&dir.path().join(format!("{key2:016x}.bin")), b"two").unwrap();
-        assert_eq!(cached_in(Some(dir.path()), key2, "bin", || panic!("not read from disk")).unwrap().as_slice(), b"two");
+        assert_eq!(
+            cached_in(Some(dir.path()), key2, "bin", || panic!(
+                "not read from disk"
+            ))
+            .unwrap()
+            .as_slice(),
+            b"two"
+        );
     }
 }
