@@ -55,7 +55,10 @@ demo-thick: build
 # exist); plain cargo test otherwise. First, the GPU backends must build on a machine with
 # neither CUDA nor ROCm (they are default features; this names them in case that changes).
 # tests/gpu.rs compiles the GPU kernels when libnvrtc is on LD_LIBRARY_PATH (.ci/nvrtc).
+# The code must be as `cargo fmt` writes it (rustfmt defaults): the check comes first.
 test: deps
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	$(CARGO) fmt --check
 	$(CARGO) build --release --features cuda,hip
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --release --no-fail-fast; \
