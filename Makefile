@@ -55,10 +55,13 @@ demo-thick: build
 # exist); plain cargo test otherwise. First, the GPU backends must build on a machine with
 # neither CUDA nor ROCm (they are default features; this names them in case that changes).
 # tests/gpu.rs compiles the GPU kernels when libnvrtc is on LD_LIBRARY_PATH (.ci/nvrtc).
-# The code must be as `cargo fmt` writes it (rustfmt defaults): the check comes first.
+# The code must be as `cargo fmt` writes it (rustfmt defaults) and free of clippy warnings
+# (the crate's allowed lints: src/lib.rs): these checks come first.
 test: deps
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --features cuda,hip -- -D warnings
 	$(CARGO) build --release --features cuda,hip
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --release --no-fail-fast; \

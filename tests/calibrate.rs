@@ -88,6 +88,7 @@ fn turned(src: &[f32], phi_deg: f64, transpose: bool) -> Vec<f32> {
 /// only the energy (300 keV) and the angular sampling (mrad); `dir/NAME.toml` reading it with
 /// the scan step `step_a` (Å), writing `dir/out/recon.h5` (`png`), then the lines `extra`;
 /// returns the config's path.
+#[allow(clippy::too_many_arguments)]
 fn scan_file(
     dir: &std::path::Path,
     name: &str,

@@ -9,18 +9,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_ptytile_comm_selftest");
 
 fn mpirun() -> Option<&'static str> {
     // Prefer MPICH's launcher by name (the binary is built against whatever `mpicc` is).
-    for cand in ["mpirun.mpich", "mpirun"] {
-        if Command::new(cand)
+    ["mpirun.mpich", "mpirun"].into_iter().find(|cand| {
+        Command::new(cand)
             .arg("--version")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok()
-        {
-            return Some(cand);
-        }
-    }
-    None
+    })
 }
 
 /// Run the self-test on `n` ranks with a hard wall-clock limit so a hang fails the test.

@@ -9,7 +9,7 @@ use ptytile::data::DataFile;
 use ptytile::physics::fft::Fft2;
 use ptytile::physics::model::{Field, PositionGeom};
 use ptytile::physics::probe::form_probe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn dataset() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pbtio3_thin.h5");
@@ -21,7 +21,7 @@ fn dataset() -> Option<PathBuf> {
     }
 }
 
-fn config(file: &PathBuf, zf: &str) -> Config {
+fn config(file: &Path, zf: &str) -> Config {
     let text = format!(
         "[data]\nfile = {:?}\nintensities = '/data/intensities_poisson_dose1e05'\npositions = '/data/positions_A'\n\
          positions_unit = 'angstrom'\nzero_frequency = '{zf}'\n[experiment]\nconvergence_semiangle_mrad = 22.0\n",

@@ -258,7 +258,7 @@ fn multislice_with_vacuum_slices_equals_one_slice_propagated() {
     ));
     let mut obj = c.obj.clone();
     obj.data
-        .extend(std::iter::repeat(C::new(1.0, 0.0)).take(2 * c.obj.data.len()));
+        .extend(std::iter::repeat_n(C::new(1.0, 0.0), 2 * c.obj.data.len()));
     let ms = model_intensities(&k, &obj, &probe_spectrum(&k.fft, &c.probe), &c.pos);
     let single = model_intensities(&c.k, &c.obj, &probe_spectrum(&c.k.fft, &c.probe), &c.pos);
     // free-space propagation after the last slice changes the phase of the far field only

@@ -803,7 +803,7 @@ fn rank_run(
         ParallelMode::Replicated => Decomposition::Replicated,
     };
     let label = settings.label();
-    let job = job_identity(cfg, &df, &plan, &label)?;
+    let job = job_identity(cfg, &df, plan, &label)?;
     // hash of this rank's patterns, only when a checkpoint is read or written
     let data_hash = std::cell::OnceCell::new();
     let intensities = problem.intensities.clone();

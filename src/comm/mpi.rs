@@ -63,7 +63,7 @@ const WATCH_DONE: &[u8] = b"done";
 fn start_rank_watch(launch: Option<&LaunchInfo>) {
     let Some(l) = launch else { return };
     if std::env::var_os("PMI_FD").is_none()
-        || std::env::var("PTYTILE_RANK_WATCH").map_or(false, |v| v == "0")
+        || std::env::var("PTYTILE_RANK_WATCH").is_ok_and(|v| v == "0")
     {
         return;
     }

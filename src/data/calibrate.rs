@@ -908,7 +908,7 @@ fn combine(
         )),
     };
     let Ok(t) = transpose else {
-        let e = transpose.clone().err().expect("checked");
+        let e = transpose.clone().expect_err("checked");
         let d = match par {
             Err(e) => Err(e.clone()),
             Ok(_) => Err(Error::new(

@@ -643,6 +643,6 @@ mod tests {
                 assert!((a[r][c] - b[r][c]).abs() < 1e-9);
             }
         }
-        assert!(fit_linear(&d, &vec![[0.0, 0.0]; 10]).is_none());
+        assert!(fit_linear(&d, &[[0.0, 0.0]; 10]).is_none());
     }
 }

@@ -306,7 +306,7 @@ mod tests {
         let lhs: num_complex::Complex64 = fa
             .iter()
             .zip(&b)
-            .map(|(x, y)| (x.conj() * y).into())
+            .map(|(x, y)| x.conj() * y)
             .map(|z: C32| num_complex::Complex64::new(z.re as f64, z.im as f64))
             .sum();
         let rhs: num_complex::Complex64 = a

@@ -496,7 +496,7 @@ pub fn tiles_for(ranks: usize, object_shape: [usize; 2]) -> [usize; 2] {
         let (bf, bn, bd) = badness(best[0], best[1]);
         let (f, n, d) = badness(ty, tx);
         // Better when it fits and the best does not, or same fit and smaller ratio n/d.
-        if (f < bf) || (f == bf && n * bd < bn * d) {
+        if (!f && bf) || (f == bf && n * bd < bn * d) {
             best = [ty, tx];
         }
     }
