@@ -1,8 +1,9 @@
 //! Tiling exactness under MPI: `mpirun -n 4 ptytile reconstruct` (2×2 tiles, one process
 //! per rank) gives the same object and probe after 10 iterations as one thread rank, for
-//! the gd, dm and mlcg engines — on a jittered synthetic scan, and on the 20 × 20-position
-//! crop of the shipped PbTiO3 file (real positions and counts; relative difference ≤ 1e-6,
-//! with the Poisson and amplitude models and a dm → mlcg schedule).
+//! the gd (also with 3 mini-batches), dm and mlcg engines — on a jittered synthetic scan,
+//! and on the 20 × 20-position crop of the shipped PbTiO3 file (real positions and counts;
+//! relative difference ≤ 1e-6, with the Poisson and amplitude models and a dm → mlcg
+//! schedule).
 //! Skips, saying why, when no mpirun is installed.
 
 mod common;
@@ -86,13 +87,21 @@ fn mpirun_4_ranks_equals_single_rank() {
         e.extend_from_slice(extra);
         reconstruct(launcher, &cfg, dir.path(), out, &e)
     };
-    for engine in ["gd", "dm", "mlcg"] {
-        let e = format!("reconstruction.engine=\"{engine}\"");
-        let one = run(None, &format!("one_{engine}.h5"), &["--set", &e]);
+    // gd with mini-batches: its first pass forms the full preconditioner (engine::gd::GdState)
+    for (i, (engine, e)) in [
+        ("gd", "reconstruction.engine=\"gd\""),
+        ("dm", "reconstruction.engine=\"dm\""),
+        ("mlcg", "reconstruction.engine=\"mlcg\""),
+        ("gd, 3 mini-batches", "reconstruction.batches=3"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let one = run(None, &format!("one_{i}.h5"), &["--set", e]);
         let four = run(
             Some(mpi),
-            &format!("four_{engine}.h5"),
-            &["--set", "parallel.tiles=[2, 2]", "--set", &e],
+            &format!("four_{i}.h5"),
+            &["--set", "parallel.tiles=[2, 2]", "--set", e],
         );
         assert_eq!(
             four.attrs.iter().find(|a| a.0 == "ranks").map(|a| a.1),

@@ -126,6 +126,7 @@ pub fn iterate<T: Real>(
         // the first pass of a gd stage: the full preconditioner from one pass over all
         // positions (its other sums are not used)
         let g = sum_gradients(p, s, 0, 1, false, false, false, rank, &mut st)?;
+        finish_sends(rank, &mut st)?;
         gs.d_max = global_max_in(&g.d_obj, rank, &mut st)?;
         gs.d_obj = g.d_obj.data;
     }
