@@ -9,8 +9,9 @@ mod common;
 use ptytile::analysis::compare::compare_files;
 use ptytile::cli::reconstruct;
 use ptytile::config::Config;
-use ptytile::output::write_result;
+use ptytile::output::{write_result, ReconResult};
 use ptytile::simulate::{simulate, write, SimParams};
+use std::path::Path;
 
 /// Every batch count from 1 to N = 64 that divides the scan differently (1, 2, 3, 4, 8, 16,
 /// 31, 32, 63, 64), with and without probe refinement, on 2 thread ranks, 10 iterations: the
@@ -29,38 +30,25 @@ fn every_batch_count_converges() {
     };
     let (data, cfg) = write(&dir.path().join("sim.h5"), &simulate(&p).unwrap(), &p).unwrap();
     for probe in [true, false] {
-        let mut full = f64::NAN;
-        for batches in [1, 2, 3, 4, 8, 16, 31, 32, 63, 64] {
-            let set = [
-                "reconstruction.iterations=10".to_string(),
-                format!("reconstruction.batches={batches}"),
-                format!("reconstruction.update_probe={probe}"),
-                "parallel.ranks=2".into(),
-            ];
-            let c = Config::load(&cfg, &set).unwrap();
-            let r = reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap();
-            let out = dir.path().join(format!("r{batches}.h5"));
-            write_result(&out, &r, false).unwrap();
-            let corr = compare_files(&out, &data, None).unwrap().phase_correlation;
-            let (first, last) = (r.loss[0], r.loss[9]);
-            eprintln!("batches {batches:2}, probe {probe}: loss {first:.1} -> {last:.1}, phase correlation {corr:.4}");
-            assert!(
-                r.loss.iter().all(|l| l.is_finite()),
-                "batches {batches}: {:?}",
-                r.loss
-            );
-            if batches == 1 {
-                full = last;
-            }
-            assert!(
-                last <= 1.3 * full,
-                "batches {batches}, probe {probe}: final loss {last}, full batch {full}"
-            );
-            assert!(
-                corr >= 0.99,
-                "batches {batches}, probe {probe}: phase correlation {corr}"
-            );
-        }
+        let label = format!("probe {probe}");
+        every_batch_count(
+            dir.path(),
+            &label,
+            &data,
+            &[1, 2, 3, 4, 8, 16, 31, 32, 63, 64],
+            1.3,
+            0.99,
+            |batches| {
+                let set = [
+                    "reconstruction.iterations=10".to_string(),
+                    format!("reconstruction.batches={batches}"),
+                    format!("reconstruction.update_probe={probe}"),
+                    "parallel.ranks=2".into(),
+                ];
+                let c = Config::load(&cfg, &set).unwrap();
+                reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap()
+            },
+        );
     }
 }
 
@@ -76,31 +64,57 @@ fn every_batch_count_converges() {
 fn pbtio3_every_batch_count_reaches_098() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::pbtio3_cut(dir.path(), "det100", 58, 100);
+    every_batch_count(
+        dir.path(),
+        "PbTiO3",
+        &common::pbtio3_thin(),
+        &[1, 3, 16, 64, 256],
+        1.003,
+        0.98,
+        |batches| common::recon_tiles(&cfg, [2, 2], &[format!("reconstruction.batches={batches}")]),
+    );
+}
+
+/// Runs `recon` for each batch count of `counts` (the first 1: the full batch), writes each
+/// result to `dir` and compares it with the ground truth of `truth`, prints the figures and
+/// asserts a finite loss, a final loss ≤ `loss_factor` × the full batch's, and a phase
+/// correlation ≥ `min_corr`.
+fn every_batch_count(
+    dir: &Path,
+    label: &str,
+    truth: &Path,
+    counts: &[usize],
+    loss_factor: f64,
+    min_corr: f64,
+    recon: impl Fn(usize) -> ReconResult,
+) {
+    assert_eq!(counts[0], 1, "the first run is the full batch");
     let mut full = f64::NAN;
-    for batches in [1, 3, 16, 64, 256] {
-        let r = common::recon_tiles(&cfg, [2, 2], &[format!("reconstruction.batches={batches}")]);
-        let out = dir.path().join(format!("b{batches}.h5"));
+    for &batches in counts {
+        let r = recon(batches);
+        let out = dir.join(format!("b{batches}.h5"));
         write_result(&out, &r, false).unwrap();
-        let corr = compare_files(&out, &common::pbtio3_thin(), None)
-            .unwrap()
-            .phase_correlation;
+        let corr = compare_files(&out, truth, None).unwrap().phase_correlation;
         let last = *r.loss.last().unwrap();
         eprintln!(
-            "PbTiO3, batches {batches:3}: loss {:.1} -> {last:.1}, phase correlation {corr:.4}",
+            "{label}, batches {batches:3}: loss {:.1} -> {last:.1}, phase correlation {corr:.4}",
             r.loss[0]
         );
         assert!(
             r.loss.iter().all(|l| l.is_finite()),
-            "batches {batches}: {:?}",
+            "{label}, batches {batches}: {:?}",
             r.loss
         );
         if batches == 1 {
             full = last;
         }
         assert!(
-            last <= 1.003 * full,
-            "batches {batches}: final loss {last}, full batch {full}"
+            last <= loss_factor * full,
+            "{label}, batches {batches}: final loss {last}, full batch {full}"
         );
-        assert!(corr >= 0.98, "batches {batches}: phase correlation {corr}");
+        assert!(
+            corr >= min_corr,
+            "{label}, batches {batches}: phase correlation {corr}"
+        );
     }
 }
