@@ -106,9 +106,18 @@ pub fn measure_defocus(cfg: &Config) -> Result<DefocusSearch> {
 /// One line for the log: the defocus found by `s` and how.
 pub fn defocus_line(s: &DefocusSearch) -> String {
     format!(
-        "experiment.defocus_m = {:.4e} ± {:.1e} (quadratic-phase search: {} candidates {:.2e} m apart, {} refined; {} iterations)",
+        "experiment.defocus_m = {:.4e} ± {:.1e} (quadratic-phase search: {})",
         s.defocus_m.value,
         s.defocus_m.sigma,
+        search_how(s)
+    )
+}
+
+/// How the search `s` went, for the log line and the TOML comment: the candidates, their
+/// spacing, the refined ones and the iterations spent.
+fn search_how(s: &DefocusSearch) -> String {
+    format!(
+        "{} candidates {:.2e} m apart, {} refined, {} iterations in all",
         s.coarse.len(),
         s.step_m,
         s.fine.len(),
@@ -320,13 +329,10 @@ fn run_xray(cfg: &Config) -> Result<i32> {
     }
     crate::cli::outln!("[experiment]");
     crate::cli::outln!(
-        "defocus_m = {:.4e}   # ± {:.1e}; positive = underfocus; {} candidates {:.2e} m apart, {} refined, {} iterations in all",
+        "defocus_m = {:.4e}   # ± {:.1e}; positive = underfocus; {}",
         s.defocus_m.value,
         s.defocus_m.sigma,
-        s.coarse.len(),
-        s.step_m,
-        s.fine.len(),
-        s.iterations
+        search_how(&s)
     );
     Ok(0)
 }
