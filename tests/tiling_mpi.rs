@@ -141,8 +141,14 @@ fn mpirun_4_ranks_equals_single_rank_real_data() {
         reconstruct(launcher, cfg, dir.path(), out, extra)
     };
     let thick = common::pbtio3_thick_crop(&dir.path().join("thick"), 20);
-    let cases: [(&str, &std::path::Path, Vec<&str>); 6] = [
+    let cases: [(&str, &std::path::Path, Vec<&str>); 7] = [
         ("gd", cfg.as_path(), vec!["--iterations", "10"]),
+        // mini-batches: the first pass forms the full preconditioner (engine::gd::GdState)
+        (
+            "gd, 3 mini-batches",
+            cfg.as_path(),
+            vec!["--iterations", "10", "--set", "reconstruction.batches=3"],
+        ),
         // multislice, S = 3, on the thick file with its shipped config (mlcg): every halo
         // message carries all 3 slices
         (
