@@ -28,8 +28,8 @@ ARGS=("$PTYTILE" reconstruct "$CONFIG" --set 'parallel.backend="cuda"')
 # ---- environment ----
 # Site modules (edit), e.g.: module load cuda hdf5 mpich
 # GPU backend: cuda (parallel.backend in ARGS): each rank sums its tile's positions on the GPU
-# of its node-local rank modulo the GPUs it sees (docs/gpu.md). The gd and mlcg engines run
-# there; dm, epie and rpie are CPU-only: for them, generate with --set parallel.backend='"cpu"'.
+# of its node-local rank modulo the GPUs it sees (docs/gpu.md). Every engine runs there;
+# multislice and position correction are CPU-only: for them, generate with --set parallel.backend='"cpu"'.
 export RAYON_NUM_THREADS="$CPUS_PER_RANK"   # ptytile's worker threads per rank = its bound cores
 export OMP_NUM_THREADS=1                     # no nested threading in libraries
 export HDF5_USE_FILE_LOCKING=FALSE           # all ranks read one file; locks fail on many parallel file systems

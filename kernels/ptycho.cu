@@ -44,6 +44,37 @@ PTY_KERNEL void exit_wave(cf* psi, const cf* P, const cf* objT, const int* win, 
     psi[t] = c_mul(P[t], objT[window_pixel(win, (int)(t / mm / K), (int)(t % mm), M, H)]);
 }
 
+// The noise model's loss l and weight w at one detector pixel (physics::model::residual):
+// measured counts m, model intensity iv (unitary), detector weight gq; w scaled by `scale`.
+__device__ __forceinline__ void noise_terms(int noise, float m, float iv, float eps, float gq, float scale,
+                                            float* l, float* w) {
+    if (noise == 1) {
+        *l = iv * gq;
+        if (m > 0.0f) *l -= (m + m * logf((iv + eps) / m)) * gq;
+        *w = (1.0f - m / (iv + eps)) * scale * gq;
+    } else {
+        float a = sqrtf(iv + eps);
+        float sm = sqrtf(m + eps);
+        float d = a - sm;
+        *l = d * d * gq;
+        *w = a > 0.0f ? (1.0f - sm / a) * scale * gq : 0.0f;
+    }
+}
+
+// Block-wide sum of one f64 per thread into thread 0's return value (blockDim.x == 256).
+__device__ __forceinline__ double block_sum(double v) {
+    __shared__ double part[256];
+    part[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    double r = part[0];
+    __syncthreads();
+    return r;
+}
+
 // One block per position. Model intensities I = isc sum_k |Psi_raw|^2, the noise-model
 // weight w (physics::model::residual, with the intensity floor eps and detector weights g),
 // psi <- (scale w g) psi in place, loss[b] = sum_i g l_i (f64).
@@ -59,21 +90,9 @@ PTY_KERNEL void residual(cf* psi, double* loss, const float* meas, const float* 
     for (int i = threadIdx.x; i < mm; i += blockDim.x) {
         float im = 0.0f;
         for (int k = 0; k < K; ++k) im += c_norm(pb[k * mm + i]);
-        float iv = im * isc;
         float gq = g ? g[i] : 1.0f;
-        float m = mj[i];
         float l, w;
-        if (noise == 1) {
-            l = iv * gq;
-            if (m > 0.0f) l -= (m + m * logf((iv + eps) / m)) * gq;
-            w = (1.0f - m / (iv + eps)) * scale * gq;
-        } else {
-            float a = sqrtf(iv + eps);
-            float sm = sqrtf(m + eps);
-            float d = a - sm;
-            l = d * d * gq;
-            w = a > 0.0f ? (1.0f - sm / a) * scale * gq : 0.0f;
-        }
+        noise_terms(noise, mj[i], im * isc, eps, gq, scale, &l, &w);
         acc += (double)l;
         for (int k = 0; k < K; ++k) pb[k * mm + i] = c_scale(pb[k * mm + i], w);
     }
@@ -161,4 +180,191 @@ PTY_KERNEL void transpose_d(double* out, const double* in, int rows, int cols, i
     if (t >= (long long)rows * cols) return;
     int r = (int)(t / cols), c = (int)(t % cols);
     for (int q = 0; q < comps; ++q) out[((long long)c * rows + r) * comps + q] = in[t * comps + q];
+}
+
+// ---- the projection engines (dm, epie, rpie; docs/algorithm.md §7, §9) ----
+
+// The relaxed modulus factor f (physics::model::relaxed_modulus): gamma in (0, 1], meas and
+// model unitary intensities; f = sqrt((meas + eps) / (model + eps)) at gamma = 1.
+__device__ __forceinline__ float relaxed_modulus(int noise, float gamma, float meas, float model, float eps) {
+    float den = model + eps;
+    if (den <= 0.0f) return 0.0f;
+    float r = (meas + eps) / den;
+    float c = 1.0f - gamma;
+    if (noise == 1) return (c + sqrtf(c * c + 4.0f * gamma * r)) * 0.5f;
+    return c + gamma * sqrtf(r);
+}
+
+// out[p][c][r] = in[p][r][c] for `planes` M x M complex planes (exit waves [y][x] <-> [x][y]).
+PTY_KERNEL void transpose_planes(cf* out, const cf* in, int M, int planes) {
+    long long t = gid();
+    long long mm = (long long)M * M;
+    if (t >= mm * planes) return;
+    long long pl = t / mm;
+    int i = (int)(t % mm);
+    int r = i / M, c = i % M;
+    out[pl * mm + (long long)c * M + r] = in[t];
+}
+
+// Difference map before its Fourier step: po = P O (window); with init ev <- po (the first
+// iteration); x = 2 po - ev (then a forward FFT gives the far field X).
+PTY_KERNEL void dm_prepare(cf* x, cf* ev, const cf* P, const cf* objT, const int* win, int H, int M, int K, int nb,
+                           int init) {
+    long long t = gid();
+    long long mm = (long long)M * M;
+    if (t >= mm * K * nb) return;
+    cf po = c_mul(P[t], objT[window_pixel(win, (int)(t / mm / K), (int)(t % mm), M, H)]);
+    if (init) ev[t] = po;
+    cf e = ev[t];
+    x[t] = make_float2(po.x * 2.0f - e.x, po.y * 2.0f - e.y);
+}
+
+// One block per position: the loss l of the model far fields psi (as `residual`) into
+// loss[b], and the Fourier step of the projection engines in place, scaled by isc so that
+// a raw inverse FFT gives the unitary wave (backend::projection::fourier_weights):
+//   er == 0: far <- f far, f the relaxed modulus of far's own intensities (1 on pixels the
+//            detector mask excludes); far may be psi itself (ePIE/rPIE) or X (dm);
+//   er == 1: psi <- (1 - w g / fisher) psi, error reduction's Fisher-scoring step
+//            (backend::cpu::dm_far_field; `far` unused).
+PTY_KERNEL void fourier_step(cf* psi, cf* far, double* loss, const float* meas, const float* g, const int* idx,
+                             int M, int K, int noise, float eps, float isc, float gamma, int er, float fisher) {
+    int b = blockIdx.x;
+    long long mm = (long long)M * M;
+    const float* mj = meas + (long long)idx[b] * mm;
+    cf* pb = psi + (long long)b * K * mm;
+    cf* fb = far + (long long)b * K * mm;
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < mm; i += blockDim.x) {
+        float im = 0.0f;
+        for (int k = 0; k < K; ++k) im += c_norm(pb[k * mm + i]);
+        float gq = g ? g[i] : 1.0f;
+        float m = mj[i];
+        float l, w;
+        noise_terms(noise, m, im * isc, eps, gq, isc, &l, &w);
+        acc += (double)l;
+        if (er) {
+            float wt = isc - w / fisher;
+            for (int k = 0; k < K; ++k) pb[k * mm + i] = c_scale(pb[k * mm + i], wt);
+        } else {
+            float ix = 0.0f;
+            for (int k = 0; k < K; ++k) ix += c_norm(fb[k * mm + i]);
+            float wt = (g && gq == 0.0f) ? isc : relaxed_modulus(noise, gamma, m, ix * isc, eps) * isc;
+            for (int k = 0; k < K; ++k) fb[k * mm + i] = c_scale(fb[k * mm + i], wt);
+        }
+    }
+    double tot = block_sum(acc);
+    if (threadIdx.x == 0) loss[b] = tot;
+}
+
+// Difference map after its Fourier step, with b = F^-1(f X) (or error reduction's wave):
+//   ev <- b (er) or ev + beta (b - P O);  b <- ev  (the `adjoint` launch then sums P* b).
+PTY_KERNEL void dm_update(cf* bw, cf* ev, const cf* P, const cf* objT, const int* win, int H, int M, int K, int nb,
+                          int er, float beta) {
+    long long t = gid();
+    long long mm = (long long)M * M;
+    if (t >= mm * K * nb) return;
+    cf e = bw[t];
+    if (!er) {
+        cf po = c_mul(P[t], objT[window_pixel(win, (int)(t / mm / K), (int)(t % mm), M, H)]);
+        cf d = make_float2(e.x - po.x, e.y - po.y);
+        cf o = ev[t];
+        e = make_float2(o.x + d.x * beta, o.y + d.y * beta);
+    }
+    ev[t] = e;
+    bw[t] = e;
+}
+
+// psi <- conj(O) psi for a batch of exit waves (dm's probe sums; a forward FFT follows).
+PTY_KERNEL void conj_object(cf* psi, const cf* objT, const int* win, int H, int M, int K, int nb) {
+    long long t = gid();
+    long long mm = (long long)M * M;
+    if (t >= mm * K * nb) return;
+    psi[t] = c_mulc(objT[window_pixel(win, (int)(t / mm / K), (int)(t % mm), M, H)], psi[t]);
+}
+
+// ePIE/rPIE, one position (b): psi <- psi - P O (the exit-wave change, psi = F^-1(f Psi)),
+// den[i] = sum_k |P_k|^2, and out[0] = max_i den, out[1] = max_i |O_i|^2 over the window.
+// One block.
+PTY_KERNEL void pie_delta(cf* psi, float* den, float* out, const cf* P, const cf* objT, const int* win, int b, int H,
+                          int M, int K) {
+    __shared__ float mx[2][256];
+    long long mm = (long long)M * M;
+    float dmax = 0.0f, omax = 0.0f;
+    for (int i = threadIdx.x; i < mm; i += blockDim.x) {
+        cf o = objT[window_pixel(win, b, i, M, H)];
+        float d = 0.0f;
+        for (int k = 0; k < K; ++k) {
+            cf p = P[k * mm + i];
+            cf po = c_mul(p, o);
+            cf v = psi[k * mm + i];
+            psi[k * mm + i] = make_float2(v.x - po.x, v.y - po.y);
+            d = d + c_norm(p);
+        }
+        den[i] = d;
+        dmax = fmaxf(dmax, d);
+        omax = fmaxf(omax, c_norm(o));
+    }
+    mx[0][threadIdx.x] = dmax;
+    mx[1][threadIdx.x] = omax;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            mx[0][threadIdx.x] = fmaxf(mx[0][threadIdx.x], mx[0][threadIdx.x + s]);
+            mx[1][threadIdx.x] = fmaxf(mx[1][threadIdx.x], mx[1][threadIdx.x + s]);
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        out[0] = mx[0][0];
+        out[1] = mx[1][0];
+    }
+}
+
+// ePIE/rPIE probe change of position b: t_k = s O* dpsi_k / ((1 - a)|O|^2 + a max|O|^2)
+// (0 where that is 0); a forward FFT and `pie_probe_add` follow. mx[1] = max |O|^2.
+PTY_KERNEL void pie_probe_delta(cf* tw, const cf* dpsi, const float* mx, const cf* objT, const int* win, int b, int H,
+                                int M, int K, float a, float s) {
+    long long t = gid();
+    long long mm = (long long)M * M;
+    if (t >= mm * K) return;
+    cf o = objT[window_pixel(win, b, (int)(t % mm), M, H)];
+    float d = (1.0f - a) * c_norm(o) + a * mx[1];
+    tw[t] = d > 0.0f ? c_scale(c_mulc(o, dpsi[t]), s / d) : make_float2(0.0f, 0.0f);
+}
+
+// P^_k[kx][ky] += conj(e_y[ky]) T_k[kx][ky] conj(e_x[kx]) / M for position j = idx[b].
+PTY_KERNEL void pie_probe_add(cf* ph, const cf* tw, const cf* ramp_y, const cf* ramp_x, const int* idx, int b, int M,
+                              int K, float sc) {
+    long long t = gid();
+    long long mm = (long long)M * M;
+    if (t >= mm * K) return;
+    int i = (int)(t % mm);
+    int kx = i / M, ky = i % M;
+    long long j = idx[b];
+    cf ry = ramp_y[j * M + ky], rx = ramp_x[j * M + kx];
+    cf v = c_mulc(ry, tw[t]);
+    cf e = c_scale(make_float2(rx.x, -rx.y), sc);
+    cf u = c_mul(v, e);
+    ph[t] = make_float2(ph[t].x + u.x, ph[t].y + u.y);
+}
+
+// ePIE/rPIE object change of position b: O += s sum_k P*_k dpsi_k / ((1 - a) den + a max den)
+// where that is positive; illumT += den (f64, the merge weights). mx[0] = max den.
+PTY_KERNEL void pie_object(cf* objT, double* illumT, const cf* dpsi, const float* den, const float* mx, const cf* P,
+                           const int* win, int b, int H, int M, int K, float a, float s) {
+    long long i = gid();
+    long long mm = (long long)M * M;
+    if (i >= mm) return;
+    cf num = make_float2(0.0f, 0.0f);
+    for (int k = 0; k < K; ++k) {
+        cf v = c_mulc(P[k * mm + i], dpsi[k * mm + i]);
+        num = make_float2(num.x + v.x, num.y + v.y);
+    }
+    float d = (1.0f - a) * den[i] + a * mx[0];
+    long long oi = window_pixel(win, b, (int)i, M, H);
+    if (d > 0.0f) {
+        cf u = c_scale(num, s / d);
+        objT[oi] = make_float2(objT[oi].x + u.x, objT[oi].y + u.y);
+    }
+    illumT[oi] += (double)den[i];
 }

@@ -44,5 +44,14 @@ extern "C" int emu_launch(const char* name, unsigned blocks, unsigned threads, v
     EMU_KERNEL(intensities, false)
     EMU_KERNEL(transpose_c, false)
     EMU_KERNEL(transpose_d, false)
+    EMU_KERNEL(transpose_planes, false)
+    EMU_KERNEL(dm_prepare, false)
+    EMU_KERNEL(fourier_step, true)
+    EMU_KERNEL(dm_update, false)
+    EMU_KERNEL(conj_object, false)
+    EMU_KERNEL(pie_delta, true)
+    EMU_KERNEL(pie_probe_delta, false)
+    EMU_KERNEL(pie_probe_add, false)
+    EMU_KERNEL(pie_object, false)
     return 1;
 }

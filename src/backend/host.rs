@@ -1,7 +1,9 @@
-//! The CPU implementation of [`Compute`]: [`cpu::gradients`] over the selected positions,
-//! borrowing contiguous ranges without copies and gathering index subsets.
+//! The CPU implementation of [`Compute`]: [`cpu::gradients`], [`cpu::difference_map`],
+//! [`cpu::probe_sums`] and [`pie::sweep`] over the selected positions, borrowing contiguous
+//! ranges without copies and gathering index subsets.
 
-use super::cpu::{self, Gradients, Kernel};
+use super::cpu::{self, DmStep, Gradients, Kernel};
+use super::pie::{self, PieStep};
 use super::{Compute, Selection};
 use crate::error::{Error, Result};
 use crate::physics::fft::Real;
@@ -32,6 +34,18 @@ impl<T: Real> Host<T> {
             positions,
             intensities,
         }
+    }
+
+    /// [`Host::select`], with every selected window checked to lie inside `obj`.
+    fn select_in<V>(&self, obj: &Field<V>, sel: &Selection) -> Result<Selected<'_, T>> {
+        let (pos, meas) = self.select(sel)?;
+        super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
+        Ok((pos, meas))
+    }
+
+    /// Error unless `len` exit-wave values fit `n` positions.
+    fn check_exit(&self, n: usize, len: usize) -> Result<()> {
+        super::check_exit_waves(self.kernel.modes, self.kernel.fft.size(), n, len)
     }
 
     /// The selected positions and their intensities: borrowed for a range, gathered for indices.
@@ -71,8 +85,7 @@ impl<T: Real> Compute<T> for Host<T> {
         sel: Selection,
         want_probe: bool,
     ) -> Result<Gradients<T>> {
-        let (pos, meas) = self.select(&sel)?;
-        super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
+        let (pos, meas) = self.select_in(obj, &sel)?;
         Ok(cpu::gradients(
             &self.kernel,
             obj,
@@ -90,8 +103,7 @@ impl<T: Real> Compute<T> for Host<T> {
         sel: Selection,
         want_probe: bool,
     ) -> Result<Gradients<T>> {
-        let (pos, meas) = self.select(&sel)?;
-        super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
+        let (pos, meas) = self.select_in(obj, &sel)?;
         Ok(cpu::gradients_and_positions(
             &self.kernel,
             obj,
@@ -124,9 +136,72 @@ impl<T: Real> Compute<T> for Host<T> {
         probe_hat: &[Complex<T>],
         sel: Selection,
     ) -> Result<f64> {
-        let (pos, meas) = self.select(&sel)?;
-        super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
+        let (pos, meas) = self.select_in(obj, &sel)?;
         Ok(cpu::loss(&self.kernel, obj, probe_hat, &pos, &meas))
+    }
+
+    fn difference_map(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        exit: &mut [Complex<T>],
+        init: bool,
+        step: DmStep,
+    ) -> Result<Gradients<T>> {
+        let (pos, meas) = self.select_in(obj, &sel)?;
+        self.check_exit(pos.len(), exit.len())?;
+        Ok(cpu::difference_map(
+            &self.kernel,
+            obj,
+            probe_hat,
+            &pos,
+            &meas,
+            false,
+            exit,
+            init,
+            step,
+        ))
+    }
+
+    fn probe_sums(
+        &self,
+        obj: &Field<Complex<T>>,
+        sel: Selection,
+        exit: &[Complex<T>],
+    ) -> Result<Gradients<T>> {
+        let (pos, _) = self.select_in(obj, &sel)?;
+        self.check_exit(pos.len(), exit.len())?;
+        Ok(cpu::probe_sums(&self.kernel, obj, &pos, exit))
+    }
+
+    fn pie_sweep(
+        &self,
+        obj: &mut Field<Complex<T>>,
+        probe_hat: &mut [Complex<T>],
+        sel: Selection,
+        step: &PieStep,
+        illum: &mut Field<f64>,
+    ) -> Result<f64> {
+        sel.check(self.positions.len())?;
+        let ix = sel.to_vec();
+        let m = self.kernel.fft.size();
+        super::window_offsets(obj, m, ix.iter().map(|&j| &self.positions[j]))?;
+        super::check_illumination(obj, illum)?;
+        let pos: Vec<&PositionGeom<T>> = ix.iter().map(|&j| &self.positions[j]).collect();
+        let meas: Vec<&[f32]> = ix
+            .iter()
+            .map(|&j| &self.intensities[j * m * m..(j + 1) * m * m])
+            .collect();
+        Ok(pie::sweep(
+            &self.kernel,
+            obj,
+            probe_hat,
+            &pos,
+            &meas,
+            step,
+            illum,
+        ))
     }
 
     fn model_intensities(
@@ -135,8 +210,7 @@ impl<T: Real> Compute<T> for Host<T> {
         probe_hat: &[Complex<T>],
         sel: Selection,
     ) -> Result<Vec<T>> {
-        let (pos, _) = self.select(&sel)?;
-        super::window_offsets(obj, self.kernel.fft.size(), pos.iter())?;
+        let (pos, _) = self.select_in(obj, &sel)?;
         Ok(cpu::model_intensities(&self.kernel, obj, probe_hat, &pos))
     }
 }

@@ -1,9 +1,9 @@
 //! Where the arithmetic runs. The CPU backend (rustfft + rayon) is the reference; GPU
 //! backends (CUDA, HIP; docs/gpu.md) implement the same kernel contract (see
 //! [`cpu::gradients`]) behind the [`Compute`] trait, which engines call for every subset of
-//! a rank's positions (halo positions first, then interior ones, or mini-batches). The
-//! other engines' kernels ([`cpu::difference_map`], [`cpu::loss`], the sequential
-//! [`pie::sweep`]) run on the CPU.
+//! a rank's positions (halo positions first, then interior ones, or mini-batches), and
+//! with it the difference map's exit-wave step and probe sums and the sequential ePIE/rPIE
+//! sweep: every engine runs through this one interface on every backend.
 
 pub mod cpu;
 pub mod gpu;
@@ -15,8 +15,9 @@ pub use crate::config::BackendKind;
 use crate::error::{Error, Result};
 use crate::physics::fft::Real;
 use crate::physics::model::{Field, PositionGeom};
-use cpu::{Gradients, Kernel};
+use cpu::{DmStep, Gradients, Kernel};
 use num_complex::Complex;
+use pie::PieStep;
 use std::sync::Arc;
 
 /// Which of a rank's positions a call covers: indices into the positions given to [`open`],
@@ -131,6 +132,60 @@ pub trait Compute<T: Real>: Send + Sync {
         ))
     }
 
+    /// One difference-map (or, with `step.error_reduction`, error-reduction) pass over the
+    /// selected positions: the same exit-wave update and overlap sums as
+    /// [`cpu::difference_map`] without the probe sums (`g_obj = Σ_jk P*_jk ψ_jk`,
+    /// `d_obj = Σ_jk |P_jk|²` on the rectangle of `obj`, and the loss at the current state;
+    /// docs/algorithm.md §7).
+    ///
+    /// `exit`: the selected positions' exit waves, [len(sel)][K][M][M] complex (real space,
+    /// [y][x] per mode) in selection order, updated in place; with `init` they are first
+    /// set to P_jk O_j. Errors: as [`Compute::gradients`]; `exit` of the wrong length.
+    fn difference_map(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        exit: &mut [Complex<T>],
+        init: bool,
+        step: DmStep,
+    ) -> Result<Gradients<T>>;
+
+    /// The probe half of the difference map's overlap step ([`cpu::probe_sums`]):
+    /// `g_probe_hat = Σ_j conj(e_j) F(O*_j ψ_jk)` ([K][kx][ky]) and `d_probe = Σ_j |O_j|²`
+    /// ([M, M]) over the selected positions, `exit` as in [`Compute::difference_map`].
+    /// Errors: as [`Compute::difference_map`].
+    fn probe_sums(
+        &self,
+        obj: &Field<Complex<T>>,
+        sel: Selection,
+        exit: &[Complex<T>],
+    ) -> Result<Gradients<T>>;
+
+    /// One ePIE/rPIE sweep ([`pie::sweep`], docs/algorithm.md §9): the selected positions
+    /// in the selection's order, each updating `obj` (whose rectangle holds every window)
+    /// and the probe spectrum `probe_hat` ([K][kx][ky], unitary) before the next is
+    /// modelled; adds Σ_k |P_jk|² of every position to `illum` (same rectangle as `obj`).
+    /// Returns Σ_j loss_j, each at the state when position j was visited.
+    ///
+    /// Errors: as [`Compute::gradients`]; `illum` not on the rectangle of `obj`.
+    fn pie_sweep(
+        &self,
+        obj: &mut Field<Complex<T>>,
+        probe_hat: &mut [Complex<T>],
+        sel: Selection,
+        step: &PieStep,
+        illum: &mut Field<f64>,
+    ) -> Result<f64>;
+
+    /// Bytes this backend has copied host → device and device → host since it was opened
+    /// (after the one-time copy of the positions and intensities): the traffic of the calls
+    /// above, for `ptytile bench gpu` and docs/gpu.md. `[0, 0]` on the CPU, which copies
+    /// nothing.
+    fn bytes_moved(&self) -> [u64; 2] {
+        [0, 0]
+    }
+
     /// Model intensities I_j = Σ_k |F S_j P_k O_j|² (unitary) of the selected positions,
     /// [n][kx][ky] (see [`cpu::model_intensities`]).
     fn model_intensities(
@@ -175,6 +230,32 @@ pub fn window_offsets<'a, T: Real, V>(
         Ok([oy as i32, ox as i32])
     })
     .collect()
+}
+
+/// Error unless `len` exit-wave values fit `n` positions of `modes` probe modes of `m` × `m`
+/// pixels ([`Compute::difference_map`], [`Compute::probe_sums`]).
+pub fn check_exit_waves(modes: usize, m: usize, n: usize, len: usize) -> Result<()> {
+    let want = n * modes * m * m;
+    if len != want {
+        return Err(Error::new(
+            "backend",
+            format!("{len} exit-wave values for {n} positions (expected {want})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Error unless the illumination sums `illum` lie on the rectangle of `obj`
+/// ([`Compute::pie_sweep`]).
+pub fn check_illumination<V>(obj: &Field<V>, illum: &Field<f64>) -> Result<()> {
+    if illum.origin != obj.origin || illum.shape != obj.shape || illum.data.len() != obj.data.len()
+    {
+        return Err(Error::new(
+            "backend",
+            "the illumination sums are not on the object's rectangle",
+        ));
+    }
+    Ok(())
 }
 
 /// Name of the option in errors about the backend choice.

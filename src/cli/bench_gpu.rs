@@ -195,6 +195,10 @@ pub fn run(b: &GpuBench) -> Result<()> {
         .collect::<Result<_>>()?;
     times.sort_by(|a, b| a.1.total_cmp(&b.1));
     let (t_grad, t_iter) = times[times.len() / 2];
+    let before = dev.bytes_moved();
+    step(&mut o, &mut p_hat)?;
+    let after = dev.bytes_moved();
+    let moved = [after[0] - before[0], after[1] - before[1]];
     dev.set_profile(true);
     step(&mut o, &mut p_hat)?;
     dev.set_profile(false);
@@ -227,6 +231,11 @@ pub fn run(b: &GpuBench) -> Result<()> {
         t_grad * 1e3,
         b.repeats.max(1)
     );
+    crate::cli::outln!(
+        "host <-> device per iteration (counted by the backend): {:.3} MB up, {:.3} MB down",
+        moved[0] as f64 / 1e6,
+        moved[1] as f64 / 1e6
+    );
     crate::cli::outln!("compulsory bytes per iteration: {:.3} GB (intensities, object in, sums out) -> {:.0} GB/s achieved", bytes as f64 / 1e9, gbs(bytes as f64, t_iter));
     crate::cli::outln!(
         "device-to-device copy of the same bytes: {:.3} ms -> {:.0} GB/s counting read + write; the iteration takes {:.1} x the copy time",
@@ -243,6 +252,8 @@ pub fn run(b: &GpuBench) -> Result<()> {
             ("iteration", t_iter * 1e3, "ms"),
             ("gradients", t_grad * 1e3, "ms"),
             ("compulsory_bytes", bytes as f64, "B"),
+            ("bytes_to_device", moved[0] as f64, "B"),
+            ("bytes_to_host", moved[1] as f64, "B"),
             ("copy", t_copy * 1e3, "ms"),
         ] {
             csv.push_str(&format!("{k2},{v},{u}\n"));

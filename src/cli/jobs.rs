@@ -363,7 +363,7 @@ pub fn script(spec: &JobSpec, cfg: &Config) -> Result<String> {
     );
     let _ = writeln!(
         w,
-        "# GPU backend: {} (parallel.backend in ARGS): each rank sums its tile's positions on the GPU\n# of its node-local rank modulo the GPUs it sees (docs/gpu.md). The gd and mlcg engines run\n# there; dm, epie and rpie are CPU-only: for them, generate with --set parallel.backend='\"cpu\"'.",
+        "# GPU backend: {} (parallel.backend in ARGS): each rank sums its tile's positions on the GPU\n# of its node-local rank modulo the GPUs it sees (docs/gpu.md). Every engine runs there;\n# multislice and position correction are CPU-only: for them, generate with --set parallel.backend='\"cpu\"'.",
         spec.vendor.backend()
     );
     let _ = writeln!(w, "export RAYON_NUM_THREADS=\"$CPUS_PER_RANK\"   # ptytile's worker threads per rank = its bound cores");

@@ -31,7 +31,8 @@ use super::exchange::{
 };
 use super::gd::{Options, PRECONDITIONER_DELTA};
 use super::{IterStats, Problem, Rank, State};
-use crate::backend::cpu::{difference_map, probe_spectrum, probe_sums, DmStep, Gradients};
+use crate::backend::cpu::{probe_spectrum, DmStep, Gradients};
+use crate::backend::Selection;
 use crate::error::Result;
 use crate::physics::fft::Real;
 use crate::tiling::Rect;
@@ -82,21 +83,14 @@ pub fn iterate<T: Real>(
         rank,
         &mut st,
         |r| {
-            let (pos, meas) = (
-                &p.positions[r.clone()],
-                &p.intensities[r.start * mm..r.end * mm],
-            );
-            Ok(difference_map(
-                &p.kernel,
+            p.compute.difference_map(
                 object,
                 &ph,
-                pos,
-                meas,
-                false,
+                Selection::Range(r.clone()),
                 &mut exit[r.start * kmm..r.end * kmm],
                 init,
                 step,
-            ))
+            )
         },
         |_| {},
     )?;
@@ -108,7 +102,8 @@ pub fn iterate<T: Real>(
     refresh_halo(&mut s.object, rank, TAG_OBJECT, &mut st)?;
     let mut t = Instant::now();
     if update_probe {
-        let mut gp = probe_sums(&p.kernel, &s.object, &p.positions, &ds.exit_waves);
+        let sel = Selection::Range(0..p.positions.len());
+        let mut gp = p.compute.probe_sums(&s.object, sel, &ds.exit_waves)?;
         st.compute_s += lap(&mut t);
         allreduce_probe_sums(&mut gp, rank.comm)?;
         st.wait_s += lap(&mut t);

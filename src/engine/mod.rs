@@ -185,8 +185,9 @@ pub struct Problem<T: Real> {
     pub n_halo: usize,
     /// Intensities [n, M, M] in the transposed corner-centred layout, same order.
     pub intensities: Arc<[f32]>,
-    /// Where the sums over positions of gd and mlcg run ([`backend::open`]); it shares the
-    /// positions and intensities above (CPU) or holds a device copy (GPU).
+    /// Where every engine's work over positions runs ([`backend::open`]): gradient sums,
+    /// dm's exit-wave step and probe sums, the ePIE/rPIE sweep. It shares the positions and
+    /// intensities above (CPU) or holds a device copy (GPU).
     pub compute: Box<dyn Compute<T>>,
     /// Weight μ (counts) of the axial regulariser of a multislice object ([`axial`]); 0 =
     /// none (and always for one slice).

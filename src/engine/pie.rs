@@ -2,7 +2,8 @@
 //! 2017) on the tiles of the gradient decomposition (docs/algorithm.md §9).
 //!
 //! Inside its field a rank visits its positions in position order (global index), each
-//! updating the object and the probe before the next ([`crate::backend::pie::sweep`]).
+//! updating the object and the probe before the next ([`crate::backend::Compute::pie_sweep`],
+//! on the rank's backend).
 //! Once per iteration the tiles are merged:
 //! - object: each pixel of a tile gets the illumination-weighted mean of the changes that
 //!   the ranks whose positions reach it made, ΔO = Σ_r D_r ΔO_r / Σ_r D_r with
@@ -21,10 +22,11 @@ use super::exchange::{
 use super::gd::Options;
 use super::{IterStats, Problem, Rank, State};
 use crate::backend::cpu::{probe_spectrum, Gradients};
-use crate::backend::pie::{sweep, PieStep};
+use crate::backend::pie::PieStep;
+use crate::backend::Selection;
 use crate::error::Result;
 use crate::physics::fft::Real;
-use crate::physics::model::{Field, PositionGeom};
+use crate::physics::model::Field;
 use num_complex::Complex64;
 use std::time::Instant;
 
@@ -73,15 +75,9 @@ pub fn iterate<T: Real>(
         ..Default::default()
     };
     let m = p.kernel.fft.size();
-    let mm = m * m;
     let mut t = Instant::now();
     let mut order: Vec<usize> = (0..p.positions.len()).collect();
     order.sort_by_key(|&j| p.positions[j].index);
-    let pos: Vec<&PositionGeom<T>> = order.iter().map(|&j| &p.positions[j]).collect();
-    let meas: Vec<&[f32]> = order
-        .iter()
-        .map(|&j| &p.intensities[j * mm..(j + 1) * mm])
-        .collect();
     let [a_o, s_o, a_p, s_p] = prm.mix_step;
     let step = PieStep {
         obj_mix: a_o,
@@ -95,7 +91,13 @@ pub fn iterate<T: Real>(
     let ph0 = probe_spectrum(&p.kernel.fft, &s.probe);
     let mut ph = ph0.clone();
     let mut illum = Field::filled(obj.origin, obj.shape, 0.0);
-    let loss = sweep(&p.kernel, &mut obj, &mut ph, &pos, &meas, &step, &mut illum);
+    let loss = p.compute.pie_sweep(
+        &mut obj,
+        &mut ph,
+        Selection::Indices(&order),
+        &step,
+        &mut illum,
+    )?;
     // the sums to merge: D ΔO and D on the field; n ΔP̂ and n for the probe
     let mut g = Gradients::<T>::zeros(obj.origin, obj.shape, 1, Some((p.kernel.modes, 1)));
     for (i, d) in illum.data.iter().enumerate() {

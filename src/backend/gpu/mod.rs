@@ -1,6 +1,7 @@
-//! GPU backends (docs/gpu.md): the per-position gradient kernel of [`super::cpu`] on CUDA
-//! (cudarc: driver API, NVRTC, cuFFT) and HIP (cubecl-hip-sys: HIP, hiprtc; hipFFT via
-//! libloading). Both load their libraries at run time, so they build without CUDA or ROCm.
+//! GPU backends (docs/gpu.md): every [`Compute`] operation of [`super::cpu`] and
+//! [`super::pie`] (gradient sums, dm's exit-wave step and probe sums, the ePIE/rPIE sweep)
+//! on CUDA (cudarc: driver API, NVRTC, cuFFT) and HIP (cubecl-hip-sys: HIP, hiprtc; hipFFT
+//! via libloading). Both load their libraries at run time, so they build without CUDA or ROCm.
 //!
 //! The kernels (kernels/ptycho.cu with kernels/compat.h) are written once in CUDA C that
 //! also compiles as HIP, compiled at run time and cached in memory per process and on disk
@@ -16,7 +17,8 @@ pub mod cuda;
 #[cfg(feature = "hip")]
 pub mod hip;
 
-use super::cpu::{Gradients, Kernel};
+use super::cpu::{DmStep, Gradients, Kernel};
+use super::pie::PieStep;
 use super::{option_name, BackendKind, Compute, Selection};
 use crate::config::NoiseModel;
 use crate::error::{Error, Result};
@@ -31,7 +33,7 @@ pub const COMPAT_H: &str = include_str!("../../../kernels/compat.h");
 /// kernels/ptycho.cu.
 pub const PTYCHO_CU: &str = include_str!("../../../kernels/ptycho.cu");
 /// The kernels of kernels/ptycho.cu that the backend loads.
-pub const KERNELS: [&str; 9] = [
+pub const KERNELS: [&str; 18] = [
     "shift_probe",
     "exit_wave",
     "residual",
@@ -41,6 +43,15 @@ pub const KERNELS: [&str; 9] = [
     "intensities",
     "transpose_c",
     "transpose_d",
+    "transpose_planes",
+    "dm_prepare",
+    "fourier_step",
+    "dm_update",
+    "conj_object",
+    "pie_delta",
+    "pie_probe_delta",
+    "pie_probe_add",
+    "pie_object",
 ];
 
 /// Threads per block of every launch (`residual` assumes exactly this many).
@@ -266,9 +277,24 @@ struct State<D: Device> {
     work: HashMap<&'static str, Buf>,
     /// Profiling: (phase that ends here, event id) marks of the current call, if on.
     prof: Option<Vec<(&'static str, usize)>>,
+    /// Bytes copied host → device and device → host by the calls so far
+    /// ([`Compute::bytes_moved`]; the one-time upload of [`Gpu::new`] not counted).
+    moved: [u64; 2],
 }
 
 impl<D: Device> State<D> {
+    /// Upload `src` to `dst`, counted in `moved`.
+    fn up(&mut self, dst: DPtr, src: &[u8]) -> Result<()> {
+        self.moved[0] += src.len() as u64;
+        self.dev.upload(dst, src)
+    }
+
+    /// Download `src` into `dst`, counted in `moved`.
+    fn down(&mut self, dst: &mut [u8], src: DPtr) -> Result<()> {
+        self.moved[1] += dst.len() as u64;
+        self.dev.download(dst, src)
+    }
+
     fn buf(&mut self, name: &'static str, bytes: usize) -> Result<DPtr> {
         let cur = self.work.get(name).copied().unwrap_or_default();
         if cur.bytes >= bytes && cur.ptr != 0 {
@@ -374,6 +400,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
             psi: Buf::default(),
             work: HashMap::new(),
             prof: None,
+            moved: [0, 0],
         };
         let ry: Vec<Complex<T>> = positions
             .iter()
@@ -428,17 +455,18 @@ impl<T: Real, D: Device> Gpu<T, D> {
         Ok(st)
     }
 
-    /// Upload the object transposed ([x][y]), the probe spectrum and the selection's indices
-    /// and window offsets; returns (objT, probe, idx, win) device pointers.
+    /// Upload the object transposed ([x][y]), the probe spectrum (if given; else the probe
+    /// pointer is 0) and the selection's indices and window offsets; returns (objT, probe,
+    /// idx, win) device pointers.
     fn stage(
         &self,
         st: &mut State<D>,
         obj: &Field<Complex<T>>,
-        probe_hat: &[Complex<T>],
+        probe_hat: Option<&[Complex<T>]>,
         sel: &Selection,
     ) -> Result<[DPtr; 4]> {
         let mm = self.m * self.m;
-        if probe_hat.len() != self.modes * mm {
+        if let Some(probe_hat) = probe_hat.filter(|p| p.len() != self.modes * mm) {
             return Err(Error::new(
                 self.name,
                 format!(
@@ -453,20 +481,26 @@ impl<T: Real, D: Device> Gpu<T, D> {
         let win = super::window_offsets(obj, self.m, ix.iter().map(|&j| &self.positions[j]))?;
         let [h, w] = obj.shape;
         let stage = st.buf("obj_stage", h * w * 8)?;
-        st.dev.upload(stage, bytes_of(&obj.data))?;
+        st.up(stage, bytes_of(&obj.data))?;
         let obj_t = st.buf("obj_t", h * w * 8)?;
         st.dev.launch(
             "transpose_c",
             blocks(h * w),
             Args::default().p(obj_t).p(stage).i(h).i(w),
         )?;
-        let ph = st.buf("probe_hat", probe_hat.len() * 8)?;
-        st.dev.upload(ph, bytes_of(probe_hat))?;
+        let ph = match probe_hat {
+            Some(probe_hat) => {
+                let ph = st.buf("probe_hat", probe_hat.len() * 8)?;
+                st.up(ph, bytes_of(probe_hat))?;
+                ph
+            }
+            None => 0,
+        };
         let idx: Vec<i32> = ix.iter().map(|&j| j as i32).collect();
         let idx_d = st.buf("idx", idx.len() * 4)?;
-        st.dev.upload(idx_d, bytes_of(&idx))?;
+        st.up(idx_d, bytes_of(&idx))?;
         let win_d = st.buf("win", win.len() * 8)?;
-        st.dev.upload(win_d, bytes_of(&win))?;
+        st.up(win_d, bytes_of(&win))?;
         Ok([obj_t, ph, idx_d, win_d])
     }
 
@@ -537,8 +571,115 @@ impl<T: Real, D: Device> Gpu<T, D> {
             Args::default().p(out).p(src).i(rows).i(cols).i(comps),
         )?;
         let mut v = vec![0f64; rows * cols * comps];
-        st.dev.download(bytemuck::cast_slice_mut(&mut v), out)?;
+        st.down(bytemuck::cast_slice_mut(&mut v), out)?;
         Ok(v)
+    }
+
+    /// The object sums [g_T, d_T] (transposed, [x][y]; complex f64 and f64) of a field of
+    /// `shape` into `out.g_obj`, `out.d_obj` ([y][x]).
+    fn download_object_sums(
+        &self,
+        st: &mut State<D>,
+        [g_t, d_t]: [DPtr; 2],
+        [h, w]: [usize; 2],
+        out: &mut Gradients<T>,
+    ) -> Result<()> {
+        let gv = self.download_t(st, g_t, w, h, 2)?;
+        out.g_obj.data = gv
+            .chunks_exact(2)
+            .map(|c| Complex::new(c[0], c[1]))
+            .collect();
+        out.d_obj.data = self.download_t(st, d_t, w, h, 1)?;
+        Ok(())
+    }
+
+    /// The probe sums [g_P̂ ([K][kx][ky] complex f64), d_P^T ([x][y] f64)] into
+    /// `out.g_probe_hat`, `out.d_probe` ([y][x]).
+    fn download_probe_sums(
+        &self,
+        st: &mut State<D>,
+        [gp, dp_t]: [DPtr; 2],
+        out: &mut Gradients<T>,
+    ) -> Result<()> {
+        let m = self.m;
+        let mut gpv = vec![0f64; self.modes * m * m * 2];
+        st.down(bytemuck::cast_slice_mut(&mut gpv), gp)?;
+        out.g_probe_hat = gpv
+            .chunks_exact(2)
+            .map(|c| Complex::new(c[0], c[1]))
+            .collect();
+        out.d_probe = self.download_t(st, dp_t, m, m, 1)?;
+        Ok(())
+    }
+
+    /// Σ of the `n` per-position losses (f64) at `loss`, in position order.
+    fn download_loss(&self, st: &mut State<D>, loss: DPtr, n: usize) -> Result<f64> {
+        let mut lv = vec![0f64; n];
+        st.down(bytemuck::cast_slice_mut(&mut lv), loss)?;
+        Ok(lv.iter().sum())
+    }
+
+    /// Copy host exit waves ([planes][y][x], complex f32) to `dst` as [planes][x][y].
+    fn upload_planes(&self, st: &mut State<D>, dst: DPtr, host: &[Complex<T>]) -> Result<()> {
+        let stage = st.buf("planes", host.len() * 8)?;
+        st.up(stage, bytes_of(host))?;
+        let planes = host.len() / (self.m * self.m);
+        st.dev.launch(
+            "transpose_planes",
+            blocks(host.len()),
+            Args::default().p(dst).p(stage).i(self.m).i(planes),
+        )
+    }
+
+    /// Copy `src` ([planes][x][y]) back to host exit waves ([planes][y][x]).
+    fn download_planes(&self, st: &mut State<D>, src: DPtr, host: &mut [Complex<T>]) -> Result<()> {
+        let stage = st.buf("planes", host.len() * 8)?;
+        let planes = host.len() / (self.m * self.m);
+        st.dev.launch(
+            "transpose_planes",
+            blocks(host.len()),
+            Args::default().p(stage).p(src).i(self.m).i(planes),
+        )?;
+        st.down(bytemuck::cast_slice_mut(host), stage)
+    }
+
+    /// Add one batch's probe sums to [g_P̂, d_P^T]: `probe_grad` of the transforms
+    /// T = F(O* b) in `psi` and `probe_density` of the object windows (`idx`, `win` of the
+    /// batch's first position; field height `h`).
+    fn add_probe_sums(
+        &self,
+        st: &mut State<D>,
+        [gp, dp_t]: [DPtr; 2],
+        [psi, obj_t]: [DPtr; 2],
+        [idx, win]: [DPtr; 2],
+        h: usize,
+        nb: usize,
+    ) -> Result<()> {
+        let (m, k) = (self.m, self.modes);
+        let args = Args::default()
+            .p(gp)
+            .p(psi)
+            .p(st.ramp_y.ptr)
+            .p(st.ramp_x.ptr)
+            .p(idx)
+            .i(m)
+            .i(k)
+            .i(nb)
+            .f(1.0 / m as f32);
+        st.dev.launch("probe_grad", blocks(k * m * m), args)?;
+        st.dev.launch(
+            "probe_density",
+            blocks(m * m),
+            Args::default().p(dp_t).p(obj_t).p(win).i(h).i(m).i(nb),
+        )
+    }
+
+    /// The noise model's code in the kernels (0 amplitude, 1 Poisson).
+    fn noise_code(&self) -> usize {
+        match self.noise {
+            NoiseModel::Amplitude => 0,
+            NoiseModel::Poisson => 1,
+        }
     }
 
     /// Run `f` on the device state, rendering errors with the backend's name.
@@ -592,7 +733,7 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
                 st.prof = Some(Vec::new());
                 st.mark("start")?;
             }
-            let staged = self.stage(st, obj, probe_hat, &sel)?;
+            let staged = self.stage(st, obj, Some(probe_hat), &sel)?;
             let [obj_t, _, idx, win] = staged;
             let [h, w] = obj.shape;
             let ns = sel.len();
@@ -609,10 +750,7 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
             let sc = 1.0 / m as f32;
             let sc2 = sc * sc;
             let g = st.weights.map_or(0, |b| b.ptr);
-            let noise = match self.noise {
-                NoiseModel::Amplitude => 0,
-                NoiseModel::Poisson => 1,
-            };
+            let noise = self.noise_code();
             for s in (0..ns).step_by(self.batch) {
                 let nb = self.batch.min(ns - s);
                 let n = nb * k * mm;
@@ -652,44 +790,16 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
                 if want_probe {
                     st.fft(psi, m, nb * k, full, false)?;
                     st.mark("FFT: probe gradient")?;
-                    let args = Args::default()
-                        .p(gp)
-                        .p(psi)
-                        .p(st.ramp_y.ptr)
-                        .p(st.ramp_x.ptr)
-                        .p(idx_b)
-                        .i(m)
-                        .i(k)
-                        .i(nb)
-                        .f(sc);
-                    st.dev.launch("probe_grad", blocks(k * mm), args)?;
-                    st.dev.launch(
-                        "probe_density",
-                        blocks(mm),
-                        Args::default().p(dp_t).p(obj_t).p(win_b).i(h).i(m).i(nb),
-                    )?;
+                    self.add_probe_sums(st, [gp, dp_t], [psi, obj_t], [idx_b, win_b], h, nb)?;
                     st.mark("probe_grad, probe_density: probe sums")?;
                 }
             }
             let mut out = Gradients::zeros(obj.origin, obj.shape, 1, probe_dims);
-            let gv = self.download_t(st, g_t, w, h, 2)?;
-            out.g_obj.data = gv
-                .chunks_exact(2)
-                .map(|c| Complex::new(c[0], c[1]))
-                .collect();
-            out.d_obj.data = self.download_t(st, d_t, w, h, 1)?;
+            self.download_object_sums(st, [g_t, d_t], obj.shape, &mut out)?;
             if want_probe {
-                let mut gpv = vec![0f64; k * mm * 2];
-                st.dev.download(bytemuck::cast_slice_mut(&mut gpv), gp)?;
-                out.g_probe_hat = gpv
-                    .chunks_exact(2)
-                    .map(|c| Complex::new(c[0], c[1]))
-                    .collect();
-                out.d_probe = self.download_t(st, dp_t, m, m, 1)?;
+                self.download_probe_sums(st, [gp, dp_t], &mut out)?;
             }
-            let mut lv = vec![0f64; ns];
-            st.dev.download(bytemuck::cast_slice_mut(&mut lv), loss)?;
-            out.loss = lv.iter().sum();
+            out.loss = self.download_loss(st, loss, ns)?;
             st.mark("transpose and download sums")?;
             Ok(out)
         })
@@ -707,7 +817,7 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
             return Ok(Vec::new());
         }
         self.with(|st| {
-            let staged = self.stage(st, obj, probe_hat, &sel)?;
+            let staged = self.stage(st, obj, Some(probe_hat), &sel)?;
             let h = obj.shape[0];
             let ns = sel.len();
             let out = st.buf("intensities", ns * mm * 4)?;
@@ -725,8 +835,287 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
                 st.dev.launch("intensities", blocks(nb * mm), args)?;
             }
             let mut v = vec![T::zero(); ns * mm];
-            st.dev.download(bytemuck::cast_slice_mut(&mut v), out)?;
+            st.down(bytemuck::cast_slice_mut(&mut v), out)?;
             Ok(v)
+        })
+    }
+
+    fn bytes_moved(&self) -> [u64; 2] {
+        self.state.lock().map_or([0, 0], |st| st.moved)
+    }
+
+    fn difference_map(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        exit: &mut [Complex<T>],
+        init: bool,
+        step: DmStep,
+    ) -> Result<Gradients<T>> {
+        let (m, k) = (self.m, self.modes);
+        let kmm = k * m * m;
+        self.with(|st| {
+            sel.check(self.positions.len())?;
+            super::check_exit_waves(k, m, sel.len(), exit.len())?;
+            let mut out = Gradients::zeros(obj.origin, obj.shape, 1, None);
+            if sel.is_empty() {
+                return Ok(out);
+            }
+            let staged = self.stage(st, obj, Some(probe_hat), &sel)?;
+            let [obj_t, _, idx, win] = staged;
+            let [h, w] = obj.shape;
+            let ns = sel.len();
+            let g_t = st.buf("g_t", h * w * 16)?;
+            let d_t = st.buf("d_t", h * w * 8)?;
+            let loss = st.buf("loss", ns * 8)?;
+            st.dev.zero(g_t, h * w * 16)?;
+            st.dev.zero(d_t, h * w * 8)?;
+            let x = st.buf("dm_x", self.batch * kmm * 8)?;
+            let ev = st.buf("dm_ev", self.batch * kmm * 8)?;
+            let sc2 = 1.0 / (m * m) as f32;
+            let g = st.weights.map_or(0, |b| b.ptr);
+            let er = step.error_reduction;
+            let fisher = crate::physics::model::fisher_scale(self.noise) as f32;
+            for s in (0..ns).step_by(self.batch) {
+                let nb = self.batch.min(ns - s);
+                let n = nb * kmm;
+                let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
+                let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
+                let host = &mut exit[s * kmm..(s + nb) * kmm];
+                self.forward(st, staged, h, s, nb)?;
+                if !er {
+                    if !init {
+                        self.upload_planes(st, ev, host)?;
+                    }
+                    let args = Args::default()
+                        .p(x)
+                        .p(ev)
+                        .p(p)
+                        .p(obj_t)
+                        .p(win_b)
+                        .i(h)
+                        .i(m)
+                        .i(k)
+                        .i(nb)
+                        .i(init as usize);
+                    st.dev.launch("dm_prepare", blocks(n), args)?;
+                    st.fft(x, m, nb * k, full, false)?;
+                }
+                let args = Args::default()
+                    .p(psi)
+                    .p(x)
+                    .p(loss + 8 * s as u64)
+                    .p(st.meas.ptr)
+                    .p(g)
+                    .p(idx_b)
+                    .i(m)
+                    .i(k)
+                    .i(self.noise_code())
+                    .f(self.eps)
+                    .f(sc2)
+                    .f(step.gamma as f32)
+                    .i(er as usize)
+                    .f(fisher);
+                st.dev.launch("fourier_step", nb, args)?;
+                let far = if er { psi } else { x };
+                st.fft(far, m, nb * k, full, true)?;
+                let args = Args::default()
+                    .p(far)
+                    .p(ev)
+                    .p(p)
+                    .p(obj_t)
+                    .p(win_b)
+                    .i(h)
+                    .i(m)
+                    .i(k)
+                    .i(nb)
+                    .i(er as usize)
+                    .f(step.beta as f32);
+                st.dev.launch("dm_update", blocks(n), args)?;
+                let args = Args::default()
+                    .p(far)
+                    .p(p)
+                    .p(obj_t)
+                    .p(win_b)
+                    .p(g_t)
+                    .p(d_t)
+                    .i(h)
+                    .i(m)
+                    .i(k)
+                    .i(nb)
+                    .i(0);
+                st.dev.launch("adjoint", blocks(n), args)?;
+                self.download_planes(st, ev, host)?;
+            }
+            self.download_object_sums(st, [g_t, d_t], obj.shape, &mut out)?;
+            out.loss = self.download_loss(st, loss, ns)?;
+            Ok(out)
+        })
+    }
+
+    fn probe_sums(
+        &self,
+        obj: &Field<Complex<T>>,
+        sel: Selection,
+        exit: &[Complex<T>],
+    ) -> Result<Gradients<T>> {
+        let (m, k) = (self.m, self.modes);
+        let (mm, kmm) = (m * m, k * m * m);
+        self.with(|st| {
+            sel.check(self.positions.len())?;
+            super::check_exit_waves(k, m, sel.len(), exit.len())?;
+            let mut out = Gradients::zeros([0, 0], [0, 0], 1, Some((k, mm)));
+            if sel.is_empty() {
+                return Ok(out);
+            }
+            let [obj_t, _, idx, win] = self.stage(st, obj, None, &sel)?;
+            let h = obj.shape[0];
+            let gp = st.buf("gp", kmm * 16)?;
+            let dp_t = st.buf("dp_t", mm * 8)?;
+            st.dev.zero(gp, kmm * 16)?;
+            st.dev.zero(dp_t, mm * 8)?;
+            let ns = sel.len();
+            for s in (0..ns).step_by(self.batch) {
+                let nb = self.batch.min(ns - s);
+                let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
+                let (psi, full) = (st.psi.ptr, self.batch * k);
+                self.upload_planes(st, psi, &exit[s * kmm..(s + nb) * kmm])?;
+                let args = Args::default()
+                    .p(psi)
+                    .p(obj_t)
+                    .p(win_b)
+                    .i(h)
+                    .i(m)
+                    .i(k)
+                    .i(nb);
+                st.dev.launch("conj_object", blocks(nb * kmm), args)?;
+                st.fft(psi, m, nb * k, full, false)?;
+                self.add_probe_sums(st, [gp, dp_t], [psi, obj_t], [idx_b, win_b], h, nb)?;
+            }
+            self.download_probe_sums(st, [gp, dp_t], &mut out)?;
+            Ok(out)
+        })
+    }
+
+    fn pie_sweep(
+        &self,
+        obj: &mut Field<Complex<T>>,
+        probe_hat: &mut [Complex<T>],
+        sel: Selection,
+        step: &PieStep,
+        illum: &mut Field<f64>,
+    ) -> Result<f64> {
+        let (m, k) = (self.m, self.modes);
+        let (mm, kmm) = (m * m, k * m * m);
+        self.with(|st| {
+            super::check_illumination(obj, illum)?;
+            sel.check(self.positions.len())?;
+            if sel.is_empty() {
+                return Ok(0.0);
+            }
+            let staged = self.stage(st, obj, Some(&*probe_hat), &sel)?;
+            let [obj_t, ph, idx, win] = staged;
+            let [h, w] = obj.shape;
+            let ns = sel.len();
+            let illum_t = st.buf("illum_t", h * w * 8)?;
+            st.dev.zero(illum_t, h * w * 8)?;
+            let loss = st.buf("loss", ns * 8)?;
+            let den = st.buf("pie_den", mm * 4)?;
+            let mx = st.buf("pie_max", 8)?;
+            let tw = st.buf("pie_t", kmm * 8)?;
+            let (sc, sc2) = (1.0 / m as f32, 1.0 / (m * m) as f32);
+            let g = st.weights.map_or(0, |b| b.ptr);
+            let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
+            let (a_o, s_o) = (step.obj_mix as f32, step.obj_step as f32);
+            let (a_p, s_p) = (step.probe_mix as f32, step.probe_step as f32);
+            for s in 0..ns {
+                self.forward(st, staged, h, s, 1)?;
+                let args = Args::default()
+                    .p(psi)
+                    .p(psi)
+                    .p(loss + 8 * s as u64)
+                    .p(st.meas.ptr)
+                    .p(g)
+                    .p(idx + 4 * s as u64)
+                    .i(m)
+                    .i(k)
+                    .i(self.noise_code())
+                    .f(self.eps)
+                    .f(sc2)
+                    .f(step.gamma as f32)
+                    .i(0)
+                    .f(1.0);
+                st.dev.launch("fourier_step", 1, args)?;
+                st.fft(psi, m, k, full, true)?;
+                let args = Args::default()
+                    .p(psi)
+                    .p(den)
+                    .p(mx)
+                    .p(p)
+                    .p(obj_t)
+                    .p(win)
+                    .i(s)
+                    .i(h)
+                    .i(m)
+                    .i(k);
+                st.dev.launch("pie_delta", 1, args)?;
+                if step.update_probe {
+                    let args = Args::default()
+                        .p(tw)
+                        .p(psi)
+                        .p(mx)
+                        .p(obj_t)
+                        .p(win)
+                        .i(s)
+                        .i(h)
+                        .i(m)
+                        .i(k)
+                        .f(a_p)
+                        .f(s_p);
+                    st.dev.launch("pie_probe_delta", blocks(kmm), args)?;
+                    st.fft(tw, m, k, full, false)?;
+                    let args = Args::default()
+                        .p(ph)
+                        .p(tw)
+                        .p(st.ramp_y.ptr)
+                        .p(st.ramp_x.ptr)
+                        .p(idx)
+                        .i(s)
+                        .i(m)
+                        .i(k)
+                        .f(sc);
+                    st.dev.launch("pie_probe_add", blocks(kmm), args)?;
+                }
+                let args = Args::default()
+                    .p(obj_t)
+                    .p(illum_t)
+                    .p(psi)
+                    .p(den)
+                    .p(mx)
+                    .p(p)
+                    .p(win)
+                    .i(s)
+                    .i(h)
+                    .i(m)
+                    .i(k)
+                    .f(a_o)
+                    .f(s_o);
+                st.dev.launch("pie_object", blocks(mm), args)?;
+            }
+            // the object back to [y][x], the probe spectrum and the illumination sums
+            let out = st.buf("obj_stage", h * w * 8)?;
+            st.dev.launch(
+                "transpose_c",
+                blocks(h * w),
+                Args::default().p(out).p(obj_t).i(w).i(h),
+            )?;
+            st.dev
+                .download(bytemuck::cast_slice_mut(&mut obj.data[..h * w]), out)?;
+            st.down(bytemuck::cast_slice_mut(probe_hat), ph)?;
+            let il = self.download_t(st, illum_t, w, h, 1)?;
+            illum.data.iter_mut().zip(&il).for_each(|(a, b)| *a += *b);
+            self.download_loss(st, loss, ns)
         })
     }
 }
