@@ -1008,51 +1008,25 @@ fn emulated_engines_match_cpu_on_pbtio3() {
 /// (gradient sums down, refreshed object values up) plus the probe sums, and the ratio.
 #[test]
 fn emulated_transfers_per_iteration_on_pbtio3_tiles() {
-    use ptytile::cli::reconstruct;
-    use ptytile::comm::threads::run_threads;
-    use ptytile::comm::Comm;
-    use ptytile::config::Config;
-    use ptytile::data::DataFile;
-    use ptytile::engine::{self, Decomposition, EngineState, Rank, Settings};
+    use ptytile::engine::{self, EngineState};
     let Ok(_) = emu::open().map_err(|e| println!("skipped: {e}")) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let toml = common::pbtio3_cut(dir.path(), "cut", 12, 64);
-    let set = [
-        "parallel.ranks=4".to_string(),
-        "parallel.tiles=[2, 2]".into(),
-        "reconstruction.probe_update_start=0".into(),
-    ];
-    let cfg = Config::load(&toml, &set).unwrap_or_else(|e| panic!("{e}"));
-    let df = DataFile::open(&cfg).unwrap();
-    let sel = reconstruct::selection(&cfg, &df, None).unwrap();
-    let plan = reconstruct::job_plan(&cfg, &df, 4, &sel).unwrap();
-    let settings = Settings::from(&cfg);
-    let per_rank = run_threads(4, |mut comm| {
-        let rp = &plan.ranks[comm.rank()];
-        let (mut p, mut s) = reconstruct::setup(&cfg, &df, rp, &mut comm)?;
-        p.compute = Box::new(ptytile::backend::gpu::Gpu::new(
-            "emu",
-            emu::open().unwrap(),
-            &p.kernel,
-            p.positions.clone(),
-            p.intensities.clone(),
-        )?);
+    let per_rank = on_emulated_ranks(&toml, [2, 2], "gd", |p, mut s, rank, settings| {
         let mut es = EngineState::default();
-        let mut rank = Rank::new(rp, &mut comm, Decomposition::Tiled);
-        engine::iterate(&p, &mut s, &mut es, 0, &settings, &mut rank)?;
+        engine::iterate(p, &mut s, &mut es, 0, settings, rank)?;
         let (m, k) = (p.kernel.fft.size(), p.kernel.modes);
         Ok((
             p.compute.bytes_moved(),
-            rp.clone(),
+            rank.plan.clone(),
             p.positions.len(),
             p.n_halo,
             m,
             k,
         ))
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    });
     for ([up, down], rp, n, n_halo, m, k) in per_rank {
         let (hw, mm) = (rp.field_pixels() as u64, (m * m) as u64);
         let k = k as u64;
@@ -1081,4 +1055,98 @@ fn emulated_transfers_per_iteration_on_pbtio3_tiles() {
         );
         assert_eq!([up, down], want, "rank {}: bytes counted", rp.rank);
     }
+}
+
+/// Emulated tiled == emulated single rank, bit for bit (issue 15, Must show 2): gd, mlcg and
+/// dm, 3 iterations with the probe refined, on a 12 × 12 crop of the PbTiO3 scan (64²
+/// patterns), once on one rank and once on 2 × 2 tiles (four thread ranks), every rank's
+/// backend the emulated GPU kernels. The object on every tile and the probe must have the
+/// same bits as the single-rank run's.
+#[test]
+fn emulated_tiled_equals_single_rank() {
+    use ptytile::engine::{self, EngineState};
+    let Ok(_) = emu::open().map_err(|e| println!("skipped: {e}")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let toml = common::pbtio3_cut(dir.path(), "cut", 12, 64);
+    let run = |engine: &str, tiles: [usize; 2]| {
+        on_emulated_ranks(&toml, tiles, engine, |p, mut s, rank, settings| {
+            let mut es = EngineState::default();
+            for it in 0..3 {
+                engine::iterate(p, &mut s, &mut es, it, settings, rank)?;
+            }
+            Ok((rank.plan.tile, s.object, s.probe))
+        })
+    };
+    for engine in ["gd", "mlcg", "dm"] {
+        let one = run(engine, [1, 1]).remove(0);
+        let (o1, p1) = (&one.1, &one.2);
+        let mut differ = 0usize;
+        for (tile, o, p) in run(engine, [2, 2]) {
+            assert_eq!(p, *p1, "{engine}: the probe differs from the single rank's");
+            for y in tile.y0..tile.y1 {
+                for x in tile.x0..tile.x1 {
+                    let at = |f: &Field<C>| {
+                        f.data[(y - f.origin[0]) as usize * f.shape[1] + (x - f.origin[1]) as usize]
+                    };
+                    differ += (at(&o).re.to_bits() != at(o1).re.to_bits()
+                        || at(&o).im.to_bits() != at(o1).im.to_bits())
+                        as usize;
+                }
+            }
+        }
+        println!("{engine}: emulated 2 x 2 tiles vs one rank: {differ} object pixels differ");
+        assert_eq!(differ, 0, "{engine}: tiled != single rank");
+    }
+}
+
+/// Run `body` on every rank of `toml` with `tiles` (that many thread ranks), engine
+/// `engine` and the probe refined from iteration 0, each rank's backend replaced by the
+/// emulated GPU kernels; the ranks' results in rank order. `body` gets the rank's problem,
+/// its starting state, the rank and the engine settings.
+fn on_emulated_ranks<R: Send>(
+    toml: &std::path::Path,
+    tiles: [usize; 2],
+    engine: &str,
+    body: impl Fn(
+            &ptytile::engine::Problem<f32>,
+            ptytile::engine::State<f32>,
+            &mut ptytile::engine::Rank,
+            &ptytile::engine::Settings,
+        ) -> ptytile::Result<R>
+        + Sync,
+) -> Vec<R> {
+    use ptytile::cli::reconstruct;
+    use ptytile::comm::threads::run_threads;
+    use ptytile::comm::Comm;
+    use ptytile::config::Config;
+    use ptytile::data::DataFile;
+    use ptytile::engine::{Decomposition, Rank, Settings};
+    let ranks = tiles[0] * tiles[1];
+    let set = [
+        format!("parallel.ranks={ranks}"),
+        format!("parallel.tiles=[{}, {}]", tiles[0], tiles[1]),
+        "reconstruction.probe_update_start=0".into(),
+        format!("reconstruction.engine=\"{engine}\""),
+    ];
+    let cfg = Config::load(toml, &set).unwrap_or_else(|e| panic!("{e}"));
+    let df = DataFile::open(&cfg).unwrap();
+    let sel = reconstruct::selection(&cfg, &df, None).unwrap();
+    let plan = reconstruct::job_plan(&cfg, &df, ranks, &sel).unwrap();
+    let settings = Settings::from(&cfg);
+    run_threads(ranks, |mut comm| {
+        let rp = &plan.ranks[comm.rank()];
+        let (mut p, s) = reconstruct::setup(&cfg, &df, rp, &mut comm)?;
+        p.compute = Box::new(ptytile::backend::gpu::Gpu::new(
+            "emu",
+            emu::open().unwrap(),
+            &p.kernel,
+            p.positions.clone(),
+            p.intensities.clone(),
+        )?);
+        let mut rank = Rank::new(rp, &mut comm, Decomposition::Tiled);
+        body(&p, s, &mut rank, &settings)
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
 }
