@@ -382,6 +382,92 @@ pub fn setup(
     Ok((problem, state))
 }
 
+/// One rank's figures for the result's attributes (docs/format.md), by name; the job's
+/// maximum and sum over ranks come from one all-reduce each ([`RankFigures::reduced`]).
+/// Seconds and traffic cover the iteration loop only; "per iteration" figures of seconds
+/// leave out the first iteration (warm-up) when there are more.
+#[derive(Debug, Clone, Copy, Default)]
+struct RankFigures {
+    /// Bytes of the rank's measured patterns.
+    measurement_bytes: f64,
+    /// Bytes of the rank's object and gradient buffers (its field).
+    field_bytes: f64,
+    /// Peak resident memory of the process (bytes).
+    peak_rss_bytes: f64,
+    /// Seconds computing, in communication work, and blocked, over the loop.
+    compute_s: f64,
+    comm_s: f64,
+    wait_s: f64,
+    /// The same per steady iteration.
+    compute_s_per_it: f64,
+    comm_s_per_it: f64,
+    wait_s_per_it: f64,
+    /// Point-to-point bytes and messages sent by the rank over the whole run.
+    bytes_sent: f64,
+    messages_sent: f64,
+    /// Per iteration of the loop: messages, bytes, all-reduce seconds and all-reduces.
+    messages_per_it: f64,
+    bytes_per_it: f64,
+    allreduce_s_per_it: f64,
+    allreduces_per_it: f64,
+    /// Halo peers (ranks the rank sends to or receives from).
+    peers: f64,
+}
+
+impl RankFigures {
+    fn to_array(self) -> [f64; 16] {
+        [
+            self.measurement_bytes,
+            self.field_bytes,
+            self.peak_rss_bytes,
+            self.compute_s,
+            self.comm_s,
+            self.wait_s,
+            self.compute_s_per_it,
+            self.comm_s_per_it,
+            self.wait_s_per_it,
+            self.bytes_sent,
+            self.messages_sent,
+            self.messages_per_it,
+            self.bytes_per_it,
+            self.allreduce_s_per_it,
+            self.allreduces_per_it,
+            self.peers,
+        ]
+    }
+
+    fn from_array(a: [f64; 16]) -> Self {
+        RankFigures {
+            measurement_bytes: a[0],
+            field_bytes: a[1],
+            peak_rss_bytes: a[2],
+            compute_s: a[3],
+            comm_s: a[4],
+            wait_s: a[5],
+            compute_s_per_it: a[6],
+            comm_s_per_it: a[7],
+            wait_s_per_it: a[8],
+            bytes_sent: a[9],
+            messages_sent: a[10],
+            messages_per_it: a[11],
+            bytes_per_it: a[12],
+            allreduce_s_per_it: a[13],
+            allreduces_per_it: a[14],
+            peers: a[15],
+        }
+    }
+
+    /// (maximum, sum) of every figure over the ranks of `c` (collective).
+    ///
+    /// Errors: a failed peer or transport.
+    fn reduced(self, c: &mut dyn Comm) -> Result<(Self, Self)> {
+        let (mut mx, mut sum) = (self.to_array(), self.to_array());
+        c.allreduce_max(&mut mx)?;
+        c.allreduce_sum(&mut sum)?;
+        Ok((Self::from_array(mx), Self::from_array(sum)))
+    }
+}
+
 /// Scan positions per object pixel²: N over the area of the positions' bounding box (at
 /// least one pixel per side), the same on every rank. The data term's object
 /// preconditioner Σ_j |P_j|² is about (mean counts) × this, which sets the axial
@@ -974,16 +1060,6 @@ fn rank_run(
         .map(|t| t.peer)
         .collect::<std::collections::BTreeSet<_>>()
         .len() as f64;
-    let per_rank = [
-        (st1.messages_sent - stats0.messages_sent) as f64 / its,
-        (st1.bytes_sent - stats0.bytes_sent) as f64 / its,
-        peers,
-        (st1.allreduce_ns - stats0.allreduce_ns) as f64 * 1e-9 / its,
-        (st1.collectives - stats0.collectives) as f64 / its,
-    ];
-    let (mut pr_max, mut pr_sum) = (per_rank, per_rank);
-    c.allreduce_max(&mut pr_max)?;
-    c.allreduce_sum(&mut pr_sum)?;
     // steady state: leave out the first iteration (warm-up) when there are more
     let skip = usize::from(split.len() > 1);
     let steady = (split.len() - skip).max(1) as f64;
@@ -991,28 +1067,25 @@ fn rank_run(
         .map(|q| split[skip..].iter().map(|v| v[q]).sum::<f64>() / steady)
         .collect();
     let total = |q: usize| split.iter().map(|v| v[q]).sum::<f64>();
-    // memory and time figures: max over ranks, mean over ranks, totals
-    let mut mx = [
-        meas_b as f64,
-        field_b as f64,
-        peak_rss_bytes().unwrap_or(0) as f64,
-        total(0),
-        total(2),
-        total(1),
-        per_it[0],
-        per_it[1],
-        per_it[2],
-    ];
-    c.allreduce_max(&mut mx)?;
-    let mut tot = [
-        meas_b as f64,
-        c.stats().bytes_sent as f64,
-        c.stats().messages_sent as f64,
-        per_it[0],
-        per_it[1],
-        per_it[2],
-    ];
-    c.allreduce_sum(&mut tot)?;
+    let (mx, tot) = RankFigures {
+        measurement_bytes: meas_b as f64,
+        field_bytes: field_b as f64,
+        peak_rss_bytes: peak_rss_bytes().unwrap_or(0) as f64,
+        compute_s: total(0),
+        comm_s: total(1),
+        wait_s: total(2),
+        compute_s_per_it: per_it[0],
+        comm_s_per_it: per_it[1],
+        wait_s_per_it: per_it[2],
+        bytes_sent: st1.bytes_sent as f64,
+        messages_sent: st1.messages_sent as f64,
+        messages_per_it: (st1.messages_sent - stats0.messages_sent) as f64 / its,
+        bytes_per_it: (st1.bytes_sent - stats0.bytes_sent) as f64 / its,
+        peers,
+        allreduce_s_per_it: (st1.allreduce_ns - stats0.allreduce_ns) as f64 * 1e-9 / its,
+        allreduces_per_it: (st1.collectives - stats0.collectives) as f64 / its,
+    }
+    .reduced(c)?;
     let nr = c.size() as f64;
     let mut steady_s = iter_s[skip..].to_vec();
     steady_s.sort_by(|a, b| a.total_cmp(b));
@@ -1064,40 +1137,55 @@ fn rank_run(
         ("slices".into(), slices as f64),
         ("tiles_y".into(), plan.tiles[0] as f64),
         ("tiles_x".into(), plan.tiles[1] as f64),
-        ("measurement_bytes_max_rank".into(), mx[0]),
-        ("measurement_bytes_total".into(), tot[0]),
-        ("object_gradient_bytes_max_rank".into(), mx[1]),
-        ("peak_rss_bytes_max_process".into(), mx[2]),
-        ("messages_per_iteration_max_rank".into(), pr_max[0]),
+        ("measurement_bytes_max_rank".into(), mx.measurement_bytes),
+        ("measurement_bytes_total".into(), tot.measurement_bytes),
+        ("object_gradient_bytes_max_rank".into(), mx.field_bytes),
+        ("peak_rss_bytes_max_process".into(), mx.peak_rss_bytes),
+        ("messages_per_iteration_max_rank".into(), mx.messages_per_it),
         (
             "messages_per_iteration_mean_rank".into(),
-            pr_sum[0] / c.size() as f64,
+            tot.messages_per_it / nr,
         ),
-        ("bytes_per_iteration_max_rank".into(), pr_max[1]),
+        ("bytes_per_iteration_max_rank".into(), mx.bytes_per_it),
         (
             "bytes_per_iteration_mean_rank".into(),
-            pr_sum[1] / c.size() as f64,
+            tot.bytes_per_it / nr,
         ),
-        ("peers_max_rank".into(), pr_max[2]),
-        ("peers_mean_rank".into(), pr_sum[2] / c.size() as f64),
-        ("allreduce_s_per_iteration_max_rank".into(), pr_max[3]),
+        ("peers_max_rank".into(), mx.peers),
+        ("peers_mean_rank".into(), tot.peers / nr),
+        (
+            "allreduce_s_per_iteration_max_rank".into(),
+            mx.allreduce_s_per_it,
+        ),
         (
             "allreduce_s_per_iteration_mean_rank".into(),
-            pr_sum[3] / c.size() as f64,
+            tot.allreduce_s_per_it / nr,
         ),
-        ("allreduces_per_iteration".into(), pr_max[4]),
-        ("compute_s_max_rank".into(), mx[3]),
-        ("wait_s_max_rank".into(), mx[4]),
-        ("comm_s_max_rank".into(), mx[5]),
+        ("allreduces_per_iteration".into(), mx.allreduces_per_it),
+        ("compute_s_max_rank".into(), mx.compute_s),
+        ("wait_s_max_rank".into(), mx.wait_s),
+        ("comm_s_max_rank".into(), mx.comm_s),
         ("steady_seconds_per_iteration".into(), median_s),
-        ("compute_s_per_iteration_max_rank".into(), mx[6]),
-        ("comm_s_per_iteration_max_rank".into(), mx[7]),
-        ("wait_s_per_iteration_max_rank".into(), mx[8]),
-        ("compute_s_per_iteration_mean_rank".into(), tot[3] / nr),
-        ("comm_s_per_iteration_mean_rank".into(), tot[4] / nr),
-        ("wait_s_per_iteration_mean_rank".into(), tot[5] / nr),
-        ("halo_bytes_sent_total".into(), tot[1]),
-        ("halo_messages_sent_total".into(), tot[2]),
+        (
+            "compute_s_per_iteration_max_rank".into(),
+            mx.compute_s_per_it,
+        ),
+        ("comm_s_per_iteration_max_rank".into(), mx.comm_s_per_it),
+        ("wait_s_per_iteration_max_rank".into(), mx.wait_s_per_it),
+        (
+            "compute_s_per_iteration_mean_rank".into(),
+            tot.compute_s_per_it / nr,
+        ),
+        (
+            "comm_s_per_iteration_mean_rank".into(),
+            tot.comm_s_per_it / nr,
+        ),
+        (
+            "wait_s_per_iteration_mean_rank".into(),
+            tot.wait_s_per_it / nr,
+        ),
+        ("halo_bytes_sent_total".into(), tot.bytes_sent),
+        ("halo_messages_sent_total".into(), tot.messages_sent),
     ];
     attrs.push(("patterns_used".into(), n_used as f64));
     attrs.push(("excluded_outlier_count".into(), sel.outliers.len() as f64));
