@@ -590,7 +590,7 @@ fn gpu_backends_fail_cleanly_without_a_gpu() {
     }
 }
 
-/// `ptytile reconstruct … --backend cuda|hip` on a machine without that GPU: one line on
+/// `ptytile reconstruct … --backend cuda|hip` with every engine on a machine without that GPU: one line on
 /// stderr, exit code 2.
 #[test]
 fn cli_backend_without_gpu_exits_2() {
@@ -606,18 +606,22 @@ fn cli_backend_without_gpu_exits_2() {
             println!("skipped for {kind}: a GPU is present");
             continue;
         }
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptytile"))
-            .args(["reconstruct", cfg, "--backend", kind, "--iterations", "1"])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-        assert!(
-            err.starts_with(&format!("error: --backend {kind}")),
-            "{err}"
-        );
-        println!("{kind}: {}", err.trim_end());
+        // every engine is accepted: the only error is the missing driver, for each
+        for engine in ["gd", "mlcg", "dm", "epie", "rpie"] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptytile"))
+                .args(["reconstruct", cfg, "--backend", kind, "--iterations", "1"])
+                .args(["--set", &format!("reconstruction.engine=\"{engine}\"")])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            assert!(
+                err.starts_with(&format!("error: --backend {kind}")),
+                "{engine}: {err}"
+            );
+            println!("{kind}, {engine}: {}", err.trim_end());
+        }
     }
 }
 
