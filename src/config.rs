@@ -589,8 +589,8 @@ pub struct ParallelConfig {
     /// overlap hides (`ptytile bench scaling`).
     #[serde(default = "yes")]
     pub overlap: bool,
-    /// cpu | cuda | hip: where the gradient kernel runs (each rank on the GPU of its
-    /// node-local rank modulo the GPU count; docs/gpu.md).
+    /// cpu | cuda | hip: where every engine's work over positions runs (each rank on the
+    /// GPU of its node-local rank modulo the GPU count; docs/gpu.md).
     #[serde(default)]
     pub backend: BackendKind,
     /// Most memory one process may use, as bytes (an integer) or a string with a unit
