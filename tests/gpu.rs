@@ -363,26 +363,29 @@ fn projection_ops_match_cpu(open: &Opener, label: &str) {
         let host =
             backend::open(BackendKind::Cpu, &c.k, c.pos.clone(), c.meas.clone(), None).unwrap();
         let n = c.pos.len();
-        let kmm = modes * m * m;
-        let mut ea = vec![C::default(); n * kmm];
-        let mut eb = ea.clone();
+        // the exit waves live in the backends; a pass without them is an error
+        let step0 = DmStep {
+            beta: 0.8,
+            gamma: 0.9,
+            error_reduction: false,
+        };
+        for be in [&gpu, &host] {
+            assert!(be.exit_waves().unwrap().is_empty());
+            assert!(be
+                .difference_map(&c.obj, &c.probe_hat, Selection::Range(0..n), false, step0)
+                .is_err());
+        }
         for (it, er) in [false, false, true].into_iter().enumerate() {
             let step = DmStep {
-                beta: 0.8,
-                gamma: 0.9,
                 error_reduction: er,
+                ..step0
             };
             for r in [0..n, 3..n - 1] {
-                let (ra, rb) = (
-                    &mut ea[r.start * kmm..r.end * kmm],
-                    &mut eb[r.start * kmm..r.end * kmm],
-                );
                 let a = gpu
                     .difference_map(
                         &c.obj,
                         &c.probe_hat,
                         Selection::Range(r.clone()),
-                        ra,
                         it == 0,
                         step,
                     )
@@ -392,23 +395,27 @@ fn projection_ops_match_cpu(open: &Opener, label: &str) {
                         &c.obj,
                         &c.probe_hat,
                         Selection::Range(r.clone()),
-                        rb,
                         it == 0,
                         step,
                     )
                     .unwrap();
                 let d = grad_diff(&a, &b);
-                let de = relc(ra, rb);
+                let de = relc(&gpu.exit_waves().unwrap(), &host.exit_waves().unwrap());
                 println!("{label} dm M={m} K={modes} {noise:?} pass {it} er={er} {r:?}: rel diff g_O {:.1e} D_O {:.1e} loss {:.1e} exit waves {de:.1e}", d[0], d[1], d[4]);
                 assert!(d.iter().all(|v| *v < 1e-4) && de < 1e-4, "{d:?} {de:.2e}");
             }
         }
+        // a checkpoint's round trip: the CPU's waves into the GPU backend and back, exactly;
+        // then both form the probe sums from the same waves
+        let waves = host.exit_waves().unwrap();
+        assert_eq!(waves.len(), n * modes * m * m);
+        gpu.set_exit_waves(waves.clone()).unwrap();
+        assert_eq!(gpu.exit_waves().unwrap(), waves);
+        assert!(gpu.set_exit_waves(waves[1..].to_vec()).is_err());
         let a = gpu
-            .probe_sums(&c.obj, Selection::Range(0..n), &eb)
+            .probe_sums(&c.obj, Selection::Range(0..n))
             .unwrap_or_else(|e| panic!("{e}"));
-        let b = host
-            .probe_sums(&c.obj, Selection::Range(0..n), &eb)
-            .unwrap();
+        let b = host.probe_sums(&c.obj, Selection::Range(0..n)).unwrap();
         let d = grad_diff(&a, &b);
         println!(
             "{label} dm probe sums: rel diff g_P {:.1e} D_P {:.1e}",

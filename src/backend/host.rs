@@ -20,6 +20,8 @@ pub struct Host<T: Real> {
     kernel: Kernel<T>,
     positions: Arc<[PositionGeom<T>]>,
     intensities: Arc<[f32]>,
+    /// dm's exit waves, [n][K][M][M] ([`Compute::difference_map`]); empty before dm runs.
+    exit: std::sync::Mutex<Vec<Complex<T>>>,
 }
 
 impl<T: Real> Host<T> {
@@ -33,6 +35,7 @@ impl<T: Real> Host<T> {
             kernel,
             positions,
             intensities,
+            exit: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -43,9 +46,16 @@ impl<T: Real> Host<T> {
         Ok((pos, meas))
     }
 
-    /// Error unless `len` exit-wave values fit `n` positions.
-    fn check_exit(&self, n: usize, len: usize) -> Result<()> {
-        super::check_exit_waves(self.kernel.modes, self.kernel.fft.size(), n, len)
+    /// Exit-wave values of `n` positions (n K M²).
+    fn exit_len(&self, n: usize) -> usize {
+        n * self.kernel.modes * self.kernel.fft.size().pow(2)
+    }
+
+    /// The exit waves, locked.
+    fn exit_lock(&self) -> Result<std::sync::MutexGuard<'_, Vec<Complex<T>>>> {
+        self.exit
+            .lock()
+            .map_err(|_| Error::new("backend", "a previous call panicked"))
     }
 
     /// The selected positions and their intensities: borrowed for a range, gathered for indices.
@@ -145,12 +155,22 @@ impl<T: Real> Compute<T> for Host<T> {
         obj: &Field<Complex<T>>,
         probe_hat: &[Complex<T>],
         sel: Selection,
-        exit: &mut [Complex<T>],
         init: bool,
         step: DmStep,
     ) -> Result<Gradients<T>> {
         let (pos, meas) = self.select_in(obj, &sel)?;
-        self.check_exit(pos.len(), exit.len())?;
+        let kmm = self.exit_len(1);
+        let mut all = self.exit_lock()?;
+        if all.is_empty() {
+            if !init {
+                return Err(Error::new(
+                    "backend",
+                    "no exit waves yet (dm starts with init)",
+                ));
+            }
+            *all = vec![Complex::default(); self.exit_len(self.positions.len())];
+        }
+        let r = super::exit_range(&sel)?;
         Ok(cpu::difference_map(
             &self.kernel,
             obj,
@@ -158,21 +178,39 @@ impl<T: Real> Compute<T> for Host<T> {
             &pos,
             &meas,
             false,
-            exit,
+            &mut all[r.start * kmm..r.end * kmm],
             init,
             step,
         ))
     }
 
-    fn probe_sums(
-        &self,
-        obj: &Field<Complex<T>>,
-        sel: Selection,
-        exit: &[Complex<T>],
-    ) -> Result<Gradients<T>> {
+    fn probe_sums(&self, obj: &Field<Complex<T>>, sel: Selection) -> Result<Gradients<T>> {
         let (pos, _) = self.select_in(obj, &sel)?;
-        self.check_exit(pos.len(), exit.len())?;
-        Ok(cpu::probe_sums(&self.kernel, obj, &pos, exit))
+        let kmm = self.exit_len(1);
+        let all = self.exit_lock()?;
+        if all.is_empty() {
+            return Err(Error::new("backend", "no exit waves yet"));
+        }
+        let r = super::exit_range(&sel)?;
+        Ok(cpu::probe_sums(
+            &self.kernel,
+            obj,
+            &pos,
+            &all[r.start * kmm..r.end * kmm],
+        ))
+    }
+
+    fn exit_waves(&self) -> Result<Vec<Complex<T>>> {
+        Ok(self.exit_lock()?.clone())
+    }
+
+    fn set_exit_waves(&self, waves: Vec<Complex<T>>) -> Result<()> {
+        let n = self.positions.len();
+        if !waves.is_empty() {
+            super::check_exit_waves(self.kernel.modes, self.kernel.fft.size(), n, waves.len())?;
+        }
+        *self.exit_lock()? = waves;
+        Ok(())
     }
 
     fn pie_sweep(

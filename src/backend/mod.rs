@@ -138,29 +138,37 @@ pub trait Compute<T: Real>: Send + Sync {
     /// `d_obj = Σ_jk |P_jk|²` on the rectangle of `obj`, and the loss at the current state;
     /// docs/algorithm.md §7).
     ///
-    /// `exit`: the selected positions' exit waves, [len(sel)][K][M][M] complex (real space,
-    /// [y][x] per mode) in selection order, updated in place; with `init` they are first
-    /// set to P_jk O_j. Errors: as [`Compute::gradients`]; `exit` of the wrong length.
+    /// The exit waves ψ_jk ([n][K][M][M], one per position of the rank and probe mode) are
+    /// the backend's and stay where the arithmetic runs (device memory on GPUs); with `init`
+    /// the selected ones are first set to P_jk O_j (a stage's first iteration).
+    /// [`Compute::exit_waves`] and [`Compute::set_exit_waves`] move them for checkpoints.
+    ///
+    /// Errors: as [`Compute::gradients`]; no exit waves yet and not `init`; an index subset
+    /// (the exit waves are addressed by contiguous ranges; dm passes ranges).
     fn difference_map(
         &self,
         obj: &Field<Complex<T>>,
         probe_hat: &[Complex<T>],
         sel: Selection,
-        exit: &mut [Complex<T>],
         init: bool,
         step: DmStep,
     ) -> Result<Gradients<T>>;
 
-    /// The probe half of the difference map's overlap step ([`cpu::probe_sums`]):
-    /// `g_probe_hat = Σ_j conj(e_j) F(O*_j ψ_jk)` ([K][kx][ky]) and `d_probe = Σ_j |O_j|²`
-    /// ([M, M]) over the selected positions, `exit` as in [`Compute::difference_map`].
+    /// The probe half of the difference map's overlap step ([`cpu::probe_sums`]) with the
+    /// backend's exit waves: `g_probe_hat = Σ_j conj(e_j) F(O*_j ψ_jk)` ([K][kx][ky]) and
+    /// `d_probe = Σ_j |O_j|²` ([M, M]) over the selected positions.
     /// Errors: as [`Compute::difference_map`].
-    fn probe_sums(
-        &self,
-        obj: &Field<Complex<T>>,
-        sel: Selection,
-        exit: &[Complex<T>],
-    ) -> Result<Gradients<T>>;
+    fn probe_sums(&self, obj: &Field<Complex<T>>, sel: Selection) -> Result<Gradients<T>>;
+
+    /// A copy of the exit waves, [n][K][M][M] complex in position order, real space [y][x]
+    /// per mode (empty before the first [`Compute::difference_map`]): for checkpoints.
+    /// Errors: a device failure.
+    fn exit_waves(&self) -> Result<Vec<Complex<T>>>;
+
+    /// Replace the exit waves by `waves` (a checkpoint's; same layout as
+    /// [`Compute::exit_waves`]; empty: none).
+    /// Errors: a length other than 0 or n K M²; a device failure.
+    fn set_exit_waves(&self, waves: Vec<Complex<T>>) -> Result<()>;
 
     /// One ePIE/rPIE sweep ([`pie::sweep`], docs/algorithm.md §9): the selected positions
     /// in the selection's order, each updating `obj` (whose rectangle holds every window)
@@ -243,6 +251,19 @@ pub fn check_exit_waves(modes: usize, m: usize, n: usize, len: usize) -> Result<
         ));
     }
     Ok(())
+}
+
+/// The positions of a contiguous selection, for the operations on dm's exit waves
+/// ([`Compute::difference_map`], [`Compute::probe_sums`]), which address them by range.
+/// Errors: an index subset.
+pub fn exit_range(sel: &Selection) -> Result<std::ops::Range<usize>> {
+    match sel {
+        Selection::Range(r) => Ok(r.clone()),
+        Selection::Indices(_) => Err(Error::new(
+            "backend",
+            "the difference map takes contiguous ranges of positions",
+        )),
+    }
 }
 
 /// Error unless the illumination sums `illum` lie on the rectangle of `obj`

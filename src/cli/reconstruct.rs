@@ -1004,7 +1004,10 @@ fn rank_run(
             let (stop, requested) = (req[0] > 0.0, req[1] > 0.0);
             if stop || requested || (every > 0 && done % every == 0) {
                 let t = Instant::now();
+                // dm's exit waves live in the backend: copy them out for the checkpoint
+                engine::dm::sync_for_checkpoint(&problem, &mut carry.engines.dm)?;
                 let mut arrays = carry.save();
+                carry.engines.dm.exit_waves = Vec::new();
                 arrays.push(NamedArray::new("loss", &[loss.len()], &loss));
                 if let Some(r) = &refiner {
                     let flat: Vec<f64> = r.centres().iter().flatten().copied().collect();

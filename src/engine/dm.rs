@@ -39,13 +39,30 @@ use crate::tiling::Rect;
 use num_complex::{Complex, Complex64};
 use std::time::Instant;
 
-/// What the difference map keeps between iterations on one rank.
+/// What the difference map keeps between iterations on one rank. The exit waves ψ_jk
+/// themselves live in the rank's backend ([`crate::backend::Compute::difference_map`]),
+/// where the arithmetic runs; this holds them only on their way to or from a checkpoint.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DmState<T> {
-    /// Exit waves ψ_jk of this rank's positions, [n][K][M][M] in plan order (the order of
-    /// `Problem::positions`), real space; empty before the first difference-map iteration,
-    /// which starts them at P_jk O_j.
+    /// Whether the backend holds this stage's exit waves (false before the stage's first
+    /// iteration, which starts them at P_jk O_j).
+    pub started: bool,
+    /// Exit waves of this rank's positions, [n][K][M][M] in plan order (the order of
+    /// `Problem::positions`), real space: a checkpoint's copy, filled from the backend just
+    /// before a checkpoint is written ([`sync_for_checkpoint`]) or by a resume, and handed
+    /// to the backend (then emptied) at the next iteration. Empty otherwise.
     pub exit_waves: Vec<Complex<T>>,
+}
+
+/// Before a checkpoint: copy the backend's exit waves into `ds.exit_waves` if this dm stage
+/// has started (the checkpoint then saves them); [`iterate`] hands them back.
+///
+/// Errors: a device failure.
+pub fn sync_for_checkpoint<T: Real>(p: &Problem<T>, ds: &mut DmState<T>) -> Result<()> {
+    if ds.started && ds.exit_waves.is_empty() {
+        ds.exit_waves = p.compute.exit_waves()?;
+    }
+    Ok(())
 }
 
 /// One difference-map (or, with `step.error_reduction`, error-reduction) iteration on one
@@ -69,31 +86,26 @@ pub fn iterate<T: Real>(
         probe_updated: update_probe,
         ..Default::default()
     };
-    let mm = p.kernel.fft.size().pow(2);
-    let kmm = p.kernel.modes * mm;
-    let init = ds.exit_waves.is_empty();
-    if init {
-        ds.exit_waves = vec![Complex::default(); p.positions.len() * kmm];
+    if !ds.exit_waves.is_empty() {
+        // a resumed checkpoint's exit waves (or the copy a checkpoint just took) go back
+        p.compute
+            .set_exit_waves(std::mem::take(&mut ds.exit_waves))?;
+        ds.started = true;
     }
+    let init = !ds.started;
     let ph = probe_spectrum(&p.kernel.fft, &s.probe);
-    let exit = &mut ds.exit_waves;
     let object = &s.object;
     let g = halo_first_sums(
         p,
         rank,
         &mut st,
         |r| {
-            p.compute.difference_map(
-                object,
-                &ph,
-                Selection::Range(r.clone()),
-                &mut exit[r.start * kmm..r.end * kmm],
-                init,
-                step,
-            )
+            p.compute
+                .difference_map(object, &ph, Selection::Range(r.clone()), init, step)
         },
         |_| {},
     )?;
+    ds.started = true;
     st.loss = g.loss;
     let dmax = global_max_in(&g.d_obj, rank, &mut st)?;
     let mut t = Instant::now();
@@ -103,7 +115,7 @@ pub fn iterate<T: Real>(
     let mut t = Instant::now();
     if update_probe {
         let sel = Selection::Range(0..p.positions.len());
-        let mut gp = p.compute.probe_sums(&s.object, sel, &ds.exit_waves)?;
+        let mut gp = p.compute.probe_sums(&s.object, sel)?;
         st.compute_s += lap(&mut t);
         allreduce_probe_sums(&mut gp, rank.comm)?;
         st.wait_s += lap(&mut t);

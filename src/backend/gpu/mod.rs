@@ -277,12 +277,29 @@ struct State<D: Device> {
     work: HashMap<&'static str, Buf>,
     /// Profiling: (phase that ends here, event id) marks of the current call, if on.
     prof: Option<Vec<(&'static str, usize)>>,
+    /// dm's exit waves of every position, [n][K][x][y] complex f32, once `has_exit`.
+    exit: Buf,
+    has_exit: bool,
     /// Bytes copied host → device and device → host by the calls so far
     /// ([`Compute::bytes_moved`]; the one-time upload of [`Gpu::new`] not counted).
     moved: [u64; 2],
 }
 
 impl<D: Device> State<D> {
+    /// The exit-wave buffer, grown to at least `bytes`.
+    fn exit_buffer(&mut self, bytes: usize) -> Result<DPtr> {
+        if self.exit.bytes < bytes || self.exit.ptr == 0 {
+            if self.exit.ptr != 0 {
+                self.dev.free(self.exit.ptr);
+            }
+            self.exit = Buf {
+                ptr: self.dev.alloc(bytes.max(1))?,
+                bytes: bytes.max(1),
+            };
+        }
+        Ok(self.exit.ptr)
+    }
+
     /// Upload `src` to `dst`, counted in `moved`.
     fn up(&mut self, dst: DPtr, src: &[u8]) -> Result<()> {
         self.moved[0] += src.len() as u64;
@@ -342,7 +359,14 @@ impl<D: Device> State<D> {
 
 impl<D: Device> Drop for State<D> {
     fn drop(&mut self) {
-        let mut all = vec![self.ramp_y, self.ramp_x, self.meas, self.p, self.psi];
+        let mut all = vec![
+            self.ramp_y,
+            self.ramp_x,
+            self.meas,
+            self.p,
+            self.psi,
+            self.exit,
+        ];
         all.extend(self.weights);
         all.extend(self.work.values().copied());
         for b in all.into_iter().filter(|b| b.ptr != 0) {
@@ -400,6 +424,8 @@ impl<T: Real, D: Device> Gpu<T, D> {
             psi: Buf::default(),
             work: HashMap::new(),
             prof: None,
+            exit: Buf::default(),
+            has_exit: false,
             moved: [0, 0],
         };
         let ry: Vec<Complex<T>> = positions
@@ -849,7 +875,6 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
         obj: &Field<Complex<T>>,
         probe_hat: &[Complex<T>],
         sel: Selection,
-        exit: &mut [Complex<T>],
         init: bool,
         step: DmStep,
     ) -> Result<Gradients<T>> {
@@ -857,11 +882,26 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
         let kmm = k * m * m;
         self.with(|st| {
             sel.check(self.positions.len())?;
-            super::check_exit_waves(k, m, sel.len(), exit.len())?;
+            let first = super::exit_range(&sel)?.start;
             let mut out = Gradients::zeros(obj.origin, obj.shape, 1, None);
             if sel.is_empty() {
                 return Ok(out);
             }
+            if !st.has_exit {
+                if !init {
+                    return Err(Error::new(
+                        self.name,
+                        "no exit waves yet (dm starts with init)",
+                    ));
+                }
+                // every selected wave is set by `init` before it is read; the others wait
+                // for their own first pass
+                let bytes = self.positions.len() * kmm * 8;
+                let exit = st.exit_buffer(bytes)?;
+                st.dev.zero(exit, bytes)?;
+                st.has_exit = true;
+            }
+            let exit = st.exit.ptr + (first * kmm * 8) as u64;
             let staged = self.stage(st, obj, Some(probe_hat), &sel)?;
             let [obj_t, _, idx, win] = staged;
             let [h, w] = obj.shape;
@@ -872,7 +912,6 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
             st.dev.zero(g_t, h * w * 16)?;
             st.dev.zero(d_t, h * w * 8)?;
             let x = st.buf("dm_x", self.batch * kmm * 8)?;
-            let ev = st.buf("dm_ev", self.batch * kmm * 8)?;
             let sc2 = 1.0 / (m * m) as f32;
             let g = st.weights.map_or(0, |b| b.ptr);
             let er = step.error_reduction;
@@ -882,12 +921,10 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
                 let n = nb * kmm;
                 let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
                 let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
-                let host = &mut exit[s * kmm..(s + nb) * kmm];
+                // this batch's exit waves, resident ([x][y] per mode, like every wave here)
+                let ev = exit + (s * kmm * 8) as u64;
                 self.forward(st, staged, h, s, nb)?;
                 if !er {
-                    if !init {
-                        self.upload_planes(st, ev, host)?;
-                    }
                     let args = Args::default()
                         .p(x)
                         .p(ev)
@@ -946,7 +983,6 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
                     .i(nb)
                     .i(0);
                 st.dev.launch("adjoint", blocks(n), args)?;
-                self.download_planes(st, ev, host)?;
             }
             self.download_object_sums(st, [g_t, d_t], obj.shape, &mut out)?;
             out.loss = self.download_loss(st, loss, ns)?;
@@ -954,21 +990,20 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
         })
     }
 
-    fn probe_sums(
-        &self,
-        obj: &Field<Complex<T>>,
-        sel: Selection,
-        exit: &[Complex<T>],
-    ) -> Result<Gradients<T>> {
+    fn probe_sums(&self, obj: &Field<Complex<T>>, sel: Selection) -> Result<Gradients<T>> {
         let (m, k) = (self.m, self.modes);
         let (mm, kmm) = (m * m, k * m * m);
         self.with(|st| {
             sel.check(self.positions.len())?;
-            super::check_exit_waves(k, m, sel.len(), exit.len())?;
+            let first = super::exit_range(&sel)?.start;
             let mut out = Gradients::zeros([0, 0], [0, 0], 1, Some((k, mm)));
             if sel.is_empty() {
                 return Ok(out);
             }
+            if !st.has_exit {
+                return Err(Error::new(self.name, "no exit waves yet"));
+            }
+            let exit = st.exit.ptr + (first * kmm * 8) as u64;
             let [obj_t, _, idx, win] = self.stage(st, obj, None, &sel)?;
             let h = obj.shape[0];
             let gp = st.buf("gp", kmm * 16)?;
@@ -980,7 +1015,8 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
                 let nb = self.batch.min(ns - s);
                 let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
                 let (psi, full) = (st.psi.ptr, self.batch * k);
-                self.upload_planes(st, psi, &exit[s * kmm..(s + nb) * kmm])?;
+                let bytes = nb * kmm * 8;
+                st.dev.copy(psi, exit + (s * kmm * 8) as u64, bytes)?;
                 let args = Args::default()
                     .p(psi)
                     .p(obj_t)
@@ -995,6 +1031,34 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
             }
             self.download_probe_sums(st, [gp, dp_t], &mut out)?;
             Ok(out)
+        })
+    }
+
+    fn exit_waves(&self) -> Result<Vec<Complex<T>>> {
+        self.with(|st| {
+            if !st.has_exit {
+                return Ok(Vec::new());
+            }
+            let mut v =
+                vec![Complex::default(); self.positions.len() * self.modes * self.m * self.m];
+            let exit = st.exit.ptr;
+            self.download_planes(st, exit, &mut v)?;
+            Ok(v)
+        })
+    }
+
+    fn set_exit_waves(&self, waves: Vec<Complex<T>>) -> Result<()> {
+        let n = self.positions.len();
+        self.with(|st| {
+            if waves.is_empty() {
+                st.has_exit = false;
+                return Ok(());
+            }
+            super::check_exit_waves(self.modes, self.m, n, waves.len())?;
+            let exit = st.exit_buffer(waves.len() * 8)?;
+            self.upload_planes(st, exit, &waves)?;
+            st.has_exit = true;
+            Ok(())
         })
     }
 
