@@ -1161,3 +1161,42 @@ fn on_emulated_ranks<R: Send>(
     })
     .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// A rank that owns no position (a tile without probe centres) runs dm like the others:
+/// every pass and the probe sums over its empty range succeed on the CPU backend and on the
+/// emulated GPU kernels, and it holds no exit waves.
+#[test]
+fn dm_on_a_rank_without_positions() {
+    use ptytile::backend::cpu::DmStep;
+    let c = case(32, 1, 1, NoiseModel::Poisson, false, 3);
+    let empty: Arc<[PositionGeom<f32>]> = Vec::new().into();
+    let mut backends: Vec<Box<dyn Compute<f32>>> = vec![backend::open(
+        BackendKind::Cpu,
+        &c.k,
+        empty.clone(),
+        Vec::new().into(),
+        None,
+    )
+    .unwrap()];
+    if let Ok(dev) = emu::open() {
+        backends.push(Box::new(
+            ptytile::backend::gpu::Gpu::new("emu", dev, &c.k, empty, Vec::new().into()).unwrap(),
+        ));
+    }
+    let step = DmStep {
+        beta: 1.0,
+        gamma: 1.0,
+        error_reduction: false,
+    };
+    for be in &backends {
+        for init in [true, false, false] {
+            let g = be
+                .difference_map(&c.obj, &c.probe_hat, Selection::Range(0..0), init, step)
+                .unwrap_or_else(|e| panic!("{}: {e}", be.name()));
+            assert!(g.d_obj.data.iter().all(|d| *d == 0.0) && g.loss == 0.0);
+        }
+        let g = be.probe_sums(&c.obj, Selection::Range(0..0)).unwrap();
+        assert!(g.d_probe.iter().all(|d| *d == 0.0));
+        assert!(be.exit_waves().unwrap().is_empty());
+    }
+}

@@ -161,14 +161,15 @@ impl<T: Real> Compute<T> for Host<T> {
         let (pos, meas) = self.select_in(obj, &sel)?;
         let kmm = self.exit_len(1);
         let mut all = self.exit_lock()?;
-        if all.is_empty() {
+        let n_all = self.exit_len(self.positions.len());
+        if all.len() != n_all {
             if !init {
                 return Err(Error::new(
                     "backend",
                     "no exit waves yet (dm starts with init)",
                 ));
             }
-            *all = vec![Complex::default(); self.exit_len(self.positions.len())];
+            *all = vec![Complex::default(); n_all];
         }
         let r = super::exit_range(&sel)?;
         Ok(cpu::difference_map(
@@ -188,7 +189,7 @@ impl<T: Real> Compute<T> for Host<T> {
         let (pos, _) = self.select_in(obj, &sel)?;
         let kmm = self.exit_len(1);
         let all = self.exit_lock()?;
-        if all.is_empty() {
+        if all.len() != self.exit_len(self.positions.len()) {
             return Err(Error::new("backend", "no exit waves yet"));
         }
         let r = super::exit_range(&sel)?;
