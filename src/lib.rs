@@ -7,7 +7,8 @@
 //! `tiling` (tiles, halos, exchange plan) → `comm` (threads, MPI) → `data` (read and
 //! validate measurements into physics types) → `backend` (where arithmetic runs) →
 //! `engine` (solvers) → `output` (HDF5, PNG) → `analysis` (comparison with a ground truth)
-//! → `simulate` → `cli`.
+//! → `simulate` → `driver` (a job's set-up, resume, iteration loop, checkpoints and
+//! metrics) → `cli`.
 //!
 //! Clippy runs in `make test` with `-D warnings`; four of its style lints are off for the
 //! crate: `neg_cmp_op_on_partial_ord` (`!(x > 0.0)` is how the input checks reject NaN with
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod comm;
 pub mod config;
 pub mod data;
+pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod output;

@@ -5,9 +5,12 @@
 //! exits with code 3, SIGUSR1 checkpoints and continues; bad resume directories are refused
 //! with one line and exit code 2.
 
-use ptytile::cli::reconstruct::{self, Outcome, RunOptions};
-use ptytile::cli::signals::{StopFlags, EXIT_CHECKPOINTED};
+mod common;
+
+use ptytile::cli::signals::EXIT_CHECKPOINTED;
 use ptytile::config::Config;
+use ptytile::driver::StopFlags;
+use ptytile::driver::{self, Outcome, RunOptions};
 use ptytile::output::checkpoint::{self, MANIFEST};
 use ptytile::output::{read_result, ReconResult};
 use ptytile::simulate::{simulate, write, SimParams};
@@ -22,18 +25,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_ptytile");
 
 fn dataset() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let p = SimParams {
-        m: 32,
-        scan: [12, 12],
-        step_px: 2.5,
-        jitter_px: 0.4,
-        semiangle_mrad: 30.0,
-        pixel_size_m: 0.25e-10,
-        dose: Some(1e5),
-        seed: 11,
-        ..Default::default()
-    };
-    let (_, cfg) = write(&dir.path().join("sim.h5"), &simulate(&p).unwrap(), &p).unwrap();
+    let (_, cfg) = common::small_scan(dir.path(), 1e5, 11);
     (dir, cfg)
 }
 
@@ -75,7 +67,7 @@ fn stop_and_resume_in_process(ranks: usize, extra: &[String], arrays: &[&str]) {
     ];
     set.extend_from_slice(extra);
     let c = config(&cfg, ranks, &set);
-    let full = reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap();
+    let full = driver::run(&c, &|_, _, _, _| {}).unwrap().unwrap();
     assert_eq!(full.loss.len(), n);
 
     let flags = StopFlags::new();
@@ -84,7 +76,7 @@ fn stop_and_resume_in_process(ranks: usize, extra: &[String], arrays: &[&str]) {
             flags.stop.store(true, Ordering::SeqCst);
         }
     };
-    let out = reconstruct::run_with(
+    let out = driver::run_with(
         &c,
         RunOptions {
             resume: None,
@@ -114,7 +106,7 @@ fn stop_and_resume_in_process(ranks: usize, extra: &[String], arrays: &[&str]) {
         assert!(names.contains(&a.to_string()), "{a} missing from {names:?}");
     }
 
-    let resumed = match reconstruct::run_with(
+    let resumed = match driver::run_with(
         &c,
         RunOptions {
             resume: Some(&ck),
@@ -140,13 +132,11 @@ fn stop_and_resume_in_process(ranks: usize, extra: &[String], arrays: &[&str]) {
     set.push(format!("checkpoint.every={n}"));
     let c_last = config(&cfg, ranks, &set);
     assert_same_bits(
-        &reconstruct::run(&c_last, &|_, _, _, _| {})
-            .unwrap()
-            .unwrap(),
+        &driver::run(&c_last, &|_, _, _, _| {}).unwrap().unwrap(),
         &full,
         "run writing checkpoints",
     );
-    let again = reconstruct::run_with(
+    let again = driver::run_with(
         &c,
         RunOptions {
             resume: Some(&ck),
@@ -182,7 +172,7 @@ fn schedule_resume_bit_exact_in_every_stage() {
         4,
         &[format!("checkpoint.dir={:?}", ck.display().to_string())],
     );
-    let full = reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap();
+    let full = driver::run(&c, &|_, _, _, _| {}).unwrap().unwrap();
     assert_eq!(full.loss.len(), 9);
     for (k, stage, arrays) in [
         (2, 0, vec!["exit_waves"]),
@@ -195,7 +185,7 @@ fn schedule_resume_bit_exact_in_every_stage() {
                 flags.stop.store(true, Ordering::SeqCst);
             }
         };
-        let out = reconstruct::run_with(
+        let out = driver::run_with(
             &c,
             RunOptions {
                 resume: None,
@@ -225,7 +215,7 @@ fn schedule_resume_bit_exact_in_every_stage() {
                 "stop at {k}: {a} missing from {names:?}"
             );
         }
-        let resumed = match reconstruct::run_with(
+        let resumed = match driver::run_with(
             &c,
             RunOptions {
                 resume: Some(&ck),

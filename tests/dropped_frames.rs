@@ -103,7 +103,7 @@ fn excluded_patterns_keep_tiled_equal_to_single_rank() {
         assert_eq!(r.excluded, want);
     }
     let c = ptytile::config::Config::load(&cfg, &["data.exclude=[400]".into()]).unwrap();
-    let err = ptytile::cli::reconstruct::run(&c, &|_, _, _, _| {}).unwrap_err();
+    let err = ptytile::driver::run(&c, &|_, _, _, _| {}).unwrap_err();
     assert_eq!(
         err.to_string(),
         "data.exclude: pattern index 400 is out of range (the file has 400 patterns, 0..399)"

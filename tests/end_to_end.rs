@@ -3,8 +3,8 @@
 //! Quality thresholds and golden loss values pin the whole pipeline.
 
 use ptytile::analysis::compare::compare_files;
-use ptytile::cli::reconstruct;
 use ptytile::config::Config;
+use ptytile::driver;
 use ptytile::output::{read_result, write_result};
 use ptytile::simulate::{simulate, write, SimParams};
 
@@ -39,7 +39,7 @@ fn run(noise: &str, iterations: usize) -> (f64, Vec<f64>) {
         ],
     )
     .unwrap();
-    let res = reconstruct::run(&cfg, &|_, _, _, _| {})
+    let res = driver::run(&cfg, &|_, _, _, _| {})
         .unwrap()
         .expect("rank 0 returns the result");
     let written = write_result(&out, &res, true).unwrap();

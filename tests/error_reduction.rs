@@ -13,8 +13,8 @@
 //!    (0.885 → 0.878: at 1000 counts per pattern the likelihood's optimum fits noise, gd
 //!    reaches 0.880); on PbTiO3 it does (0.910 → 0.981, docs/algorithms.md).
 
-use ptytile::cli::reconstruct;
 use ptytile::config::Config;
+use ptytile::driver;
 use ptytile::output::ReconResult;
 use ptytile::simulate::{simulate, write, SimParams};
 
@@ -35,7 +35,7 @@ fn run(set: &[&str]) -> ReconResult {
     let (_, cfg_path) = write(&dir.path().join("sim.h5"), &sim, &p).unwrap();
     let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
     let cfg = Config::load(&cfg_path, &set).unwrap();
-    reconstruct::run(&cfg, &|_, _, _, _| {})
+    driver::run(&cfg, &|_, _, _, _| {})
         .unwrap()
         .expect("rank 0 returns the result")
 }

@@ -7,8 +7,8 @@
 mod common;
 
 use ptytile::analysis::compare::compare_files;
-use ptytile::cli::reconstruct;
 use ptytile::config::Config;
+use ptytile::driver;
 use ptytile::output::{write_result, ReconResult};
 use ptytile::simulate::{simulate, write, SimParams};
 use std::path::Path;
@@ -46,7 +46,7 @@ fn every_batch_count_converges() {
                     "parallel.ranks=2".into(),
                 ];
                 let c = Config::load(&cfg, &set).unwrap();
-                reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap()
+                driver::run(&c, &|_, _, _, _| {}).unwrap().unwrap()
             },
         );
     }

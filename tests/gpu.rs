@@ -848,10 +848,10 @@ fn emulated_projection_ops_match_cpu() {
 #[test]
 fn emulated_engines_match_cpu_on_pbtio3() {
     use ptytile::backend::cpu::Kernel;
-    use ptytile::cli::reconstruct;
     use ptytile::comm::threads::run_threads;
     use ptytile::config::Config;
     use ptytile::data::DataFile;
+    use ptytile::driver;
     use ptytile::engine::{self, Decomposition, EngineState, Problem, Rank, Settings, State};
     use ptytile::physics::fft::Real;
     let Ok(_) = emu::open().map_err(|e| println!("skipped: {e}")) else {
@@ -906,8 +906,8 @@ fn emulated_engines_match_cpu_on_pbtio3() {
         }
         let cfg = Config::load(file, &set).unwrap_or_else(|e| panic!("{e}"));
         let df = DataFile::open(&cfg).unwrap();
-        let sel = reconstruct::selection(&cfg, &df, None).unwrap();
-        let plan = reconstruct::job_plan(&cfg, &df, 1, &sel).unwrap();
+        let sel = driver::selection(&cfg, &df, None).unwrap();
+        let plan = driver::job_plan(&cfg, &df, 1, &sel).unwrap();
         let rp = &plan.ranks[0];
         let settings = Settings::from(&cfg);
         // 10 iterations of `p` from `s` on one thread rank; (object, probe) in f64
@@ -939,7 +939,7 @@ fn emulated_engines_match_cpu_on_pbtio3() {
             .unwrap_or_else(|e| panic!("{e}"))
             .remove(0)
         }
-        let (p32, s32) = run_threads(1, |mut comm| reconstruct::setup(&cfg, &df, rp, &mut comm))
+        let (p32, s32) = run_threads(1, |mut comm| driver::setup(&cfg, &df, rp, &mut comm))
             .unwrap_or_else(|e| panic!("{e}"))
             .remove(0);
         let (o_cpu, p_cpu, l_cpu) = iterate(&p32, s32.clone(), rp, &settings);
@@ -1128,11 +1128,11 @@ fn on_emulated_ranks<R: Send>(
         ) -> ptytile::Result<R>
         + Sync,
 ) -> Vec<R> {
-    use ptytile::cli::reconstruct;
     use ptytile::comm::threads::run_threads;
     use ptytile::comm::Comm;
     use ptytile::config::Config;
     use ptytile::data::DataFile;
+    use ptytile::driver;
     use ptytile::engine::{Decomposition, Rank, Settings};
     let ranks = tiles[0] * tiles[1];
     let set = [
@@ -1143,12 +1143,12 @@ fn on_emulated_ranks<R: Send>(
     ];
     let cfg = Config::load(toml, &set).unwrap_or_else(|e| panic!("{e}"));
     let df = DataFile::open(&cfg).unwrap();
-    let sel = reconstruct::selection(&cfg, &df, None).unwrap();
-    let plan = reconstruct::job_plan(&cfg, &df, ranks, &sel).unwrap();
+    let sel = driver::selection(&cfg, &df, None).unwrap();
+    let plan = driver::job_plan(&cfg, &df, ranks, &sel).unwrap();
     let settings = Settings::from(&cfg);
     run_threads(ranks, |mut comm| {
         let rp = &plan.ranks[comm.rank()];
-        let (mut p, s) = reconstruct::setup(&cfg, &df, rp, &mut comm)?;
+        let (mut p, s) = driver::setup(&cfg, &df, rp, &mut comm)?;
         p.compute = Box::new(ptytile::backend::gpu::Gpu::new(
             "emu",
             emu::open().unwrap(),

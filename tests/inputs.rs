@@ -9,10 +9,10 @@
 use num_complex::Complex32;
 use ptytile::analysis::compare::{compare_objects, scan_area};
 use ptytile::backend::cpu::{gradients, probe_spectrum, Kernel};
-use ptytile::cli::reconstruct;
 use ptytile::config::{Config, NoiseModel};
 use ptytile::data::cxi::EV_J;
 use ptytile::data::DataFile;
+use ptytile::driver;
 use ptytile::output::ReconResult;
 use ptytile::physics::fft::Fft2;
 use ptytile::physics::model::{Field, PositionGeom};
@@ -108,7 +108,7 @@ fn load(dir: &Path, toml: &str, iterations: usize) -> Config {
 }
 
 fn run(cfg: &Config) -> ReconResult {
-    reconstruct::run(cfg, &|_, _, _, _| {})
+    driver::run(cfg, &|_, _, _, _| {})
         .unwrap()
         .expect("rank 0 returns the result")
 }
@@ -504,7 +504,7 @@ fn initial_from_another_scan_is_refused() {
         ],
     )
     .unwrap();
-    let e = reconstruct::run(&cfg, &|_, _, _, _| {}).unwrap_err();
+    let e = driver::run(&cfg, &|_, _, _, _| {}).unwrap_err();
     assert!(
         e.to_string().contains("short.h5") && e.msg.contains("5 scan positions"),
         "{e}"

@@ -6,8 +6,8 @@
 //! gets 600 iterations with the plain modulus projection (`dm.gamma = 1`, right for
 //! noise-free data); ML-CG 250 (at 150 the weakest mode is 6 % off).
 
-use ptytile::cli::reconstruct;
 use ptytile::config::Config;
+use ptytile::driver;
 use ptytile::physics::probe::mode_powers;
 use ptytile::simulate::{simulate, write, SimParams};
 
@@ -38,7 +38,7 @@ fn recovered_fractions(extra: &[&str]) -> Vec<f64> {
     let set: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     let c = Config::load(&cfg, &set).unwrap();
     assert_eq!(c.reconstruction.probe_modes, 3);
-    let r = reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap();
+    let r = driver::run(&c, &|_, _, _, _| {}).unwrap().unwrap();
     let pw = mode_powers(&r.probe, 3);
     let total: f64 = pw.iter().sum();
     let f: Vec<f64> = pw.iter().map(|v| v / total).collect();

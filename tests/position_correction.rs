@@ -10,8 +10,8 @@
 
 mod common;
 
-use ptytile::cli::reconstruct::{self, Outcome, RunOptions};
 use ptytile::config::Config;
+use ptytile::driver::{self, Outcome, RunOptions};
 use ptytile::output::ReconResult;
 use std::path::{Path, PathBuf};
 
@@ -215,7 +215,7 @@ fn stopped_and_resumed_run_keeps_the_refined_positions() {
         "parallel.ranks=4".to_string(),
         "output.png=false".to_string(),
     ]);
-    let full = reconstruct::run(&Config::load(&cfg, &set).unwrap(), &|_, _, _, _| {})
+    let full = driver::run(&Config::load(&cfg, &set).unwrap(), &|_, _, _, _| {})
         .unwrap()
         .unwrap();
     // the first 5 iterations (3 of them moved the positions), checkpointed at the end
@@ -225,8 +225,8 @@ fn stopped_and_resumed_run_keeps_the_refined_positions() {
         format!("checkpoint.dir={:?}", ck.display().to_string()),
         "checkpoint.every=5".to_string(),
     ]);
-    reconstruct::run(&Config::load(&cfg, &first).unwrap(), &|_, _, _, _| {}).unwrap();
-    let resumed = match reconstruct::run_with(
+    driver::run(&Config::load(&cfg, &first).unwrap(), &|_, _, _, _| {}).unwrap();
+    let resumed = match driver::run_with(
         &Config::load(&cfg, &set).unwrap(),
         RunOptions {
             resume: Some(&ck),
@@ -259,7 +259,7 @@ fn stopped_and_resumed_run_keeps_the_refined_positions() {
     // other correction settings are another job: refused, naming the key
     let mut other = set.clone();
     other.push("position_correction.max_step_px=0.25".to_string());
-    let e = reconstruct::run_with(
+    let e = driver::run_with(
         &Config::load(&cfg, &other).unwrap(),
         RunOptions {
             resume: Some(&ck),

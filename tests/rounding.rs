@@ -11,8 +11,8 @@
 mod common;
 
 use num_complex::Complex32;
-use ptytile::cli::reconstruct;
 use ptytile::config::Config;
+use ptytile::driver;
 use ptytile::output::{write_result, ReconResult};
 use std::path::Path;
 
@@ -159,7 +159,7 @@ fn shipped_config_quality_with_the_floor() {
         format!("output.path={:?}", out.display().to_string()),
         "output.png=false".to_string(),
     ];
-    let r = reconstruct::run(&Config::load(&shipped, &set).unwrap(), &|_, _, _, _| {})
+    let r = driver::run(&Config::load(&shipped, &set).unwrap(), &|_, _, _, _| {})
         .unwrap()
         .unwrap();
     assert_eq!(r.loss.len(), 20);

@@ -6,9 +6,9 @@
 
 use num_complex::{Complex32, Complex64};
 use ptytile::backend::cpu::Kernel;
-use ptytile::cli::reconstruct;
 use ptytile::comm::{run_threads, Comm};
 use ptytile::config::{BackendKind, Config, NoiseModel};
+use ptytile::driver;
 use ptytile::engine::gd::{self, Decomposition, Problem, Rank, State};
 use ptytile::output::ReconResult;
 use ptytile::physics::fft::Fft2;
@@ -57,7 +57,7 @@ fn recon_with(
     ];
     set.extend_from_slice(extra);
     let c = Config::load(cfg, &set).unwrap();
-    reconstruct::run(&c, &|_, _, _, _| {}).unwrap().unwrap()
+    driver::run(&c, &|_, _, _, _| {}).unwrap().unwrap()
 }
 
 fn rel(a: &[Complex32], b: &[Complex32]) -> f64 {

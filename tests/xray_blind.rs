@@ -11,8 +11,9 @@
 mod common;
 
 use ptytile::analysis::compare::compare_files;
-use ptytile::cli::{calibrate, reconstruct};
+use ptytile::cli::calibrate;
 use ptytile::config::{Beam, Config};
+use ptytile::driver;
 use ptytile::output::write_result;
 use ptytile::simulate::{simulate, write, SimParams};
 use std::path::{Path, PathBuf};
@@ -51,7 +52,7 @@ fn dataset(dir: &Path) -> (PathBuf, PathBuf) {
 fn run(cfg: &mut Config, out: &Path, data: &Path) -> (f64, f64, Vec<String>) {
     let t = Instant::now();
     let lines = calibrate::resolve_auto(cfg).unwrap();
-    let res = reconstruct::run(cfg, &|_, _, _, _| {})
+    let res = driver::run(cfg, &|_, _, _, _| {})
         .unwrap()
         .expect("rank 0 returns the result");
     let secs = t.elapsed().as_secs_f64();

@@ -26,7 +26,7 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
     let df = DataFile::open(cfg)?;
     let plan = crate::tiling::plan(&df.centres, df.m, df.object_shape, [1, 1])?;
     let rp = &plan.ranks[0];
-    let (problem, mut state) = super::reconstruct::setup(cfg, &df, rp, c)?;
+    let (problem, mut state) = crate::driver::setup(cfg, &df, rp, c)?;
     let opts = Options::from(&cfg.reconstruction);
     let n = problem.positions.len();
     let k = &problem.kernel;

@@ -96,7 +96,7 @@ pub fn measure_defocus(cfg: &Config) -> Result<DefocusSearch> {
     let mut score = |d: f64, n: usize| -> Result<f64> {
         c.experiment.defocus_m = Some(d);
         c.reconstruction.iterations = Some(n);
-        let r = crate::cli::reconstruct::run(&c, &|_, _, _, _| {})?;
+        let r = crate::driver::run(&c, &|_, _, _, _| {})?;
         r.and_then(|r| r.loss.last().copied())
             .ok_or_else(|| Error::new(key, "a scoring run returned no loss"))
     };

@@ -22,11 +22,11 @@ pub mod bench;
 pub mod bench_gpu;
 pub mod calibrate;
 pub mod jobs;
-pub mod reconstruct;
 pub mod scaling;
 pub mod signals;
 
 use crate::config::Config;
+use crate::driver;
 use crate::error::{Error, Result, EXIT_USAGE};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -433,13 +433,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 ));
                 tracing::info!("iteration {it}: loss {loss:.6e}, {secs:.3} s");
             };
-            let opts = reconstruct::RunOptions {
+            let opts = driver::RunOptions {
                 resume: resume.as_deref(),
                 signals: Some(signals),
             };
-            let res = match reconstruct::run_with(&cfg, opts, &progress)? {
-                reconstruct::Outcome::Finished(r) => r,
-                reconstruct::Outcome::Stopped { iteration, dir } => {
+            let res = match driver::run_with(&cfg, opts, &progress)? {
+                driver::Outcome::Finished(r) => r,
+                driver::Outcome::Stopped { iteration, dir } => {
                     bar.abandon();
                     if crate::comm::launcher_env().is_none_or(|l| l.rank == 0) {
                         eprintln!(

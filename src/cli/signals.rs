@@ -10,7 +10,7 @@
 //! (143 for SIGTERM, 130 for SIGINT); see [`install`].
 
 use crate::error::{Context, Result};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
 /// Exit code of a run stopped by SIGTERM after writing a complete checkpoint (resume it
@@ -20,38 +20,7 @@ pub const EXIT_CHECKPOINTED: i32 = 3;
 /// Exit code of a second SIGTERM, which ends the process without a checkpoint.
 pub const EXIT_SECOND_SIGTERM: i32 = 128 + 15;
 
-/// Requests from signals (or from a caller that sets them directly).
-#[derive(Debug, Default)]
-pub struct StopFlags {
-    /// SIGTERM: checkpoint at the next iteration boundary, then stop.
-    pub stop: AtomicBool,
-    /// SIGUSR1: checkpoint at the next iteration boundary, then continue (cleared once taken).
-    pub checkpoint: AtomicBool,
-    /// Set by the driver while the iteration loop runs, and kept once the ranks agreed to
-    /// stop (a launcher forwards one SIGTERM to every rank, and a rank's copy may arrive
-    /// after the others' copies already stopped it): only then does a first SIGTERM or
-    /// SIGINT wait for the next iteration boundary instead of ending the process.
-    pub in_loop: AtomicBool,
-}
-
-impl StopFlags {
-    /// Both flags clear.
-    pub const fn new() -> StopFlags {
-        StopFlags {
-            stop: AtomicBool::new(false),
-            checkpoint: AtomicBool::new(false),
-            in_loop: AtomicBool::new(false),
-        }
-    }
-
-    /// This rank's view, as numbers for an all-reduce (max): [stop, checkpoint]. Takes the
-    /// checkpoint request (clears it), so one SIGUSR1 gives one checkpoint.
-    pub fn take(&self) -> [f64; 2] {
-        let stop = self.stop.load(Ordering::SeqCst);
-        let ck = self.checkpoint.swap(false, Ordering::SeqCst);
-        [stop as u8 as f64, ck as u8 as f64]
-    }
-}
+pub use crate::driver::StopFlags;
 
 static FLAGS: StopFlags = StopFlags::new();
 static INSTALLED: OnceLock<std::result::Result<(), String>> = OnceLock::new();

@@ -2,8 +2,8 @@
 #![allow(dead_code)] // each test binary uses its own subset of the helpers
 
 use ptytile::analysis::compare::compare_files;
-use ptytile::cli::reconstruct;
 use ptytile::config::Config;
+use ptytile::driver;
 use ptytile::output::write_result;
 use ptytile::simulate::{simulate, write, SimParams};
 
@@ -12,19 +12,7 @@ use ptytile::simulate::{simulate, write, SimParams};
 /// (12 × 12 positions, 32-px patterns, 1000 counts per pattern).
 pub fn low_dose_phase_correlation(engine: &str, extra: &[String]) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
-    let p = SimParams {
-        m: 32,
-        scan: [12, 12],
-        step_px: 2.5,
-        jitter_px: 0.4,
-        semiangle_mrad: 30.0,
-        pixel_size_m: 0.25e-10,
-        dose: Some(1e3),
-        seed: 42,
-        ..Default::default()
-    };
-    let sim = simulate(&p).unwrap();
-    let (data, cfg_path) = write(&dir.path().join("sim.h5"), &sim, &p).unwrap();
+    let (data, cfg_path) = small_scan(dir.path(), 1e3, 42);
     let out = dir.path().join("recon.h5");
     let mut set = vec![
         format!("reconstruction.engine=\"{engine}\""),
@@ -32,7 +20,7 @@ pub fn low_dose_phase_correlation(engine: &str, extra: &[String]) -> (f64, f64) 
     ];
     set.extend_from_slice(extra);
     let cfg = Config::load(&cfg_path, &set).unwrap();
-    let res = reconstruct::run(&cfg, &|_, _, _, _| {})
+    let res = driver::run(&cfg, &|_, _, _, _| {})
         .unwrap()
         .expect("rank 0 returns the result");
     write_result(&out, &res, false).unwrap();
@@ -42,6 +30,28 @@ pub fn low_dose_phase_correlation(engine: &str, extra: &[String]) -> (f64, f64) 
         rep.phase_correlation, res.loss[0], res.loss[19]
     );
     (rep.phase_correlation, res.loss[19])
+}
+
+/// The small seeded simulation most tests use: 12 × 12 jittered positions (0.4 px) at
+/// 2.5 px steps, 32-px patterns, 30 mrad, 0.25 Å pixels, `dose` counts per pattern, written
+/// to `dir/sim.h5`; returns (data file, its config).
+pub fn small_scan(
+    dir: &std::path::Path,
+    dose: f64,
+    seed: u64,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let p = SimParams {
+        m: 32,
+        scan: [12, 12],
+        step_px: 2.5,
+        jitter_px: 0.4,
+        semiangle_mrad: 30.0,
+        pixel_size_m: 0.25e-10,
+        dose: Some(dose),
+        seed,
+        ..Default::default()
+    };
+    write(&dir.join("sim.h5"), &simulate(&p).unwrap(), &p).unwrap()
 }
 
 /// The shipped PbTiO3 file (`../shared/datasets/pbtio3_thin.h5`). The real-data tests need
@@ -207,7 +217,7 @@ pub fn recon_tiles(
         "output.png=false".into(),
     ]);
     let c = Config::load(cfg, &set).unwrap();
-    reconstruct::run(&c, &|_, _, _, _| {})
+    driver::run(&c, &|_, _, _, _| {})
         .unwrap()
         .expect("rank 0 returns the result")
 }
