@@ -21,7 +21,8 @@
 //! written config starts without a probe guess (add `data.probe = "/probe/probe_real"` to
 //! start from the true probe).
 
-use crate::backend::cpu::{model_intensities, probe_spectrum, Kernel};
+use crate::backend::cpu::model_intensities;
+use crate::backend::kernel::{probe_spectrum, Kernel};
 use crate::config::{Beam, NoiseModel};
 use crate::error::{Context, Error, Result};
 use crate::physics::fft::Fft2;

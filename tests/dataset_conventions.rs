@@ -3,7 +3,8 @@
 //! shifted by +positions, C10 = −defocus. Skips, saying why, when the file is absent.
 
 use num_complex::Complex32;
-use ptytile::backend::cpu::{model_intensities, probe_spectrum, Kernel};
+use ptytile::backend::cpu::model_intensities;
+use ptytile::backend::kernel::{probe_spectrum, Kernel};
 use ptytile::config::{Config, NoiseModel, ZeroFrequency};
 use ptytile::data::DataFile;
 use ptytile::physics::fft::Fft2;

@@ -5,7 +5,8 @@
 //! device this machine lacks print "skipped: <reason>" and pass.
 
 use num_complex::Complex32 as C;
-use ptytile::backend::cpu::{self, model_intensities, probe_spectrum, Gradients, Kernel};
+use ptytile::backend::cpu::{self, model_intensities};
+use ptytile::backend::kernel::{probe_spectrum, Gradients, Kernel};
 use ptytile::backend::{self, BackendKind, Compute, Selection};
 use ptytile::config::NoiseModel;
 use ptytile::physics::fft::Fft2;
@@ -348,7 +349,7 @@ fn matches_cpu(open: &Opener, label: &str) {
 /// sweeps in a shuffled order with the probe refined; sums, exit waves, object, probe
 /// spectrum, illumination and loss within 1e-4 relative (f32 FFTs in a different order).
 fn projection_ops_match_cpu(open: &Opener, label: &str) {
-    use ptytile::backend::cpu::DmStep;
+    use ptytile::backend::kernel::DmStep;
     use ptytile::backend::pie::PieStep;
     let f = |v: &[C]| -> Vec<(f64, f64)> { v.iter().map(|z| (z.re as f64, z.im as f64)).collect() };
     let relc = |a: &[C], b: &[C]| rel(f(a).into_iter(), f(b).into_iter());
@@ -847,7 +848,7 @@ fn emulated_projection_ops_match_cpu() {
 /// docs/gpu.md.)
 #[test]
 fn emulated_engines_match_cpu_on_pbtio3() {
-    use ptytile::backend::cpu::Kernel;
+    use ptytile::backend::kernel::Kernel;
     use ptytile::comm::threads::run_threads;
     use ptytile::config::Config;
     use ptytile::data::DataFile;
@@ -1167,7 +1168,7 @@ fn on_emulated_ranks<R: Send>(
 /// emulated GPU kernels, and it holds no exit waves.
 #[test]
 fn dm_on_a_rank_without_positions() {
-    use ptytile::backend::cpu::DmStep;
+    use ptytile::backend::kernel::DmStep;
     let c = case(32, 1, 1, NoiseModel::Poisson, false, 3);
     let empty: Arc<[PositionGeom<f32>]> = Vec::new().into();
     let mut backends: Vec<Box<dyn Compute<f32>>> = vec![backend::open(

@@ -2,9 +2,8 @@
 //! and two probe modes, and adjoint identities of the shift operator. docs/algorithm.md §3–4.
 
 use num_complex::Complex64 as C;
-use ptytile::backend::cpu::{
-    gradients, gradients_and_positions, model_intensities, probe_spectrum, Gradients, Kernel,
-};
+use ptytile::backend::cpu::{gradients, gradients_and_positions, model_intensities};
+use ptytile::backend::kernel::{probe_spectrum, Gradients, Kernel};
 use ptytile::config::NoiseModel;
 use ptytile::physics::fft::Fft2;
 use ptytile::physics::model::{shift_ramps, Field, PositionGeom};

@@ -8,7 +8,8 @@
 
 use num_complex::Complex32;
 use ptytile::analysis::compare::{compare_objects, scan_area};
-use ptytile::backend::cpu::{gradients, probe_spectrum, Kernel};
+use ptytile::backend::cpu::gradients;
+use ptytile::backend::kernel::{probe_spectrum, Kernel};
 use ptytile::config::{Config, NoiseModel};
 use ptytile::data::cxi::EV_J;
 use ptytile::data::DataFile;

@@ -5,7 +5,7 @@
 //! Tiles smaller than the probe window included.
 
 use num_complex::{Complex32, Complex64};
-use ptytile::backend::cpu::Kernel;
+use ptytile::backend::kernel::Kernel;
 use ptytile::comm::{run_threads, Comm};
 use ptytile::config::{BackendKind, Config, NoiseModel};
 use ptytile::driver;

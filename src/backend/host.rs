@@ -2,7 +2,8 @@
 //! [`cpu::probe_sums`] and [`pie::sweep`] over the selected positions, borrowing contiguous
 //! ranges without copies and gathering index subsets.
 
-use super::cpu::{self, DmStep, Gradients, Kernel};
+use super::cpu::{self};
+use super::kernel::{DmStep, Gradients, Kernel};
 use super::pie::{self, PieStep};
 use super::{Compute, Selection};
 use crate::error::{Error, Result};

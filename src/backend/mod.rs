@@ -8,6 +8,7 @@
 pub mod cpu;
 pub mod gpu;
 pub mod host;
+pub mod kernel;
 pub mod pie;
 pub mod projection;
 
@@ -15,7 +16,7 @@ pub use crate::config::BackendKind;
 use crate::error::{Error, Result};
 use crate::physics::fft::Real;
 use crate::physics::model::{Field, PositionGeom};
-use cpu::{DmStep, Gradients, Kernel};
+use kernel::{DmStep, Gradients, Kernel};
 use num_complex::Complex;
 use pie::PieStep;
 use std::sync::Arc;
@@ -81,7 +82,7 @@ pub trait Compute<T: Real>: Send + Sync {
     /// preconditioner on the rectangle of `obj`, probe gradient [K][kx][ky] and probe
     /// preconditioner [M, M] when `want_probe`, and the loss.
     ///
-    /// `obj` must contain every selected window; `probe_hat` is [`cpu::probe_spectrum`] of the
+    /// `obj` must contain every selected window; `probe_hat` is [`kernel::probe_spectrum`] of the
     /// probe, [K][kx][ky]. Errors: an index out of range, a window outside `obj`, a device or
     /// driver failure (one line naming the backend).
     fn gradients(

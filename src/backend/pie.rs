@@ -3,7 +3,8 @@
 //! next is modelled (docs/algorithm.md §9). Same forward model and noise models as
 //! [`super::cpu`].
 
-use super::cpu::{forward, pattern_residuals, window_offset, Kernel, Work};
+use super::cpu::{forward, pattern_residuals, window_offset, Work};
+use super::kernel::Kernel;
 use super::projection::fourier_weights;
 use crate::physics::fft::Real;
 use crate::physics::model::{Field, PositionGeom};

@@ -11,7 +11,7 @@ use crate::physics::model::relaxed_modulus;
 /// ∈ (0, 1] (1: the modulus projection, `wt = s √((Î + ε) / (isc · im + ε))`) and the
 /// intensity floor `eps` = ε (counts), and
 /// `s` (the model far field kept) on pixels the detector mask excludes (`mask` 0, see
-/// `backend::cpu::Kernel::weights`; `None`: every pixel measured).
+/// `backend::kernel::Kernel::weights`; `None`: every pixel measured).
 ///
 /// `meas`: measured counts Î; `im`: model intensities Σ_k|Ψ_k|² in units where
 /// isc · im is the unitary intensity (raw FFT intensities with isc = 1/M², unitary ones

@@ -8,7 +8,8 @@
 //! Derived: probe gradient = (3) − (2); element-wise work (sub-pixel ramps, exit waves,
 //! residuals, scatter-add) = (2) − (the no-probe-gradient share of (4)); update = (1) − (3).
 
-use crate::backend::cpu::{gradients, probe_spectrum};
+use crate::backend::cpu::gradients;
+use crate::backend::kernel::probe_spectrum;
 use crate::config::Config;
 use crate::data::DataFile;
 use crate::engine::gd::{self, Options};

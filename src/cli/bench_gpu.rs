@@ -9,7 +9,7 @@
 //! device-to-device copy of the iteration's compulsory bytes, by events. Reported: achieved
 //! bytes/s of the iteration against the copy's.
 
-use crate::backend::cpu::{probe_spectrum, Kernel};
+use crate::backend::kernel::{probe_spectrum, Kernel};
 use crate::backend::{gpu, BackendKind, Selection};
 use crate::config::NoiseModel;
 use crate::error::{Error, Result};

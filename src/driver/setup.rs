@@ -2,7 +2,7 @@
 //! memory check, and each rank's problem (kernel, positions, patterns) with the initial
 //! object and probe.
 
-use crate::backend::cpu::Kernel;
+use crate::backend::kernel::Kernel;
 use crate::comm::Comm;
 use crate::config::{Config, ParallelMode};
 use crate::data::select::{self, Selection};

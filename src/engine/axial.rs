@@ -9,7 +9,7 @@
 //! couples only the slices of one pixel, so a rank evaluates it on its own tile with no
 //! halo and no message: the tiled sums equal the single-rank ones exactly.
 
-use crate::backend::cpu::Gradients;
+use crate::backend::kernel::Gradients;
 use crate::physics::fft::Real;
 use crate::physics::model::Field;
 use crate::tiling::Rect;

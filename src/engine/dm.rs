@@ -31,7 +31,7 @@ use super::exchange::{
 };
 use super::gd::{Options, PRECONDITIONER_DELTA};
 use super::{IterStats, Problem, Rank, State};
-use crate::backend::cpu::{probe_spectrum, DmStep, Gradients};
+use crate::backend::kernel::{probe_spectrum, DmStep, Gradients};
 use crate::backend::Selection;
 use crate::error::Result;
 use crate::physics::fft::Real;

@@ -5,7 +5,8 @@
 //! complete sum on a pixel does not depend on how positions are grouped into tiles.
 
 use super::{Decomposition, IterStats, Problem, Rank};
-use crate::backend::cpu::{add_field, Gradients};
+use crate::backend::cpu::add_field;
+use crate::backend::kernel::Gradients;
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::physics::fft::{Fft2, Real};

@@ -32,7 +32,7 @@ use super::exchange::{
     finish_sends, global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices,
 };
 pub use super::{Decomposition, IterStats, Problem, Rank, State};
-use crate::backend::cpu::{probe_spectrum, Gradients};
+use crate::backend::kernel::{probe_spectrum, Gradients};
 use crate::backend::Selection;
 use crate::config::{NoiseModel, ReconstructionConfig};
 use crate::error::Result;

@@ -25,7 +25,7 @@ use super::exchange::{
 };
 use super::gd::{sum_gradients, Options, PRECONDITIONER_DELTA};
 use super::{Decomposition, IterStats, Problem, Rank, State};
-use crate::backend::cpu::probe_spectrum;
+use crate::backend::kernel::probe_spectrum;
 use crate::backend::Selection;
 use crate::config::{CgDirection, MlcgConfig};
 use crate::error::Result;

@@ -23,7 +23,7 @@ pub mod pie;
 pub mod positions;
 pub mod snapshot;
 
-use crate::backend::cpu::{DmStep, Kernel};
+use crate::backend::kernel::{DmStep, Kernel};
 use crate::backend::{self, BackendKind, Compute};
 use crate::comm::Comm;
 use crate::config::{Config, DmConfig, Engine, MlcgConfig, Stage};
@@ -284,7 +284,7 @@ pub struct IterStats {
     /// This rank's positions' loss gradients with respect to their centres, from the
     /// iteration's gradient pass(es), when `[position_correction]` is active at this
     /// iteration (gd, mlcg); empty otherwise. [`positions::Refiner`] turns them into moves.
-    pub positions: Vec<crate::backend::cpu::PositionGradient>,
+    pub positions: Vec<crate::backend::kernel::PositionGradient>,
     /// Whether the probe was updated.
     pub probe_updated: bool,
     /// Seconds computing: kernels over positions and the updates.

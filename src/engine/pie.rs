@@ -21,7 +21,7 @@ use super::exchange::{
 };
 use super::gd::Options;
 use super::{IterStats, Problem, Rank, State};
-use crate::backend::cpu::{probe_spectrum, Gradients};
+use crate::backend::kernel::{probe_spectrum, Gradients};
 use crate::backend::pie::PieStep;
 use crate::backend::Selection;
 use crate::error::Result;

@@ -1,6 +1,6 @@
 //! Scan-position refinement (`[position_correction]`, docs/algorithm.md §14–§15): each
 //! position's centre c_j moves by a Gauss–Newton step on the loss, computed from its own
-//! window in the engine's gradient pass ([`crate::backend::cpu::PositionGradient`]); the
+//! window in the engine's gradient pass ([`crate::backend::kernel::PositionGradient`]); the
 //! displacements d_j = c_j − c⁰_j from the file's centres are then constrained globally:
 //! ```text
 //! Δ_j,a = −(∂L/∂c_j,a) / (2 κ (h_j,a + δ h̄_a))                              a ∈ {y, x}
@@ -17,7 +17,7 @@
 //! grown by ⌈max_shift_px⌉ (`tiling::plan_with_margin`), so the moved window stays inside it
 //! and a tiled run equals the single-rank run (up to the rounding of those sums).
 
-use crate::backend::cpu::PositionGradient;
+use crate::backend::kernel::PositionGradient;
 use crate::comm::Comm;
 use crate::config::{NoiseModel, PositionCorrectionConfig};
 use crate::error::{Error, Result};

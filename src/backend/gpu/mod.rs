@@ -17,7 +17,7 @@ pub mod cuda;
 #[cfg(feature = "hip")]
 pub mod hip;
 
-use super::cpu::{DmStep, Gradients, Kernel};
+use super::kernel::{DmStep, Gradients, Kernel};
 use super::pie::PieStep;
 use super::{option_name, BackendKind, Compute, Selection};
 use crate::config::NoiseModel;
