@@ -1,0 +1,331 @@
+//! The difference map's exit-wave step and probe sums and the sequential ePIE/rPIE sweep on
+//! a GPU (the projection engines' [`crate::backend::Compute`] operations; docs/gpu.md).
+
+use super::device::{Args, Device};
+use super::{blocks, Gpu};
+use crate::backend::kernel::{DmStep, Gradients};
+use crate::backend::pie::PieStep;
+use crate::backend::Selection;
+use crate::error::{Error, Result};
+use crate::physics::fft::Real;
+use crate::physics::model::Field;
+use num_complex::Complex;
+
+impl<T: Real, D: Device> Gpu<T, D> {
+    pub(super) fn dm_pass(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        init: bool,
+        step: DmStep,
+    ) -> Result<Gradients<T>> {
+        let (m, k) = (self.m, self.modes);
+        let kmm = k * m * m;
+        self.with(|st| {
+            sel.check(self.positions.len())?;
+            let first = crate::backend::exit_range(&sel)?.start;
+            let mut out = Gradients::zeros(obj.origin, obj.shape, 1, None);
+            if sel.is_empty() {
+                return Ok(out);
+            }
+            if !st.has_exit {
+                if !init {
+                    return Err(Error::new(
+                        self.name,
+                        "no exit waves yet (dm starts with init)",
+                    ));
+                }
+                // every selected wave is set by `init` before it is read; the others wait
+                // for their own first pass
+                let bytes = self.positions.len() * kmm * 8;
+                let exit = st.exit_buffer(bytes)?;
+                st.dev.zero(exit, bytes)?;
+                st.has_exit = true;
+            }
+            let exit = st.exit.ptr + (first * kmm * 8) as u64;
+            let staged = self.stage(st, obj, Some(probe_hat), &sel)?;
+            let [obj_t, _, idx, win] = staged;
+            let [h, w] = obj.shape;
+            let ns = sel.len();
+            let g_t = st.buf("g_t", h * w * 16)?;
+            let d_t = st.buf("d_t", h * w * 8)?;
+            let loss = st.buf("loss", ns * 8)?;
+            st.dev.zero(g_t, h * w * 16)?;
+            st.dev.zero(d_t, h * w * 8)?;
+            let x = st.buf("dm_x", self.batch * kmm * 8)?;
+            let sc2 = 1.0 / (m * m) as f32;
+            let g = st.weights.map_or(0, |b| b.ptr);
+            let er = step.error_reduction;
+            let fisher = crate::physics::model::fisher_scale(self.noise) as f32;
+            for s in (0..ns).step_by(self.batch) {
+                let nb = self.batch.min(ns - s);
+                let n = nb * kmm;
+                let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
+                let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
+                // this batch's exit waves, resident ([x][y] per mode, like every wave here)
+                let ev = exit + (s * kmm * 8) as u64;
+                self.forward(st, staged, h, s, nb)?;
+                if !er {
+                    let args = Args::default()
+                        .p(x)
+                        .p(ev)
+                        .p(p)
+                        .p(obj_t)
+                        .p(win_b)
+                        .i(h)
+                        .i(m)
+                        .i(k)
+                        .i(nb)
+                        .i(init as usize);
+                    st.dev.launch("dm_prepare", blocks(n), args)?;
+                    st.fft(x, m, nb * k, full, false)?;
+                }
+                let args = Args::default()
+                    .p(psi)
+                    .p(x)
+                    .p(loss + 8 * s as u64)
+                    .p(st.meas.ptr)
+                    .p(g)
+                    .p(idx_b)
+                    .i(m)
+                    .i(k)
+                    .i(self.noise_code())
+                    .f(self.eps)
+                    .f(sc2)
+                    .f(step.gamma as f32)
+                    .i(er as usize)
+                    .f(fisher);
+                st.dev.launch("fourier_step", nb, args)?;
+                let far = if er { psi } else { x };
+                st.fft(far, m, nb * k, full, true)?;
+                let args = Args::default()
+                    .p(far)
+                    .p(ev)
+                    .p(p)
+                    .p(obj_t)
+                    .p(win_b)
+                    .i(h)
+                    .i(m)
+                    .i(k)
+                    .i(nb)
+                    .i(er as usize)
+                    .f(step.beta as f32);
+                st.dev.launch("dm_update", blocks(n), args)?;
+                let args = Args::default()
+                    .p(far)
+                    .p(p)
+                    .p(obj_t)
+                    .p(win_b)
+                    .p(g_t)
+                    .p(d_t)
+                    .i(h)
+                    .i(m)
+                    .i(k)
+                    .i(nb)
+                    .i(0);
+                st.dev.launch("adjoint", blocks(n), args)?;
+            }
+            self.download_object_sums(st, [g_t, d_t], obj.shape, &mut out)?;
+            out.loss = self.download_loss(st, loss, ns)?;
+            Ok(out)
+        })
+    }
+
+    pub(super) fn dm_probe_sums(
+        &self,
+        obj: &Field<Complex<T>>,
+        sel: Selection,
+    ) -> Result<Gradients<T>> {
+        let (m, k) = (self.m, self.modes);
+        let (mm, kmm) = (m * m, k * m * m);
+        self.with(|st| {
+            sel.check(self.positions.len())?;
+            let first = crate::backend::exit_range(&sel)?.start;
+            let mut out = Gradients::zeros([0, 0], [0, 0], 1, Some((k, mm)));
+            if sel.is_empty() {
+                return Ok(out);
+            }
+            if !st.has_exit {
+                return Err(Error::new(self.name, "no exit waves yet"));
+            }
+            let exit = st.exit.ptr + (first * kmm * 8) as u64;
+            let [obj_t, _, idx, win] = self.stage(st, obj, None, &sel)?;
+            let h = obj.shape[0];
+            let gp = st.buf("gp", kmm * 16)?;
+            let dp_t = st.buf("dp_t", mm * 8)?;
+            st.dev.zero(gp, kmm * 16)?;
+            st.dev.zero(dp_t, mm * 8)?;
+            let ns = sel.len();
+            for s in (0..ns).step_by(self.batch) {
+                let nb = self.batch.min(ns - s);
+                let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
+                let (psi, full) = (st.psi.ptr, self.batch * k);
+                let bytes = nb * kmm * 8;
+                st.dev.copy(psi, exit + (s * kmm * 8) as u64, bytes)?;
+                let args = Args::default()
+                    .p(psi)
+                    .p(obj_t)
+                    .p(win_b)
+                    .i(h)
+                    .i(m)
+                    .i(k)
+                    .i(nb);
+                st.dev.launch("conj_object", blocks(nb * kmm), args)?;
+                st.fft(psi, m, nb * k, full, false)?;
+                self.add_probe_sums(st, [gp, dp_t], [psi, obj_t], [idx_b, win_b], h, nb)?;
+            }
+            self.download_probe_sums(st, [gp, dp_t], &mut out)?;
+            Ok(out)
+        })
+    }
+
+    pub(super) fn copy_exit_waves(&self) -> Result<Vec<Complex<T>>> {
+        self.with(|st| {
+            if !st.has_exit {
+                return Ok(Vec::new());
+            }
+            let mut v =
+                vec![Complex::default(); self.positions.len() * self.modes * self.m * self.m];
+            let exit = st.exit.ptr;
+            self.download_planes(st, exit, &mut v)?;
+            Ok(v)
+        })
+    }
+
+    pub(super) fn load_exit_waves(&self, waves: Vec<Complex<T>>) -> Result<()> {
+        let n = self.positions.len();
+        self.with(|st| {
+            if waves.is_empty() {
+                st.has_exit = false;
+                return Ok(());
+            }
+            crate::backend::check_exit_waves(self.modes, self.m, n, waves.len())?;
+            let exit = st.exit_buffer(waves.len() * 8)?;
+            self.upload_planes(st, exit, &waves)?;
+            st.has_exit = true;
+            Ok(())
+        })
+    }
+
+    pub(super) fn pie_pass(
+        &self,
+        obj: &mut Field<Complex<T>>,
+        probe_hat: &mut [Complex<T>],
+        sel: Selection,
+        step: &PieStep,
+        illum: &mut Field<f64>,
+    ) -> Result<f64> {
+        let (m, k) = (self.m, self.modes);
+        let (mm, kmm) = (m * m, k * m * m);
+        self.with(|st| {
+            crate::backend::check_illumination(obj, illum)?;
+            sel.check(self.positions.len())?;
+            if sel.is_empty() {
+                return Ok(0.0);
+            }
+            let staged = self.stage(st, obj, Some(&*probe_hat), &sel)?;
+            let [obj_t, ph, idx, win] = staged;
+            let [h, w] = obj.shape;
+            let ns = sel.len();
+            let illum_t = st.buf("illum_t", h * w * 8)?;
+            st.dev.zero(illum_t, h * w * 8)?;
+            let loss = st.buf("loss", ns * 8)?;
+            let den = st.buf("pie_den", mm * 4)?;
+            let mx = st.buf("pie_max", 8)?;
+            let tw = st.buf("pie_t", kmm * 8)?;
+            let (sc, sc2) = (1.0 / m as f32, 1.0 / (m * m) as f32);
+            let g = st.weights.map_or(0, |b| b.ptr);
+            let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
+            let (a_o, s_o) = (step.obj_mix as f32, step.obj_step as f32);
+            let (a_p, s_p) = (step.probe_mix as f32, step.probe_step as f32);
+            for s in 0..ns {
+                self.forward(st, staged, h, s, 1)?;
+                let args = Args::default()
+                    .p(psi)
+                    .p(psi)
+                    .p(loss + 8 * s as u64)
+                    .p(st.meas.ptr)
+                    .p(g)
+                    .p(idx + 4 * s as u64)
+                    .i(m)
+                    .i(k)
+                    .i(self.noise_code())
+                    .f(self.eps)
+                    .f(sc2)
+                    .f(step.gamma as f32)
+                    .i(0)
+                    .f(1.0);
+                st.dev.launch("fourier_step", 1, args)?;
+                st.fft(psi, m, k, full, true)?;
+                let args = Args::default()
+                    .p(psi)
+                    .p(den)
+                    .p(mx)
+                    .p(p)
+                    .p(obj_t)
+                    .p(win)
+                    .i(s)
+                    .i(h)
+                    .i(m)
+                    .i(k);
+                st.dev.launch("pie_delta", 1, args)?;
+                if step.update_probe {
+                    let args = Args::default()
+                        .p(tw)
+                        .p(psi)
+                        .p(mx)
+                        .p(obj_t)
+                        .p(win)
+                        .i(s)
+                        .i(h)
+                        .i(m)
+                        .i(k)
+                        .f(a_p)
+                        .f(s_p);
+                    st.dev.launch("pie_probe_delta", blocks(kmm), args)?;
+                    st.fft(tw, m, k, full, false)?;
+                    let args = Args::default()
+                        .p(ph)
+                        .p(tw)
+                        .p(st.ramp_y.ptr)
+                        .p(st.ramp_x.ptr)
+                        .p(idx)
+                        .i(s)
+                        .i(m)
+                        .i(k)
+                        .f(sc);
+                    st.dev.launch("pie_probe_add", blocks(kmm), args)?;
+                }
+                let args = Args::default()
+                    .p(obj_t)
+                    .p(illum_t)
+                    .p(psi)
+                    .p(den)
+                    .p(mx)
+                    .p(p)
+                    .p(win)
+                    .i(s)
+                    .i(h)
+                    .i(m)
+                    .i(k)
+                    .f(a_o)
+                    .f(s_o);
+                st.dev.launch("pie_object", blocks(mm), args)?;
+            }
+            // the object back to [y][x], the probe spectrum and the illumination sums
+            let out = st.buf("obj_stage", h * w * 8)?;
+            st.dev.launch(
+                "transpose_c",
+                blocks(h * w),
+                Args::default().p(out).p(obj_t).i(w).i(h),
+            )?;
+            st.dev
+                .download(bytemuck::cast_slice_mut(&mut obj.data[..h * w]), out)?;
+            st.down(bytemuck::cast_slice_mut(probe_hat), ph)?;
+            let il = self.download_t(st, illum_t, w, h, 1)?;
+            illum.data.iter_mut().zip(&il).for_each(|(a, b)| *a += *b);
+            self.download_loss(st, loss, ns)
+        })
+    }
+}
