@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod npy;
 pub mod select;
 pub mod stem4d;
+pub mod stream;
 
 use crate::config::{
     Beam, Config, DataFormat, ExperimentConfig, Geometry, PositionsUnit, ZeroFrequency,
