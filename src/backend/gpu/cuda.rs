@@ -167,7 +167,7 @@ impl Cuda {
         let module = unsafe { dr::module::load_data(cubin.as_ptr() as *const _) }
             .map_err(|e| err("cuModuleLoadData", e))?;
         let mut funcs = HashMap::new();
-        for k in KERNELS {
+        for &k in KERNELS {
             let cname = CString::new(k).expect("no NUL");
             let f = unsafe { dr::module::get_function(module, cname) }
                 .map_err(|e| err(&format!("cuModuleGetFunction({k})"), e))?;

@@ -8,27 +8,6 @@ use crate::error::Result;
 pub const COMPAT_H: &str = include_str!("../../../kernels/compat.h");
 /// kernels/ptycho.cu.
 pub const PTYCHO_CU: &str = include_str!("../../../kernels/ptycho.cu");
-/// The kernels of kernels/ptycho.cu that the backend loads.
-pub const KERNELS: [&str; 18] = [
-    "shift_probe",
-    "exit_wave",
-    "residual",
-    "adjoint",
-    "probe_grad",
-    "probe_density",
-    "intensities",
-    "transpose_c",
-    "transpose_d",
-    "transpose_planes",
-    "dm_prepare",
-    "fourier_step",
-    "dm_update",
-    "conj_object",
-    "pie_delta",
-    "pie_probe_delta",
-    "pie_probe_add",
-    "pie_object",
-];
 
 /// Threads per block of every launch (`residual` assumes exactly this many).
 pub const BLOCK: u32 = 256;
@@ -90,7 +69,7 @@ pub trait Device: Send {
     fn zero(&mut self, p: DPtr, bytes: usize) -> Result<()>;
     /// Device → device copy of `bytes`.
     fn copy(&mut self, dst: DPtr, src: DPtr, bytes: usize) -> Result<()>;
-    /// Launch kernel `name` (one of [`KERNELS`]) on `blocks` × [`BLOCK`] threads.
+    /// Launch kernel `name` (one of [`super::KERNELS`]) on `blocks` × [`BLOCK`] threads.
     fn launch(&mut self, name: &'static str, blocks: usize, args: Args) -> Result<()>;
     /// Unnormalised in-place 2-D C2C FFTs of `count` contiguous row-major M × M complex f32
     /// arrays at `data`; forward is e^{−2πi k·r}.

@@ -251,7 +251,7 @@ impl Hip {
                 "hipModuleLoadData",
                 h::hipModuleLoadData(&mut module, code.as_ptr() as *const c_void),
             )?;
-            for k in KERNELS {
+            for &k in KERNELS {
                 let cname = CString::new(k).expect("no NUL");
                 let mut f: h::hipFunction_t = std::ptr::null_mut();
                 check(

@@ -8,11 +8,12 @@
 //! ([`cached`]). The algorithm ([`Gpu`]) is written once over a small [`Device`] trait
 //! (memory, launches, batched 2-D FFTs, events) that each vendor implements.
 //!
-//! Files by job: `device` (the kernel source, [`Device`], [`Args`]), `memory` (a rank's
-//! device buffers, the traffic counter, batch sizes), this module (opening a backend, the
-//! forward model and the gradient sums), `projection` (dm's exit-wave step and probe sums,
-//! the ePIE/rPIE sweep), `profile` (timing hooks for `ptytile bench gpu`), `cache`
-//! (compiled kernels on disk), and the vendors' `cuda` and `hip`.
+//! Files by job: `device` (the kernel source, [`Device`], [`Args`]), `launch` (a typed
+//! launch function per kernel, and the kernel list), `memory` (a rank's device buffers,
+//! the traffic counter, batch sizes), this module (opening a backend, the forward model and
+//! the gradient sums), `projection` (dm's exit-wave step and probe sums, the ePIE/rPIE
+//! sweep), `profile` (timing hooks for `ptytile bench gpu`), `cache` (compiled kernels on
+//! disk), and the vendors' `cuda` and `hip`.
 //!
 //! Precision: f32 products and FFTs (the app's working precision); the object gradient and
 //! preconditioner accumulate by f64 atomics into object-sized buffers, the probe sums and
@@ -24,13 +25,15 @@ pub mod cuda;
 pub mod device;
 #[cfg(feature = "hip")]
 pub mod hip;
+mod launch;
 mod memory;
 pub mod profile;
 mod projection;
 
 pub use cache::{cache_dir, cache_key, cached, cached_in};
 use device::blocks;
-pub use device::{kernel_source, Args, DPtr, Device, BLOCK, COMPAT_H, KERNELS, PTYCHO_CU};
+pub use device::{kernel_source, Args, DPtr, Device, BLOCK, COMPAT_H, PTYCHO_CU};
+pub use launch::KERNELS;
 pub use memory::{batch_size, fft_pieces};
 use memory::{bytes_of, upload, Buf, State, BATCH_BUDGET};
 pub use profile::{open_profiled, Profiled};
@@ -259,11 +262,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
         let stage = st.buf("obj_stage", h * w * 8)?;
         st.up(stage, bytes_of(&obj.data))?;
         let obj_t = st.buf("obj_t", h * w * 8)?;
-        st.dev.launch(
-            "transpose_c",
-            blocks(h * w),
-            Args::default().p(obj_t).p(stage).i(h).i(w),
-        )?;
+        launch::transpose_c(&mut st.dev, blocks(h * w), obj_t, stage, h, w)?;
         let ph = match probe_hat {
             Some(probe_hat) => {
                 let ph = st.buf("probe_hat", probe_hat.len() * 8)?;
@@ -296,36 +295,23 @@ impl<T: Real, D: Device> Gpu<T, D> {
         let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
         let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
         let sc = 1.0 / m as f32;
-        st.dev.launch(
-            "shift_probe",
+        launch::shift_probe(
+            &mut st.dev,
             blocks(n),
-            Args::default()
-                .p(p)
-                .p(ph)
-                .p(st.ramp_y.ptr)
-                .p(st.ramp_x.ptr)
-                .p(idx_b)
-                .i(m)
-                .i(k)
-                .i(nb)
-                .f(sc),
+            p,
+            ph,
+            st.ramp_y.ptr,
+            st.ramp_x.ptr,
+            idx_b,
+            m,
+            k,
+            nb,
+            sc,
         )?;
         st.mark("shift_probe: probe spectrum x ramps")?;
         st.fft(p, m, nb * k, full, true)?;
         st.mark("FFT: shifted probes")?;
-        st.dev.launch(
-            "exit_wave",
-            blocks(n),
-            Args::default()
-                .p(psi)
-                .p(p)
-                .p(obj_t)
-                .p(win_b)
-                .i(h)
-                .i(m)
-                .i(k)
-                .i(nb),
-        )?;
+        launch::exit_wave(&mut st.dev, blocks(n), psi, p, obj_t, win_b, h, m, k, nb)?;
         st.mark("exit_wave: probe x object window")?;
         st.fft(psi, m, nb * k, full, false)?;
         st.mark("FFT: far fields")
@@ -341,10 +327,14 @@ impl<T: Real, D: Device> Gpu<T, D> {
         comps: usize,
     ) -> Result<Vec<f64>> {
         let out = st.buf("transposed", rows * cols * comps * 8)?;
-        st.dev.launch(
-            "transpose_d",
+        launch::transpose_d(
+            &mut st.dev,
             blocks(rows * cols),
-            Args::default().p(out).p(src).i(rows).i(cols).i(comps),
+            out,
+            src,
+            rows,
+            cols,
+            comps,
         )?;
         let mut v = vec![0f64; rows * cols * comps];
         st.down(bytemuck::cast_slice_mut(&mut v), out)?;
@@ -400,22 +390,14 @@ impl<T: Real, D: Device> Gpu<T, D> {
         let stage = st.buf("planes", host.len() * 8)?;
         st.up(stage, bytes_of(host))?;
         let planes = host.len() / (self.m * self.m);
-        st.dev.launch(
-            "transpose_planes",
-            blocks(host.len()),
-            Args::default().p(dst).p(stage).i(self.m).i(planes),
-        )
+        launch::transpose_planes(&mut st.dev, blocks(host.len()), dst, stage, self.m, planes)
     }
 
     /// Copy `src` ([planes][x][y]) back to host exit waves ([planes][y][x]).
     fn download_planes(&self, st: &mut State<D>, src: DPtr, host: &mut [Complex<T>]) -> Result<()> {
         let stage = st.buf("planes", host.len() * 8)?;
         let planes = host.len() / (self.m * self.m);
-        st.dev.launch(
-            "transpose_planes",
-            blocks(host.len()),
-            Args::default().p(stage).p(src).i(self.m).i(planes),
-        )?;
+        launch::transpose_planes(&mut st.dev, blocks(host.len()), stage, src, self.m, planes)?;
         st.down(bytemuck::cast_slice_mut(host), stage)
     }
 
@@ -432,22 +414,20 @@ impl<T: Real, D: Device> Gpu<T, D> {
         nb: usize,
     ) -> Result<()> {
         let (m, k) = (self.m, self.modes);
-        let args = Args::default()
-            .p(gp)
-            .p(psi)
-            .p(st.ramp_y.ptr)
-            .p(st.ramp_x.ptr)
-            .p(idx)
-            .i(m)
-            .i(k)
-            .i(nb)
-            .f(1.0 / m as f32);
-        st.dev.launch("probe_grad", blocks(k * m * m), args)?;
-        st.dev.launch(
-            "probe_density",
-            blocks(m * m),
-            Args::default().p(dp_t).p(obj_t).p(win).i(h).i(m).i(nb),
-        )
+        launch::probe_grad(
+            &mut st.dev,
+            blocks(k * m * m),
+            gp,
+            psi,
+            st.ramp_y.ptr,
+            st.ramp_x.ptr,
+            idx,
+            m,
+            k,
+            nb,
+            1.0 / m as f32,
+        )?;
+        launch::probe_density(&mut st.dev, blocks(m * m), dp_t, obj_t, win, h, m, nb)
     }
 
     /// The noise model's code in the kernels (0 amplitude, 1 Poisson).
@@ -523,35 +503,39 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
                 let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
                 let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
                 self.forward(st, staged, h, s, nb)?;
-                let args = Args::default()
-                    .p(psi)
-                    .p(loss + 8 * s as u64)
-                    .p(st.meas.ptr)
-                    .p(g)
-                    .p(idx_b)
-                    .i(m)
-                    .i(k)
-                    .i(noise)
-                    .f(self.eps)
-                    .f(sc2)
-                    .f(sc2);
-                st.dev.launch("residual", nb, args)?;
+                launch::residual(
+                    &mut st.dev,
+                    nb,
+                    psi,
+                    loss + 8 * s as u64,
+                    st.meas.ptr,
+                    g,
+                    idx_b,
+                    m,
+                    k,
+                    noise,
+                    self.eps,
+                    sc2,
+                    sc2,
+                )?;
                 st.mark("residual: noise model, loss")?;
                 st.fft(psi, m, nb * k, full, true)?;
                 st.mark("FFT: back-propagation")?;
-                let args = Args::default()
-                    .p(psi)
-                    .p(p)
-                    .p(obj_t)
-                    .p(win_b)
-                    .p(g_t)
-                    .p(d_t)
-                    .i(h)
-                    .i(m)
-                    .i(k)
-                    .i(nb)
-                    .i(want_probe as usize);
-                st.dev.launch("adjoint", blocks(n), args)?;
+                launch::adjoint(
+                    &mut st.dev,
+                    blocks(n),
+                    psi,
+                    p,
+                    obj_t,
+                    win_b,
+                    g_t,
+                    d_t,
+                    h,
+                    m,
+                    k,
+                    nb,
+                    want_probe as usize,
+                )?;
                 st.mark("adjoint: scatter-add into object sums (f64 atomics)")?;
                 if want_probe {
                     st.fft(psi, m, nb * k, full, false)?;
@@ -591,14 +575,16 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
             for s in (0..ns).step_by(self.batch) {
                 let nb = self.batch.min(ns - s);
                 self.forward(st, staged, h, s, nb)?;
-                let args = Args::default()
-                    .p(out + (s * mm * 4) as u64)
-                    .p(st.psi.ptr)
-                    .i(m)
-                    .i(k)
-                    .i(nb)
-                    .f(sc * sc);
-                st.dev.launch("intensities", blocks(nb * mm), args)?;
+                launch::intensities(
+                    &mut st.dev,
+                    blocks(nb * mm),
+                    out + (s * mm * 4) as u64,
+                    st.psi.ptr,
+                    m,
+                    k,
+                    nb,
+                    sc * sc,
+                )?;
             }
             let mut v = vec![T::zero(); ns * mm];
             st.down(bytemuck::cast_slice_mut(&mut v), out)?;

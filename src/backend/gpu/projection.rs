@@ -1,7 +1,8 @@
 //! The difference map's exit-wave step and probe sums and the sequential ePIE/rPIE sweep on
 //! a GPU (the projection engines' [`crate::backend::Compute`] operations; docs/gpu.md).
 
-use super::device::{Args, Device};
+use super::device::Device;
+use super::launch;
 use super::{blocks, Gpu};
 use crate::backend::kernel::{DmStep, Gradients};
 use crate::backend::pie::PieStep;
@@ -67,64 +68,72 @@ impl<T: Real, D: Device> Gpu<T, D> {
                 let ev = exit + (s * kmm * 8) as u64;
                 self.forward(st, staged, h, s, nb)?;
                 if !er {
-                    let args = Args::default()
-                        .p(x)
-                        .p(ev)
-                        .p(p)
-                        .p(obj_t)
-                        .p(win_b)
-                        .i(h)
-                        .i(m)
-                        .i(k)
-                        .i(nb)
-                        .i(init as usize);
-                    st.dev.launch("dm_prepare", blocks(n), args)?;
+                    launch::dm_prepare(
+                        &mut st.dev,
+                        blocks(n),
+                        x,
+                        ev,
+                        p,
+                        obj_t,
+                        win_b,
+                        h,
+                        m,
+                        k,
+                        nb,
+                        init as usize,
+                    )?;
                     st.fft(x, m, nb * k, full, false)?;
                 }
-                let args = Args::default()
-                    .p(psi)
-                    .p(x)
-                    .p(loss + 8 * s as u64)
-                    .p(st.meas.ptr)
-                    .p(g)
-                    .p(idx_b)
-                    .i(m)
-                    .i(k)
-                    .i(self.noise_code())
-                    .f(self.eps)
-                    .f(sc2)
-                    .f(step.gamma as f32)
-                    .i(er as usize)
-                    .f(fisher);
-                st.dev.launch("fourier_step", nb, args)?;
+                launch::fourier_step(
+                    &mut st.dev,
+                    nb,
+                    psi,
+                    x,
+                    loss + 8 * s as u64,
+                    st.meas.ptr,
+                    g,
+                    idx_b,
+                    m,
+                    k,
+                    self.noise_code(),
+                    self.eps,
+                    sc2,
+                    step.gamma as f32,
+                    er as usize,
+                    fisher,
+                )?;
                 let far = if er { psi } else { x };
                 st.fft(far, m, nb * k, full, true)?;
-                let args = Args::default()
-                    .p(far)
-                    .p(ev)
-                    .p(p)
-                    .p(obj_t)
-                    .p(win_b)
-                    .i(h)
-                    .i(m)
-                    .i(k)
-                    .i(nb)
-                    .i(er as usize)
-                    .f(step.beta as f32);
-                st.dev.launch("dm_update", blocks(n), args)?;
-                let args = Args::default()
-                    .p(far)
-                    .p(p)
-                    .p(obj_t)
-                    .p(win_b)
-                    .p(g_t)
-                    .p(d_t)
-                    .i(h)
-                    .i(m)
-                    .i(k)
-                    .i(nb)
-                    .i(0);
-                st.dev.launch("adjoint", blocks(n), args)?;
+                launch::dm_update(
+                    &mut st.dev,
+                    blocks(n),
+                    far,
+                    ev,
+                    p,
+                    obj_t,
+                    win_b,
+                    h,
+                    m,
+                    k,
+                    nb,
+                    er as usize,
+                    step.beta as f32,
+                )?;
+                launch::adjoint(
+                    &mut st.dev,
+                    blocks(n),
+                    far,
+                    p,
+                    obj_t,
+                    win_b,
+                    g_t,
+                    d_t,
+                    h,
+                    m,
+                    k,
+                    nb,
+                    0,
+                )?;
             }
             self.download_object_sums(st, [g_t, d_t], obj.shape, &mut out)?;
             out.loss = self.download_loss(st, loss, ns)?;
@@ -163,15 +172,17 @@ impl<T: Real, D: Device> Gpu<T, D> {
                 let (psi, full) = (st.psi.ptr, self.batch * k);
                 let bytes = nb * kmm * 8;
                 st.dev.copy(psi, exit + (s * kmm * 8) as u64, bytes)?;
-                let args = Args::default()
-                    .p(psi)
-                    .p(obj_t)
-                    .p(win_b)
-                    .i(h)
-                    .i(m)
-                    .i(k)
-                    .i(nb);
-                st.dev.launch("conj_object", blocks(nb * kmm), args)?;
+                launch::conj_object(
+                    &mut st.dev,
+                    blocks(nb * kmm),
+                    psi,
+                    obj_t,
+                    win_b,
+                    h,
+                    m,
+                    k,
+                    nb,
+                )?;
                 st.fft(psi, m, nb * k, full, false)?;
                 self.add_probe_sums(st, [gp, dp_t], [psi, obj_t], [idx_b, win_b], h, nb)?;
             }
@@ -241,85 +252,78 @@ impl<T: Real, D: Device> Gpu<T, D> {
             let (a_p, s_p) = (step.probe_mix as f32, step.probe_step as f32);
             for s in 0..ns {
                 self.forward(st, staged, h, s, 1)?;
-                let args = Args::default()
-                    .p(psi)
-                    .p(psi)
-                    .p(loss + 8 * s as u64)
-                    .p(st.meas.ptr)
-                    .p(g)
-                    .p(idx + 4 * s as u64)
-                    .i(m)
-                    .i(k)
-                    .i(self.noise_code())
-                    .f(self.eps)
-                    .f(sc2)
-                    .f(step.gamma as f32)
-                    .i(0)
-                    .f(1.0);
-                st.dev.launch("fourier_step", 1, args)?;
+                launch::fourier_step(
+                    &mut st.dev,
+                    1,
+                    psi,
+                    psi,
+                    loss + 8 * s as u64,
+                    st.meas.ptr,
+                    g,
+                    idx + 4 * s as u64,
+                    m,
+                    k,
+                    self.noise_code(),
+                    self.eps,
+                    sc2,
+                    step.gamma as f32,
+                    0,
+                    1.0,
+                )?;
                 st.fft(psi, m, k, full, true)?;
-                let args = Args::default()
-                    .p(psi)
-                    .p(den)
-                    .p(mx)
-                    .p(p)
-                    .p(obj_t)
-                    .p(win)
-                    .i(s)
-                    .i(h)
-                    .i(m)
-                    .i(k);
-                st.dev.launch("pie_delta", 1, args)?;
+                launch::pie_delta(&mut st.dev, 1, psi, den, mx, p, obj_t, win, s, h, m, k)?;
                 if step.update_probe {
-                    let args = Args::default()
-                        .p(tw)
-                        .p(psi)
-                        .p(mx)
-                        .p(obj_t)
-                        .p(win)
-                        .i(s)
-                        .i(h)
-                        .i(m)
-                        .i(k)
-                        .f(a_p)
-                        .f(s_p);
-                    st.dev.launch("pie_probe_delta", blocks(kmm), args)?;
+                    launch::pie_probe_delta(
+                        &mut st.dev,
+                        blocks(kmm),
+                        tw,
+                        psi,
+                        mx,
+                        obj_t,
+                        win,
+                        s,
+                        h,
+                        m,
+                        k,
+                        a_p,
+                        s_p,
+                    )?;
                     st.fft(tw, m, k, full, false)?;
-                    let args = Args::default()
-                        .p(ph)
-                        .p(tw)
-                        .p(st.ramp_y.ptr)
-                        .p(st.ramp_x.ptr)
-                        .p(idx)
-                        .i(s)
-                        .i(m)
-                        .i(k)
-                        .f(sc);
-                    st.dev.launch("pie_probe_add", blocks(kmm), args)?;
+                    launch::pie_probe_add(
+                        &mut st.dev,
+                        blocks(kmm),
+                        ph,
+                        tw,
+                        st.ramp_y.ptr,
+                        st.ramp_x.ptr,
+                        idx,
+                        s,
+                        m,
+                        k,
+                        sc,
+                    )?;
                 }
-                let args = Args::default()
-                    .p(obj_t)
-                    .p(illum_t)
-                    .p(psi)
-                    .p(den)
-                    .p(mx)
-                    .p(p)
-                    .p(win)
-                    .i(s)
-                    .i(h)
-                    .i(m)
-                    .i(k)
-                    .f(a_o)
-                    .f(s_o);
-                st.dev.launch("pie_object", blocks(mm), args)?;
+                launch::pie_object(
+                    &mut st.dev,
+                    blocks(mm),
+                    obj_t,
+                    illum_t,
+                    psi,
+                    den,
+                    mx,
+                    p,
+                    win,
+                    s,
+                    h,
+                    m,
+                    k,
+                    a_o,
+                    s_o,
+                )?;
             }
             // the object back to [y][x], the probe spectrum and the illumination sums
             let out = st.buf("obj_stage", h * w * 8)?;
-            st.dev.launch(
-                "transpose_c",
-                blocks(h * w),
-                Args::default().p(out).p(obj_t).i(w).i(h),
-            )?;
+            launch::transpose_c(&mut st.dev, blocks(h * w), out, obj_t, w, h)?;
             st.dev
                 .download(bytemuck::cast_slice_mut(&mut obj.data[..h * w]), out)?;
             st.down(bytemuck::cast_slice_mut(probe_hat), ph)?;
