@@ -547,6 +547,22 @@ mod tests {
     }
 
     #[test]
+    fn scans_with_unknown_keys_are_refused() {
+        for scan in [
+            r#"{"foo":1}"#,
+            r#"{"shape":[1,2],"step_m":[1e-10,1e-10],"foo":1}"#,
+        ] {
+            let h = format!(
+                r#"{{"type":"start","version":1,"frames":2,"scan":{scan},"detector":{{"shape":[2,2],"dtype":"u8"}}}}"#
+            );
+            assert!(
+                decode(h.as_bytes(), None, None, &Limits::default()).is_err(),
+                "{scan}"
+            );
+        }
+    }
+
+    #[test]
     fn arrivals_report_gaps_repeats_and_missing_frames() {
         let mut a = Arrivals::new(6);
         assert_eq!(a.arrive(0), (0..0, true));
