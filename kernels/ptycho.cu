@@ -368,3 +368,68 @@ PTY_KERNEL void pie_object(cf* objT, double* illumT, const cf* dpsi, const float
     }
     illumT[oi] += (double)den[i];
 }
+
+// ---- the resident object field (gd keeps the object and its sums on the device; ----
+// ---- only halo rectangles cross: docs/gpu.md "Resident state")                    ----
+// A rectangle (rows y0..y0+rh, columns x0..x0+rw of the field, column height H) of a
+// transposed field; the host side of every copy is [row][column] row-major.
+
+// out[r][c] = objT[x0 + c][y0 + r]
+PTY_KERNEL void rect_get_c(cf* out, const cf* objT, int H, int y0, int x0, int rh, int rw) {
+    long long t = gid();
+    if (t >= (long long)rh * rw) return;
+    int r = (int)(t / rw), c = (int)(t % rw);
+    out[t] = objT[(long long)(x0 + c) * H + y0 + r];
+}
+
+// objT[x0 + c][y0 + r] = in[r][c]
+PTY_KERNEL void rect_set_c(cf* objT, const cf* in, int H, int y0, int x0, int rh, int rw) {
+    long long t = gid();
+    if (t >= (long long)rh * rw) return;
+    int r = (int)(t / rw), c = (int)(t % rw);
+    objT[(long long)(x0 + c) * H + y0 + r] = in[t];
+}
+
+// f64 sums with `comps` doubles per pixel: out[r][c][q] = inT[x0 + c][y0 + r][q]
+PTY_KERNEL void rect_get_d(double* out, const double* inT, int H, int y0, int x0, int rh, int rw, int comps) {
+    long long t = gid();
+    if (t >= (long long)rh * rw) return;
+    int r = (int)(t / rw), c = (int)(t % rw);
+    long long o = ((long long)(x0 + c) * H + y0 + r) * comps;
+    for (int q = 0; q < comps; ++q) out[t * comps + q] = inT[o + q];
+}
+
+// sT[x0 + c][y0 + r][q] += in[r][c][q]   (a neighbour's halo sums added to the tile)
+PTY_KERNEL void rect_add_d(double* sT, const double* in, int H, int y0, int x0, int rh, int rw, int comps) {
+    long long t = gid();
+    if (t >= (long long)rh * rw) return;
+    int r = (int)(t / rw), c = (int)(t % rw);
+    long long o = ((long long)(x0 + c) * H + y0 + r) * comps;
+    for (int q = 0; q < comps; ++q) sT[o + q] += in[t * comps + q];
+}
+
+// Column maxima of dT on the rectangle: out[c] = max_r dT[x0 + c][y0 + r] (the host takes
+// the maximum of the rw values; max is exact, so the order does not matter).
+PTY_KERNEL void col_max_d(double* out, const double* dT, int H, int y0, int x0, int rh, int rw) {
+    long long c = gid();
+    if (c >= rw) return;
+    const double* col = dT + (long long)(x0 + c) * H + y0;
+    double m = 0.0;
+    for (int r = 0; r < rh; ++r) m = col[r] > m ? col[r] : m;
+    out[c] = m;
+}
+
+// gd's preconditioned object step on the rectangle (engine::gd::apply, docs/algorithm.md §4),
+// in the same order of operations as the host's:
+//   u = (g / planes) * (alpha / (d + reg)),   O <- O - (float)u
+PTY_KERNEL void update_object(cf* objT, const double* gT, const double* dT, int H, int y0, int x0, int rh, int rw,
+                              double alpha, double planes, double reg) {
+    long long t = gid();
+    if (t >= (long long)rh * rw) return;
+    int r = (int)(t / rw), c = (int)(t % rw);
+    long long o = (long long)(x0 + c) * H + y0 + r;
+    double s = alpha / (dT[o] + reg);
+    double ure = (gT[2 * o] / planes) * s;
+    double uim = (gT[2 * o + 1] / planes) * s;
+    objT[o] = make_float2(objT[o].x - (float)ure, objT[o].y - (float)uim);
+}

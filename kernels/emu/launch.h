@@ -53,5 +53,11 @@ extern "C" int emu_launch(const char* name, unsigned blocks, unsigned threads, v
     EMU_KERNEL(pie_probe_delta, false)
     EMU_KERNEL(pie_probe_add, false)
     EMU_KERNEL(pie_object, false)
+    EMU_KERNEL(rect_get_c, false)
+    EMU_KERNEL(rect_set_c, false)
+    EMU_KERNEL(rect_get_d, false)
+    EMU_KERNEL(rect_add_d, false)
+    EMU_KERNEL(col_max_d, false)
+    EMU_KERNEL(update_object, false)
     return 1;
 }

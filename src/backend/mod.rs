@@ -11,6 +11,7 @@ pub mod host;
 pub mod kernel;
 pub mod pie;
 pub mod projection;
+pub mod resident;
 
 pub use crate::config::BackendKind;
 use crate::error::{Error, Result};
@@ -193,6 +194,14 @@ pub trait Compute<T: Real>: Send + Sync {
     /// nothing.
     fn bytes_moved(&self) -> [u64; 2] {
         [0, 0]
+    }
+
+    /// The backend's own copy of the object field and its gradient sums, kept across
+    /// calls ([`resident::Resident`]: GPUs), or `None` (the default; the CPU, whose engines
+    /// work on the host arrays). gd uses it in the tiled full-batch mode, so that per
+    /// iteration only halo rectangles, the probe spectrum and the probe sums cross.
+    fn resident(&self) -> Option<&dyn resident::Resident<T>> {
+        None
     }
 
     /// Model intensities I_j = Σ_k |F S_j P_k O_j|² (unitary) of the selected positions,

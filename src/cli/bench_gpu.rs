@@ -243,6 +243,14 @@ pub fn run(b: &GpuBench) -> Result<()> {
         gbs(2.0 * bytes as f64, t_copy),
         t_iter / t_copy
     );
+    let (t_res, moved_res) = resident_iteration(&*dev, &o, &mut p_hat, n, b.repeats)?;
+    crate::cli::outln!(
+        "resident iteration (gd's main mode: object and sums stay on the device): {:.3} ms, median of {}; host <-> device per iteration: {} B up, {} B down",
+        t_res * 1e3,
+        b.repeats.max(1),
+        moved_res[0],
+        moved_res[1]
+    );
     if let Some(path) = &b.output {
         let mut csv = String::from("what,value,unit\n");
         for (k2, v, u) in [
@@ -255,6 +263,9 @@ pub fn run(b: &GpuBench) -> Result<()> {
             ("bytes_to_device", moved[0] as f64, "B"),
             ("bytes_to_host", moved[1] as f64, "B"),
             ("copy", t_copy * 1e3, "ms"),
+            ("resident_iteration", t_res * 1e3, "ms"),
+            ("resident_bytes_to_device", moved_res[0] as f64, "B"),
+            ("resident_bytes_to_host", moved_res[1] as f64, "B"),
         ] {
             csv.push_str(&format!("{k2},{v},{u}\n"));
         }
@@ -265,6 +276,52 @@ pub fn run(b: &GpuBench) -> Result<()> {
         crate::cli::outln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The same descent with the object and its sums resident on the device
+/// ([`crate::backend::resident::Resident`], docs/gpu.md "Resident state"): one rank, so no
+/// halo; the object step on the device, the probe step on the host. Returns the median
+/// wall time of `repeats` iterations (after a warm-up) and the bytes one steady iteration
+/// moves [up, down].
+///
+/// Errors: a backend without a resident store; a device failure.
+fn resident_iteration(
+    dev: &dyn gpu::Profiled,
+    obj: &Field<C>,
+    p_hat: &mut [C],
+    n: usize,
+    repeats: usize,
+) -> Result<(f64, [u64; 2])> {
+    let r = dev
+        .resident()
+        .ok_or_else(|| Error::new("bench", "the backend keeps no resident object"))?;
+    r.load_object(obj)?;
+    let tile = crate::tiling::Rect::from_origin_shape(obj.origin, obj.shape);
+    let step = |p_hat: &mut [C]| -> Result<f64> {
+        let t = Instant::now();
+        r.accumulate(p_hat, Selection::Range(0..n), true, true)?;
+        let dmax = r.max_d(&tile)?;
+        // the host step above: O -= g / (d + 0.1 max d)
+        r.update_object(&tile, 1.0, 1.0, 0.1 * dmax)?;
+        let (gp, dp) = r.probe_sums()?;
+        let dp = dp.iter().cloned().fold(0.0, f64::max).max(1e-30);
+        for (p, gp) in p_hat.iter_mut().zip(&gp) {
+            *p -= C::new((gp.re * 0.1 / dp) as f32, (gp.im * 0.1 / dp) as f32);
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    step(p_hat)?; // warm-up: selection and probe uploads
+    let mut times: Vec<f64> = (0..repeats.max(1))
+        .map(|_| step(p_hat))
+        .collect::<Result<_>>()?;
+    times.sort_by(|a, b| a.total_cmp(b));
+    let before = dev.bytes_moved();
+    step(p_hat)?;
+    let after = dev.bytes_moved();
+    Ok((
+        times[times.len() / 2],
+        [after[0] - before[0], after[1] - before[1]],
+    ))
 }
 
 #[cfg(test)]

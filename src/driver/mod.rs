@@ -371,9 +371,19 @@ impl<'a> RankRun<'a> {
         &self.problem
     }
 
-    /// This rank's current object (its field: tile + halo) and probe.
-    pub fn state(&self) -> &engine::State<f32> {
-        &self.carry.state
+    /// This rank's current object (its field: tile + halo) and probe (copied back from
+    /// the backend first where it keeps the object: [`engine::resident::sync`]).
+    ///
+    /// Errors: a device failure.
+    pub fn state(&mut self) -> Result<&engine::State<f32>> {
+        self.sync()?;
+        Ok(&self.carry.state)
+    }
+
+    /// Copy a backend-resident object back into the host state ([`engine::resident::sync`]).
+    fn sync(&mut self) -> Result<()> {
+        let c = &mut self.carry;
+        engine::resident::sync(&self.problem, &mut c.state, &mut c.engines.gd)
     }
 
     /// This rank's communicator.
@@ -456,8 +466,9 @@ impl<'a> RankRun<'a> {
     pub fn checkpoint(&mut self) -> Result<PathBuf> {
         let t = Instant::now();
         let done = self.next;
+        self.sync()?;
         let rp = &self.plan.ranks[self.comm.rank()];
-        // dm's exit waves live in the backend: copy them out for the checkpoint
+        // dm's exit waves and gd's resident object live in the backend: copy them out
         engine::dm::sync_for_checkpoint(&self.problem, &mut self.carry.engines.dm)?;
         let mut arrays = self.carry.save();
         self.carry.engines.dm.exit_waves = Vec::new();
@@ -557,6 +568,7 @@ impl<'a> RankRun<'a> {
     /// Errors: a failed peer or transport; a rank's tile of the wrong size.
     pub fn finish(mut self) -> Result<Option<ReconResult>> {
         let secs = self.t0.elapsed().as_secs_f64();
+        self.sync()?;
         let (mx, tot) = self.figures()?;
         let c = &mut *self.comm;
         let rp = &self.plan.ranks[c.rank()];

@@ -160,17 +160,52 @@ pub fn refresh_halo<V: bytemuck::Pod>(
     if rank.mode == Decomposition::Replicated {
         return Ok(());
     }
+    send_owned_rects(rank, tag, st, |r| Ok(extract(f, r)))?;
+    let planes = f.planes();
+    receive_halo_rects(rank, tag, st, planes, |r, vals: &[V]| {
+        write_rect(f, r, vals);
+        Ok(())
+    })
+}
+
+/// The first half of a halo refresh: post this rank's `recvs` rectangles (its tile ∩ a
+/// neighbour's field), read by `read`, to their neighbours (time to `st.comm_s`).
+///
+/// Errors: a failed transport; an error of `read`.
+pub fn send_owned_rects<V: bytemuck::Pod>(
+    rank: &mut Rank,
+    tag: u32,
+    st: &mut IterStats,
+    mut read: impl FnMut(&Rect) -> Result<Vec<V>>,
+) -> Result<()> {
     let mut t = Instant::now();
     for tr in &rank.plan.recvs {
-        let vals = extract(f, &tr.rect);
+        let vals = read(&tr.rect)?;
         rank.comm
             .isend(tr.peer, tag, bytemuck::cast_slice(&vals).to_vec())?;
     }
     st.comm_s += lap(&mut t);
+    Ok(())
+}
+
+/// The second half: receive each `sends` rectangle (my field ∩ a neighbour's tile) from
+/// its owner, `planes` planes of `V`, and hand it to `write` (blocked time to `st.wait_s`,
+/// copying to `st.comm_s`).
+///
+/// Errors: a failed peer or transport; a message of the wrong size (naming the peer); an
+/// error of `write`.
+pub fn receive_halo_rects<V: bytemuck::Pod>(
+    rank: &mut Rank,
+    tag: u32,
+    st: &mut IterStats,
+    planes: usize,
+    mut write: impl FnMut(&Rect, &[V]) -> Result<()>,
+) -> Result<()> {
+    let mut t = Instant::now();
     for tr in &rank.plan.sends {
         let bytes = rank.comm.recv(tr.peer, tag)?;
         st.wait_s += lap(&mut t);
-        if bytes.len() != tr.rect.area() * f.planes() * std::mem::size_of::<V>() {
+        if bytes.len() != tr.rect.area() * planes * std::mem::size_of::<V>() {
             return Err(Error::new(
                 format!("rank {}", tr.peer),
                 "halo message of the wrong size",
@@ -178,7 +213,7 @@ pub fn refresh_halo<V: bytemuck::Pod>(
         }
         // copy into an aligned buffer (a Vec<u8> is only byte-aligned)
         let vals: Vec<V> = bytemuck::pod_collect_to_vec(&bytes);
-        write_rect(f, &tr.rect, &vals);
+        write(&tr.rect, &vals)?;
         st.comm_s += lap(&mut t);
     }
     Ok(())

@@ -31,8 +31,10 @@ pub use super::exchange::{extract, write_rect, TAG_GRADIENT, TAG_OBJECT};
 use super::exchange::{
     finish_sends, global_max_in, halo_first_sums, lap, probe_from_hat, refresh_halo, tile_indices,
 };
+use super::resident;
 pub use super::{Decomposition, IterStats, Problem, Rank, State};
 use crate::backend::kernel::{probe_spectrum, Gradients};
+use crate::backend::resident::Resident;
 use crate::backend::Selection;
 use crate::config::{NoiseModel, ReconstructionConfig};
 use crate::error::Result;
@@ -100,6 +102,10 @@ pub struct GdState {
     pub d_obj: Vec<f64>,
     /// Its global maximum over the owned pixels.
     pub d_max: f64,
+    /// The backend's resident object ([`crate::backend::Compute::resident`]) is newer than
+    /// `State::object`: [`super::resident::sync`] copies it back. Not checkpointed (a
+    /// checkpoint is written after a sync).
+    pub resident: bool,
 }
 
 /// One iteration on one rank: for each mini-batch, sum this rank's contributions, complete
@@ -121,6 +127,32 @@ pub fn iterate<T: Real>(
         probe_updated: update_probe,
         ..Default::default()
     };
+    if let Some(r) = resident_backend(p, s, o, rank) {
+        // the object and its sums stay in the backend; only rectangles cross
+        if !gs.resident {
+            r.load_object(&s.object)?;
+            gs.resident = true;
+        }
+        let g = resident::sum_gradients(p, r, &s.probe, update_probe, rank, &mut st)?;
+        st.loss += g.loss;
+        let dmax = resident::global_max_d(r, rank, &mut st)?;
+        let mut t = Instant::now();
+        let (alpha, delta) = step_sizes(o, 1.0);
+        let planes = s.object.planes() as f64;
+        r.update_object(
+            &rank.plan.tile,
+            alpha,
+            planes,
+            delta * dmax + f64::MIN_POSITIVE,
+        )?;
+        apply_probe(p, s, &g, alpha, delta, 1.0);
+        st.compute_s += lap(&mut t);
+        resident::refresh_halo(r, rank, &mut st)?;
+        finish_sends(rank, &mut st)?;
+        return Ok(st);
+    }
+    // the host path: the object must be the current one
+    resident::sync(p, s, gs)?;
     let shares = batch_shares(p, o.batches, rank, &mut st)?;
     if o.batches > 1 && gs.d_obj.is_empty() {
         // the first pass of a gd stage: the full preconditioner from one pass over all
@@ -166,6 +198,22 @@ pub fn iterate<T: Real>(
         gs.d_obj = d.data;
     }
     Ok(st)
+}
+
+/// The backend's resident object store, where gd uses it: a backend that has one (GPUs),
+/// the tiled full-batch mode of a single-slice object without position refinement. Else
+/// `None`: gd works on the host arrays (the CPU, and the other modes on GPUs).
+fn resident_backend<'p, T: Real>(
+    p: &'p Problem<T>,
+    s: &State<T>,
+    o: &Options,
+    rank: &Rank,
+) -> Option<&'p dyn Resident<T>> {
+    let plain = rank.mode == Decomposition::Tiled
+        && o.batches == 1
+        && o.positions_from.is_none()
+        && s.object.planes() == 1;
+    p.compute.resident().filter(|_| plain)
 }
 
 /// Each mini-batch's share of all positions of the job, s_b = N_b / N (position j is in batch
@@ -284,17 +332,12 @@ pub fn apply<T: Real>(
     share: f64,
     previous: Option<(&[f64], f64)>,
 ) {
-    let alpha = o.step / fisher_scale(o.noise);
-    let delta = PRECONDITIONER_DELTA + (1.0 - share);
+    let (alpha, delta) = step_sizes(o, share);
     let (d_obj, reg) = match previous {
         Some((d, mx)) => (d, PRECONDITIONER_DELTA * mx + f64::MIN_POSITIVE),
         None => (&g.d_obj.data[..], delta * dmax + f64::MIN_POSITIVE),
     };
-    // x ← x − α g / (d + reg), the step rounded to T and subtracted in T
-    let step = |x: &mut Complex<T>, g: Complex<f64>, d: f64, reg: f64| {
-        let u = g * (alpha / (d + reg));
-        *x = *x - Complex::new(T::of(u.re), T::of(u.im));
-    };
+    let step = |x: &mut Complex<T>, g, d, reg| descend(x, g, d, reg, alpha);
     // a multislice object: the S slices act in series on the same wave, so S simultaneous
     // steps of the single-slice (per-slice Newton) size move the exit wave S times too far;
     // each slice takes 1/S of it (docs/algorithm.md §12)
@@ -307,6 +350,29 @@ pub fn apply<T: Real>(
             reg,
         );
     }
+    apply_probe(p, s, g, alpha, delta, share);
+}
+
+/// The step α = step / c (c the noise model's Fisher scale) and the preconditioners'
+/// relative regulariser δ + 1 − s for a batch with share `share` of the positions.
+fn step_sizes(o: &Options, share: f64) -> (f64, f64) {
+    (
+        o.step / fisher_scale(o.noise),
+        PRECONDITIONER_DELTA + (1.0 - share),
+    )
+}
+
+/// The probe half of step 6 ([`apply`]): P ← P − α s g_P / (D_P + (δ + 1 − s) max D_P),
+/// from the complete probe sums (nothing when they were not formed).
+fn apply_probe<T: Real>(
+    p: &Problem<T>,
+    s: &mut State<T>,
+    g: &Gradients<T>,
+    alpha: f64,
+    delta: f64,
+    share: f64,
+) {
+    let step = |x: &mut Complex<T>, g, d, reg| descend(x, g, d, reg, alpha);
     if !g.g_probe_hat.is_empty() {
         // the probe gradient's inverse FFT in f64: g_P = F⁻¹ ĝ_P per mode
         let gp = probe_from_hat(p.kernel.fft.size(), &g.g_probe_hat);
@@ -319,4 +385,12 @@ pub fn apply<T: Real>(
             }
         }
     }
+}
+
+/// x ← x − α g / (d + reg): the step formed in f64, rounded to T and subtracted in T (the
+/// GPU's `update_object` kernel does the same operations in the same order).
+#[inline]
+fn descend<T: Real>(x: &mut Complex<T>, g: Complex<f64>, d: f64, reg: f64, alpha: f64) {
+    let u = g * (alpha / (d + reg));
+    *x = *x - Complex::new(T::of(u.re), T::of(u.im));
 }

@@ -21,6 +21,7 @@ pub mod gd;
 pub mod mlcg;
 pub mod pie;
 pub mod positions;
+pub mod resident;
 pub mod snapshot;
 
 use crate::backend::kernel::{DmStep, Kernel};
@@ -137,6 +138,7 @@ where
             engines.gd = gd::GdState {
                 d_obj: find(arrays, "gd_d_obj")?.values(&object_dims(&s.object))?,
                 d_max: find(arrays, "gd_d_max")?.values::<f64>(&[1])?[0],
+                resident: false,
             };
         }
         if let (Some(ng), Some(nd)) = (len("cg_gradient"), len("cg_direction")) {
@@ -425,6 +427,8 @@ pub fn iterate<T: Real>(
 ) -> Result<IterStats> {
     let engine = set.engine_at(iteration);
     if iteration > 0 && set.engine_at(iteration - 1) != engine {
+        // the next engine works on the host object
+        resident::sync(p, s, &mut es.gd)?;
         *es = EngineState::default();
     }
     match engine {

@@ -41,6 +41,11 @@ impl Args {
         self.0.push(v.to_bits() as u64);
         self
     }
+    /// A `double`.
+    pub fn d(mut self, v: f64) -> Self {
+        self.0.push(v.to_bits());
+        self
+    }
     /// Pointers to the slots, as `cuLaunchKernel`/`hipModuleLaunchKernel` want them.
     pub fn pointers(&mut self) -> Vec<*mut std::ffi::c_void> {
         self.0

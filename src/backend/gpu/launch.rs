@@ -7,7 +7,7 @@
 use super::device::{Args, DPtr, Device};
 use crate::error::Result;
 
-/// Rust type of a kernel parameter kind: `p` pointer, `i` int, `f` float.
+/// Rust type of a kernel parameter kind: `p` pointer, `i` int, `f` float, `d` double.
 macro_rules! param_type {
     (p) => {
         DPtr
@@ -17,6 +17,9 @@ macro_rules! param_type {
     };
     (f) => {
         f32
+    };
+    (d) => {
+        f64
     };
 }
 
@@ -40,7 +43,7 @@ macro_rules! kernels {
         pub const KERNELS: &[&str] = &[$(stringify!($name)),*];
 
         /// Each kernel's parameter kinds as declared here, one letter per parameter
-        /// (`p` pointer, `i` int, `f` float), checked against kernels/ptycho.cu by a test.
+        /// (`p` pointer, `i` int, `f` float, `d` double), checked against kernels/ptycho.cu by a test.
         #[cfg(test)]
         const SIGNATURES: &[(&str, &str)] = &[$((stringify!($name), concat!($(stringify!($kind)),*))),*];
     };
@@ -83,6 +86,18 @@ kernels! {
     pie_probe_add(ph: p, tw: p, ramp_y: p, ramp_x: p, idx: p, b: i, m: i, k: i, sc: f);
     /// `pie_object` of kernels/ptycho.cu.
     pie_object(obj_t: p, illum_t: p, dpsi: p, den: p, mx: p, p: p, win: p, b: i, h: i, m: i, k: i, a: f, s: f);
+    /// `rect_get_c` of kernels/ptycho.cu.
+    rect_get_c(out: p, obj_t: p, h: i, y0: i, x0: i, rh: i, rw: i);
+    /// `rect_set_c` of kernels/ptycho.cu.
+    rect_set_c(obj_t: p, input: p, h: i, y0: i, x0: i, rh: i, rw: i);
+    /// `rect_get_d` of kernels/ptycho.cu.
+    rect_get_d(out: p, input_t: p, h: i, y0: i, x0: i, rh: i, rw: i, comps: i);
+    /// `rect_add_d` of kernels/ptycho.cu.
+    rect_add_d(sums_t: p, input: p, h: i, y0: i, x0: i, rh: i, rw: i, comps: i);
+    /// `col_max_d` of kernels/ptycho.cu.
+    col_max_d(out: p, d_t: p, h: i, y0: i, x0: i, rh: i, rw: i);
+    /// `update_object` of kernels/ptycho.cu.
+    update_object(obj_t: p, g_t: p, d_t: p, h: i, y0: i, x0: i, rh: i, rw: i, alpha: d, planes: d, reg: d);
 }
 
 #[cfg(test)]
@@ -104,6 +119,8 @@ mod tests {
                         'p'
                     } else if p.starts_with("float") {
                         'f'
+                    } else if p.starts_with("double") {
+                        'd'
                     } else if p.starts_with("int") {
                         'i'
                     } else {

@@ -70,6 +70,8 @@ pub(super) struct State<D: Device> {
     /// Bytes copied host → device and device → host by the calls so far
     /// ([`Compute::bytes_moved`]; the one-time upload of [`Gpu::new`] not counted).
     pub(super) moved: [u64; 2],
+    /// The resident object field and its sums, once loaded ([`super::resident`]).
+    pub(super) res: Option<super::resident::Res>,
 }
 
 impl<D: Device> State<D> {

@@ -29,6 +29,7 @@ mod launch;
 mod memory;
 pub mod profile;
 mod projection;
+mod resident;
 
 pub use cache::{cache_dir, cache_key, cached, cached_in};
 use device::blocks;
@@ -40,6 +41,7 @@ pub use profile::{open_profiled, Profiled};
 
 use super::kernel::{DmStep, Gradients, Kernel};
 use super::pie::PieStep;
+use super::resident::Resident;
 use super::{option_name, BackendKind, Compute, Selection};
 use crate::config::NoiseModel;
 use crate::error::{Error, Result};
@@ -180,6 +182,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
             exit: Buf::default(),
             has_exit: false,
             moved: [0, 0],
+            res: None,
         };
         let ry: Vec<Complex<T>> = positions
             .iter()
@@ -244,20 +247,10 @@ impl<T: Real, D: Device> Gpu<T, D> {
         probe_hat: Option<&[Complex<T>]>,
         sel: &Selection,
     ) -> Result<[DPtr; 4]> {
-        let mm = self.m * self.m;
-        if let Some(probe_hat) = probe_hat.filter(|p| p.len() != self.modes * mm) {
-            return Err(Error::new(
-                self.name,
-                format!(
-                    "probe spectrum has {} values, expected {}",
-                    probe_hat.len(),
-                    self.modes * mm
-                ),
-            ));
-        }
+        self.check_probe_hat(probe_hat)?;
         sel.check(self.positions.len())?;
         let ix = sel.to_vec();
-        let win = super::window_offsets(obj, self.m, ix.iter().map(|&j| &self.positions[j]))?;
+        let win = self.windows(obj.origin, obj.shape, &ix)?;
         let [h, w] = obj.shape;
         let stage = st.buf("obj_stage", h * w * 8)?;
         st.up(stage, bytes_of(&obj.data))?;
@@ -277,6 +270,29 @@ impl<T: Real, D: Device> Gpu<T, D> {
         let win_d = st.buf("win", win.len() * 8)?;
         st.up(win_d, bytes_of(&win))?;
         Ok([obj_t, ph, idx_d, win_d])
+    }
+
+    /// Error unless `probe_hat` (if given) has K M² values.
+    fn check_probe_hat(&self, probe_hat: Option<&[Complex<T>]>) -> Result<()> {
+        let want = self.modes * self.m * self.m;
+        match probe_hat.filter(|p| p.len() != want) {
+            Some(p) => Err(Error::new(
+                self.name,
+                format!("probe spectrum has {} values, expected {want}", p.len()),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The window origins (row, column; [`super::window_offsets`]) of positions `ix` in a
+    /// field with `origin` and `shape`.
+    fn windows(&self, origin: [i64; 2], shape: [usize; 2], ix: &[usize]) -> Result<Vec<[i32; 2]>> {
+        let field = Field::<u8> {
+            origin,
+            shape,
+            data: Vec::new(),
+        };
+        super::window_offsets(&field, self.m, ix.iter().map(|&j| &self.positions[j]))
     }
 
     /// Shifted probes into P and far fields Ψ_raw into ψ for positions `s..s+nb` of the
@@ -315,6 +331,78 @@ impl<T: Real, D: Device> Gpu<T, D> {
         st.mark("exit_wave: probe x object window")?;
         st.fft(psi, m, nb * k, full, false)?;
         st.mark("FFT: far fields")
+    }
+
+    /// The gradient sums of the `ns` staged positions ([`Gpu::stage`]: objT of column
+    /// height `h`, probe spectrum, indices, windows), in batches: added to the object sums
+    /// [g_T, d_T] (transposed, f64 atomics) and, with `want_probe`, to the probe sums
+    /// [g_P̂, d_P^T]; each position's loss written at `loss` (f64, selection order).
+    #[allow(clippy::too_many_arguments)]
+    fn sum_pass(
+        &self,
+        st: &mut State<D>,
+        staged: [DPtr; 4],
+        h: usize,
+        ns: usize,
+        [g_t, d_t, gp, dp_t]: [DPtr; 4],
+        loss: DPtr,
+        want_probe: bool,
+    ) -> Result<()> {
+        let (m, k) = (self.m, self.modes);
+        let mm = m * m;
+        let [obj_t, _, idx, win] = staged;
+        let sc = 1.0 / m as f32;
+        let sc2 = sc * sc;
+        let g = st.weights.map_or(0, |b| b.ptr);
+        let noise = self.noise_code();
+        for s in (0..ns).step_by(self.batch) {
+            let nb = self.batch.min(ns - s);
+            let n = nb * k * mm;
+            let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
+            let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
+            self.forward(st, staged, h, s, nb)?;
+            launch::residual(
+                &mut st.dev,
+                nb,
+                psi,
+                loss + 8 * s as u64,
+                st.meas.ptr,
+                g,
+                idx_b,
+                m,
+                k,
+                noise,
+                self.eps,
+                sc2,
+                sc2,
+            )?;
+            st.mark("residual: noise model, loss")?;
+            st.fft(psi, m, nb * k, full, true)?;
+            st.mark("FFT: back-propagation")?;
+            launch::adjoint(
+                &mut st.dev,
+                blocks(n),
+                psi,
+                p,
+                obj_t,
+                win_b,
+                g_t,
+                d_t,
+                h,
+                m,
+                k,
+                nb,
+                want_probe as usize,
+            )?;
+            st.mark("adjoint: scatter-add into object sums (f64 atomics)")?;
+            if want_probe {
+                st.fft(psi, m, nb * k, full, false)?;
+                st.mark("FFT: probe gradient")?;
+                self.add_probe_sums(st, [gp, dp_t], [psi, obj_t], [idx_b, win_b], h, nb)?;
+                st.mark("probe_grad, probe_density: probe sums")?;
+            }
+        }
+        Ok(())
     }
 
     /// Download `len` f64 of a [rows][cols][comps] device array transposed to [cols][rows][comps].
@@ -480,7 +568,6 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
                 st.mark("start")?;
             }
             let staged = self.stage(st, obj, Some(probe_hat), &sel)?;
-            let [obj_t, _, idx, win] = staged;
             let [h, w] = obj.shape;
             let ns = sel.len();
             let g_t = st.buf("g_t", h * w * 16)?;
@@ -493,57 +580,7 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
             st.dev.zero(gp, k * mm * 16)?;
             st.dev.zero(dp_t, mm * 8)?;
             st.mark("upload object, probe, selection; zero sums")?;
-            let sc = 1.0 / m as f32;
-            let sc2 = sc * sc;
-            let g = st.weights.map_or(0, |b| b.ptr);
-            let noise = self.noise_code();
-            for s in (0..ns).step_by(self.batch) {
-                let nb = self.batch.min(ns - s);
-                let n = nb * k * mm;
-                let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
-                let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
-                self.forward(st, staged, h, s, nb)?;
-                launch::residual(
-                    &mut st.dev,
-                    nb,
-                    psi,
-                    loss + 8 * s as u64,
-                    st.meas.ptr,
-                    g,
-                    idx_b,
-                    m,
-                    k,
-                    noise,
-                    self.eps,
-                    sc2,
-                    sc2,
-                )?;
-                st.mark("residual: noise model, loss")?;
-                st.fft(psi, m, nb * k, full, true)?;
-                st.mark("FFT: back-propagation")?;
-                launch::adjoint(
-                    &mut st.dev,
-                    blocks(n),
-                    psi,
-                    p,
-                    obj_t,
-                    win_b,
-                    g_t,
-                    d_t,
-                    h,
-                    m,
-                    k,
-                    nb,
-                    want_probe as usize,
-                )?;
-                st.mark("adjoint: scatter-add into object sums (f64 atomics)")?;
-                if want_probe {
-                    st.fft(psi, m, nb * k, full, false)?;
-                    st.mark("FFT: probe gradient")?;
-                    self.add_probe_sums(st, [gp, dp_t], [psi, obj_t], [idx_b, win_b], h, nb)?;
-                    st.mark("probe_grad, probe_density: probe sums")?;
-                }
-            }
+            self.sum_pass(st, staged, h, ns, [g_t, d_t, gp, dp_t], loss, want_probe)?;
             let mut out = Gradients::zeros(obj.origin, obj.shape, 1, probe_dims);
             self.download_object_sums(st, [g_t, d_t], obj.shape, &mut out)?;
             if want_probe {
@@ -628,6 +665,10 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
         illum: &mut Field<f64>,
     ) -> Result<f64> {
         self.pie_pass(obj, probe_hat, sel, step, illum)
+    }
+
+    fn resident(&self) -> Option<&dyn Resident<T>> {
+        Some(self)
     }
 }
 
