@@ -14,6 +14,7 @@ pub mod npy;
 pub mod select;
 pub mod stem4d;
 pub mod stream;
+pub mod transport;
 
 use crate::config::{
     Beam, Config, DataFormat, ExperimentConfig, Geometry, PositionsUnit, ZeroFrequency,

@@ -220,9 +220,7 @@ pub fn decode(
     lim: &Limits,
 ) -> Result<Message, Reject> {
     let cap = match start {
-        None => lim
-            .max_header_bytes
-            .saturating_add(START_BYTES_PER_FRAME.saturating_mul(lim.max_frames)),
+        None => start_header_cap(lim),
         Some(_) => lim.max_header_bytes,
     };
     if header.len() > cap {
@@ -245,6 +243,13 @@ pub fn decode(
         }
         (k, Some(_)) => reject(format!("unknown message type {:?}", short(k))),
     }
+}
+
+/// The longest start header `lim` accepts: the header bound plus 64 B per planned frame
+/// (a position list).
+pub fn start_header_cap(lim: &Limits) -> usize {
+    lim.max_header_bytes
+        .saturating_add(START_BYTES_PER_FRAME.saturating_mul(lim.max_frames))
 }
 
 /// At most 40 characters of untrusted text, for a log line.
