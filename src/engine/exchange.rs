@@ -312,13 +312,20 @@ pub fn write_rect<V: Copy>(f: &mut Field<V>, r: &Rect, vals: &[V]) {
 
 /// Halo message: g_O (complex f64) then D_O (f64) on `r`, all slices ([`extract`]), raw bytes.
 fn pack_gradient<T: Real>(g: &Gradients<T>, r: &Rect) -> Vec<u8> {
-    let mut b = bytemuck::cast_slice(&extract(&g.g_obj, r)).to_vec();
-    b.extend_from_slice(bytemuck::cast_slice(&extract(&g.d_obj, r)));
+    gradient_message(&extract(&g.g_obj, r), &extract(&g.d_obj, r))
+}
+
+/// A halo message of sums on n pixels: g_O (n complex f64) then D_O (n f64), raw bytes.
+pub fn gradient_message(g: &[Complex64], d: &[f64]) -> Vec<u8> {
+    let mut b = bytemuck::cast_slice(g).to_vec();
+    b.extend_from_slice(bytemuck::cast_slice(d));
     b
 }
 
-fn unpack_add_gradient<T: Real>(g: &mut Gradients<T>, r: &Rect, bytes: &[u8]) -> Result<()> {
-    let n = r.area() * g.g_obj.planes();
+/// The two parts of a [`gradient_message`] of `n` pixels, copied into aligned buffers.
+///
+/// Errors (naming "halo"): a message of another length than 24 n bytes.
+pub fn split_gradient_message(bytes: &[u8], n: usize) -> Result<(Vec<Complex64>, Vec<f64>)> {
     if bytes.len() != n * 24 {
         return Err(Error::new(
             "halo",
@@ -330,8 +337,14 @@ fn unpack_add_gradient<T: Real>(g: &mut Gradients<T>, r: &Rect, bytes: &[u8]) ->
         ));
     }
     // copy into aligned buffers (a Vec<u8> is only byte-aligned)
-    let gv: Vec<Complex<f64>> = bytemuck::pod_collect_to_vec(&bytes[..n * 16]);
-    let dv: Vec<f64> = bytemuck::pod_collect_to_vec(&bytes[n * 16..]);
+    Ok((
+        bytemuck::pod_collect_to_vec(&bytes[..n * 16]),
+        bytemuck::pod_collect_to_vec(&bytes[n * 16..]),
+    ))
+}
+
+fn unpack_add_gradient<T: Real>(g: &mut Gradients<T>, r: &Rect, bytes: &[u8]) -> Result<()> {
+    let (gv, dv) = split_gradient_message(bytes, r.area() * g.g_obj.planes())?;
     add_field(
         &mut g.g_obj,
         &Field {

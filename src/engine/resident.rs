@@ -8,7 +8,8 @@
 //! says so.
 
 use super::exchange::{
-    allreduce_probe_sums, lap, receive_halo_rects, send_owned_rects, TAG_GRADIENT, TAG_OBJECT,
+    allreduce_probe_sums, gradient_message, lap, receive_halo_rects, send_owned_rects,
+    split_gradient_message, TAG_GRADIENT, TAG_OBJECT,
 };
 use super::gd::GdState;
 use super::{IterStats, Problem, Rank, State};
@@ -17,7 +18,7 @@ use crate::backend::resident::Resident;
 use crate::backend::Selection;
 use crate::error::{Error, Result};
 use crate::physics::fft::Real;
-use num_complex::{Complex, Complex64};
+use num_complex::Complex;
 use std::time::Instant;
 
 /// Copy the backend's resident object into `s.object` if it is newer (gd ran on a
@@ -68,19 +69,8 @@ pub fn sum_gradients<T: Real>(
     for tr in &rank.plan.recvs {
         let bytes = rank.comm.recv(tr.peer, TAG_GRADIENT)?;
         st.wait_s += lap(&mut t);
-        let npx = tr.rect.area();
-        if bytes.len() != npx * 24 {
-            return Err(Error::new(
-                format!("rank {}", tr.peer),
-                format!(
-                    "gradient message of {} bytes for a {npx}-pixel rectangle",
-                    bytes.len()
-                ),
-            ));
-        }
-        // copy into aligned buffers (a Vec<u8> is only byte-aligned)
-        let g: Vec<Complex64> = bytemuck::pod_collect_to_vec(&bytes[..npx * 16]);
-        let d: Vec<f64> = bytemuck::pod_collect_to_vec(&bytes[npx * 16..]);
+        let (g, d) = split_gradient_message(&bytes, tr.rect.area())
+            .map_err(|e| Error::new(format!("rank {}", tr.peer), e.msg))?;
         r.add_sums_rect(&tr.rect, &g, &d)?;
         st.comm_s += lap(&mut t);
     }
@@ -101,9 +91,8 @@ pub fn sum_gradients<T: Real>(
 fn post_halo_sums<T: Real>(r: &dyn Resident<T>, rank: &mut Rank) -> Result<()> {
     for t in &rank.plan.sends {
         let (g, d) = r.sums_rect(&t.rect)?;
-        let mut b = bytemuck::cast_slice(&g).to_vec();
-        b.extend_from_slice(bytemuck::cast_slice(&d));
-        rank.comm.isend(t.peer, TAG_GRADIENT, b)?;
+        rank.comm
+            .isend(t.peer, TAG_GRADIENT, gradient_message(&g, &d))?;
     }
     Ok(())
 }
