@@ -662,6 +662,43 @@ pub struct CheckpointConfig {
     pub dir: Option<PathBuf>,
 }
 
+/// `[live]`: a reconstruction from a detector stream (`ptytile reconstruct --live`,
+/// docs/format.md "Live stream messages").
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LiveConfig {
+    /// Seconds between previews (the current object and probe written to
+    /// `<output stem>.preview.h5` and its PNGs, atomically) while frames arrive.
+    #[serde(default = "LiveConfig::default_preview_s")]
+    pub preview_s: f64,
+    /// Seconds without any message after which the stream counts as lost: the result
+    /// holds what arrived, is marked incomplete, and ptytile exits with code 3.
+    #[serde(default = "LiveConfig::default_timeout_s")]
+    pub timeout_s: f64,
+}
+
+impl LiveConfig {
+    fn default_preview_s() -> f64 {
+        1.0
+    }
+    fn default_timeout_s() -> f64 {
+        30.0
+    }
+    /// Whether every key is at its default (then `[live]` is not written out).
+    pub fn is_default(&self) -> bool {
+        *self == LiveConfig::default()
+    }
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            preview_s: Self::default_preview_s(),
+            timeout_s: Self::default_timeout_s(),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -703,6 +740,9 @@ pub struct Config {
     /// `reconstruction.engine` for `reconstruction.iterations`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<Stage>,
+    /// `[live]` (not written when left at its defaults)
+    #[serde(default, skip_serializing_if = "LiveConfig::is_default")]
+    pub live: LiveConfig,
     /// The config file this was loaded from ([`Config::load`]; not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,

@@ -322,6 +322,7 @@ fn result(loss: Vec<f64>) -> ReconResult {
         config_toml: "[data]\n".into(),
         attrs: vec![],
         excluded: vec![],
+        index_lists: vec![],
     }
 }
 

@@ -64,6 +64,36 @@ enum Cmd {
         /// Override parallel.backend: where the gradient kernel runs (docs/gpu.md).
         #[arg(long, value_enum)]
         backend: Option<crate::config::BackendKind>,
+        /// Reconstruct live from the detector stream at this ZeroMQ endpoint (e.g.
+        /// tcp://127.0.0.1:5555; docs/format.md "Live stream messages"): previews every
+        /// live.preview_s, the result after the end message; exit code 3 when the stream is
+        /// lost (live.timeout_s) and the result holds only what arrived.
+        #[arg(long, value_name = "ENDPOINT", conflicts_with = "resume")]
+        live: Option<String>,
+    },
+    /// Replay a dataset as a detector would stream it (ZeroMQ PUSH socket bound to the
+    /// endpoint; docs/format.md "Live stream messages"), for `reconstruct --live`.
+    Stream {
+        /// Config file of the dataset ([data], [experiment]).
+        config: PathBuf,
+        /// Endpoint to bind (tcp://, ipc:// or inproc://).
+        #[arg(long, default_value = "tcp://127.0.0.1:5555")]
+        endpoint: String,
+        /// Frames per second, in scan order.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Leave out this many frames, spread evenly (tests a receiver's gap handling).
+        #[arg(long, default_value_t = 0)]
+        drop: usize,
+        /// Add this many malformed messages, spread evenly (tests a receiver's robustness).
+        #[arg(long, default_value_t = 0)]
+        corrupt: usize,
+        /// Stop after this many frames without the end message (a killed streamer).
+        #[arg(long, value_name = "FRAMES")]
+        stop_after: Option<usize>,
+        /// Override any config key: --set section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Measure from a 4D-STEM scan the scan–detector rotation and transpose (centre-of-mass
     /// curl fit), the convergence semi-angle (bright-field disk) and the defocus (bright-field
@@ -391,6 +421,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             mut set,
             resume,
             backend,
+            live,
         } => {
             // first, so that SIGTERM/SIGINT end a run that blocks in start-up
             let signals = signals::install()?;
@@ -433,6 +464,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 ));
                 tracing::info!("iteration {it}: loss {loss:.6e}, {secs:.3} s");
             };
+            if let Some(endpoint) = live {
+                return live_reconstruct(&cfg, &endpoint, &progress, &bar);
+            }
             let opts = driver::RunOptions {
                 resume: resume.as_deref(),
                 signals: Some(signals),
@@ -461,6 +495,46 @@ fn dispatch(cli: Cli) -> Result<i32> {
             for p in paths {
                 crate::cli::outln!("wrote {}", p.display());
             }
+            Ok(0)
+        }
+        Cmd::Stream {
+            config,
+            endpoint,
+            rate,
+            drop,
+            corrupt,
+            stop_after,
+            set,
+        } => {
+            let cfg = Config::load(&config, &set)?;
+            crate::data::transport::check_endpoint("--endpoint", &endpoint)?;
+            let df = crate::data::DataFile::open(&cfg)?;
+            let tx = crate::data::transport::Sender::bind(
+                "--endpoint",
+                &endpoint,
+                crate::data::transport::DEFAULT_QUEUE,
+            )?;
+            let opts = crate::data::replay::ReplayOptions {
+                rate,
+                drop,
+                corrupt,
+                stop_after,
+            };
+            let bar = indicatif::ProgressBar::new(df.n as u64);
+            let rep =
+                crate::data::replay::replay(&df, &tx, &opts, &|k| bar.set_position(k as u64))?;
+            bar.finish_and_clear();
+            crate::cli::outln!(
+                "sent {} of {} frames to {endpoint} in {:.2} s ({:.0} frames/s; {} left out, {} malformed messages, {}; last frame {:.2} s behind its time)",
+                rep.sent,
+                df.n,
+                rep.seconds,
+                rep.sent as f64 / rep.seconds.max(1e-9),
+                rep.dropped.len(),
+                rep.corrupted,
+                if rep.ended { "end message sent" } else { "stopped without the end message" },
+                rep.behind_s
+            );
             Ok(0)
         }
         Cmd::Calibrate { config, set } => calibrate::run(&Config::load(&config, &set)?),
@@ -685,4 +759,38 @@ fn frc_outputs(
         unit,
     )?;
     img.write_atomic(png)
+}
+
+/// `reconstruct --live`: run [`driver::live::run_live`] and write its result; exit code 3
+/// ([`driver::live::EXIT_INCOMPLETE`]) with one line when the stream was lost.
+fn live_reconstruct(
+    cfg: &Config,
+    endpoint: &str,
+    progress: driver::Progress,
+    bar: &indicatif::ProgressBar,
+) -> Result<i32> {
+    let outcome = driver::live::run_live(cfg, endpoint, progress)?;
+    bar.finish_and_clear();
+    let (res, code) = match outcome {
+        driver::live::LiveOutcome::Complete(r) => (r, 0),
+        driver::live::LiveOutcome::Incomplete(r) => (r, driver::live::EXIT_INCOMPLETE),
+    };
+    let paths =
+        crate::output::write_result_checked(&cfg.output.path, &res, cfg.output.png, &cfg.inputs())?;
+    for p in &paths {
+        crate::cli::outln!("wrote {}", p.display());
+    }
+    if code != 0 {
+        let got = res
+            .attrs
+            .iter()
+            .find(|(n, _)| n == "live_frames_received")
+            .map_or(0.0, |a| a.1);
+        eprintln!(
+            "error: --live {endpoint}: the stream was lost before its end (no message for live.timeout_s = {} s): {} holds the {got} frames received, marked incomplete (@live_complete = 0)",
+            cfg.live.timeout_s,
+            cfg.output.path.display()
+        );
+    }
+    Ok(code)
 }

@@ -298,7 +298,7 @@ pub(super) fn open(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFi
         pname: &pname,
         intensities: &cxi.data,
     };
-    let experiment = experiment(&e, &meta, m)?;
+    let (experiment, experiment_keys) = experiment(&e, &meta, m)?;
     let (centres, object_shape) = object_grid(&to_pixels(&pm, &experiment), m)
         .map_err(|msg| Error::new(what(&cxi.translation), msg))?;
     let initial_probe = match &cfg.data.probe {
@@ -316,6 +316,7 @@ pub(super) fn open(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFi
         detector_transpose: cfg.data.detector_transpose,
         format: DataFormat::Cxi,
         experiment,
+        experiment_keys,
         n,
         m,
         positions_m: Some(pm),

@@ -10,7 +10,9 @@
 pub mod calibrate;
 pub mod cxi;
 pub mod inspect;
+pub mod live;
 pub mod npy;
+pub mod replay;
 pub mod select;
 pub mod stem4d;
 pub mod stream;
@@ -52,6 +54,8 @@ enum Source {
     },
     /// `.npy` array [Sy, Sx, M, M] (format `stem4d`).
     Npy(npy::NpyArray),
+    /// Frames of a live stream as they arrive ([`live::Frames`]; `--live`).
+    Live(std::sync::Arc<live::Frames>),
 }
 
 /// An opened dataset: metadata, geometry and positions of all N patterns; intensities are
@@ -70,6 +74,10 @@ pub struct DataFile {
     pub format: DataFormat,
     /// Physics of the experiment (SI units).
     pub experiment: Experiment,
+    /// The `[experiment]` keys as resolved (the config's, else the file's metadata, in the
+    /// config's units): a config holding them gives the same [`DataFile::experiment`]
+    /// bit for bit (what `ptytile stream` sends in its start message).
+    pub experiment_keys: ExperimentConfig,
     /// Number of positions N in the file.
     pub n: usize,
     /// Detector side M (px).
@@ -351,6 +359,7 @@ impl DataFile {
                 Ok(out)
             }
             Source::Npy(a) => a.read_f32(2, start, len),
+            Source::Live(f) => Ok(f.read(start, len)),
         }
     }
 
@@ -416,7 +425,7 @@ fn open_hdf5(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFile> {
         pname: &pname,
         intensities: &cfg.data.intensities,
     };
-    let experiment = experiment(&cfg.experiment, &meta, m)?;
+    let (experiment, experiment_keys) = experiment(&cfg.experiment, &meta, m)?;
     let unit = match cfg.data.positions_unit {
         PositionsUnit::Px => None,
         PositionsUnit::M => Some(1.0),
@@ -453,6 +462,7 @@ fn open_hdf5(cfg: &Config, path: &Path, file: hdf5::File) -> Result<DataFile> {
         detector_transpose: cfg.data.detector_transpose,
         format: DataFormat::Hdf5,
         experiment,
+        experiment_keys,
         n,
         m,
         positions_m,
@@ -795,7 +805,14 @@ fn value(
     }
 }
 
-fn experiment(e: &ExperimentConfig, meta: &Meta, m: usize) -> Result<Experiment> {
+/// The experiment of `e` (config keys), else of the file's metadata, for M = `m`; with
+/// the keys as resolved (every value found, in the config's units), which give the same
+/// experiment again from a config alone ([`DataFile::experiment_keys`]).
+fn experiment(
+    e: &ExperimentConfig,
+    meta: &Meta,
+    m: usize,
+) -> Result<(Experiment, ExperimentConfig)> {
     use Valid::{Finite, Positive};
     let energy = value(
         "experiment.energy_ev",
@@ -842,6 +859,17 @@ fn experiment(e: &ExperimentConfig, meta: &Meta, m: usize) -> Result<Experiment>
         Finite,
     )?
     .unwrap_or(0.0);
+    let mut keys = ExperimentConfig {
+        beam: e.beam,
+        energy_ev: Some(energy),
+        convergence_semiangle_mrad: alpha,
+        defocus_m: Some(defocus),
+        spherical_aberration_m: Some(c30),
+        angular_sampling_mrad: None,
+        detector_distance_m: None,
+        detector_pixel_size_m: None,
+        geometry: e.geometry,
+    };
     let (dtheta, pixel) = match e.beam {
         Beam::Electron => {
             let mrad = value(
@@ -854,6 +882,7 @@ fn experiment(e: &ExperimentConfig, meta: &Meta, m: usize) -> Result<Experiment>
             )?
             .unwrap_or_default();
             let dt = mrad * 1e-3;
+            keys.angular_sampling_mrad = Some(mrad);
             (dt, physics::pixel_size_from_angular_m(wavelength, m, dt))
         }
         Beam::Xray => {
@@ -875,6 +904,8 @@ fn experiment(e: &ExperimentConfig, meta: &Meta, m: usize) -> Result<Experiment>
                 Positive,
             )?
             .unwrap_or_default();
+            keys.detector_distance_m = Some(z);
+            keys.detector_pixel_size_m = Some(p);
             (
                 p / z,
                 physics::pixel_size_from_detector_m(wavelength, m, z, p),
@@ -891,7 +922,7 @@ fn experiment(e: &ExperimentConfig, meta: &Meta, m: usize) -> Result<Experiment>
         dtheta_rad: dtheta,
     };
     exp.check()?;
-    Ok(exp)
+    Ok((exp, keys))
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ pub(super) fn open(cfg: &Config, path: &Path, file: Option<hdf5::File>) -> Resul
         pname: &pname,
         intensities: &cfg.data.intensities,
     };
-    let experiment = experiment(&cfg.experiment, &meta, m)?;
+    let (experiment, experiment_keys) = experiment(&cfg.experiment, &meta, m)?;
     let pm = scan_positions_m(sy, sx, step, cfg.data.scan_rotation_deg);
     let (centres, object_shape) = object_grid(&to_pixels(&pm, &experiment), m)
         .map_err(|msg| Error::new("data.scan_step_m", msg))?;
@@ -118,6 +118,7 @@ pub(super) fn open(cfg: &Config, path: &Path, file: Option<hdf5::File>) -> Resul
         detector_transpose: cfg.data.detector_transpose,
         format: DataFormat::Stem4d,
         experiment,
+        experiment_keys,
         n: sy * sx,
         m,
         positions_m: Some(pm),

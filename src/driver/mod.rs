@@ -26,6 +26,7 @@
 
 pub mod figures;
 pub mod job;
+pub mod live;
 pub mod setup;
 pub mod stop;
 
@@ -59,6 +60,8 @@ use xxhash_rust::xxh3::xxh3_64;
 pub type Progress<'a> = &'a (dyn Fn(usize, f64, f64, usize) + Sync);
 
 /// How a run ended.
+// one value per run: boxing the result would only add an allocation
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome {
     /// Every iteration done: the result on the process holding rank 0 (None elsewhere
@@ -224,11 +227,42 @@ impl<'a> RankRun<'a> {
                 (Cow::Owned(p), Cow::Owned(s))
             }
         };
-        let rp = &plan.ranks[c.rank()];
         if matches!(plan, Cow::Owned(_)) {
             // one process per rank (MPI): this rank's own estimate
+            let rp = &plan.ranks[c.rank()];
             check_memory(cfg, &df, memory_estimate(cfg, &df, &[rp], c.rank() == 0))?;
         }
+        Self::build(cfg, c, df, plan, sel, resume, None)
+    }
+
+    /// A rank's run over `df` with a given plan and pattern selection (a live
+    /// reconstruction's data so far), starting from `initial` (the object on this rank's
+    /// field and the probe, e.g. of an earlier run over fewer patterns) instead of the
+    /// configured initial object and probe; no resume. The memory is not checked here.
+    ///
+    /// Errors: those of [`RankRun::new`]; an `initial` state of another field or probe size
+    /// (naming `reconstruction`).
+    pub fn with_data(
+        cfg: &'a Config,
+        c: &'a mut dyn Comm,
+        df: DataFile,
+        plan: TilePlan,
+        sel: Selection,
+        initial: Option<engine::State<f32>>,
+    ) -> Result<Self> {
+        Self::build(cfg, c, df, Cow::Owned(plan), Cow::Owned(sel), None, initial)
+    }
+
+    fn build(
+        cfg: &'a Config,
+        c: &'a mut dyn Comm,
+        df: DataFile,
+        plan: Cow<'a, TilePlan>,
+        sel: Cow<'a, Selection>,
+        resume: Option<&Path>,
+        initial: Option<engine::State<f32>>,
+    ) -> Result<Self> {
+        let rp = &plan.ranks[c.rank()];
         let (n_used, excluded) = (sel.n_used(), sel.excluded());
         if c.rank() == 0 {
             tracing::info!(
@@ -251,7 +285,23 @@ impl<'a> RankRun<'a> {
             "rank {}: {} positions, {} measurement bytes, field {}x{} ({} object/gradient bytes), {} halo peers",
             c.rank(), rp.positions.len(), bytes.0, rp.field.shape()[0], rp.field.shape()[1], bytes.1, rp.sends.len()
         );
-        let (mut problem, state) = setup(cfg, &df, rp, c)?;
+        let (mut problem, mut state) = setup(cfg, &df, rp, c)?;
+        if let Some(init) = initial {
+            let same = init.object.origin == state.object.origin
+                && init.object.shape == state.object.shape
+                && init.object.data.len() == state.object.data.len()
+                && init.probe.len() == state.probe.len();
+            if !same {
+                return Err(Error::new(
+                    "reconstruction",
+                    format!(
+                        "rank {}: the state carried over does not fit this rank's field and probe",
+                        rp.rank
+                    ),
+                ));
+            }
+            state = init;
+        }
         // refined scan positions ([position_correction]; collective set-up)
         let pc = &cfg.position_correction;
         let mut refiner = match pc.enabled {
@@ -384,6 +434,15 @@ impl<'a> RankRun<'a> {
     fn sync(&mut self) -> Result<()> {
         let c = &mut self.carry;
         engine::resident::sync(&self.problem, &mut c.state, &mut c.engines.gd)
+    }
+
+    /// This rank's object and probe after the iterations run so far, ending the run (the
+    /// state a live reconstruction carries into its next run over more patterns).
+    ///
+    /// Errors: a device failure while copying a backend-resident object back.
+    pub fn into_state(mut self) -> Result<engine::State<f32>> {
+        self.sync()?;
+        Ok(self.carry.state)
     }
 
     /// This rank's communicator.
@@ -567,6 +626,14 @@ impl<'a> RankRun<'a> {
     ///
     /// Errors: a failed peer or transport; a rank's tile of the wrong size.
     pub fn finish(mut self) -> Result<Option<ReconResult>> {
+        self.result()
+    }
+
+    /// [`RankRun::finish`] without ending the run: the result so far (a live
+    /// reconstruction's preview; collective). Returns it on rank 0, None elsewhere.
+    ///
+    /// Errors: those of [`RankRun::finish`].
+    pub fn result(&mut self) -> Result<Option<ReconResult>> {
         let secs = self.t0.elapsed().as_secs_f64();
         self.sync()?;
         let (mx, tot) = self.figures()?;
@@ -661,14 +728,15 @@ impl<'a> RankRun<'a> {
         Ok(Some(ReconResult {
             object,
             pixel_size_m: df.experiment.pixel_size_m,
-            probe: self.carry.state.probe,
+            probe: self.carry.state.probe.clone(),
             modes: cfg.reconstruction.probe_modes,
             m: df.m,
             positions_px,
-            loss: self.loss,
+            loss: self.loss.clone(),
             config_toml: cfg.to_toml(),
             attrs,
             excluded: sel.excluded(),
+            index_lists: Vec::new(),
         }))
     }
 }

@@ -381,12 +381,17 @@ pub fn scan_density(centres: &[[f64; 2]]) -> f64 {
 /// At most the first 20 of `v` for a log line, `[a, b, …]`, with how many more there are
 /// (the result's `@excluded_patterns` holds them all).
 pub(crate) fn first_indices(v: &[usize]) -> String {
+    first_indices_in(v, "excluded_patterns")
+}
+
+/// [`first_indices`] of a list the result holds in the attribute `attr`.
+pub(crate) fn first_indices_in(v: &[usize], attr: &str) -> String {
     const SHOWN: usize = 20;
     let head: Vec<String> = v.iter().take(SHOWN).map(|j| j.to_string()).collect();
     match v.len().saturating_sub(SHOWN) {
         0 => format!("[{}]", head.join(", ")),
         more => format!(
-            "[{}, … and {more} more, all in the result's @excluded_patterns]",
+            "[{}, … and {more} more, all in the result's @{attr}]",
             head.join(", ")
         ),
     }

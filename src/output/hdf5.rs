@@ -4,8 +4,9 @@
 //! entrance) with attribute `pixel_size_m` float64 [2] (y, x);
 //! `/probe` complex64 [K, M, M]; `/positions_px` float64 [N, 2] (y, x); `/loss` float64
 //! [iterations]; root attributes `ptytile_version` and `config` (variable-length UTF-8
-//! strings), one float64 scalar per entry of [`ReconResult::attrs`], and `excluded_patterns`
-//! uint64 [E] (the [`ReconResult::excluded`] patterns, absent when none).
+//! strings), one float64 scalar per entry of [`ReconResult::attrs`], `excluded_patterns`
+//! uint64 [E] (the [`ReconResult::excluded`] patterns, absent when none), and one uint64
+//! [E] per non-empty entry of [`ReconResult::index_lists`].
 
 use super::ReconResult;
 use crate::error::{Context, Error, Result};
@@ -57,14 +58,21 @@ pub(super) fn check(path: &Path, r: &ReconResult) -> Result<()> {
             ),
         ));
     }
-    for (i, (name, _)) in r.attrs.iter().enumerate() {
+    let names: Vec<&String> = r
+        .attrs
+        .iter()
+        .map(|(n, _)| n)
+        .chain(r.index_lists.iter().map(|(n, _)| n))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        let name = *name;
         if name.is_empty() || name == ATTR_VERSION || name == ATTR_CONFIG || name == ATTR_EXCLUDED {
             return Err(Error::new(
                 what("/"),
                 format!("attribute name {name:?} is reserved"),
             ));
         }
-        if r.attrs[..i].iter().any(|(n, _)| n == name) {
+        if names[..i].contains(&name) {
             return Err(Error::new(
                 what("/"),
                 format!("attribute {name:?} given twice"),
@@ -162,6 +170,14 @@ pub(super) fn write_h5(path: &Path, r: &ReconResult) -> Result<()> {
             .create(ATTR_EXCLUDED)
             .and_then(|a| a.write_raw(&e))
             .ctx(|| format!("{p}:/ attribute {ATTR_EXCLUDED}"))?;
+    }
+    for (name, list) in r.index_lists.iter().filter(|(_, l)| !l.is_empty()) {
+        let e: Vec<u64> = list.iter().map(|&j| j as u64).collect();
+        file.new_attr::<u64>()
+            .shape(e.len())
+            .create(name.as_str())
+            .and_then(|a| a.write_raw(&e))
+            .ctx(|| format!("{p}:/ attribute {name}"))?;
     }
     file.close().ctx(|| p.clone())
 }
@@ -361,6 +377,7 @@ pub(super) fn read_h5(path: &Path) -> Result<ReconResult> {
         .ctx(|| p.clone())?;
     let mut attrs = Vec::new();
     let mut excluded = Vec::new();
+    let mut index_lists = Vec::new();
     for name in names {
         if name == ATTR_EXCLUDED {
             let what = || format!("{p}:/ attribute {name}");
@@ -385,6 +402,9 @@ pub(super) fn read_h5(path: &Path) -> Result<ReconResult> {
         );
         if numeric && a.is_scalar() {
             attrs.push((name.clone(), a.read_scalar::<f64>().ctx(what)?));
+        } else if matches!(td, TypeDescriptor::Unsigned(_)) && a.ndim() == 1 {
+            let list = a.read_raw::<u64>().ctx(what)?;
+            index_lists.push((name.clone(), list.into_iter().map(|j| j as usize).collect()));
         }
     }
 
@@ -403,5 +423,6 @@ pub(super) fn read_h5(path: &Path) -> Result<ReconResult> {
         config_toml,
         attrs,
         excluded,
+        index_lists,
     })
 }

@@ -30,6 +30,9 @@ pub struct ReconResult {
     /// likelihood as outliers or by `[data] exclude` (`data::select`); root attribute
     /// `excluded_patterns` (uint64 [E], absent when empty).
     pub excluded: Vec<usize>,
+    /// Further lists of pattern/frame indices (name, indices), e.g. a live run's
+    /// `live_missing_frames`; one root attribute uint64 [E] each, absent when empty.
+    pub index_lists: Vec<(String, Vec<usize>)>,
 }
 
 pub mod checkpoint;
@@ -265,6 +268,7 @@ mod tests {
                 ("dose".into(), 1e5),
             ],
             excluded: vec![3, 17],
+            index_lists: vec![("live_missing_frames".into(), vec![2, 5])],
         }
     }
 

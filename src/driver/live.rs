@@ -1,0 +1,573 @@
+//! Live reconstruction (`ptytile reconstruct --live ENDPOINT`): frames arrive from a
+//! detector stream (docs/format.md "Live stream messages") while the ranks iterate over the
+//! frames received so far, with previews, and after the end message the configured
+//! iterations run over every frame received and the normal result is returned.
+//!
+//! One thread receives: it connects a PULL socket to the endpoint
+//! ([`crate::data::transport`]), decodes every message ([`crate::data::stream::decode`];
+//! a refused message is logged with its reason and recorded, never a crash) and stores each
+//! frame in the shared [`Frames`] as it arrives. The ranks (threads of this process,
+//! `[parallel] ranks`) run a sequence of [`RankRun`]s over growing pattern selections:
+//!
+//! - The tile plan is made once, from the start message's planned positions; every run
+//!   gives each rank the received positions of its tile (halo ones first), on the same
+//!   fields, so a run's object and probe carry over unchanged into the next one.
+//! - Rank 0 decides for all ranks (point-to-point messages, so the decisions are the same
+//!   on every rank): which frames a run uses (those received when it starts), when a new
+//!   run starts (25 % more frames than the current one has, or its iterations are spent and
+//!   new frames wait), when a preview is written (every `[live] preview_s` seconds: the
+//!   current object and probe to `<output stem>.preview.h5` and its PNGs, through the same
+//!   temporary-file-and-rename commit as a result, with the fraction of the scan received
+//!   as an attribute).
+//! - After the end message the last run is the offline run over every frame received: the
+//!   `[data]` selection applied as offline (exclusions, outliers among the received frames,
+//!   subsets), the offline tile plan, the configured initial object and probe, the
+//!   configured iterations; its result is the result (bit for bit the offline one when the
+//!   same frames are used, tests/live.rs). It does not start from the live object: the
+//!   scan's sequential growth leaves a low-frequency phase error that the configured
+//!   iterations do not remove (on pbtio3_thin.h5 at 1000 frames/s a warm start reached a
+//!   phase correlation of 0.61–0.72, against 0.9837 offline; docs/performance.md), and the
+//!   offline computation after the last frame is the time the live mode is allowed.
+//!   With no message for `[live] timeout_s` seconds before the end, the result is the
+//!   current live object and probe over the frames received, marked incomplete.
+//!
+//! Memory: the received frames are held once in [`Frames`] and once more in the ranks'
+//! problems (the copy each run reads); the receiver's socket queue is bounded
+//! ([`transport::DEFAULT_QUEUE`] messages; past it the sender blocks, so frames are delayed,
+//! never dropped). Not yet: MPI ranks (frames would have to be forwarded to their owner
+//! ranks), unplanned scans, frames' own positions (a planned scan's positions are used).
+
+use super::{check_memory, memory_estimate, Progress, RankRun};
+use crate::comm::{self, Comm};
+use crate::config::Config;
+use crate::data::live::Frames;
+use crate::data::select::{self, Selection};
+use crate::data::stream::{self, Arrivals, Limits, Message, Start};
+use crate::data::transport::{self, Received, Receiver};
+use crate::data::DataFile;
+use crate::error::{Error, Result};
+use crate::output::ReconResult;
+use crate::tiling::TilePlan;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Exit code of `ptytile reconstruct --live` when the stream was lost before its end: the
+/// result holds what arrived and is marked incomplete.
+pub const EXIT_INCOMPLETE: i32 = 3;
+
+/// Tag of rank 0's decisions to the other ranks.
+const TAG_LIVE: u32 = 21;
+
+/// How a live reconstruction ended.
+#[derive(Debug)]
+pub enum LiveOutcome {
+    /// The end message arrived; the configured iterations ran over every frame received.
+    Complete(ReconResult),
+    /// No message for `[live] timeout_s` before the end: the object and probe reached over
+    /// the frames received (attribute `live_complete` = 0).
+    Incomplete(ReconResult),
+}
+
+/// What the receiving thread saw.
+#[derive(Debug, Default)]
+struct Status {
+    /// The end message's frame count, once it arrived.
+    ended: Option<usize>,
+    /// No message for `timeout_s` (or a transport failure) before the end.
+    lost: Option<String>,
+    /// Refused messages: the frame index where the header names one, and the reason.
+    rejected: Vec<(Option<usize>, String)>,
+    /// Frames that arrived more than once (later copies dropped).
+    repeated: Vec<usize>,
+    /// Frames received so far.
+    received: usize,
+    /// When the last frame arrived.
+    last_frame: Option<Instant>,
+    /// When a quarter of the planned frames had arrived.
+    quarter: Option<Instant>,
+}
+
+/// State shared by the receiving thread and the ranks.
+struct Shared {
+    frames: Arc<Frames>,
+    status: Mutex<Status>,
+    /// Set when the ranks are done: the receiver stops.
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A run over the frames received is replaced by a new one when 25 % more, and at least
+/// this many more, have arrived (or its iterations are spent and any new frame waits).
+const MIN_NEW_FRAMES: usize = 32;
+
+/// Reasons kept for the log and the result (the count is always exact).
+const MAX_REJECTED_KEPT: usize = 1000;
+
+/// Run a live reconstruction of the stream at `endpoint` with `cfg` (thread ranks,
+/// `[parallel] ranks`); `progress` as for [`super::run`], called by every run's iterations.
+///
+/// Errors (one line naming `--live`, the key or the file): an endpoint that is not
+/// accepted; no start message within `[live] timeout_s`; a start message that is refused
+/// or an unplanned scan; an MPI launch; `[live]` keys out of range; those of
+/// [`RankRun::with_data`] and the iterations; no frame received before the stream was lost.
+pub fn run_live(cfg: &Config, endpoint: &str, progress: Progress) -> Result<LiveOutcome> {
+    let opt = format!("--live {endpoint}");
+    if comm::launcher_env().is_some_and(|l| l.size > 1) {
+        return Err(Error::new(
+            &opt,
+            "a live reconstruction runs with thread ranks ([parallel] ranks) in one process; under an MPI launcher it is not supported yet",
+        ));
+    }
+    let lc = cfg.live;
+    for (key, v) in [
+        ("live.preview_s", lc.preview_s),
+        ("live.timeout_s", lc.timeout_s),
+    ] {
+        if !(v.is_finite() && v > 0.0 && v < 1e7) {
+            return Err(Error::new(key, format!("must be > 0 s, got {v}")));
+        }
+    }
+    let timeout = Duration::from_secs_f64(lc.timeout_s);
+    let lim = Limits::default();
+    let rx = Receiver::connect(&opt, endpoint, &lim, transport::DEFAULT_QUEUE)?;
+    let start = wait_for_start(&rx, &lim, timeout, &opt)?;
+    let frames = Arc::new(Frames::new(start.frames, start.detector.shape[0]));
+    let df = DataFile::from_stream(cfg, endpoint, &start, frames.clone())?;
+    let ranks = cfg.parallel.ranks;
+    let full = super::job_plan(cfg, &df, ranks, &Selection::all(df.n))?;
+    check_memory(
+        cfg,
+        &df,
+        memory_estimate(cfg, &df, &full.ranks.iter().collect::<Vec<_>>(), true),
+    )?;
+    tracing::info!(
+        "{opt}: scan of {} frames of {}x{}, object {}x{} px, {ranks} rank(s)",
+        start.frames,
+        df.m,
+        df.m,
+        df.object_shape[0],
+        df.object_shape[1]
+    );
+    let shared = Shared {
+        frames,
+        status: Mutex::new(Status::default()),
+        stop: AtomicBool::new(false),
+    };
+    let t0 = Instant::now();
+    let results = std::thread::scope(|s| {
+        let (start, lim, shared) = (&start, &lim, &shared);
+        let recv = s.spawn(move || receive(&rx, start, lim, timeout, shared));
+        let out = comm::run_threads(ranks, |mut c| {
+            let r = rank_loop(cfg, &mut c, shared, start, endpoint, &full, progress);
+            if r.is_err() {
+                shared.stop.store(true, Ordering::SeqCst);
+            }
+            r
+        });
+        shared.stop.store(true, Ordering::SeqCst);
+        let _ = recv.join();
+        out
+    })?;
+    let mut results = results;
+    let (res, complete) = results
+        .swap_remove(0)
+        .ok_or_else(|| Error::new(&opt, "rank 0 returned no result"))?;
+    let st = shared.status();
+    let missing: Vec<usize> = {
+        let got = shared.frames.received();
+        (0..got.len()).filter(|&j| !got[j]).collect()
+    };
+    let mut res = res;
+    let after_last = st.last_frame.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    report(&opt, &st, &missing, complete);
+    res.attrs.extend([
+        ("live_complete".into(), f64::from(u8::from(complete))),
+        ("live_frames_planned".into(), start.frames as f64),
+        ("live_frames_received".into(), st.received as f64),
+        ("live_frames_missing".into(), missing.len() as f64),
+        ("live_messages_rejected".into(), st.rejected.len() as f64),
+        ("live_frames_repeated".into(), st.repeated.len() as f64),
+        ("live_seconds".into(), t0.elapsed().as_secs_f64()),
+        ("live_result_seconds_after_last_frame".into(), after_last),
+    ]);
+    if let Some(e) = st.ended {
+        res.attrs.push(("live_frames_sent".into(), e as f64));
+    }
+    let mut rejected_frames: Vec<usize> = st.rejected.iter().filter_map(|r| r.0).collect();
+    rejected_frames.sort_unstable();
+    rejected_frames.dedup();
+    res.index_lists
+        .push(("live_missing_frames".into(), missing));
+    res.index_lists
+        .push(("live_rejected_frames".into(), rejected_frames));
+    let mut repeated = st.repeated.clone();
+    repeated.sort_unstable();
+    res.index_lists
+        .push(("live_repeated_frames".into(), repeated));
+    Ok(if complete {
+        LiveOutcome::Complete(res)
+    } else {
+        LiveOutcome::Incomplete(res)
+    })
+}
+
+/// Log what the stream delivered: missing, rejected and repeated frames.
+fn report(opt: &str, st: &Status, missing: &[usize], complete: bool) {
+    if !missing.is_empty() {
+        tracing::warn!(
+            "{opt}: {} frame(s) never arrived: {}",
+            missing.len(),
+            super::setup::first_indices_in(missing, "live_missing_frames")
+        );
+    }
+    if !st.rejected.is_empty() {
+        tracing::warn!(
+            "{opt}: {} message(s) rejected (frames named in the result's @live_rejected_frames)",
+            st.rejected.len()
+        );
+    }
+    if !st.repeated.is_empty() {
+        tracing::warn!(
+            "{opt}: {} repeated frame(s) dropped: {}",
+            st.repeated.len(),
+            super::setup::first_indices_in(&st.repeated, "live_repeated_frames")
+        );
+    }
+    if let Some(why) = st.lost.as_ref().filter(|_| !complete) {
+        tracing::warn!("{opt}: {why}");
+    }
+}
+
+/// Wait for the start message, logging and skipping anything else.
+fn wait_for_start(rx: &Receiver, lim: &Limits, timeout: Duration, opt: &str) -> Result<Start> {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        match rx.next(Duration::from_millis(100))? {
+            Received::Message(p) => match stream::decode(&p.header, Some(&p.payload), None, lim) {
+                Ok(Message::Start(s)) => return Ok(*s),
+                Ok(_) => {}
+                Err(r) => {
+                    tracing::warn!("{opt}: message refused before the start: {r}");
+                    // a refused start message is the user's error, not noise: say so
+                    if serde_json::from_slice::<serde_json::Value>(&p.header)
+                        .ok()
+                        .and_then(|v| v.get("type").cloned())
+                        .is_some_and(|t| t == "start")
+                    {
+                        return Err(Error::new(opt, format!("start message refused: {r}")));
+                    }
+                }
+            },
+            Received::Malformed(r) => tracing::warn!("{opt}: {r}"),
+            Received::Idle => {}
+        }
+    }
+    Err(Error::new(
+        opt,
+        format!(
+            "no start message within live.timeout_s = {} s",
+            timeout.as_secs_f64()
+        ),
+    ))
+}
+
+/// The frame index a refused header names, if it has one (for the result's list).
+fn named_index(header: &[u8]) -> Option<usize> {
+    #[derive(serde::Deserialize)]
+    struct Idx {
+        index: usize,
+    }
+    serde_json::from_slice::<Idx>(header).ok().map(|i| i.index)
+}
+
+/// The receiving thread: decode and store frames until the end message, a silence of
+/// `timeout`, a transport failure, or the ranks' stop.
+fn receive(rx: &Receiver, start: &Start, lim: &Limits, timeout: Duration, sh: &Shared) {
+    let mut arrivals = Arrivals::new(start.frames);
+    let mut last = Instant::now();
+    let reject = |sh: &Shared, idx: Option<usize>, why: String| {
+        tracing::warn!("live stream: message rejected: {why}");
+        let mut st = sh.status();
+        if st.rejected.len() < MAX_REJECTED_KEPT {
+            st.rejected.push((idx, why));
+        } else {
+            st.rejected.push((idx, String::new()));
+        }
+    };
+    while !sh.stop.load(Ordering::SeqCst) {
+        match rx.next(Duration::from_millis(20)) {
+            Ok(Received::Message(p)) => {
+                last = Instant::now();
+                match stream::decode(&p.header, Some(&p.payload), Some(start), lim) {
+                    Ok(Message::Frame(f)) => {
+                        let (gap, first) = arrivals.arrive(f.index);
+                        if !gap.is_empty() {
+                            tracing::debug!(
+                                "live stream: frames {}..{} skipped so far",
+                                gap.start,
+                                gap.end
+                            );
+                        }
+                        let mut st = sh.status();
+                        if first && sh.frames.insert(f.index, f.pattern) {
+                            st.received += 1;
+                            st.last_frame = Some(Instant::now());
+                            if st.quarter.is_none() && 4 * st.received >= start.frames {
+                                st.quarter = st.last_frame;
+                            }
+                        } else {
+                            st.repeated.push(f.index);
+                        }
+                    }
+                    Ok(Message::End { frames }) => {
+                        sh.status().ended = Some(frames);
+                        return;
+                    }
+                    Ok(Message::Start(_)) => reject(sh, None, "a second start message".into()),
+                    Err(r) => reject(sh, named_index(&p.header), r.0),
+                }
+            }
+            Ok(Received::Malformed(r)) => {
+                last = Instant::now();
+                reject(sh, None, r);
+            }
+            Ok(Received::Idle) => {
+                if last.elapsed() >= timeout {
+                    sh.status().lost = Some(format!(
+                        "no message for live.timeout_s = {} s before the end message: the stream is taken as lost",
+                        timeout.as_secs_f64()
+                    ));
+                    return;
+                }
+            }
+            Err(e) => {
+                sh.status().lost = Some(format!("the stream failed: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+/// What rank 0 tells the other ranks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Frames still arriving.
+    Live,
+    /// The end message arrived: the last run.
+    Final,
+    /// The stream was lost.
+    Lost,
+}
+
+/// Rank 0's snapshot of the stream for the next run: the phase and the received frames
+/// (all ranks get the same).
+fn agree_run(c: &mut dyn Comm, sh: &Shared) -> Result<(Phase, Vec<bool>)> {
+    let mut msg: Vec<u8>;
+    if c.rank() == 0 {
+        // the status first: a frame stored after it is in the next run
+        let phase = {
+            let st = sh.status();
+            match (st.ended, &st.lost) {
+                (Some(_), _) => Phase::Final,
+                (None, Some(_)) => Phase::Lost,
+                _ => Phase::Live,
+            }
+        };
+        msg = vec![phase as u8];
+        msg.extend(sh.frames.received().iter().map(|&b| u8::from(b)));
+        for r in 1..c.size() {
+            c.isend(r, TAG_LIVE, msg.clone())?;
+        }
+        c.wait_sends()?;
+    } else {
+        msg = c.recv(0, TAG_LIVE)?;
+    }
+    let phase = match msg.first() {
+        Some(0) => Phase::Live,
+        Some(1) => Phase::Final,
+        _ => Phase::Lost,
+    };
+    Ok((phase, msg[1..].iter().map(|&b| b != 0).collect()))
+}
+
+/// Rank 0's decision after an iteration: (start a new run, write a preview now).
+fn agree_step(c: &mut dyn Comm, decide: impl FnOnce() -> (bool, bool)) -> Result<(bool, bool)> {
+    let msg = if c.rank() == 0 {
+        let (next, preview) = decide();
+        let msg = vec![u8::from(next), u8::from(preview)];
+        for r in 1..c.size() {
+            c.isend(r, TAG_LIVE, msg.clone())?;
+        }
+        c.wait_sends()?;
+        msg
+    } else {
+        c.recv(0, TAG_LIVE)?
+    };
+    Ok((msg.first() == Some(&1), msg.get(1) == Some(&1)))
+}
+
+/// The patterns a run uses: the `[data]` selection over the received frames (outliers
+/// judged among them; a frame not received counts as the median, then is left out).
+fn live_selection(cfg: &Config, df: &DataFile, received: &[bool]) -> Result<Selection> {
+    let totals = if cfg.data.exclude_outliers {
+        let mut t = df.pattern_totals(0, df.n)?;
+        let mut got: Vec<f64> = (0..df.n).filter(|&j| received[j]).map(|j| t[j]).collect();
+        got.sort_by(|a, b| a.total_cmp(b));
+        let med = got.get(got.len() / 2).copied().unwrap_or(0.0);
+        (0..df.n).filter(|&j| !received[j]).for_each(|j| t[j] = med);
+        Some(t)
+    } else {
+        None
+    };
+    let mut sel = select::select(&cfg.data, &df.centres, totals.as_deref())?;
+    for (u, &r) in sel.used.iter_mut().zip(received) {
+        *u &= r;
+    }
+    if sel.n_used() == 0 {
+        return Err(Error::new("data", "no received frame to reconstruct from"));
+    }
+    Ok(sel)
+}
+
+/// `full` with each rank's positions restricted to `used` (order kept: halo ones first).
+fn restrict(full: &TilePlan, used: &[bool]) -> TilePlan {
+    let mut p = full.clone();
+    for r in &mut p.ranks {
+        let nh = r.positions[..r.n_halo_positions]
+            .iter()
+            .filter(|&&j| used[j])
+            .count();
+        r.positions.retain(|&j| used[j]);
+        r.n_halo_positions = nh;
+    }
+    p
+}
+
+/// Where previews go: `<output stem>.preview.h5` beside `output.path`.
+pub fn preview_path(cfg: &Config) -> PathBuf {
+    let p = &cfg.output.path;
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "recon".into());
+    p.with_file_name(format!("{stem}.preview.h5"))
+}
+
+/// One rank's part: runs over growing selections until the final run or a lost stream.
+/// Returns (result, complete) on rank 0.
+fn rank_loop(
+    cfg: &Config,
+    c: &mut dyn Comm,
+    sh: &Shared,
+    start: &Start,
+    endpoint: &str,
+    full: &TilePlan,
+    progress: Progress,
+) -> Result<Option<(ReconResult, bool)>> {
+    let preview_every = Duration::from_secs_f64(cfg.live.preview_s);
+    let mut carried = None;
+    let mut last_preview = Instant::now();
+    let mut previews = 0usize;
+    // seconds from a quarter of the scan received to the first preview written after it
+    let mut after_quarter: Option<f64> = None;
+    let finished = |r: Option<ReconResult>, complete: bool, previews: usize, q: Option<f64>| {
+        r.map(|mut r| {
+            r.attrs.push(("live_previews".into(), previews as f64));
+            if let Some(q) = q {
+                r.attrs
+                    .push(("live_first_preview_after_quarter_s".into(), q));
+            }
+            (r, complete)
+        })
+    };
+    loop {
+        let (phase, received) = agree_run(c, sh)?;
+        let n_got = received.iter().filter(|&&b| b).count();
+        if n_got == 0 {
+            if phase == Phase::Live {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            return Err(Error::new(
+                format!("--live {endpoint}"),
+                "the stream ended or was lost before any frame arrived",
+            ));
+        }
+        let df = DataFile::from_stream(cfg, endpoint, start, sh.frames.clone())?;
+        let sel = match live_selection(cfg, &df, &received) {
+            Ok(s) => s,
+            // every received frame left out so far: wait for more
+            Err(_) if phase == Phase::Live => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut run = if phase == Phase::Final {
+            // the offline run over the frames received: its plan, the configured start
+            let plan = super::job_plan(cfg, &df, c.size(), &sel)?;
+            RankRun::with_data(cfg, &mut *c, df, plan, sel, None)?
+        } else {
+            let plan = restrict(full, &sel.used);
+            RankRun::with_data(cfg, &mut *c, df, plan, sel, carried.take())?
+        };
+        match phase {
+            Phase::Final => {
+                while !run.is_done() {
+                    run.step(progress)?;
+                }
+                return Ok(finished(run.finish()?, true, previews, after_quarter));
+            }
+            Phase::Lost => return Ok(finished(run.finish()?, false, previews, after_quarter)),
+            Phase::Live => {}
+        }
+        loop {
+            if !run.is_done() {
+                run.step(progress)?;
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let done = run.is_done();
+            let (next, preview) = agree_step(run.comm(), || {
+                let st = sh.status();
+                let more = st.received > n_got;
+                let next = st.ended.is_some()
+                    || st.lost.is_some()
+                    || st.received >= (n_got + n_got / 4).max(n_got + MIN_NEW_FRAMES)
+                    || (done && more);
+                (next, last_preview.elapsed() >= preview_every)
+            })?;
+            if preview {
+                let fraction = n_got as f64 / start.frames as f64;
+                if let Some(mut r) = run.result()? {
+                    r.attrs.push(("live_fraction_received".into(), fraction));
+                    r.attrs.push(("live_preview".into(), (previews + 1) as f64));
+                    let path = preview_path(cfg);
+                    crate::output::write_result_checked(&path, &r, cfg.output.png, &cfg.inputs())?;
+                    if after_quarter.is_none() {
+                        after_quarter = sh.status().quarter.map(|q| q.elapsed().as_secs_f64());
+                    }
+                    tracing::info!(
+                        "preview {} ({:.0} % of the scan): {}",
+                        previews + 1,
+                        100.0 * fraction,
+                        path.display()
+                    );
+                }
+                previews += 1;
+                last_preview = Instant::now();
+            }
+            if next {
+                break;
+            }
+        }
+        carried = Some(run.into_state()?);
+    }
+}
