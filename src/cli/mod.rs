@@ -775,6 +775,8 @@ fn live_reconstruct(
         driver::live::LiveOutcome::Complete(r) => (r, 0),
         driver::live::LiveOutcome::Incomplete(r) => (r, driver::live::EXIT_INCOMPLETE),
     };
+    // under MPI only rank 0's process holds the result and speaks
+    let Some(res) = res else { return Ok(code) };
     let paths =
         crate::output::write_result_checked(&cfg.output.path, &res, cfg.output.png, &cfg.inputs())?;
     for p in &paths {

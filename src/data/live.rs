@@ -98,6 +98,15 @@ pub fn merge_experiment(
 }
 
 impl DataFile {
+    /// The frame store of a live stream's dataset ([`DataFile::from_stream`]); None for a
+    /// file.
+    pub fn live_frames(&self) -> Option<std::sync::Arc<Frames>> {
+        match &self.source {
+            Source::Live(f) => Some(f.clone()),
+            _ => None,
+        }
+    }
+
     /// The dataset of a live stream from `endpoint`: N = `start.frames` patterns of the
     /// start's detector, the planned positions (m) on the object grid exactly as
     /// [`DataFile::open`] places a file's (same unit conversion, same margin for

@@ -6,8 +6,10 @@
 //! One thread receives: it connects a PULL socket to the endpoint
 //! ([`crate::data::transport`]), decodes every message ([`crate::data::stream::decode`];
 //! a refused message is logged with its reason and recorded, never a crash) and stores each
-//! frame in the shared [`Frames`] as it arrives. The ranks (threads of this process,
-//! `[parallel] ranks`) run a sequence of [`RankRun`]s over growing pattern selections:
+//! frame in [`Frames`] as it arrives. The ranks — threads of this process (`[parallel]
+//! ranks`, sharing the frame store), or MPI processes (the receiver on rank 0, whose
+//! process forwards to each rank only the frames of its tile's positions, when a run needs
+//! them) — run a sequence of [`RankRun`]s over growing pattern selections:
 //!
 //! - The tile plan is made once, from the start message's planned positions; every run
 //!   gives each rank the received positions of its tile (halo ones first), on the same
@@ -34,8 +36,9 @@
 //! Memory: the received frames are held once in [`Frames`] and once more in the ranks'
 //! problems (the copy each run reads); the receiver's socket queue is bounded
 //! ([`transport::DEFAULT_QUEUE`] messages; past it the sender blocks, so frames are delayed,
-//! never dropped). Not yet: MPI ranks (frames would have to be forwarded to their owner
-//! ranks), unplanned scans, frames' own positions (a planned scan's positions are used).
+//! never dropped). Not yet: unplanned scans, frames' own positions (a planned scan's
+//! positions are used), an incremental first update of a new frame (a new run re-reads the
+//! frames received so far).
 
 use super::{check_memory, memory_estimate, Progress, RankRun};
 use crate::comm::{self, Comm};
@@ -64,10 +67,11 @@ const TAG_LIVE: u32 = 21;
 #[derive(Debug)]
 pub enum LiveOutcome {
     /// The end message arrived; the configured iterations ran over every frame received.
-    Complete(ReconResult),
+    /// The result on the process holding rank 0 (None on the other MPI ranks).
+    Complete(Option<ReconResult>),
     /// No message for `[live] timeout_s` before the end: the object and probe reached over
-    /// the frames received (attribute `live_complete` = 0).
-    Incomplete(ReconResult),
+    /// the frames received (attribute `live_complete` = 0); None on the other MPI ranks.
+    Incomplete(Option<ReconResult>),
 }
 
 /// What the receiving thread saw.
@@ -98,6 +102,17 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(df: &DataFile) -> Result<Self> {
+        let frames = df
+            .live_frames()
+            .ok_or_else(|| Error::new(&df.intensities_what, "not a live stream"))?;
+        Ok(Shared {
+            frames,
+            status: Mutex::new(Status::default()),
+            stop: AtomicBool::new(false),
+        })
+    }
+
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -110,21 +125,16 @@ const MIN_NEW_FRAMES: usize = 32;
 /// Reasons kept for the log and the result (the count is always exact).
 const MAX_REJECTED_KEPT: usize = 1000;
 
-/// Run a live reconstruction of the stream at `endpoint` with `cfg` (thread ranks,
-/// `[parallel] ranks`); `progress` as for [`super::run`], called by every run's iterations.
+/// Run a live reconstruction of the stream at `endpoint` with `cfg`: on thread ranks
+/// (`[parallel] ranks`), or on the MPI ranks of this job when started by an MPI launcher;
+/// `progress` as for [`super::run`], called by every run's iterations.
 ///
 /// Errors (one line naming `--live`, the key or the file): an endpoint that is not
 /// accepted; no start message within `[live] timeout_s`; a start message that is refused
-/// or an unplanned scan; an MPI launch; `[live]` keys out of range; those of
+/// or an unplanned scan; `[live]` keys out of range (under MPI every error is printed by
+/// its rank and ends the job, exit code 2); those of
 /// [`RankRun::with_data`] and the iterations; no frame received before the stream was lost.
 pub fn run_live(cfg: &Config, endpoint: &str, progress: Progress) -> Result<LiveOutcome> {
-    let opt = format!("--live {endpoint}");
-    if comm::launcher_env().is_some_and(|l| l.size > 1) {
-        return Err(Error::new(
-            &opt,
-            "a live reconstruction runs with thread ranks ([parallel] ranks) in one process; under an MPI launcher it is not supported yet",
-        ));
-    }
     let lc = cfg.live;
     for (key, v) in [
         ("live.preview_s", lc.preview_s),
@@ -134,12 +144,75 @@ pub fn run_live(cfg: &Config, endpoint: &str, progress: Progress) -> Result<Live
             return Err(Error::new(key, format!("must be > 0 s, got {v}")));
         }
     }
-    let timeout = Duration::from_secs_f64(lc.timeout_s);
+    match comm::launcher_env().filter(|l| l.size > 1) {
+        Some(_) => {
+            let mut c = comm::MpiComm::init()?;
+            // the other ranks wait for rank 0's start message up to live.timeout_s
+            c.set_timeout(comm::DEFAULT_TIMEOUT.max(Duration::from_secs_f64(lc.timeout_s + 60.0)));
+            match super::check_same_job(cfg, &mut c)
+                .and_then(|_| live_mpi(cfg, endpoint, &mut c, progress))
+            {
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    eprintln!("error: rank {}: {e}", c.rank());
+                    c.abort(crate::error::EXIT_USAGE)
+                }
+            }
+        }
+        None => live_threads(cfg, endpoint, progress),
+    }
+}
+
+/// The stream's start message and this process's dataset over it: connect and wait for
+/// the start (on the process holding rank 0, `rx`), and under MPI (`comm`) pass the start
+/// header to the other ranks.
+fn start_of(
+    cfg: &Config,
+    endpoint: &str,
+    rx: Option<&Receiver>,
+    comm: Option<&mut dyn Comm>,
+) -> Result<(Start, DataFile)> {
+    let opt = format!("--live {endpoint}");
+    let lim = Limits::default();
+    let timeout = Duration::from_secs_f64(cfg.live.timeout_s);
+    let header = match rx {
+        Some(rx) => {
+            let h = wait_for_start(rx, &lim, timeout, &opt)?;
+            if let Some(c) = comm {
+                for r in 1..c.size() {
+                    c.isend(r, TAG_LIVE, h.clone())?;
+                }
+                c.wait_sends()?;
+            }
+            h
+        }
+        None => match comm {
+            Some(c) => c.recv(0, TAG_LIVE)?,
+            None => return Err(Error::new(&opt, "no receiver on rank 0")),
+        },
+    };
+    let Ok(Message::Start(start)) = stream::decode(&header, None, None, &lim) else {
+        return Err(Error::new(&opt, "start message refused"));
+    };
+    let frames = Arc::new(Frames::new(start.frames, start.detector.shape[0]));
+    let df = DataFile::from_stream(cfg, endpoint, &start, frames)?;
+    tracing::info!(
+        "{opt}: scan of {} frames of {}x{}, object {}x{} px",
+        start.frames,
+        df.m,
+        df.m,
+        df.object_shape[0],
+        df.object_shape[1]
+    );
+    Ok((*start, df))
+}
+
+/// Thread ranks: one receiver, one frame store shared by the ranks.
+fn live_threads(cfg: &Config, endpoint: &str, progress: Progress) -> Result<LiveOutcome> {
+    let opt = format!("--live {endpoint}");
     let lim = Limits::default();
     let rx = Receiver::connect(&opt, endpoint, &lim, transport::DEFAULT_QUEUE)?;
-    let start = wait_for_start(&rx, &lim, timeout, &opt)?;
-    let frames = Arc::new(Frames::new(start.frames, start.detector.shape[0]));
-    let df = DataFile::from_stream(cfg, endpoint, &start, frames.clone())?;
+    let (start, df) = start_of(cfg, endpoint, Some(&rx), None)?;
     let ranks = cfg.parallel.ranks;
     let full = super::job_plan(cfg, &df, ranks, &Selection::all(df.n))?;
     check_memory(
@@ -147,25 +220,14 @@ pub fn run_live(cfg: &Config, endpoint: &str, progress: Progress) -> Result<Live
         &df,
         memory_estimate(cfg, &df, &full.ranks.iter().collect::<Vec<_>>(), true),
     )?;
-    tracing::info!(
-        "{opt}: scan of {} frames of {}x{}, object {}x{} px, {ranks} rank(s)",
-        start.frames,
-        df.m,
-        df.m,
-        df.object_shape[0],
-        df.object_shape[1]
-    );
-    let shared = Shared {
-        frames,
-        status: Mutex::new(Status::default()),
-        stop: AtomicBool::new(false),
-    };
+    let shared = Shared::new(&df)?;
     let t0 = Instant::now();
-    let results = std::thread::scope(|s| {
+    let timeout = Duration::from_secs_f64(cfg.live.timeout_s);
+    let mut results = std::thread::scope(|s| {
         let (start, lim, shared) = (&start, &lim, &shared);
         let recv = s.spawn(move || receive(&rx, start, lim, timeout, shared));
         let out = comm::run_threads(ranks, |mut c| {
-            let r = rank_loop(cfg, &mut c, shared, start, endpoint, &full, progress);
+            let r = rank_loop(cfg, &mut c, shared, start, endpoint, &full, false, progress);
             if r.is_err() {
                 shared.stop.store(true, Ordering::SeqCst);
             }
@@ -175,42 +237,100 @@ pub fn run_live(cfg: &Config, endpoint: &str, progress: Progress) -> Result<Live
         let _ = recv.join();
         out
     })?;
-    let mut results = results;
-    let (res, complete) = results
-        .swap_remove(0)
-        .ok_or_else(|| Error::new(&opt, "rank 0 returned no result"))?;
-    let st = shared.status();
-    let missing: Vec<usize> = {
-        let got = shared.frames.received();
-        (0..got.len()).filter(|&j| !got[j]).collect()
+    let (res, complete) = results.swap_remove(0);
+    outcome(&opt, &start, &shared, res, complete, t0)
+}
+
+/// MPI ranks: rank 0's process receives and forwards to each rank only the frames of its
+/// tile's positions, when a run needs them.
+fn live_mpi(
+    cfg: &Config,
+    endpoint: &str,
+    c: &mut comm::MpiComm,
+    progress: Progress,
+) -> Result<LiveOutcome> {
+    let opt = format!("--live {endpoint}");
+    let lim = Limits::default();
+    let rx = match c.rank() {
+        0 => Some(Receiver::connect(
+            &opt,
+            endpoint,
+            &lim,
+            transport::DEFAULT_QUEUE,
+        )?),
+        _ => None,
     };
-    let mut res = res;
-    let after_last = st.last_frame.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    report(&opt, &st, &missing, complete);
-    res.attrs.extend([
-        ("live_complete".into(), f64::from(u8::from(complete))),
-        ("live_frames_planned".into(), start.frames as f64),
-        ("live_frames_received".into(), st.received as f64),
-        ("live_frames_missing".into(), missing.len() as f64),
-        ("live_messages_rejected".into(), st.rejected.len() as f64),
-        ("live_frames_repeated".into(), st.repeated.len() as f64),
-        ("live_seconds".into(), t0.elapsed().as_secs_f64()),
-        ("live_result_seconds_after_last_frame".into(), after_last),
-    ]);
-    if let Some(e) = st.ended {
-        res.attrs.push(("live_frames_sent".into(), e as f64));
-    }
-    let mut rejected_frames: Vec<usize> = st.rejected.iter().filter_map(|r| r.0).collect();
-    rejected_frames.sort_unstable();
-    rejected_frames.dedup();
-    res.index_lists
-        .push(("live_missing_frames".into(), missing));
-    res.index_lists
-        .push(("live_rejected_frames".into(), rejected_frames));
-    let mut repeated = st.repeated.clone();
-    repeated.sort_unstable();
-    res.index_lists
-        .push(("live_repeated_frames".into(), repeated));
+    let (start, df) = start_of(cfg, endpoint, rx.as_ref(), Some(&mut *c))?;
+    let full = super::job_plan(cfg, &df, c.size(), &Selection::all(df.n))?;
+    let rank = c.rank();
+    check_memory(
+        cfg,
+        &df,
+        memory_estimate(cfg, &df, &[&full.ranks[rank]], rank == 0),
+    )?;
+    let shared = Shared::new(&df)?;
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs_f64(cfg.live.timeout_s);
+    let (res, complete) = std::thread::scope(|s| {
+        let (start, lim, shared) = (&start, &lim, &shared);
+        let recv = rx.map(|rx| s.spawn(move || receive(&rx, start, lim, timeout, shared)));
+        let r = rank_loop(cfg, &mut *c, shared, start, endpoint, &full, true, progress);
+        shared.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = recv {
+            let _ = h.join();
+        }
+        r
+    })?;
+    outcome(&opt, &start, &shared, res, complete, t0)
+}
+
+/// The outcome on this process: on rank 0 the result with the stream's attributes and
+/// lists, logged; None elsewhere.
+fn outcome(
+    opt: &str,
+    start: &Start,
+    shared: &Shared,
+    res: Option<ReconResult>,
+    complete: bool,
+    t0: Instant,
+) -> Result<LiveOutcome> {
+    let res = match res {
+        None => None,
+        Some(mut res) => {
+            let st = shared.status();
+            let missing: Vec<usize> = {
+                let got = shared.frames.received();
+                (0..got.len()).filter(|&j| !got[j]).collect()
+            };
+            let after_last = st.last_frame.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            report(opt, &st, &missing, complete);
+            res.attrs.extend([
+                ("live_complete".into(), f64::from(u8::from(complete))),
+                ("live_frames_planned".into(), start.frames as f64),
+                ("live_frames_received".into(), st.received as f64),
+                ("live_frames_missing".into(), missing.len() as f64),
+                ("live_messages_rejected".into(), st.rejected.len() as f64),
+                ("live_frames_repeated".into(), st.repeated.len() as f64),
+                ("live_seconds".into(), t0.elapsed().as_secs_f64()),
+                ("live_result_seconds_after_last_frame".into(), after_last),
+            ]);
+            if let Some(e) = st.ended {
+                res.attrs.push(("live_frames_sent".into(), e as f64));
+            }
+            let mut rejected_frames: Vec<usize> = st.rejected.iter().filter_map(|r| r.0).collect();
+            rejected_frames.sort_unstable();
+            rejected_frames.dedup();
+            res.index_lists
+                .push(("live_missing_frames".into(), missing));
+            res.index_lists
+                .push(("live_rejected_frames".into(), rejected_frames));
+            let mut repeated = st.repeated.clone();
+            repeated.sort_unstable();
+            res.index_lists
+                .push(("live_repeated_frames".into(), repeated));
+            Some(res)
+        }
+    };
     Ok(if complete {
         LiveOutcome::Complete(res)
     } else {
@@ -246,12 +366,12 @@ fn report(opt: &str, st: &Status, missing: &[usize], complete: bool) {
 }
 
 /// Wait for the start message, logging and skipping anything else.
-fn wait_for_start(rx: &Receiver, lim: &Limits, timeout: Duration, opt: &str) -> Result<Start> {
+fn wait_for_start(rx: &Receiver, lim: &Limits, timeout: Duration, opt: &str) -> Result<Vec<u8>> {
     let t = Instant::now();
     while t.elapsed() < timeout {
         match rx.next(Duration::from_millis(100))? {
             Received::Message(p) => match stream::decode(&p.header, Some(&p.payload), None, lim) {
-                Ok(Message::Start(s)) => return Ok(*s),
+                Ok(Message::Start(_)) => return Ok(p.header),
                 Ok(_) => {}
                 Err(r) => {
                     tracing::warn!("{opt}: message refused before the start: {r}");
@@ -366,10 +486,32 @@ enum Phase {
     Lost,
 }
 
-/// Rank 0's snapshot of the stream for the next run: the phase and the received frames
-/// (all ranks get the same).
-fn agree_run(c: &mut dyn Comm, sh: &Shared) -> Result<(Phase, Vec<bool>)> {
-    let mut msg: Vec<u8>;
+/// What rank 0 decides for the next run, the same on every rank.
+struct RunPlan {
+    phase: Phase,
+    /// Frames received when the run starts.
+    received: usize,
+    /// The patterns the run uses (None: none usable yet).
+    sel: Option<Selection>,
+}
+
+fn put(out: &mut Vec<u8>, v: usize) {
+    out.extend((v as u64).to_le_bytes());
+}
+
+/// Read a u64 at `*at` (advancing it); a short message reads as 0 (rank 0 wrote it).
+fn take(b: &[u8], at: &mut usize) -> usize {
+    let v = b.get(*at..*at + 8).map_or(0, |w| {
+        u64::from_le_bytes(w.try_into().unwrap_or([0; 8])) as usize
+    });
+    *at += 8;
+    v
+}
+
+/// Rank 0's snapshot of the stream for the next run: the phase, and the `[data]`
+/// selection over the frames received ([`live_selection`], computed on rank 0, which holds
+/// every frame), sent to the other ranks.
+fn agree_run(c: &mut dyn Comm, sh: &Shared, cfg: &Config, df: &DataFile) -> Result<RunPlan> {
     if c.rank() == 0 {
         // the status first: a frame stored after it is in the next run
         let phase = {
@@ -380,21 +522,130 @@ fn agree_run(c: &mut dyn Comm, sh: &Shared) -> Result<(Phase, Vec<bool>)> {
                 _ => Phase::Live,
             }
         };
-        msg = vec![phase as u8];
-        msg.extend(sh.frames.received().iter().map(|&b| u8::from(b)));
-        for r in 1..c.size() {
-            c.isend(r, TAG_LIVE, msg.clone())?;
+        let got = sh.frames.received();
+        let received = got.iter().filter(|&&b| b).count();
+        let sel = match received {
+            0 => None,
+            _ => match live_selection(cfg, df, &got) {
+                Ok(s) => Some(s),
+                Err(_) if phase == Phase::Live => None,
+                Err(e) => return Err(e),
+            },
+        };
+        if c.size() > 1 {
+            let mut msg = vec![phase as u8, u8::from(sel.is_some())];
+            put(&mut msg, received);
+            if let Some(s) = &sel {
+                put(&mut msg, s.used.len());
+                msg.extend(s.used.iter().map(|&u| u8::from(u)));
+                for list in [&s.outliers, &s.manual] {
+                    put(&mut msg, list.len());
+                    list.iter().for_each(|&j| put(&mut msg, j));
+                }
+            }
+            for r in 1..c.size() {
+                c.isend(r, TAG_LIVE, msg.clone())?;
+            }
+            c.wait_sends()?;
         }
-        c.wait_sends()?;
-    } else {
-        msg = c.recv(0, TAG_LIVE)?;
+        return Ok(RunPlan {
+            phase,
+            received,
+            sel,
+        });
     }
-    let phase = match msg.first() {
+    let b = c.recv(0, TAG_LIVE)?;
+    let phase = match b.first() {
         Some(0) => Phase::Live,
         Some(1) => Phase::Final,
         _ => Phase::Lost,
     };
-    Ok((phase, msg[1..].iter().map(|&b| b != 0).collect()))
+    let mut at = 2;
+    let received = take(&b, &mut at);
+    let sel = match b.get(1) {
+        Some(1) => {
+            let n = take(&b, &mut at).min(b.len().saturating_sub(at));
+            let used = b[at..at + n].iter().map(|&u| u != 0).collect();
+            at += n;
+            let mut lists = [Vec::new(), Vec::new()];
+            for l in &mut lists {
+                let k = take(&b, &mut at).min(b.len() / 8);
+                *l = (0..k).map(|_| take(&b, &mut at)).collect();
+            }
+            let [outliers, manual] = lists;
+            Some(Selection {
+                used,
+                outliers,
+                manual,
+            })
+        }
+        _ => None,
+    };
+    Ok(RunPlan {
+        phase,
+        received,
+        sel,
+    })
+}
+
+/// Most bytes of frames in one message from rank 0 to another rank.
+const FETCH_BYTES: usize = 64 << 20;
+
+/// Under MPI: give every rank the frames of its positions in `plan` that its store lacks,
+/// from rank 0's store (collective; each rank asks for its list, rank 0 answers in
+/// messages of at most [`FETCH_BYTES`]). Frames reach only the ranks whose tiles hold
+/// them.
+fn fetch(c: &mut dyn Comm, frames: &Frames, plan: &TilePlan, m: usize) -> Result<()> {
+    const TAG_WANT: u32 = 22;
+    const TAG_FRAMES: u32 = 23;
+    let mm = m * m;
+    let per = (FETCH_BYTES / (4 * mm).max(1)).max(1);
+    if c.rank() == 0 {
+        for r in 1..c.size() {
+            let b = c.recv(r, TAG_WANT)?;
+            let want: Vec<usize> = b
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])) as usize)
+                .collect();
+            for chunk in want.chunks(per) {
+                let mut out = Vec::with_capacity(chunk.len() * mm * 4);
+                for &j in chunk {
+                    out.extend(frames.read(j, 1).iter().flat_map(|v| v.to_le_bytes()));
+                }
+                c.isend(r, TAG_FRAMES, out)?;
+            }
+            c.wait_sends()?;
+        }
+        return Ok(());
+    }
+    let have = frames.received();
+    let want: Vec<usize> = plan.ranks[c.rank()]
+        .positions
+        .iter()
+        .copied()
+        .filter(|&j| !have[j])
+        .collect();
+    let mut msg = Vec::with_capacity(8 * want.len());
+    want.iter().for_each(|&j| put(&mut msg, j));
+    c.isend(0, TAG_WANT, msg)?;
+    c.wait_sends()?;
+    for chunk in want.chunks(per) {
+        let b = c.recv(0, TAG_FRAMES)?;
+        if b.len() != chunk.len() * mm * 4 {
+            return Err(Error::new(
+                format!("rank {}", c.rank()),
+                "frames from rank 0 of the wrong size",
+            ));
+        }
+        for (&j, p) in chunk.iter().zip(b.chunks_exact(mm * 4)) {
+            let pat = p
+                .chunks_exact(4)
+                .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                .collect();
+            frames.insert(j, pat);
+        }
+    }
+    Ok(())
 }
 
 /// Rank 0's decision after an iteration: (start a new run, write a preview now).
@@ -460,8 +711,10 @@ pub fn preview_path(cfg: &Config) -> PathBuf {
     p.with_file_name(format!("{stem}.preview.h5"))
 }
 
-/// One rank's part: runs over growing selections until the final run or a lost stream.
-/// Returns (result, complete) on rank 0.
+/// One rank's part: runs over growing selections until the final run or a lost stream;
+/// with `forward` (MPI) each run first fetches its frames from rank 0. Returns the result
+/// (rank 0; None elsewhere) and whether the stream was complete.
+#[allow(clippy::too_many_arguments)]
 fn rank_loop(
     cfg: &Config,
     c: &mut dyn Comm,
@@ -469,8 +722,9 @@ fn rank_loop(
     start: &Start,
     endpoint: &str,
     full: &TilePlan,
+    forward: bool,
     progress: Progress,
-) -> Result<Option<(ReconResult, bool)>> {
+) -> Result<(Option<ReconResult>, bool)> {
     let preview_every = Duration::from_secs_f64(cfg.live.preview_s);
     let mut carried = None;
     let mut last_preview = Instant::now();
@@ -478,46 +732,47 @@ fn rank_loop(
     // seconds from a quarter of the scan received to the first preview written after it
     let mut after_quarter: Option<f64> = None;
     let finished = |r: Option<ReconResult>, complete: bool, previews: usize, q: Option<f64>| {
-        r.map(|mut r| {
+        let r = r.map(|mut r| {
             r.attrs.push(("live_previews".into(), previews as f64));
             if let Some(q) = q {
                 r.attrs
                     .push(("live_first_preview_after_quarter_s".into(), q));
             }
-            (r, complete)
-        })
+            r
+        });
+        (r, complete)
     };
     loop {
-        let (phase, received) = agree_run(c, sh)?;
-        let n_got = received.iter().filter(|&&b| b).count();
-        if n_got == 0 {
+        let df = DataFile::from_stream(cfg, endpoint, start, sh.frames.clone())?;
+        let RunPlan {
+            phase,
+            received: n_got,
+            sel,
+        } = agree_run(c, sh, cfg, &df)?;
+        let Some(sel) = sel else {
             if phase == Phase::Live {
+                // nothing usable yet: wait for frames
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
             return Err(Error::new(
                 format!("--live {endpoint}"),
-                "the stream ended or was lost before any frame arrived",
+                "the stream ended or was lost before any usable frame arrived",
             ));
-        }
-        let df = DataFile::from_stream(cfg, endpoint, start, sh.frames.clone())?;
-        let sel = match live_selection(cfg, &df, &received) {
-            Ok(s) => s,
-            // every received frame left out so far: wait for more
-            Err(_) if phase == Phase::Live => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            Err(e) => return Err(e),
         };
-        let mut run = if phase == Phase::Final {
+        let plan = match phase {
             // the offline run over the frames received: its plan, the configured start
-            let plan = super::job_plan(cfg, &df, c.size(), &sel)?;
-            RankRun::with_data(cfg, &mut *c, df, plan, sel, None)?
-        } else {
-            let plan = restrict(full, &sel.used);
-            RankRun::with_data(cfg, &mut *c, df, plan, sel, carried.take())?
+            Phase::Final => super::job_plan(cfg, &df, c.size(), &sel)?,
+            _ => restrict(full, &sel.used),
         };
+        if forward {
+            fetch(&mut *c, &sh.frames, &plan, df.m)?;
+        }
+        let initial = match phase {
+            Phase::Final => None,
+            _ => carried.take(),
+        };
+        let mut run = RankRun::with_data(cfg, &mut *c, df, plan, sel, initial)?;
         match phase {
             Phase::Final => {
                 while !run.is_done() {
