@@ -218,7 +218,11 @@ fn live_threads(cfg: &Config, endpoint: &str, progress: Progress) -> Result<Live
     check_memory(
         cfg,
         &df,
-        memory_estimate(cfg, &df, &full.ranks.iter().collect::<Vec<_>>(), true),
+        with_store(
+            &df,
+            df.n,
+            memory_estimate(cfg, &df, &full.ranks.iter().collect::<Vec<_>>(), true),
+        ),
     )?;
     let shared = Shared::new(&df)?;
     let t0 = Instant::now();
@@ -263,11 +267,14 @@ fn live_mpi(
     let (start, df) = start_of(cfg, endpoint, rx.as_ref(), Some(&mut *c))?;
     let full = super::job_plan(cfg, &df, c.size(), &Selection::all(df.n))?;
     let rank = c.rank();
-    check_memory(
-        cfg,
-        &df,
-        memory_estimate(cfg, &df, &[&full.ranks[rank]], rank == 0),
-    )?;
+    let estimate = memory_estimate(cfg, &df, &[&full.ranks[rank]], rank == 0);
+    // rank 0's process stores every frame, the others their tiles' frames
+    let stored = match rank {
+        0 => df.n,
+        _ => full.ranks[rank].positions.len(),
+    };
+    let estimate = with_store(&df, stored, estimate);
+    check_memory(cfg, &df, estimate)?;
     let shared = Shared::new(&df)?;
     let t0 = Instant::now();
     let timeout = Duration::from_secs_f64(cfg.live.timeout_s);
@@ -282,6 +289,19 @@ fn live_mpi(
         r
     })?;
     outcome(&opt, &start, &shared, res, complete, t0)
+}
+
+/// A process's memory estimate plus its frame store's bytes when it stores `frames`
+/// frames (M² f32 each: the frames as received, besides the ranks' copies in their
+/// problems).
+fn with_store(
+    df: &DataFile,
+    frames: usize,
+    (total, mut parts): (u64, Vec<(&'static str, u64)>),
+) -> (u64, Vec<(&'static str, u64)>) {
+    let store = (frames * df.m * df.m * 4) as u64;
+    parts.push(("received frames", store));
+    (total + store, parts)
 }
 
 /// The outcome on this process: on rank 0 the result with the stream's attributes and
