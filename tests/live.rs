@@ -219,55 +219,75 @@ fn missing_and_malformed_frames_are_named_and_left_out() {
     assert!(cl >= 0.9, "correlation {cl:.4}");
 }
 
-/// Must show 3: the streamer stops after 100 of 256 frames without an end message; after
-/// `live.timeout_s` the reconstruction writes the result over the frames received, marked
-/// incomplete, and exits with code 3 and one line; no temporary file is left.
+/// Must show 3: the streamer process is killed (SIGKILL) mid-scan; after `live.timeout_s`
+/// the reconstruction writes the result over the frames received, marked incomplete, and
+/// exits with code 3 and one line; no temporary file is left. The same with a streamer that
+/// stops after 100 frames without its end message (`--stop-after`): exactly those arrive.
 #[test]
 fn lost_stream_writes_what_arrived_and_exits_3() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = common::pbtio3_crop(dir.path(), 16);
-    let endpoint = free_endpoint();
     let bin = env!("CARGO_BIN_EXE_ptytile");
-    let ep = endpoint.clone();
-    let cfg2 = cfg.clone();
-    let streamer = std::thread::spawn(move || {
-        std::process::Command::new(bin)
-            .args(["stream", cfg2.to_str().unwrap(), "--endpoint", &ep])
-            .args(["--rate", "2000", "--stop-after", "100"])
-            .output()
+    for kill in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = common::pbtio3_crop(dir.path(), 16);
+        let endpoint = free_endpoint();
+        let mut streamer = std::process::Command::new(bin)
+            .args(["stream", cfg.to_str().unwrap(), "--endpoint", &endpoint])
+            .args(match kill {
+                // 256 frames would take 2.6 s: killed once a preview shows frames arrived
+                true => ["--rate", "100", "--drop", "0"],
+                false => ["--rate", "2000", "--stop-after", "100"],
+            })
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let live = std::process::Command::new(bin)
+            .args(["reconstruct", cfg.to_str().unwrap(), "--live", &endpoint])
+            .args(["--set", "live.timeout_s=2.0", "--set", "output.png=false"])
+            .args(["--set", "live.preview_s=0.1"])
+            .args(["--output", dir.path().join("recon.h5").to_str().unwrap()])
+            .env("RUST_LOG", "off")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if kill {
+            let preview = dir.path().join("recon.preview.h5");
+            let t = std::time::Instant::now();
+            while !preview.exists() && t.elapsed().as_secs() < 60 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            streamer.kill().unwrap();
+        }
+        let _ = streamer.wait();
+        let out = live.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "kill {kill}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("error: --live") && err.contains("incomplete"),
+            "{err}"
+        );
+        let r = read_result(&dir.path().join("recon.h5")).unwrap();
+        assert_eq!(attr(&r, "live_complete"), 0.0);
+        let got = attr(&r, "live_frames_received") as usize;
+        match kill {
+            true => assert!(got > 0 && got < 256, "{got} frames before the kill"),
+            false => assert_eq!(got, 100),
+        }
+        assert_eq!(
+            list(&r, "live_missing_frames"),
+            &(got..256).collect::<Vec<_>>()[..]
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
-    });
-    let out = std::process::Command::new(bin)
-        .args(["reconstruct", cfg.to_str().unwrap(), "--live", &endpoint])
-        .args(["--set", "live.timeout_s=1.0", "--set", "output.png=false"])
-        .args(["--output", dir.path().join("recon.h5").to_str().unwrap()])
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    let s = streamer.join().unwrap();
-    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
-    assert_eq!(out.status.code(), Some(3));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with("error: --live") && err.contains("incomplete"),
-        "{err}"
-    );
-    let r = read_result(&dir.path().join("recon.h5")).unwrap();
-    assert_eq!(attr(&r, "live_complete"), 0.0);
-    assert_eq!(attr(&r, "live_frames_received"), 100.0);
-    assert_eq!(
-        list(&r, "live_missing_frames"),
-        &(100..256).collect::<Vec<_>>()[..]
-    );
-    let names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
-    assert!(
-        names.iter().all(|n| !n.starts_with('.')),
-        "temporary files left: {names:?}"
-    );
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.starts_with('.')),
+            "temporary files left: {names:?}"
+        );
+    }
 }
 
 /// Under `mpirun -n 4` (one process per rank, 2 × 2 tiles): rank 0 receives the stream and

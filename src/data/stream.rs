@@ -391,7 +391,7 @@ pub struct Arrivals {
     seen: Vec<bool>,
     /// Frames that arrived (first copies).
     pub received: usize,
-    /// Indices that arrived more than once (later copies dropped).
+    /// Indices that arrived more than once (later copies dropped; the first N repeats).
     pub repeated: Vec<usize>,
     /// Highest index seen so far.
     highest: Option<usize>,
@@ -413,7 +413,10 @@ impl Arrivals {
     /// an earlier gap), and false as the second value for a repeat.
     pub fn arrive(&mut self, j: usize) -> (std::ops::Range<usize>, bool) {
         if self.seen[j] {
-            self.repeated.push(j);
+            // bounded by the plan: at most N repeats are listed
+            if self.repeated.len() < self.seen.len() {
+                self.repeated.push(j);
+            }
             return (0..0, false);
         }
         self.seen[j] = true;

@@ -81,10 +81,15 @@ struct Status {
     ended: Option<usize>,
     /// No message for `timeout_s` (or a transport failure) before the end.
     lost: Option<String>,
-    /// Refused messages: the frame index where the header names one, and the reason.
-    rejected: Vec<(Option<usize>, String)>,
-    /// Frames that arrived more than once (later copies dropped).
+    /// Refused messages (all of them).
+    rejected: usize,
+    /// The frames (below N) that refused headers named, each once.
+    rejected_frames: std::collections::BTreeSet<usize>,
+    /// Frames that arrived more than once (later copies dropped): every repeat counted,
+    /// each index listed once.
+    repeats: usize,
     repeated: Vec<usize>,
+    repeated_seen: Vec<bool>,
     /// Frames received so far.
     received: usize,
     /// When the last frame arrived.
@@ -122,8 +127,8 @@ impl Shared {
 /// this many more, have arrived (or its iterations are spent and any new frame waits).
 const MIN_NEW_FRAMES: usize = 32;
 
-/// Reasons kept for the log and the result (the count is always exact).
-const MAX_REJECTED_KEPT: usize = 1000;
+/// Refused messages logged one line each (the count is always exact).
+const MAX_REJECTED_LOGGED: usize = 1000;
 
 /// Run a live reconstruction of the stream at `endpoint` with `cfg`: on thread ranks
 /// (`[parallel] ranks`), or on the MPI ranks of this job when started by an MPI launcher;
@@ -329,17 +334,15 @@ fn outcome(
                 ("live_frames_planned".into(), start.frames as f64),
                 ("live_frames_received".into(), st.received as f64),
                 ("live_frames_missing".into(), missing.len() as f64),
-                ("live_messages_rejected".into(), st.rejected.len() as f64),
-                ("live_frames_repeated".into(), st.repeated.len() as f64),
+                ("live_messages_rejected".into(), st.rejected as f64),
+                ("live_frames_repeated".into(), st.repeats as f64),
                 ("live_seconds".into(), t0.elapsed().as_secs_f64()),
                 ("live_result_seconds_after_last_frame".into(), after_last),
             ]);
             if let Some(e) = st.ended {
                 res.attrs.push(("live_frames_sent".into(), e as f64));
             }
-            let mut rejected_frames: Vec<usize> = st.rejected.iter().filter_map(|r| r.0).collect();
-            rejected_frames.sort_unstable();
-            rejected_frames.dedup();
+            let rejected_frames: Vec<usize> = st.rejected_frames.iter().copied().collect();
             res.index_lists
                 .push(("live_missing_frames".into(), missing));
             res.index_lists
@@ -367,16 +370,20 @@ fn report(opt: &str, st: &Status, missing: &[usize], complete: bool) {
             super::setup::first_indices_in(missing, "live_missing_frames")
         );
     }
-    if !st.rejected.is_empty() {
+    if st.rejected > 0 {
         tracing::warn!(
-            "{opt}: {} message(s) rejected (frames named in the result's @live_rejected_frames)",
-            st.rejected.len()
+            "{opt}: {} message(s) rejected, naming frames {}",
+            st.rejected,
+            super::setup::first_indices_in(
+                &st.rejected_frames.iter().copied().collect::<Vec<_>>(),
+                "live_rejected_frames"
+            )
         );
     }
-    if !st.repeated.is_empty() {
+    if st.repeats > 0 {
         tracing::warn!(
             "{opt}: {} repeated frame(s) dropped: {}",
-            st.repeated.len(),
+            st.repeats,
             super::setup::first_indices_in(&st.repeated, "live_repeated_frames")
         );
     }
@@ -433,12 +440,14 @@ fn receive(rx: &Receiver, start: &Start, lim: &Limits, timeout: Duration, sh: &S
     let mut arrivals = Arrivals::new(start.frames);
     let mut last = Instant::now();
     let reject = |sh: &Shared, idx: Option<usize>, why: String| {
-        tracing::warn!("live stream: message rejected: {why}");
         let mut st = sh.status();
-        if st.rejected.len() < MAX_REJECTED_KEPT {
-            st.rejected.push((idx, why));
-        } else {
-            st.rejected.push((idx, String::new()));
+        st.rejected += 1;
+        // one line each (the first MAX_REJECTED_LOGGED; the count is always exact)
+        if st.rejected <= MAX_REJECTED_LOGGED {
+            tracing::warn!("live stream: message rejected: {why}");
+        }
+        if let Some(j) = idx.filter(|&j| j < start.frames) {
+            st.rejected_frames.insert(j);
         }
     };
     while !sh.stop.load(Ordering::SeqCst) {
@@ -463,7 +472,13 @@ fn receive(rx: &Receiver, start: &Start, lim: &Limits, timeout: Duration, sh: &S
                                 st.quarter = st.last_frame;
                             }
                         } else {
-                            st.repeated.push(f.index);
+                            st.repeats += 1;
+                            if st.repeated_seen.is_empty() {
+                                st.repeated_seen = vec![false; start.frames];
+                            }
+                            if !std::mem::replace(&mut st.repeated_seen[f.index], true) {
+                                st.repeated.push(f.index);
+                            }
                         }
                     }
                     Ok(Message::End { frames }) => {
@@ -471,7 +486,13 @@ fn receive(rx: &Receiver, start: &Start, lim: &Limits, timeout: Duration, sh: &S
                         return;
                     }
                     Ok(Message::Start(_)) => reject(sh, None, "a second start message".into()),
-                    Err(r) => reject(sh, named_index(&p.header), r.0),
+                    // the index is read only from a header of a frame's size
+                    Err(r) => {
+                        let idx = (p.header.len() <= lim.max_header_bytes)
+                            .then(|| named_index(&p.header))
+                            .flatten();
+                        reject(sh, idx, r.0)
+                    }
                 }
             }
             Ok(Received::Malformed(r)) => {
