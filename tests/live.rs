@@ -109,6 +109,13 @@ fn streamed_pbtio3_crop_reads_as_the_file() {
         };
         assert!(frames.insert(f.index, f.pattern));
     }
+    // the totals summed as frames arrive (the outlier rule's input) are the file's
+    let (t_live, t_file) = (frames.totals(), df.pattern_totals(0, df.n).unwrap());
+    assert!(t_live
+        .iter()
+        .zip(&t_file)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert_eq!(t_live.len(), t_file.len());
     let live = DataFile::from_stream(&cfg, "tcp://127.0.0.1:1", &start, frames).unwrap();
     assert_eq!(live.centres, df.centres);
     assert_eq!(live.object_shape, df.object_shape);

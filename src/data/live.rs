@@ -13,11 +13,12 @@ use std::sync::RwLock;
 
 /// The frames of one scan received so far: N slots of M × M f32 samples
 /// ([M(ky), M(kx)] row-major, zero frequency as the detector sends it), each empty until
-/// its frame arrives. Shared by the receiving thread (writes) and the ranks (read).
+/// its frame arrives, with the frame's total counts Σ I (f64, summed once as it arrives).
+/// Shared by the receiving thread (writes) and the ranks (read).
 #[derive(Debug)]
 pub struct Frames {
     m: usize,
-    slots: RwLock<Vec<Option<Box<[f32]>>>>,
+    slots: RwLock<Vec<Option<(Box<[f32]>, f64)>>>,
 }
 
 impl Frames {
@@ -36,10 +37,12 @@ impl Frames {
         if pattern.len() != self.m * self.m {
             return false;
         }
+        // summed as DataFile::pattern_totals sums a file's pattern (a stream has no mask)
+        let total: f64 = pattern.iter().map(|v| *v as f64).sum();
         let mut s = self.slots.write().unwrap_or_else(|e| e.into_inner());
         match s.get_mut(j) {
             Some(slot @ None) => {
-                *slot = Some(pattern.into_boxed_slice());
+                *slot = Some((pattern.into_boxed_slice(), total));
                 true
             }
             _ => false,
@@ -52,6 +55,15 @@ impl Frames {
         s.iter().map(Option::is_some).collect()
     }
 
+    /// [N]: each frame's total counts, 0 for a frame that has not arrived (the input of
+    /// `data::select::outliers`, equal to [`DataFile::pattern_totals`] of the same frames).
+    pub fn totals(&self) -> Vec<f64> {
+        let s = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        s.iter()
+            .map(|slot| slot.as_ref().map_or(0.0, |p| p.1))
+            .collect()
+    }
+
     /// Frames `start..start + len` ([len, M, M] as sent); a frame that has not arrived reads
     /// as zeros (the selection of a live run leaves it out of every sum). Indices past the
     /// scan are not read (the caller checks the range).
@@ -60,7 +72,7 @@ impl Frames {
         let s = self.slots.read().unwrap_or_else(|e| e.into_inner());
         let mut out = vec![0f32; len * mm];
         for (b, slot) in s.iter().skip(start).take(len).enumerate() {
-            if let Some(p) = slot {
+            if let Some((p, _)) = slot {
                 out[b * mm..(b + 1) * mm].copy_from_slice(p);
             }
         }

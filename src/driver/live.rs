@@ -708,16 +708,19 @@ fn agree_step(c: &mut dyn Comm, decide: impl FnOnce() -> (bool, bool)) -> Result
 /// The patterns a run uses: the `[data]` selection over the received frames (outliers
 /// judged among them; a frame not received counts as the median, then is left out).
 fn live_selection(cfg: &Config, df: &DataFile, received: &[bool]) -> Result<Selection> {
-    let totals = if cfg.data.exclude_outliers {
-        let mut t = df.pattern_totals(0, df.n)?;
+    let totals = match (cfg.data.exclude_outliers, df.live_frames()) {
+        (false, _) => None,
+        // summed once per frame as it arrived, not re-read every run
+        (true, Some(f)) => Some(f.totals()),
+        (true, None) => Some(df.pattern_totals(0, df.n)?),
+    };
+    let totals = totals.map(|mut t| {
         let mut got: Vec<f64> = (0..df.n).filter(|&j| received[j]).map(|j| t[j]).collect();
         got.sort_by(|a, b| a.total_cmp(b));
         let med = got.get(got.len() / 2).copied().unwrap_or(0.0);
         (0..df.n).filter(|&j| !received[j]).for_each(|j| t[j] = med);
-        Some(t)
-    } else {
-        None
-    };
+        t
+    });
     let mut sel = select::select(&cfg.data, &df.centres, totals.as_deref())?;
     for (u, &r) in sel.used.iter_mut().zip(received) {
         *u &= r;
