@@ -15,10 +15,15 @@ use rayon::prelude::*;
 /// Upper bound on the number of independently summed slabs of positions.
 pub const SLABS: usize = 64;
 
-/// Per-thread work buffers: shifted probe modes `pj` and raw far fields `psi` ([K][M²]),
-/// difference-map far fields `x` ([K][M²], empty unless asked for), one-mode temporaries;
-/// multislice: the waves incident on slices 1..S `waves` ([K][S−1][M²]) and a second
-/// temporary `w2`, sized on first use.
+/// Positions taken through the slices together by the multislice kernel (`slab`): each
+/// thread holds this many sets of work buffers (each with its S − 1 incident waves per
+/// mode), and a slice's object window and f64 sums are reused from cache this many times.
+pub const MULTISLICE_BLOCK: usize = 4;
+
+/// Per-thread work buffers: shifted probe modes `pj`, raw far fields `psi` and the adjoint
+/// waves `bk` (∂L/∂χ* of each mode's exit wave, [K][M²]), difference-map far fields `x`
+/// ([K][M²], empty unless asked for), one-mode temporaries; multislice: the waves incident
+/// on slices 1..S `waves` ([K][S−1][M²]) and a second temporary `w2`, sized on first use.
 pub(crate) struct Work<T> {
     pub(crate) pj: Vec<Complex<T>>,
     pub(crate) waves: Vec<Complex<T>>,
@@ -27,6 +32,7 @@ pub(crate) struct Work<T> {
     pub(crate) x: Vec<Complex<T>>,
     pub(crate) w1: Vec<Complex<T>>,
     pub(crate) b: Vec<Complex<T>>,
+    pub(crate) bk: Vec<Complex<T>>,
     pub(crate) im: Vec<T>,
     pub(crate) wt: Vec<T>,
     pub(crate) scratch: Vec<Complex<T>>,
@@ -49,6 +55,7 @@ impl<T: Real> Work<T> {
             },
             w1: vec![z; mm],
             b: vec![z; mm],
+            bk: vec![z; k.modes * mm],
             im: vec![T::zero(); mm],
             wt: vec![T::zero(); mm],
             scratch: k.fft.scratch(),
@@ -605,7 +612,15 @@ fn slab<T: Real>(
         gpos: Vec::with_capacity(if want_positions { pos.len() } else { 0 }),
     };
     let z = Complex::default();
-    let mut w = Work::new(k, matches!(op, Adjoint::DifferenceMap { .. }));
+    // multislice: the positions of a run go through the slices in blocks of
+    // MULTISLICE_BLOCK, slice by slice, so that a slice's object window and f64 sums are
+    // reused from cache by the block's overlapping windows instead of being evicted by the
+    // other S − 1 slices' between two positions; every sum still receives its terms in
+    // position order, so the result is the same bit for bit as one position at a time
+    let planes = obj.planes();
+    let blk = if planes > 1 { MULTISLICE_BLOCK } else { 1 };
+    let dm = matches!(op, Adjoint::DifferenceMap { .. });
+    let mut ws: Vec<Work<T>> = (0..blk).map(|_| Work::new(k, dm)).collect();
     let ow = obj.shape[1];
     let gw = shape[1];
     // runs of consecutive positions with the same sub-pixel y-shift (rows of a raster scan)
@@ -629,8 +644,10 @@ fn slab<T: Real>(
     } else {
         (Vec::new(), Vec::new())
     };
+    let local = |p: &PositionGeom<T>| ((p.window[0] - y0) as usize, (p.window[1] - x0) as usize);
     for run in y_runs(pos) {
         let (start, end) = (run.start, run.end);
+        let w = &mut ws[0];
         y_shifted(
             k,
             probe_hat,
@@ -643,149 +660,169 @@ fn slab<T: Real>(
             let ey = shift_derivative(&pos[start].ramp_y);
             y_shifted(k, probe_hat, &ey, &mut w.w1, &mut w.scratch, &mut cyd);
         }
-        for j in start..end {
-            let p = &pos[j];
-            let (oy, ox) = window_offset(obj, p, m);
-            let orow = |y: usize| &obj.data[(oy + y) * ow + ox..][..m];
-            forward(k, obj, probe_hat, Some(&cy), p, &mut w);
-            // model intensities (scaled by 1/M² in `residuals`) and weights w/M², so that a
-            // raw inverse FFT of w Ψ_raw gives the unitary b
-            let pat = &meas[j * mm..(j + 1) * mm];
-            s.loss += pattern_residuals(k, pat, &mut w.im, &mut w.wt, sc2, sc2);
-            if let Adjoint::DifferenceMap {
-                exit,
-                init,
-                er,
-                gamma,
-                ..
-            } = &mut op
-            {
-                dm_far_field(
-                    k,
-                    &mut w,
-                    &mut exit[j * km * mm..(j + 1) * km * mm],
-                    *init,
-                    *er,
-                    *gamma,
-                    pat,
-                    &orow,
-                );
+        for first in (start..end).step_by(blk) {
+            let block = first..(first + blk).min(end);
+            let bp = &pos[block.clone()];
+            let ws = &mut ws[..block.len()];
+            // forward: the shifted probes, then slice by slice over the block
+            for (w, p) in ws.iter_mut().zip(bp) {
+                shifted_probe(k, probe_hat, Some(&cy), p, w);
             }
-            // adjoint: b = F⁻¹(w Ψ) (or the new exit wave); g_O += P* b, D_O += |P|²;
-            // g_P̂ += conj(ramp) F(O* b)
-            let (gy, gx) = ((p.window[0] - y0) as usize, (p.window[1] - x0) as usize);
-            let mut pg = PositionGradient {
-                index: p.index,
-                ..Default::default()
-            };
-            let ex = if want_positions {
-                shift_derivative(&p.ramp_x)
-            } else {
-                Vec::new()
-            };
-            for mode in 0..km {
-                match &mut op {
-                    Adjoint::Gradient => {
-                        T::mul_real(&mut w.w1, &w.psi[mode * mm..(mode + 1) * mm], &w.wt);
-                        k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
-                    }
-                    Adjoint::DifferenceMap { exit, beta, er, .. } => {
-                        // ψ' = F⁻¹(f X_k); ψ ← ψ + β(ψ' − P_jk O_j) (error reduction:
-                        // ψ ← ψ'); b = ψ
-                        let (reduce, beta) = (*er, *beta);
-                        // error reduction scales the model's far field Ψ itself
-                        let far = if reduce { &w.psi } else { &w.x };
-                        T::mul_real(&mut w.w1, &far[mode * mm..(mode + 1) * mm], &w.wt);
-                        k.fft.inverse_t_raw(&mut w.w1, &mut w.b, &mut w.scratch);
-                        let e = &mut exit[(j * km + mode) * mm..(j * km + mode + 1) * mm];
-                        let pj = &w.pj[mode * mm..(mode + 1) * mm];
-                        for (y, ((er, br), pr)) in e
-                            .chunks_exact_mut(m)
-                            .zip(w.b.chunks_exact_mut(m))
-                            .zip(pj.chunks_exact(m))
-                            .enumerate()
-                        {
-                            for ((ev, bv), (pv, ov)) in
-                                er.iter_mut().zip(br.iter_mut()).zip(pr.iter().zip(orow(y)))
+            for sl in 0..planes - 1 {
+                for (w, p) in ws.iter_mut().zip(bp) {
+                    propagate_slice(k, obj, window_offset(obj, p, m), sl, w);
+                }
+            }
+            // far fields, model intensities (scaled by 1/M² in `residuals`) and weights
+            // w/M², so that a raw inverse FFT of w Ψ_raw gives the unitary adjoint wave b
+            for ((w, p), j) in ws.iter_mut().zip(bp).zip(block.clone()) {
+                let (oy, ox) = window_offset(obj, p, m);
+                let orow = |y: usize| &obj.data[(oy + y) * ow + ox..][..m];
+                far_field(k, obj, (oy, ox), w);
+                let pat = &meas[j * mm..(j + 1) * mm];
+                s.loss += pattern_residuals(k, pat, &mut w.im, &mut w.wt, sc2, sc2);
+                if let Adjoint::DifferenceMap {
+                    exit,
+                    init,
+                    er,
+                    gamma,
+                    ..
+                } = &mut op
+                {
+                    dm_far_field(
+                        k,
+                        w,
+                        &mut exit[j * km * mm..(j + 1) * km * mm],
+                        *init,
+                        *er,
+                        *gamma,
+                        pat,
+                        &orow,
+                    );
+                }
+                for mode in 0..km {
+                    let b = &mut w.bk[mode * mm..(mode + 1) * mm];
+                    match &mut op {
+                        Adjoint::Gradient => {
+                            T::mul_real(&mut w.w1, &w.psi[mode * mm..(mode + 1) * mm], &w.wt);
+                            k.fft.inverse_t_raw(&mut w.w1, b, &mut w.scratch);
+                        }
+                        Adjoint::DifferenceMap { exit, beta, er, .. } => {
+                            // ψ' = F⁻¹(f X_k); ψ ← ψ + β(ψ' − P_jk O_j) (error reduction:
+                            // ψ ← ψ'); b = ψ
+                            let (reduce, beta) = (*er, *beta);
+                            // error reduction scales the model's far field Ψ itself
+                            let far = if reduce { &w.psi } else { &w.x };
+                            T::mul_real(&mut w.w1, &far[mode * mm..(mode + 1) * mm], &w.wt);
+                            k.fft.inverse_t_raw(&mut w.w1, b, &mut w.scratch);
+                            let e = &mut exit[(j * km + mode) * mm..(j * km + mode + 1) * mm];
+                            let pj = &w.pj[mode * mm..(mode + 1) * mm];
+                            for (y, ((er, br), pr)) in e
+                                .chunks_exact_mut(m)
+                                .zip(b.chunks_exact_mut(m))
+                                .zip(pj.chunks_exact(m))
+                                .enumerate()
                             {
-                                *ev = if reduce {
-                                    *bv
-                                } else {
-                                    *ev + (*bv - *pv * *ov) * beta
-                                };
-                                *bv = *ev;
+                                for ((ev, bv), (pv, ov)) in
+                                    er.iter_mut().zip(br.iter_mut()).zip(pr.iter().zip(orow(y)))
+                                {
+                                    *ev = if reduce {
+                                        *bv
+                                    } else {
+                                        *ev + (*bv - *pv * *ov) * beta
+                                    };
+                                    *bv = *ev;
+                                }
                             }
                         }
                     }
                 }
-                if obj.planes() > 1 {
-                    back_propagate_slices(
-                        k,
-                        obj,
-                        (oy, ox),
-                        &mut s.g,
-                        &mut s.d,
-                        (gy, gx),
-                        mode,
-                        &mut w,
-                    );
+            }
+            // the slices after the first, last to second: each slice's sums over the block,
+            // then the block's back-propagations to the slice before
+            for sl in (1..planes).rev() {
+                for (w, p) in ws.iter_mut().zip(bp) {
+                    let at = window_offset(obj, p, m);
+                    adjoint_slice(k, obj, at, &mut s.g, &mut s.d, local(p), sl, w);
                 }
-                // g_O += P* b, D_O += |P|², and for the probe gradient w1 = O* b, D_P += |O|²
-                // (multislice: slice 0 and the wave incident on it, the shifted probe)
-                let pj = &w.pj[mode * mm..(mode + 1) * mm];
-                for (y, ((pr, br), t)) in pj
-                    .chunks_exact(m)
-                    .zip(w.b.chunks_exact(m))
-                    .zip(w.w1.chunks_exact_mut(m))
-                    .enumerate()
-                {
-                    let row = (gy + y) * gw + gx;
-                    let dp = if want_probe && mode == 0 {
-                        Some(&mut s.dp[y * m..(y + 1) * m])
-                    } else {
-                        None
-                    };
-                    T::adjoint_row(
-                        &mut s.g.data[row..row + m],
-                        &mut s.d.data[row..row + m],
-                        t,
-                        dp,
-                        pr,
-                        br,
-                        orow(y),
-                    );
-                }
-                if want_positions {
-                    // ∂P/∂c_y from the run's y-derivative half, ∂P/∂c_x from the shared half
-                    // times the x-derivative ramp; each a row pass of inverse transforms
-                    for (axis, (half, rx)) in
-                        [(&cyd, &p.ramp_x), (&cy, &ex)].into_iter().enumerate()
-                    {
-                        for (dst, src) in dpos
-                            .chunks_exact_mut(m)
-                            .zip(half[mode * mm..(mode + 1) * mm].chunks_exact(m))
-                        {
-                            T::cmul(dst, src, rx);
-                        }
-                        k.fft.rows_inverse_raw(&mut dpos, &mut w.scratch);
-                        pg.grad[axis] += position_gradient(&dpos, &w.w1, m);
-                    }
-                    let cv = shift_curvature(pj, &orow, m);
-                    pg.curv[0] += cv[0];
-                    pg.curv[1] += cv[1];
-                }
-                if !want_probe {
-                    continue;
-                }
-                // x-half of F(O* b), times conj(e_x)/M, summed over the run (f64)
-                k.fft.rows_forward_raw(&mut w.w1, &mut w.scratch);
-                let a = &mut acc[mode * mm..(mode + 1) * mm];
-                for (arow, trow) in a.chunks_exact_mut(m).zip(w.w1.chunks_exact(m)) {
-                    T::acc_cmul_conj_cscale(arow, &p.ramp_x, trow, Complex::new(sc, T::zero()));
+                for w in ws.iter_mut() {
+                    back_propagate_slice(k, planes, sl, w);
                 }
             }
-            if want_positions {
-                s.gpos.push(pg);
+            // slice 0 (the only one of a single-slice object), the probe and the position
+            for (w, p) in ws.iter_mut().zip(bp) {
+                let (oy, ox) = window_offset(obj, p, m);
+                let orow = |y: usize| &obj.data[(oy + y) * ow + ox..][..m];
+                // g_O += P* b, D_O += |P|²; g_P̂ += conj(ramp) F(O* b)
+                let (gy, gx) = local(p);
+                let mut pg = PositionGradient {
+                    index: p.index,
+                    ..Default::default()
+                };
+                let ex = if want_positions {
+                    shift_derivative(&p.ramp_x)
+                } else {
+                    Vec::new()
+                };
+                for mode in 0..km {
+                    // g_O += P* b, D_O += |P|², and for the probe gradient w1 = O* b,
+                    // D_P += |O|² (multislice: slice 0 and the wave incident on it, the
+                    // shifted probe)
+                    let pj = &w.pj[mode * mm..(mode + 1) * mm];
+                    for (y, ((pr, br), t)) in pj
+                        .chunks_exact(m)
+                        .zip(w.bk[mode * mm..(mode + 1) * mm].chunks_exact(m))
+                        .zip(w.w1.chunks_exact_mut(m))
+                        .enumerate()
+                    {
+                        let row = (gy + y) * gw + gx;
+                        let dp = if want_probe && mode == 0 {
+                            Some(&mut s.dp[y * m..(y + 1) * m])
+                        } else {
+                            None
+                        };
+                        T::adjoint_row(
+                            &mut s.g.data[row..row + m],
+                            &mut s.d.data[row..row + m],
+                            t,
+                            dp,
+                            pr,
+                            br,
+                            orow(y),
+                        );
+                    }
+                    if want_positions {
+                        // ∂P/∂c_y from the run's y-derivative half, ∂P/∂c_x from the shared half
+                        // times the x-derivative ramp; each a row pass of inverse transforms
+                        for (axis, (half, rx)) in
+                            [(&cyd, &p.ramp_x), (&cy, &ex)].into_iter().enumerate()
+                        {
+                            for (dst, src) in dpos
+                                .chunks_exact_mut(m)
+                                .zip(half[mode * mm..(mode + 1) * mm].chunks_exact(m))
+                            {
+                                T::cmul(dst, src, rx);
+                            }
+                            k.fft.rows_inverse_raw(&mut dpos, &mut w.scratch);
+                            pg.grad[axis] += position_gradient(&dpos, &w.w1, m);
+                        }
+                        let cv = shift_curvature(pj, &orow, m);
+                        pg.curv[0] += cv[0];
+                        pg.curv[1] += cv[1];
+                    }
+                    if !want_probe {
+                        continue;
+                    }
+                    // x-half of F(O* b), times conj(e_x)/M, summed over the run (f64)
+                    k.fft.rows_forward_raw(&mut w.w1, &mut w.scratch);
+                    let a = &mut acc[mode * mm..(mode + 1) * mm];
+                    for (arow, trow) in a.chunks_exact_mut(m).zip(w.w1.chunks_exact(m)) {
+                        T::acc_cmul_conj_cscale(arow, &p.ramp_x, trow, Complex::new(sc, T::zero()));
+                    }
+                }
+                if want_positions {
+                    s.gpos.push(pg);
+                }
             }
         }
         if want_probe {
@@ -968,7 +1005,8 @@ pub(crate) fn window_offset<T>(
 }
 
 /// Forward model of one position: shifted probe modes into `w.pj`, raw far fields
-/// (M × unitary) into `w.psi`, raw intensities Σ_k |Ψ_raw|² into `w.im`.
+/// (M × unitary) into `w.psi`, raw intensities Σ_k |Ψ_raw|² into `w.im`; multislice: the
+/// waves incident on slices 1..S−1 into `w.waves`.
 ///
 /// `cy`: the probe modes already shifted along y for this position's sub-pixel y-shift
 /// ([`y_shifted`], shared by a run of positions with the same y-shift, as along a row of a
@@ -982,14 +1020,29 @@ pub(crate) fn forward<T: Real>(
     p: &PositionGeom<T>,
     w: &mut Work<T>,
 ) {
+    let at = window_offset(obj, p, k.fft.size());
+    shifted_probe(k, probe_hat, cy, p, w);
+    for s in 0..obj.planes() - 1 {
+        propagate_slice(k, obj, at, s, w);
+    }
+    far_field(k, obj, at, w);
+}
+
+/// The shifted probe modes P_jk = S_j P_k of one position (docs/algorithm.md §3) into
+/// `w.pj` ([K][y][x]): from `cy` ([`y_shifted`]) by the x-half of the inverse transform,
+/// or without `cy` from the probe spectrum `probe_hat` ([K][kx][ky]) by a whole one.
+#[inline(always)]
+fn shifted_probe<T: Real>(
+    k: &Kernel<T>,
+    probe_hat: &[Complex<T>],
+    cy: Option<&[Complex<T>]>,
+    p: &PositionGeom<T>,
+    w: &mut Work<T>,
+) {
     let m = k.fft.size();
     let mm = m * m;
     let sc = k.fft.scale();
-    let ow = obj.shape[1];
-    let (oy, ox) = window_offset(obj, p, m);
-    let km = k.modes;
-    // forward: P_jk = S_j P_k (probe spectrum × ramp, inverse FFT), ψ = P_jk O_j, Ψ = F ψ
-    for mode in 0..km {
+    for mode in 0..k.modes {
         let pj = &mut w.pj[mode * mm..(mode + 1) * mm];
         match cy {
             Some(cy) => {
@@ -1014,13 +1067,26 @@ pub(crate) fn forward<T: Real>(
                 k.fft.inverse_t_raw(&mut w.w1, pj, &mut w.scratch);
             }
         }
-        let planes = obj.planes();
-        if planes > 1 {
-            propagate_slices(k, obj, (oy, ox), mode, w);
-        }
-        // the wave incident on the last slice (the shifted probe for a single slice) times
-        // that slice, to the far field
-        let last = (planes - 1) * obj.plane_len();
+    }
+}
+
+/// The far field of one position (docs/algorithm.md §3, §12): for every probe mode the raw
+/// transform (M × unitary) of the exit wave, the wave incident on the last slice (the
+/// shifted probe `w.pj` for a single slice, else `w.waves`) times that slice at the
+/// window's local origin `(oy, ox)` in `obj`, into `w.psi` ([K][kx][ky]); the raw
+/// intensities Σ_k |Ψ_raw|² (M² × the unitary ones) into `w.im`.
+#[inline(always)]
+fn far_field<T: Real>(
+    k: &Kernel<T>,
+    obj: &Field<Complex<T>>,
+    (oy, ox): (usize, usize),
+    w: &mut Work<T>,
+) {
+    let m = k.fft.size();
+    let mm = m * m;
+    let (ow, planes) = (obj.shape[1], obj.planes());
+    let last = (planes - 1) * obj.plane_len();
+    for mode in 0..k.modes {
         let src = if planes > 1 {
             &w.waves[(mode * (planes - 1) + planes - 2) * mm..][..mm]
         } else {
@@ -1039,22 +1105,21 @@ pub(crate) fn forward<T: Real>(
             &mut w.scratch,
         );
     }
-    // raw intensities Σ_k |Ψ_raw|² (M² × the unitary ones)
     T::norm(&mut w.im, &w.psi[..mm]);
-    for mode in 1..km {
+    for mode in 1..k.modes {
         T::acc_norm(&mut w.im, &w.psi[mode * mm..(mode + 1) * mm]);
     }
 }
 
-/// Multislice forward model of one position and probe mode (docs/algorithm.md §12): from
-/// the shifted probe ψ_0 = `w.pj[mode]`, the waves incident on slices 1..S−1,
-/// ψ_{s+1} = F⁻¹[H_Δz · F(ψ_s · O_s)], into `w.waves[mode]` ([S−1][M][M]); `(oy, ox)` is
-/// the window's local origin in `obj` (S planes).
-fn propagate_slices<T: Real>(
+/// One step of the multislice forward model (docs/algorithm.md §12) for every probe mode of
+/// one position: the wave incident on slice s + 1, ψ_{s+1} = F⁻¹[H_Δz · F(ψ_s · O_s)], from
+/// ψ_s (the shifted probe `w.pj` for s = 0, else `w.waves`) into `w.waves` ([K][S−1][M²],
+/// sized at s = 0); `(oy, ox)` is the window's local origin in `obj` (S planes).
+fn propagate_slice<T: Real>(
     k: &Kernel<T>,
     obj: &Field<Complex<T>>,
     (oy, ox): (usize, usize),
-    mode: usize,
+    s: usize,
     w: &mut Work<T>,
 ) {
     let m = k.fft.size();
@@ -1065,15 +1130,17 @@ fn propagate_slices<T: Real>(
         mm,
         "a multislice object needs the kernel's propagator"
     );
-    let need = k.modes * (planes - 1) * mm;
-    if w.waves.len() != need {
-        w.waves.resize(need, Complex::default());
-    }
-    if w.w2.len() != mm {
-        w.w2.resize(mm, Complex::default());
+    if s == 0 {
+        let need = k.modes * (planes - 1) * mm;
+        if w.waves.len() != need {
+            w.waves.resize(need, Complex::default());
+        }
+        if w.w2.len() != mm {
+            w.w2.resize(mm, Complex::default());
+        }
     }
     let (ow, pl) = (obj.shape[1], obj.plane_len());
-    for s in 0..planes - 1 {
+    for mode in 0..k.modes {
         let (done, rest) = w.waves.split_at_mut((mode * (planes - 1) + s) * mm);
         let src = if s == 0 {
             &w.pj[mode * mm..(mode + 1) * mm]
@@ -1087,59 +1154,69 @@ fn propagate_slices<T: Real>(
         {
             T::cmul(dst, pr, &obj.data[s * pl + (oy + y) * ow + ox..][..m]);
         }
-        k.fft.forward_t_raw(&mut w.w1, &mut w.w2, &mut w.scratch);
-        for (v, h) in w.w2.iter_mut().zip(&k.propagator) {
-            *v = *v * *h;
-        }
-        k.fft
-            .inverse_t_raw(&mut w.w2, &mut rest[..mm], &mut w.scratch);
+        k.fft.convolve_raw(
+            &mut w.w1,
+            &k.propagator,
+            false,
+            &mut w.w2,
+            &mut rest[..mm],
+            &mut w.scratch,
+        );
     }
 }
 
-/// The adjoint of the slices after the first, for one position and probe mode: from
-/// `w.b` = ∂L/∂χ* of the exit wave χ = ψ_{S−1} O_{S−1}, adds the gradient and
-/// preconditioner of slices S−1..1 (g_s += conj(ψ_s) b_s, d_s += |ψ_s|², planes of the
-/// slab's sums `g`, `d` at local origin (gy, gx)) and back-propagates
-/// b_{s−1} = F⁻¹[conj(H_Δz) · F(conj(O_s) b_s)], leaving b_0 in `w.b` (what the
-/// single-slice adjoint then takes with the probe and slice 0).
+/// The adjoint of slice s ≥ 1 for every probe mode of one position (docs/algorithm.md §12):
+/// with `w.bk` = b_s (∂L/∂χ* of the wave leaving slice s), adds g_s += conj(ψ_s) b_s and
+/// d_s += |ψ_s|² to plane s of the sums `g`, `d` at local origin (gy, gx), and leaves
+/// c_s = conj(O_s) b_s in the place of ψ_s in `w.waves` (ψ_s is not needed again) for
+/// [`back_propagate_slice`].
 #[allow(clippy::too_many_arguments)]
-fn back_propagate_slices<T: Real>(
+fn adjoint_slice<T: Real>(
     k: &Kernel<T>,
     obj: &Field<Complex<T>>,
     (oy, ox): (usize, usize),
     g: &mut Field<Complex<f64>>,
     d: &mut Field<f64>,
     (gy, gx): (usize, usize),
-    mode: usize,
+    s: usize,
     w: &mut Work<T>,
 ) {
     let m = k.fft.size();
     let mm = m * m;
     let planes = obj.planes();
     let (ow, pl, gw, gpl) = (obj.shape[1], obj.plane_len(), g.shape[1], g.plane_len());
-    for s in (1..planes).rev() {
-        let wave = &w.waves[(mode * (planes - 1) + s - 1) * mm..][..mm];
-        for (y, (pr, (br, t))) in wave
-            .chunks_exact(m)
-            .zip(w.b.chunks_exact(m).zip(w.w1.chunks_exact_mut(m)))
+    for mode in 0..k.modes {
+        let wave = &mut w.waves[(mode * (planes - 1) + s - 1) * mm..][..mm];
+        for (y, (pt, br)) in wave
+            .chunks_exact_mut(m)
+            .zip(w.bk[mode * mm..(mode + 1) * mm].chunks_exact(m))
             .enumerate()
         {
             let row = s * gpl + (gy + y) * gw + gx;
-            T::adjoint_row(
+            T::adjoint_wave(
                 &mut g.data[row..row + m],
                 &mut d.data[row..row + m],
-                t,
-                None,
-                pr,
+                pt,
                 br,
                 &obj.data[s * pl + (oy + y) * ow + ox..][..m],
             );
         }
-        k.fft.forward_t_raw(&mut w.w1, &mut w.w2, &mut w.scratch);
-        for (v, h) in w.w2.iter_mut().zip(&k.propagator) {
-            *v = *v * h.conj();
-        }
-        k.fft.inverse_t_raw(&mut w.w2, &mut w.b, &mut w.scratch);
+    }
+}
+
+/// The adjoint of the propagation into slice s ≥ 1 for every probe mode of one position:
+/// b_{s−1} = F⁻¹[conj(H_Δz) · F c_s] from c_s ([`adjoint_slice`], in `w.waves`) into `w.bk`.
+fn back_propagate_slice<T: Real>(k: &Kernel<T>, planes: usize, s: usize, w: &mut Work<T>) {
+    let mm = k.fft.size().pow(2);
+    for mode in 0..k.modes {
+        k.fft.convolve_raw(
+            &mut w.waves[(mode * (planes - 1) + s - 1) * mm..][..mm],
+            &k.propagator,
+            true,
+            &mut w.w2,
+            &mut w.bk[mode * mm..(mode + 1) * mm],
+            &mut w.scratch,
+        );
     }
 }
 

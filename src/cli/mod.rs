@@ -130,6 +130,12 @@ enum Cmd {
         /// Override any config key: --set section.key=value (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Also time a second configuration, the first with these overrides as well
+        /// (repeatable), one iteration of each in turn in the same process, and report the
+        /// ratio of their times pair by pair: how to compare two settings on a shared,
+        /// noisy machine (e.g. --against reconstruction.slices=1).
+        #[arg(long = "against", value_name = "KEY=VALUE")]
+        against: Vec<String>,
     },
     /// Print a batch job script (Slurm or LSF) that runs `ptytile reconstruct CONFIG` on GPU
     /// nodes, one or more MPI ranks per GPU (jobs/README.md).
@@ -604,10 +610,21 @@ fn dispatch(cli: Cli) -> Result<i32> {
             config,
             repeats,
             set,
+            against,
             ..
         } => {
             let config = config.ok_or_else(|| Error::new("bench", "a config file is required"))?;
-            bench::run(&Config::load(&config, &set)?, repeats).map(|_| 0)
+            let cfg = Config::load(&config, &set)?;
+            let other = if against.is_empty() {
+                None
+            } else {
+                Some(Config::load(&config, &[set, against.clone()].concat())?)
+            };
+            let against = other.as_ref().map(|cfg| bench::Against {
+                cfg,
+                overrides: &against,
+            });
+            bench::run(&cfg, against, repeats).map(|_| 0)
         }
         Cmd::Frc { a, b, output } => {
             let r = crate::analysis::frc::frc_files(&a, &b)?;

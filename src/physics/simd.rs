@@ -95,6 +95,26 @@ pub trait Ops: Sized + Copy {
             }
         }
     }
+    /// [`Ops::adjoint_row`] without `dp`, with t written over p: `pt` holds p (a wave
+    /// incident on a slice) on entry and t = conj(o)·b on return.
+    #[inline(always)]
+    fn adjoint_wave(
+        g: &mut [Complex<f64>],
+        d: &mut [f64],
+        pt: &mut [Complex<Self>],
+        b: &[Complex<Self>],
+        o: &[Complex<Self>],
+    ) where
+        Self: Real,
+    {
+        for i in 0..g.len() {
+            let p = pt[i];
+            let v = p.conj() * b[i];
+            g[i] += Complex::new(v.re.f64(), v.im.f64());
+            d[i] += p.norm_sqr().f64();
+            pt[i] = o[i].conj() * b[i];
+        }
+    }
     /// out = a · w (w real)
     #[inline(always)]
     fn mul_real(out: &mut [Complex<Self>], a: &[Complex<Self>], w: &[Self])
@@ -204,6 +224,26 @@ impl Ops for f32 {
                 for (dp, o) in dp.iter_mut().zip(o) {
                     *dp += o.norm_sqr() as f64;
                 }
+            }
+        }
+    }
+    fn adjoint_wave(
+        g: &mut [Complex<f64>],
+        d: &mut [f64],
+        pt: &mut [Complex<f32>],
+        b: &[Complex<f32>],
+        o: &[Complex<f32>],
+    ) {
+        if avx2() {
+            // SAFETY: as above.
+            unsafe { avx::adjoint_wave(g, d, pt, b, o) }
+        } else {
+            for i in 0..g.len() {
+                let p = pt[i];
+                let v = p.conj() * b[i];
+                g[i] += Complex::new(v.re as f64, v.im as f64);
+                d[i] += p.norm_sqr() as f64;
+                pt[i] = o[i].conj() * b[i];
             }
         }
     }
@@ -386,7 +426,7 @@ mod avx {
         g: &mut [Complex<f64>],
         d: &mut [f64],
         t: &mut [Complex<f32>],
-        mut dp: Option<&mut [f64]>,
+        dp: Option<&mut [f64]>,
         p: &[Complex<f32>],
         b: &[Complex<f32>],
         o: &[Complex<f32>],
@@ -394,12 +434,59 @@ mod avx {
         let n = g.len();
         assert!(d.len() == n && t.len() == n && p.len() == n && b.len() == n && o.len() == n);
         assert!(dp.as_ref().is_none_or(|v| v.len() == n));
-        let (pg, pt) = (g.as_mut_ptr() as *mut f64, t.as_mut_ptr() as *mut f32);
-        let (pp, pb, po) = (
-            p.as_ptr() as *const f32,
-            b.as_ptr() as *const f32,
-            o.as_ptr() as *const f32,
+        let pdp = dp.map_or(std::ptr::null_mut(), |v| v.as_mut_ptr());
+        adjoint_raw(
+            n,
+            g.as_mut_ptr(),
+            d.as_mut_ptr(),
+            t.as_mut_ptr(),
+            pdp,
+            p.as_ptr(),
+            b.as_ptr(),
+            o.as_ptr(),
         );
+    }
+
+    /// [`adjoint_row`] with `t` in the place of `p`: `pt` holds p on entry, t on return.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn adjoint_wave(
+        g: &mut [Complex<f64>],
+        d: &mut [f64],
+        pt: &mut [Complex<f32>],
+        b: &[Complex<f32>],
+        o: &[Complex<f32>],
+    ) {
+        let n = g.len();
+        assert!(d.len() == n && pt.len() == n && b.len() == n && o.len() == n);
+        let ptr = pt.as_mut_ptr();
+        adjoint_raw(
+            n,
+            g.as_mut_ptr(),
+            d.as_mut_ptr(),
+            ptr,
+            std::ptr::null_mut(),
+            ptr,
+            b.as_ptr(),
+            o.as_ptr(),
+        );
+    }
+
+    /// The body of [`adjoint_row`] over n elements; `t` may equal `p` (each element of p is
+    /// read before t's is written), `dp` may be null (no probe preconditioner).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn adjoint_raw(
+        n: usize,
+        g: *mut Complex<f64>,
+        d: *mut f64,
+        t: *mut Complex<f32>,
+        dp: *mut f64,
+        p: *const Complex<f32>,
+        b: *const Complex<f32>,
+        o: *const Complex<f32>,
+    ) {
+        let (pg, pt) = (g as *mut f64, t as *mut f32);
+        let (pp, pb, po) = (p as *const f32, b as *const f32, o as *const f32);
         let mut i = 0;
         while i + 8 <= n {
             let (p0, p1) = (
@@ -418,19 +505,20 @@ mod avx {
             acc_f64(pg.add(2 * i + 8), mul4::<true>(p1, b1));
             _mm256_storeu_ps(pt.add(2 * i), mul4::<true>(o0, b0));
             _mm256_storeu_ps(pt.add(2 * i + 8), mul4::<true>(o1, b1));
-            acc_f64(d.as_mut_ptr().add(i), norm8(p0, p1));
-            if let Some(dp) = dp.as_deref_mut() {
-                acc_f64(dp.as_mut_ptr().add(i), norm8(o0, o1));
+            acc_f64(d.add(i), norm8(p0, p1));
+            if !dp.is_null() {
+                acc_f64(dp.add(i), norm8(o0, o1));
             }
             i += 8;
         }
         for j in i..n {
-            let v = p[j].conj() * b[j];
-            g[j] += Complex::new(v.re as f64, v.im as f64);
-            d[j] += p[j].norm_sqr() as f64;
-            t[j] = o[j].conj() * b[j];
-            if let Some(dp) = dp.as_deref_mut() {
-                dp[j] += o[j].norm_sqr() as f64;
+            let (pj, bj, oj) = (*p.add(j), *b.add(j), *o.add(j));
+            let v = pj.conj() * bj;
+            *g.add(j) += Complex::new(v.re as f64, v.im as f64);
+            *d.add(j) += pj.norm_sqr() as f64;
+            *t.add(j) = oj.conj() * bj;
+            if !dp.is_null() {
+                *dp.add(j) += oj.norm_sqr() as f64;
             }
         }
     }
@@ -524,6 +612,10 @@ mod tests {
                 assert_eq!(t[i], c[i].conj() * b[i], "adjoint t n={n}");
                 assert_eq!(dp[i], w64v[i] + c[i].norm_sqr() as f64, "adjoint dp n={n}");
             }
+            // in place: t over p, the same sums and t as adjoint_row
+            let (mut g2, mut d2, mut pt) = (g0.clone(), d0.clone(), a.clone());
+            f32::adjoint_wave(&mut g2, &mut d2, &mut pt, &b, &c);
+            assert_eq!((g2, d2, pt), (g, d, t), "adjoint_wave n={n}");
             f32::mul_real(&mut o, &a, &w);
             assert!((0..n).all(|i| o[i] == a[i] * w[i]), "mul_real n={n}");
         }
