@@ -155,14 +155,6 @@ fn paired(
 }
 
 fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result<()> {
-    let df = DataFile::open(cfg)?;
-    let plan = crate::tiling::plan(&df.centres, df.m, df.object_shape, [1, 1])?;
-    let rp = &plan.ranks[0];
-    let (problem, mut state) = crate::driver::setup(cfg, &df, rp, c)?;
-    let opts = Options::from(&cfg.reconstruction);
-    let n = problem.positions.len();
-    let k = &problem.kernel;
-    let m = k.fft.size();
     let time = |f: &mut dyn FnMut()| -> f64 {
         f(); // warm-up
         median(
@@ -175,30 +167,27 @@ fn run_on(cfg: &Config, repeats: usize, c: &mut dyn crate::comm::Comm) -> Result
                 .collect(),
         )
     };
-    let mut it = 1usize;
+    let mut its = Iterations::new(cfg, c)?;
     let mut failed = None;
-    let mut gs = gd::GdState::default();
-    let full = {
-        let mut rank = gd::Rank::new(rp, c, gd::Decomposition::Tiled);
-        time(&mut || {
-            if let Err(e) = gd::iterate(
-                &problem,
-                &mut state,
-                &mut gs,
-                it.max(opts.probe_update_start),
-                &opts,
-                &mut rank,
-            ) {
-                failed = Some(e);
-            }
-            it += 1;
-        })
-    };
+    let full = time(&mut || {
+        if let Err(e) = its.step(c) {
+            failed = Some(e);
+        }
+    });
     if let Some(e) = failed {
         return Err(e);
     }
+    let Iterations {
+        problem,
+        mut state,
+        mut gs,
+        ..
+    } = its;
     // a backend-resident object back to the host for the kernel timings below
     crate::engine::resident::sync(&problem, &mut state, &mut gs)?;
+    let n = problem.positions.len();
+    let k = &problem.kernel;
+    let m = k.fft.size();
     let ph = probe_spectrum(&k.fft, &state.probe);
     let no_probe = time(&mut || {
         std::hint::black_box(gradients(
