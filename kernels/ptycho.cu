@@ -105,22 +105,36 @@ PTY_KERNEL void residual(cf* psi, double* loss, const float* meas, const float* 
     if (threadIdx.x == 0) loss[b] = part[0];
 }
 
-// Adjoint scatter: with psi = b = F^-1(w Psi) (real space, [x][y]):
-//   gT[ox+x][oy+y] += conj(P) b,  dT[..] += |P|^2   (f64 atomics, object transposed)
-//   and, when want_probe, psi <- conj(O) b (a forward FFT then gives the probe gradient).
-PTY_KERNEL void adjoint(cf* psi, const cf* P, const cf* objT, const int* win, double* gT, double* dT,
-                        int H, int M, int K, int nb, int want_probe) {
+// Object sums of one batch, gathered: with psi = b = F^-1(w Psi) (real space, [x][y]), one
+// thread per pixel (x, y) of the rectangle [x0, x0 + gw) x [y0, y0 + gh) that the batch's
+// windows cover (objT column height H) adds, for each position b whose window covers it and
+// each mode k, in the order (b, k), at its window pixel (u, v) = (x - ox_b, y - oy_b):
+//   gT[x][y] += conj(P[b][k][u][v]) psi[b][k][u][v],  dT[x][y] += |P[b][k][u][v]|^2   (f64)
+// Every run and every schedule adds the same terms in the same order, so the sums are the
+// same bits (f64 atomics would add them in the order the threads happen to run).
+PTY_KERNEL void gather_sums(double* gT, double* dT, const cf* psi, const cf* P, const int* win, int H, int y0,
+                            int x0, int gh, int gw, int M, int K, int nb) {
     long long t = gid();
+    if (t >= (long long)gh * gw) return;
+    int x = x0 + (int)(t / gh), y = y0 + (int)(t % gh);
     long long mm = (long long)M * M;
-    if (t >= mm * K * nb) return;
-    long long oi = window_pixel(win, (int)(t / mm / K), (int)(t % mm), M, H);
-    cf bv = psi[t];
-    cf p = P[t];
-    cf gv = c_mulc(p, bv);
-    atomicAdd(&gT[2 * oi], (double)gv.x);
-    atomicAdd(&gT[2 * oi + 1], (double)gv.y);
-    atomicAdd(&dT[oi], (double)c_norm(p));
-    if (want_probe) psi[t] = c_mulc(objT[oi], bv);
+    long long oi = (long long)x * H + y;
+    double gr = gT[2 * oi], gi = gT[2 * oi + 1], d = dT[oi];
+    for (int b = 0; b < nb; ++b) {
+        unsigned u = (unsigned)(x - win[2 * b + 1]), v = (unsigned)(y - win[2 * b]);
+        if (u >= (unsigned)M || v >= (unsigned)M) continue;
+        long long i = (long long)b * K * mm + (long long)u * M + v;
+        for (int k = 0; k < K; ++k, i += mm) {
+            cf p = P[i];
+            cf gv = c_mulc(p, psi[i]);
+            gr += (double)gv.x;
+            gi += (double)gv.y;
+            d += (double)c_norm(p);
+        }
+    }
+    gT[2 * oi] = gr;
+    gT[2 * oi + 1] = gi;
+    dT[oi] = d;
 }
 
 // Probe gradient of one batch, one thread per (k, kx, ky), summed over the batch in f64:
@@ -153,6 +167,18 @@ PTY_KERNEL void probe_density(double* dpT, const cf* objT, const int* win, int H
     double acc = 0.0;
     for (int b = 0; b < nb; ++b) acc += (double)c_norm(objT[window_pixel(win, b, (int)t, M, H)]);
     dpT[t] += acc;
+}
+
+// Multislice propagation in Fourier space (docs/algorithm.md §12): psi[b][k][kx][ky] *= H[kx][ky]
+// (or conj(H) for the adjoint), with H the Fresnel propagator times 1/M^2 (the raw transforms'
+// scale), [kx][ky] like every Fourier-space array here.
+PTY_KERNEL void propagate(cf* psi, const cf* h, int M, int K, int nb, int conj) {
+    long long t = gid();
+    long long mm = (long long)M * M;
+    if (t >= mm * K * nb) return;
+    cf hv = h[t % mm];
+    if (conj) hv.y = -hv.y;
+    psi[t] = c_mul(psi[t], hv);
 }
 
 // Model intensities out[b][kx][ky] = isc sum_k |Psi_raw[b][k][kx][ky]|^2.
@@ -257,7 +283,7 @@ PTY_KERNEL void fourier_step(cf* psi, cf* far, double* loss, const float* meas, 
 }
 
 // Difference map after its Fourier step, with b = F^-1(f X) (or error reduction's wave):
-//   ev <- b (er) or ev + beta (b - P O);  b <- ev  (the `adjoint` launch then sums P* b).
+//   ev <- b (er) or ev + beta (b - P O);  b <- ev  (`gather_sums` then sums P* b).
 PTY_KERNEL void dm_update(cf* bw, cf* ev, const cf* P, const cf* objT, const int* win, int H, int M, int K, int nb,
                           int er, float beta) {
     long long t = gid();

@@ -250,10 +250,11 @@ fn kernels_compile_with_nvrtc() {
                 "{arch}: kernel {k} missing from the PTX"
             );
         }
-        // f64 atomics compiled to native instructions, not a CAS loop
+        // no atomics: every sum is formed in a fixed order (gather_sums, probe_grad, …),
+        // so a run's sums are the same bits on every run
         assert!(
-            text.contains("atom.global.add.f64") || text.contains("red.global.add.f64"),
-            "{arch}: no f64 atomic add"
+            !text.contains("atom.") && !text.contains("red.global"),
+            "{arch}: an atomic instruction in the PTX"
         );
         println!(
             "{arch}: {} bytes of PTX, {} kernels",
@@ -298,12 +299,37 @@ fn gpu_matches_cpu(kind: BackendKind) {
 }
 
 fn matches_cpu(open: &Opener, label: &str) {
-    for (m, modes, noise, masked) in [
-        (32, 1, NoiseModel::Poisson, false),
-        (64, 2, NoiseModel::Amplitude, true),
-        (32, 3, NoiseModel::Poisson, true),
-    ] {
-        let c = case(m, modes, 4, noise, masked, 11);
+    matches_cpu_on(
+        open,
+        label,
+        &[
+            (32, 1, NoiseModel::Poisson, false, 1),
+            (64, 2, NoiseModel::Amplitude, true, 1),
+            (32, 3, NoiseModel::Poisson, true, 1),
+        ],
+    );
+}
+
+/// Multislice on a GPU (or its emulation) against the CPU, as [`matches_cpu`]: gradients
+/// of every slice (each within 1e-4 on its own) and of the probe for S = 3 (Poisson, one
+/// mode) and S = 2 (amplitude, two modes, detector mask), model intensities within 1e-5;
+/// dm's pass and probe sums (single-slice operations) refuse a multislice object with one
+/// line.
+fn multislice_matches_cpu(open: &Opener, label: &str) {
+    matches_cpu_on(
+        open,
+        label,
+        &[
+            (32, 1, NoiseModel::Poisson, false, 3),
+            (32, 2, NoiseModel::Amplitude, true, 2),
+        ],
+    );
+}
+
+/// [`matches_cpu`] on cases (M, modes, noise model, detector mask, slices).
+fn matches_cpu_on(open: &Opener, label: &str, cases: &[(usize, usize, NoiseModel, bool, usize)]) {
+    for &(m, modes, noise, masked, planes) in cases {
+        let c = multislice(case(m, modes, 4, noise, masked, 11), planes, 5);
         // small batches so that several batches and FFT pieces run
         std::env::set_var("PTYTILE_GPU_BATCH", "5");
         let gpu = open(&c);
@@ -325,8 +351,18 @@ fn matches_cpu(open: &Opener, label: &str) {
                     .gradients(&c.obj, &c.probe_hat, sel.clone(), want)
                     .unwrap();
                 let d = grad_diff(&a, &b);
-                println!("{label} M={m} K={modes} {noise:?} masked={masked} probe={want} {sel:?}: rel diff g_O {:.1e} D_O {:.1e} g_P {:.1e} D_P {:.1e} loss {:.1e}", d[0], d[1], d[2], d[3], d[4]);
-                assert!(d.iter().all(|v| *v < 1e-4), "{d:?}");
+                // each slice on its own: a slice's sums must not hide in another's
+                assert_eq!(a.g_obj.planes(), planes);
+                let pl = c.obj.plane_len();
+                let per: Vec<f64> = (0..planes)
+                    .map(|sl| {
+                        let r = sl * pl..(sl + 1) * pl;
+                        rel(c64(&a.g_obj.data[r.clone()]), c64(&b.g_obj.data[r]))
+                    })
+                    .collect();
+                let per_s: Vec<String> = per.iter().map(|v| format!("{v:.1e}")).collect();
+                println!("{label} S={planes} M={m} K={modes} {noise:?} masked={masked} probe={want} {sel:?}: rel diff g_O {:.1e} (per slice {}) D_O {:.1e} g_P {:.1e} D_P {:.1e} loss {:.1e}", d[0], per_s.join(", "), d[1], d[2], d[3], d[4]);
+                assert!(d.iter().chain(&per).all(|v| *v < 1e-4), "{d:?} {per:?}");
             }
         }
         let a = gpu
@@ -339,7 +375,70 @@ fn matches_cpu(open: &Opener, label: &str) {
             a.iter().map(|v| (*v as f64, 0.0)),
             b.iter().map(|v| (*v as f64, 0.0)),
         );
+        println!("{label} S={planes} M={m} K={modes}: model intensities rel diff {d:.1e}");
         assert!(d < 1e-5, "model intensities differ by {d:.2e}");
+        if planes > 1 {
+            let step = ptytile::backend::kernel::DmStep {
+                beta: 0.8,
+                gamma: 0.9,
+                error_reduction: false,
+            };
+            let all = || Selection::Range(0..n);
+            for e in [
+                gpu.difference_map(&c.obj, &c.probe_hat, all(), true, step)
+                    .err(),
+                gpu.probe_sums(&c.obj, all()).err(),
+            ] {
+                let e = e.expect("a single-slice operation accepted a multislice object");
+                assert!(e.to_string().contains("single-slice"), "{e}");
+                assert_eq!(e.to_string().lines().count(), 1);
+            }
+        }
+    }
+}
+
+/// `c` as a multislice case (unchanged for one slice): `planes` slices (slice 0 the case's object, the others phase
+/// perturbations of it) 4 Å apart, 0.1 Å pixels at 300 kV (the propagator's phase reaches
+/// ~6 rad at the window's Nyquist frequency), a 2 mrad specimen tilt.
+fn multislice(mut c: Case, planes: usize, seed: u64) -> Case {
+    use ptytile::physics::multislice::fresnel_propagator;
+    if planes == 1 {
+        return c;
+    }
+    let mut r = Lcg(seed);
+    let m = c.k.fft.size();
+    let h = fresnel_propagator(m, [1e-11, 1e-11], 1.97e-12, 4e-10, [2e-3, -1e-3]);
+    c.k = c.k.with_propagator(&h);
+    let one = c.obj.data.clone();
+    for _ in 1..planes {
+        let next: Vec<C> = one
+            .iter()
+            .map(|z| z.norm() * C::from_polar(1.0, z.arg() * 0.5 + 0.4 * r.next()))
+            .collect();
+        c.obj.data.extend(next);
+    }
+    assert_eq!(c.obj.planes(), planes);
+    c
+}
+
+#[test]
+fn emulated_multislice_matches_cpu() {
+    if let Some(open) = emu_opener() {
+        multislice_matches_cpu(&*open, "emulated");
+    }
+}
+
+#[test]
+fn cuda_multislice_matches_cpu() {
+    if gpu_or_skip(BackendKind::Cuda) {
+        multislice_matches_cpu(&*opener(BackendKind::Cuda), "Cuda");
+    }
+}
+
+#[test]
+fn hip_multislice_matches_cpu() {
+    if gpu_or_skip(BackendKind::Hip) {
+        multislice_matches_cpu(&*opener(BackendKind::Hip), "Hip");
     }
 }
 
@@ -795,6 +894,7 @@ mod emu {
         _dir: tempfile::TempDir,
         _lib: libloading::Library,
         launch: Launch,
+        set_order: unsafe extern "C" fn(c_int),
         allocs: HashMap<DPtr, usize>,
         plans: HashMap<(usize, bool), std::sync::Arc<dyn rustfft::Fft<f32>>>,
     }
@@ -831,13 +931,27 @@ mod emu {
             let launch = *lib
                 .get::<Launch>(b"emu_launch\0")
                 .map_err(|e| e.to_string())?;
+            let set_order = *lib
+                .get::<unsafe extern "C" fn(c_int)>(b"emu_set_order\0")
+                .map_err(|e| e.to_string())?;
             Ok(Emu {
                 _dir: dir,
                 _lib: lib,
                 launch,
+                set_order,
                 allocs: HashMap::new(),
                 plans: HashMap::new(),
             })
+        }
+    }
+
+    impl Emu {
+        /// Run every later launch's blocks, and the threads of kernels without a barrier,
+        /// in reverse order (a GPU may run them in any order).
+        pub fn reversed(self) -> Self {
+            // SAFETY: emu_set_order sets an int of this library (kernels/emu/launch.h).
+            unsafe { (self.set_order)(1) };
+            self
         }
     }
 
@@ -975,6 +1089,137 @@ fn emulated_projection_ops_match_cpu() {
     if let Some(open) = emu_opener() {
         projection_ops_match_cpu(&*open, "emulated");
     }
+}
+
+/// The sums of `a` and `b` (two backends of the same case, or one backend twice) for the
+/// same calls are the same bits: gradients with the probe sums over a range and an index
+/// subset, and two difference-map passes. On a GPU, an object sum formed by f64 atomics
+/// gets its terms in the order the blocks happen to run, so repeated calls differ in the
+/// last bits; the gather (`gather_sums`, docs/gpu.md "Precision") adds them in a fixed order.
+fn sums_do_not_depend_on_the_schedule(
+    a: &dyn Compute<f32>,
+    b: &dyn Compute<f32>,
+    c: &Case,
+    label: &str,
+) {
+    use ptytile::backend::kernel::DmStep;
+    let n = c.pos.len();
+    let ix: Vec<usize> = (0..n).rev().step_by(2).collect();
+    let bits = |g: &Gradients<f32>| -> Vec<u64> {
+        let c = g
+            .g_obj
+            .data
+            .iter()
+            .chain(&g.g_probe_hat)
+            .flat_map(|z| [z.re, z.im]);
+        c.chain(g.d_obj.data.iter().copied())
+            .chain(g.d_probe.iter().copied())
+            .chain([g.loss])
+            .map(f64::to_bits)
+            .collect()
+    };
+    let differ = |ga: &Gradients<f32>, gb: &Gradients<f32>| {
+        let (x, y) = (bits(ga), bits(gb));
+        assert_eq!(x.len(), y.len());
+        (x.iter().zip(&y).filter(|(p, q)| p != q).count(), x.len())
+    };
+    let mut calls = 0;
+    for sel in [Selection::Range(0..n), Selection::Indices(&ix)] {
+        let ga = a
+            .gradients(&c.obj, &c.probe_hat, sel.clone(), true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let gb = b
+            .gradients(&c.obj, &c.probe_hat, sel.clone(), true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (d, of) = differ(&ga, &gb);
+        println!("{label}: gradients {sel:?}: {d} of {of} f64 sums differ");
+        assert_eq!(
+            d, 0,
+            "{label}: gradients over {sel:?} depend on the schedule"
+        );
+        calls += 1;
+    }
+    for init in [true, false] {
+        let step = DmStep {
+            beta: 0.8,
+            gamma: 0.9,
+            error_reduction: false,
+        };
+        // a pass moves the exit waves: b starts from the waves a started from
+        let waves = (!init).then(|| a.exit_waves().unwrap());
+        let ga = a
+            .difference_map(&c.obj, &c.probe_hat, Selection::Range(0..n), init, step)
+            .unwrap_or_else(|e| panic!("{e}"));
+        if let Some(w) = waves {
+            b.set_exit_waves(w).unwrap();
+        }
+        let gb = b
+            .difference_map(&c.obj, &c.probe_hat, Selection::Range(0..n), init, step)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (d, of) = differ(&ga, &gb);
+        println!("{label}: difference map (init {init}): {d} of {of} f64 sums differ");
+        assert_eq!(
+            d, 0,
+            "{label}: the difference map's sums depend on the schedule"
+        );
+        calls += 1;
+    }
+    assert_eq!(calls, 4);
+}
+
+/// `c` with probe modes that fall to 1e-7 of their peak at the window's edge (a focused
+/// probe's tails), so that the terms of an object sum span ~45 binary orders: f64 sums of
+/// such f32 terms round, and their value depends on the order of the additions (terms of
+/// similar size, as in `case`, add exactly in any order).
+fn steep(mut c: Case) -> Case {
+    let m = c.k.fft.size();
+    let h = (m as f32 - 1.0) / 2.0;
+    let probe: Vec<C> = (0..c.k.modes * m * m)
+        .map(|i| {
+            let (y, x) = (((i / m) % m) as f32 - h, (i % m) as f32 - h);
+            let r2 = (y * y + x * x) / (h * h);
+            C::from_polar((-16.0 * r2).exp(), 0.3 * r2 + (i / (m * m)) as f32)
+        })
+        .collect();
+    c.probe_hat = probe_spectrum(&c.k.fft, &probe);
+    c
+}
+
+/// The emulated kernels with blocks and threads in reverse order against the forward order
+/// (several batches, two probe modes, a steep probe): every sum the same bits.
+#[test]
+fn emulated_sums_do_not_depend_on_the_schedule() {
+    let Ok(fwd) = emu::open().map_err(|e| println!("skipped: {e}")) else {
+        return;
+    };
+    let c = steep(case(32, 2, 4, NoiseModel::Poisson, true, 7));
+    std::env::set_var("PTYTILE_GPU_BATCH", "5");
+    let open = |dev: emu::Emu| {
+        ptytile::backend::gpu::Gpu::new("emu", dev, &c.k, c.pos.clone(), c.meas.clone())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (a, b) = (open(fwd), open(emu::open().unwrap().reversed()));
+    std::env::remove_var("PTYTILE_GPU_BATCH");
+    sums_do_not_depend_on_the_schedule(&a, &b, &c, "emulated, reversed schedule");
+}
+
+/// On a GPU: the same calls twice on one backend give the same bits.
+fn gpu_sums_are_deterministic(kind: BackendKind) {
+    if gpu_or_skip(kind) {
+        let c = steep(case(64, 2, 12, NoiseModel::Poisson, true, 7));
+        let be = opener(kind)(&c);
+        sums_do_not_depend_on_the_schedule(&*be, &*be, &c, &format!("{kind:?}, two calls"));
+    }
+}
+
+#[test]
+fn cuda_sums_are_deterministic() {
+    gpu_sums_are_deterministic(BackendKind::Cuda);
+}
+
+#[test]
+fn hip_sums_are_deterministic() {
+    gpu_sums_are_deterministic(BackendKind::Hip);
 }
 
 /// Every engine (gd, gd with mini-batches, mlcg, dm with its error-reduction finish, epie,
@@ -1178,29 +1423,36 @@ fn emulated_transfers_per_iteration_on_pbtio3_tiles() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(12);
     let toml = common::pbtio3_cut(dir.path(), "cut", side, 64);
-    let per_rank = on_emulated_ranks(&toml, [2, 2], "gd", |p, mut s, rank, settings| {
-        let mut es = EngineState::default();
-        // iteration 0 loads the object into the backend; iteration 1 is a steady one
-        engine::iterate(p, &mut s, &mut es, 0, settings, rank)?;
-        let before = p.compute.bytes_moved();
-        engine::iterate(p, &mut s, &mut es, 1, settings, rank)?;
-        let after = p.compute.bytes_moved();
-        let o_emu = {
-            engine::resident::sync(p, &mut s, &mut es.gd)?;
-            s.object.clone()
-        };
-        let (m, k) = (p.kernel.fft.size(), p.kernel.modes);
-        Ok((
-            [after[0] - before[0], after[1] - before[1]],
-            rank.plan.clone(),
-            p.positions.len(),
-            p.n_halo,
-            m,
-            k,
-            o_emu,
-            settings.gd.probe_at(0),
-        ))
-    });
+    let per_rank = on_ranks(
+        &toml,
+        [2, 2],
+        "gd",
+        &[],
+        true,
+        |p, mut s, rank, settings| {
+            let mut es = EngineState::default();
+            // iteration 0 loads the object into the backend; iteration 1 is a steady one
+            engine::iterate(p, &mut s, &mut es, 0, settings, rank)?;
+            let before = p.compute.bytes_moved();
+            engine::iterate(p, &mut s, &mut es, 1, settings, rank)?;
+            let after = p.compute.bytes_moved();
+            let o_emu = {
+                engine::resident::sync(p, &mut s, &mut es.gd)?;
+                s.object.clone()
+            };
+            let (m, k) = (p.kernel.fft.size(), p.kernel.modes);
+            Ok((
+                [after[0] - before[0], after[1] - before[1]],
+                rank.plan.clone(),
+                p.positions.len(),
+                p.n_halo,
+                m,
+                k,
+                o_emu,
+                settings.gd.probe_at(0),
+            ))
+        },
+    );
     for ([up, down], rp, n, n_halo, m, k, obj, probe_changed) in per_rank {
         let (mm, k) = ((m * m) as u64, k as u64);
         let sent: u64 = rp.sends.iter().map(|t| t.rect.area() as u64).sum();
@@ -1263,14 +1515,21 @@ fn emulated_tiled_equals_single_rank() {
     let dir = tempfile::tempdir().unwrap();
     let toml = common::pbtio3_cut(dir.path(), "cut", 12, 64);
     let run = |engine: &str, tiles: [usize; 2]| {
-        on_emulated_ranks(&toml, tiles, engine, |p, mut s, rank, settings| {
-            let mut es = EngineState::default();
-            for it in 0..3 {
-                engine::iterate(p, &mut s, &mut es, it, settings, rank)?;
-            }
-            engine::resident::sync(p, &mut s, &mut es.gd)?;
-            Ok((rank.plan.tile, s.object, s.probe))
-        })
+        on_ranks(
+            &toml,
+            tiles,
+            engine,
+            &[],
+            true,
+            |p, mut s, rank, settings| {
+                let mut es = EngineState::default();
+                for it in 0..3 {
+                    engine::iterate(p, &mut s, &mut es, it, settings, rank)?;
+                }
+                engine::resident::sync(p, &mut s, &mut es.gd)?;
+                Ok((rank.plan.tile, s.object, s.probe))
+            },
+        )
     };
     for engine in ["gd", "mlcg", "dm"] {
         let one = run(engine, [1, 1]).remove(0);
@@ -1294,14 +1553,92 @@ fn emulated_tiled_equals_single_rank() {
     }
 }
 
+/// Multislice on the emulated GPU kernels, end to end on a 10 × 10 block of the thick
+/// PbTiO3 file (64² patterns, S = 3 slices of 11.07 Å, the axial regulariser on; the
+/// shipped multislice settings otherwise): gd and mlcg, 4 iterations with the probe refined.
+/// Asserted: on 2 × 2 tiles the object on every tile and the probe have the same bits as on
+/// one rank (as on the CPU, tests/tiling_real.rs), and the single-rank run is within 1e-4
+/// (object, probe; relative L2) of the CPU backend's in f32.
+#[test]
+fn emulated_multislice_on_thick_pbtio3() {
+    use ptytile::engine::{self, EngineState};
+    let Ok(_) = emu::open().map_err(|e| println!("skipped: {e}")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let toml = common::pbtio3_thick_cut(dir.path(), "thick", 10, 64);
+    let extra = [
+        "reconstruction.slices=3",
+        "reconstruction.slice_thickness_m=11.07e-10",
+        "reconstruction.axial_regularization=0.05",
+    ];
+    let run = |engine: &str, tiles: [usize; 2], emulated: bool| {
+        on_ranks(
+            &toml,
+            tiles,
+            engine,
+            &extra,
+            emulated,
+            |p, mut s, rank, settings| {
+                let mut es = EngineState::default();
+                for it in 0..4 {
+                    engine::iterate(p, &mut s, &mut es, it, settings, rank)?;
+                }
+                engine::resident::sync(p, &mut s, &mut es.gd)?;
+                Ok((rank.plan.tile, s.object, s.probe))
+            },
+        )
+    };
+    for engine in ["gd", "mlcg"] {
+        let one = run(engine, [1, 1], true).remove(0);
+        let (o1, p1) = (&one.1, &one.2);
+        assert_eq!(o1.planes(), 3);
+        let cpu = run(engine, [1, 1], false).remove(0);
+        let (dob, dpr) = (
+            common::rel_l2(&o1.data, &cpu.1.data),
+            common::rel_l2(p1, &cpu.2),
+        );
+        println!(
+            "{engine}, S = 3, 4 iterations: emulated vs cpu f32: object {dob:.1e}, probe {dpr:.1e}"
+        );
+        assert!(dob < 1e-4 && dpr < 1e-4, "{engine}: {dob:.2e} {dpr:.2e}");
+        let mut differ = 0usize;
+        for (tile, o, p) in run(engine, [2, 2], true) {
+            assert_eq!(p, *p1, "{engine}: the probe differs from the single rank's");
+            let pl = |f: &Field<C>| f.plane_len();
+            for sl in 0..3 {
+                for y in tile.y0..tile.y1 {
+                    for x in tile.x0..tile.x1 {
+                        let at = |f: &Field<C>| {
+                            f.data[sl * pl(f)
+                                + (y - f.origin[0]) as usize * f.shape[1]
+                                + (x - f.origin[1]) as usize]
+                        };
+                        differ += (at(&o).re.to_bits() != at(o1).re.to_bits()
+                            || at(&o).im.to_bits() != at(o1).im.to_bits())
+                            as usize;
+                    }
+                }
+            }
+        }
+        println!(
+            "{engine}, S = 3: emulated 2 x 2 tiles vs one rank: {differ} object pixels differ"
+        );
+        assert_eq!(differ, 0, "{engine}: tiled != single rank");
+    }
+}
+
 /// Run `body` on every rank of `toml` with `tiles` (that many thread ranks), engine
-/// `engine` and the probe refined from iteration 0, each rank's backend replaced by the
-/// emulated GPU kernels; the ranks' results in rank order. `body` gets the rank's problem,
-/// its starting state, the rank and the engine settings.
-fn on_emulated_ranks<R: Send>(
+/// `engine`, the probe refined from iteration 0 and the settings `extra`, each rank's
+/// backend replaced by the emulated GPU kernels if `emulated` (else the CPU's, f32); the
+/// ranks' results in rank order. `body` gets the rank's problem, its starting state, the
+/// rank and the engine settings.
+fn on_ranks<R: Send>(
     toml: &std::path::Path,
     tiles: [usize; 2],
     engine: &str,
+    extra: &[&str],
+    emulated: bool,
     body: impl Fn(
             &ptytile::engine::Problem<f32>,
             ptytile::engine::State<f32>,
@@ -1317,12 +1654,13 @@ fn on_emulated_ranks<R: Send>(
     use ptytile::driver;
     use ptytile::engine::{Decomposition, Rank, Settings};
     let ranks = tiles[0] * tiles[1];
-    let set = [
+    let mut set = vec![
         format!("parallel.ranks={ranks}"),
         format!("parallel.tiles=[{}, {}]", tiles[0], tiles[1]),
         "reconstruction.probe_update_start=0".into(),
         format!("reconstruction.engine=\"{engine}\""),
     ];
+    set.extend(extra.iter().map(|e| e.to_string()));
     let cfg = Config::load(toml, &set).unwrap_or_else(|e| panic!("{e}"));
     let df = DataFile::open(&cfg).unwrap();
     let sel = driver::selection(&cfg, &df, None).unwrap();
@@ -1331,13 +1669,15 @@ fn on_emulated_ranks<R: Send>(
     run_threads(ranks, |mut comm| {
         let rp = &plan.ranks[comm.rank()];
         let (mut p, s) = driver::setup(&cfg, &df, rp, &mut comm)?;
-        p.compute = Box::new(ptytile::backend::gpu::Gpu::new(
-            "emu",
-            emu::open().unwrap(),
-            &p.kernel,
-            p.positions.clone(),
-            p.intensities.clone(),
-        )?);
+        if emulated {
+            p.compute = Box::new(ptytile::backend::gpu::Gpu::new(
+                "emu",
+                emu::open().unwrap(),
+                &p.kernel,
+                p.positions.clone(),
+                p.intensities.clone(),
+            )?);
+        }
         let mut rank = Rank::new(rp, &mut comm, Decomposition::Tiled);
         body(&p, s, &mut rank, &settings)
     })

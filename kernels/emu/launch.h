@@ -1,7 +1,12 @@
 // Launcher of the host emulation (see shim.h), appended after the kernels:
 // emu_launch(name, blocks, threads, args) runs kernel `name` with cuLaunchKernel-style
 // arguments (an array of pointers to each parameter's value). Returns 0, or 1 for an
-// unknown kernel name.
+// unknown kernel name. emu_set_order(1) runs the blocks, and the threads of kernels without
+// a barrier, in reverse order (a GPU may run them in any order); emu_set_order(0) restores
+// the forward order.
+static int emu_order = 0;
+extern "C" void emu_set_order(int order) { emu_order = order; }
+
 template <typename... A, std::size_t... I>
 static void emu_call(void (*f)(A...), void** a, std::index_sequence<I...>) {
     f(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(a[I])...);
@@ -9,7 +14,8 @@ static void emu_call(void (*f)(A...), void** a, std::index_sequence<I...>) {
 
 template <typename... A>
 static void emu_run(void (*f)(A...), void** a, unsigned blocks, unsigned threads, bool barrier) {
-    for (unsigned b = 0; b < blocks; ++b) {
+    for (unsigned i = 0; i < blocks; ++i) {
+        unsigned b = emu_order ? blocks - 1 - i : i;
         auto one = [&](unsigned t, std::barrier<>* bar) {
             blockIdx = {b, 0, 0};
             threadIdx = {t, 0, 0};
@@ -18,7 +24,7 @@ static void emu_run(void (*f)(A...), void** a, unsigned blocks, unsigned threads
             emu_call(f, a, std::index_sequence_for<A...>{});
         };
         if (!barrier) {
-            for (unsigned t = 0; t < threads; ++t) one(t, nullptr);
+            for (unsigned i = 0; i < threads; ++i) one(emu_order ? threads - 1 - i : i, nullptr);
         } else {
             std::barrier<> bar(threads);
             std::vector<std::thread> ts;
@@ -38,9 +44,10 @@ extern "C" int emu_launch(const char* name, unsigned blocks, unsigned threads, v
     EMU_KERNEL(shift_probe, false)
     EMU_KERNEL(exit_wave, false)
     EMU_KERNEL(residual, true)
-    EMU_KERNEL(adjoint, false)
+    EMU_KERNEL(gather_sums, false)
     EMU_KERNEL(probe_grad, false)
     EMU_KERNEL(probe_density, false)
+    EMU_KERNEL(propagate, false)
     EMU_KERNEL(intensities, false)
     EMU_KERNEL(transpose_c, false)
     EMU_KERNEL(transpose_d, false)

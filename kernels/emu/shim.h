@@ -20,12 +20,6 @@ inline thread_local std::barrier<>* emu_barrier = nullptr;
 inline void __syncthreads() {
     if (emu_barrier) emu_barrier->arrive_and_wait();
 }
-// blocks never run concurrently with atomics in flight: a plain add is exact emulation
-inline double atomicAdd(double* a, double v) {
-    double old = *a;
-    *a = old + v;
-    return old;
-}
 #define __global__
 #define __device__
 #define __forceinline__ inline

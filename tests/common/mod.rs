@@ -94,11 +94,23 @@ pub fn pbtio3_crop(dir: &std::path::Path, side: usize) -> std::path::PathBuf {
 /// shipped multislice config (datasets/pbtio3_thick.toml).
 #[allow(dead_code)]
 pub fn pbtio3_thick_crop(dir: &std::path::Path, side: usize) -> std::path::PathBuf {
+    pbtio3_thick_cut(dir, "crop", side, 128)
+}
+
+/// [`pbtio3_cut`] of the thick file (`scan` × `scan` positions, `det` × `det` detector
+/// pixels) with the shipped multislice config (datasets/pbtio3_thick.toml).
+#[allow(dead_code)]
+pub fn pbtio3_thick_cut(
+    dir: &std::path::Path,
+    name: &str,
+    scan: usize,
+    det: usize,
+) -> std::path::PathBuf {
     cut(
         dir,
-        "crop",
-        side,
-        128,
+        name,
+        scan,
+        det,
         &pbtio3_thick(),
         "datasets/pbtio3_thick.toml",
     )

@@ -159,7 +159,7 @@ impl Cuda {
         let major = attr(ds::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
         let minor = attr(ds::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
         if major < 6 {
-            return Err(Error::new("backend", format!("GPU {ordinal} has compute capability {major}.{minor}; ptytile needs 6.0 or newer (f64 atomics)")));
+            return Err(Error::new("backend", format!("GPU {ordinal} has compute capability {major}.{minor}; ptytile needs 6.0 or newer")));
         }
         let name = dr::device::get_name(dev).unwrap_or_else(|_| "CUDA device".into());
         let cubin = compile(&format!("sm_{major}{minor}"))?;

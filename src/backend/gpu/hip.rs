@@ -145,13 +145,7 @@ fn hiprtc_version() -> Result<String> {
 /// through the memory and disk caches.
 pub fn compile(arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
     let src = kernel_source();
-    // -munsafe-fp-atomics: native f64 atomic adds (a CAS loop otherwise, seen on gfx90a); safe
-    // on hipMalloc'd (coarse-grained) device memory, the only memory the kernels write
-    let opts = vec![
-        format!("--offload-arch={arch}"),
-        "-std=c++14".to_string(),
-        "-munsafe-fp-atomics".to_string(),
-    ];
+    let opts = vec![format!("--offload-arch={arch}"), "-std=c++14".to_string()];
     let key = cache_key(&src, &opts, arch, &hiprtc_version()?);
     cached(key, "hsaco", || {
         let csrc = CString::new(src.clone())

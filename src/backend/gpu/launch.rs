@@ -56,12 +56,14 @@ kernels! {
     exit_wave(psi: p, p: p, obj_t: p, win: p, h: i, m: i, k: i, nb: i);
     /// `residual` of kernels/ptycho.cu.
     residual(psi: p, loss: p, meas: p, g: p, idx: p, m: i, k: i, noise: i, eps: f, isc: f, scale: f);
-    /// `adjoint` of kernels/ptycho.cu.
-    adjoint(psi: p, p: p, obj_t: p, win: p, g_t: p, d_t: p, h: i, m: i, k: i, nb: i, want_probe: i);
+    /// `gather_sums` of kernels/ptycho.cu.
+    gather_sums(g_t: p, d_t: p, psi: p, p: p, win: p, h: i, y0: i, x0: i, gh: i, gw: i, m: i, k: i, nb: i);
     /// `probe_grad` of kernels/ptycho.cu.
     probe_grad(gp: p, psi: p, ramp_y: p, ramp_x: p, idx: p, m: i, k: i, nb: i, sc: f);
     /// `probe_density` of kernels/ptycho.cu.
     probe_density(dp_t: p, obj_t: p, win: p, h: i, m: i, nb: i);
+    /// `propagate` of kernels/ptycho.cu.
+    propagate(psi: p, h: p, m: i, k: i, nb: i, conj: i);
     /// `intensities` of kernels/ptycho.cu.
     intensities(out: p, psi: p, m: i, k: i, nb: i, isc: f);
     /// `transpose_c` of kernels/ptycho.cu.

@@ -57,6 +57,8 @@ pub(super) struct State<D: Device> {
     pub(super) meas: Buf,
     /// Detector weights [kx][ky] f32, if any.
     pub(super) weights: Option<Buf>,
+    /// The multislice propagator H/M² [kx][ky] complex f32, if the kernel has one.
+    pub(super) prop: Option<Buf>,
     /// Shifted probes and waves of one batch, [batch][K][M²] complex f32 each.
     pub(super) p: Buf,
     pub(super) psi: Buf,
@@ -157,6 +159,7 @@ impl<D: Device> Drop for State<D> {
             self.exit,
         ];
         all.extend(self.weights);
+        all.extend(self.prop);
         all.extend(self.work.values().copied());
         for b in all.into_iter().filter(|b| b.ptr != 0) {
             self.dev.free(b.ptr);

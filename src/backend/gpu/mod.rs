@@ -11,13 +11,14 @@
 //! Files by job: `device` (the kernel source, [`Device`], [`Args`]), `launch` (a typed
 //! launch function per kernel, and the kernel list), `memory` (a rank's device buffers,
 //! the traffic counter, batch sizes), this module (opening a backend, the forward model and
-//! the gradient sums), `projection` (dm's exit-wave step and probe sums, the ePIE/rPIE
+//! the gradient sums, single-slice and multislice), `projection` (dm's exit-wave step and probe sums, the ePIE/rPIE
 //! sweep), `profile` (timing hooks for `ptytile bench gpu`), `cache` (compiled kernels on
 //! disk), and the vendors' `cuda` and `hip`.
 //!
 //! Precision: f32 products and FFTs (the app's working precision); the object gradient and
-//! preconditioner accumulate by f64 atomics into object-sized buffers, the probe sums and
-//! the loss in f64 per batch, so sums over positions stay f64 as on the CPU.
+//! preconditioner are gathered in f64 into object-sized buffers (one thread per pixel,
+//! terms in a fixed order: no atomics, so a run's sums are the same bits on every run), the
+//! probe sums and the loss in f64 per batch, so sums over positions stay f64 as on the CPU.
 
 pub mod cache;
 #[cfg(feature = "cuda")]
@@ -138,6 +139,17 @@ fn open_device(kind: BackendKind, local_rank: usize) -> Result<Box<dyn Device>> 
     }
 }
 
+/// A staged object field on the device: objT's column height `h` (the field's rows), the
+/// values per plane (rows × columns), the planes (slices), and the positions per batch for
+/// it (a multislice batch also keeps the S − 1 incident waves, so it holds fewer positions).
+#[derive(Clone, Copy)]
+struct Geo {
+    h: usize,
+    plane: usize,
+    planes: usize,
+    batch: usize,
+}
+
 /// The gradient kernel on a GPU [`Device`]: a rank's positions and intensities resident in
 /// device memory, processed in batches of `batch` positions.
 pub struct Gpu<T: Real, D: Device> {
@@ -175,6 +187,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
             ramp_x: Buf::default(),
             meas: Buf::default(),
             weights: None,
+            prop: None,
             p: Buf::default(),
             psi: Buf::default(),
             work: HashMap::new(),
@@ -197,6 +210,9 @@ impl<T: Real, D: Device> Gpu<T, D> {
         st.meas = upload(&mut st.dev, bytes_of(&intensities))?;
         if let Some(w) = &kernel.weights {
             st.weights = Some(upload(&mut st.dev, bytes_of(w))?);
+        }
+        if !kernel.propagator.is_empty() {
+            st.prop = Some(upload(&mut st.dev, bytes_of(&kernel.propagator))?);
         }
         let bb = batch * modes * m * m * 8;
         st.p = Buf {
@@ -227,6 +243,34 @@ impl<T: Real, D: Device> Gpu<T, D> {
         self.batch
     }
 
+    /// The geometry of `obj` staged on the device. Errors: a multislice object without the
+    /// kernel's propagator, or one where `single` (the single-slice operations) is asked.
+    fn geo(&self, st: &State<D>, obj: &Field<Complex<T>>, single: bool) -> Result<Geo> {
+        let planes = obj.planes();
+        if planes > 1 && (single || st.prop.is_none()) {
+            return Err(Error::new(
+                self.name,
+                if single {
+                    "this operation computes single-slice objects only (multislice: gradients, model intensities)"
+                } else {
+                    "a multislice object needs the kernel's propagator"
+                },
+            ));
+        }
+        // batch buffers P, ψ and S − 1 incident waves within the memory of P and ψ
+        let batch = if planes > 1 {
+            (self.batch * 2 / (planes + 1)).max(1)
+        } else {
+            self.batch
+        };
+        Ok(Geo {
+            h: obj.shape[0],
+            plane: obj.plane_len(),
+            planes,
+            batch,
+        })
+    }
+
     /// Lock the device state and make the device current on this thread.
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State<D>>> {
         let st = self
@@ -239,23 +283,28 @@ impl<T: Real, D: Device> Gpu<T, D> {
 
     /// Upload the object transposed ([x][y]), the probe spectrum (if given; else the probe
     /// pointer is 0) and the selection's indices and window offsets; returns (objT, probe,
-    /// idx, win) device pointers.
+    /// idx, win) device pointers and the window offsets (row, column) on the host.
     fn stage(
         &self,
         st: &mut State<D>,
         obj: &Field<Complex<T>>,
         probe_hat: Option<&[Complex<T>]>,
         sel: &Selection,
-    ) -> Result<[DPtr; 4]> {
+    ) -> Result<([DPtr; 4], Vec<[i32; 2]>)> {
         self.check_probe_hat(probe_hat)?;
         sel.check(self.positions.len())?;
         let ix = sel.to_vec();
         let win = self.windows(obj.origin, obj.shape, &ix)?;
         let [h, w] = obj.shape;
-        let stage = st.buf("obj_stage", h * w * 8)?;
+        let n = obj.data.len();
+        let stage = st.buf("obj_stage", n * 8)?;
         st.up(stage, bytes_of(&obj.data))?;
-        let obj_t = st.buf("obj_t", h * w * 8)?;
-        launch::transpose_c(&mut st.dev, blocks(h * w), obj_t, stage, h, w)?;
+        let obj_t = st.buf("obj_t", n * 8)?;
+        // plane by plane: objT is [S][x][y]
+        for off in (0..n).step_by((h * w).max(1)) {
+            let o = (off * 8) as u64;
+            launch::transpose_c(&mut st.dev, blocks(h * w), obj_t + o, stage + o, h, w)?;
+        }
         let ph = match probe_hat {
             Some(probe_hat) => {
                 let ph = st.buf("probe_hat", probe_hat.len() * 8)?;
@@ -269,7 +318,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
         st.up(idx_d, bytes_of(&idx))?;
         let win_d = st.buf("win", win.len() * 8)?;
         st.up(win_d, bytes_of(&win))?;
-        Ok([obj_t, ph, idx_d, win_d])
+        Ok(([obj_t, ph, idx_d, win_d], win))
     }
 
     /// Error unless `probe_hat` (if given) has K M² values.
@@ -296,19 +345,21 @@ impl<T: Real, D: Device> Gpu<T, D> {
     }
 
     /// Shifted probes into P and far fields Ψ_raw into ψ for positions `s..s+nb` of the
-    /// staged selection.
+    /// staged selection; multislice (docs/algorithm.md §12): the waves incident on slices
+    /// 1..S into the buffer `ms_waves` ([S−1][batch][K][x][y]).
     fn forward(
         &self,
         st: &mut State<D>,
         staged: [DPtr; 4],
-        h: usize,
+        geo: Geo,
         s: usize,
         nb: usize,
     ) -> Result<()> {
         let [obj_t, ph, idx, win] = staged;
+        let h = geo.h;
         let (m, k) = (self.m, self.modes);
         let n = nb * k * m * m;
-        let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
+        let (p, psi, full) = (st.p.ptr, st.psi.ptr, geo.batch * k);
         let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
         let sc = 1.0 / m as f32;
         launch::shift_probe(
@@ -329,38 +380,70 @@ impl<T: Real, D: Device> Gpu<T, D> {
         st.mark("FFT: shifted probes")?;
         launch::exit_wave(&mut st.dev, blocks(n), psi, p, obj_t, win_b, h, m, k, nb)?;
         st.mark("exit_wave: probe x object window")?;
+        if geo.planes > 1 {
+            let [waves, prop] = self.multislice_buffers(st, geo)?;
+            for sl in 1..geo.planes {
+                // ψ ← F⁻¹[H F ψ], kept as the wave incident on slice sl, then ψ ← ψ O_sl
+                st.fft(psi, m, nb * k, full, false)?;
+                launch::propagate(&mut st.dev, blocks(n), psi, prop, m, k, nb, 0)?;
+                st.fft(psi, m, nb * k, full, true)?;
+                st.dev
+                    .copy(waves + ((sl - 1) * full * m * m * 8) as u64, psi, n * 8)?;
+                let o_sl = obj_t + (sl * geo.plane * 8) as u64;
+                launch::exit_wave(&mut st.dev, blocks(n), psi, psi, o_sl, win_b, h, m, k, nb)?;
+            }
+            st.mark("multislice: propagations through the slices")?;
+        }
         st.fft(psi, m, nb * k, full, false)?;
         st.mark("FFT: far fields")
     }
 
+    /// The incident-wave buffer of `geo`'s batches ([S−1][batch][K][M²] complex f32) and
+    /// the propagator.
+    fn multislice_buffers(&self, st: &mut State<D>, geo: Geo) -> Result<[DPtr; 2]> {
+        let bytes = (geo.planes - 1) * geo.batch * self.modes * self.m * self.m * 8;
+        let waves = st.buf("ms_waves", bytes)?;
+        let prop = st.prop.map(|b| b.ptr).ok_or_else(|| {
+            Error::new(
+                self.name,
+                "a multislice object needs the kernel's propagator",
+            )
+        })?;
+        Ok([waves, prop])
+    }
+
     /// The gradient sums of the `ns` staged positions ([`Gpu::stage`]: objT of column
-    /// height `h`, probe spectrum, indices, windows), in batches: added to the object sums
-    /// [g_T, d_T] (transposed, f64 atomics) and, with `want_probe`, to the probe sums
-    /// [g_P̂, d_P^T]; each position's loss written at `loss` (f64, selection order).
+    /// height `h`, probe spectrum, indices, windows; `wins` the windows on the host), in
+    /// batches: added to the object sums [g_T, d_T] (transposed; [`Gpu::gather`]) and, with
+    /// `want_probe`, to the probe sums [g_P̂, d_P^T]; each position's loss written at
+    /// `loss` (f64, selection order).
     #[allow(clippy::too_many_arguments)]
     fn sum_pass(
         &self,
         st: &mut State<D>,
         staged: [DPtr; 4],
-        h: usize,
-        ns: usize,
+        wins: &[[i32; 2]],
+        geo: Geo,
         [g_t, d_t, gp, dp_t]: [DPtr; 4],
         loss: DPtr,
         want_probe: bool,
     ) -> Result<()> {
         let (m, k) = (self.m, self.modes);
         let mm = m * m;
+        let ns = wins.len();
+        let h = geo.h;
         let [obj_t, _, idx, win] = staged;
         let sc = 1.0 / m as f32;
         let sc2 = sc * sc;
         let g = st.weights.map_or(0, |b| b.ptr);
         let noise = self.noise_code();
-        for s in (0..ns).step_by(self.batch) {
-            let nb = self.batch.min(ns - s);
+        for s in (0..ns).step_by(geo.batch) {
+            let nb = geo.batch.min(ns - s);
             let n = nb * k * mm;
             let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
-            let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
-            self.forward(st, staged, h, s, nb)?;
+            let (p, psi, full) = (st.p.ptr, st.psi.ptr, geo.batch * k);
+            let wins_b = &wins[s..s + nb];
+            self.forward(st, staged, geo, s, nb)?;
             launch::residual(
                 &mut st.dev,
                 nb,
@@ -379,23 +462,28 @@ impl<T: Real, D: Device> Gpu<T, D> {
             st.mark("residual: noise model, loss")?;
             st.fft(psi, m, nb * k, full, true)?;
             st.mark("FFT: back-propagation")?;
-            launch::adjoint(
-                &mut st.dev,
-                blocks(n),
-                psi,
-                p,
-                obj_t,
-                win_b,
-                g_t,
-                d_t,
-                h,
-                m,
-                k,
-                nb,
-                want_probe as usize,
-            )?;
-            st.mark("adjoint: scatter-add into object sums (f64 atomics)")?;
+            if geo.planes > 1 {
+                // slices S−1 … 1: g_O_s += ψ*_s b_s, D_O_s += |ψ_s|²; b_{s−1} = F⁻¹[H* F(O*_s b_s)]
+                let [waves, prop] = self.multislice_buffers(st, geo)?;
+                for sl in (1..geo.planes).rev() {
+                    let wave = waves + ((sl - 1) * full * mm * 8) as u64;
+                    let sums = [
+                        g_t + (sl * geo.plane * 16) as u64,
+                        d_t + (sl * geo.plane * 8) as u64,
+                    ];
+                    self.gather(st, sums, [psi, wave], win_b, wins_b, h)?;
+                    let o_sl = obj_t + (sl * geo.plane * 8) as u64;
+                    launch::conj_object(&mut st.dev, blocks(n), psi, o_sl, win_b, h, m, k, nb)?;
+                    st.fft(psi, m, nb * k, full, false)?;
+                    launch::propagate(&mut st.dev, blocks(n), psi, prop, m, k, nb, 1)?;
+                    st.fft(psi, m, nb * k, full, true)?;
+                }
+                st.mark("multislice: slices' sums and back-propagations")?;
+            }
+            self.gather(st, [g_t, d_t], [psi, p], win_b, wins_b, h)?;
+            st.mark("gather_sums: object sums, one thread per pixel")?;
             if want_probe {
+                launch::conj_object(&mut st.dev, blocks(n), psi, obj_t, win_b, h, m, k, nb)?;
                 st.fft(psi, m, nb * k, full, false)?;
                 st.mark("FFT: probe gradient")?;
                 self.add_probe_sums(st, [gp, dp_t], [psi, obj_t], [idx_b, win_b], h, nb)?;
@@ -403,6 +491,52 @@ impl<T: Real, D: Device> Gpu<T, D> {
             }
         }
         Ok(())
+    }
+
+    /// Add one batch's object sums to [g_T, d_T] (field height `h`): Σ_b Σ_k conj(P) b and
+    /// Σ_b Σ_k |P|² from the shifted probes `p` and waves `psi` of the batch, whose windows
+    /// are `win` on the device and `wins` on the host (`gather_sums`: one thread per pixel
+    /// of the windows' bounding rectangle, terms in (position, mode) order, no atomics).
+    fn gather(
+        &self,
+        st: &mut State<D>,
+        [g_t, d_t]: [DPtr; 2],
+        [psi, p]: [DPtr; 2],
+        win: DPtr,
+        wins: &[[i32; 2]],
+        h: usize,
+    ) -> Result<()> {
+        let (m, k) = (self.m, self.modes);
+        let (Some(lo), Some(hi)) = (
+            wins.iter()
+                .copied()
+                .reduce(|a, b| [a[0].min(b[0]), a[1].min(b[1])]),
+            wins.iter()
+                .copied()
+                .reduce(|a, b| [a[0].max(b[0]), a[1].max(b[1])]),
+        ) else {
+            return Ok(());
+        };
+        // window offsets lie inside the field (window_offsets), so none is negative
+        let [y0, x0] = lo.map(|v| v as usize);
+        let [gh, gw] = [hi[0] as usize + m - y0, hi[1] as usize + m - x0];
+        launch::gather_sums(
+            &mut st.dev,
+            blocks(gh * gw),
+            g_t,
+            d_t,
+            psi,
+            p,
+            win,
+            h,
+            y0,
+            x0,
+            gh,
+            gw,
+            m,
+            k,
+            wins.len(),
+        )
     }
 
     /// Download `len` f64 of a [rows][cols][comps] device array transposed to [cols][rows][comps].
@@ -438,12 +572,19 @@ impl<T: Real, D: Device> Gpu<T, D> {
         [h, w]: [usize; 2],
         out: &mut Gradients<T>,
     ) -> Result<()> {
-        let gv = self.download_t(st, g_t, w, h, 2)?;
-        out.g_obj.data = gv
-            .chunks_exact(2)
-            .map(|c| Complex::new(c[0], c[1]))
-            .collect();
-        out.d_obj.data = self.download_t(st, d_t, w, h, 1)?;
+        // one plane per slice, as `out` was made
+        let hw = h * w;
+        let planes = out.g_obj.data.len() / hw.max(1);
+        let (mut g, mut d) = (
+            Vec::with_capacity(planes * hw),
+            Vec::with_capacity(planes * hw),
+        );
+        for sl in 0..planes {
+            let gv = self.download_t(st, g_t + (sl * hw * 16) as u64, w, h, 2)?;
+            g.extend(gv.chunks_exact(2).map(|c| Complex::new(c[0], c[1])));
+            d.extend(self.download_t(st, d_t + (sl * hw * 8) as u64, w, h, 1)?);
+        }
+        (out.g_obj.data, out.d_obj.data) = (g, d);
         Ok(())
     }
 
@@ -558,8 +699,9 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
         let (m, k) = (self.m, self.modes);
         let mm = m * m;
         let probe_dims = want_probe.then_some((k, mm));
+        let planes = obj.planes();
         if sel.is_empty() {
-            return Ok(Gradients::zeros(obj.origin, obj.shape, 1, probe_dims));
+            return Ok(Gradients::zeros(obj.origin, obj.shape, planes, probe_dims));
         }
         self.with(|st| {
             if st.prof.is_some() {
@@ -567,21 +709,30 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
                 st.prof = Some(Vec::new());
                 st.mark("start")?;
             }
-            let staged = self.stage(st, obj, Some(probe_hat), &sel)?;
-            let [h, w] = obj.shape;
+            let geo = self.geo(st, obj, false)?;
+            let (staged, wins) = self.stage(st, obj, Some(probe_hat), &sel)?;
+            let n = obj.data.len();
             let ns = sel.len();
-            let g_t = st.buf("g_t", h * w * 16)?;
-            let d_t = st.buf("d_t", h * w * 8)?;
+            let g_t = st.buf("g_t", n * 16)?;
+            let d_t = st.buf("d_t", n * 8)?;
             let gp = st.buf("gp", k * mm * 16)?;
             let dp_t = st.buf("dp_t", mm * 8)?;
             let loss = st.buf("loss", ns * 8)?;
-            st.dev.zero(g_t, h * w * 16)?;
-            st.dev.zero(d_t, h * w * 8)?;
+            st.dev.zero(g_t, n * 16)?;
+            st.dev.zero(d_t, n * 8)?;
             st.dev.zero(gp, k * mm * 16)?;
             st.dev.zero(dp_t, mm * 8)?;
             st.mark("upload object, probe, selection; zero sums")?;
-            self.sum_pass(st, staged, h, ns, [g_t, d_t, gp, dp_t], loss, want_probe)?;
-            let mut out = Gradients::zeros(obj.origin, obj.shape, 1, probe_dims);
+            self.sum_pass(
+                st,
+                staged,
+                &wins,
+                geo,
+                [g_t, d_t, gp, dp_t],
+                loss,
+                want_probe,
+            )?;
+            let mut out = Gradients::zeros(obj.origin, obj.shape, planes, probe_dims);
             self.download_object_sums(st, [g_t, d_t], obj.shape, &mut out)?;
             if want_probe {
                 self.download_probe_sums(st, [gp, dp_t], &mut out)?;
@@ -604,14 +755,14 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
             return Ok(Vec::new());
         }
         self.with(|st| {
-            let staged = self.stage(st, obj, Some(probe_hat), &sel)?;
-            let h = obj.shape[0];
+            let geo = self.geo(st, obj, false)?;
+            let (staged, _) = self.stage(st, obj, Some(probe_hat), &sel)?;
             let ns = sel.len();
             let out = st.buf("intensities", ns * mm * 4)?;
             let sc = 1.0 / m as f32;
-            for s in (0..ns).step_by(self.batch) {
-                let nb = self.batch.min(ns - s);
-                self.forward(st, staged, h, s, nb)?;
+            for s in (0..ns).step_by(geo.batch) {
+                let nb = geo.batch.min(ns - s);
+                self.forward(st, staged, geo, s, nb)?;
                 launch::intensities(
                     &mut st.dev,
                     blocks(nb * mm),

@@ -44,8 +44,9 @@ impl<T: Real, D: Device> Gpu<T, D> {
                 st.dev.zero(exit, bytes)?;
                 st.has_exit = true;
             }
+            let geo = self.geo(st, obj, true)?;
             let exit = st.exit.ptr + (first * kmm * 8) as u64;
-            let staged = self.stage(st, obj, Some(probe_hat), &sel)?;
+            let (staged, wins) = self.stage(st, obj, Some(probe_hat), &sel)?;
             let [obj_t, _, idx, win] = staged;
             let [h, w] = obj.shape;
             let ns = sel.len();
@@ -66,7 +67,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
                 let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
                 // this batch's exit waves, resident ([x][y] per mode, like every wave here)
                 let ev = exit + (s * kmm * 8) as u64;
-                self.forward(st, staged, h, s, nb)?;
+                self.forward(st, staged, geo, s, nb)?;
                 if !er {
                     launch::dm_prepare(
                         &mut st.dev,
@@ -119,21 +120,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
                     er as usize,
                     step.beta as f32,
                 )?;
-                launch::adjoint(
-                    &mut st.dev,
-                    blocks(n),
-                    far,
-                    p,
-                    obj_t,
-                    win_b,
-                    g_t,
-                    d_t,
-                    h,
-                    m,
-                    k,
-                    nb,
-                    0,
-                )?;
+                self.gather(st, [g_t, d_t], [far, p], win_b, &wins[s..s + nb], h)?;
             }
             self.download_object_sums(st, [g_t, d_t], obj.shape, &mut out)?;
             out.loss = self.download_loss(st, loss, ns)?;
@@ -158,8 +145,9 @@ impl<T: Real, D: Device> Gpu<T, D> {
             if !st.has_exit {
                 return Err(Error::new(self.name, "no exit waves yet"));
             }
+            self.geo(st, obj, true)?;
             let exit = st.exit.ptr + (first * kmm * 8) as u64;
-            let [obj_t, _, idx, win] = self.stage(st, obj, None, &sel)?;
+            let ([obj_t, _, idx, win], _) = self.stage(st, obj, None, &sel)?;
             let h = obj.shape[0];
             let gp = st.buf("gp", kmm * 16)?;
             let dp_t = st.buf("dp_t", mm * 8)?;
@@ -235,7 +223,8 @@ impl<T: Real, D: Device> Gpu<T, D> {
             if sel.is_empty() {
                 return Ok(0.0);
             }
-            let staged = self.stage(st, obj, Some(&*probe_hat), &sel)?;
+            let geo = self.geo(st, obj, true)?;
+            let (staged, _) = self.stage(st, obj, Some(&*probe_hat), &sel)?;
             let [obj_t, ph, idx, win] = staged;
             let [h, w] = obj.shape;
             let ns = sel.len();
@@ -251,7 +240,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
             let (a_o, s_o) = (step.obj_mix as f32, step.obj_step as f32);
             let (a_p, s_p) = (step.probe_mix as f32, step.probe_step as f32);
             for s in 0..ns {
-                self.forward(st, staged, h, s, 1)?;
+                self.forward(st, staged, geo, s, 1)?;
                 launch::fourier_step(
                     &mut st.dev,
                     1,

@@ -36,8 +36,9 @@ pub(crate) struct Res {
     probe: bool,
     /// The probe spectrum last uploaded (bytes), to skip unchanged uploads.
     probe_hat: Vec<u8>,
-    /// The selections whose indices and windows are in the slots.
+    /// The selections whose indices and windows are in the slots, and those windows.
     sel: [Vec<usize>; 2],
+    win: [Vec<[i32; 2]>; 2],
     /// The slot to replace next.
     next: usize,
 }
@@ -91,8 +92,13 @@ impl<T: Real, D: Device> Gpu<T, D> {
         Ok(ph)
     }
 
-    /// The device indices and windows of `sel`, uploaded unless a slot holds them.
-    fn res_selection(&self, st: &mut State<D>, sel: &Selection) -> Result<[DPtr; 2]> {
+    /// The device indices and windows of `sel`, uploaded unless a slot holds them, and the
+    /// windows on the host.
+    fn res_selection(
+        &self,
+        st: &mut State<D>,
+        sel: &Selection,
+    ) -> Result<([DPtr; 2], Vec<[i32; 2]>)> {
         sel.check(self.positions.len())?;
         let ix = sel.to_vec();
         let res = st.res.as_ref().expect("callers check");
@@ -109,9 +115,11 @@ impl<T: Real, D: Device> Gpu<T, D> {
             st.up(win_d, bytes_of(&win))?;
             let res = st.res.as_mut().expect("callers check");
             res.sel[slot] = ix;
+            res.win[slot] = win;
             res.next = 1 - slot;
         }
-        Ok([idx_d, win_d])
+        let win = st.res.as_ref().expect("callers check").win[slot].clone();
+        Ok(([idx_d, win_d], win))
     }
 }
 
@@ -132,6 +140,7 @@ impl<T: Real, D: Device> Resident<T> for Gpu<T, D> {
                 probe: false,
                 probe_hat: Vec::new(),
                 sel: [Vec::new(), Vec::new()],
+                win: [Vec::new(), Vec::new()],
                 next: 0,
             });
             let (_, [obj_t, ..]) = self.res(st)?;
@@ -220,11 +229,25 @@ impl<T: Real, D: Device> Resident<T> for Gpu<T, D> {
                 return Ok(0.0);
             }
             let ph = self.res_probe_hat(st, probe_hat)?;
-            let [idx, win] = self.res_selection(st, &sel)?;
-            let ns = sel.len();
-            let loss = st.buf("loss", ns * 8)?;
+            let ([idx, win], wins) = self.res_selection(st, &sel)?;
+            let loss = st.buf("loss", wins.len() * 8)?;
             let staged = [obj_t, ph, idx, win];
-            self.sum_pass(st, staged, h, ns, [g_t, d_t, gp, dp_t], loss, want_probe)?;
+            let geo = super::Geo {
+                h,
+                plane: h * w,
+                planes: 1,
+                batch: self.batch,
+            };
+            self.sum_pass(
+                st,
+                staged,
+                &wins,
+                geo,
+                [g_t, d_t, gp, dp_t],
+                loss,
+                want_probe,
+            )?;
+            let ns = wins.len();
             if want_probe {
                 st.res.as_mut().expect("checked").probe = true;
             }
