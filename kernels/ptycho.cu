@@ -14,9 +14,12 @@
 // Sums (object gradient, preconditioners, probe gradient, loss) accumulate in f64.
 #include "compat.h"
 
-// P[b][k][kx][ky] = P^_k[kx][ky] e_y[ky] e_x[kx] / M   (then an inverse FFT gives S_j P_k)
+// P[b][k][kx][ky] = P^_k[kx][ky] e_y[ky] e_x[kx] / M   (then an inverse FFT gives S_j P_k).
+// With deriv = 1 (y) or 2 (x), times -2 pi i q of that axis, q = fftfreq(ky or kx, M) in
+// cycles per pixel: the inverse FFT then gives dP/dc_y or dP/dc_x, the derivative of the
+// shifted probe with respect to the probe centre (position correction, docs/algorithm.md §14).
 PTY_KERNEL void shift_probe(cf* P, const cf* ph, const cf* ramp_y, const cf* ramp_x, const int* idx,
-                            int M, int K, int nb, float sc) {
+                            int M, int K, int nb, float sc, int deriv) {
     long long t = gid();
     long long mm = (long long)M * M;
     if (t >= mm * K * nb) return;
@@ -27,6 +30,12 @@ PTY_KERNEL void shift_probe(cf* P, const cf* ph, const cf* ramp_y, const cf* ram
     int kx = i / M, ky = i % M;
     long long j = idx[b];
     cf e = c_mul(ramp_y[j * M + ky], c_scale(ramp_x[j * M + kx], sc));
+    if (deriv) {
+        int f = deriv == 1 ? ky : kx;
+        int q = f < (M + 1) / 2 ? f : f - M;
+        float w = (float)(-6.283185307179586 * q / M);
+        e = make_float2(-e.y * w, e.x * w);
+    }
     P[t] = c_mul(ph[k * mm + i], e);
 }
 
@@ -157,6 +166,56 @@ PTY_KERNEL void probe_grad(double* gp, const cf* psi, const cf* ramp_y, const cf
     }
     gp[2 * t] += re;
     gp[2 * t + 1] += im;
+}
+
+// Position correction (docs/algorithm.md §14), one block per position b, with
+// dP = dP/dc_a (shift_probe with deriv = a + 1, then an inverse FFT) and t = conj(O) b
+// (`conj_object` of the slice-0 adjoint wave), both [b][k][x][y]:
+//   out[4b + a] = 2 Re sum_k sum_i conj(t) dP   (dL/dc_a, f64; a = 0 y, 1 x)
+PTY_KERNEL void position_grad(double* out, const cf* dP, const cf* t, int M, int K, int axis) {
+    int b = blockIdx.x;
+    long long n = (long long)K * M * M;
+    const cf* d = dP + (long long)b * n;
+    const cf* tb = t + (long long)b * n;
+    double acc = 0.0;
+    for (long long i = threadIdx.x; i < n; i += blockDim.x)
+        acc += (double)tb[i].x * (double)d[i].x + (double)tb[i].y * (double)d[i].y;
+    double s = block_sum(acc);
+    if (threadIdx.x == 0) out[4 * b + axis] = 2.0 * s;
+}
+
+// The Gauss-Newton curvature of position b for a move of the probe relative to the object
+// (docs/algorithm.md §14): out[4b + 2 + a] = sum_k sum_r |P_k(r)|^2 |d_a O(r)|^2, with d_a the
+// central difference of slice 0's window along a = 0 (y), 1 (x), one-sided at the window's
+// edges; P the shifted probes [b][k][x][y]; f64.
+PTY_KERNEL void position_curv(double* out, const cf* P, const cf* objT, const int* win, int H, int M, int K) {
+    int b = blockIdx.x;
+    long long mm = (long long)M * M;
+    int oy = win[2 * b], ox = win[2 * b + 1];
+    double cy = 0.0, cx = 0.0;
+    for (long long i = threadIdx.x; M > 1 && i < mm; i += blockDim.x) {
+        int x = (int)(i / M), y = (int)(i % M);
+        double w = 0.0;
+        for (int k = 0; k < K; ++k) w += (double)c_norm(P[((long long)b * K + k) * mm + i]);
+        int ya = y > 0 ? y - 1 : 0, yb = y + 1 < M ? y + 1 : M - 1;
+        int xa = x > 0 ? x - 1 : 0, xb = x + 1 < M ? x + 1 : M - 1;
+        const cf* col = objT + (long long)(ox + x) * H + oy;
+        cf u = col[yb], v = col[ya];
+        double dr = (double)u.x - (double)v.x, di = (double)u.y - (double)v.y, h = yb - ya;
+        cy += w * (dr * dr + di * di) / (h * h);
+        u = objT[(long long)(ox + xb) * H + oy + y];
+        v = objT[(long long)(ox + xa) * H + oy + y];
+        dr = (double)u.x - (double)v.x;
+        di = (double)u.y - (double)v.y;
+        h = xb - xa;
+        cx += w * (dr * dr + di * di) / (h * h);
+    }
+    double sy = block_sum(cy);
+    double sx = block_sum(cx);
+    if (threadIdx.x == 0) {
+        out[4 * b + 2] = sy;
+        out[4 * b + 3] = sx;
+    }
 }
 
 // Probe preconditioner of one batch: dpT[x][y] += sum_b |O[oy+y][ox+x]|^2 (f64).

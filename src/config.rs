@@ -993,15 +993,6 @@ impl Config {
                     ),
                 ));
             }
-            if self.parallel.backend != BackendKind::Cpu {
-                return Err(Error::new(
-                    "position_correction.enabled",
-                    format!(
-                        "positions are refined on the cpu backend only (not {})",
-                        self.parallel.backend.name()
-                    ),
-                ));
-            }
         }
         for (key, v, hi) in [
             ("position_correction.max_step_px", pc.max_step_px, 64.0),
@@ -1478,10 +1469,11 @@ mod tests {
             assert_eq!(e.what, "position_correction.enabled", "{e}");
             assert!(e.msg.contains(engine), "{e}");
         }
-        assert_eq!(
-            set(&[on, "parallel.backend=\"hip\""]).unwrap_err().what,
-            "position_correction.enabled"
-        );
+        // every backend refines positions (the GPUs' kernels position_grad, position_curv)
+        for backend in ["cuda", "hip"] {
+            let b = format!("parallel.backend=\"{backend}\"");
+            assert!(set(&[on, &b]).is_ok(), "{backend}");
+        }
         for key in ["max_step_px", "max_shift_px", "max_error_px"] {
             for bad in ["0.0", "-1.0", "1e9", "nan"] {
                 let e = set(&[&format!("position_correction.{key}={bad}")]).unwrap_err();

@@ -13,59 +13,7 @@ mod common;
 use ptytile::config::Config;
 use ptytile::driver::{self, Outcome, RunOptions};
 use ptytile::output::ReconResult;
-use std::path::{Path, PathBuf};
-
-/// Standard normal numbers from a fixed seed (xorshift64* and Box–Muller), so the
-/// perturbation is the same on every machine.
-fn normals(seed: u64, n: usize) -> Vec<f64> {
-    let mut s = seed.max(1);
-    let mut uni = || {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        ((s.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|_| (-2.0 * uni().ln()).sqrt() * (2.0 * std::f64::consts::PI * uni()).cos())
-        .collect()
-}
-
-/// A `side` × `side` block of the PbTiO3 scan with its positions (Å) scaled by `1 + scale`
-/// and turned by `deg` about their centre, plus random errors of `rms_a` Å RMS (2-D);
-/// returns (config, true positions in Å).
-fn perturbed(
-    dir: &Path,
-    side: usize,
-    scale: f64,
-    deg: f64,
-    rms_a: f64,
-) -> (PathBuf, Vec<[f64; 2]>) {
-    let cfg = common::pbtio3_crop(dir, side);
-    let f = hdf5::File::open_rw(dir.join("crop.h5")).unwrap();
-    let ds = f.dataset("/data/positions_A").unwrap();
-    let p: Vec<f64> = ds.read_raw().unwrap();
-    let truth: Vec<[f64; 2]> = p.chunks(2).map(|c| [c[0], c[1]]).collect();
-    let n = truth.len() as f64;
-    let mean = [
-        truth.iter().map(|c| c[0]).sum::<f64>() / n,
-        truth.iter().map(|c| c[1]).sum::<f64>() / n,
-    ];
-    let (s, c) = deg.to_radians().sin_cos();
-    let noise = normals(7, 2 * truth.len());
-    let sigma = rms_a / 2f64.sqrt();
-    let moved: Vec<f64> = truth
-        .iter()
-        .enumerate()
-        .flat_map(|(j, t)| {
-            let x = [t[0] - mean[0], t[1] - mean[1]];
-            let y = mean[0] + (1.0 + scale) * (c * x[0] - s * x[1]) + sigma * noise[2 * j];
-            let xx = mean[1] + (1.0 + scale) * (s * x[0] + c * x[1]) + sigma * noise[2 * j + 1];
-            [y, xx]
-        })
-        .collect();
-    ds.write_raw(&moved).unwrap();
-    (cfg, truth)
-}
+use std::path::Path;
 
 /// RMS distance (px) between `pos` (a result's `/positions_px`) and the true positions
 /// `truth` (Å, object pixels of `pixel_a` Å), after removing the mean difference (a global
@@ -164,7 +112,7 @@ const ON: [&str; 3] = [
 #[test]
 fn tiled_equals_single_rank_with_position_correction() {
     let dir = tempfile::tempdir().unwrap();
-    let (cfg, _) = perturbed(dir.path(), 20, 0.02, 1.0, 0.3);
+    let (cfg, _) = common::pbtio3_perturbed(dir.path(), 20, 128, 0.02, 1.0, 0.3);
     // gd: bit for bit (every sum that moves a position is exact, engine::positions::exact_sums).
     // mlcg: its losses are summed per rank in floating point, so a tiled run differs from
     // the single-rank one in the last bits of the line search; the position updates amplify
@@ -208,7 +156,7 @@ fn tiled_equals_single_rank_with_position_correction() {
 #[test]
 fn stopped_and_resumed_run_keeps_the_refined_positions() {
     let dir = tempfile::tempdir().unwrap();
-    let (cfg, _) = perturbed(dir.path(), 16, 0.02, 1.0, 0.3);
+    let (cfg, _) = common::pbtio3_perturbed(dir.path(), 16, 128, 0.02, 1.0, 0.3);
     let ck = dir.path().join("ck");
     let mut set: Vec<String> = ON.iter().map(|s| s.to_string()).collect();
     set.extend([
@@ -277,7 +225,7 @@ fn stopped_and_resumed_run_keeps_the_refined_positions() {
 #[test]
 fn refined_positions_approach_the_true_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let (cfg, truth) = perturbed(dir.path(), 24, 0.0, 0.0, 0.3);
+    let (cfg, truth) = common::pbtio3_perturbed(dir.path(), 24, 128, 0.0, 0.0, 0.3);
     let set = [
         "position_correction.enabled=true",
         "reconstruction.iterations=30",
@@ -304,7 +252,7 @@ fn refined_positions_approach_the_true_ones() {
 #[test]
 fn whole_scan_with_random_position_errors_is_corrected() {
     let dir = tempfile::tempdir().unwrap();
-    let (cfg, truth) = perturbed(dir.path(), 58, 0.0, 0.0, 0.3);
+    let (cfg, truth) = common::pbtio3_perturbed(dir.path(), 58, 128, 0.0, 0.0, 0.3);
     let set = [
         "position_correction.enabled=true",
         "reconstruction.iterations=60",

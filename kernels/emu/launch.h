@@ -47,6 +47,8 @@ extern "C" int emu_launch(const char* name, unsigned blocks, unsigned threads, v
     EMU_KERNEL(gather_sums, false)
     EMU_KERNEL(probe_grad, false)
     EMU_KERNEL(probe_density, false)
+    EMU_KERNEL(position_grad, true)
+    EMU_KERNEL(position_curv, true)
     EMU_KERNEL(propagate, false)
     EMU_KERNEL(intensities, false)
     EMU_KERNEL(transpose_c, false)

@@ -126,17 +126,7 @@ impl<T: Real> Compute<T> for Host<T> {
     }
 
     fn set_positions(&mut self, positions: Arc<[PositionGeom<T>]>) -> Result<()> {
-        let same = positions.len() == self.positions.len()
-            && positions
-                .iter()
-                .zip(self.positions.iter())
-                .all(|(a, b)| a.index == b.index);
-        if !same {
-            return Err(Error::new(
-                "backend",
-                "refined positions must keep the rank's positions and their order",
-            ));
-        }
+        super::check_same_positions(&self.positions, &positions)?;
         self.positions = positions;
         Ok(())
     }

@@ -225,6 +225,23 @@ pub trait Compute<T: Real>: Send + Sync {
     }
 }
 
+/// Error unless `new` holds the same positions as `old` in the same order (global indices):
+/// [`Compute::set_positions`] replaces centres, not the rank's positions.
+pub(crate) fn check_same_positions<T: Real>(
+    old: &[PositionGeom<T>],
+    new: &[PositionGeom<T>],
+) -> Result<()> {
+    let same = new.len() == old.len() && new.iter().zip(old).all(|(a, b)| a.index == b.index);
+    if same {
+        Ok(())
+    } else {
+        Err(Error::new(
+            "backend",
+            "refined positions must keep the rank's positions and their order",
+        ))
+    }
+}
+
 /// Each selected position's window origin (row, column) relative to `obj`'s origin, for a
 /// window side `m`. Errors (naming the position's global index) when a window is not
 /// inside `obj`; the kernels rely on it.

@@ -245,3 +245,57 @@ pub fn stored_config(result: &std::path::Path) -> Config {
         .to_string();
     Config::from_toml(&text, &[]).unwrap()
 }
+
+/// Standard normal numbers from a fixed seed (xorshift64* and Box–Muller), so the
+/// perturbation is the same on every machine.
+pub fn normals(seed: u64, n: usize) -> Vec<f64> {
+    let mut s = seed.max(1);
+    let mut uni = || {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        ((s.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| (-2.0 * uni().ln()).sqrt() * (2.0 * std::f64::consts::PI * uni()).cos())
+        .collect()
+}
+
+/// A `side` × `side` block of the PbTiO3 scan with `det` × `det` patterns
+/// ([`pbtio3_cut`], written to `dir/crop.h5`) with its positions (Å) scaled by `1 + scale`
+/// and turned by `deg` about their centre, plus random errors of `rms_a` Å RMS (2-D);
+/// returns (config, true positions in Å).
+pub fn pbtio3_perturbed(
+    dir: &std::path::Path,
+    side: usize,
+    det: usize,
+    scale: f64,
+    deg: f64,
+    rms_a: f64,
+) -> (std::path::PathBuf, Vec<[f64; 2]>) {
+    let cfg = pbtio3_cut(dir, "crop", side, det);
+    let f = hdf5::File::open_rw(dir.join("crop.h5")).unwrap();
+    let ds = f.dataset("/data/positions_A").unwrap();
+    let p: Vec<f64> = ds.read_raw().unwrap();
+    let truth: Vec<[f64; 2]> = p.chunks(2).map(|c| [c[0], c[1]]).collect();
+    let n = truth.len() as f64;
+    let mean = [
+        truth.iter().map(|c| c[0]).sum::<f64>() / n,
+        truth.iter().map(|c| c[1]).sum::<f64>() / n,
+    ];
+    let (s, c) = deg.to_radians().sin_cos();
+    let noise = normals(7, 2 * truth.len());
+    let sigma = rms_a / 2f64.sqrt();
+    let moved: Vec<f64> = truth
+        .iter()
+        .enumerate()
+        .flat_map(|(j, t)| {
+            let x = [t[0] - mean[0], t[1] - mean[1]];
+            let y = mean[0] + (1.0 + scale) * (c * x[0] - s * x[1]) + sigma * noise[2 * j];
+            let xx = mean[1] + (1.0 + scale) * (s * x[0] + c * x[1]) + sigma * noise[2 * j + 1];
+            [y, xx]
+        })
+        .collect();
+    ds.write_raw(&moved).unwrap();
+    (cfg, truth)
+}

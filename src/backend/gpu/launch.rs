@@ -51,7 +51,7 @@ macro_rules! kernels {
 
 kernels! {
     /// `shift_probe` of kernels/ptycho.cu.
-    shift_probe(p: p, ph: p, ramp_y: p, ramp_x: p, idx: p, m: i, k: i, nb: i, sc: f);
+    shift_probe(p: p, ph: p, ramp_y: p, ramp_x: p, idx: p, m: i, k: i, nb: i, sc: f, deriv: i);
     /// `exit_wave` of kernels/ptycho.cu.
     exit_wave(psi: p, p: p, obj_t: p, win: p, h: i, m: i, k: i, nb: i);
     /// `residual` of kernels/ptycho.cu.
@@ -60,6 +60,10 @@ kernels! {
     gather_sums(g_t: p, d_t: p, psi: p, p: p, win: p, h: i, y0: i, x0: i, gh: i, gw: i, m: i, k: i, nb: i);
     /// `probe_grad` of kernels/ptycho.cu.
     probe_grad(gp: p, psi: p, ramp_y: p, ramp_x: p, idx: p, m: i, k: i, nb: i, sc: f);
+    /// `position_grad` of kernels/ptycho.cu.
+    position_grad(out: p, dp: p, t: p, m: i, k: i, axis: i);
+    /// `position_curv` of kernels/ptycho.cu.
+    position_curv(out: p, p: p, obj_t: p, win: p, h: i, m: i, k: i);
     /// `probe_density` of kernels/ptycho.cu.
     probe_density(dp_t: p, obj_t: p, win: p, h: i, m: i, nb: i);
     /// `propagate` of kernels/ptycho.cu.

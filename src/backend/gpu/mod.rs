@@ -1,5 +1,6 @@
 //! GPU backends (docs/gpu.md): every [`Compute`] operation of [`super::cpu`] and
-//! [`super::pie`] (gradient sums, dm's exit-wave step and probe sums, the ePIE/rPIE sweep)
+//! [`super::pie`] (gradient sums, position correction's terms, dm's exit-wave step and
+//! probe sums, the ePIE/rPIE sweep)
 //! on CUDA (cudarc: driver API, NVRTC, cuFFT) and HIP (cubecl-hip-sys: HIP, hiprtc; hipFFT
 //! via libloading). Both load their libraries at run time, so they build without CUDA or ROCm.
 //!
@@ -40,7 +41,7 @@ pub use memory::{batch_size, fft_pieces};
 use memory::{bytes_of, upload, Buf, State, BATCH_BUDGET};
 pub use profile::{open_profiled, Profiled};
 
-use super::kernel::{DmStep, Gradients, Kernel};
+use super::kernel::{DmStep, Gradients, Kernel, PositionGradient};
 use super::pie::PieStep;
 use super::resident::Resident;
 use super::{option_name, BackendKind, Compute, Selection};
@@ -139,6 +140,17 @@ fn open_device(kind: BackendKind, local_rank: usize) -> Result<Box<dyn Device>> 
     }
 }
 
+/// The positions' shift ramps [e_y, e_x] as uploaded: [n][M] complex each, position order.
+fn ramps<T: Real>(positions: &[PositionGeom<T>]) -> [Vec<Complex<T>>; 2] {
+    let flat = |f: fn(&PositionGeom<T>) -> &[Complex<T>]| {
+        positions
+            .iter()
+            .flat_map(|p| f(p).iter().copied())
+            .collect()
+    };
+    [flat(|p| &p.ramp_y), flat(|p| &p.ramp_x)]
+}
+
 /// A staged object field on the device: objT's column height `h` (the field's rows), the
 /// values per plane (rows × columns), the planes (slices), and the positions per batch for
 /// it (a multislice batch also keeps the S − 1 incident waves, so it holds fewer positions).
@@ -197,14 +209,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
             moved: [0, 0],
             res: None,
         };
-        let ry: Vec<Complex<T>> = positions
-            .iter()
-            .flat_map(|p| p.ramp_y.iter().copied())
-            .collect();
-        let rx: Vec<Complex<T>> = positions
-            .iter()
-            .flat_map(|p| p.ramp_x.iter().copied())
-            .collect();
+        let [ry, rx] = ramps(&positions);
         st.ramp_y = upload(&mut st.dev, bytes_of(&ry))?;
         st.ramp_x = upload(&mut st.dev, bytes_of(&rx))?;
         st.meas = upload(&mut st.dev, bytes_of(&intensities))?;
@@ -374,6 +379,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
             k,
             nb,
             sc,
+            0,
         )?;
         st.mark("shift_probe: probe spectrum x ramps")?;
         st.fft(p, m, nb * k, full, true)?;
@@ -416,7 +422,9 @@ impl<T: Real, D: Device> Gpu<T, D> {
     /// height `h`, probe spectrum, indices, windows; `wins` the windows on the host), in
     /// batches: added to the object sums [g_T, d_T] (transposed; [`Gpu::gather`]) and, with
     /// `want_probe`, to the probe sums [g_P̂, d_P^T]; each position's loss written at
-    /// `loss` (f64, selection order).
+    /// `loss` (f64, selection order); with `terms`, each position's
+    /// [∂L/∂c_y, ∂L/∂c_x, curvature y, curvature x] (4 f64, selection order; docs/algorithm.md
+    /// §14) written there.
     #[allow(clippy::too_many_arguments)]
     fn sum_pass(
         &self,
@@ -427,12 +435,13 @@ impl<T: Real, D: Device> Gpu<T, D> {
         [g_t, d_t, gp, dp_t]: [DPtr; 4],
         loss: DPtr,
         want_probe: bool,
+        terms: Option<DPtr>,
     ) -> Result<()> {
         let (m, k) = (self.m, self.modes);
         let mm = m * m;
         let ns = wins.len();
         let h = geo.h;
-        let [obj_t, _, idx, win] = staged;
+        let [obj_t, ph, idx, win] = staged;
         let sc = 1.0 / m as f32;
         let sc2 = sc * sc;
         let g = st.weights.map_or(0, |b| b.ptr);
@@ -482,8 +491,36 @@ impl<T: Real, D: Device> Gpu<T, D> {
             }
             self.gather(st, [g_t, d_t], [psi, p], win_b, wins_b, h)?;
             st.mark("gather_sums: object sums, one thread per pixel")?;
-            if want_probe {
+            if want_probe || terms.is_some() {
+                // t = O*_0 b_0, the adjoint at the shifted probe
                 launch::conj_object(&mut st.dev, blocks(n), psi, obj_t, win_b, h, m, k, nb)?;
+            }
+            if let Some(terms) = terms {
+                // the curvature from the shifted probes, then P holds ∂P/∂c_y, ∂P/∂c_x in turn
+                let out = terms + (32 * s) as u64;
+                launch::position_curv(&mut st.dev, nb, out, p, obj_t, win_b, h, m, k)?;
+                for axis in 0..2 {
+                    let (ry, rx) = (st.ramp_y.ptr, st.ramp_x.ptr);
+                    launch::shift_probe(
+                        &mut st.dev,
+                        blocks(n),
+                        p,
+                        ph,
+                        ry,
+                        rx,
+                        idx_b,
+                        m,
+                        k,
+                        nb,
+                        sc,
+                        axis + 1,
+                    )?;
+                    st.fft(p, m, nb * k, full, true)?;
+                    launch::position_grad(&mut st.dev, nb, out, p, psi, m, k, axis)?;
+                }
+                st.mark("position_curv, position_grad: position terms")?;
+            }
+            if want_probe {
                 st.fft(psi, m, nb * k, full, false)?;
                 st.mark("FFT: probe gradient")?;
                 self.add_probe_sums(st, [gp, dp_t], [psi, obj_t], [idx_b, win_b], h, nb)?;
@@ -659,6 +696,116 @@ impl<T: Real, D: Device> Gpu<T, D> {
         launch::probe_density(&mut st.dev, blocks(m * m), dp_t, obj_t, win, h, m, nb)
     }
 
+    /// [`Compute::gradients`], and with `want_positions` also
+    /// [`Compute::gradients_and_positions`]' per-position terms (the other sums are the
+    /// same either way: the position terms only read the batch buffers).
+    fn sums(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        want_probe: bool,
+        want_positions: bool,
+    ) -> Result<Gradients<T>> {
+        let (m, k) = (self.m, self.modes);
+        let mm = m * m;
+        let probe_dims = want_probe.then_some((k, mm));
+        let planes = obj.planes();
+        if sel.is_empty() {
+            return Ok(Gradients::zeros(obj.origin, obj.shape, planes, probe_dims));
+        }
+        self.with(|st| {
+            if st.prof.is_some() {
+                st.dev.clear_events();
+                st.prof = Some(Vec::new());
+                st.mark("start")?;
+            }
+            let geo = self.geo(st, obj, false)?;
+            let (staged, wins) = self.stage(st, obj, Some(probe_hat), &sel)?;
+            let n = obj.data.len();
+            let ns = sel.len();
+            let g_t = st.buf("g_t", n * 16)?;
+            let d_t = st.buf("d_t", n * 8)?;
+            let gp = st.buf("gp", k * mm * 16)?;
+            let dp_t = st.buf("dp_t", mm * 8)?;
+            let loss = st.buf("loss", ns * 8)?;
+            let terms = match want_positions {
+                true => Some(st.buf("position_terms", ns * 32)?),
+                false => None,
+            };
+            st.dev.zero(g_t, n * 16)?;
+            st.dev.zero(d_t, n * 8)?;
+            st.dev.zero(gp, k * mm * 16)?;
+            st.dev.zero(dp_t, mm * 8)?;
+            st.mark("upload object, probe, selection; zero sums")?;
+            self.sum_pass(
+                st,
+                staged,
+                &wins,
+                geo,
+                [g_t, d_t, gp, dp_t],
+                loss,
+                want_probe,
+                terms,
+            )?;
+            let mut out = Gradients::zeros(obj.origin, obj.shape, planes, probe_dims);
+            self.download_object_sums(st, [g_t, d_t], obj.shape, &mut out)?;
+            if want_probe {
+                self.download_probe_sums(st, [gp, dp_t], &mut out)?;
+            }
+            out.loss = self.download_loss(st, loss, ns)?;
+            if let Some(terms) = terms {
+                out.g_pos = self.download_position_terms(st, terms, &sel)?;
+            }
+            st.mark("transpose and download sums")?;
+            Ok(out)
+        })
+    }
+
+    /// The per-position terms at `terms` ([n][4] f64: ∂L/∂c_y, ∂L/∂c_x, curvature y, x)
+    /// of the positions of `sel`, in selection order.
+    fn download_position_terms(
+        &self,
+        st: &mut State<D>,
+        terms: DPtr,
+        sel: &Selection,
+    ) -> Result<Vec<PositionGradient>> {
+        let mut v = vec![0f64; sel.len() * 4];
+        st.down(bytemuck::cast_slice_mut(&mut v), terms)?;
+        Ok(sel
+            .to_vec()
+            .into_iter()
+            .zip(v.chunks_exact(4))
+            .map(|(j, t)| PositionGradient {
+                index: self.positions[j].index,
+                grad: [t[0], t[1]],
+                curv: [t[2], t[3]],
+            })
+            .collect())
+    }
+
+    /// [`Compute::set_positions`]: new shift ramps uploaded in place of the old ones (same
+    /// sizes); the resident selections' cached windows are dropped, so the next call
+    /// uploads the new ones. Errors: another count or order of positions; a device failure.
+    fn replace_positions(&mut self, positions: Arc<[PositionGeom<T>]>) -> Result<()> {
+        super::check_same_positions(&self.positions, &positions)
+            .map_err(|e| Error::new(self.name, e.msg))?;
+        self.with(|st| {
+            let [ry, rx] = ramps(&positions);
+            let (ry_d, rx_d) = (st.ramp_y.ptr, st.ramp_x.ptr);
+            if !ry.is_empty() {
+                st.up(ry_d, bytes_of(&ry))?;
+                st.up(rx_d, bytes_of(&rx))?;
+            }
+            if let Some(res) = st.res.as_mut() {
+                res.forget_selections();
+            }
+            Ok(())
+        })?;
+        self.positions = positions;
+        Ok(())
+    }
+
     /// The noise model's code in the kernels (0 amplitude, 1 Poisson).
     fn noise_code(&self) -> usize {
         match self.noise {
@@ -696,51 +843,21 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
         sel: Selection,
         want_probe: bool,
     ) -> Result<Gradients<T>> {
-        let (m, k) = (self.m, self.modes);
-        let mm = m * m;
-        let probe_dims = want_probe.then_some((k, mm));
-        let planes = obj.planes();
-        if sel.is_empty() {
-            return Ok(Gradients::zeros(obj.origin, obj.shape, planes, probe_dims));
-        }
-        self.with(|st| {
-            if st.prof.is_some() {
-                st.dev.clear_events();
-                st.prof = Some(Vec::new());
-                st.mark("start")?;
-            }
-            let geo = self.geo(st, obj, false)?;
-            let (staged, wins) = self.stage(st, obj, Some(probe_hat), &sel)?;
-            let n = obj.data.len();
-            let ns = sel.len();
-            let g_t = st.buf("g_t", n * 16)?;
-            let d_t = st.buf("d_t", n * 8)?;
-            let gp = st.buf("gp", k * mm * 16)?;
-            let dp_t = st.buf("dp_t", mm * 8)?;
-            let loss = st.buf("loss", ns * 8)?;
-            st.dev.zero(g_t, n * 16)?;
-            st.dev.zero(d_t, n * 8)?;
-            st.dev.zero(gp, k * mm * 16)?;
-            st.dev.zero(dp_t, mm * 8)?;
-            st.mark("upload object, probe, selection; zero sums")?;
-            self.sum_pass(
-                st,
-                staged,
-                &wins,
-                geo,
-                [g_t, d_t, gp, dp_t],
-                loss,
-                want_probe,
-            )?;
-            let mut out = Gradients::zeros(obj.origin, obj.shape, planes, probe_dims);
-            self.download_object_sums(st, [g_t, d_t], obj.shape, &mut out)?;
-            if want_probe {
-                self.download_probe_sums(st, [gp, dp_t], &mut out)?;
-            }
-            out.loss = self.download_loss(st, loss, ns)?;
-            st.mark("transpose and download sums")?;
-            Ok(out)
-        })
+        self.sums(obj, probe_hat, sel, want_probe, false)
+    }
+
+    fn gradients_and_positions(
+        &self,
+        obj: &Field<Complex<T>>,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        want_probe: bool,
+    ) -> Result<Gradients<T>> {
+        self.sums(obj, probe_hat, sel, want_probe, true)
+    }
+
+    fn set_positions(&mut self, positions: Arc<[PositionGeom<T>]>) -> Result<()> {
+        self.replace_positions(positions)
     }
 
     fn model_intensities(

@@ -43,6 +43,14 @@ pub(crate) struct Res {
     next: usize,
 }
 
+impl Res {
+    /// Drop the cached selections (their windows change with the positions).
+    pub(crate) fn forget_selections(&mut self) {
+        self.sel = [Vec::new(), Vec::new()];
+        self.win = [Vec::new(), Vec::new()];
+    }
+}
+
 impl Geom {
     /// `r` relative to the field: (row, column, rows, cols). Errors unless inside.
     fn local(&self, r: &Rect) -> Result<[usize; 4]> {
@@ -246,6 +254,7 @@ impl<T: Real, D: Device> Resident<T> for Gpu<T, D> {
                 [g_t, d_t, gp, dp_t],
                 loss,
                 want_probe,
+                None,
             )?;
             let ns = wins.len();
             if want_probe {
