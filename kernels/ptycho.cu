@@ -518,3 +518,18 @@ PTY_KERNEL void update_object(cf* objT, const double* gT, const double* dT, int 
     double uim = (gT[2 * o + 1] / planes) * s;
     objT[o] = make_float2(objT[o].x - (float)ure, objT[o].y - (float)uim);
 }
+
+// dm's overlap step on the rectangle (engine::dm, docs/algorithm.md §7), in the same order
+// of operations as the host's (f64, products not fused, so the result is the host's bits):
+//   O <- (float)(O + (g - d O) / (d + reg))
+PTY_KERNEL void ratio_object(cf* objT, const double* gT, const double* dT, int H, int y0, int x0, int rh, int rw,
+                             double reg) {
+    long long t = gid();
+    if (t >= (long long)rh * rw) return;
+    int r = (int)(t / rw), c = (int)(t % rw);
+    long long o = (long long)(x0 + c) * H + y0 + r;
+    double xr = objT[o].x, xi = objT[o].y, d = dT[o];
+    double nr = gT[2 * o] - __dmul_rn(xr, d), ni = gT[2 * o + 1] - __dmul_rn(xi, d);
+    double den = d + reg;
+    objT[o] = make_float2((float)(xr + nr / den), (float)(xi + ni / den));
+}

@@ -743,7 +743,11 @@ fn hip_projection_ops_match_cpu() {
 ///   call over both to 1e-12 relative (`sums_rect` of the whole field, `probe_sums`), and
 ///   the loss;
 /// - `add_sums_rect` adds exactly; `max_d` equals the host's maximum of D_O on a rectangle;
-/// - `update_object` equals gd's step on the host bit for bit (same f64 operations).
+/// - `update_object` equals gd's step on the host bit for bit (same f64 operations);
+/// - `accumulate_with_positions` gives the same sums, and the position terms of
+///   `gradients_and_positions` (bit for bit; the CPU's within 1e-4);
+/// - `dm_accumulate`, `dm_probe_sums` give dm's sums through `Compute` (three passes),
+///   `ratio_update` dm's overlap step on the host bit for bit.
 fn resident_ops_match_host(open: &Opener, label: &str) {
     use ptytile::engine::exchange::{extract, write_rect};
     use ptytile::tiling::Rect;
@@ -804,6 +808,39 @@ fn resident_ops_match_host(open: &Opener, label: &str) {
     ];
     println!("{label}: resident sums vs host (g_O, D_O, g_P, D_P, loss): {errs:?}");
     assert!(errs.iter().all(|e| *e <= 1e-4), "{label}: {errs:?}");
+    // with position correction's terms: the same sums bit for bit, and the terms those of
+    // the backend's own gradients_and_positions (bit for bit) and of the CPU (within 1e-4)
+    let (mut loss2, mut terms) = (0.0, Vec::new());
+    for (range, reset) in [(0..7, true), (7..n, false)] {
+        let (l, mut t) = r
+            .accumulate_with_positions(&c.probe_hat, Selection::Range(range.clone()), true, reset)
+            .unwrap();
+        let own = dev
+            .gradients_and_positions(&host, &c.probe_hat, Selection::Range(range), true)
+            .unwrap();
+        assert_eq!(t, own.g_pos, "{label}: resident position terms");
+        loss2 += l;
+        terms.append(&mut t);
+    }
+    assert_eq!(
+        loss2.to_bits(),
+        loss.to_bits(),
+        "{label}: loss with positions"
+    );
+    assert!(
+        r.sums_rect(&field).unwrap() == (g.clone(), d.clone())
+            && r.probe_sums().unwrap() == (gp.clone(), dp.clone()),
+        "{label}: the sums changed when the position terms were asked for"
+    );
+    let cpu_terms = cpu::gradients_and_positions(&c.k, &host, &c.probe_hat, &c.pos, &c.meas, true);
+    let flat = |v: &[ptytile::backend::kernel::PositionGradient]| {
+        v.iter()
+            .flat_map(|g| [(g.grad[0], g.grad[1]), (g.curv[0], g.curv[1])])
+            .collect::<Vec<_>>()
+    };
+    let dt = rel(flat(&terms).into_iter(), flat(&cpu_terms.g_pos).into_iter());
+    println!("{label}: resident position terms vs host: {dt:.1e}");
+    assert!(dt <= 1e-4, "{label}: position terms {dt:.2e}");
     // add a rectangle of sums; max of D_O
     let add_g: Vec<num_complex::Complex64> = (0..inner.area())
         .map(|i| num_complex::Complex64::new(i as f64 * 0.5, 1.0))
@@ -856,6 +893,76 @@ fn resident_ops_match_host(open: &Opener, label: &str) {
         r.object_rect(&outside).is_err(),
         "{label}: a rectangle outside"
     );
+    // dm on the resident object against dm through `Compute` on a second backend: the same
+    // sums, losses and probe sums bit for bit over three passes (the first from P O, the
+    // last error reduction); dm's overlap step equal to the host's bit for bit
+    let step = |er| ptytile::backend::kernel::DmStep {
+        beta: 0.8,
+        gamma: 0.9,
+        error_reduction: er,
+    };
+    let other = open(&c);
+    r.load_object(&host).unwrap();
+    for (pass, er) in [false, false, true].into_iter().enumerate() {
+        let init = pass == 0;
+        let loss = r
+            .dm_accumulate(&c.probe_hat, Selection::Range(0..7), init, step(er), true)
+            .unwrap()
+            + r.dm_accumulate(&c.probe_hat, Selection::Range(7..n), init, step(er), false)
+                .unwrap();
+        let a = other
+            .difference_map(&host, &c.probe_hat, Selection::Range(0..7), init, step(er))
+            .unwrap();
+        let b = other
+            .difference_map(&host, &c.probe_hat, Selection::Range(7..n), init, step(er))
+            .unwrap();
+        let mut want_g = a.g_obj.data.clone();
+        let mut want_d = a.d_obj.data.clone();
+        want_g
+            .iter_mut()
+            .zip(&b.g_obj.data)
+            .for_each(|(x, y)| *x += *y);
+        want_d
+            .iter_mut()
+            .zip(&b.d_obj.data)
+            .for_each(|(x, y)| *x += *y);
+        let (g, d) = r.sums_rect(&field).unwrap();
+        // the two ranges' sums were added in one buffer on the device, in two on the host:
+        // a sum over both differs only where both ranges' windows overlap
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * y.abs().max(1.0);
+        assert!(
+            g.iter()
+                .zip(&want_g)
+                .all(|(x, y)| close(x.re, y.re) && close(x.im, y.im))
+                && d.iter().zip(&want_d).all(|(x, y)| close(*x, *y)),
+            "{label}: dm pass {pass}: resident sums"
+        );
+        assert_eq!(
+            loss.to_bits(),
+            (a.loss + b.loss).to_bits(),
+            "{label}: dm pass {pass}: loss"
+        );
+    }
+    let (gp, dp) = r.dm_probe_sums(Selection::Range(0..n)).unwrap();
+    let want = other.probe_sums(&host, Selection::Range(0..n)).unwrap();
+    assert!(
+        gp == want.g_probe_hat && dp == want.d_probe,
+        "{label}: dm probe sums"
+    );
+    let (g, d) = r.sums_rect(&inner).unwrap();
+    let reg = 1e-3 * d.iter().fold(0.0f64, |a, b| a.max(*b));
+    r.ratio_update(&inner, reg).unwrap();
+    r.store_object(&mut back).unwrap();
+    for (i, z) in extract(&host, &inner).iter().enumerate() {
+        let x = num_complex::Complex64::new(z.re as f64, z.im as f64);
+        let u = (g[i] - x * d[i]) / (d[i] + reg);
+        let want = C::new((x.re + u.re) as f32, (x.im + u.im) as f32);
+        assert_eq!(
+            extract(&back, &inner)[i],
+            want,
+            "{label}: ratio_update at {i}"
+        );
+    }
 }
 
 #[test]
@@ -1489,7 +1596,7 @@ fn emulated_engines_match_cpu_on_pbtio3() {
                 for it in 0..10 {
                     loss.push(engine::iterate(p, &mut s, &mut es, it, settings, &mut rank)?.loss);
                 }
-                engine::resident::sync(p, &mut s, &mut es.gd)?;
+                engine::resident::sync_all(p, &mut s, &mut es)?;
                 let c = |v: &[num_complex::Complex<T>]| {
                     v.iter()
                         .map(|z| num_complex::Complex64::new(z.re.f64(), z.im.f64()))
@@ -1572,9 +1679,9 @@ fn emulated_engines_match_cpu_on_pbtio3() {
 
 /// What crosses between host and device (issue 15, Must show 3), counted by the backend
 /// (`Compute::bytes_moved`), on a 12 × 12 crop of the PbTiO3 scan (64² patterns) with 2 × 2
-/// tiles on four thread ranks, each with the emulated GPU kernels as its backend: gd keeps
-/// the object and its sums resident, so a steady iteration (the second; the first loads the
-/// object) moves only the halo rectangles (sums 24 B/px, object 8 B/px, each way), the probe
+/// tiles on four thread ranks, each with the emulated GPU kernels as its backend: gd and dm
+/// keep the object and its sums resident (dm also its exit waves), so a steady iteration
+/// (the second; the first loads the object) moves only the halo rectangles (sums 24 B/px, object 8 B/px, each way), the probe
 /// spectrum and probe sums, each position's loss and a column maximum per tile column.
 /// Asserted: each rank's count equals that, term by term, and is at most 1.2 times the
 /// halo rectangles plus the probe sums; printed beside it, what the field-sized transfers
@@ -1593,81 +1700,84 @@ fn emulated_transfers_per_iteration_on_pbtio3_tiles() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(12);
     let toml = common::pbtio3_cut(dir.path(), "cut", side, 64);
-    let per_rank = on_ranks(
-        &toml,
-        [2, 2],
-        "gd",
-        &[],
-        true,
-        |p, mut s, rank, settings| {
-            let mut es = EngineState::default();
-            // iteration 0 loads the object into the backend; iteration 1 is a steady one
-            engine::iterate(p, &mut s, &mut es, 0, settings, rank)?;
-            let before = p.compute.bytes_moved();
-            engine::iterate(p, &mut s, &mut es, 1, settings, rank)?;
-            let after = p.compute.bytes_moved();
-            let o_emu = {
-                engine::resident::sync(p, &mut s, &mut es.gd)?;
-                s.object.clone()
-            };
-            let (m, k) = (p.kernel.fft.size(), p.kernel.modes);
-            Ok((
-                [after[0] - before[0], after[1] - before[1]],
-                rank.plan.clone(),
-                p.positions.len(),
-                p.n_halo,
-                m,
-                k,
-                o_emu,
-                settings.gd.probe_at(0),
-            ))
-        },
-    );
-    for ([up, down], rp, n, n_halo, m, k, obj, probe_changed) in per_rank {
-        let (mm, k) = ((m * m) as u64, k as u64);
-        let sent: u64 = rp.sends.iter().map(|t| t.rect.area() as u64).sum();
-        let recv: u64 = rp.recvs.iter().map(|t| t.rect.area() as u64).sum();
-        let tile_cols = (rp.tile.x1 - rp.tile.x0) as u64;
-        // up: the probe spectrum (when the probe moved), the neighbours' sums (g_O 16 B +
-        // D_O 8 B per pixel), the halo object from its owners (8 B per pixel)
-        let want_up = 8 * k * mm * probe_changed as u64 + 24 * recv + 8 * sent;
-        // down: the halo sums to send, the probe sums, each position's loss, the column
-        // maxima of D_O over the tile, the tile's rectangles that are neighbours' halos
-        let want_down = 24 * sent + 16 * k * mm + 8 * mm + 8 * n as u64 + 8 * tile_cols + 8 * recv;
-        let ideal = 32 * (sent + recv) + 24 * k * mm + 8 * mm;
-        let field = rp.field_pixels() as u64;
-        // the non-resident path: each non-empty gradients call (halo positions, interior
-        // positions) uploads the field, the probe spectrum and the selection and downloads
-        // the field-sized sums, the probe sums and the losses
-        let old: u64 = [n_halo, n - n_halo]
-            .iter()
-            .filter(|&&c| c > 0)
-            .map(|&c| 32 * field + 24 * k * mm + 8 * mm + 20 * c as u64)
-            .sum();
-        println!(
-            "rank {}: field {field} px, halo rectangles {sent} px sent + {recv} px received, \
+    for engine in ["gd", "dm"] {
+        let per_rank = on_ranks(
+            &toml,
+            [2, 2],
+            engine,
+            &[],
+            true,
+            |p, mut s, rank, settings| {
+                let mut es = EngineState::default();
+                // iteration 0 loads the object into the backend; iteration 1 is a steady one
+                engine::iterate(p, &mut s, &mut es, 0, settings, rank)?;
+                let before = p.compute.bytes_moved();
+                engine::iterate(p, &mut s, &mut es, 1, settings, rank)?;
+                let after = p.compute.bytes_moved();
+                let o_emu = {
+                    engine::resident::sync_all(p, &mut s, &mut es)?;
+                    s.object.clone()
+                };
+                let (m, k) = (p.kernel.fft.size(), p.kernel.modes);
+                Ok((
+                    [after[0] - before[0], after[1] - before[1]],
+                    rank.plan.clone(),
+                    p.positions.len(),
+                    p.n_halo,
+                    m,
+                    k,
+                    o_emu,
+                    settings.gd.probe_at(0),
+                ))
+            },
+        );
+        for ([up, down], rp, n, n_halo, m, k, obj, probe_changed) in per_rank {
+            let (mm, k) = ((m * m) as u64, k as u64);
+            let sent: u64 = rp.sends.iter().map(|t| t.rect.area() as u64).sum();
+            let recv: u64 = rp.recvs.iter().map(|t| t.rect.area() as u64).sum();
+            let tile_cols = (rp.tile.x1 - rp.tile.x0) as u64;
+            // up: the probe spectrum (when the probe moved), the neighbours' sums (g_O 16 B +
+            // D_O 8 B per pixel), the halo object from its owners (8 B per pixel)
+            let want_up = 8 * k * mm * probe_changed as u64 + 24 * recv + 8 * sent;
+            // down: the halo sums to send, the probe sums, each position's loss, the column
+            // maxima of D_O over the tile, the tile's rectangles that are neighbours' halos
+            let want_down =
+                24 * sent + 16 * k * mm + 8 * mm + 8 * n as u64 + 8 * tile_cols + 8 * recv;
+            let ideal = 32 * (sent + recv) + 24 * k * mm + 8 * mm;
+            let field = rp.field_pixels() as u64;
+            // the non-resident path: each non-empty gradients call (halo positions, interior
+            // positions) uploads the field, the probe spectrum and the selection and downloads
+            // the field-sized sums, the probe sums and the losses
+            let old: u64 = [n_halo, n - n_halo]
+                .iter()
+                .filter(|&&c| c > 0)
+                .map(|&c| 32 * field + 24 * k * mm + 8 * mm + 20 * c as u64)
+                .sum();
+            println!(
+            "{engine}, rank {}: field {field} px, halo rectangles {sent} px sent + {recv} px received, \
              {n} positions ({n_halo} halo): moved {up} B up + {down} B down = {} B per iteration \
              (the non-resident path: {old} B); halo rectangles + probe sums {ideal} B; ratio {:.3}",
             rp.rank,
             up + down,
             (up + down) as f64 / ideal as f64
         );
-        assert_eq!(
-            [up, down],
-            [want_up, want_down],
-            "rank {}: bytes counted",
-            rp.rank
-        );
-        assert!(
-            (up + down) as f64 <= 1.2 * ideal as f64,
-            "rank {}: {} B moved, more than 1.2 x {ideal} B",
-            rp.rank,
-            up + down
-        );
-        assert!(obj
-            .data
-            .iter()
-            .all(|z| z.re.is_finite() && z.im.is_finite()));
+            assert_eq!(
+                [up, down],
+                [want_up, want_down],
+                "{engine}, rank {}: bytes counted",
+                rp.rank
+            );
+            assert!(
+                (up + down) as f64 <= 1.2 * ideal as f64,
+                "{engine}, rank {}: {} B moved, more than 1.2 x {ideal} B",
+                rp.rank,
+                up + down
+            );
+            assert!(obj
+                .data
+                .iter()
+                .all(|z| z.re.is_finite() && z.im.is_finite()));
+        }
     }
 }
 
@@ -1696,7 +1806,7 @@ fn emulated_tiled_equals_single_rank() {
                 for it in 0..3 {
                     engine::iterate(p, &mut s, &mut es, it, settings, rank)?;
                 }
-                engine::resident::sync(p, &mut s, &mut es.gd)?;
+                engine::resident::sync_all(p, &mut s, &mut es)?;
                 Ok((rank.plan.tile, s.object, s.probe))
             },
         )
@@ -1754,7 +1864,7 @@ fn emulated_multislice_on_thick_pbtio3() {
                 for it in 0..4 {
                     engine::iterate(p, &mut s, &mut es, it, settings, rank)?;
                 }
-                engine::resident::sync(p, &mut s, &mut es.gd)?;
+                engine::resident::sync_all(p, &mut s, &mut es)?;
                 Ok((rank.plan.tile, s.object, s.probe))
             },
         )
@@ -1805,6 +1915,8 @@ fn emulated_multislice_on_thick_pbtio3() {
 /// run is within 1e-4 of the CPU backend's in f32 (object, probe; relative L2) and its
 /// refined positions within 1e-3 px of the CPU's, having moved; gd on 2 × 2 emulated tiles
 /// equals the single rank bit for bit (object on each tile, probe, refined positions).
+/// gd runs on the backend's resident object (`Resident::accumulate_with_positions`),
+/// mlcg through `Compute::gradients_and_positions`.
 #[test]
 fn emulated_position_correction_on_pbtio3() {
     use ptytile::config::Config;
@@ -1840,14 +1952,18 @@ fn emulated_position_correction_on_pbtio3() {
                         p.set_positions(r.geometry())?;
                     }
                 }
-                engine::resident::sync(p, &mut s, &mut es.gd)?;
+                engine::resident::sync_all(p, &mut s, &mut es)?;
                 let centres: Vec<(usize, [f64; 2])> = r
                     .indices()
                     .iter()
                     .copied()
                     .zip(r.centres().iter().copied())
                     .collect();
-                Ok((rank.plan.tile, s.object, s.probe, centres, r.rms_move_px))
+                // bytes down from the device over the run, against one object-sized
+                // download of the sums (24 B per field pixel)
+                let down = (p.compute.bytes_moved()[1], 24 * s.object.data.len() as u64);
+                let moved = r.rms_move_px;
+                Ok((rank.plan.tile, s.object, s.probe, centres, moved, down))
             },
         )
     };
@@ -1876,6 +1992,14 @@ fn emulated_position_correction_on_pbtio3() {
             one.4
         );
         assert!(one.4 > 1e-3, "{engine}: the positions did not move");
+        if engine == "gd" {
+            // gd kept the object and its sums on the device (the resident path): less came
+            // down in 5 iterations than the object sums of one gradients call per
+            // iteration (the probe sums, 24 K M² B per iteration, come down either way)
+            let (down, one_call) = one.5;
+            println!("gd: {down} B down in 5 iterations (one object-sized download: {one_call} B)");
+            assert!(down < 5 * one_call, "gd did not run on the resident object");
+        }
         assert!(
             dob < 1e-4 && dpr < 1e-4 && dpos < 1e-3,
             "{engine}: {dob:.2e} {dpr:.2e} {dpos:.2e}"
@@ -1888,7 +2012,7 @@ fn emulated_position_correction_on_pbtio3() {
         // the CPU's tiled run too, to tell a GPU defect from the data's own rounding
         for (label, emulated, single) in [("cpu", false, &cpu), ("emulated", true, &one)] {
             let (mut differ, mut probe_differ, mut centres) = (0usize, 0usize, Vec::new());
-            for (tile, o, p, c, _) in run(engine, [2, 2], emulated) {
+            for (tile, o, p, c, _, _) in run(engine, [2, 2], emulated) {
                 probe_differ += p.iter().zip(&single.2).filter(|(a, b)| a != b).count();
                 for y in tile.y0..tile.y1 {
                     for x in tile.x0..tile.x1 {

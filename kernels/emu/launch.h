@@ -68,5 +68,6 @@ extern "C" int emu_launch(const char* name, unsigned blocks, unsigned threads, v
     EMU_KERNEL(rect_add_d, false)
     EMU_KERNEL(col_max_d, false)
     EMU_KERNEL(update_object, false)
+    EMU_KERNEL(ratio_object, false)
     return 1;
 }

@@ -9,6 +9,7 @@
 //! to [`Resident::load_object`]; host-side values are [rows][columns] row-major, one plane
 //! (the GPU backends compute single-slice objects).
 
+use super::kernel::{DmStep, PositionGradient};
 use super::Selection;
 use crate::error::Result;
 use crate::physics::fft::Real;
@@ -47,6 +48,43 @@ pub trait Resident<T: Real>: Send + Sync {
         want_probe: bool,
         reset: bool,
     ) -> Result<f64>;
+
+    /// [`Resident::accumulate`] that also returns each selected position's loss gradient
+    /// with respect to its centre and its curvature (selection order), as
+    /// [`super::Compute::gradients_and_positions`] does; the sums are the same bits.
+    /// Errors: as [`Resident::accumulate`].
+    fn accumulate_with_positions(
+        &self,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        want_probe: bool,
+        reset: bool,
+    ) -> Result<(f64, Vec<PositionGradient>)>;
+
+    /// dm's pass ([`super::Compute::difference_map`], or error reduction's) over the
+    /// selected positions (a contiguous range) on the resident object: the backend's exit
+    /// waves updated, g_O = Σ P* ψ and D_O = Σ |P|² added to the resident sums (set to zero
+    /// first when `reset`). Returns Σ_j loss_j at the current state.
+    /// Errors: as [`super::Compute::difference_map`]; nothing loaded.
+    fn dm_accumulate(
+        &self,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        init: bool,
+        step: DmStep,
+        reset: bool,
+    ) -> Result<f64>;
+
+    /// dm's probe sums ([`super::Compute::probe_sums`]) over the selected positions (a
+    /// contiguous range) from the resident object and the backend's exit waves:
+    /// (ĝ_P [K][kx][ky], D_P [M, M] row-major).
+    /// Errors: as [`super::Compute::probe_sums`]; nothing loaded.
+    fn dm_probe_sums(&self, sel: Selection) -> Result<(Vec<Complex64>, Vec<f64>)>;
+
+    /// dm's overlap step on `r` ([`crate::engine::dm`], docs/algorithm.md §7):
+    /// O ← O + (g_O − D_O O) / (D_O + reg), formed in f64 and rounded to the working
+    /// precision. Errors: as [`Resident::sums_rect`].
+    fn ratio_update(&self, r: &Rect, reg: f64) -> Result<()>;
 
     /// The resident probe sums (ĝ_P [K][kx][ky], D_P [M, M] row-major).
     /// Errors: no probe sums accumulated since the last reset; a device failure.

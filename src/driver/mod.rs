@@ -433,7 +433,7 @@ impl<'a> RankRun<'a> {
     /// Copy a backend-resident object back into the host state ([`engine::resident::sync`]).
     fn sync(&mut self) -> Result<()> {
         let c = &mut self.carry;
-        engine::resident::sync(&self.problem, &mut c.state, &mut c.engines.gd)
+        engine::resident::sync_all(&self.problem, &mut c.state, &mut c.engines)
     }
 
     /// This rank's object and probe after the iterations run so far, ending the run (the

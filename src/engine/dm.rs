@@ -30,7 +30,7 @@ use super::exchange::{
     probe_from_hat, refresh_halo, tile_indices, TAG_OBJECT,
 };
 use super::gd::{Options, PRECONDITIONER_DELTA};
-use super::{IterStats, Problem, Rank, State};
+use super::{resident, Decomposition, IterStats, Problem, Rank, State};
 use crate::backend::kernel::{probe_spectrum, DmStep, Gradients};
 use crate::backend::Selection;
 use crate::error::Result;
@@ -52,6 +52,9 @@ pub struct DmState<T> {
     /// before a checkpoint is written ([`sync_for_checkpoint`]) or by a resume, and handed
     /// to the backend (then emptied) at the next iteration. Empty otherwise.
     pub exit_waves: Vec<Complex<T>>,
+    /// The backend's resident object ([`crate::backend::Compute::resident`]) is newer than
+    /// `State::object` ([`super::resident::sync_all`] copies it back). Not checkpointed.
+    pub resident: bool,
 }
 
 /// Before a checkpoint: copy the backend's exit waves into `ds.exit_waves` if this dm stage
@@ -94,6 +97,46 @@ pub fn iterate<T: Real>(
     }
     let init = !ds.started;
     let ph = probe_spectrum(&p.kernel.fft, &s.probe);
+    if let Some(r) = p
+        .compute
+        .resident()
+        .filter(|_| rank.mode == Decomposition::Tiled)
+    {
+        // the object and its sums stay in the backend; only rectangles cross
+        if !ds.resident {
+            r.load_object(&s.object)?;
+            ds.resident = true;
+        }
+        let mut loss = resident::halo_first(p, r, rank, &mut st, |sel, reset| {
+            r.dm_accumulate(&ph, sel, init, step, reset)
+        })?;
+        ds.started = true;
+        let mut t = Instant::now();
+        let mut mx = [loss];
+        rank.comm.allreduce_sum(&mut mx)?;
+        loss = mx[0];
+        st.wait_s += lap(&mut t);
+        st.loss = loss;
+        let dmax = resident::global_max_d(r, rank, &mut st)?;
+        r.ratio_update(
+            &rank.plan.tile,
+            PRECONDITIONER_DELTA * dmax + f64::MIN_POSITIVE,
+        )?;
+        st.compute_s += lap(&mut t);
+        resident::refresh_halo(r, rank, &mut st)?;
+        if update_probe {
+            let mut t = Instant::now();
+            let mut gp = Gradients::zeros([0, 0], [0, 0], 1, None);
+            (gp.g_probe_hat, gp.d_probe) =
+                r.dm_probe_sums(Selection::Range(0..p.positions.len()))?;
+            st.compute_s += lap(&mut t);
+            probe_step(p, s, gp, rank, &mut st)?;
+        }
+        finish_sends(rank, &mut st)?;
+        return Ok(st);
+    }
+    // the host path: the object must be the current one
+    resident::sync_flag(p, s, &mut ds.resident)?;
     let object = &s.object;
     let g = halo_first_sums(
         p,
@@ -112,18 +155,32 @@ pub fn iterate<T: Real>(
     overlap_update(p, s, &g, &rank.plan.tile, dmax);
     st.compute_s += lap(&mut t);
     refresh_halo(&mut s.object, rank, TAG_OBJECT, &mut st)?;
-    let mut t = Instant::now();
     if update_probe {
-        let sel = Selection::Range(0..p.positions.len());
-        let mut gp = p.compute.probe_sums(&s.object, sel)?;
+        let mut t = Instant::now();
+        let all = Selection::Range(0..p.positions.len());
+        let gp = p.compute.probe_sums(&s.object, all)?;
         st.compute_s += lap(&mut t);
-        allreduce_probe_sums(&mut gp, rank.comm)?;
-        st.wait_s += lap(&mut t);
-        overlap_update(p, s, &gp, &rank.plan.tile, 0.0);
-        st.compute_s += lap(&mut t);
+        probe_step(p, s, gp, rank, &mut st)?;
     }
     finish_sends(rank, &mut st)?;
     Ok(st)
+}
+
+/// The probe half of the overlap step: this rank's probe sums `gp` (dm's, over all of its
+/// positions with the updated object) all-reduced, then the probe update.
+fn probe_step<T: Real>(
+    p: &Problem<T>,
+    s: &mut State<T>,
+    mut gp: Gradients<T>,
+    rank: &mut Rank,
+    st: &mut IterStats,
+) -> Result<()> {
+    let mut t = Instant::now();
+    allreduce_probe_sums(&mut gp, rank.comm)?;
+    st.wait_s += lap(&mut t);
+    overlap_update(p, s, &gp, &rank.plan.tile, 0.0);
+    st.compute_s += lap(&mut t);
+    Ok(())
 }
 
 /// The overlap step from complete sums: object on `tile` if its sums are present (`dmax`

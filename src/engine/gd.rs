@@ -133,8 +133,11 @@ pub fn iterate<T: Real>(
             r.load_object(&s.object)?;
             gs.resident = true;
         }
-        let g = resident::sum_gradients(p, r, &s.probe, update_probe, rank, &mut st)?;
+        let want_positions = o.positions_at(iteration);
+        let mut g =
+            resident::sum_gradients(p, r, &s.probe, update_probe, want_positions, rank, &mut st)?;
         st.loss += g.loss;
+        st.positions.append(&mut g.g_pos);
         let dmax = resident::global_max_d(r, rank, &mut st)?;
         let mut t = Instant::now();
         let (alpha, delta) = step_sizes(o, 1.0);
@@ -201,18 +204,16 @@ pub fn iterate<T: Real>(
 }
 
 /// The backend's resident object store, where gd uses it: a backend that has one (GPUs),
-/// the tiled full-batch mode of a single-slice object without position refinement. Else
-/// `None`: gd works on the host arrays (the CPU, and the other modes on GPUs).
+/// the tiled full-batch mode of a single-slice object (with or without position
+/// refinement). Else `None`: gd works on the host arrays (the CPU, and the other modes on
+/// GPUs).
 fn resident_backend<'p, T: Real>(
     p: &'p Problem<T>,
     s: &State<T>,
     o: &Options,
     rank: &Rank,
 ) -> Option<&'p dyn Resident<T>> {
-    let plain = rank.mode == Decomposition::Tiled
-        && o.batches == 1
-        && o.positions_from.is_none()
-        && s.object.planes() == 1;
+    let plain = rank.mode == Decomposition::Tiled && o.batches == 1 && s.object.planes() == 1;
     p.compute.resident().filter(|_| plain)
 }
 

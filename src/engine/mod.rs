@@ -428,7 +428,7 @@ pub fn iterate<T: Real>(
     let engine = set.engine_at(iteration);
     if iteration > 0 && set.engine_at(iteration - 1) != engine {
         // the next engine works on the host object
-        resident::sync(p, s, &mut es.gd)?;
+        resident::sync_all(p, s, es)?;
         *es = EngineState::default();
     }
     match engine {

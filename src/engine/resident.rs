@@ -12,7 +12,7 @@ use super::exchange::{
     split_gradient_message, TAG_GRADIENT, TAG_OBJECT,
 };
 use super::gd::GdState;
-use super::{IterStats, Problem, Rank, State};
+use super::{EngineState, IterStats, Problem, Rank, State};
 use crate::backend::kernel::{probe_spectrum, Gradients};
 use crate::backend::resident::Resident;
 use crate::backend::Selection;
@@ -27,11 +27,25 @@ use std::time::Instant;
 ///
 /// Errors: a device failure.
 pub fn sync<T: Real>(p: &Problem<T>, s: &mut State<T>, gs: &mut GdState) -> Result<()> {
-    if gs.resident {
+    sync_flag(p, s, &mut gs.resident)
+}
+
+/// [`sync`] for every engine that keeps the object in the backend (gd, dm).
+///
+/// Errors: a device failure.
+pub fn sync_all<T: Real>(p: &Problem<T>, s: &mut State<T>, es: &mut EngineState<T>) -> Result<()> {
+    sync_flag(p, s, &mut es.gd.resident)?;
+    sync_flag(p, s, &mut es.dm.resident)
+}
+
+/// Copy the resident object into `s.object` if `newer` says the backend's copy is newer,
+/// and clear it.
+pub(super) fn sync_flag<T: Real>(p: &Problem<T>, s: &mut State<T>, newer: &mut bool) -> Result<()> {
+    if *newer {
         if let Some(r) = p.compute.resident() {
             r.store_object(&mut s.object)?;
         }
-        gs.resident = false;
+        *newer = false;
     }
     Ok(())
 }
@@ -40,7 +54,9 @@ pub fn sync<T: Real>(p: &Problem<T>, s: &mut State<T>, gs: &mut GdState) -> Resu
 /// positions, tiled): the halo positions' sums, their rectangles sent to the owners, the
 /// interior positions' sums, the neighbours' rectangles added, the probe sums and the loss
 /// all-reduced. The object sums stay in the backend, complete on the tile; the returned
-/// [`Gradients`] carry only the probe sums and the loss (its object fields are empty).
+/// [`Gradients`] carry only the probe sums, the loss and, with `want_positions`, this
+/// rank's positions' terms for position correction (halo positions first, as
+/// [`super::gd::sum_gradients`]; its object fields are empty).
 ///
 /// Errors: a failed peer or transport (naming the peer rank), a backend failure.
 pub fn sum_gradients<T: Real>(
@@ -48,19 +64,57 @@ pub fn sum_gradients<T: Real>(
     r: &dyn Resident<T>,
     probe: &[Complex<T>],
     want_probe: bool,
+    want_positions: bool,
     rank: &mut Rank,
     st: &mut IterStats,
 ) -> Result<Gradients<T>> {
-    let mut t = Instant::now();
     let ph = probe_spectrum(&p.kernel.fft, probe);
+    let mut g_pos = Vec::new();
+    let loss = halo_first(p, r, rank, st, |sel, reset| {
+        if !want_positions {
+            return r.accumulate(&ph, sel, want_probe, reset);
+        }
+        let (loss, mut pos) = r.accumulate_with_positions(&ph, sel, want_probe, reset)?;
+        g_pos.append(&mut pos);
+        Ok(loss)
+    })?;
+    let mut t = Instant::now();
     let n = p.positions.len();
-    let mut loss = r.accumulate(&ph, Selection::Range(0..p.n_halo), want_probe, true)?;
+    let probe_dims = want_probe.then_some((p.kernel.modes, probe.len() / p.kernel.modes));
+    let mut g = Gradients::zeros([0, 0], [0, 0], 1, probe_dims);
+    if want_probe && n > 0 {
+        (g.g_probe_hat, g.d_probe) = r.probe_sums()?;
+    }
+    g.loss = loss;
+    g.g_pos = g_pos;
+    st.comm_s += lap(&mut t);
+    allreduce_probe_sums(&mut g, rank.comm)?;
+    st.wait_s += lap(&mut t);
+    Ok(g)
+}
+
+/// Steps 1–4 on the resident sums: `acc` (the backend's pass, its sums added to the
+/// resident ones, set to zero first when its flag says so) over the halo positions, their
+/// rectangles posted to the owners, `acc` over the interior positions, the neighbours'
+/// rectangles added as they arrive. Returns this rank's Σ loss (not yet all-reduced).
+///
+/// Errors: a failed peer or transport (naming the peer rank), a backend failure.
+pub fn halo_first<T: Real>(
+    p: &Problem<T>,
+    r: &dyn Resident<T>,
+    rank: &mut Rank,
+    st: &mut IterStats,
+    mut acc: impl FnMut(Selection, bool) -> Result<f64>,
+) -> Result<f64> {
+    let mut t = Instant::now();
+    let n = p.positions.len();
+    let mut loss = acc(Selection::Range(0..p.n_halo), true)?;
     st.compute_s += lap(&mut t);
     if rank.overlap {
         post_halo_sums(r, rank)?;
         st.comm_s += lap(&mut t);
     }
-    loss += r.accumulate(&ph, Selection::Range(p.n_halo..n), want_probe, false)?;
+    loss += acc(Selection::Range(p.n_halo..n), false)?;
     st.compute_s += lap(&mut t);
     if !rank.overlap {
         post_halo_sums(r, rank)?;
@@ -74,16 +128,7 @@ pub fn sum_gradients<T: Real>(
         r.add_sums_rect(&tr.rect, &g, &d)?;
         st.comm_s += lap(&mut t);
     }
-    let probe_dims = want_probe.then_some((p.kernel.modes, probe.len() / p.kernel.modes));
-    let mut g = Gradients::zeros([0, 0], [0, 0], 1, probe_dims);
-    if want_probe && n > 0 {
-        (g.g_probe_hat, g.d_probe) = r.probe_sums()?;
-    }
-    g.loss = loss;
-    st.comm_s += lap(&mut t);
-    allreduce_probe_sums(&mut g, rank.comm)?;
-    st.wait_s += lap(&mut t);
-    Ok(g)
+    Ok(loss)
 }
 
 /// Step 2: post the halo rectangles of the resident sums to their owners (g_O then D_O,

@@ -104,6 +104,8 @@ kernels! {
     col_max_d(out: p, d_t: p, h: i, y0: i, x0: i, rh: i, rw: i);
     /// `update_object` of kernels/ptycho.cu.
     update_object(obj_t: p, g_t: p, d_t: p, h: i, y0: i, x0: i, rh: i, rw: i, alpha: d, planes: d, reg: d);
+    /// `ratio_object` of kernels/ptycho.cu.
+    ratio_object(obj_t: p, g_t: p, d_t: p, h: i, y0: i, x0: i, rh: i, rw: i, reg: d);
 }
 
 #[cfg(test)]

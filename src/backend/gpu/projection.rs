@@ -1,8 +1,9 @@
 //! The difference map's exit-wave step and probe sums and the sequential ePIE/rPIE sweep on
 //! a GPU (the projection engines' [`crate::backend::Compute`] operations; docs/gpu.md).
 
-use super::device::Device;
+use super::device::{DPtr, Device};
 use super::launch;
+use super::memory::State;
 use super::{blocks, Gpu};
 use crate::backend::kernel::{DmStep, Gradients};
 use crate::backend::pie::PieStep;
@@ -21,8 +22,6 @@ impl<T: Real, D: Device> Gpu<T, D> {
         init: bool,
         step: DmStep,
     ) -> Result<Gradients<T>> {
-        let (m, k) = (self.m, self.modes);
-        let kmm = k * m * m;
         self.with(|st| {
             sel.check(self.positions.len())?;
             let first = crate::backend::exit_range(&sel)?.start;
@@ -30,24 +29,8 @@ impl<T: Real, D: Device> Gpu<T, D> {
             if sel.is_empty() {
                 return Ok(out);
             }
-            if !st.has_exit {
-                if !init {
-                    return Err(Error::new(
-                        self.name,
-                        "no exit waves yet (dm starts with init)",
-                    ));
-                }
-                // every selected wave is set by `init` before it is read; the others wait
-                // for their own first pass
-                let bytes = self.positions.len() * kmm * 8;
-                let exit = st.exit_buffer(bytes)?;
-                st.dev.zero(exit, bytes)?;
-                st.has_exit = true;
-            }
-            let geo = self.geo(st, obj, true)?;
-            let exit = st.exit.ptr + (first * kmm * 8) as u64;
+            self.geo(st, obj, true)?;
             let (staged, wins) = self.stage(st, obj, Some(probe_hat), &sel)?;
-            let [obj_t, _, idx, win] = staged;
             let [h, w] = obj.shape;
             let ns = sel.len();
             let g_t = st.buf("g_t", h * w * 16)?;
@@ -55,60 +38,74 @@ impl<T: Real, D: Device> Gpu<T, D> {
             let loss = st.buf("loss", ns * 8)?;
             st.dev.zero(g_t, h * w * 16)?;
             st.dev.zero(d_t, h * w * 8)?;
-            let x = st.buf("dm_x", self.batch * kmm * 8)?;
-            let sc2 = 1.0 / (m * m) as f32;
-            let g = st.weights.map_or(0, |b| b.ptr);
-            let er = step.error_reduction;
-            let fisher = crate::physics::model::fisher_scale(self.noise) as f32;
-            for s in (0..ns).step_by(self.batch) {
-                let nb = self.batch.min(ns - s);
-                let n = nb * kmm;
-                let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
-                let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
-                // this batch's exit waves, resident ([x][y] per mode, like every wave here)
-                let ev = exit + (s * kmm * 8) as u64;
-                self.forward(st, staged, geo, s, nb)?;
-                if !er {
-                    launch::dm_prepare(
-                        &mut st.dev,
-                        blocks(n),
-                        x,
-                        ev,
-                        p,
-                        obj_t,
-                        win_b,
-                        h,
-                        m,
-                        k,
-                        nb,
-                        init as usize,
-                    )?;
-                    st.fft(x, m, nb * k, full, false)?;
-                }
-                launch::fourier_step(
-                    &mut st.dev,
-                    nb,
-                    psi,
-                    x,
-                    loss + 8 * s as u64,
-                    st.meas.ptr,
-                    g,
-                    idx_b,
-                    m,
-                    k,
-                    self.noise_code(),
-                    self.eps,
-                    sc2,
-                    step.gamma as f32,
-                    er as usize,
-                    fisher,
-                )?;
-                let far = if er { psi } else { x };
-                st.fft(far, m, nb * k, full, true)?;
-                launch::dm_update(
+            self.dm_sums(st, staged, &wins, h, [g_t, d_t], loss, first, init, step)?;
+            self.download_object_sums(st, [g_t, d_t], obj.shape, &mut out)?;
+            out.loss = self.download_loss(st, loss, ns)?;
+            Ok(out)
+        })
+    }
+
+    /// dm's pass (or error reduction's) over the staged selection ([`Gpu::stage`]; `wins`
+    /// its windows on the host, object of column height `h`) whose exit waves start at
+    /// position `first`: the exit waves updated on the device, Σ P* ψ and Σ |P|² added to
+    /// [g_T, d_T], each position's loss written at `loss`. Starts the exit waves (from
+    /// P O) with `init`. Errors: no exit waves yet without `init`; a device failure.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn dm_sums(
+        &self,
+        st: &mut State<D>,
+        staged: [DPtr; 4],
+        wins: &[[i32; 2]],
+        h: usize,
+        [g_t, d_t]: [DPtr; 2],
+        loss: DPtr,
+        first: usize,
+        init: bool,
+        step: DmStep,
+    ) -> Result<()> {
+        let (m, k) = (self.m, self.modes);
+        let kmm = k * m * m;
+        if !st.has_exit {
+            if !init {
+                return Err(Error::new(
+                    self.name,
+                    "no exit waves yet (dm starts with init)",
+                ));
+            }
+            // every selected wave is set by `init` before it is read; the others wait
+            // for their own first pass
+            let bytes = self.positions.len() * kmm * 8;
+            let exit = st.exit_buffer(bytes)?;
+            st.dev.zero(exit, bytes)?;
+            st.has_exit = true;
+        }
+        let geo = super::Geo {
+            h,
+            plane: 0,
+            planes: 1,
+            batch: self.batch,
+        };
+        let exit = st.exit.ptr + (first * kmm * 8) as u64;
+        let [obj_t, _, idx, win] = staged;
+        let ns = wins.len();
+        let x = st.buf("dm_x", self.batch * kmm * 8)?;
+        let sc2 = 1.0 / (m * m) as f32;
+        let g = st.weights.map_or(0, |b| b.ptr);
+        let er = step.error_reduction;
+        let fisher = crate::physics::model::fisher_scale(self.noise) as f32;
+        for s in (0..ns).step_by(self.batch) {
+            let nb = self.batch.min(ns - s);
+            let n = nb * kmm;
+            let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
+            let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
+            // this batch's exit waves, resident ([x][y] per mode, like every wave here)
+            let ev = exit + (s * kmm * 8) as u64;
+            self.forward(st, staged, geo, s, nb)?;
+            if !er {
+                launch::dm_prepare(
                     &mut st.dev,
                     blocks(n),
-                    far,
+                    x,
                     ev,
                     p,
                     obj_t,
@@ -117,15 +114,48 @@ impl<T: Real, D: Device> Gpu<T, D> {
                     m,
                     k,
                     nb,
-                    er as usize,
-                    step.beta as f32,
+                    init as usize,
                 )?;
-                self.gather(st, [g_t, d_t], [far, p], win_b, &wins[s..s + nb], h)?;
+                st.fft(x, m, nb * k, full, false)?;
             }
-            self.download_object_sums(st, [g_t, d_t], obj.shape, &mut out)?;
-            out.loss = self.download_loss(st, loss, ns)?;
-            Ok(out)
-        })
+            launch::fourier_step(
+                &mut st.dev,
+                nb,
+                psi,
+                x,
+                loss + 8 * s as u64,
+                st.meas.ptr,
+                g,
+                idx_b,
+                m,
+                k,
+                self.noise_code(),
+                self.eps,
+                sc2,
+                step.gamma as f32,
+                er as usize,
+                fisher,
+            )?;
+            let far = if er { psi } else { x };
+            st.fft(far, m, nb * k, full, true)?;
+            launch::dm_update(
+                &mut st.dev,
+                blocks(n),
+                far,
+                ev,
+                p,
+                obj_t,
+                win_b,
+                h,
+                m,
+                k,
+                nb,
+                er as usize,
+                step.beta as f32,
+            )?;
+            self.gather(st, [g_t, d_t], [far, p], win_b, &wins[s..s + nb], h)?;
+        }
+        Ok(())
     }
 
     pub(super) fn dm_probe_sums(
@@ -137,46 +167,62 @@ impl<T: Real, D: Device> Gpu<T, D> {
         let (mm, kmm) = (m * m, k * m * m);
         self.with(|st| {
             sel.check(self.positions.len())?;
-            let first = crate::backend::exit_range(&sel)?.start;
             let mut out = Gradients::zeros([0, 0], [0, 0], 1, Some((k, mm)));
             if sel.is_empty() {
                 return Ok(out);
             }
-            if !st.has_exit {
-                return Err(Error::new(self.name, "no exit waves yet"));
-            }
             self.geo(st, obj, true)?;
-            let exit = st.exit.ptr + (first * kmm * 8) as u64;
             let ([obj_t, _, idx, win], _) = self.stage(st, obj, None, &sel)?;
-            let h = obj.shape[0];
             let gp = st.buf("gp", kmm * 16)?;
             let dp_t = st.buf("dp_t", mm * 8)?;
             st.dev.zero(gp, kmm * 16)?;
             st.dev.zero(dp_t, mm * 8)?;
-            let ns = sel.len();
-            for s in (0..ns).step_by(self.batch) {
-                let nb = self.batch.min(ns - s);
-                let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
-                let (psi, full) = (st.psi.ptr, self.batch * k);
-                let bytes = nb * kmm * 8;
-                st.dev.copy(psi, exit + (s * kmm * 8) as u64, bytes)?;
-                launch::conj_object(
-                    &mut st.dev,
-                    blocks(nb * kmm),
-                    psi,
-                    obj_t,
-                    win_b,
-                    h,
-                    m,
-                    k,
-                    nb,
-                )?;
-                st.fft(psi, m, nb * k, full, false)?;
-                self.add_probe_sums(st, [gp, dp_t], [psi, obj_t], [idx_b, win_b], h, nb)?;
-            }
+            self.dm_probe_batches(st, [obj_t, idx, win], obj.shape[0], &sel, [gp, dp_t])?;
             self.download_probe_sums(st, [gp, dp_t], &mut out)?;
             Ok(out)
         })
+    }
+
+    /// dm's probe sums over the selection (indices `idx`, windows `win` on the device, the
+    /// object objT of column height `h`) from its exit waves, added to [g_P̂, d_P^T].
+    /// Errors: no exit waves yet; a selection that is not a range; a device failure.
+    pub(super) fn dm_probe_batches(
+        &self,
+        st: &mut State<D>,
+        [obj_t, idx, win]: [DPtr; 3],
+        h: usize,
+        sel: &Selection,
+        [gp, dp_t]: [DPtr; 2],
+    ) -> Result<()> {
+        let (m, k) = (self.m, self.modes);
+        let kmm = k * m * m;
+        let first = crate::backend::exit_range(sel)?.start;
+        if !st.has_exit {
+            return Err(Error::new(self.name, "no exit waves yet"));
+        }
+        let exit = st.exit.ptr + (first * kmm * 8) as u64;
+        let ns = sel.len();
+        for s in (0..ns).step_by(self.batch) {
+            let nb = self.batch.min(ns - s);
+            let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
+            let (psi, full) = (st.psi.ptr, self.batch * k);
+            let bytes = nb * kmm * 8;
+            st.dev.copy(psi, exit + (s * kmm * 8) as u64, bytes)?;
+            launch::conj_object(
+                &mut st.dev,
+                blocks(nb * kmm),
+                psi,
+                obj_t,
+                win_b,
+                h,
+                m,
+                k,
+                nb,
+            )?;
+            st.fft(psi, m, nb * k, full, false)?;
+            self.add_probe_sums(st, [gp, dp_t], [psi, obj_t], [idx_b, win_b], h, nb)?;
+        }
+        Ok(())
     }
 
     pub(super) fn copy_exit_waves(&self) -> Result<Vec<Complex<T>>> {

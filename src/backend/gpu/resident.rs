@@ -10,6 +10,7 @@ use super::device::{blocks, DPtr, Device};
 use super::launch;
 use super::memory::{bytes_of, State};
 use super::Gpu;
+use crate::backend::kernel::{DmStep, PositionGradient};
 use crate::backend::resident::Resident;
 use crate::backend::Selection;
 use crate::error::{Error, Result};
@@ -72,6 +73,86 @@ impl Geom {
 }
 
 impl<T: Real, D: Device> Gpu<T, D> {
+    /// [`Resident::accumulate`], with `want_positions` also the per-position terms.
+    fn res_accumulate(
+        &self,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        want_probe: bool,
+        reset: bool,
+        want_positions: bool,
+    ) -> Result<(f64, Vec<PositionGradient>)> {
+        let (m, k) = (self.m, self.modes);
+        let mm = m * m;
+        self.with(|st| {
+            let (res, [obj_t, g_t, d_t]) = self.res(st)?;
+            let [h, w] = res.shape;
+            let gp = st.buf("res_gp", k * mm * 16)?;
+            let dp_t = st.buf("res_dp_t", mm * 8)?;
+            if reset {
+                st.dev.zero(g_t, h * w * 16)?;
+                st.dev.zero(d_t, h * w * 8)?;
+                st.dev.zero(gp, k * mm * 16)?;
+                st.dev.zero(dp_t, mm * 8)?;
+                st.res.as_mut().expect("checked").probe = false;
+            }
+            if sel.is_empty() {
+                return Ok((0.0, Vec::new()));
+            }
+            let ph = self.res_probe_hat(st, probe_hat)?;
+            let ([idx, win], wins) = self.res_selection(st, &sel)?;
+            let loss = st.buf("loss", wins.len() * 8)?;
+            let terms = match want_positions {
+                true => Some(st.buf("position_terms", wins.len() * 32)?),
+                false => None,
+            };
+            let staged = [obj_t, ph, idx, win];
+            let geo = super::Geo {
+                h,
+                plane: h * w,
+                planes: 1,
+                batch: self.batch,
+            };
+            self.sum_pass(
+                st,
+                staged,
+                &wins,
+                geo,
+                [g_t, d_t, gp, dp_t],
+                loss,
+                want_probe,
+                terms,
+            )?;
+            let ns = wins.len();
+            if want_probe {
+                st.res.as_mut().expect("checked").probe = true;
+            }
+            let pos = match terms {
+                Some(t) => self.download_position_terms(st, t, &sel)?,
+                None => Vec::new(),
+            };
+            Ok((self.download_loss(st, loss, ns)?, pos))
+        })
+    }
+
+    /// Run `f` on the resident buffers [objT, g_T, d_T], the field's column height and `r`
+    /// relative to the field (row, column, rows, cols), unless `r` is empty.
+    /// Errors: `r` outside the field; nothing loaded; a device failure.
+    fn on_rect(
+        &self,
+        r: &Rect,
+        f: impl FnOnce(&mut State<D>, [DPtr; 3], usize, [usize; 4]) -> Result<()>,
+    ) -> Result<()> {
+        self.with(|st| {
+            let (res, bufs) = self.res(st)?;
+            let at = res.local(r)?;
+            if at[2] * at[3] == 0 {
+                return Ok(());
+            }
+            f(st, bufs, res.shape[0], at)
+        })
+    }
+
     /// The resident field's description and its device buffers [objT, g_T, d_T].
     fn res(&self, st: &mut State<D>) -> Result<(Geom, [DPtr; 3])> {
         let geom = match &st.res {
@@ -219,49 +300,19 @@ impl<T: Real, D: Device> Resident<T> for Gpu<T, D> {
         want_probe: bool,
         reset: bool,
     ) -> Result<f64> {
-        let (m, k) = (self.m, self.modes);
-        let mm = m * m;
-        self.with(|st| {
-            let (res, [obj_t, g_t, d_t]) = self.res(st)?;
-            let [h, w] = res.shape;
-            let gp = st.buf("res_gp", k * mm * 16)?;
-            let dp_t = st.buf("res_dp_t", mm * 8)?;
-            if reset {
-                st.dev.zero(g_t, h * w * 16)?;
-                st.dev.zero(d_t, h * w * 8)?;
-                st.dev.zero(gp, k * mm * 16)?;
-                st.dev.zero(dp_t, mm * 8)?;
-                st.res.as_mut().expect("checked").probe = false;
-            }
-            if sel.is_empty() {
-                return Ok(0.0);
-            }
-            let ph = self.res_probe_hat(st, probe_hat)?;
-            let ([idx, win], wins) = self.res_selection(st, &sel)?;
-            let loss = st.buf("loss", wins.len() * 8)?;
-            let staged = [obj_t, ph, idx, win];
-            let geo = super::Geo {
-                h,
-                plane: h * w,
-                planes: 1,
-                batch: self.batch,
-            };
-            self.sum_pass(
-                st,
-                staged,
-                &wins,
-                geo,
-                [g_t, d_t, gp, dp_t],
-                loss,
-                want_probe,
-                None,
-            )?;
-            let ns = wins.len();
-            if want_probe {
-                st.res.as_mut().expect("checked").probe = true;
-            }
-            self.download_loss(st, loss, ns)
-        })
+        Ok(self
+            .res_accumulate(probe_hat, sel, want_probe, reset, false)?
+            .0)
+    }
+
+    fn accumulate_with_positions(
+        &self,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        want_probe: bool,
+        reset: bool,
+    ) -> Result<(f64, Vec<PositionGradient>)> {
+        self.res_accumulate(probe_hat, sel, want_probe, reset, true)
     }
 
     fn probe_sums(&self) -> Result<(Vec<Complex64>, Vec<f64>)> {
@@ -342,13 +393,7 @@ impl<T: Real, D: Device> Resident<T> for Gpu<T, D> {
     }
 
     fn update_object(&self, r: &Rect, alpha: f64, planes: f64, reg: f64) -> Result<()> {
-        self.with(|st| {
-            let (res, [obj_t, g_t, d_t]) = self.res(st)?;
-            let h = res.shape[0];
-            let [y0, x0, rh, rw] = res.local(r)?;
-            if rh * rw == 0 {
-                return Ok(());
-            }
+        self.on_rect(r, |st, [obj_t, g_t, d_t], h, [y0, x0, rh, rw]| {
             launch::update_object(
                 &mut st.dev,
                 blocks(rh * rw),
@@ -362,6 +407,73 @@ impl<T: Real, D: Device> Resident<T> for Gpu<T, D> {
                 rw,
                 alpha,
                 planes,
+                reg,
+            )
+        })
+    }
+
+    fn dm_accumulate(
+        &self,
+        probe_hat: &[Complex<T>],
+        sel: Selection,
+        init: bool,
+        step: DmStep,
+        reset: bool,
+    ) -> Result<f64> {
+        self.with(|st| {
+            let (res, [obj_t, g_t, d_t]) = self.res(st)?;
+            let [h, w] = res.shape;
+            if reset {
+                st.dev.zero(g_t, h * w * 16)?;
+                st.dev.zero(d_t, h * w * 8)?;
+            }
+            let first = crate::backend::exit_range(&sel)?.start;
+            if sel.is_empty() {
+                return Ok(0.0);
+            }
+            let ph = self.res_probe_hat(st, probe_hat)?;
+            let ([idx, win], wins) = self.res_selection(st, &sel)?;
+            let loss = st.buf("loss", wins.len() * 8)?;
+            let staged = [obj_t, ph, idx, win];
+            self.dm_sums(st, staged, &wins, h, [g_t, d_t], loss, first, init, step)?;
+            self.download_loss(st, loss, wins.len())
+        })
+    }
+
+    fn dm_probe_sums(&self, sel: Selection) -> Result<(Vec<Complex64>, Vec<f64>)> {
+        let (m, k) = (self.m, self.modes);
+        let mm = m * m;
+        self.with(|st| {
+            let (res, [obj_t, _, _]) = self.res(st)?;
+            let gp = st.buf("res_gp", k * mm * 16)?;
+            let dp_t = st.buf("res_dp_t", mm * 8)?;
+            st.dev.zero(gp, k * mm * 16)?;
+            st.dev.zero(dp_t, mm * 8)?;
+            st.res.as_mut().expect("checked").probe = false;
+            let mut out =
+                crate::backend::kernel::Gradients::<T>::zeros([0, 0], [0, 0], 1, Some((k, mm)));
+            if !sel.is_empty() {
+                let ([idx, win], _) = self.res_selection(st, &sel)?;
+                self.dm_probe_batches(st, [obj_t, idx, win], res.shape[0], &sel, [gp, dp_t])?;
+            }
+            self.download_probe_sums(st, [gp, dp_t], &mut out)?;
+            Ok((out.g_probe_hat, out.d_probe))
+        })
+    }
+
+    fn ratio_update(&self, r: &Rect, reg: f64) -> Result<()> {
+        self.on_rect(r, |st, [obj_t, g_t, d_t], h, [y0, x0, rh, rw]| {
+            launch::ratio_object(
+                &mut st.dev,
+                blocks(rh * rw),
+                obj_t,
+                g_t,
+                d_t,
+                h,
+                y0,
+                x0,
+                rh,
+                rw,
                 reg,
             )
         })
