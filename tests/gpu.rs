@@ -746,8 +746,9 @@ fn hip_projection_ops_match_cpu() {
 /// - `update_object` equals gd's step on the host bit for bit (same f64 operations);
 /// - `accumulate_with_positions` gives the same sums, and the position terms of
 ///   `gradients_and_positions` (bit for bit; the CPU's within 1e-4);
-/// - `dm_accumulate`, `dm_probe_sums` give dm's sums through `Compute` (three passes),
-///   `ratio_update` dm's overlap step on the host bit for bit.
+/// - `dm_accumulate`, `dm_probe_sums` give dm's sums through `Compute` (three passes) and
+///   upload nothing in a later round (the selections stay cached), `ratio_update` dm's
+///   overlap step on the host bit for bit.
 fn resident_ops_match_host(open: &Opener, label: &str) {
     use ptytile::engine::exchange::{extract, write_rect};
     use ptytile::tiling::Rect;
@@ -949,6 +950,21 @@ fn resident_ops_match_host(open: &Opener, label: &str) {
         gp == want.g_probe_hat && dp == want.d_probe,
         "{label}: dm probe sums"
     );
+    // a dm iteration's three selections (halo, interior, all) stay cached: another round
+    // with the same probe uploads nothing
+    let up = dev.bytes_moved()[0];
+    for (range, reset) in [(0..7, true), (7..n, false)] {
+        r.dm_accumulate(
+            &c.probe_hat,
+            Selection::Range(range),
+            false,
+            step(false),
+            reset,
+        )
+        .unwrap();
+    }
+    r.dm_probe_sums(Selection::Range(0..n)).unwrap();
+    assert_eq!(dev.bytes_moved()[0], up, "{label}: a dm round uploaded");
     let (g, d) = r.sums_rect(&inner).unwrap();
     let reg = 1e-3 * d.iter().fold(0.0f64, |a, b| a.max(*b));
     r.ratio_update(&inner, reg).unwrap();

@@ -19,9 +19,13 @@ use crate::physics::model::Field;
 use crate::tiling::Rect;
 use num_complex::{Complex, Complex64};
 
-/// Names of the cached selection buffers (indices, windows), two slots: gd alternates
-/// between its halo and its interior positions.
-const SLOTS: [[&str; 2]; 2] = [["res_idx0", "res_win0"], ["res_idx1", "res_win1"]];
+/// Names of the cached selection buffers (indices, windows), three slots: gd alternates
+/// between its halo and its interior positions, dm adds all positions (its probe sums).
+const SLOTS: [[&str; 2]; 3] = [
+    ["res_idx0", "res_win0"],
+    ["res_idx1", "res_win1"],
+    ["res_idx2", "res_win2"],
+];
 
 /// The resident field's rectangle: origin (row, column) and shape [rows, cols].
 #[derive(Clone, Copy, PartialEq)]
@@ -38,17 +42,18 @@ pub(crate) struct Res {
     /// The probe spectrum last uploaded (bytes), to skip unchanged uploads.
     probe_hat: Vec<u8>,
     /// The selections whose indices and windows are in the slots, and those windows.
-    sel: [Vec<usize>; 2],
-    win: [Vec<[i32; 2]>; 2],
-    /// The slot to replace next.
-    next: usize,
+    sel: [Vec<usize>; 3],
+    win: [Vec<[i32; 2]>; 3],
+    /// When each slot was last used (a call counter): the least recently used is replaced.
+    used: [u64; 3],
+    calls: u64,
 }
 
 impl Res {
     /// Drop the cached selections (their windows change with the positions).
     pub(crate) fn forget_selections(&mut self) {
-        self.sel = [Vec::new(), Vec::new()];
-        self.win = [Vec::new(), Vec::new()];
+        self.sel = Default::default();
+        self.win = Default::default();
     }
 }
 
@@ -193,7 +198,8 @@ impl<T: Real, D: Device> Gpu<T, D> {
         let res = st.res.as_ref().expect("callers check");
         let Geom { origin, shape } = res.geom;
         let hit = res.sel.iter().position(|s| *s == ix);
-        let slot = hit.unwrap_or(res.next);
+        let lru = (0..SLOTS.len()).min_by_key(|&i| res.used[i]).unwrap_or(0);
+        let slot = hit.unwrap_or(lru);
         let [ni, nw] = SLOTS[slot];
         let idx_d = st.buf(ni, ix.len() * 4)?;
         let win_d = st.buf(nw, ix.len() * 8)?;
@@ -205,8 +211,10 @@ impl<T: Real, D: Device> Gpu<T, D> {
             let res = st.res.as_mut().expect("callers check");
             res.sel[slot] = ix;
             res.win[slot] = win;
-            res.next = 1 - slot;
         }
+        let res = st.res.as_mut().expect("callers check");
+        res.calls += 1;
+        res.used[slot] = res.calls;
         let win = st.res.as_ref().expect("callers check").win[slot].clone();
         Ok(([idx_d, win_d], win))
     }
@@ -228,9 +236,10 @@ impl<T: Real, D: Device> Resident<T> for Gpu<T, D> {
                 },
                 probe: false,
                 probe_hat: Vec::new(),
-                sel: [Vec::new(), Vec::new()],
-                win: [Vec::new(), Vec::new()],
-                next: 0,
+                sel: Default::default(),
+                win: Default::default(),
+                used: [0; 3],
+                calls: 0,
             });
             let (_, [obj_t, ..]) = self.res(st)?;
             let [h, w] = obj.shape;
