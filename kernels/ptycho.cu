@@ -10,7 +10,7 @@
 // Per batch of nb positions (b), K probe modes (k), M x M pixels (i):
 //   idx[b]        the position's index into the rank's arrays (ramps, intensities)
 //   win[2b..2b+2] its window origin (row oy, column ox) in the object field
-//   P[b][k][i], psi[b][k][i]  batch buffers, complex f32
+//   P[b][k][i], psi[b][k][i]  batch buffers, complex `cf` (f32; f64 with PTY_F64, compat.h)
 // Sums (object gradient, preconditioners, probe gradient, loss) accumulate in f64.
 #include "compat.h"
 
@@ -19,7 +19,7 @@
 // cycles per pixel: the inverse FFT then gives dP/dc_y or dP/dc_x, the derivative of the
 // shifted probe with respect to the probe centre (position correction, docs/algorithm.md §14).
 PTY_KERNEL void shift_probe(cf* P, const cf* ph, const cf* ramp_y, const cf* ramp_x, const int* idx,
-                            int M, int K, int nb, float sc, int deriv) {
+                            int M, int K, int nb, real sc, int deriv) {
     long long t = gid();
     long long mm = (long long)M * M;
     if (t >= mm * K * nb) return;
@@ -33,8 +33,8 @@ PTY_KERNEL void shift_probe(cf* P, const cf* ph, const cf* ramp_y, const cf* ram
     if (deriv) {
         int f = deriv == 1 ? ky : kx;
         int q = f < (M + 1) / 2 ? f : f - M;
-        float w = (float)(-6.283185307179586 * q / M);
-        e = make_float2(-e.y * w, e.x * w);
+        real w = (real)(-6.283185307179586 * q / M);
+        e = make_cf(-e.y * w, e.x * w);
     }
     P[t] = c_mul(ph[k * mm + i], e);
 }
@@ -55,16 +55,16 @@ PTY_KERNEL void exit_wave(cf* psi, const cf* P, const cf* objT, const int* win, 
 
 // The noise model's loss l and weight w at one detector pixel (physics::model::residual):
 // measured counts m, model intensity iv (unitary), detector weight gq; w scaled by `scale`.
-__device__ __forceinline__ void noise_terms(int noise, float m, float iv, float eps, float gq, float scale,
-                                            float* l, float* w) {
+__device__ __forceinline__ void noise_terms(int noise, real m, real iv, real eps, real gq, real scale,
+                                            real* l, real* w) {
     if (noise == 1) {
         *l = iv * gq;
-        if (m > 0.0f) *l -= (m + m * logf((iv + eps) / m)) * gq;
+        if (m > 0.0f) *l -= (m + m * r_log((iv + eps) / m)) * gq;
         *w = (1.0f - m / (iv + eps)) * scale * gq;
     } else {
-        float a = sqrtf(iv + eps);
-        float sm = sqrtf(m + eps);
-        float d = a - sm;
+        real a = r_sqrt(iv + eps);
+        real sm = r_sqrt(m + eps);
+        real d = a - sm;
         *l = d * d * gq;
         *w = a > 0.0f ? (1.0f - sm / a) * scale * gq : 0.0f;
     }
@@ -89,7 +89,7 @@ __device__ __forceinline__ double block_sum(double v) {
 // psi <- (scale w g) psi in place, loss[b] = sum_i g l_i (f64).
 // noise: 0 = amplitude, 1 = Poisson. g == 0 (null) means all weights 1.
 PTY_KERNEL void residual(cf* psi, double* loss, const float* meas, const float* g, const int* idx,
-                         int M, int K, int noise, float eps, float isc, float scale) {
+                         int M, int K, int noise, real eps, real isc, real scale) {
     __shared__ double part[256];
     int b = blockIdx.x;
     long long mm = (long long)M * M;
@@ -97,10 +97,10 @@ PTY_KERNEL void residual(cf* psi, double* loss, const float* meas, const float* 
     cf* pb = psi + (long long)b * K * mm;
     double acc = 0.0;
     for (int i = threadIdx.x; i < mm; i += blockDim.x) {
-        float im = 0.0f;
+        real im = 0.0f;
         for (int k = 0; k < K; ++k) im += c_norm(pb[k * mm + i]);
-        float gq = g ? g[i] : 1.0f;
-        float l, w;
+        real gq = g ? g[i] : 1.0f;
+        real l, w;
         noise_terms(noise, mj[i], im * isc, eps, gq, scale, &l, &w);
         acc += (double)l;
         for (int k = 0; k < K; ++k) pb[k * mm + i] = c_scale(pb[k * mm + i], w);
@@ -149,7 +149,7 @@ PTY_KERNEL void gather_sums(double* gT, double* dT, const cf* psi, const cf* P, 
 // Probe gradient of one batch, one thread per (k, kx, ky), summed over the batch in f64:
 //   gp[k][kx][ky] += sum_b conj(e_y[ky] e_x[kx]) T_b[k][kx][ky] / M   (T = FFT_raw(conj(O) b))
 PTY_KERNEL void probe_grad(double* gp, const cf* psi, const cf* ramp_y, const cf* ramp_x, const int* idx,
-                           int M, int K, int nb, float sc) {
+                           int M, int K, int nb, real sc) {
     long long t = gid();
     long long mm = (long long)M * M;
     if (t >= mm * K) return;
@@ -241,12 +241,12 @@ PTY_KERNEL void propagate(cf* psi, const cf* h, int M, int K, int nb, int conj) 
 }
 
 // Model intensities out[b][kx][ky] = isc sum_k |Psi_raw[b][k][kx][ky]|^2.
-PTY_KERNEL void intensities(float* out, const cf* psi, int M, int K, int nb, float isc) {
+PTY_KERNEL void intensities(real* out, const cf* psi, int M, int K, int nb, real isc) {
     long long t = gid();
     long long mm = (long long)M * M;
     if (t >= mm * nb) return;
     long long b = t / mm, i = t % mm;
-    float im = 0.0f;
+    real im = 0.0f;
     for (int k = 0; k < K; ++k) im += c_norm(psi[(b * K + k) * mm + i]);
     out[t] = im * isc;
 }
@@ -271,13 +271,13 @@ PTY_KERNEL void transpose_d(double* out, const double* in, int rows, int cols, i
 
 // The relaxed modulus factor f (physics::model::relaxed_modulus): gamma in (0, 1], meas and
 // model unitary intensities; f = sqrt((meas + eps) / (model + eps)) at gamma = 1.
-__device__ __forceinline__ float relaxed_modulus(int noise, float gamma, float meas, float model, float eps) {
-    float den = model + eps;
+__device__ __forceinline__ real relaxed_modulus(int noise, real gamma, real meas, real model, real eps) {
+    real den = model + eps;
     if (den <= 0.0f) return 0.0f;
-    float r = (meas + eps) / den;
-    float c = 1.0f - gamma;
-    if (noise == 1) return (c + sqrtf(c * c + 4.0f * gamma * r)) * 0.5f;
-    return c + gamma * sqrtf(r);
+    real r = (meas + eps) / den;
+    real c = 1.0f - gamma;
+    if (noise == 1) return (c + r_sqrt(c * c + 4.0f * gamma * r)) * 0.5f;
+    return c + gamma * r_sqrt(r);
 }
 
 // out[p][c][r] = in[p][r][c] for `planes` M x M complex planes (exit waves [y][x] <-> [x][y]).
@@ -301,7 +301,7 @@ PTY_KERNEL void dm_prepare(cf* x, cf* ev, const cf* P, const cf* objT, const int
     cf po = c_mul(P[t], objT[window_pixel(win, (int)(t / mm / K), (int)(t % mm), M, H)]);
     if (init) ev[t] = po;
     cf e = ev[t];
-    x[t] = make_float2(po.x * 2.0f - e.x, po.y * 2.0f - e.y);
+    x[t] = make_cf(po.x * 2.0f - e.x, po.y * 2.0f - e.y);
 }
 
 // One block per position: the loss l of the model far fields psi (as `residual`) into
@@ -312,7 +312,7 @@ PTY_KERNEL void dm_prepare(cf* x, cf* ev, const cf* P, const cf* objT, const int
 //   er == 1: psi <- (1 - w g / fisher) psi, error reduction's Fisher-scoring step
 //            (backend::cpu::dm_far_field; `far` unused).
 PTY_KERNEL void fourier_step(cf* psi, cf* far, double* loss, const float* meas, const float* g, const int* idx,
-                             int M, int K, int noise, float eps, float isc, float gamma, int er, float fisher) {
+                             int M, int K, int noise, real eps, real isc, real gamma, int er, real fisher) {
     int b = blockIdx.x;
     long long mm = (long long)M * M;
     const float* mj = meas + (long long)idx[b] * mm;
@@ -320,20 +320,20 @@ PTY_KERNEL void fourier_step(cf* psi, cf* far, double* loss, const float* meas, 
     cf* fb = far + (long long)b * K * mm;
     double acc = 0.0;
     for (int i = threadIdx.x; i < mm; i += blockDim.x) {
-        float im = 0.0f;
+        real im = 0.0f;
         for (int k = 0; k < K; ++k) im += c_norm(pb[k * mm + i]);
-        float gq = g ? g[i] : 1.0f;
-        float m = mj[i];
-        float l, w;
+        real gq = g ? g[i] : 1.0f;
+        real m = mj[i];
+        real l, w;
         noise_terms(noise, m, im * isc, eps, gq, isc, &l, &w);
         acc += (double)l;
         if (er) {
-            float wt = isc - w / fisher;
+            real wt = isc - w / fisher;
             for (int k = 0; k < K; ++k) pb[k * mm + i] = c_scale(pb[k * mm + i], wt);
         } else {
-            float ix = 0.0f;
+            real ix = 0.0f;
             for (int k = 0; k < K; ++k) ix += c_norm(fb[k * mm + i]);
-            float wt = (g && gq == 0.0f) ? isc : relaxed_modulus(noise, gamma, m, ix * isc, eps) * isc;
+            real wt = (g && gq == 0.0f) ? isc : relaxed_modulus(noise, gamma, m, ix * isc, eps) * isc;
             for (int k = 0; k < K; ++k) fb[k * mm + i] = c_scale(fb[k * mm + i], wt);
         }
     }
@@ -344,16 +344,16 @@ PTY_KERNEL void fourier_step(cf* psi, cf* far, double* loss, const float* meas, 
 // Difference map after its Fourier step, with b = F^-1(f X) (or error reduction's wave):
 //   ev <- b (er) or ev + beta (b - P O);  b <- ev  (`gather_sums` then sums P* b).
 PTY_KERNEL void dm_update(cf* bw, cf* ev, const cf* P, const cf* objT, const int* win, int H, int M, int K, int nb,
-                          int er, float beta) {
+                          int er, real beta) {
     long long t = gid();
     long long mm = (long long)M * M;
     if (t >= mm * K * nb) return;
     cf e = bw[t];
     if (!er) {
         cf po = c_mul(P[t], objT[window_pixel(win, (int)(t / mm / K), (int)(t % mm), M, H)]);
-        cf d = make_float2(e.x - po.x, e.y - po.y);
+        cf d = make_cf(e.x - po.x, e.y - po.y);
         cf o = ev[t];
-        e = make_float2(o.x + d.x * beta, o.y + d.y * beta);
+        e = make_cf(o.x + d.x * beta, o.y + d.y * beta);
     }
     ev[t] = e;
     bw[t] = e;
@@ -370,32 +370,32 @@ PTY_KERNEL void conj_object(cf* psi, const cf* objT, const int* win, int H, int 
 // ePIE/rPIE, one position (b): psi <- psi - P O (the exit-wave change, psi = F^-1(f Psi)),
 // den[i] = sum_k |P_k|^2, and out[0] = max_i den, out[1] = max_i |O_i|^2 over the window.
 // One block.
-PTY_KERNEL void pie_delta(cf* psi, float* den, float* out, const cf* P, const cf* objT, const int* win, int b, int H,
+PTY_KERNEL void pie_delta(cf* psi, real* den, real* out, const cf* P, const cf* objT, const int* win, int b, int H,
                           int M, int K) {
-    __shared__ float mx[2][256];
+    __shared__ real mx[2][256];
     long long mm = (long long)M * M;
-    float dmax = 0.0f, omax = 0.0f;
+    real dmax = 0.0f, omax = 0.0f;
     for (int i = threadIdx.x; i < mm; i += blockDim.x) {
         cf o = objT[window_pixel(win, b, i, M, H)];
-        float d = 0.0f;
+        real d = 0.0f;
         for (int k = 0; k < K; ++k) {
             cf p = P[k * mm + i];
             cf po = c_mul(p, o);
             cf v = psi[k * mm + i];
-            psi[k * mm + i] = make_float2(v.x - po.x, v.y - po.y);
+            psi[k * mm + i] = make_cf(v.x - po.x, v.y - po.y);
             d = d + c_norm(p);
         }
         den[i] = d;
-        dmax = fmaxf(dmax, d);
-        omax = fmaxf(omax, c_norm(o));
+        dmax = r_max(dmax, d);
+        omax = r_max(omax, c_norm(o));
     }
     mx[0][threadIdx.x] = dmax;
     mx[1][threadIdx.x] = omax;
     __syncthreads();
     for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
         if (threadIdx.x < s) {
-            mx[0][threadIdx.x] = fmaxf(mx[0][threadIdx.x], mx[0][threadIdx.x + s]);
-            mx[1][threadIdx.x] = fmaxf(mx[1][threadIdx.x], mx[1][threadIdx.x + s]);
+            mx[0][threadIdx.x] = r_max(mx[0][threadIdx.x], mx[0][threadIdx.x + s]);
+            mx[1][threadIdx.x] = r_max(mx[1][threadIdx.x], mx[1][threadIdx.x + s]);
         }
         __syncthreads();
     }
@@ -407,19 +407,19 @@ PTY_KERNEL void pie_delta(cf* psi, float* den, float* out, const cf* P, const cf
 
 // ePIE/rPIE probe change of position b: t_k = s O* dpsi_k / ((1 - a)|O|^2 + a max|O|^2)
 // (0 where that is 0); a forward FFT and `pie_probe_add` follow. mx[1] = max |O|^2.
-PTY_KERNEL void pie_probe_delta(cf* tw, const cf* dpsi, const float* mx, const cf* objT, const int* win, int b, int H,
-                                int M, int K, float a, float s) {
+PTY_KERNEL void pie_probe_delta(cf* tw, const cf* dpsi, const real* mx, const cf* objT, const int* win, int b, int H,
+                                int M, int K, real a, real s) {
     long long t = gid();
     long long mm = (long long)M * M;
     if (t >= mm * K) return;
     cf o = objT[window_pixel(win, b, (int)(t % mm), M, H)];
-    float d = (1.0f - a) * c_norm(o) + a * mx[1];
-    tw[t] = d > 0.0f ? c_scale(c_mulc(o, dpsi[t]), s / d) : make_float2(0.0f, 0.0f);
+    real d = (1.0f - a) * c_norm(o) + a * mx[1];
+    tw[t] = d > 0.0f ? c_scale(c_mulc(o, dpsi[t]), s / d) : make_cf(0.0f, 0.0f);
 }
 
 // P^_k[kx][ky] += conj(e_y[ky]) T_k[kx][ky] conj(e_x[kx]) / M for position j = idx[b].
 PTY_KERNEL void pie_probe_add(cf* ph, const cf* tw, const cf* ramp_y, const cf* ramp_x, const int* idx, int b, int M,
-                              int K, float sc) {
+                              int K, real sc) {
     long long t = gid();
     long long mm = (long long)M * M;
     if (t >= mm * K) return;
@@ -428,28 +428,28 @@ PTY_KERNEL void pie_probe_add(cf* ph, const cf* tw, const cf* ramp_y, const cf* 
     long long j = idx[b];
     cf ry = ramp_y[j * M + ky], rx = ramp_x[j * M + kx];
     cf v = c_mulc(ry, tw[t]);
-    cf e = c_scale(make_float2(rx.x, -rx.y), sc);
+    cf e = c_scale(make_cf(rx.x, -rx.y), sc);
     cf u = c_mul(v, e);
-    ph[t] = make_float2(ph[t].x + u.x, ph[t].y + u.y);
+    ph[t] = make_cf(ph[t].x + u.x, ph[t].y + u.y);
 }
 
 // ePIE/rPIE object change of position b: O += s sum_k P*_k dpsi_k / ((1 - a) den + a max den)
 // where that is positive; illumT += den (f64, the merge weights). mx[0] = max den.
-PTY_KERNEL void pie_object(cf* objT, double* illumT, const cf* dpsi, const float* den, const float* mx, const cf* P,
-                           const int* win, int b, int H, int M, int K, float a, float s) {
+PTY_KERNEL void pie_object(cf* objT, double* illumT, const cf* dpsi, const real* den, const real* mx, const cf* P,
+                           const int* win, int b, int H, int M, int K, real a, real s) {
     long long i = gid();
     long long mm = (long long)M * M;
     if (i >= mm) return;
-    cf num = make_float2(0.0f, 0.0f);
+    cf num = make_cf(0.0f, 0.0f);
     for (int k = 0; k < K; ++k) {
         cf v = c_mulc(P[k * mm + i], dpsi[k * mm + i]);
-        num = make_float2(num.x + v.x, num.y + v.y);
+        num = make_cf(num.x + v.x, num.y + v.y);
     }
-    float d = (1.0f - a) * den[i] + a * mx[0];
+    real d = (1.0f - a) * den[i] + a * mx[0];
     long long oi = window_pixel(win, b, (int)i, M, H);
     if (d > 0.0f) {
         cf u = c_scale(num, s / d);
-        objT[oi] = make_float2(objT[oi].x + u.x, objT[oi].y + u.y);
+        objT[oi] = make_cf(objT[oi].x + u.x, objT[oi].y + u.y);
     }
     illumT[oi] += (double)den[i];
 }
@@ -506,7 +506,7 @@ PTY_KERNEL void col_max_d(double* out, const double* dT, int H, int y0, int x0, 
 
 // gd's preconditioned object step on the rectangle (engine::gd::apply, docs/algorithm.md §4),
 // in the same order of operations as the host's:
-//   u = (g / planes) * (alpha / (d + reg)),   O <- O - (float)u
+//   u = (g / planes) * (alpha / (d + reg)),   O <- O - (real)u
 PTY_KERNEL void update_object(cf* objT, const double* gT, const double* dT, int H, int y0, int x0, int rh, int rw,
                               double alpha, double planes, double reg) {
     long long t = gid();
@@ -516,12 +516,12 @@ PTY_KERNEL void update_object(cf* objT, const double* gT, const double* dT, int 
     double s = alpha / (dT[o] + reg);
     double ure = (gT[2 * o] / planes) * s;
     double uim = (gT[2 * o + 1] / planes) * s;
-    objT[o] = make_float2(objT[o].x - (float)ure, objT[o].y - (float)uim);
+    objT[o] = make_cf(objT[o].x - (real)ure, objT[o].y - (real)uim);
 }
 
 // dm's overlap step on the rectangle (engine::dm, docs/algorithm.md §7), in the same order
 // of operations as the host's (f64, products not fused, so the result is the host's bits):
-//   O <- (float)(O + (g - d O) / (d + reg))
+//   O <- (real)(O + (g - d O) / (d + reg))
 PTY_KERNEL void ratio_object(cf* objT, const double* gT, const double* dT, int H, int y0, int x0, int rh, int rw,
                              double reg) {
     long long t = gid();
@@ -531,5 +531,5 @@ PTY_KERNEL void ratio_object(cf* objT, const double* gT, const double* dT, int H
     double xr = objT[o].x, xi = objT[o].y, d = dT[o];
     double nr = gT[2 * o] - __dmul_rn(xr, d), ni = gT[2 * o + 1] - __dmul_rn(xi, d);
     double den = d + reg;
-    objT[o] = make_float2((float)(xr + nr / den), (float)(xi + ni / den));
+    objT[o] = make_cf((real)(xr + nr / den), (real)(xi + ni / den));
 }

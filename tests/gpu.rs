@@ -114,7 +114,7 @@ fn r64(v: &[f64]) -> impl Iterator<Item = (f64, f64)> + '_ {
 }
 
 /// Largest relative difference over the five sums of two gradient sets.
-fn grad_diff(a: &Gradients<f32>, b: &Gradients<f32>) -> [f64; 5] {
+fn grad_diff<T: ptytile::physics::fft::Real>(a: &Gradients<T>, b: &Gradients<T>) -> [f64; 5] {
     assert_eq!(
         (a.g_obj.origin, a.g_obj.shape),
         (b.g_obj.origin, b.g_obj.shape)
@@ -236,8 +236,12 @@ fn kernels_compile_with_nvrtc() {
     } else {
         "compute_75"
     };
-    for arch in [oldest, "compute_80", "compute_90"] {
-        let ptx = cuda::compile(arch).unwrap_or_else(|e| panic!("{e}"));
+    for (arch, wide) in [oldest, "compute_80", "compute_90"]
+        .into_iter()
+        .flat_map(|a| [(a, false), (a, true)])
+    {
+        let prec = if wide { "f64" } else { "f32" };
+        let ptx = cuda::compile(arch, wide).unwrap_or_else(|e| panic!("{e}"));
         let text = String::from_utf8_lossy(&ptx);
         assert!(
             text.contains(&format!(".target sm_{}", &arch[8..])),
@@ -247,25 +251,36 @@ fn kernels_compile_with_nvrtc() {
         for k in KERNELS {
             assert!(
                 text.contains(&format!(".entry {k}(")),
-                "{arch}: kernel {k} missing from the PTX"
+                "{arch} {prec}: kernel {k} missing from the PTX"
             );
         }
         // no atomics: every sum is formed in a fixed order (gather_sums, probe_grad, …),
         // so a run's sums are the same bits on every run
         assert!(
             !text.contains("atom.") && !text.contains("red.global"),
-            "{arch}: an atomic instruction in the PTX"
+            "{arch} {prec}: an atomic instruction in the PTX"
+        );
+        // the f64 kernels' complex products (exit_wave: P O) are f64 products, the f32
+        // kernels' f32 products
+        let body = &text[text.find(".entry exit_wave(").unwrap()..];
+        let body = &body[..body[1..].find(".entry ").map_or(body.len(), |e| e + 1)];
+        let mul = if wide { ".f64" } else { ".f32" };
+        assert!(
+            body.contains(&format!("mul.rn{mul}"))
+                || body.contains(&format!("fma.rn{mul}"))
+                || body.contains(&format!("mul{mul}")),
+            "{arch} {prec}: exit_wave has no {mul} product"
         );
         println!(
-            "{arch}: {} bytes of PTX, {} kernels",
+            "{arch} {prec}: {} bytes of PTX, {} kernels",
             ptx.len(),
             KERNELS.len()
         );
         // the backend loads a CUBIN for the device's real architecture: an ELF image
         let sm = arch.replace("compute_", "sm_");
-        let cubin = cuda::compile(&sm).unwrap_or_else(|e| panic!("{e}"));
+        let cubin = cuda::compile(&sm, wide).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(&cubin[..4], b"\x7fELF", "{sm}: not a CUBIN");
-        println!("{sm}: {} bytes of CUBIN", cubin.len());
+        println!("{sm} {prec}: {} bytes of CUBIN", cubin.len());
     }
 }
 
@@ -521,6 +536,119 @@ fn positions_match_cpu(open: &Opener, label: &str) {
         let e = gpu.set_positions(reversed.into()).unwrap_err().to_string();
         assert!(e.contains("order") && e.lines().count() == 1, "{e}");
     }
+}
+
+/// Opens a backend in f64 for a kernel, positions and intensities.
+type Opener64 = dyn Fn(&Kernel<f64>, Arc<[PositionGeom<f64>]>, Arc<[f32]>) -> Box<dyn Compute<f64>>;
+
+/// The f64 kernels (`PTY_F64`, f64 transforms; docs/gpu.md "Precision") on a GPU (or its
+/// emulation) against the CPU backend in f64: the gradients (object sums, probe sums, loss)
+/// and position correction's terms (∂L/∂c, curvature) of a single-slice case (Poisson, one
+/// mode) and a two-slice case (amplitude, two modes, detector mask), on the whole range and
+/// an index subset, in batches of 5. Asserted within 1e-10 relative; with f32 rounding out
+/// of the way, any difference between the kernels' algorithm and the CPU's shows far above
+/// that (measured in emulation, 2026-12-03: sums ≤ 3.3e-16, position terms ≤ 9.1e-15).
+fn f64_matches_cpu(open: &Opener64, label: &str) {
+    use num_complex::Complex64;
+    let to64 = |v: &[C]| -> Vec<Complex64> {
+        v.iter()
+            .map(|z| Complex64::new(z.re as f64, z.im as f64))
+            .collect()
+    };
+    for (m, modes, noise, masked, planes) in [
+        (32, 1, NoiseModel::Poisson, false, 1),
+        (32, 2, NoiseModel::Amplitude, true, 2),
+    ] {
+        let c = multislice(case(m, modes, 4, noise, masked, 11), planes, 5);
+        let k = Kernel::<f64> {
+            fft: Fft2::new(m),
+            modes,
+            noise,
+            eps: c.k.eps as f64,
+            weights: c.k.weights.clone(),
+            propagator: to64(&c.k.propagator),
+        };
+        let pos: Arc<[PositionGeom<f64>]> = c
+            .pos
+            .iter()
+            .map(|q| PositionGeom::new(q.index, q.centre, m))
+            .collect();
+        let obj = Field {
+            origin: c.obj.origin,
+            shape: c.obj.shape,
+            data: to64(&c.obj.data),
+        };
+        let probe_hat = to64(&c.probe_hat);
+        std::env::set_var("PTYTILE_GPU_BATCH", "5");
+        let gpu = open(&k, pos.clone(), c.meas.clone());
+        std::env::remove_var("PTYTILE_GPU_BATCH");
+        let host = backend::open(BackendKind::Cpu, &k, pos.clone(), c.meas.clone(), None).unwrap();
+        let n = pos.len();
+        let ix: Vec<usize> = (0..n).rev().step_by(2).collect();
+        for sel in [Selection::Range(0..n), Selection::Indices(&ix)] {
+            let a = gpu
+                .gradients_and_positions(&obj, &probe_hat, sel.clone(), true)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let b = host
+                .gradients_and_positions(&obj, &probe_hat, sel, true)
+                .unwrap();
+            let d = grad_diff(&a, &b);
+            let terms = |g: &Gradients<f64>| -> Vec<f64> {
+                g.g_pos
+                    .iter()
+                    .flat_map(|p| p.grad.into_iter().chain(p.curv))
+                    .collect()
+            };
+            let dp = rel(r64(&terms(&a)), r64(&terms(&b)));
+            let ds = d.map(|x| format!("{x:.1e}")).join(", ");
+            println!(
+                "{label} f64, M {m}, {modes} modes, {planes} slices: sums (g_O, d_O, g_P, d_P, loss) {ds}; position terms {dp:.1e}"
+            );
+            assert!(
+                d.iter().all(|&x| x <= 1e-10) && dp <= 1e-10 && a.g_pos.len() == b.g_pos.len(),
+                "{label} f64: sums {ds}, position terms {dp:.2e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn emulated_f64_matches_cpu() {
+    let Ok(_) = emu::open_f64().map_err(|e| println!("skipped: {e}")) else {
+        return;
+    };
+    f64_matches_cpu(
+        &|k, pos, meas| {
+            Box::new(
+                ptytile::backend::gpu::Gpu::new("emu f64", emu::open_f64().unwrap(), k, pos, meas)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+        },
+        "emulated",
+    );
+}
+
+/// [`f64_matches_cpu`] on a GPU backend `kind` (skipped without one).
+fn gpu_f64_matches_cpu(kind: BackendKind) {
+    if !gpu_or_skip(kind) {
+        return;
+    }
+    f64_matches_cpu(
+        &move |k, pos, meas| {
+            backend::open(kind, k, pos, meas, None).unwrap_or_else(|e| panic!("{e}"))
+        },
+        kind.name(),
+    );
+}
+
+#[test]
+fn cuda_f64_matches_cpu() {
+    gpu_f64_matches_cpu(BackendKind::Cuda);
+}
+
+#[test]
+fn hip_f64_matches_cpu() {
+    gpu_f64_matches_cpu(BackendKind::Hip);
 }
 
 #[test]
@@ -1073,8 +1201,9 @@ fn hip_ten_iterations_match_cpu() {
     gpu_iterations_match_cpu(BackendKind::Hip);
 }
 
-/// Without a GPU, opening a GPU backend is a one-line error naming the option, not a panic;
-/// f64 on a GPU backend is refused before any library is touched.
+/// Without a GPU, opening a GPU backend is a one-line error naming the option, not a panic,
+/// in f32 and in f64 alike (f64 backends compile the f64 kernels; docs/gpu.md "Precision");
+/// with one, both open.
 #[test]
 fn gpu_backends_fail_cleanly_without_a_gpu() {
     let c = case(16, 1, 1, NoiseModel::Poisson, false, 1);
@@ -1088,17 +1217,20 @@ fn gpu_backends_fail_cleanly_without_a_gpu() {
             propagator: Vec::new(),
         };
         let p64: Arc<[PositionGeom<f64>]> = vec![PositionGeom::new(0, [10.0, 10.0], 16)].into();
-        let e = backend::open(kind, &k64, p64, vec![0f32; 256].into(), None)
-            .err()
-            .unwrap();
-        assert!(
-            e.what.starts_with(&format!("--backend {}", kind.name())) && e.msg.contains("f32"),
-            "{e}"
-        );
+        let r64 = backend::open(kind, &k64, p64, vec![0f32; 256].into(), None);
         if backend::available(kind).is_ok() {
+            if let Err(e) = r64 {
+                panic!("{kind:?} in f64 on a GPU host: {e}");
+            }
             println!("skipped for {kind:?}: a GPU is present");
             continue;
         }
+        let e = r64.err().unwrap();
+        assert_eq!(
+            e.what,
+            format!("--backend {} ([parallel] backend)", kind.name())
+        );
+        assert!(!e.to_string().contains('\n'), "{e}");
         let e = backend::open(kind, &c.k, c.pos.clone(), c.meas.clone(), None)
             .err()
             .unwrap();
@@ -1163,7 +1295,6 @@ fn cli_backend_without_gpu_exits_2() {
 /// host memory and whose FFTs are rustfft's. Checks kernel arithmetic and indexing, batching
 /// and the layouts against the CPU backend without a GPU; the vendor libraries are not run.
 mod emu {
-    use num_complex::Complex32 as C;
     use ptytile::backend::gpu::{kernel_source, Args, DPtr, Device, BLOCK};
     use ptytile::Result;
     use std::collections::HashMap;
@@ -1178,10 +1309,22 @@ mod emu {
         set_order: unsafe extern "C" fn(c_int),
         allocs: HashMap<DPtr, usize>,
         plans: HashMap<(usize, bool), std::sync::Arc<dyn rustfft::Fft<f32>>>,
+        plans64: HashMap<(usize, bool), std::sync::Arc<dyn rustfft::Fft<f64>>>,
+        wide: bool,
     }
 
-    /// Compile the emulation library with g++; `Err(reason)` when g++ is missing or fails.
+    /// Compile the emulation library (f32 kernels) with g++; `Err(reason)` when g++ is
+    /// missing or fails.
     pub fn open() -> std::result::Result<Emu, String> {
+        open_in(false)
+    }
+
+    /// The emulation with the f64 kernels (`PTY_F64`) and f64 transforms.
+    pub fn open_f64() -> std::result::Result<Emu, String> {
+        open_in(true)
+    }
+
+    fn open_in(wide: bool) -> std::result::Result<Emu, String> {
         // embedded, so that the test binary also runs away from the source tree (a GPU host)
         let (shim, launch) = (
             include_str!("../kernels/emu/shim.h"),
@@ -1189,7 +1332,7 @@ mod emu {
         );
         let src = format!(
             "{shim}\n{}\n{launch}",
-            kernel_source().replace("#pragma once", "")
+            kernel_source(wide).replace("#pragma once", "")
         );
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let (cpp, so) = (dir.path().join("emu.cpp"), dir.path().join("libemu.so"));
@@ -1234,6 +1377,8 @@ mod emu {
                 set_order,
                 allocs: HashMap::new(),
                 plans: HashMap::new(),
+                plans64: HashMap::new(),
+                wide,
             })
         }
     }
@@ -1248,6 +1393,30 @@ mod emu {
         }
     }
 
+    fn direction(inverse: bool) -> rustfft::FftDirection {
+        if inverse {
+            rustfft::FftDirection::Inverse
+        } else {
+            rustfft::FftDirection::Forward
+        }
+    }
+
+    /// Unnormalised 2-D transforms of the row-major M × M arrays of `data` with the row
+    /// transform `plan`: rows, transpose, rows, transpose back.
+    fn fft2<R: rustfft::FftNum>(
+        plan: &dyn rustfft::Fft<R>,
+        data: &mut [num_complex::Complex<R>],
+        m: usize,
+    ) {
+        let mut t = vec![num_complex::Complex::<R>::new(R::zero(), R::zero()); m * m];
+        for a in data.chunks_exact_mut(m * m) {
+            plan.process(a);
+            transpose::transpose(a, &mut t, m, m);
+            plan.process(&mut t);
+            transpose::transpose(&t, a, m, m);
+        }
+    }
+
     fn slice<'a, V>(p: DPtr, n: usize) -> &'a mut [V] {
         // SAFETY: p is a live allocation of this device holding n values (callers' contract).
         unsafe { std::slice::from_raw_parts_mut(p as *mut V, n) }
@@ -1259,6 +1428,9 @@ mod emu {
         }
         fn bind(&self) -> Result<()> {
             Ok(())
+        }
+        fn wide(&self) -> bool {
+            self.wide
         }
         fn alloc(&mut self, bytes: usize) -> Result<DPtr> {
             // poisoned with NaN bytes: every value the kernels read must have been written
@@ -1301,25 +1473,16 @@ mod emu {
             Ok(())
         }
         fn fft(&mut self, data: DPtr, m: usize, count: usize, inverse: bool) -> Result<()> {
-            let plan = self
-                .plans
-                .entry((m, inverse))
-                .or_insert_with(|| {
-                    let mut p = rustfft::FftPlanner::<f32>::new();
-                    if inverse {
-                        p.plan_fft_inverse(m)
-                    } else {
-                        p.plan_fft_forward(m)
-                    }
-                })
-                .clone();
-            let mut t = vec![C::default(); m * m];
-            for a in slice::<C>(data, count * m * m).chunks_exact_mut(m * m) {
-                // row-major 2-D transform: rows, transpose, rows, transpose back
-                plan.process(a);
-                transpose::transpose(a, &mut t, m, m);
-                plan.process(&mut t);
-                transpose::transpose(&t, a, m, m);
+            if self.wide {
+                let plan = self.plans64.entry((m, inverse)).or_insert_with(|| {
+                    rustfft::FftPlanner::<f64>::new().plan_fft(m, direction(inverse))
+                });
+                fft2(plan.as_ref(), slice(data, count * m * m), m);
+            } else {
+                let plan = self.plans.entry((m, inverse)).or_insert_with(|| {
+                    rustfft::FftPlanner::<f32>::new().plan_fft(m, direction(inverse))
+                });
+                fft2::<f32>(plan.as_ref(), slice(data, count * m * m), m);
             }
             Ok(())
         }
@@ -1345,6 +1508,21 @@ mod emu {
             }
         }
     }
+}
+
+/// Replace the rank's backend of `p` with the emulated kernels on `dev` (f32 or f64, as `T`).
+fn emulate<T: ptytile::physics::fft::Real>(
+    p: &mut ptytile::engine::Problem<T>,
+    dev: emu::Emu,
+) -> ptytile::Result<()> {
+    p.compute = Box::new(ptytile::backend::gpu::Gpu::new(
+        "emu",
+        dev,
+        &p.kernel,
+        p.positions.clone(),
+        p.intensities.clone(),
+    )?);
+    Ok(())
 }
 
 fn emu_opener() -> Option<Box<Opener>> {
@@ -1517,12 +1695,16 @@ fn hip_sums_are_deterministic() {
 
 /// Every engine (gd, gd with mini-batches, mlcg, dm with its error-reduction finish, epie,
 /// rpie, and a dm → mlcg schedule) for 10 iterations on an 8 × 8 crop of the PbTiO3 scan
-/// (patterns cut to 64², shipped settings: Poisson, one rank) three ways: the emulated GPU
-/// kernels (f32) as the rank's backend, the CPU backend in f32, and the CPU backend in f64
-/// as the reference. The engines call only `Compute`, so the runs differ only in the
-/// backend's arithmetic.
+/// (patterns cut to 64², shipped settings: Poisson, one rank) four ways: the emulated GPU
+/// kernels (f32) as the rank's backend, the CPU backend in f32, the CPU backend in f64
+/// as the reference, and the emulated GPU kernels compiled in f64 (`PTY_F64`, f64
+/// transforms). The engines call only `Compute`, so the runs differ only in the backend's
+/// arithmetic.
 ///
-/// Asserted: the emulated run is within 1e-4 relative of the CPU f32 run (object, probe),
+/// Asserted: the f64 emulated run is within 1e-10 relative of the f64 CPU run (object,
+/// probe): the kernels compute what the CPU backend computes (issue 15, Must show 2, asks
+/// 1e-5; with f32 rounding out of the way, any difference in the algorithm would show far
+/// above the ≤ 1.4e-13 measured). The f32 emulated run is within 1e-4 relative of the CPU f32 run,
 /// and no further from the f64 reference than 1.5 × the CPU f32 run plus 1e-6: the GPU
 /// kernels are as accurate as the CPU's. (1e-5 between two f32 implementations is not
 /// reachable on these data: the Poisson weight 1 − Î/I cancels to 10⁻³ where the model fits
@@ -1659,18 +1841,14 @@ fn emulated_engines_match_cpu_on_pbtio3() {
             },
             probe: to64(&s32.probe),
         };
-        let (o_ref, p_ref, _) = iterate(&p64, s64, rp, &settings);
+        let (o_ref, p_ref, _) = iterate(&p64, s64.clone(), rp, &settings);
+        // the f64 kernels on the same f64 problem
+        let mut pw = p64;
+        emulate(&mut pw, emu::open_f64().unwrap()).unwrap();
+        let (o_w, p_w, _) = iterate(&pw, s64, rp, &settings);
+        let (w_o, w_p) = (rel64(&o_w, &o_ref), rel64(&p_w, &p_ref));
         let mut pe = p32;
-        pe.compute = Box::new(
-            ptytile::backend::gpu::Gpu::new(
-                "emu",
-                emu::open().unwrap(),
-                &pe.kernel,
-                pe.positions.clone(),
-                pe.intensities.clone(),
-            )
-            .unwrap(),
-        );
+        emulate(&mut pe, emu::open().unwrap()).unwrap();
         let (o_emu, p_emu, l_emu) = iterate(&pe, s32, rp, &settings);
         let (d_o, d_p) = (rel64(&o_emu, &o_cpu), rel64(&p_emu, &p_cpu));
         let (e_o, e_p) = (rel64(&o_emu, &o_ref), rel64(&p_emu, &p_ref));
@@ -1678,8 +1856,14 @@ fn emulated_engines_match_cpu_on_pbtio3() {
         println!(
             "{label}, 10 iterations: emulated vs cpu f32: object {d_o:.1e}, probe {d_p:.1e}; \
              vs the f64 reference: emulated {e_o:.1e} / {e_p:.1e}, cpu f32 {c_o:.1e} / {c_p:.1e}; \
+             emulated f64 vs cpu f64: {w_o:.1e} / {w_p:.1e}; \
              loss {:.6e} → {:.6e} (cpu {:.6e} → {:.6e})",
             l_emu[0], l_emu[9], l_cpu[0], l_cpu[9]
+        );
+        // issue 15 asks 1e-5; the f64 runs agree to ~1e-13 (2026-12-03), so hold them to 1e-10
+        assert!(
+            w_o <= 1e-10 && w_p <= 1e-10,
+            "{label}: emulated f64 vs cpu f64: object {w_o:.2e}, probe {w_p:.2e}"
         );
         assert!(l_cpu[9] < l_cpu[0], "{label}: the loss did not fall");
         assert!(
@@ -2108,13 +2292,7 @@ fn on_ranks<R: Send>(
         let rp = &plan.ranks[comm.rank()];
         let (mut p, s) = driver::setup(&cfg, &df, rp, &mut comm)?;
         if emulated {
-            p.compute = Box::new(ptytile::backend::gpu::Gpu::new(
-                "emu",
-                emu::open().unwrap(),
-                &p.kernel,
-                p.positions.clone(),
-                p.intensities.clone(),
-            )?);
+            emulate(&mut p, emu::open().unwrap())?;
         }
         let mut rank = Rank::new(rp, &mut comm, Decomposition::Tiled);
         body(&mut p, s, &mut rank, &settings)

@@ -12,26 +12,34 @@ static void emu_call(void (*f)(A...), void** a, std::index_sequence<I...>) {
     f(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(a[I])...);
 }
 
+// Kernels with a barrier run on `threads` real threads, started once per launch: each runs
+// its thread of every block in turn, and all meet at the barrier after each block, so a block
+// starts only when the previous one has finished (as when each block had its own threads).
 template <typename... A>
 static void emu_run(void (*f)(A...), void** a, unsigned blocks, unsigned threads, bool barrier) {
-    for (unsigned i = 0; i < blocks; ++i) {
-        unsigned b = emu_order ? blocks - 1 - i : i;
-        auto one = [&](unsigned t, std::barrier<>* bar) {
-            blockIdx = {b, 0, 0};
-            threadIdx = {t, 0, 0};
-            blockDim = {threads, 1, 1};
-            emu_barrier = bar;
-            emu_call(f, a, std::index_sequence_for<A...>{});
-        };
-        if (!barrier) {
-            for (unsigned i = 0; i < threads; ++i) one(emu_order ? threads - 1 - i : i, nullptr);
-        } else {
-            std::barrier<> bar(threads);
-            std::vector<std::thread> ts;
-            for (unsigned t = 0; t < threads; ++t) ts.emplace_back(one, t, &bar);
-            for (auto& t : ts) t.join();
-        }
+    auto one = [&](unsigned b, unsigned t, std::barrier<>* bar) {
+        blockIdx = {b, 0, 0};
+        threadIdx = {t, 0, 0};
+        blockDim = {threads, 1, 1};
+        emu_barrier = bar;
+        emu_call(f, a, std::index_sequence_for<A...>{});
+    };
+    auto block = [&](unsigned i) { return emu_order ? blocks - 1 - i : i; };
+    if (!barrier) {
+        for (unsigned i = 0; i < blocks; ++i)
+            for (unsigned t = 0; t < threads; ++t) one(block(i), emu_order ? threads - 1 - t : t, nullptr);
+        return;
     }
+    std::barrier<> bar(threads);
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < threads; ++t)
+        ts.emplace_back([&, t] {
+            for (unsigned i = 0; i < blocks; ++i) {
+                one(block(i), t, &bar);
+                bar.arrive_and_wait();
+            }
+        });
+    for (auto& t : ts) t.join();
 }
 
 extern "C" int emu_launch(const char* name, unsigned blocks, unsigned threads, void** args) {

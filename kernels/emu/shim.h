@@ -14,6 +14,8 @@
 
 struct float2 { float x, y; };
 inline float2 make_float2(float x, float y) { return {x, y}; }
+struct double2 { double x, y; };
+inline double2 make_double2(double x, double y) { return {x, y}; }
 struct emu_dim { unsigned x, y, z; };
 inline thread_local emu_dim blockIdx, threadIdx, blockDim;
 inline thread_local std::barrier<>* emu_barrier = nullptr;

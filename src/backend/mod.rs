@@ -318,8 +318,9 @@ pub fn option_name(kind: BackendKind) -> String {
 /// thread-rank index for in-process ranks); GPU backends take device `local_rank mod count`.
 ///
 /// Errors (one line naming `--backend` / `[parallel] backend`): a backend this binary was
-/// built without, its libraries absent (no driver, no runtime), no device, the working
-/// precision f64 on a GPU backend (GPUs run f32), a device failure.
+/// built without, its libraries absent (no driver, no runtime), no device, a device failure.
+/// GPU backends compute in `T`: f32 (C2C transforms), or f64 (the kernels compiled with
+/// `PTY_F64`, Z2Z transforms; docs/gpu.md "Precision").
 pub fn open<T: Real>(
     kind: BackendKind,
     kernel: &Kernel<T>,

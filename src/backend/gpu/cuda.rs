@@ -67,10 +67,11 @@ pub fn nvrtc_version() -> Result<String> {
 /// Compile kernels/ptycho.cu with NVRTC through the memory and disk caches ([`cached`]):
 /// for a real architecture ("sm_90") to a CUBIN, which any driver of the toolkit's major
 /// version loads (PTX from an NVRTC newer than the driver would not JIT); for a virtual one
-/// ("compute_90") to PTX. Errors carry NVRTC's log.
-pub fn compile(arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
+/// ("compute_90") to PTX; with `wide`, the f64 kernels ([`kernel_source`]). Errors carry
+/// NVRTC's log.
+pub fn compile(arch: &str, wide: bool) -> Result<std::sync::Arc<Vec<u8>>> {
     nvrtc_present()?;
-    let src = kernel_source();
+    let src = kernel_source(wide);
     let cubin = arch.starts_with("sm_");
     let opts = vec![
         format!("--gpu-architecture={arch}"),
@@ -133,6 +134,7 @@ pub struct Cuda {
     plans: HashMap<(usize, usize), fs::cufftHandle>,
     events: Vec<ds::CUevent>,
     describe: String,
+    wide: bool,
 }
 
 // SAFETY: the raw handles are used only under the owning `Gpu`'s mutex, after `bind` makes
@@ -141,8 +143,9 @@ unsafe impl Send for Cuda {}
 
 impl Cuda {
     /// Open device `local_rank mod count` (its primary context, shared by ranks of this
-    /// process on the same GPU), compile and load the kernels.
-    pub fn open(local_rank: usize) -> Result<Cuda> {
+    /// process on the same GPU), compile and load the kernels: f64 kernels and Z2Z
+    /// transforms with `wide`, else f32 and C2C.
+    pub fn open(local_rank: usize, wide: bool) -> Result<Cuda> {
         libraries()?;
         let count = device_count()?;
         let ordinal = super::super::device_for(local_rank, count).ok_or_else(|| {
@@ -162,7 +165,7 @@ impl Cuda {
             return Err(Error::new("backend", format!("GPU {ordinal} has compute capability {major}.{minor}; ptytile needs 6.0 or newer")));
         }
         let name = dr::device::get_name(dev).unwrap_or_else(|_| "CUDA device".into());
-        let cubin = compile(&format!("sm_{major}{minor}"))?;
+        let cubin = compile(&format!("sm_{major}{minor}"), wide)?;
         // SAFETY: a CUBIN for this device; the module is unloaded in Drop.
         let module = unsafe { dr::module::load_data(cubin.as_ptr() as *const _) }
             .map_err(|e| err("cuModuleLoadData", e))?;
@@ -188,6 +191,7 @@ impl Cuda {
             plans: HashMap::new(),
             events: Vec::new(),
             describe,
+            wide,
         })
     }
 
@@ -207,7 +211,11 @@ impl Cuda {
                 std::ptr::null_mut(),
                 1,
                 (m * m) as i32,
-                fs::cufftType::CUFFT_C2C,
+                if self.wide {
+                    fs::cufftType::CUFFT_Z2Z
+                } else {
+                    fs::cufftType::CUFFT_C2C
+                },
                 count as i32,
             )
         }
@@ -223,6 +231,10 @@ impl Cuda {
 impl Device for Cuda {
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn wide(&self) -> bool {
+        self.wide
     }
 
     fn bind(&self) -> Result<()> {
@@ -290,8 +302,13 @@ impl Device for Cuda {
     fn fft(&mut self, data: DPtr, m: usize, count: usize, inverse: bool) -> Result<()> {
         let plan = self.plan(m, count)?;
         let dir = if inverse { 1 } else { -1 };
+        if self.wide {
+            let p = data as *mut fs::cufftDoubleComplex;
+            // SAFETY: data holds count M×M complex f64 arrays; the plan is Z2Z.
+            return unsafe { fr::exec_z2z(plan, p, p, dir) }.map_err(|e| err("cufftExecZ2Z", e));
+        }
         let p = data as *mut fs::cufftComplex;
-        // SAFETY: data holds count M×M complex f32 arrays.
+        // SAFETY: data holds count M×M complex f32 arrays; the plan is C2C.
         unsafe { fr::exec_c2c(plan, p, p, dir) }.map_err(|e| err("cufftExecC2C", e))
     }
 

@@ -12,20 +12,32 @@ pub const PTYCHO_CU: &str = include_str!("../../../kernels/ptycho.cu");
 /// Threads per block of every launch (`residual` assumes exactly this many).
 pub const BLOCK: u32 = 256;
 
-/// The complete kernel source: kernels/ptycho.cu with kernels/compat.h pasted in.
-pub fn kernel_source() -> String {
-    PTYCHO_CU.replace("#include \"compat.h\"", COMPAT_H)
+/// The complete kernel source: kernels/ptycho.cu with kernels/compat.h pasted in; with
+/// `wide`, preceded by `#define PTY_F64 1`, so that the kernels compute in f64 (complex
+/// `double2`) instead of f32 (compat.h).
+pub fn kernel_source(wide: bool) -> String {
+    let src = PTYCHO_CU.replace("#include \"compat.h\"", COMPAT_H);
+    if wide {
+        format!("#define PTY_F64 1\n{src}")
+    } else {
+        src
+    }
 }
 
 /// Device address.
 pub type DPtr = u64;
 
 /// Arguments of one kernel launch, each stored in an 8-byte slot (ints and floats in the
-/// low bytes, little-endian), in the kernel's parameter order.
+/// low bytes, little-endian), in the kernel's parameter order; `real` parameters are f64
+/// for kernels compiled in f64 ([`Device::wide`]), else f32.
 #[derive(Default)]
-pub struct Args(Vec<u64>);
+pub struct Args(Vec<u64>, bool);
 
 impl Args {
+    /// Arguments for kernels whose `real` is f64 (`wide`) or f32.
+    pub fn new(wide: bool) -> Self {
+        Args(Vec::new(), wide)
+    }
     /// A device pointer (0 = null).
     pub fn p(mut self, v: DPtr) -> Self {
         self.0.push(v);
@@ -36,9 +48,13 @@ impl Args {
         self.0.push(v as i32 as u32 as u64);
         self
     }
-    /// A `float`.
-    pub fn f(mut self, v: f32) -> Self {
-        self.0.push(v.to_bits() as u64);
+    /// A `real` (compat.h): `v` rounded to f32 unless the kernels are f64.
+    pub fn r(mut self, v: f64) -> Self {
+        self.0.push(if self.1 {
+            v.to_bits()
+        } else {
+            (v as f32).to_bits() as u64
+        });
         self
     }
     /// A `double`.
@@ -76,8 +92,11 @@ pub trait Device: Send {
     fn copy(&mut self, dst: DPtr, src: DPtr, bytes: usize) -> Result<()>;
     /// Launch kernel `name` (one of [`super::KERNELS`]) on `blocks` × [`BLOCK`] threads.
     fn launch(&mut self, name: &'static str, blocks: usize, args: Args) -> Result<()>;
-    /// Unnormalised in-place 2-D C2C FFTs of `count` contiguous row-major M × M complex f32
-    /// arrays at `data`; forward is e^{−2πi k·r}.
+    /// Whether the kernels and FFTs compute in f64 (opened for an f64 backend: kernels
+    /// compiled with `PTY_F64`, Z2Z transforms) rather than f32.
+    fn wide(&self) -> bool;
+    /// Unnormalised in-place 2-D FFTs (C2C, or Z2Z when [`Device::wide`]) of `count`
+    /// contiguous row-major M × M complex arrays at `data`; forward is e^{−2πi k·r}.
     fn fft(&mut self, data: DPtr, m: usize, count: usize, inverse: bool) -> Result<()>;
     /// Wait for the stream.
     fn sync(&mut self) -> Result<()>;
@@ -98,6 +117,9 @@ impl<D: Device + ?Sized> Device for Box<D> {
     }
     fn bind(&self) -> Result<()> {
         (**self).bind()
+    }
+    fn wide(&self) -> bool {
+        (**self).wide()
     }
     fn alloc(&mut self, bytes: usize) -> Result<DPtr> {
         (**self).alloc(bytes)
@@ -151,15 +173,17 @@ mod tests {
 
     #[test]
     fn args_pack_little_endian_slots() {
-        let mut a = Args::default()
+        let mut a = Args::new(false)
             .p(0x1234_5678_9abc)
             .i(7)
-            .f(1.5)
+            .r(0.1)
             .i(usize::MAX);
         assert_eq!(
             a.0,
-            [0x1234_5678_9abc, 7, 1.5f32.to_bits() as u64, 0xffff_ffff]
+            [0x1234_5678_9abc, 7, 0.1f32.to_bits() as u64, 0xffff_ffff]
         );
         assert_eq!(a.pointers().len(), 4);
+        let w = Args::new(true).r(0.1).d(0.1);
+        assert_eq!(w.0, [0.1f64.to_bits(), 0.1f64.to_bits()]);
     }
 }

@@ -71,11 +71,14 @@ struct HipFft {
     plan_many: PlanMany,
     set_stream: SetStream,
     exec_c2c: ExecC2C,
+    exec_z2z: ExecC2C,
     destroy: Destroy,
 }
 
 /// HIPFFT_C2C in hipfft.h.
 const HIPFFT_C2C: c_int = 0x29;
+/// HIPFFT_Z2Z in hipfft.h.
+const HIPFFT_Z2Z: c_int = 0x69;
 
 fn hipfft() -> Result<&'static HipFft> {
     static LIB: OnceLock<std::result::Result<HipFft, String>> = OnceLock::new();
@@ -121,6 +124,8 @@ fn hipfft() -> Result<&'static HipFft> {
                 plan_many: sym::<PlanMany>(&lib, b"hipfftPlanMany\0")?,
                 set_stream: sym::<SetStream>(&lib, b"hipfftSetStream\0")?,
                 exec_c2c: sym::<ExecC2C>(&lib, b"hipfftExecC2C\0")?,
+                // the same signature with hipfftDoubleComplex pointers
+                exec_z2z: sym::<ExecC2C>(&lib, b"hipfftExecZ2Z\0")?,
                 destroy: sym::<Destroy>(&lib, b"hipfftDestroy\0")?,
                 _lib: lib,
             })
@@ -142,9 +147,9 @@ fn hiprtc_version() -> Result<String> {
 }
 
 /// Compile kernels/ptycho.cu to a code object for `arch` (e.g. "gfx90a") with hiprtc,
-/// through the memory and disk caches.
-pub fn compile(arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
-    let src = kernel_source();
+/// through the memory and disk caches; with `wide`, the f64 kernels ([`kernel_source`]).
+pub fn compile(arch: &str, wide: bool) -> Result<std::sync::Arc<Vec<u8>>> {
+    let src = kernel_source(wide);
     let opts = vec![format!("--offload-arch={arch}"), "-std=c++14".to_string()];
     let key = cache_key(&src, &opts, arch, &hiprtc_version()?);
     cached(key, "hsaco", || {
@@ -208,6 +213,7 @@ pub struct Hip {
     plans: HashMap<(usize, usize), *mut c_void>,
     events: Vec<h::hipEvent_t>,
     describe: String,
+    wide: bool,
 }
 
 // SAFETY: the raw handles are used only under the owning `Gpu`'s mutex, after `bind` selects
@@ -215,8 +221,9 @@ pub struct Hip {
 unsafe impl Send for Hip {}
 
 impl Hip {
-    /// Open device `local_rank mod count`, compile and load the kernels.
-    pub fn open(local_rank: usize) -> Result<Hip> {
+    /// Open device `local_rank mod count`, compile and load the kernels: f64 kernels and
+    /// Z2Z transforms with `wide`, else f32 and C2C.
+    pub fn open(local_rank: usize, wide: bool) -> Result<Hip> {
         libraries()?;
         let count = device_count()?;
         let ordinal = super::super::device_for(local_rank, count).ok_or_else(|| {
@@ -235,7 +242,7 @@ impl Hip {
         };
         // "gfx90a:sramecc+:xnack-" → the processor name is enough for hiprtc
         let arch = arch.split(':').next().unwrap_or("").to_string();
-        let code = compile(&arch)?;
+        let code = compile(&arch, wide)?;
         let mut module: h::hipModule_t = std::ptr::null_mut();
         let mut funcs = HashMap::new();
         let mut stream: h::hipStream_t = std::ptr::null_mut();
@@ -271,6 +278,7 @@ impl Hip {
             plans: HashMap::new(),
             events: Vec::new(),
             describe,
+            wide,
         })
     }
 
@@ -294,7 +302,7 @@ impl Hip {
                 std::ptr::null_mut(),
                 1,
                 mm,
-                HIPFFT_C2C,
+                if self.wide { HIPFFT_Z2Z } else { HIPFFT_C2C },
                 count as c_int,
             )
         };
@@ -319,6 +327,10 @@ impl Hip {
 impl Device for Hip {
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn wide(&self) -> bool {
+        self.wide
     }
 
     fn bind(&self) -> Result<()> {
@@ -403,10 +415,15 @@ impl Device for Hip {
         let plan = self.plan(m, count)?;
         let f = hipfft()?;
         let p = data as *mut c_void;
-        // SAFETY: data holds count M×M complex f32 arrays.
-        let r = unsafe { (f.exec_c2c)(plan, p, p, if inverse { 1 } else { -1 }) };
+        let (exec, what) = if self.wide {
+            (f.exec_z2z, "hipfftExecZ2Z")
+        } else {
+            (f.exec_c2c, "hipfftExecC2C")
+        };
+        // SAFETY: data holds count M×M complex arrays of the plan's type (Z2Z when wide).
+        let r = unsafe { exec(plan, p, p, if inverse { 1 } else { -1 }) };
         if r != 0 {
-            return Err(Error::new("backend", format!("hipfftExecC2C failed: {r}")));
+            return Err(Error::new("backend", format!("{what} failed: {r}")));
         }
         Ok(())
     }

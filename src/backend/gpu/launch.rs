@@ -1,5 +1,6 @@
 //! A typed launch per kernel of kernels/ptycho.cu: one function each, with the kernel's
-//! parameters in its order (device pointers [`DPtr`], `int`s as `usize`, `float`s as `f32`),
+//! parameters in its order (device pointers [`DPtr`], `int`s as `usize`, `real`s as `f64`: rounded to f32
+//! unless the device's kernels are f64),
 //! so that a call with a missing or misplaced kind of argument does not compile. The list
 //! below is the one place the kernels are named; [`KERNELS`] (what the backend loads and
 //! the NVRTC test checks) comes from it.
@@ -7,7 +8,8 @@
 use super::device::{Args, DPtr, Device};
 use crate::error::Result;
 
-/// Rust type of a kernel parameter kind: `p` pointer, `i` int, `f` float, `d` double.
+/// Rust type of a kernel parameter kind: `p` pointer, `i` int, `r` real (compat.h: f32, or
+/// f64 in kernels compiled with `PTY_F64`), `d` double.
 macro_rules! param_type {
     (p) => {
         DPtr
@@ -15,8 +17,8 @@ macro_rules! param_type {
     (i) => {
         usize
     };
-    (f) => {
-        f32
+    (r) => {
+        f64
     };
     (d) => {
         f64
@@ -35,7 +37,7 @@ macro_rules! kernels {
                 blocks: usize,
                 $($arg: param_type!($kind)),*
             ) -> Result<()> {
-                dev.launch(stringify!($name), blocks, Args::default()$(.$kind($arg))*)
+                dev.launch(stringify!($name), blocks, Args::new(dev.wide())$(.$kind($arg))*)
             }
         )*
 
@@ -43,7 +45,7 @@ macro_rules! kernels {
         pub const KERNELS: &[&str] = &[$(stringify!($name)),*];
 
         /// Each kernel's parameter kinds as declared here, one letter per parameter
-        /// (`p` pointer, `i` int, `f` float, `d` double), checked against kernels/ptycho.cu by a test.
+        /// (`p` pointer, `i` int, `r` real, `d` double), checked against kernels/ptycho.cu by a test.
         #[cfg(test)]
         const SIGNATURES: &[(&str, &str)] = &[$((stringify!($name), concat!($(stringify!($kind)),*))),*];
     };
@@ -51,15 +53,15 @@ macro_rules! kernels {
 
 kernels! {
     /// `shift_probe` of kernels/ptycho.cu.
-    shift_probe(p: p, ph: p, ramp_y: p, ramp_x: p, idx: p, m: i, k: i, nb: i, sc: f, deriv: i);
+    shift_probe(p: p, ph: p, ramp_y: p, ramp_x: p, idx: p, m: i, k: i, nb: i, sc: r, deriv: i);
     /// `exit_wave` of kernels/ptycho.cu.
     exit_wave(psi: p, p: p, obj_t: p, win: p, h: i, m: i, k: i, nb: i);
     /// `residual` of kernels/ptycho.cu.
-    residual(psi: p, loss: p, meas: p, g: p, idx: p, m: i, k: i, noise: i, eps: f, isc: f, scale: f);
+    residual(psi: p, loss: p, meas: p, g: p, idx: p, m: i, k: i, noise: i, eps: r, isc: r, scale: r);
     /// `gather_sums` of kernels/ptycho.cu.
     gather_sums(g_t: p, d_t: p, psi: p, p: p, win: p, h: i, y0: i, x0: i, gh: i, gw: i, m: i, k: i, nb: i);
     /// `probe_grad` of kernels/ptycho.cu.
-    probe_grad(gp: p, psi: p, ramp_y: p, ramp_x: p, idx: p, m: i, k: i, nb: i, sc: f);
+    probe_grad(gp: p, psi: p, ramp_y: p, ramp_x: p, idx: p, m: i, k: i, nb: i, sc: r);
     /// `position_grad` of kernels/ptycho.cu.
     position_grad(out: p, dp: p, t: p, m: i, k: i, axis: i);
     /// `position_curv` of kernels/ptycho.cu.
@@ -69,7 +71,7 @@ kernels! {
     /// `propagate` of kernels/ptycho.cu.
     propagate(psi: p, h: p, m: i, k: i, nb: i, conj: i);
     /// `intensities` of kernels/ptycho.cu.
-    intensities(out: p, psi: p, m: i, k: i, nb: i, isc: f);
+    intensities(out: p, psi: p, m: i, k: i, nb: i, isc: r);
     /// `transpose_c` of kernels/ptycho.cu.
     transpose_c(out: p, input: p, rows: i, cols: i);
     /// `transpose_d` of kernels/ptycho.cu.
@@ -79,19 +81,19 @@ kernels! {
     /// `dm_prepare` of kernels/ptycho.cu.
     dm_prepare(x: p, ev: p, p: p, obj_t: p, win: p, h: i, m: i, k: i, nb: i, init: i);
     /// `fourier_step` of kernels/ptycho.cu.
-    fourier_step(psi: p, far: p, loss: p, meas: p, g: p, idx: p, m: i, k: i, noise: i, eps: f, isc: f, gamma: f, er: i, fisher: f);
+    fourier_step(psi: p, far: p, loss: p, meas: p, g: p, idx: p, m: i, k: i, noise: i, eps: r, isc: r, gamma: r, er: i, fisher: r);
     /// `dm_update` of kernels/ptycho.cu.
-    dm_update(bw: p, ev: p, p: p, obj_t: p, win: p, h: i, m: i, k: i, nb: i, er: i, beta: f);
+    dm_update(bw: p, ev: p, p: p, obj_t: p, win: p, h: i, m: i, k: i, nb: i, er: i, beta: r);
     /// `conj_object` of kernels/ptycho.cu.
     conj_object(psi: p, obj_t: p, win: p, h: i, m: i, k: i, nb: i);
     /// `pie_delta` of kernels/ptycho.cu.
     pie_delta(psi: p, den: p, out: p, p: p, obj_t: p, win: p, b: i, h: i, m: i, k: i);
     /// `pie_probe_delta` of kernels/ptycho.cu.
-    pie_probe_delta(tw: p, dpsi: p, mx: p, obj_t: p, win: p, b: i, h: i, m: i, k: i, a: f, s: f);
+    pie_probe_delta(tw: p, dpsi: p, mx: p, obj_t: p, win: p, b: i, h: i, m: i, k: i, a: r, s: r);
     /// `pie_probe_add` of kernels/ptycho.cu.
-    pie_probe_add(ph: p, tw: p, ramp_y: p, ramp_x: p, idx: p, b: i, m: i, k: i, sc: f);
+    pie_probe_add(ph: p, tw: p, ramp_y: p, ramp_x: p, idx: p, b: i, m: i, k: i, sc: r);
     /// `pie_object` of kernels/ptycho.cu.
-    pie_object(obj_t: p, illum_t: p, dpsi: p, den: p, mx: p, p: p, win: p, b: i, h: i, m: i, k: i, a: f, s: f);
+    pie_object(obj_t: p, illum_t: p, dpsi: p, den: p, mx: p, p: p, win: p, b: i, h: i, m: i, k: i, a: r, s: r);
     /// `rect_get_c` of kernels/ptycho.cu.
     rect_get_c(out: p, obj_t: p, h: i, y0: i, x0: i, rh: i, rw: i);
     /// `rect_set_c` of kernels/ptycho.cu.
@@ -125,8 +127,8 @@ mod tests {
                     let p = p.trim();
                     if p.contains('*') {
                         'p'
-                    } else if p.starts_with("float") {
-                        'f'
+                    } else if p.starts_with("real") {
+                        'r'
                     } else if p.starts_with("double") {
                         'd'
                     } else if p.starts_with("int") {

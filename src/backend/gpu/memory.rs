@@ -9,7 +9,8 @@ use std::collections::HashMap;
 const BYTES_PER_POSITION_MODE: usize = 16;
 
 /// Positions per batch: `PTYTILE_GPU_BATCH` if set, else as many as fit `budget` bytes of
-/// batch buffers (2 × K × M² complex f32 per position), at least 1, at most `n`.
+/// batch buffers (2 × K × M² complex f32 per position; callers halve `budget` for f64),
+/// at least 1, at most `n`.
 pub fn batch_size(n: usize, m: usize, modes: usize, budget: usize) -> usize {
     let env = std::env::var("PTYTILE_GPU_BATCH")
         .ok()
@@ -140,9 +141,10 @@ impl<D: Device> State<D> {
         inverse: bool,
     ) -> Result<()> {
         let mut at = data;
+        let c = if self.dev.wide() { 16 } else { 8 };
         for piece in fft_pieces(count, full) {
             self.dev.fft(at, m, piece, inverse)?;
-            at += (piece * m * m * 8) as u64;
+            at += (piece * m * m * c) as u64;
         }
         Ok(())
     }

@@ -16,7 +16,8 @@
 //! sweep), `profile` (timing hooks for `ptytile bench gpu`), `cache` (compiled kernels on
 //! disk), and the vendors' `cuda` and `hip`.
 //!
-//! Precision: f32 products and FFTs (the app's working precision); the object gradient and
+//! Precision: products and FFTs in the backend's `T`: f32 (the app's working precision), or
+//! f64 (kernels compiled with `PTY_F64`, Z2Z transforms: [`Device::wide`]); the object gradient and
 //! preconditioner are gathered in f64 into object-sized buffers (one thread per pixel,
 //! terms in a fixed order: no atomics, so a run's sums are the same bits on every run), the
 //! probe sums and the loss in f64 per batch, so sums over positions stay f64 as on the CPU.
@@ -109,16 +110,10 @@ pub fn open<T: Real>(
     intensities: Arc<[f32]>,
     local_rank: usize,
 ) -> Result<Box<dyn Compute<T>>> {
-    if std::mem::size_of::<T>() != 4 {
-        return Err(Error::new(
-            option_name(kind),
-            "GPU backends compute in f32; f64 runs only with --backend cpu",
-        ));
-    }
     guarded(kind, || {
         Ok(Box::new(Gpu::new(
             kind.name(),
-            open_device(kind, local_rank)?,
+            open_device(kind, local_rank, wide::<T>())?,
             kernel,
             positions,
             intensities,
@@ -126,15 +121,20 @@ pub fn open<T: Real>(
     })
 }
 
-/// The device of backend `kind` for node-local rank `local_rank`.
-fn open_device(kind: BackendKind, local_rank: usize) -> Result<Box<dyn Device>> {
+/// Whether `T` is f64 (the device computes in f64: [`Device::wide`]).
+fn wide<T: Real>() -> bool {
+    std::mem::size_of::<T>() == 8
+}
+
+/// The device of backend `kind` for node-local rank `local_rank`, computing in f64 if `wide`.
+fn open_device(kind: BackendKind, local_rank: usize, wide: bool) -> Result<Box<dyn Device>> {
     match kind {
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => Ok(Box::new(cuda::Cuda::open(local_rank)?)),
+        BackendKind::Cuda => Ok(Box::new(cuda::Cuda::open(local_rank, wide)?)),
         #[cfg(feature = "hip")]
-        BackendKind::Hip => Ok(Box::new(hip::Hip::open(local_rank)?)),
+        BackendKind::Hip => Ok(Box::new(hip::Hip::open(local_rank, wide)?)),
         _ => {
-            let _ = local_rank;
+            let _ = (local_rank, wide);
             Err(not_built(kind))
         }
     }
@@ -162,6 +162,19 @@ struct Geo {
     batch: usize,
 }
 
+impl Geo {
+    /// One slice of column height `h` (the field's rows) in batches of `batch` positions
+    /// (`plane` is read only for slices after the first).
+    fn single(h: usize, batch: usize) -> Geo {
+        Geo {
+            h,
+            plane: 0,
+            planes: 1,
+            batch,
+        }
+    }
+}
+
 /// The gradient kernel on a GPU [`Device`]: a rank's positions and intensities resident in
 /// device memory, processed in batches of `batch` positions.
 pub struct Gpu<T: Real, D: Device> {
@@ -170,15 +183,18 @@ pub struct Gpu<T: Real, D: Device> {
     m: usize,
     modes: usize,
     noise: NoiseModel,
-    eps: f32,
+    eps: f64,
     batch: usize,
     positions: Arc<[PositionGeom<T>]>,
     state: Mutex<State<D>>,
 }
 
 impl<T: Real, D: Device> Gpu<T, D> {
+    /// Bytes of a complex value in the working precision (8 for f32, 16 for f64).
+    const C: usize = 2 * std::mem::size_of::<T>();
+
     /// Upload the positions' shift ramps and intensities and allocate the batch buffers.
-    /// `T` must be f32 (checked by [`open`]).
+    /// Error unless `dev` computes in `T`'s precision ([`Device::wide`]).
     pub fn new(
         name: &'static str,
         dev: D,
@@ -187,10 +203,21 @@ impl<T: Real, D: Device> Gpu<T, D> {
         intensities: Arc<[f32]>,
     ) -> Result<Self> {
         dev.bind()?;
+        if dev.wide() != wide::<T>() {
+            return Err(Error::new(
+                name,
+                format!(
+                    "the device's kernels compute in {}, the run in {}",
+                    if dev.wide() { "f64" } else { "f32" },
+                    if wide::<T>() { "f64" } else { "f32" }
+                ),
+            ));
+        }
         let m = kernel.fft.size();
         let n = positions.len();
         let modes = kernel.modes;
-        let budget = BATCH_BUDGET.min(dev.free_memory()? / 4);
+        // batch_size counts complex f32 buffers
+        let budget = BATCH_BUDGET.min(dev.free_memory()? / 4) * 8 / Self::C;
         let batch = batch_size(n, m, modes, budget);
         let describe = dev.describe();
         let mut st = State {
@@ -219,7 +246,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
         if !kernel.propagator.is_empty() {
             st.prop = Some(upload(&mut st.dev, bytes_of(&kernel.propagator))?);
         }
-        let bb = batch * modes * m * m * 8;
+        let bb = batch * modes * m * m * Self::C;
         st.p = Buf {
             ptr: st.dev.alloc(bb)?,
             bytes: bb,
@@ -236,11 +263,22 @@ impl<T: Real, D: Device> Gpu<T, D> {
             m,
             modes,
             noise: kernel.noise,
-            eps: kernel.eps.f64() as f32,
+            eps: kernel.eps.f64(),
             batch,
             positions,
             state: Mutex::new(st),
         })
+    }
+
+    /// 1/M in the working precision (as f64, for a launch's `real`).
+    fn inv_m(&self) -> f64 {
+        (T::one() / T::of(self.m as f64)).f64()
+    }
+
+    /// 1/M² in the working precision, formed as (1/M)(1/M).
+    fn inv_m2(&self) -> f64 {
+        let sc = T::one() / T::of(self.m as f64);
+        (sc * sc).f64()
     }
 
     /// Positions per batch.
@@ -302,17 +340,17 @@ impl<T: Real, D: Device> Gpu<T, D> {
         let win = self.windows(obj.origin, obj.shape, &ix)?;
         let [h, w] = obj.shape;
         let n = obj.data.len();
-        let stage = st.buf("obj_stage", n * 8)?;
+        let stage = st.buf("obj_stage", n * Self::C)?;
         st.up(stage, bytes_of(&obj.data))?;
-        let obj_t = st.buf("obj_t", n * 8)?;
+        let obj_t = st.buf("obj_t", n * Self::C)?;
         // plane by plane: objT is [S][x][y]
         for off in (0..n).step_by((h * w).max(1)) {
-            let o = (off * 8) as u64;
+            let o = (off * Self::C) as u64;
             launch::transpose_c(&mut st.dev, blocks(h * w), obj_t + o, stage + o, h, w)?;
         }
         let ph = match probe_hat {
             Some(probe_hat) => {
-                let ph = st.buf("probe_hat", probe_hat.len() * 8)?;
+                let ph = st.buf("probe_hat", probe_hat.len() * Self::C)?;
                 st.up(ph, bytes_of(probe_hat))?;
                 ph
             }
@@ -366,7 +404,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
         let n = nb * k * m * m;
         let (p, psi, full) = (st.p.ptr, st.psi.ptr, geo.batch * k);
         let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
-        let sc = 1.0 / m as f32;
+        let sc = self.inv_m();
         launch::shift_probe(
             &mut st.dev,
             blocks(n),
@@ -393,9 +431,12 @@ impl<T: Real, D: Device> Gpu<T, D> {
                 st.fft(psi, m, nb * k, full, false)?;
                 launch::propagate(&mut st.dev, blocks(n), psi, prop, m, k, nb, 0)?;
                 st.fft(psi, m, nb * k, full, true)?;
-                st.dev
-                    .copy(waves + ((sl - 1) * full * m * m * 8) as u64, psi, n * 8)?;
-                let o_sl = obj_t + (sl * geo.plane * 8) as u64;
+                st.dev.copy(
+                    waves + ((sl - 1) * full * m * m * Self::C) as u64,
+                    psi,
+                    n * Self::C,
+                )?;
+                let o_sl = obj_t + (sl * geo.plane * Self::C) as u64;
                 launch::exit_wave(&mut st.dev, blocks(n), psi, psi, o_sl, win_b, h, m, k, nb)?;
             }
             st.mark("multislice: propagations through the slices")?;
@@ -404,10 +445,10 @@ impl<T: Real, D: Device> Gpu<T, D> {
         st.mark("FFT: far fields")
     }
 
-    /// The incident-wave buffer of `geo`'s batches ([S−1][batch][K][M²] complex f32) and
+    /// The incident-wave buffer of `geo`'s batches ([S−1][batch][K][M²] complex) and
     /// the propagator.
     fn multislice_buffers(&self, st: &mut State<D>, geo: Geo) -> Result<[DPtr; 2]> {
-        let bytes = (geo.planes - 1) * geo.batch * self.modes * self.m * self.m * 8;
+        let bytes = (geo.planes - 1) * geo.batch * self.modes * self.m * self.m * Self::C;
         let waves = st.buf("ms_waves", bytes)?;
         let prop = st.prop.map(|b| b.ptr).ok_or_else(|| {
             Error::new(
@@ -442,8 +483,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
         let ns = wins.len();
         let h = geo.h;
         let [obj_t, ph, idx, win] = staged;
-        let sc = 1.0 / m as f32;
-        let sc2 = sc * sc;
+        let (sc, sc2) = (self.inv_m(), self.inv_m2());
         let g = st.weights.map_or(0, |b| b.ptr);
         let noise = self.noise_code();
         for s in (0..ns).step_by(geo.batch) {
@@ -475,13 +515,13 @@ impl<T: Real, D: Device> Gpu<T, D> {
                 // slices S−1 … 1: g_O_s += ψ*_s b_s, D_O_s += |ψ_s|²; b_{s−1} = F⁻¹[H* F(O*_s b_s)]
                 let [waves, prop] = self.multislice_buffers(st, geo)?;
                 for sl in (1..geo.planes).rev() {
-                    let wave = waves + ((sl - 1) * full * mm * 8) as u64;
+                    let wave = waves + ((sl - 1) * full * mm * Self::C) as u64;
                     let sums = [
                         g_t + (sl * geo.plane * 16) as u64,
                         d_t + (sl * geo.plane * 8) as u64,
                     ];
                     self.gather(st, sums, [psi, wave], win_b, wins_b, h)?;
-                    let o_sl = obj_t + (sl * geo.plane * 8) as u64;
+                    let o_sl = obj_t + (sl * geo.plane * Self::C) as u64;
                     launch::conj_object(&mut st.dev, blocks(n), psi, o_sl, win_b, h, m, k, nb)?;
                     st.fft(psi, m, nb * k, full, false)?;
                     launch::propagate(&mut st.dev, blocks(n), psi, prop, m, k, nb, 1)?;
@@ -651,9 +691,9 @@ impl<T: Real, D: Device> Gpu<T, D> {
         Ok(lv.iter().sum())
     }
 
-    /// Copy host exit waves ([planes][y][x], complex f32) to `dst` as [planes][x][y].
+    /// Copy host exit waves ([planes][y][x], complex) to `dst` as [planes][x][y].
     fn upload_planes(&self, st: &mut State<D>, dst: DPtr, host: &[Complex<T>]) -> Result<()> {
-        let stage = st.buf("planes", host.len() * 8)?;
+        let stage = st.buf("planes", host.len() * Self::C)?;
         st.up(stage, bytes_of(host))?;
         let planes = host.len() / (self.m * self.m);
         launch::transpose_planes(&mut st.dev, blocks(host.len()), dst, stage, self.m, planes)
@@ -661,7 +701,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
 
     /// Copy `src` ([planes][x][y]) back to host exit waves ([planes][y][x]).
     fn download_planes(&self, st: &mut State<D>, src: DPtr, host: &mut [Complex<T>]) -> Result<()> {
-        let stage = st.buf("planes", host.len() * 8)?;
+        let stage = st.buf("planes", host.len() * Self::C)?;
         let planes = host.len() / (self.m * self.m);
         launch::transpose_planes(&mut st.dev, blocks(host.len()), stage, src, self.m, planes)?;
         st.down(bytemuck::cast_slice_mut(host), stage)
@@ -691,7 +731,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
             m,
             k,
             nb,
-            1.0 / m as f32,
+            self.inv_m(),
         )?;
         launch::probe_density(&mut st.dev, blocks(m * m), dp_t, obj_t, win, h, m, nb)
     }
@@ -875,20 +915,19 @@ impl<T: Real, D: Device> Compute<T> for Gpu<T, D> {
             let geo = self.geo(st, obj, false)?;
             let (staged, _) = self.stage(st, obj, Some(probe_hat), &sel)?;
             let ns = sel.len();
-            let out = st.buf("intensities", ns * mm * 4)?;
-            let sc = 1.0 / m as f32;
+            let out = st.buf("intensities", ns * mm * std::mem::size_of::<T>())?;
             for s in (0..ns).step_by(geo.batch) {
                 let nb = geo.batch.min(ns - s);
                 self.forward(st, staged, geo, s, nb)?;
                 launch::intensities(
                     &mut st.dev,
                     blocks(nb * mm),
-                    out + (s * mm * 4) as u64,
+                    out + (s * mm * std::mem::size_of::<T>()) as u64,
                     st.psi.ptr,
                     m,
                     k,
                     nb,
-                    sc * sc,
+                    self.inv_m2(),
                 )?;
             }
             let mut v = vec![T::zero(); ns * mm];
@@ -946,12 +985,15 @@ mod tests {
 
     #[test]
     fn source_has_every_kernel_and_no_include() {
-        let s = kernel_source();
+        let s = kernel_source(false);
         assert!(
             !s.lines().any(|l| l.trim_start().starts_with("#include")),
             "an #include is left"
         );
         assert!(s.contains("typedef float2 cf;"), "compat.h not pasted");
+        assert!(!s.contains("#define PTY_F64"));
+        let w = kernel_source(true);
+        assert!(w.starts_with("#define PTY_F64 1\n") && w.ends_with(&s));
         for k in KERNELS {
             assert!(
                 s.contains(&format!("PTY_KERNEL void {k}(")),

@@ -80,7 +80,7 @@ pub fn open_profiled(
     guarded(kind, || {
         Ok(Box::new(Gpu::new(
             kind.name(),
-            open_device(kind, local_rank)?,
+            open_device(kind, local_rank, false)?,
             kernel,
             positions,
             intensities,

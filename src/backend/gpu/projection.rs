@@ -74,32 +74,27 @@ impl<T: Real, D: Device> Gpu<T, D> {
             }
             // every selected wave is set by `init` before it is read; the others wait
             // for their own first pass
-            let bytes = self.positions.len() * kmm * 8;
+            let bytes = self.positions.len() * kmm * Self::C;
             let exit = st.exit_buffer(bytes)?;
             st.dev.zero(exit, bytes)?;
             st.has_exit = true;
         }
-        let geo = super::Geo {
-            h,
-            plane: 0,
-            planes: 1,
-            batch: self.batch,
-        };
-        let exit = st.exit.ptr + (first * kmm * 8) as u64;
+        let geo = super::Geo::single(h, self.batch);
+        let exit = st.exit.ptr + (first * kmm * Self::C) as u64;
         let [obj_t, _, idx, win] = staged;
         let ns = wins.len();
-        let x = st.buf("dm_x", self.batch * kmm * 8)?;
-        let sc2 = 1.0 / (m * m) as f32;
+        let x = st.buf("dm_x", self.batch * kmm * Self::C)?;
+        let sc2 = self.inv_m2();
         let g = st.weights.map_or(0, |b| b.ptr);
         let er = step.error_reduction;
-        let fisher = crate::physics::model::fisher_scale(self.noise) as f32;
+        let fisher = crate::physics::model::fisher_scale(self.noise);
         for s in (0..ns).step_by(self.batch) {
             let nb = self.batch.min(ns - s);
             let n = nb * kmm;
             let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
             let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
             // this batch's exit waves, resident ([x][y] per mode, like every wave here)
-            let ev = exit + (s * kmm * 8) as u64;
+            let ev = exit + (s * kmm * Self::C) as u64;
             self.forward(st, staged, geo, s, nb)?;
             if !er {
                 launch::dm_prepare(
@@ -132,7 +127,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
                 self.noise_code(),
                 self.eps,
                 sc2,
-                step.gamma as f32,
+                step.gamma,
                 er as usize,
                 fisher,
             )?;
@@ -151,7 +146,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
                 k,
                 nb,
                 er as usize,
-                step.beta as f32,
+                step.beta,
             )?;
             self.gather(st, [g_t, d_t], [far, p], win_b, &wins[s..s + nb], h)?;
         }
@@ -200,14 +195,14 @@ impl<T: Real, D: Device> Gpu<T, D> {
         if !st.has_exit {
             return Err(Error::new(self.name, "no exit waves yet"));
         }
-        let exit = st.exit.ptr + (first * kmm * 8) as u64;
+        let exit = st.exit.ptr + (first * kmm * Self::C) as u64;
         let ns = sel.len();
         for s in (0..ns).step_by(self.batch) {
             let nb = self.batch.min(ns - s);
             let (idx_b, win_b) = (idx + 4 * s as u64, win + 8 * s as u64);
             let (psi, full) = (st.psi.ptr, self.batch * k);
-            let bytes = nb * kmm * 8;
-            st.dev.copy(psi, exit + (s * kmm * 8) as u64, bytes)?;
+            let bytes = nb * kmm * Self::C;
+            st.dev.copy(psi, exit + (s * kmm * Self::C) as u64, bytes)?;
             launch::conj_object(
                 &mut st.dev,
                 blocks(nb * kmm),
@@ -246,7 +241,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
                 return Ok(());
             }
             crate::backend::check_exit_waves(self.modes, self.m, n, waves.len())?;
-            let exit = st.exit_buffer(waves.len() * 8)?;
+            let exit = st.exit_buffer(waves.len() * Self::C)?;
             self.upload_planes(st, exit, &waves)?;
             st.has_exit = true;
             Ok(())
@@ -277,14 +272,14 @@ impl<T: Real, D: Device> Gpu<T, D> {
             let illum_t = st.buf("illum_t", h * w * 8)?;
             st.dev.zero(illum_t, h * w * 8)?;
             let loss = st.buf("loss", ns * 8)?;
-            let den = st.buf("pie_den", mm * 4)?;
+            let den = st.buf("pie_den", mm * std::mem::size_of::<T>())?;
             let mx = st.buf("pie_max", 8)?;
-            let tw = st.buf("pie_t", kmm * 8)?;
-            let (sc, sc2) = (1.0 / m as f32, 1.0 / (m * m) as f32);
+            let tw = st.buf("pie_t", kmm * Self::C)?;
+            let (sc, sc2) = (self.inv_m(), self.inv_m2());
             let g = st.weights.map_or(0, |b| b.ptr);
             let (p, psi, full) = (st.p.ptr, st.psi.ptr, self.batch * k);
-            let (a_o, s_o) = (step.obj_mix as f32, step.obj_step as f32);
-            let (a_p, s_p) = (step.probe_mix as f32, step.probe_step as f32);
+            let (a_o, s_o) = (step.obj_mix, step.obj_step);
+            let (a_p, s_p) = (step.probe_mix, step.probe_step);
             for s in 0..ns {
                 self.forward(st, staged, geo, s, 1)?;
                 launch::fourier_step(
@@ -301,7 +296,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
                     self.noise_code(),
                     self.eps,
                     sc2,
-                    step.gamma as f32,
+                    step.gamma,
                     0,
                     1.0,
                 )?;
@@ -357,7 +352,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
                 )?;
             }
             // the object back to [y][x], the probe spectrum and the illumination sums
-            let out = st.buf("obj_stage", h * w * 8)?;
+            let out = st.buf("obj_stage", h * w * Self::C)?;
             launch::transpose_c(&mut st.dev, blocks(h * w), out, obj_t, w, h)?;
             st.dev
                 .download(bytemuck::cast_slice_mut(&mut obj.data[..h * w]), out)?;

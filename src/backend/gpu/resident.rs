@@ -112,12 +112,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
                 false => None,
             };
             let staged = [obj_t, ph, idx, win];
-            let geo = super::Geo {
-                h,
-                plane: h * w,
-                planes: 1,
-                batch: self.batch,
-            };
+            let geo = super::Geo::single(h, self.batch);
             self.sum_pass(
                 st,
                 staged,
@@ -166,7 +161,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
         };
         let [h, w] = geom.shape;
         let b = [
-            st.buf("res_obj_t", h * w * 8)?,
+            st.buf("res_obj_t", h * w * Self::C)?,
             st.buf("res_g_t", h * w * 16)?,
             st.buf("res_d_t", h * w * 8)?,
         ];
@@ -176,7 +171,7 @@ impl<T: Real, D: Device> Gpu<T, D> {
     /// Upload the probe spectrum unless it equals the last one; its device pointer.
     fn res_probe_hat(&self, st: &mut State<D>, probe_hat: &[Complex<T>]) -> Result<DPtr> {
         self.check_probe_hat(Some(probe_hat))?;
-        let ph = st.buf("res_probe_hat", probe_hat.len() * 8)?;
+        let ph = st.buf("res_probe_hat", probe_hat.len() * Self::C)?;
         let bytes = bytes_of(probe_hat);
         let res = st.res.as_mut().expect("callers check");
         if res.probe_hat != bytes {
@@ -243,7 +238,7 @@ impl<T: Real, D: Device> Resident<T> for Gpu<T, D> {
             });
             let (_, [obj_t, ..]) = self.res(st)?;
             let [h, w] = obj.shape;
-            let stage = st.buf("obj_stage", h * w * 8)?;
+            let stage = st.buf("obj_stage", h * w * Self::C)?;
             st.up(stage, bytes_of(&obj.data))?;
             launch::transpose_c(&mut st.dev, blocks(h * w), obj_t, stage, h, w)
         })
@@ -259,7 +254,7 @@ impl<T: Real, D: Device> Resident<T> for Gpu<T, D> {
                 ));
             }
             let [h, w] = obj.shape;
-            let stage = st.buf("obj_stage", h * w * 8)?;
+            let stage = st.buf("obj_stage", h * w * Self::C)?;
             // objT is [w][h]: its transpose is the [h][w] field
             launch::transpose_c(&mut st.dev, blocks(h * w), stage, obj_t, w, h)?;
             st.down(bytemuck::cast_slice_mut(&mut obj.data), stage)
@@ -275,7 +270,7 @@ impl<T: Real, D: Device> Resident<T> for Gpu<T, D> {
             if v.is_empty() {
                 return Ok(v);
             }
-            let out = st.buf("res_rect", rh * rw * 8)?;
+            let out = st.buf("res_rect", rh * rw * Self::C)?;
             launch::rect_get_c(&mut st.dev, blocks(rh * rw), out, obj_t, h, y0, x0, rh, rw)?;
             st.down(bytemuck::cast_slice_mut(&mut v), out)?;
             Ok(v)
@@ -296,7 +291,7 @@ impl<T: Real, D: Device> Resident<T> for Gpu<T, D> {
             if v.is_empty() {
                 return Ok(());
             }
-            let inp = st.buf("res_rect", rh * rw * 8)?;
+            let inp = st.buf("res_rect", rh * rw * Self::C)?;
             st.up(inp, bytes_of(v))?;
             launch::rect_set_c(&mut st.dev, blocks(rh * rw), obj_t, inp, h, y0, x0, rh, rw)
         })
